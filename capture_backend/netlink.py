@@ -1,0 +1,166 @@
+"""Link state and counters from rtnetlink (pyroute2), never from /proc or /sys."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+
+_LINKTYPE_BY_ARPHRD = {
+    1: LINKTYPE_ETHERNET,  # ARPHRD_ETHER
+    772: LINKTYPE_ETHERNET,  # ARPHRD_LOOPBACK
+    0xFFFE: LINKTYPE_RAW,  # ARPHRD_NONE (tun, wireguard)
+    768: LINKTYPE_RAW,  # ARPHRD_TUNNEL (ipip)
+    769: LINKTYPE_RAW,  # ARPHRD_TUNNEL6
+    776: LINKTYPE_RAW,  # ARPHRD_SIT
+    778: LINKTYPE_RAW,  # ARPHRD_IPGRE
+    823: LINKTYPE_RAW,  # ARPHRD_IP6GRE
+}
+
+
+class InterfaceError(LookupError):
+    """An interface that does not exist, or no default route to pick one from."""
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Kernel counters of one link (IFLA_STATS64)."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    rx_errors: int
+    tx_errors: int
+    rx_dropped: int
+    tx_dropped: int
+    rx_missed: int
+    rx_fifo: int
+    tx_fifo: int
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """One link: identity, state and counters."""
+
+    index: int
+    name: str
+    arphrd: int
+    up: bool
+    running: bool
+    operstate: str
+    stats: LinkStats
+
+
+def linktype_for_arphrd(arphrd: int) -> int:
+    """The pcap link type a capture on a device of this ARPHRD type yields (113: cooked socket)."""
+    return _LINKTYPE_BY_ARPHRD.get(arphrd, LINKTYPE_LINUX_SLL)
+
+
+def _link_info(msg: Any) -> LinkInfo:
+    """Convert one RTM_NEWLINK message."""
+    raw = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS") or {}
+    stats = LinkStats(
+        rx_bytes=raw.get("rx_bytes", 0),
+        tx_bytes=raw.get("tx_bytes", 0),
+        rx_packets=raw.get("rx_packets", 0),
+        tx_packets=raw.get("tx_packets", 0),
+        rx_errors=raw.get("rx_errors", 0),
+        tx_errors=raw.get("tx_errors", 0),
+        rx_dropped=raw.get("rx_dropped", 0),
+        tx_dropped=raw.get("tx_dropped", 0),
+        rx_missed=raw.get("rx_missed_errors", 0),
+        rx_fifo=raw.get("rx_fifo_errors", 0),
+        tx_fifo=raw.get("tx_fifo_errors", 0),
+    )
+    flags = int(msg["flags"])
+    return LinkInfo(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        arphrd=int(msg["ifi_type"]),
+        up=bool(flags & IFF_UP),
+        running=bool(flags & IFF_RUNNING),
+        operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
+        stats=stats,
+    )
+
+
+class LinkMonitor:
+    """Reads link state and counters over one rtnetlink socket (in ``netns`` if given)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        if not netns:
+            self._ipr = IPRoute()
+            return
+        try:
+            self._ipr = IPRoute(netns=netns, flags=0)  # flags=0: never create the namespace
+        except FileNotFoundError:
+            raise InterfaceError(f"unknown network namespace {netns!r}") from None
+
+    def links(self) -> dict[str, LinkInfo]:
+        """Every link, by name (one dump)."""
+        infos = (_link_info(msg) for msg in self._ipr.get_links())
+        return {info.name: info for info in infos}
+
+    def get(self, name: str) -> LinkInfo:
+        """The link called ``name``; InterfaceError listing the existing ones if there is none."""
+        if name and len(name) < 16 and "/" not in name:
+            try:
+                return _link_info(self._ipr.link("get", ifname=name)[0])
+            except NetlinkError:
+                pass
+        names = ", ".join(sorted(self.links(), key=str))
+        raise InterfaceError(f"unknown interface {name!r} (interfaces: {names})")
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        self._ipr.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _default_oif(ipr: IPRoute, family: int) -> int | None:
+    """Output interface index of the first default route of ``family`` (multipath: first hop)."""
+    for route in ipr.get_default_routes(family=family):
+        oif = route.get_attr("RTA_OIF")
+        if oif:
+            return int(oif)
+        for hop in route.get_attr("RTA_MULTIPATH") or ():
+            if hop.get("oif"):
+                return int(hop["oif"])
+    return None
+
+
+def default_interface(ipr: IPRoute | None = None) -> str:
+    """Name of the IPv4 default route's interface, else IPv6's; InterfaceError if neither."""
+    own = ipr is None
+    nl = IPRoute() if ipr is None else ipr
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            oif = _default_oif(nl, family)
+            if oif is not None:
+                links = nl.link("get", index=oif)
+                if links:
+                    return str(links[0].get_attr("IFLA_IFNAME"))
+    finally:
+        if own:
+            nl.close()
+    raise InterfaceError("no default route; choose an interface with -i")
