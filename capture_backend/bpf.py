@@ -11,7 +11,7 @@ from functools import cache
 
 import numpy as np
 
-from capture_backend.block import Block
+from capture_backend.block import LINKTYPE_LINUX_SLL, Block
 from capture_backend.layouts import (
     SO_ATTACH_FILTER,
     SO_DETACH_FILTER,
@@ -22,6 +22,10 @@ from capture_backend.layouts import (
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 DEFAULT_SNAPLEN = 262144
 BPF_MAXINSNS = 4096
+SLL_HDR_LEN = 16
+SKF_AD_OFF = 0x1_0000_0000 - 0x1000  # -0x1000 as the u32 k field holds it
+SKF_AD_PROTOCOL = 0
+SKF_AD_PKTTYPE = 4
 # pcap_open_dead takes a DLT; files and blocks carry LINKTYPE values, which differ (on Linux) only here.
 _LINKTYPE_TO_DLT = {100: 11, 101: 12, 102: 15, 103: 16, 106: 19}
 
@@ -129,8 +133,34 @@ def compile_optional(expr: str | None, linktype: int) -> BpfProgram | None:
     return compile_filter(expr, linktype)
 
 
+def for_cooked_socket(prog: BpfProgram) -> BpfProgram:
+    """Relocate a LINUX_SLL program for a SOCK_DGRAM packet socket, whose data starts at the
+    network header (libpcap's fix_offset): protocol and packet type become kernel ancillary loads.
+    """
+    out = []
+    for code, jt, jf, k in prog.instructions:
+        if code & 0x07 in (0x00, 0x01) and code & 0xE0 in (0x20, 0x40, 0xA0):  # LD/LDX ABS/IND/MSH
+            if SLL_HDR_LEN <= k < SKF_AD_OFF:
+                k -= SLL_HDR_LEN
+            elif k == 0:
+                k = SKF_AD_OFF + SKF_AD_PKTTYPE
+            elif k == 14:
+                k = SKF_AD_OFF + SKF_AD_PROTOCOL
+            elif k < SKF_AD_OFF:
+                raise FilterError(
+                    f"filter {prog.expr!r} reads cooked-header fields the kernel cannot filter on"
+                )
+        out.append((code, jt, jf, k))
+    return BpfProgram(expr=prog.expr, linktype=prog.linktype, instructions=tuple(out))
+
+
 def attach(sock: socket.socket, prog: BpfProgram) -> None:
-    """Attach ``prog`` to ``sock``; an attached filter is replaced atomically by the kernel."""
+    """Attach ``prog`` to ``sock``; an attached filter is replaced atomically by the kernel.
+
+    A LINUX_SLL program on a SOCK_DGRAM (cooked) socket is relocated first.
+    """
+    if prog.linktype == LINKTYPE_LINUX_SLL and sock.type == socket.SOCK_DGRAM:
+        prog = for_cooked_socket(prog)
     if len(prog) > BPF_MAXINSNS:
         raise FilterError(
             f"filter {prog.expr!r} is too long for the kernel "

@@ -31,6 +31,7 @@ from capture_backend.bpf import (
     attach,
     compile_filter,
     compile_optional,
+    for_cooked_socket,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,12 +208,15 @@ def netns() -> Iterator[str]:
 
 
 # Runs inside the test's namespace: counts incoming UDP frames on lo per destination port
-# under three filter states (filter A, filter B swapped in, no filter).
+# under three filter states (filter A, filter B swapped in, no filter). argv[1] "raw" uses
+# an Ethernet SOCK_RAW socket, "cooked" a SOCK_DGRAM one (frames start at the IP header).
 CHILD = r"""
-import json, socket, struct
+import json, socket, struct, sys
 from capture_backend.bpf import attach, compile_filter, detach
 
-rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+cooked = sys.argv[1] == "cooked"
+linktype, l2 = (113, 0) if cooked else (1, 14)
+rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM if cooked else socket.SOCK_RAW, socket.htons(3))
 rx.bind(("lo", 0))
 rx.settimeout(0.5)
 sinks = []
@@ -233,8 +237,8 @@ def count():
             break
         if addr[2] == socket.PACKET_OUTGOING:
             continue
-        if frame[12:14] == b"\x08\x00" and frame[23] == 17:
-            dport = str(struct.unpack_from("!H", frame, 14 + 4 * (frame[14] & 15) + 2)[0])
+        if addr[1] == 0x0800 and frame[l2 + 9] == 17:
+            dport = str(struct.unpack_from("!H", frame, l2 + 4 * (frame[l2] & 15) + 2)[0])
             if dport in seen:
                 seen[dport] += 1
                 continue
@@ -242,9 +246,9 @@ def count():
     return seen
 
 result = {}
-attach(rx, compile_filter("udp port 5555", 1))
+attach(rx, compile_filter("udp port 5555", linktype))
 result["5555"] = count()
-attach(rx, compile_filter("udp port 6666", 1))
+attach(rx, compile_filter("udp port 6666", linktype))
 result["6666"] = count()
 detach(rx)
 detach(rx)
@@ -253,10 +257,11 @@ print(json.dumps(result))
 """
 
 
-def test_attach_on_af_packet_socket(netns: str) -> None:
+@pytest.mark.parametrize("mode", ["raw", "cooked"])
+def test_attach_on_af_packet_socket(netns: str, mode: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", CHILD],
+        ["ip", "netns", "exec", netns, sys.executable, "-c", CHILD, mode],
         check=False,
         capture_output=True,
         text=True,
@@ -270,6 +275,21 @@ def test_attach_on_af_packet_socket(netns: str) -> None:
     assert result["6666"] == {"5555": 0, "6666": 3, "other": 0}
     assert result["none"]["5555"] == 3
     assert result["none"]["6666"] == 3
+
+
+def test_for_cooked_socket() -> None:
+    prog = compile_filter("udp port 53", LINKTYPE_LINUX_SLL)
+    moved = for_cooked_socket(prog)
+    loads = [
+        (a[3], b[3])
+        for a, b in zip(prog.instructions, moved.instructions, strict=True)
+        if a[0] & 0x07 in (0, 1) and a[0] & 0xE0 in (0x20, 0x40, 0xA0)
+    ]
+    assert (14, 0xFFFFF000) in loads  # protocol → SKF_AD_OFF + SKF_AD_PROTOCOL
+    assert all(new == old - 16 for old, new in loads if old >= 16)
+    assert moved.instructions[-2:] == prog.instructions[-2:]
+    with pytest.raises(FilterError, match="cooked-header fields"):
+        for_cooked_socket(compile_filter("ether[6] == 1", LINKTYPE_LINUX_SLL))
 
 
 def test_attach_errors_are_filter_errors() -> None:
