@@ -1,0 +1,1 @@
+"""retrotap's capture engine: sources, decode, counters and snapshots (never imports textual)."""

@@ -1,0 +1,401 @@
+"""Fold decoded columns into bounded tables: flows, host pairs, hosts, ports, protocols, interfaces.
+
+Packets are grouped once per block (hash of the directional 5-tuple and second, then np.unique);
+every table is then updated per *distinct group*, never per packet. Rows live in NumPy columns
+addressed through one dict lookup per distinct key; the tables are bounded (capacity + idle
+timeout, oldest evicted first, evictions counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from capture_backend.decode import Decoded
+from capture_backend.services import known_ports
+
+NS = 1_000_000_000
+HISTORY_SECONDS = 40
+AVERAGE_WINDOWS = (2, 10, 40)
+INT64_MAX = np.iinfo(np.int64).max
+PORT_PROTOS = np.array([6, 17, 132])
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+# name → (dtype, per-row shape, initial value)
+ColumnSpec = Mapping[str, tuple[type, tuple[int, ...], int]]
+TRAFFIC_COLUMNS: ColumnSpec = {
+    "packets": (np.int64, (2,), 0),
+    "bytes": (np.int64, (2,), 0),
+    "first": (np.int64, (), INT64_MAX),
+    "last": (np.int64, (), 0),
+}
+# origin: the direction of the flow's earliest packet (0: a sent it), i.e. who started the flow.
+FLOW_COLUMNS: ColumnSpec = {**TRAFFIC_COLUMNS, "tcp_flags": (np.uint8, (), 0), "origin": (np.uint8, (), 0)}
+PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
+
+
+class KeyTable:
+    """Rows addressed by fixed-width byte keys, stored as NumPy columns that grow by doubling.
+
+    Optionally keeps per-second byte history for two directions (iftop's 2/10/40 s averages).
+    """
+
+    def __init__(
+        self, width: int, columns: ColumnSpec, capacity: int, history: bool = False, initial: int = 1024
+    ) -> None:
+        self.width = width
+        self.specs = dict(columns)
+        if history:
+            self.specs["hist"] = (np.uint64, (HISTORY_SECONDS, 2), 0)
+            self.specs["peak"] = (np.uint64, (2,), 0)
+        self.history = history
+        self.slot_sec = np.full(HISTORY_SECONDS, -1, np.int64)
+        self.capacity = capacity
+        self.index: dict[bytes, int] = {}
+        self.free: list[int] = []
+        self.high = 0
+        self.evicted = 0
+        size = max(1, min(initial, capacity))
+        self.keys = np.zeros((size, width), np.uint8)
+        self.used = np.zeros(size, bool)
+        self.cols: dict[str, np.ndarray] = {
+            name: np.full((size, *shape), fill, dtype) for name, (dtype, shape, fill) in self.specs.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _grow(self) -> None:
+        old = self.keys.shape[0]
+        new = min(old * 2, self.capacity)
+        self.keys = np.concatenate([self.keys, np.zeros((new - old, self.width), np.uint8)])
+        self.used = np.concatenate([self.used, np.zeros(new - old, bool)])
+        for name, (dtype, shape, fill) in self.specs.items():
+            self.cols[name] = np.concatenate([self.cols[name], np.full((new - old, *shape), fill, dtype)])
+
+    def _alloc(self) -> int:
+        if self.free:
+            return self.free.pop()
+        if self.high == self.keys.shape[0]:
+            self._grow()
+        self.high += 1
+        return self.high - 1
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Drop rows (their keys become unknown, their cells reset)."""
+        if ids.size == 0:
+            return
+        for key in self.keys[ids]:
+            del self.index[key.tobytes()]
+        self.used[ids] = False
+        for name, (_, _, fill) in self.specs.items():
+            self.cols[name][ids] = fill
+        self.free.extend(int(i) for i in ids)
+
+    def evict_oldest(self, count: int, keep: np.ndarray) -> None:
+        """Evict `count` rows with the oldest `last` seen, never those in `keep`."""
+        last = np.where(self.used, self.cols["last"], INT64_MAX).copy()
+        last[keep] = INT64_MAX
+        candidates = np.flatnonzero(last < INT64_MAX)
+        count = min(count, candidates.size)
+        if count <= 0:
+            return
+        order = np.argpartition(last[candidates], count - 1)[:count]
+        victims = candidates[order]
+        self.remove(victims)
+        self.evicted += int(victims.size)
+
+    def evict_idle(self, cutoff_ns: int) -> int:
+        """Evict rows last seen before `cutoff_ns`; returns how many."""
+        idle = np.flatnonzero(self.used & (self.cols["last"] < cutoff_ns))
+        self.remove(idle)
+        self.evicted += int(idle.size)
+        return int(idle.size)
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """Row id of each key (m, width), creating rows for new keys; -1 when over capacity."""
+        m = keys.shape[0]
+        raw = np.ascontiguousarray(keys).tobytes()
+        w = self.width
+        out = np.empty(m, np.int64)
+        missing: list[int] = []
+        get = self.index.get
+        for i in range(m):
+            row = get(raw[i * w : (i + 1) * w], -1)
+            out[i] = row
+            if row < 0:
+                missing.append(i)
+        if not missing:
+            return out
+        overflow = len(self.index) + len(missing) - self.capacity
+        if overflow > 0:
+            self.evict_oldest(overflow + self.capacity // 16, out[out >= 0])
+        for i in missing:
+            key = raw[i * w : (i + 1) * w]
+            row = self.index.get(key, -1)  # the same key may repeat within `keys`
+            if row < 0:
+                if len(self.index) >= self.capacity:
+                    self.evicted += 1
+                    out[i] = -1
+                    continue
+                row = self._alloc()
+                self.index[key] = row
+                self.keys[row] = keys[i]
+                self.used[row] = True
+            out[i] = row
+        return out
+
+    def add_history(self, ids: np.ndarray, sec: np.ndarray, direction: np.ndarray, nbytes: np.ndarray) -> None:
+        """Add bytes to the per-second buckets of rows, in one of two directions."""
+        slot = sec % HISTORY_SECONDS
+        for s in np.unique(sec):
+            k = int(s % HISTORY_SECONDS)
+            if self.slot_sec[k] < s:
+                hist = self.cols["hist"]
+                self.cols["peak"] = np.maximum(self.cols["peak"], hist[:, k, :])
+                hist[:, k, :] = 0
+                self.slot_sec[k] = s
+        fresh = self.slot_sec[slot] == sec
+        np.add.at(self.cols["hist"], (ids[fresh], slot[fresh], direction[fresh]), nbytes[fresh].astype(np.uint64))
+
+    def freeze(self, now_sec: int) -> TableSnapshot:
+        """An immutable copy of the used rows, with window averages when history is kept."""
+        rows = np.flatnonzero(self.used)
+        cols = {name: col[rows] for name, col in self.cols.items() if name != "hist"}
+        if self.history:
+            hist = self.cols["hist"][rows].astype(np.float64)
+            age = now_sec - self.slot_sec  # 1 = the last completed second
+            complete = (age >= 1) & (self.slot_sec >= 0)
+            for window in AVERAGE_WINDOWS:
+                sel = complete & (age <= window)
+                cols[f"avg{window}"] = hist[:, sel, :].sum(axis=1) / window
+            last_complete = hist[:, complete, :].max(axis=1) if complete.any() else np.zeros((rows.size, 2))
+            cols["peak"] = np.maximum(cols["peak"].astype(np.float64), last_complete)
+        for col in cols.values():
+            col.flags.writeable = False
+        keys = self.keys[rows]
+        keys.flags.writeable = False
+        return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted)
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """Read-only rows of one table: keys (rows, width) and named columns."""
+
+    keys: np.ndarray
+    cols: Mapping[str, np.ndarray]
+    evicted: int = 0
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+
+@dataclass
+class Tally:
+    """Packets and bytes of one small, open-ended category (ethertype, protocol, VLAN, interface)."""
+
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class CounterLimits:
+    """Capacities and idle timeouts of the bounded tables."""
+
+    flows: int = 200_000
+    pairs: int = 100_000
+    hosts: int = 100_000
+    ports: int = 65_536 * 2
+    flow_idle_s: float = 300.0
+    pair_idle_s: float = 3600.0
+
+
+def _row_hash(k: np.ndarray) -> np.ndarray:
+    h = np.zeros(k.shape[0], np.uint64)
+    for j in range(k.shape[1]):
+        h ^= k[:, j]
+        h *= _HASH_MULT
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def _group(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of one representative row per distinct row of k, and each row's group."""
+    _, first, inverse = np.unique(_row_hash(k), return_index=True, return_inverse=True)
+    if np.any(k[first][inverse] != k):  # a 64-bit hash collision: group exactly instead
+        _, first, inverse = np.unique(k, axis=0, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
+
+
+def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> None:
+    if keys.size == 0:
+        return
+    values, inverse = np.unique(keys, return_inverse=True)
+    packets = np.bincount(inverse, minlength=values.size)
+    nbytes = np.bincount(inverse, weights=wirelen, minlength=values.size)
+    for v, p, b in zip(values.tolist(), packets.tolist(), nbytes.tolist(), strict=True):
+        t = table.setdefault(v, Tally())
+        t.packets += p
+        t.bytes += int(b)
+
+
+@dataclass
+class Counters:
+    """Every counter retrotap keeps; only the capture thread writes it."""
+
+    limits: CounterLimits = field(default_factory=CounterLimits)
+    packets: int = 0
+    bytes: int = 0
+    malformed: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    ethertypes: dict[int, Tally] = field(default_factory=dict)
+    protocols: dict[int, Tally] = field(default_factory=dict)
+    vlans: dict[int, Tally] = field(default_factory=dict)
+    interfaces: dict[str, Tally] = field(default_factory=dict)
+    flows: KeyTable = field(init=False)
+    pairs: KeyTable = field(init=False)
+    hosts: KeyTable = field(init=False)
+    ports: KeyTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        lim = self.limits
+        self.flows = KeyTable(40, FLOW_COLUMNS, lim.flows)
+        self.pairs = KeyTable(32, TRAFFIC_COLUMNS, lim.pairs, history=True)
+        self.hosts = KeyTable(16, TRAFFIC_COLUMNS, lim.hosts, history=True)
+        self.ports = KeyTable(4, PORT_COLUMNS, lim.ports)
+
+    def add(self, dec: Decoded) -> None:
+        """Count one decoded block."""
+        n = len(dec)
+        if n == 0:
+            return
+        wire = dec.wirelen
+        self.packets += n
+        self.bytes += int(wire.sum())
+        self.malformed += int(dec.malformed.sum())
+        lo, hi = int(dec.ts_ns.min()), int(dec.ts_ns.max())
+        self.first_ns = lo if self.first_ns == 0 else min(self.first_ns, lo)
+        self.last_ns = max(self.last_ns, hi)
+        iface = self.interfaces.setdefault(dec.iface, Tally())
+        iface.packets += n
+        iface.bytes += int(wire.sum())
+        _tally(self.ethertypes, dec.ethertype, wire)
+        tagged = dec.vlan >= 0
+        _tally(self.vlans, dec.vlan[tagged], wire[tagged])
+        sel = np.flatnonzero(dec.ip)
+        if sel.size:
+            _tally(self.protocols, dec.proto[sel], wire[sel])
+            self._add_ip(dec, sel)
+
+    def _add_ip(self, dec: Decoded, sel: np.ndarray) -> None:
+        src, dst = dec.src[sel], dec.dst[sel]
+        sport, dport = dec.sport[sel].astype(np.uint64), dec.dport[sel].astype(np.uint64)
+        s, d = src.view(">u8").astype(np.uint64), dst.view(">u8").astype(np.uint64)
+        # Canonical direction: (a, aport) is the smaller endpoint; dir 1 means b → a.
+        swap = (s[:, 0] > d[:, 0]) | (
+            (s[:, 0] == d[:, 0]) & ((s[:, 1] > d[:, 1]) | ((s[:, 1] == d[:, 1]) & (sport > dport)))
+        )
+        sw = swap[:, None]
+        a, b = np.where(sw, d, s), np.where(sw, s, d)
+        aport, bport = np.where(swap, dport, sport), np.where(swap, sport, dport)
+        proto = dec.proto[sel].astype(np.uint64)
+        ts = dec.ts_ns[sel]
+        sec = ts // NS
+        k = np.empty((sel.size, 6), np.uint64)
+        k[:, 0:2] = a
+        k[:, 2:4] = b
+        k[:, 4] = proto | (aport << np.uint64(8)) | (bport << np.uint64(24)) | (swap.astype(np.uint64) << np.uint64(40))
+        k[:, 5] = sec.astype(np.uint64)
+        first, inv = _group(k)
+        g = first.size
+        wire = dec.wirelen[sel]
+        g_packets = np.bincount(inv, minlength=g)
+        g_bytes = np.bincount(inv, weights=wire, minlength=g).astype(np.int64)
+        g_first = np.full(g, INT64_MAX, np.int64)
+        np.minimum.at(g_first, inv, ts)
+        g_last = np.full(g, 0, np.int64)
+        np.maximum.at(g_last, inv, ts)
+        g_flags = np.zeros(g, np.uint8)
+        np.bitwise_or.at(g_flags, inv, dec.tcp_flags[sel])
+        g_dir = swap[first].astype(np.int64)
+        g_sec = sec[first]
+        g_a, g_b = a[first], b[first]
+        g_aport, g_bport, g_proto = aport[first], bport[first], proto[first]
+        traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
+
+        a_bytes = g_a.astype(">u8").view(np.uint8).reshape(g, 16)
+        b_bytes = g_b.astype(">u8").view(np.uint8).reshape(g, 16)
+        fkey = np.zeros((g, 40), np.uint8)
+        fkey[:, 0:16], fkey[:, 16:32] = a_bytes, b_bytes
+        fkey[:, 32:34] = g_aport.astype(">u2").view(np.uint8).reshape(g, 2)
+        fkey[:, 34:36] = g_bport.astype(">u2").view(np.uint8).reshape(g, 2)
+        fkey[:, 36] = g_proto
+        fid = self.flows.ids(fkey)
+        ok = fid >= 0
+        cols = self.flows.cols
+        earlier = np.flatnonzero(ok & (g_first < cols["first"][np.where(ok, fid, 0)]))
+        earlier = earlier[np.argsort(-g_first[earlier], kind="stable")]  # the earliest is assigned last
+        cols["origin"][fid[earlier]] = g_dir[earlier]
+        _add_traffic(self.flows, fid, *traffic)
+        np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
+
+        pid = self.pairs.ids(fkey[:, :32])
+        _add_traffic(self.pairs, pid, *traffic)
+        _add_history(self.pairs, pid, g_sec, g_dir, g_bytes)
+
+        # Hosts: the sender transmits (direction 0), the receiver receives (direction 1).
+        sender = np.where((g_dir == 0)[:, None], a_bytes, b_bytes)
+        receiver = np.where((g_dir == 0)[:, None], b_bytes, a_bytes)
+        hid = self.hosts.ids(np.concatenate([sender, receiver]))
+        both = (np.concatenate([np.zeros(g, np.int64), np.ones(g, np.int64)]),)
+        doubled = [np.concatenate([x, x]) for x in (g_packets, g_bytes, g_first, g_last)]
+        _add_traffic(self.hosts, hid, both[0], *doubled)
+        _add_history(self.hosts, hid, np.concatenate([g_sec, g_sec]), both[0], doubled[1])
+
+        has_ports = np.isin(g_proto, PORT_PROTOS)
+        if has_ports.any():
+            known = known_ports()
+            ka, kb = known[g_aport], known[g_bport]
+            low = np.minimum(g_aport, g_bport)
+            service = np.where(ka & ~kb, g_aport, np.where(kb & ~ka, g_bport, low))
+            pkey = np.zeros((g, 4), np.uint8)
+            pkey[:, 0] = g_proto
+            pkey[:, 1:3] = service.astype(">u2").view(np.uint8).reshape(g, 2)
+            # Direction 0: towards the service port.
+            to_service = np.where(g_dir == 0, g_bport == service, g_aport == service).astype(np.int64)
+            sub = np.flatnonzero(has_ports)
+            tid = self.ports.ids(pkey[sub])
+            _add_traffic(self.ports, tid, 1 - to_service[sub], g_packets[sub], g_bytes[sub], g_first[sub], g_last[sub])
+
+    def expire(self, now_ns: int) -> None:
+        """Evict flows and pairs idle longer than their timeouts."""
+        self.flows.evict_idle(now_ns - int(self.limits.flow_idle_s * NS))
+        self.pairs.evict_idle(now_ns - int(self.limits.pair_idle_s * NS))
+        self.hosts.evict_idle(now_ns - int(self.limits.pair_idle_s * NS))
+
+
+def _add_traffic(
+    table: KeyTable,
+    ids: np.ndarray,
+    direction: np.ndarray,
+    packets: np.ndarray,
+    nbytes: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+) -> None:
+    ok = ids >= 0
+    ids, direction = ids[ok], direction[ok]
+    cols = table.cols
+    np.add.at(cols["packets"], (ids, direction), packets[ok])
+    np.add.at(cols["bytes"], (ids, direction), nbytes[ok])
+    np.minimum.at(cols["first"], ids, first[ok])
+    np.maximum.at(cols["last"], ids, last[ok])
+
+
+def _add_history(table: KeyTable, ids: np.ndarray, sec: np.ndarray, direction: np.ndarray, nbytes: np.ndarray) -> None:
+    ok = ids >= 0
+    table.add_history(ids[ok], sec[ok], direction[ok], nbytes[ok])

@@ -1,0 +1,370 @@
+"""The capture engine: one background thread that reads rings, counts, and publishes snapshots.
+
+The thread is the only writer of its counters. A few times a second it swaps in a new immutable
+Snapshot (one reference assignment); readers take ``engine.snapshot`` and never lock anything.
+Rare events (capture failed, interface gone) go to an ``on_event`` callback.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from capture_backend.block import LINKTYPE_RAW, Block
+from capture_backend.bpf import OfflineFilter, attach, compile_filter, compile_optional, detach
+from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
+from capture_backend.decode import decode
+from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
+from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
+
+BlockSink = Callable[[Block], None]
+EventSink = Callable[["EngineEvent"], None]
+LINK_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something rare happened: kind is 'ready', 'iface-down', 'iface-up', 'iface-gone', 'error'."""
+
+    kind: str
+    iface: str
+    message: str
+
+
+@dataclass(frozen=True)
+class IfaceStatus:
+    """One captured interface: state, what retrotap captured, the ring's and the link's counters."""
+
+    name: str
+    state: str  # 'up', 'down', 'gone', 'file'
+    error: str
+    packets: int
+    bytes: int
+    received: int
+    kernel_drops: int
+    freezes: int
+    link: LinkInfo | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the capture side knows at one moment; read-only."""
+
+    seq: int
+    time: float  # wall clock (the engine's clock) when published
+    started: float
+    now_ns: int  # the clock the 2/10/40 s windows are measured against
+    live: bool
+    filter: str
+    packets: int
+    bytes: int
+    malformed: int
+    first_ns: int
+    last_ns: int
+    ethertypes: Mapping[int, tuple[int, int]]
+    protocols: Mapping[int, tuple[int, int]]
+    vlans: Mapping[int, tuple[int, int]]
+    interfaces: tuple[IfaceStatus, ...]
+    flows: TableSnapshot
+    pairs: TableSnapshot
+    hosts: TableSnapshot
+    ports: TableSnapshot
+    capture_cpu: float  # seconds of CPU used by the capture thread
+    links: Mapping[str, LinkInfo] = field(default_factory=dict)
+
+    @property
+    def received(self) -> int:
+        return sum(i.received for i in self.interfaces)
+
+    @property
+    def kernel_drops(self) -> int:
+        return sum(i.kernel_drops for i in self.interfaces)
+
+    @property
+    def freezes(self) -> int:
+        return sum(i.freezes for i in self.interfaces)
+
+
+def _frozen_tallies(table: dict[int, Tally]) -> Mapping[int, tuple[int, int]]:
+    return MappingProxyType({k: (t.packets, t.bytes) for k, t in table.items()})
+
+
+class Counting:
+    """Counters plus the snapshot they publish; shared by live capture and file reading."""
+
+    def __init__(self, limits: CounterLimits, live: bool, filter_expr: str, clock: Callable[[], float]) -> None:
+        self.counters = Counters(limits)
+        self.live = live
+        self.filter = filter_expr
+        self.clock = clock
+        self.started = clock()
+        self.seq = 0
+
+    def add(self, block: Block) -> None:
+        self.counters.add(decode(block))
+
+    def freeze(self, interfaces: tuple[IfaceStatus, ...], cpu: float, links: Mapping[str, LinkInfo]) -> Snapshot:
+        """Build a Snapshot of the counters as they are now."""
+        c = self.counters
+        now = self.clock()
+        now_ns = int(now * NS) if self.live else c.last_ns
+        if self.live:
+            c.expire(now_ns)
+        now_sec = now_ns // NS
+        self.seq += 1
+        return Snapshot(
+            seq=self.seq,
+            time=now,
+            started=self.started,
+            now_ns=now_ns,
+            live=self.live,
+            filter=self.filter,
+            packets=c.packets,
+            bytes=c.bytes,
+            malformed=c.malformed,
+            first_ns=c.first_ns,
+            last_ns=c.last_ns,
+            ethertypes=_frozen_tallies(c.ethertypes),
+            protocols=_frozen_tallies(c.protocols),
+            vlans=_frozen_tallies(c.vlans),
+            interfaces=interfaces,
+            flows=c.flows.freeze(now_sec),
+            pairs=c.pairs.freeze(now_sec),
+            hosts=c.hosts.freeze(now_sec),
+            ports=c.ports.freeze(now_sec),
+            capture_cpu=cpu,
+            links=MappingProxyType(dict(links)),
+        )
+
+
+class _Capture:
+    """One interface's ring and its state, owned by the engine thread."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ring: Ring | None = None
+        self.state = "up"
+        self.error = ""
+        self.received = self.drops = self.freezes = 0
+
+    def fold_stats(self) -> None:
+        if self.ring is not None:
+            s = self.ring.read_stats()
+            self.received, self.drops, self.freezes = s.received, s.drops, s.freezes
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.fold_stats()
+            self.ring.close()
+            self.ring = None
+
+
+class Engine:
+    """Live capture on one or more interfaces in a background thread (start() / close())."""
+
+    def __init__(
+        self,
+        ifaces: list[str],
+        *,
+        filter_expr: str = "",
+        ring: RingConfig = RingConfig(),
+        limits: CounterLimits = CounterLimits(),
+        publish_interval: float = 0.25,
+        clock: Callable[[], float] = time.time,
+        on_event: EventSink | None = None,
+        block_sinks: Iterable[BlockSink] = (),
+        links: LinkMonitor | None = None,
+    ) -> None:
+        self.ring_config = ring
+        self.publish_interval = publish_interval
+        self.on_event = on_event
+        self.block_sinks = list(block_sinks)
+        self.counting = Counting(limits, True, filter_expr, clock)
+        self.links = links if links is not None else LinkMonitor()
+        self._captures = [_Capture(name) for name in ifaces]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._link_info: dict[str, LinkInfo] = {}
+        self._cpu = 0.0
+        self.ready = threading.Event()
+        self.snapshot = self._publish_now()
+
+    # --- set-up, in the caller's thread so errors reach the CLI before anything starts
+    def open(self) -> None:
+        """Open every ring; raises InterfaceError, FilterError or CaptureError."""
+        self._link_info = self.links.links()
+        for cap in self._captures:
+            info = self._link_info.get(cap.name)
+            if info is None:
+                self.links.get(cap.name)  # raises InterfaceError naming the interfaces
+                raise InterfaceError(f"unknown interface {cap.name!r}")
+            cap.ring = self._open_ring(cap.name, info)
+            cap.state = "up" if info.up else "down"
+        self.snapshot = self._publish_now()
+
+    def _open_ring(self, name: str, info: LinkInfo) -> Ring:
+        linktype = RAW_LINKTYPES.get(info.arphrd, LINKTYPE_RAW)
+        bpf = compile_optional(self.counting.filter, linktype)
+        return Ring(name, info.arphrd, self.ring_config, bpf)
+
+    def set_filter(self, expr: str) -> None:
+        """Compile and swap the kernel filter of every ring; FilterError keeps the old one."""
+        programs = [
+            (cap.ring, compile_filter(expr, cap.ring.linktype) if expr.strip() else None)
+            for cap in self._captures
+            if cap.ring is not None
+        ]
+        for ring_, prog in programs:
+            if prog is None:
+                detach(ring_.sock)
+            else:
+                attach(ring_.sock, prog)
+        self.counting.filter = expr
+
+    @property
+    def running(self) -> bool:
+        """The capture thread has been started and not yet closed."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the capture thread."""
+        self._thread = threading.Thread(target=self._run, name="retrotap-capture", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread after a last drain of the rings, then publish a final snapshot."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for cap in self._captures:
+            cap.close()
+        self.snapshot = self._publish_now()
+        self.links.close()
+
+    # --- the capture thread
+    def _run(self) -> None:
+        poller = select.poll()
+        for cap in self._captures:
+            if cap.ring is not None:
+                poller.register(cap.ring.fileno(), select.POLLIN | select.POLLERR)
+        by_fd = {cap.ring.fileno(): cap for cap in self._captures if cap.ring is not None}
+        timeout_ms = max(10, min(100, int(self.publish_interval * 1000)))
+        next_publish = 0.0
+        next_links = 0.0
+        self.ready.set()
+        self._emit("ready", ",".join(c.name for c in self._captures), "capturing")
+        while not self._stop.is_set():
+            for fd, ev in poller.poll(timeout_ms):
+                cap_ = by_fd.get(fd)
+                if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
+                    cap_.ring.pending_error()
+            self._drain()
+            now = time.monotonic()
+            if now >= next_links:
+                next_links = now + LINK_POLL_SECONDS
+                self._watch_links(poller, by_fd)
+            if now >= next_publish:
+                next_publish = now + self.publish_interval
+                self._cpu = time.thread_time()
+                self.snapshot = self._publish_now()
+        # Last drain: the kernel retires a partly filled block after its timeout.
+        deadline = time.monotonic() + 3 * self.ring_config.block_timeout_ms / 1000
+        while time.monotonic() < deadline:
+            poller.poll(self.ring_config.block_timeout_ms)
+            self._drain()
+        self._cpu = time.thread_time()
+
+    def _drain(self) -> None:
+        add = self.counting.add
+        sinks = self.block_sinks
+        for cap in self._captures:
+            if cap.ring is None:
+                continue
+            for block in cap.ring.blocks():
+                for sink in sinks:
+                    sink(block)
+                add(block)
+
+    def _watch_links(self, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
+        try:
+            self._link_info = self.links.links()
+        except OSError as e:
+            self._emit("error", "", f"netlink: {e}")
+            return
+        for cap in self._captures:
+            info = self._link_info.get(cap.name)
+            if info is None or (cap.ring is not None and info.index != cap.ring.ifindex):
+                if cap.ring is not None:
+                    fd = cap.ring.fileno()
+                    poller.unregister(fd)
+                    by_fd.pop(fd, None)
+                    cap.close()
+                if cap.state != "gone":
+                    cap.state, cap.error = "gone", f"interface {cap.name} was removed"
+                    self._emit("iface-gone", cap.name, cap.error)
+                if info is None:
+                    continue
+            if cap.ring is None:
+                try:
+                    cap.ring = self._open_ring(cap.name, info)
+                except (CaptureError, OSError) as e:
+                    cap.error = str(e)
+                    continue
+                poller.register(cap.ring.fileno(), select.POLLIN | select.POLLERR)
+                by_fd[cap.ring.fileno()] = cap
+                cap.error = ""
+            state = "up" if info.up and info.running else "down"
+            if state != cap.state:
+                cap.state = state
+                self._emit(f"iface-{state}", cap.name, f"{cap.name} is {state}")
+            cap.fold_stats()
+
+    def _emit(self, kind: str, iface: str, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(EngineEvent(kind, iface, message))
+
+    def _publish_now(self) -> Snapshot:
+        tallies = self.counting.counters.interfaces
+        statuses = tuple(
+            IfaceStatus(
+                name=c.name,
+                state=c.state,
+                error=c.error,
+                packets=tallies[c.name].packets if c.name in tallies else 0,
+                bytes=tallies[c.name].bytes if c.name in tallies else 0,
+                received=c.received,
+                kernel_drops=c.drops,
+                freezes=c.freezes,
+                link=self._link_info.get(c.name),
+            )
+            for c in self._captures
+        )
+        return self.counting.freeze(statuses, self._cpu, self._link_info)
+
+
+def read_file_blocks(
+    blocks: Iterable[Block], counting: Counting, filter_expr: str, linktype: int, sinks: Iterable[BlockSink] = ()
+) -> Iterable[Block]:
+    """Filter (with libpcap, as the kernel would) and count blocks read from a file; yields them."""
+    offline = OfflineFilter(filter_expr, linktype) if filter_expr.strip() else None
+    sinks = list(sinks)
+    for block in blocks:
+        if offline is not None:
+            block = block.take(offline.mask(block))
+        for sink in sinks:
+            sink(block)
+        counting.add(block)
+        yield block
+
+
+def file_statuses(counting: Counting) -> tuple[IfaceStatus, ...]:
+    """Interface rows for a file: one per interface name seen in it."""
+    return tuple(
+        IfaceStatus(name, "file", "", t.packets, t.bytes, 0, 0, 0, None)
+        for name, t in counting.counters.interfaces.items()
+    )

@@ -1,0 +1,197 @@
+"""`retrotap stats`: records every interval as text (iftop -t style), NDJSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import humanize
+
+from capture_backend.block import LINKTYPE_ETHERNET
+from capture_backend.counters import NS, CounterLimits
+from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, read_file_blocks
+from capture_backend.pcapfile import CaptureFileError, FileSource
+from capture_backend.report import Row, record
+from capture_backend.ring import RingConfig
+
+CSV_COLUMNS = (
+    "kind time name state addr a b proto port service src sport dst dport packets bytes malformed "
+    "rx_bytes tx_bytes rx_packets tx_packets a_to_b_bytes b_to_a_bytes received kernel_drops freeze_count "
+    "rx_errors tx_errors rx_dropped tx_dropped rx_missed rx_fifo tx_fifo first last tcp_flags"
+).split()
+
+
+@dataclass
+class StatsOptions:
+    """What `retrotap stats` was asked for."""
+
+    interfaces: list[str] = field(default_factory=list)
+    read_file: str | None = None
+    filter_expr: str = ""
+    interval: float | None = None
+    count: int = 0
+    top: int = 10
+    fmt: str = "text"
+    promisc: bool = True
+    ring: RingConfig = field(default_factory=RingConfig)
+    limits: CounterLimits = field(default_factory=CounterLimits)
+
+
+def _bits(bps: float) -> str:
+    return humanize.naturalsize(bps, binary=False, format="%.1f").replace("Bytes", "b").replace("B", "b")
+
+
+class Output:
+    """Writes records to a stream in one format."""
+
+    def __init__(self, fmt: str, stream: TextIO) -> None:
+        self.fmt = fmt
+        self.stream = stream
+        self._csv: csv.DictWriter[str] | None = None
+
+    def write(self, rec: Row) -> None:
+        {"json": self._json, "csv": self._csv_rows, "text": self._text}[self.fmt](rec)
+        self.stream.flush()
+
+    def _json(self, rec: Row) -> None:
+        self.stream.write(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def _csv_rows(self, rec: Row) -> None:
+        if self._csv is None:
+            self._csv = csv.DictWriter(self.stream, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            self._csv.writeheader()
+        t = rec["time"]
+        totals = dict(rec["totals"], **rec.get("capture", {}))
+        self._csv.writerow({"kind": "total", "time": t, **totals})
+        for kind, key in (("interface", "interfaces"), ("host", "hosts"), ("pair", "pairs"), ("port", "ports")):
+            for row in rec[key]:
+                self._csv.writerow({"kind": kind, "time": t, **row})
+        for row in rec["flows"]:
+            self._csv.writerow({"kind": "flow", "time": t, **row})
+
+    def _text(self, rec: Row) -> None:
+        w = self.stream.write
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["time"]))
+        tot = rec["totals"]
+        cap = rec.get("capture")
+        drops = f"  kernel drops {cap['kernel_drops']}" if cap else ""
+        w(f"# {stamp}  interval {rec['interval']:.2f}s  packets {tot['packets']}  ")
+        w(f"bytes {humanize.naturalsize(tot['bytes'])}  malformed {tot['malformed']}{drops}\n")
+        w(f"{'':4}{'Host name (port/service if enabled)':<44}{'last 2s':>11}{'last 10s':>11}{'last 40s':>11}")
+        w(f"{'cumulative':>12}\n")
+        w("-" * 93 + "\n")
+        for n, p in enumerate(rec["pairs"], 1):
+            for arrow, addr, d, total in (("=>", p["a"], "a_to_b", p["a_to_b_bytes"]), ("<=", p["b"], "b_to_a", 0)):
+                bps = p[f"{d}_bps"]
+                cum = humanize.naturalsize(p[f"{d}_bytes"]) if total or d == "b_to_a" else ""
+                w(f"{n if arrow == '=>' else '':>3} {addr:<40}{arrow:>4}{_bits(bps['2s']):>11}{_bits(bps['10s']):>11}")
+                w(f"{_bits(bps['40s']):>11}{cum:>12}\n")
+        w("-" * 93 + "\n")
+        if rec["ports"]:
+            w("Ports: " + ", ".join(f"{p['proto']}/{p['port']}" + (f" ({p['service']})" if p["service"] else "")
+                                  + f" {humanize.naturalsize(p['bytes'])}" for p in rec["ports"]) + "\n")
+        for iface in rec["interfaces"]:
+            w(f"Interface {iface['name']} ({iface['state']}): captured {iface['captured_packets']} packets")
+            if "rx_missed" in iface:
+                w(f", link errors {iface['rx_errors']}/{iface['tx_errors']} dropped {iface['rx_dropped']}")
+                w(f" missed {iface['rx_missed']} fifo {iface['rx_fifo']}")
+            w("\n")
+        w("=" * 93 + "\n")
+
+
+class Stopper:
+    """SIGINT/SIGTERM set an event the loops wait on, so they end after one last record."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.event.set())
+
+
+def run_live(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[str], None]) -> int:
+    """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
+    engine = Engine(opts.interfaces, filter_expr=opts.filter_expr, ring=opts.ring, limits=opts.limits)
+    engine.open()
+    engine.start()
+    engine.ready.wait(10)
+    log(f"listening on {', '.join(opts.interfaces)}" + (f" (filter: {opts.filter_expr})" if opts.filter_expr else ""))
+    interval = opts.interval or 1.0
+    prev: Snapshot | None = None
+    written = 0
+    next_at = time.monotonic() + interval
+    try:
+        while True:
+            stopped = stopper.event.wait(max(0.0, next_at - time.monotonic()))
+            if stopped:
+                break
+            next_at += interval
+            snap = engine.snapshot
+            out.write(record(snap, prev, opts.top))
+            prev = snap
+            written += 1
+            if opts.count and written >= opts.count:
+                engine.close()
+                return 0
+    finally:
+        if engine.running:  # stopped by a signal: drain the rings, then one last record
+            engine.close()
+            out.write(record(engine.snapshot, prev, opts.top))
+    return 0
+
+
+def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[Snapshot]:
+    """Snapshots at each interval boundary of packet time, and one at the end."""
+    step = int(opts.interval * NS) if opts.interval else 0
+    boundary = 0
+    for block in read_file_blocks(source.blocks(), counting, opts.filter_expr, source.linktype or LINKTYPE_ETHERNET):
+        if not step or len(block) == 0:
+            continue
+        if boundary == 0:
+            boundary = (int(block.ts_ns[0]) // step + 1) * step
+        while counting.counters.last_ns >= boundary:
+            boundary += step
+            yield counting.freeze(file_statuses(counting), time.thread_time(), {})
+    yield counting.freeze(file_statuses(counting), time.thread_time(), {})
+
+
+def run_file(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[str], None]) -> int:
+    """Read a capture file as fast as possible through the same decode and counters."""
+    assert opts.read_file is not None
+    with FileSource(opts.read_file) as source:
+        counting = Counting(opts.limits, False, opts.filter_expr, time.time)
+        prev: Snapshot | None = None
+        written = 0
+        try:
+            for snap in _file_snapshots(opts, source, counting):
+                out.write(record(snap, prev, opts.top))
+                prev = snap
+                written += 1
+                if (opts.count and written >= opts.count) or stopper.event.is_set():
+                    break
+        except CaptureFileError as e:  # report what was read before the damage, then fail
+            out.write(record(counting.freeze(file_statuses(counting), time.thread_time(), {}), prev, opts.top))
+            log(f"error: {e}")
+            return 2
+        if source.truncated:
+            log(f"warning: {source.truncated}")
+    return 0
+
+
+def run_stats(opts: StatsOptions, stream: TextIO = sys.stdout, log: Callable[[str], None] | None = None) -> int:
+    """Entry point of `retrotap stats` once options are parsed and checked."""
+    logger = log or (lambda msg: print(f"retrotap: {msg}", file=sys.stderr, flush=True))
+    stopper = Stopper()
+    stopper.install()
+    out = Output(opts.fmt, stream)
+    if opts.read_file:
+        return run_file(opts, out, stopper, logger)
+    return run_live(opts, out, stopper, logger)

@@ -1,0 +1,192 @@
+"""AF_PACKET socket with a TPACKET_V3 RX ring: set-up, whole-block iteration, statistics."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from capture_backend import layouts as L
+from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
+from capture_backend.bpf import BpfProgram, attach
+
+ARPHRD_LOOPBACK = 772
+ARPHRD_ETHER = 1
+# Interfaces whose frames a SOCK_RAW socket delivers with an Ethernet header; IP-only link layers
+# (tun, tunnels) deliver the IP packet itself. Everything else is opened cooked (SOCK_DGRAM), which
+# also starts at the network header.
+RAW_LINKTYPES = {ARPHRD_ETHER: LINKTYPE_ETHERNET, ARPHRD_LOOPBACK: LINKTYPE_ETHERNET}
+
+
+class CaptureError(Exception):
+    """A capture could not start or went away; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    """Ring geometry: block_nr blocks of block_size bytes, retired after block_timeout_ms."""
+
+    block_size: int = 1 << 20
+    block_nr: int = 32
+    frame_size: int = 1 << 11
+    block_timeout_ms: int = 50
+    promisc: bool = True
+
+
+@dataclass
+class RingStats:
+    """PACKET_STATISTICS accumulated over reads (each read resets the kernel's counters)."""
+
+    received: int = 0
+    drops: int = 0
+    freezes: int = 0
+
+
+class Ring:
+    """One interface's TPACKET_V3 ring. Not thread-safe: one capture thread owns it."""
+
+    def __init__(
+        self, ifname: str, arphrd: int, config: RingConfig = RingConfig(), bpf: BpfProgram | None = None
+    ) -> None:
+        self.ifname = ifname
+        self.config = config
+        self.linktype = RAW_LINKTYPES.get(arphrd, LINKTYPE_RAW)
+        self.stats = RingStats()
+        self._next = 0
+        kind = socket.SOCK_RAW if arphrd in RAW_LINKTYPES or self.linktype == LINKTYPE_RAW else socket.SOCK_DGRAM
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, kind, 0)
+        except PermissionError:
+            raise CaptureError(
+                f"no permission to capture on {ifname}: run as root or give the interpreter CAP_NET_RAW "
+                "(sudo setcap cap_net_raw,cap_net_admin+eip $(readlink -f $(which python3)))"
+            ) from None
+        try:
+            self._setup(arphrd, bpf)
+        except OSError as e:
+            self.sock.close()
+            raise CaptureError(f"cannot capture on {ifname}: {e.strerror or e}") from None
+
+    def _setup(self, arphrd: int, bpf: BpfProgram | None) -> None:
+        c = self.config
+        s = self.sock
+        s.bind((self.ifname, 0))
+        self.ifindex = socket.if_nametoindex(self.ifname)
+        if c.promisc:
+            mreq = L.PACKET_MREQ.pack(self.ifindex, L.PACKET_MR_PROMISC, 0, b"")
+            s.setsockopt(L.SOL_PACKET, L.PACKET_ADD_MEMBERSHIP, mreq)
+        s.setsockopt(L.SOL_PACKET, L.PACKET_VERSION, L.TPACKET_V3)
+        s.setsockopt(L.SOL_PACKET, L.PACKET_RESERVE, 4)
+        if arphrd == ARPHRD_LOOPBACK:
+            # Every packet on lo shows twice (sent and received): keep only the received copy.
+            s.setsockopt(L.SOL_PACKET, L.PACKET_IGNORE_OUTGOING, 1)
+        block_nr = c.block_nr
+        while True:
+            req = L.TPACKET_REQ3.pack(
+                c.block_size, block_nr, c.frame_size, c.block_size // c.frame_size * block_nr, c.block_timeout_ms, 0, 0
+            )
+            try:
+                s.setsockopt(L.SOL_PACKET, L.PACKET_RX_RING, req)
+                break
+            except OSError as e:
+                if e.errno != errno.ENOMEM or block_nr <= 2:
+                    raise
+                block_nr //= 2
+        self.block_nr = block_nr
+        self.mm = mmap.mmap(s.fileno(), c.block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buf = np.frombuffer(self.mm, np.uint8)
+        self.u32 = self.buf.view(np.uint32)
+        self.u16 = self.buf.view(np.uint16)
+        self.mv32 = memoryview(self.mm).cast("I")
+        if bpf is not None:
+            attach(s, bpf)
+        s.bind((self.ifname, L.ETH_P_ALL))
+        s.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def set_filter(self, bpf: BpfProgram) -> None:
+        """Swap the kernel filter in place (atomic in the kernel)."""
+        attach(self.sock, bpf)
+
+    def read_stats(self) -> RingStats:
+        """Fold the kernel's counters since the last read into self.stats."""
+        raw = self.sock.getsockopt(L.SOL_PACKET, L.PACKET_STATISTICS, L.TPACKET_STATS_V3.size)
+        packets, drops, freezes = L.TPACKET_STATS_V3.unpack(raw)
+        self.stats.received += packets
+        self.stats.drops += drops
+        self.stats.freezes += freezes
+        return self.stats
+
+    def pending_error(self) -> int:
+        """Read and clear SO_ERROR (ENETDOWN when the link went down)."""
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    def blocks(self) -> Iterator[Block]:
+        """Yield every block the kernel has handed over, in ring order.
+
+        A yielded Block's data is ring memory: it is returned to the kernel when the caller asks
+        for the next block (or stops iterating), so copy whatever must outlive that.
+        """
+        bs = self.config.block_size
+        mv32 = self.mv32
+        u32 = self.u32
+        while True:
+            base = self._next * bs
+            status_word = (base + L.BLOCK_STATUS_OFFSET) >> 2
+            if not u32[status_word] & L.TP_STATUS_USER:
+                return
+            try:
+                yield self._block(base)
+            finally:
+                mv32[status_word] = L.TP_STATUS_KERNEL
+                self._next = (self._next + 1) % self.block_nr
+
+    def _block(self, base: int) -> Block:
+        mv32 = self.mv32
+        num = mv32[(base + 12) >> 2]
+        off = base + mv32[(base + 16) >> 2]
+        offs = [0] * num
+        for i in range(num):
+            offs[i] = off
+            off += mv32[off >> 2]
+        hdr = np.array(offs, np.int64)
+        w = hdr >> 2
+        u32 = self.u32
+        status = u32[w + (L.TP_STATUS >> 2)]
+        tci = u32[w + (L.TP_VLAN_TCI >> 2)]
+        end = base + self.config.block_size
+        return Block(
+            data=self.buf[base:end],
+            start=hdr - base + self.u16[(hdr + L.TP_MAC) >> 1],
+            caplen=u32[w + (L.TP_SNAPLEN >> 2)].astype(np.int64),
+            wirelen=u32[w + (L.TP_LEN >> 2)].astype(np.int64),
+            ts_ns=u32[w + (L.TP_SEC >> 2)].astype(np.int64) * 1_000_000_000 + u32[w + (L.TP_NSEC >> 2)],
+            linktype=self.linktype,
+            iface=self.ifname,
+            vlan_tci=(tci & 0xFFFF).astype(np.uint16),
+            vlan_tpid=self.u16[(hdr + L.TP_VLAN_TPID) >> 1],
+            vlan_valid=(status & L.TP_STATUS_VLAN_VALID) != 0,
+            pkttype=self.buf[hdr + L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE],
+        )
+
+    def close(self) -> None:
+        """Release the ring and the socket."""
+        for name in ("mv32", "u32", "u16", "buf"):
+            if hasattr(self, name):
+                obj = getattr(self, name)
+                delattr(self, name)
+                if isinstance(obj, memoryview):
+                    obj.release()
+                del obj
+        if hasattr(self, "mm"):
+            try:
+                self.mm.close()
+            except BufferError:
+                pass  # a caller still holds a Block view; the mapping goes with the last reference
+        self.sock.close()

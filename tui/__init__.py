@@ -1,0 +1,1 @@
+"""retrotap's terminal interface (Textual) and command line."""

@@ -1,0 +1,132 @@
+"""The `retrotap` command: the dashboard by default, `stats` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from capture_backend.bpf import FilterError
+from capture_backend.counters import CounterLimits
+from capture_backend.headless import StatsOptions, run_stats
+from capture_backend.netlink import InterfaceError, default_interface
+from capture_backend.pcapfile import CaptureFileError
+from capture_backend.ring import CaptureError, RingConfig
+
+USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, PermissionError, OSError)
+SUBCOMMANDS = ("stats",)
+
+
+class UsageError(Exception):
+    """A bad option value, reported in one line."""
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+        return value
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE", help="interface (repeatable)")
+    p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
+    p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
+    p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
+    p.add_argument("--ring-size", type=_positive(int), default=32, metavar="MiB", help="ring size (default 32)")
+    p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")
+    p.add_argument("--block-timeout", type=_positive(int), default=50, metavar="MS", help="block retire timeout")
+    p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
+    p.add_argument("--flow-idle", type=_positive(float), default=300.0, metavar="S", help="flow idle timeout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(prog="retrotap", description="Live network traffic monitor with rewind.")
+    _common(parser)
+    parser.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
+    parser.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
+    _common(stats)
+    stats.add_argument("--interval", type=_positive(float), metavar="S", help="seconds between records")
+    stats.add_argument("--count", type=_positive(int), default=0, metavar="N", help="stop after N records")
+    stats.add_argument("--top", type=_positive(int), default=10, metavar="N", help="rows per table (0: all)")
+    stats.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
+    return parser
+
+
+def _ring(args: argparse.Namespace) -> RingConfig:
+    block = args.block_size * 1024
+    if block < 4096 or block & (block - 1):
+        raise UsageError(f"--block-size {args.block_size} KiB: must be a power of two of at least 4 KiB")
+    ring_bytes = args.ring_size << 20
+    if ring_bytes < 2 * block:
+        raise UsageError(f"--ring-size {args.ring_size} MiB: must hold at least two blocks")
+    if args.block_timeout < 1:
+        raise UsageError("--block-timeout must be at least 1 ms")
+    return RingConfig(
+        block_size=block, block_nr=ring_bytes // block, block_timeout_ms=args.block_timeout, promisc=not args.no_promisc
+    )
+
+
+def _interfaces(args: argparse.Namespace) -> list[str]:
+    if args.read:
+        if args.interface:
+            raise UsageError("-r and -i cannot be used together")
+        return []
+    return list(dict.fromkeys(args.interface)) or [default_interface()]
+
+
+def stats_options(args: argparse.Namespace) -> StatsOptions:
+    """StatsOptions from parsed arguments; UsageError on inconsistent values."""
+    if args.interval is not None and args.interval <= 0:
+        raise UsageError("--interval must be greater than 0")
+    return StatsOptions(
+        interfaces=_interfaces(args),
+        read_file=args.read,
+        filter_expr=args.filter,
+        interval=args.interval,
+        count=args.count,
+        top=args.top,
+        fmt=args.format,
+        promisc=not args.no_promisc,
+        ring=_ring(args),
+        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle),
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"retrotap: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, and turn a user's mistake into one line and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "stats":
+            return run_stats(stats_options(args))
+        from tui.app import run_dashboard
+
+        return run_dashboard(args, _interfaces(args), _ring(args))
+    except UsageError as e:
+        return _fail(str(e))
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except USER_ERRORS as e:
+        return _fail(str(e) or e.__class__.__name__)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
