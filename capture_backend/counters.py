@@ -8,13 +8,13 @@ timeout, oldest evicted first, evictions counted).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend.decode import Decoded
+from capture_backend.decode import Decoded, key_bytes
 from capture_backend.services import known_ports
 
 NS = 1_000_000_000
@@ -223,9 +223,30 @@ def _row_hash(k: np.ndarray) -> np.ndarray:
 
 
 def _group(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of one representative row per distinct row of k, and each row's group."""
-    _, first, inverse = np.unique(_row_hash(k), return_index=True, return_inverse=True)
-    if np.any(k[first][inverse] != k):  # a 64-bit hash collision: group exactly instead
+    """One representative row index per distinct row of k, and each row's group number."""
+    if k.shape[0] > 1:
+        # Packets of one flow come in runs: group the runs' first rows only when that pays.
+        head = np.empty(k.shape[0], bool)
+        head[0] = True
+        np.any(k[1:] != k[:-1], axis=1, out=head[1:])
+        starts = np.flatnonzero(head)
+        if starts.size * 2 < k.shape[0]:
+            run_first, run_group = _group_rows(k[starts])
+            return starts[run_first], run_group[np.cumsum(head) - 1]
+    return _group_rows(k)
+
+
+def _group_rows(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h = _row_hash(k)
+    order = np.argsort(h)
+    sorted_h = h[order]
+    head = np.empty(h.size, bool)
+    head[0] = True
+    np.not_equal(sorted_h[1:], sorted_h[:-1], out=head[1:])
+    inverse = np.empty(h.size, np.int64)
+    inverse[order] = np.cumsum(head) - 1
+    first = order[head]
+    if np.any(k[first[inverse]] != k):  # a 64-bit hash collision: group exactly instead
         _, first, inverse = np.unique(k, axis=0, return_index=True, return_inverse=True)
     return first, inverse.ravel()
 
@@ -292,43 +313,45 @@ class Counters:
             self._add_ip(dec, sel)
 
     def _add_ip(self, dec: Decoded, sel: np.ndarray) -> None:
-        src, dst = dec.src[sel], dec.dst[sel]
-        sport, dport = dec.sport[sel].astype(np.uint64), dec.dport[sel].astype(np.uint64)
-        s, d = src.view(">u8").astype(np.uint64), dst.view(">u8").astype(np.uint64)
-        # Canonical direction: (a, aport) is the smaller endpoint; dir 1 means b → a.
-        swap = (s[:, 0] > d[:, 0]) | (
-            (s[:, 0] == d[:, 0]) & ((s[:, 1] > d[:, 1]) | ((s[:, 1] == d[:, 1]) & (sport > dport)))
-        )
-        sw = swap[:, None]
-        a, b = np.where(sw, d, s), np.where(sw, s, d)
-        aport, bport = np.where(swap, dport, sport), np.where(swap, sport, dport)
-        proto = dec.proto[sel].astype(np.uint64)
-        ts = dec.ts_ns[sel]
+        whole = sel.size == len(dec)
+        pick: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if whole else (lambda col: col[sel])
+        src, dst = pick(dec.src_key), pick(dec.dst_key)
+        sport, dport = pick(dec.sport).astype(np.uint64), pick(dec.dport).astype(np.uint64)
+        proto = pick(dec.proto).astype(np.uint64)
+        ts = pick(dec.ts_ns)
         sec = ts // NS
+        # Group packets by their directional 5-tuple and second; everything after works per group.
         k = np.empty((sel.size, 6), np.uint64)
-        k[:, 0:2] = a
-        k[:, 2:4] = b
-        k[:, 4] = proto | (aport << np.uint64(8)) | (bport << np.uint64(24)) | (swap.astype(np.uint64) << np.uint64(40))
-        k[:, 5] = sec.astype(np.uint64)
+        k[:, 0:2] = src
+        k[:, 2:4] = dst
+        k[:, 4] = proto | (sport << np.uint64(8)) | (dport << np.uint64(24))
+        k[:, 5] = sec
         first, inv = _group(k)
         g = first.size
-        wire = dec.wirelen[sel]
+        wire = pick(dec.wirelen)
         g_packets = np.bincount(inv, minlength=g)
         g_bytes = np.bincount(inv, weights=wire, minlength=g).astype(np.int64)
         g_first = np.full(g, INT64_MAX, np.int64)
         np.minimum.at(g_first, inv, ts)
-        g_last = np.full(g, 0, np.int64)
+        g_last = np.zeros(g, np.int64)
         np.maximum.at(g_last, inv, ts)
         g_flags = np.zeros(g, np.uint8)
-        np.bitwise_or.at(g_flags, inv, dec.tcp_flags[sel])
-        g_dir = swap[first].astype(np.int64)
+        np.bitwise_or.at(g_flags, inv, pick(dec.tcp_flags))
+        s, d = src[first], dst[first]
+        s_port, d_port = sport[first], dport[first]
+        # Canonical direction: (a, aport) is the smaller endpoint; dir 1 means b sent it.
+        swap = (s[:, 0] > d[:, 0]) | (
+            (s[:, 0] == d[:, 0]) & ((s[:, 1] > d[:, 1]) | ((s[:, 1] == d[:, 1]) & (s_port > d_port)))
+        )
+        sw = swap[:, None]
+        g_a, g_b = np.where(sw, d, s), np.where(sw, s, d)
+        g_aport, g_bport = np.where(swap, d_port, s_port), np.where(swap, s_port, d_port)
+        g_proto = proto[first]
+        g_dir = swap.astype(np.int64)
         g_sec = sec[first]
-        g_a, g_b = a[first], b[first]
-        g_aport, g_bport, g_proto = aport[first], bport[first], proto[first]
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
-        a_bytes = g_a.astype(">u8").view(np.uint8).reshape(g, 16)
-        b_bytes = g_b.astype(">u8").view(np.uint8).reshape(g, 16)
+        a_bytes, b_bytes = key_bytes(g_a), key_bytes(g_b)
         fkey = np.zeros((g, 40), np.uint8)
         fkey[:, 0:16], fkey[:, 16:32] = a_bytes, b_bytes
         fkey[:, 32:34] = g_aport.astype(">u2").view(np.uint8).reshape(g, 2)

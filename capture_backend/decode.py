@@ -60,7 +60,17 @@ NULL_FAMILY_TABLE = np.zeros(64, np.int32)
 NULL_FAMILY_TABLE[list(NULL_FAMILY_ETHERTYPE)] = list(NULL_FAMILY_ETHERTYPE.values())
 # A link decoder returns, per frame: link header readable, L3 offset, ethertype, outer VLAN id.
 LinkFields = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-V4_MAPPED_PREFIX = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
+
+# Lookup tables by protocol / extension-header code (0..255).
+L4_NEED = np.zeros(256, np.int64)
+L4_NEED[list(L4_HEADER_LEN)] = list(L4_HEADER_LEN.values())
+HAS_PORTS = np.zeros(256, bool)
+HAS_PORTS[list(PORT_PROTOS)] = True
+EXT_CODES = np.array(list(IPV6_EXT_LENGTH))
+EXT_MULT = np.zeros(256, np.int64)
+EXT_ADD = np.zeros(256, np.int64)
+for _code, (_mult, _add) in IPV6_EXT_LENGTH.items():
+    EXT_MULT[_code], EXT_ADD[_code] = _mult, _add
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +83,8 @@ class Decoded:
     ethertype: np.ndarray  # int32, after VLAN tags; 0 when the link header is unreadable
     vlan: np.ndarray  # int32, outermost VLAN id, -1 when untagged
     ip: np.ndarray  # bool, addresses are valid (IPv4 or IPv6 header complete)
-    src: np.ndarray  # uint8 (n, 16), IPv6 or IPv4-mapped (::ffff:a.b.c.d)
-    dst: np.ndarray  # uint8 (n, 16)
+    src_key: np.ndarray  # uint64 (n, 2): the 16-byte address (IPv4-mapped ::ffff:a.b.c.d) as two big-endian halves
+    dst_key: np.ndarray  # uint64 (n, 2)
     proto: np.ndarray  # int32 IP protocol (upper layer), -1 when not IP
     sport: np.ndarray  # int32, 0 when there are no ports (non-first fragment, ICMP, ...)
     dport: np.ndarray  # int32
@@ -84,30 +94,58 @@ class Decoded:
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
 
+    @property
+    def src(self) -> np.ndarray:
+        """Source addresses as (n, 16) bytes."""
+        return key_bytes(self.src_key)
+
+    @property
+    def dst(self) -> np.ndarray:
+        """Destination addresses as (n, 16) bytes."""
+        return key_bytes(self.dst_key)
+
+
+def key_bytes(key: np.ndarray) -> np.ndarray:
+    """(n, 2) uint64 address keys as (n, 16) bytes in network order."""
+    return np.ascontiguousarray(key, dtype=">u8").view(np.uint8).reshape(-1, 16)
+
 
 class _Frames:
     """Bounds-checked vectorised reads at per-packet offsets of a block."""
 
-    def __init__(self, block: Block) -> None:
-        self.buf = block.data
-        self.start = block.start.astype(np.int64, copy=False)
-        self.caplen = block.caplen.astype(np.int64, copy=False)
-        self.last = max(int(self.buf.shape[0]) - 1, 0)
+    def __init__(self, buf: np.ndarray, start: np.ndarray, caplen: np.ndarray) -> None:
+        self.buf = buf
+        self.start = start
+        self.caplen = caplen
+        self.last = max(int(buf.shape[0]) - 1, 0)
+
+    @classmethod
+    def of(cls, block: Block) -> _Frames:
+        return cls(block.data, block.start.astype(np.int64, copy=False), block.caplen.astype(np.int64, copy=False))
+
+    def sub(self, rows: np.ndarray) -> _Frames:
+        """The frames at `rows` only."""
+        return _Frames(self.buf, self.start[rows], self.caplen[rows])
 
     def has(self, off: np.ndarray, size: int) -> np.ndarray:
         """Which frames hold `size` bytes at relative offset `off`."""
         return (off >= 0) & (off + size <= self.caplen)
 
     def u8(self, off: np.ndarray) -> np.ndarray:
-        idx = np.clip(self.start + off, 0, self.last)
-        return self.buf[idx].astype(np.int32)
+        return self.buf[np.minimum(self.start + off, self.last)].astype(np.int32)
 
     def u16(self, off: np.ndarray) -> np.ndarray:
         return (self.u8(off) << 8) | self.u8(off + 1)
 
-    def bytes_at(self, off: np.ndarray, size: int) -> np.ndarray:
-        idx = np.clip((self.start + off)[:, None] + np.arange(size), 0, self.last)
-        return self.buf[idx]
+    def be64(self, off: np.ndarray, words: int) -> np.ndarray:
+        """`words` big-endian 64-bit words per frame at `off`, as (n, words) uint64."""
+        idx = np.minimum((self.start + off)[:, None] + np.arange(8 * words), self.last)
+        return self.buf[idx].view(">u8").astype(np.uint64)
+
+    def be32(self, off: np.ndarray, words: int) -> np.ndarray:
+        """`words` big-endian 32-bit words per frame at `off`, as (n, words) uint64."""
+        idx = np.minimum((self.start + off)[:, None] + np.arange(4 * words), self.last)
+        return self.buf[idx].view(">u4").astype(np.uint64)
 
 
 def _no_vlan(n: int) -> np.ndarray:
@@ -175,24 +213,66 @@ LINK_DECODERS: dict[int, Callable[[_Frames, int], LinkFields]] = {
 }
 
 
+V4_MAPPED = np.uint64(0xFFFF_0000_0000)
+
+
+@dataclass
+class _Layer3:
+    """What the network layer tells about a subset of frames."""
+
+    good: np.ndarray  # header whole and valid
+    proto: np.ndarray
+    l4: np.ndarray  # offset of the transport header, -1 when it is not there to read
+    src: np.ndarray  # (m, 2) uint64
+    dst: np.ndarray
+
+
+def _ipv4(fr: _Frames, l3: np.ndarray) -> _Layer3:
+    vihl = fr.u8(l3)
+    ihl = (vihl & 0xF) * 4
+    good = fr.has(l3, 20) & ((vihl >> 4) == 4) & (ihl >= 20)
+    later_fragment = (fr.u16(l3 + 6) & 0x1FFF) != 0
+    addrs = fr.be32(l3 + 12, 2)
+    m = l3.size
+    src = np.zeros((m, 2), np.uint64)
+    dst = np.zeros((m, 2), np.uint64)
+    src[:, 1] = addrs[:, 0] | V4_MAPPED
+    dst[:, 1] = addrs[:, 1] | V4_MAPPED
+    l4 = np.where(good & ~later_fragment, l3 + ihl, -1)
+    return _Layer3(good, np.where(good, fr.u8(l3 + 9), -1), l4, src, dst)
+
+
+def _ipv6(fr: _Frames, l3: np.ndarray) -> _Layer3:
+    good = fr.has(l3, 40) & ((fr.u8(l3) >> 4) == 6)
+    m = l3.size
+    nh = np.where(good, fr.u8(l3 + 6), -1)
+    off = l3 + 40
+    later_fragment = np.zeros(m, bool)
+    for _ in range(MAX_IPV6_EXT_HEADERS):
+        is_ext = good & np.isin(nh, EXT_CODES)
+        if not is_ext.any():
+            break
+        whole = fr.has(off, 8)
+        good &= ~is_ext | whole
+        is_ext &= whole
+        code = np.clip(nh, 0, 255)
+        later_fragment |= is_ext & (nh == IPV6_EXT_FRAGMENT) & ((fr.u16(off + 2) >> 3) != 0)
+        hdr_len = fr.u8(off + 1) * EXT_MULT[code] + EXT_ADD[code]
+        nh = np.where(is_ext, fr.u8(off), nh)
+        off = np.where(is_ext, off + hdr_len, off)
+    addrs = fr.be64(l3 + 8, 4)
+    l4 = np.where(good & ~later_fragment, off, -1)
+    return _Layer3(good, np.where(good, nh, -1), l4, addrs[:, 0:2], addrs[:, 2:4])
+
+
+LAYER3_DECODERS = {ETHERTYPE_IPV4: _ipv4, ETHERTYPE_IPV6: _ipv6}
+
+
 def _empty(block: Block) -> Decoded:
     z = np.zeros(0, np.int32)
-    a = np.zeros((0, 16), np.uint8)
-    return Decoded(
-        block.iface,
-        np.zeros(0, np.int64),
-        np.zeros(0, np.int64),
-        z,
-        z,
-        np.zeros(0, bool),
-        a,
-        a,
-        z,
-        z,
-        z,
-        np.zeros(0, np.uint8),
-        np.zeros(0, bool),
-    )
+    a = np.zeros((0, 2), np.uint64)
+    e = np.zeros(0, np.int64)
+    return Decoded(block.iface, e, e, z, z, np.zeros(0, bool), a, a, z, z, z, np.zeros(0, np.uint8), np.zeros(0, bool))
 
 
 def decode(block: Block) -> Decoded:
@@ -200,101 +280,52 @@ def decode(block: Block) -> Decoded:
     n = len(block)
     if n == 0:
         return _empty(block)
-    fr = _Frames(block)
+    fr = _Frames.of(block)
     link = LINK_DECODERS.get(block.linktype)
     if link is None:
-        link_ok = np.zeros(n, bool)
-        l3 = np.zeros(n, np.int64)
-        et = np.zeros(n, np.int32)
-        vlan = _no_vlan(n)
+        link_ok, l3, et, vlan = np.zeros(n, bool), np.zeros(n, np.int64), np.zeros(n, np.int32), _no_vlan(n)
     else:
         link_ok, l3, et, vlan = link(fr, n)
     malformed = ~link_ok
     wirelen = block.wirelen.astype(np.int64, copy=False)
     if block.vlan_valid is not None and block.vlan_tci is not None:
         stripped = block.vlan_valid | (block.vlan_tci != 0)
-        vlan = np.where(stripped, block.vlan_tci.astype(np.int32) & 0xFFF, vlan)
-        if block.linktype == LINKTYPE_ETHERNET:
-            wirelen = wirelen + 4 * stripped  # the tag was on the wire: count it, as pcap writing restores it
+        if stripped.any():
+            vlan = np.where(stripped, block.vlan_tci.astype(np.int32) & 0xFFF, vlan)
+            if block.linktype == LINKTYPE_ETHERNET:
+                wirelen = wirelen + 4 * stripped  # the tag was on the wire: count it, as pcap writing restores it
 
-    src = np.zeros((n, 16), np.uint8)
-    dst = np.zeros((n, 16), np.uint8)
+    src = np.zeros((n, 2), np.uint64)
+    dst = np.zeros((n, 2), np.uint64)
     proto = np.full(n, -1, np.int32)
-    l4 = np.full(n, -1, np.int64)  # -1: no transport header to read (not IP, or a later fragment)
+    l4 = np.full(n, -1, np.int64)
+    ip = np.zeros(n, bool)
+    for ethertype, layer3 in LAYER3_DECODERS.items():
+        rows = np.flatnonzero(link_ok & (et == ethertype))
+        if rows.size == 0:
+            continue
+        r = layer3(fr.sub(rows) if rows.size < n else fr, l3[rows])
+        ip[rows] = r.good
+        malformed[rows] |= ~r.good
+        proto[rows] = r.proto
+        l4[rows] = r.l4
+        src[rows] = r.src
+        dst[rows] = r.dst
 
-    # IPv4
-    v4 = link_ok & (et == ETHERTYPE_IPV4)
-    if v4.any():
-        whole = fr.has(l3, 20)
-        vihl = fr.u8(l3)
-        ihl = (vihl & 0xF) * 4
-        good = v4 & whole & ((vihl >> 4) == 4) & (ihl >= 20) & fr.has(l3, 1)
-        malformed |= v4 & ~good
-        frag_off = fr.u16(l3 + 6) & 0x1FFF
-        proto = np.where(good, fr.u8(l3 + 9), proto)
-        l4 = np.where(good & (frag_off == 0), l3 + ihl, l4)
-        src[good, :12] = V4_MAPPED_PREFIX
-        dst[good, :12] = V4_MAPPED_PREFIX
-        src[good, 12:] = fr.bytes_at(l3 + 12, 4)[good]
-        dst[good, 12:] = fr.bytes_at(l3 + 16, 4)[good]
-        ip4 = good
-    else:
-        ip4 = np.zeros(n, bool)
-
-    # IPv6, walking extension headers a bounded number of times.
-    v6 = link_ok & (et == ETHERTYPE_IPV6)
-    if v6.any():
-        good = v6 & fr.has(l3, 40) & ((fr.u8(l3) >> 4) == 6)
-        malformed |= v6 & ~good
-        nh = np.where(good, fr.u8(l3 + 6), -1)
-        off = l3 + 40
-        later_fragment = np.zeros(n, bool)
-        for _ in range(MAX_IPV6_EXT_HEADERS):
-            is_ext = good & np.isin(nh, list(IPV6_EXT_LENGTH))
-            if not is_ext.any():
-                break
-            whole = fr.has(off, 8)
-            malformed |= is_ext & ~whole
-            good &= ~is_ext | whole
-            is_ext &= whole
-            mult = np.zeros(n, np.int64)
-            add = np.zeros(n, np.int64)
-            for code, (m, a) in IPV6_EXT_LENGTH.items():
-                sel = nh == code
-                mult[sel] = m
-                add[sel] = a
-            frag = is_ext & (nh == IPV6_EXT_FRAGMENT)
-            later_fragment |= frag & ((fr.u16(off + 2) >> 3) != 0)
-            hdr_len = fr.u8(off + 1) * mult + add
-            nxt = fr.u8(off)
-            nh = np.where(is_ext, nxt, nh)
-            off = np.where(is_ext, off + hdr_len, off)
-        proto = np.where(good, nh, proto)
-        l4 = np.where(good & ~later_fragment, off, l4)
-        src[good] = fr.bytes_at(l3 + 8, 16)[good]
-        dst[good] = fr.bytes_at(l3 + 24, 16)[good]
-        ip6 = good
-    else:
-        ip6 = np.zeros(n, bool)
-
-    ip = ip4 | ip6
-    # Transport header.
     sport = np.zeros(n, np.int32)
     dport = np.zeros(n, np.int32)
     flags = np.zeros(n, np.uint8)
-    has_l4 = ip & (l4 >= 0)
-    if has_l4.any():
-        need = np.zeros(n, np.int64)
-        for code, size in L4_HEADER_LEN.items():
-            need[proto == code] = size
-        known = has_l4 & (need > 0)
-        whole = fr.has(l4, 1) & (l4 + need <= fr.caplen)
-        malformed |= known & ~whole
-        with_ports = known & whole & np.isin(proto, PORT_PROTOS)
-        sport = np.where(with_ports, fr.u16(l4), 0)
-        dport = np.where(with_ports, fr.u16(l4 + 2), 0)
-        is_tcp = known & whole & (proto == IPPROTO_TCP)
-        flags = np.where(is_tcp, fr.u8(l4 + 13), 0).astype(np.uint8)
+    rows = np.flatnonzero(ip & (l4 >= 0))
+    if rows.size:
+        t = fr.sub(rows) if rows.size < n else fr
+        p, off = proto[rows], l4[rows]
+        need = L4_NEED[np.clip(p, 0, 255)]
+        whole = t.has(off, 1) & (off + need <= t.caplen)
+        malformed[rows] |= (need > 0) & ~whole
+        with_ports = whole & HAS_PORTS[np.clip(p, 0, 255)]
+        sport[rows] = np.where(with_ports, t.u16(off), 0)
+        dport[rows] = np.where(with_ports, t.u16(off + 2), 0)
+        flags[rows] = np.where(whole & (p == IPPROTO_TCP), t.u8(off + 13), 0)
 
     return Decoded(
         iface=block.iface,
@@ -303,8 +334,8 @@ def decode(block: Block) -> Decoded:
         ethertype=et.astype(np.int32, copy=False),
         vlan=vlan,
         ip=ip,
-        src=src,
-        dst=dst,
+        src_key=src,
+        dst_key=dst,
         proto=proto,
         sport=sport,
         dport=dport,

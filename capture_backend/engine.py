@@ -285,7 +285,7 @@ class Engine:
         for cap in self._captures:
             if cap.ring is None:
                 continue
-            for block in cap.ring.blocks():
+            for block in cap.ring.batches():
                 for sink in sinks:
                     sink(block)
                 add(block)
