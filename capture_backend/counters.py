@@ -224,6 +224,11 @@ def _row_hash(k: np.ndarray) -> np.ndarray:
 
 def _group(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One representative row index per distinct row of k, and each row's group number."""
+    varying = [j for j in range(k.shape[1]) if not (k[:, j] == k[0, j]).all()]
+    if len(varying) < k.shape[1]:  # a column equal in every row cannot tell rows apart
+        if not varying:
+            return np.zeros(1, np.int64), np.zeros(k.shape[0], np.int64)
+        k = k[:, varying]
     if k.shape[0] > 1:
         # Packets of one flow come in runs: group the runs' first rows only when that pays.
         head = np.empty(k.shape[0], bool)

@@ -66,7 +66,8 @@ L4_NEED = np.zeros(256, np.int64)
 L4_NEED[list(L4_HEADER_LEN)] = list(L4_HEADER_LEN.values())
 HAS_PORTS = np.zeros(256, bool)
 HAS_PORTS[list(PORT_PROTOS)] = True
-EXT_CODES = np.array(list(IPV6_EXT_LENGTH))
+IS_EXT = np.zeros(256, bool)
+IS_EXT[list(IPV6_EXT_LENGTH)] = True
 EXT_MULT = np.zeros(256, np.int64)
 EXT_ADD = np.zeros(256, np.int64)
 for _code, (_mult, _add) in IPV6_EXT_LENGTH.items():
@@ -158,7 +159,7 @@ def _link_ethernet(fr: _Frames, n: int) -> LinkFields:
     et = np.where(ok, fr.u16(np.full(n, 12, np.int64)), 0)
     vlan = np.full(n, -1, np.int32)
     for _ in range(MAX_VLAN_TAGS):
-        tagged = ok & np.isin(et, VLAN_TPIDS)
+        tagged = ok & ((et == 0x8100) | (et == 0x88A8) | (et == 0x9100))
         if not tagged.any():
             break
         whole = fr.has(off, 4)
@@ -249,7 +250,7 @@ def _ipv6(fr: _Frames, l3: np.ndarray) -> _Layer3:
     off = l3 + 40
     later_fragment = np.zeros(m, bool)
     for _ in range(MAX_IPV6_EXT_HEADERS):
-        is_ext = good & np.isin(nh, EXT_CODES)
+        is_ext = good & IS_EXT[np.clip(nh, 0, 255)]
         if not is_ext.any():
             break
         whole = fr.has(off, 8)
