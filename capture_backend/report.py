@@ -59,6 +59,59 @@ def _order(table: TableSnapshot, top: int) -> np.ndarray:
     return order if top <= 0 else order[:top]
 
 
+def snapshot_interval(snap: Snapshot, prev: Snapshot | None) -> float:
+    """Seconds between two snapshots: wall clock when live, packet time for files; 0 without prev."""
+    if prev is None:
+        return 0.0
+    if snap.live:
+        return snap.time - prev.time
+    return (snap.last_ns - prev.last_ns) / NS
+
+
+def _key_hash(keys: np.ndarray) -> np.ndarray:
+    """One uint64 per key row (keys: uint8 rows, any width)."""
+    n, width = keys.shape
+    words = -(-width // 8)
+    padded = np.zeros((n, words * 8), np.uint8)
+    padded[:, :width] = keys
+    h = np.zeros(n, np.uint64)
+    for w in padded.view("<u8").T:
+        h ^= w
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | None = None) -> np.ndarray:
+    """For each row of table (or each of `rows`), the row with the same key in before, or -1."""
+    keys = table.keys if rows is None else table.keys[rows]
+    out = np.full(keys.shape[0], -1, np.int64)
+    if keys.shape[0] == 0 or len(before) == 0:
+        return out
+    hb = _key_hash(before.keys)
+    order = np.argsort(hb, kind="stable")
+    sorted_hb = hb[order]
+    pos = np.clip(np.searchsorted(sorted_hb, _key_hash(keys)), 0, sorted_hb.size - 1)
+    cand = order[pos]
+    same = (before.keys[cand] == keys).all(axis=1)
+    out[same] = cand[same]
+    return out
+
+
+def table_rates(
+    table: TableSnapshot, before: TableSnapshot, seconds: float, col: str = "bytes", rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-second growth of a (rows, 2) column since `before`, per direction; rows new since count from 0."""
+    cur = table.cols[col] if rows is None else table.cols[col][rows]
+    if seconds <= 0:
+        return np.zeros(cur.shape, np.float64)
+    match = match_rows(table, before, rows)
+    old = np.where((match >= 0)[:, None], before.cols[col][np.maximum(match, 0)], 0) if len(before) else 0
+    grown = cur - old
+    grown = np.where(grown < 0, cur, grown)  # evicted and seen again: all of it is new
+    return grown / seconds
+
+
 def _windows(table: TableSnapshot, i: int, direction: int) -> dict[str, float]:
     """Bits per second of one direction over 2/10/40 s, and the peak second."""
     out = {f"{w}s": float(table.cols[f"avg{w}"][i, direction]) * 8 for w in AVERAGE_WINDOWS}
@@ -66,11 +119,16 @@ def _windows(table: TableSnapshot, i: int, direction: int) -> dict[str, float]:
     return out
 
 
-def host_rows(snap: Snapshot, top: int = 10) -> list[Row]:
-    """Hosts by bytes sent and received."""
+def _pick(table: TableSnapshot, top: int, index: np.ndarray | None) -> np.ndarray:
+    """The rows to format: `index` when the caller sorted and limited them already, else the top by bytes."""
+    return _order(table, top) if index is None else np.asarray(index, np.int64)
+
+
+def host_rows(snap: Snapshot, top: int = 10, index: np.ndarray | None = None) -> list[Row]:
+    """Hosts by bytes sent and received (or the rows at `index`, in that order)."""
     t = snap.hosts
     rows = []
-    for i in _order(t, top).tolist():
+    for i in _pick(t, top, index).tolist():
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
         rows.append(
             {
@@ -89,11 +147,11 @@ def host_rows(snap: Snapshot, top: int = 10) -> list[Row]:
     return rows
 
 
-def pair_rows(snap: Snapshot, top: int = 10) -> list[Row]:
+def pair_rows(snap: Snapshot, top: int = 10, index: np.ndarray | None = None) -> list[Row]:
     """Host pairs (a < b), each direction's bytes and iftop's averages."""
     t = snap.pairs
     rows = []
-    for i in _order(t, top).tolist():
+    for i in _pick(t, top, index).tolist():
         key = t.keys[i].tobytes()
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
         rows.append(
@@ -115,11 +173,22 @@ def pair_rows(snap: Snapshot, top: int = 10) -> list[Row]:
     return rows
 
 
-def port_rows(snap: Snapshot, top: int = 10) -> list[Row]:
-    """Service ports (the known or lower port of each flow) by bytes."""
+def port_rows(
+    snap: Snapshot, top: int = 10, index: np.ndarray | None = None, prev: Snapshot | None = None, rates: bool = False
+) -> list[Row]:
+    """Service ports (the known or lower port of each flow) by bytes.
+
+    With rates, each row also has bps and pps since prev (None without prev).
+    """
     t = snap.ports
     rows = []
-    for i in _order(t, top).tolist():
+    picked = _pick(t, top, index)
+    seconds = snapshot_interval(snap, prev)
+    bps = pps = None
+    if rates and prev is not None and seconds > 0:
+        bps = table_rates(t, prev.ports, seconds, "bytes", picked).sum(axis=1) * 8
+        pps = table_rates(t, prev.ports, seconds, "packets", picked).sum(axis=1)
+    for n, i in enumerate(picked.tolist()):
         key = t.keys[i].tobytes()
         proto, port = key[0], int.from_bytes(key[1:3], "big")
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
@@ -134,23 +203,43 @@ def port_rows(snap: Snapshot, top: int = 10) -> list[Row]:
                 "from_port_bytes": int(by[1]),
             }
         )
+        if rates:
+            rows[-1]["bps"] = None if bps is None else float(bps[n])
+            rows[-1]["pps"] = None if pps is None else float(pps[n])
     return rows
 
 
-def flow_rows(snap: Snapshot, top: int = 10) -> list[Row]:
-    """Bidirectional 5-tuples; src is the client (the side without the service port, else the first sender)."""
-    t = snap.flows
+def flow_server_is_b(t: TableSnapshot, index: np.ndarray) -> np.ndarray:
+    """Per flow row: b is the server (the only well-known port, else the side that did not send first)."""
+    k = t.keys[index]
     known = known_ports()
+    ka = known[k[:, 32].astype(np.int64) << 8 | k[:, 33]]
+    kb = known[k[:, 34].astype(np.int64) << 8 | k[:, 35]]
+    return np.where(ka != kb, kb, t.cols["origin"][index] == 0)
+
+
+def flow_rows(
+    snap: Snapshot, top: int = 10, index: np.ndarray | None = None, prev: Snapshot | None = None, rates: bool = False
+) -> list[Row]:
+    """Bidirectional 5-tuples; src is the client (the side without the service port, else the first sender).
+
+    With rates, each row also has bps (both directions, since prev; None without prev) and age (seconds
+    since its first packet).
+    """
+    t = snap.flows
     rows = []
-    for i in _order(t, top).tolist():
+    picked = _pick(t, top, index)
+    server_is_b = flow_server_is_b(t, picked).tolist()
+    seconds = snapshot_interval(snap, prev)
+    bps = None
+    if rates and prev is not None and seconds > 0:
+        bps = table_rates(t, prev.flows, seconds, "bytes", picked).sum(axis=1) * 8
+    for n, i in enumerate(picked.tolist()):
         key = t.keys[i].tobytes()
         a, b = addr_str(key[:16]), addr_str(key[16:32])
         aport, bport = int.from_bytes(key[32:34], "big"), int.from_bytes(key[34:36], "big")
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
-        if known[aport] != known[bport]:  # exactly one side is a well-known service
-            b_is_server = bool(known[bport])
-        else:  # otherwise whoever sent the first packet seen is the client
-            b_is_server = int(t.cols["origin"][i]) == 0
+        b_is_server = server_is_b[n]
         fwd, rev = (0, 1) if b_is_server else (1, 0)
         src, sport, dst, dport = (a, aport, b, bport) if b_is_server else (b, bport, a, aport)
         rows.append(
@@ -171,14 +260,21 @@ def flow_rows(snap: Snapshot, top: int = 10) -> list[Row]:
                 "tcp_flags": tcp_flags_str(int(t.cols["tcp_flags"][i])),
             }
         )
+        if rates:
+            rows[-1]["bps"] = None if bps is None else float(bps[n])
+            rows[-1]["age"] = max(0.0, (snap.now_ns - int(t.cols["first"][i])) / NS)
     return rows
 
 
-def interface_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
-    """Captured interfaces with capture, ring and link counters, and link rates since prev."""
+def interface_rows(snap: Snapshot, prev: Snapshot | None, with_captured: bool = False) -> list[Row]:
+    """Captured interfaces with capture, ring and link counters, and link rates since prev.
+
+    With with_captured, also the rates of what was captured (captured_bps, captured_pps; files use packet time).
+    """
     seconds = snap.time - prev.time if prev is not None else 0.0
     before = {i.name: i for i in prev.interfaces} if prev is not None else {}
     rows = []
+    captured_seconds = snapshot_interval(snap, prev)
     for iface in snap.interfaces:
         row: Row = {
             "name": iface.name,
@@ -190,6 +286,10 @@ def interface_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
             "kernel_drops": iface.kernel_drops,
             "freeze_count": iface.freezes,
         }
+        old_capture = before.get(iface.name)
+        if with_captured and old_capture is not None and captured_seconds > 0:
+            row["captured_bps"] = per_second(iface.bytes, old_capture.bytes, captured_seconds) * 8
+            row["captured_pps"] = per_second(iface.packets, old_capture.packets, captured_seconds)
         if iface.link is not None:
             link = iface.link.stats
             row["operstate"] = iface.link.operstate
@@ -203,6 +303,70 @@ def interface_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
                 row["tx_pps"] = per_second(link.tx_packets, o.tx_packets, seconds)
         rows.append(row)
     return rows
+
+
+NIC_DROP_FIELDS = ("rx_missed", "rx_fifo", "rx_dropped", "rx_errors", "tx_dropped", "tx_fifo", "tx_errors")
+
+
+def drop_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
+    """Every layer's losses side by side: NIC (netlink), kernel ring, retrotap; totals and per-second deltas."""
+    seconds = snapshot_interval(snap, prev)
+    before = {i.name: i for i in prev.interfaces} if prev is not None else {}
+
+    def row(layer: str, counter: str, iface: str, total: int, old: int | None) -> Row:
+        rate = per_second(total, old, seconds) if old is not None and seconds > 0 else None
+        return {"layer": layer, "counter": counter, "iface": iface, "total": total, "per_s": rate}
+
+    rows = []
+    for iface in snap.interfaces:
+        old = before.get(iface.name)
+        if iface.link is not None:
+            stats = iface.link.stats
+            old_stats = old.link.stats if old is not None and old.link is not None else None
+            for f in NIC_DROP_FIELDS:
+                rows.append(row("nic", f, iface.name, getattr(stats, f), getattr(old_stats, f, None)))
+        if snap.live:
+            rows.append(row("kernel", "ring_drops", iface.name, iface.kernel_drops, getattr(old, "kernel_drops", None)))
+            rows.append(row("kernel", "ring_freezes", iface.name, iface.freezes, getattr(old, "freezes", None)))
+    p_malformed = prev.malformed if prev is not None else None
+    rows.append(row("retrotap", "malformed", "", snap.malformed, p_malformed))
+    for name in ("flows", "pairs", "hosts", "ports"):
+        old_evicted = getattr(prev, name).evicted if prev is not None else None
+        rows.append(row("retrotap", f"{name}_evicted", "", getattr(snap, name).evicted, old_evicted))
+    return rows
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def capture_health(snap: Snapshot, prev: Snapshot | None, base: Snapshot | None, now: float) -> Row:
+    """Coverage (captured ÷ received by the link, or by the ring) since prev and since base; own CPU; age."""
+    seconds = snap.time - prev.time if prev is not None else 0.0
+
+    def link_rx(s: Snapshot | None) -> int | None:
+        if s is None or not s.interfaces or any(i.link is None for i in s.interfaces):
+            return None
+        return sum(i.link.stats.rx_packets for i in s.interfaces if i.link is not None)
+
+    def coverage(old: Snapshot | None) -> float | None:
+        if old is None:
+            return None
+        rx_now, rx_old = link_rx(snap), link_rx(old)
+        captured = snap.packets - old.packets
+        if rx_now is not None and rx_old is not None:
+            return _ratio(captured, rx_now - rx_old)
+        return _ratio(captured, snap.received - old.received)
+
+    return {
+        "captured": snap.packets,
+        "received": snap.received,
+        "link_rx_packets": link_rx(snap),
+        "coverage": coverage(prev) if snap.live else None,
+        "coverage_since_start": coverage(base) if snap.live else None,
+        "cpu_percent": _ratio(100 * (snap.capture_cpu - prev.capture_cpu), seconds) if prev is not None else None,
+        "snapshot_age": max(0.0, now - snap.time),
+    }
 
 
 def _tallies(table: Any, key_name: str, name: Callable[[int], str]) -> list[Row]:
