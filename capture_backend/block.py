@@ -42,8 +42,8 @@ class Block:
     def __len__(self) -> int:
         return int(self.start.shape[0])
 
-    def take(self, rows: np.ndarray) -> Block:
-        """The same buffer with only the packets at `rows` (indices or a boolean mask)."""
+    def take(self, rows: np.ndarray | slice) -> Block:
+        """The same buffer with only the packets at `rows` (indices, a boolean mask or a slice)."""
 
         def pick(col: np.ndarray | None) -> np.ndarray | None:
             return None if col is None else col[rows]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from capture_backend.block import LINKTYPE_RAW, Block
+from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.bpf import OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
 from capture_backend.decode import decode
@@ -270,6 +270,8 @@ class Engine:
                 self._watch_links(poller, by_fd)
             if now >= next_publish:
                 next_publish = now + self.publish_interval
+                for cap in self._captures:
+                    cap.fold_stats()
                 self._cpu = time.thread_time()
                 self.snapshot = self._publish_now()
         # Last drain: the kernel retires a partly filled block after its timeout.
@@ -322,7 +324,6 @@ class Engine:
             if state != cap.state:
                 cap.state = state
                 self._emit(f"iface-{state}", cap.name, f"{cap.name} is {state}")
-            cap.fold_stats()
 
     def _emit(self, kind: str, iface: str, message: str) -> None:
         if self.on_event is not None:
@@ -347,17 +348,23 @@ class Engine:
         return self.counting.freeze(statuses, self._cpu, self._link_info)
 
 
-def read_file_blocks(
-    blocks: Iterable[Block], counting: Counting, filter_expr: str, linktype: int, sinks: Iterable[BlockSink] = ()
-) -> Iterable[Block]:
-    """Filter (with libpcap, as the kernel would) and count blocks read from a file; yields them."""
-    offline = OfflineFilter(filter_expr, linktype) if filter_expr.strip() else None
+def filter_blocks(blocks: Iterable[Block], filter_expr: str, sinks: Iterable[BlockSink] = ()) -> Iterator[Block]:
+    """Apply a filter to blocks read from a file (with libpcap, as the kernel would) and feed sinks."""
+    offline = OfflineFilter(filter_expr, LINKTYPE_ETHERNET) if filter_expr.strip() else None
     sinks = list(sinks)
     for block in blocks:
         if offline is not None:
             block = block.take(offline.mask(block))
         for sink in sinks:
             sink(block)
+        yield block
+
+
+def read_file_blocks(
+    blocks: Iterable[Block], counting: Counting, filter_expr: str, linktype: int = 0, sinks: Iterable[BlockSink] = ()
+) -> Iterator[Block]:
+    """Filter and count blocks read from a file; yields each once counted."""
+    for block in filter_blocks(blocks, filter_expr, sinks):
         counting.add(block)
         yield block
 

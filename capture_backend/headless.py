@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import humanize
+import numpy as np
 
-from capture_backend.block import LINKTYPE_ETHERNET
 from capture_backend.counters import NS, CounterLimits
-from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, read_file_blocks
+from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, filter_blocks
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.report import Row, record
 from capture_backend.ring import RingConfig
@@ -149,17 +149,22 @@ def run_live(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[s
 
 
 def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[Snapshot]:
-    """Snapshots at each interval boundary of packet time, and one at the end."""
+    """A snapshot at each interval boundary of packet time that packets cross, and one at the end."""
     step = int(opts.interval * NS) if opts.interval else 0
     boundary = 0
-    for block in read_file_blocks(source.blocks(), counting, opts.filter_expr, source.linktype or LINKTYPE_ETHERNET):
-        if not step or len(block) == 0:
-            continue
-        if boundary == 0:
-            boundary = (int(block.ts_ns[0]) // step + 1) * step
-        while counting.counters.last_ns >= boundary:
-            boundary += step
+    for block in filter_blocks(source.blocks(), opts.filter_expr):
+        while step and len(block):
+            if boundary == 0:
+                boundary = (int(block.ts_ns[0]) // step + 1) * step
+            later = block.ts_ns >= boundary
+            if not later.any():
+                break
+            cut = int(np.argmax(later))
+            counting.add(block.take(slice(0, cut)))
+            block = block.take(slice(cut, None))
             yield counting.freeze(file_statuses(counting), time.thread_time(), {})
+            boundary = (int(block.ts_ns[0]) // step + 1) * step
+        counting.add(block)
     yield counting.freeze(file_statuses(counting), time.thread_time(), {})
 
 
