@@ -17,11 +17,12 @@ from types import MappingProxyType
 from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.bpf import OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
-from capture_backend.decode import decode
+from capture_backend.decode import Decoded, decode
 from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
 from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 
-BlockSink = Callable[[Block], None]
+# Called on the capture thread with each batch and its decoded columns, before counting.
+BlockSink = Callable[[Block, Decoded], None]
 EventSink = Callable[["EngineEvent"], None]
 LINK_POLL_SECONDS = 1.0
 
@@ -96,16 +97,28 @@ def _frozen_tallies(table: dict[int, Tally]) -> Mapping[int, tuple[int, int]]:
 class Counting:
     """Counters plus the snapshot they publish; shared by live capture and file reading."""
 
-    def __init__(self, limits: CounterLimits, live: bool, filter_expr: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limits: CounterLimits,
+        live: bool,
+        filter_expr: str,
+        clock: Callable[[], float],
+        sinks: Iterable[BlockSink] = (),
+    ) -> None:
         self.counters = Counters(limits)
         self.live = live
         self.filter = filter_expr
         self.clock = clock
+        self.sinks = list(sinks)
         self.started = clock()
         self.seq = 0
 
     def add(self, block: Block) -> None:
-        self.counters.add(decode(block))
+        """Decode a batch, hand it to the sinks, count it."""
+        dec = decode(block)
+        for sink in self.sinks:
+            sink(block, dec)
+        self.counters.add(dec)
 
     def freeze(self, interfaces: tuple[IfaceStatus, ...], cpu: float, links: Mapping[str, LinkInfo]) -> Snapshot:
         """Build a Snapshot of the counters as they are now."""
@@ -182,8 +195,7 @@ class Engine:
         self.ring_config = ring
         self.publish_interval = publish_interval
         self.on_event = on_event
-        self.block_sinks = list(block_sinks)
-        self.counting = Counting(limits, True, filter_expr, clock)
+        self.counting = Counting(limits, True, filter_expr, clock, block_sinks)
         self.links = links if links is not None else LinkMonitor()
         self._captures = [_Capture(name) for name in ifaces]
         self._stop = threading.Event()
@@ -283,13 +295,10 @@ class Engine:
 
     def _drain(self) -> None:
         add = self.counting.add
-        sinks = self.block_sinks
         for cap in self._captures:
             if cap.ring is None:
                 continue
             for block in cap.ring.batches():
-                for sink in sinks:
-                    sink(block)
                 add(block)
 
     def _watch_links(self, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
@@ -348,23 +357,18 @@ class Engine:
         return self.counting.freeze(statuses, self._cpu, self._link_info)
 
 
-def filter_blocks(blocks: Iterable[Block], filter_expr: str, sinks: Iterable[BlockSink] = ()) -> Iterator[Block]:
-    """Apply a filter to blocks read from a file (with libpcap, as the kernel would) and feed sinks."""
+def filter_blocks(blocks: Iterable[Block], filter_expr: str) -> Iterator[Block]:
+    """Apply a filter to blocks read from a file (with libpcap, as the kernel would)."""
     offline = OfflineFilter(filter_expr, LINKTYPE_ETHERNET) if filter_expr.strip() else None
-    sinks = list(sinks)
     for block in blocks:
-        if offline is not None:
-            block = block.take(offline.mask(block))
-        for sink in sinks:
-            sink(block)
-        yield block
+        yield block if offline is None else block.take(offline.mask(block))
 
 
 def read_file_blocks(
-    blocks: Iterable[Block], counting: Counting, filter_expr: str, linktype: int = 0, sinks: Iterable[BlockSink] = ()
+    blocks: Iterable[Block], counting: Counting, filter_expr: str, linktype: int = 0
 ) -> Iterator[Block]:
     """Filter and count blocks read from a file; yields each once counted."""
-    for block in filter_blocks(blocks, filter_expr, sinks):
+    for block in filter_blocks(blocks, filter_expr):
         counting.add(block)
         yield block
 

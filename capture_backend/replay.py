@@ -105,7 +105,7 @@ class FileEngine:
         self.done = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._counting = Counting(self.limits, False, filter_expr, clock)
+        self._counting = Counting(self.limits, False, filter_expr, clock, self.block_sinks)
         self._cpu = 0.0
         self.snapshot: Snapshot = self._freeze(self._counting)
 
@@ -124,7 +124,7 @@ class FileEngine:
         was_running = self.running
         self._halt()
         self.filter_expr = expr
-        self._counting = Counting(self.limits, False, expr, self.clock)
+        self._counting = Counting(self.limits, False, expr, self.clock, self.block_sinks)
         self.done.clear()
         self.snapshot = self._freeze(self._counting)
         if was_running:
@@ -168,7 +168,7 @@ class FileEngine:
                 if self.realtime:
                     blocks = self._paced(split_at_steps(blocks, int(self.publish_interval * NS)), stop)
                 next_publish = time.monotonic() + self.publish_interval
-                for _ in read_file_blocks(blocks, counting, counting.filter, linktype, self.block_sinks):
+                for _ in read_file_blocks(blocks, counting, counting.filter, linktype):
                     if stop.is_set():
                         return
                     if time.monotonic() >= next_publish:
