@@ -115,7 +115,8 @@ class _Frames:
     """Bounds-checked vectorised reads at per-packet offsets of a block."""
 
     def __init__(self, buf: np.ndarray, start: np.ndarray, caplen: np.ndarray) -> None:
-        self.buf = buf
+        # An empty buffer (every frame has caplen 0) still needs one byte for the masked-out reads.
+        self.buf = buf if buf.shape[0] else np.zeros(1, np.uint8)
         self.start = start
         self.caplen = caplen
         self.last = max(int(buf.shape[0]) - 1, 0)
@@ -231,7 +232,7 @@ class _Layer3:
 def _ipv4(fr: _Frames, l3: np.ndarray) -> _Layer3:
     vihl = fr.u8(l3)
     ihl = (vihl & 0xF) * 4
-    good = fr.has(l3, 20) & ((vihl >> 4) == 4) & (ihl >= 20)
+    good = fr.has(l3, 20) & ((vihl >> 4) == 4) & (ihl >= 20) & (l3 + ihl <= fr.caplen)  # options included
     later_fragment = (fr.u16(l3 + 6) & 0x1FFF) != 0
     addrs = fr.be32(l3 + 12, 2)
     m = l3.size
