@@ -255,6 +255,10 @@ class Engine:
             self._thread = None
         for cap in self._captures:
             cap.close()
+        try:
+            self._link_info = self.links.links()
+        except OSError:
+            pass  # keep the last link counters read
         self.snapshot = self._publish_now()
         self.links.close()
 
