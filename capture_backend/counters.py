@@ -149,17 +149,26 @@ class KeyTable:
         return out
 
     def add_history(self, ids: np.ndarray, sec: np.ndarray, direction: np.ndarray, nbytes: np.ndarray) -> None:
-        """Add bytes to the per-second buckets of rows, in one of two directions."""
-        slot = sec % HISTORY_SECONDS
-        for s in np.unique(sec):
-            k = int(s % HISTORY_SECONDS)
+        """Add bytes to the per-second buckets of rows, in one of two directions.
+
+        Seconds are taken in order, each added before a later second reuses its bucket, so a call
+        spanning more than HISTORY_SECONDS (a file chunk) still brings every second to the peak.
+        """
+        if sec.size == 0:
+            return
+        order = np.argsort(sec, kind="stable")
+        secs, starts = np.unique(sec[order], return_index=True)
+        ends = np.append(starts[1:], order.size)
+        hist, peak = self.cols["hist"], self.cols["peak"]
+        for s, a, b in zip(secs.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            k = s % HISTORY_SECONDS
             if self.slot_sec[k] < s:
-                hist = self.cols["hist"]
-                self.cols["peak"] = np.maximum(self.cols["peak"], hist[:, k, :])
+                np.maximum(peak, hist[:, k, :], out=peak)
                 hist[:, k, :] = 0
                 self.slot_sec[k] = s
-        fresh = self.slot_sec[slot] == sec
-        np.add.at(self.cols["hist"], (ids[fresh], slot[fresh], direction[fresh]), nbytes[fresh].astype(np.uint64))
+            if self.slot_sec[k] == s:  # else older than what the bucket holds: dropped
+                rows = order[a:b]
+                np.add.at(hist, (ids[rows], k, direction[rows]), nbytes[rows].astype(np.uint64))
 
     def freeze(self, now_sec: int) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept."""
