@@ -20,6 +20,7 @@ from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, fi
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.report import Row, record
 from capture_backend.ring import RingConfig
+from capture_backend.timemachine import TimeMachine, write_snapshot
 
 CSV_COLUMNS = (
     "kind time name state addr a b proto port service src sport dst dport packets bytes malformed "
@@ -42,6 +43,9 @@ class StatsOptions:
     promisc: bool = True
     ring: RingConfig = field(default_factory=RingConfig)
     limits: CounterLimits = field(default_factory=CounterLimits)
+    buffer_size: int = 256 << 20
+    buffer_seconds: float = 60.0
+    snapshot_dir: str = "."
 
 
 def _bits(bps: float) -> str:
@@ -95,8 +99,16 @@ class Output:
                 w(f"{_bits(bps['40s']):>11}{cum:>12}\n")
         w("-" * 93 + "\n")
         if rec["ports"]:
-            w("Ports: " + ", ".join(f"{p['proto']}/{p['port']}" + (f" ({p['service']})" if p["service"] else "")
-                                  + f" {humanize.naturalsize(p['bytes'])}" for p in rec["ports"]) + "\n")
+            w(
+                "Ports: "
+                + ", ".join(
+                    f"{p['proto']}/{p['port']}"
+                    + (f" ({p['service']})" if p["service"] else "")
+                    + f" {humanize.naturalsize(p['bytes'])}"
+                    for p in rec["ports"]
+                )
+                + "\n"
+            )
         for iface in rec["interfaces"]:
             w(f"Interface {iface['name']} ({iface['state']}): captured {iface['captured_packets']} packets")
             if "rx_missed" in iface:
@@ -106,21 +118,63 @@ class Output:
         w("=" * 93 + "\n")
 
 
-class Stopper:
-    """SIGINT/SIGTERM set an event the loops wait on, so they end after one last record."""
+class Signals:
+    """SIGINT/SIGTERM ask the loops to end after one last record; SIGUSR1 asks for a snapshot."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.wake = threading.Event()
+        self.stop = False
+        self.snapshot = False
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.event.set())
+            signal.signal(sig, lambda *_: self._set("stop"))
+        signal.signal(signal.SIGUSR1, lambda *_: self._set("snapshot"))
+
+    def _set(self, what: str) -> None:
+        setattr(self, what, True)
+        self.wake.set()
 
 
-def run_live(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[str], None]) -> int:
+class Snapshotter:
+    """Writes time machine snapshots on their own thread, one at a time, and logs the result."""
+
+    def __init__(self, tm: TimeMachine, directory: str, log: Callable[[str], None]) -> None:
+        self.tm = tm
+        self.directory = directory
+        self.log = log
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.log("snapshot: one is already being written")
+            return
+        self._thread = threading.Thread(target=self._write, name="retrotap-snapshot", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        try:
+            self.log(write_snapshot(self.tm, self.directory).summary())
+        except OSError as e:
+            self.log(f"snapshot failed: {e.strerror or e}: {getattr(e, 'filename', '') or self.directory}")
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
     """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
-    engine = Engine(opts.interfaces, filter_expr=opts.filter_expr, ring=opts.ring, limits=opts.limits)
+    tm = TimeMachine(opts.buffer_size, opts.buffer_seconds) if opts.buffer_size else None
+    engine = Engine(
+        opts.interfaces,
+        filter_expr=opts.filter_expr,
+        ring=opts.ring,
+        limits=opts.limits,
+        block_sinks=[tm] if tm else [],
+    )
     engine.open()
+    snapshots = Snapshotter(tm, opts.snapshot_dir, log) if tm is not None else None
     engine.start()
     engine.ready.wait(10)
     log(f"listening on {', '.join(opts.interfaces)}" + (f" (filter: {opts.filter_expr})" if opts.filter_expr else ""))
@@ -129,10 +183,16 @@ def run_live(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[s
     written = 0
     next_at = time.monotonic() + interval
     try:
-        while True:
-            stopped = stopper.event.wait(max(0.0, next_at - time.monotonic()))
-            if stopped:
-                break
+        while not signals.stop:
+            if signals.wake.wait(max(0.0, next_at - time.monotonic())):
+                signals.wake.clear()
+                if signals.snapshot:
+                    signals.snapshot = False
+                    if snapshots is None:
+                        log("snapshot: the time machine is off (--buffer-size 0)")
+                    else:
+                        snapshots.request()
+                continue
             next_at += interval
             snap = engine.snapshot
             out.write(record(snap, prev, opts.top))
@@ -145,6 +205,8 @@ def run_live(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[s
         if engine.running:  # stopped by a signal: drain the rings, then one last record
             engine.close()
             out.write(record(engine.snapshot, prev, opts.top))
+        if snapshots is not None:
+            snapshots.join()
     return 0
 
 
@@ -168,7 +230,7 @@ def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) 
     yield counting.freeze(file_statuses(counting), time.thread_time(), {})
 
 
-def run_file(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[str], None]) -> int:
+def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
     """Read a capture file as fast as possible through the same decode and counters."""
     assert opts.read_file is not None
     with FileSource(opts.read_file) as source:
@@ -180,7 +242,7 @@ def run_file(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[s
                 out.write(record(snap, prev, opts.top))
                 prev = snap
                 written += 1
-                if (opts.count and written >= opts.count) or stopper.event.is_set():
+                if (opts.count and written >= opts.count) or signals.stop:
                     break
         except CaptureFileError as e:  # report what was read before the damage, then fail
             out.write(record(counting.freeze(file_statuses(counting), time.thread_time(), {}), prev, opts.top))
@@ -194,9 +256,9 @@ def run_file(opts: StatsOptions, out: Output, stopper: Stopper, log: Callable[[s
 def run_stats(opts: StatsOptions, stream: TextIO = sys.stdout, log: Callable[[str], None] | None = None) -> int:
     """Entry point of `retrotap stats` once options are parsed and checked."""
     logger = log or (lambda msg: print(f"retrotap: {msg}", file=sys.stderr, flush=True))
-    stopper = Stopper()
-    stopper.install()
+    signals = Signals()
+    signals.install()
     out = Output(opts.fmt, stream)
     if opts.read_file:
-        return run_file(opts, out, stopper, logger)
-    return run_live(opts, out, stopper, logger)
+        return run_file(opts, out, signals, logger)
+    return run_live(opts, out, signals, logger)

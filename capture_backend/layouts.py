@@ -31,6 +31,9 @@ TPACKET_REQ3 = struct.Struct("=7I")
 # offset_to_first_pkt, blk_len, seq_num, ts_first_pkt {sec, nsec}, ts_last_pkt {sec, nsec}.
 TPACKET_BLOCK_DESC = struct.Struct("=IIIIIIQIIII")
 BLOCK_STATUS_OFFSET = 8
+BLOCK_NUM_PKTS_OFFSET = 12
+BLOCK_FIRST_PKT_OFFSET = 16
+BLOCK_LEN_OFFSET = 20
 # struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac,
 # tp_net, then hv1 {tp_rxhash, tp_vlan_tci, tp_vlan_tpid, tp_padding}.
 TPACKET3_HDR = struct.Struct("=IIIIIIHHIIHH8x")

@@ -141,6 +141,7 @@ class Ring:
         while True:
             taken: list[int] = []
             offsets: list[np.ndarray] = []
+            spans: list[tuple[int, int]] = []
             while len(taken) < max_blocks:
                 base = ((self._next + len(taken)) % self.block_nr) * bs
                 status_word = (base + L.BLOCK_STATUS_OFFSET) >> 2
@@ -148,10 +149,14 @@ class Ring:
                     break
                 taken.append(status_word)
                 offsets.append(self._walk(base))
+                spans.append(
+                    (base + mv32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2], base + mv32[(base + L.BLOCK_LEN_OFFSET) >> 2])
+                )
             if not taken:
                 return
             try:
-                yield self._batch(offsets[0] if len(offsets) == 1 else np.concatenate(offsets))
+                hdr = offsets[0] if len(offsets) == 1 else np.concatenate(offsets)
+                yield self._batch(hdr, np.array(spans, np.int64))
             finally:
                 for status_word in taken:
                     mv32[status_word] = L.TP_STATUS_KERNEL
@@ -160,8 +165,8 @@ class Ring:
     def _walk(self, base: int) -> np.ndarray:
         """Offsets of the packet headers of the block at `base`, in order."""
         mv32 = self.mv32
-        num = mv32[(base + 12) >> 2]
-        off = base + mv32[(base + 16) >> 2]
+        num = mv32[(base + L.BLOCK_NUM_PKTS_OFFSET) >> 2]
+        off = base + mv32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2]
         if num > 8:
             # Frames of one size (a flood, a bulk transfer) sit at a constant stride: check it at
             # once instead of following tp_next_offset packet by packet.
@@ -175,7 +180,7 @@ class Ring:
             off += mv32[off >> 2]
         return np.array(offsets, np.int64)
 
-    def _batch(self, hdr: np.ndarray) -> Block:
+    def _batch(self, hdr: np.ndarray, spans: np.ndarray) -> Block:
         w = hdr >> 2
         u32 = self.u32
         status = u32[w + (L.TP_STATUS >> 2)]
@@ -192,6 +197,7 @@ class Ring:
             vlan_tpid=self.u16[(hdr + L.TP_VLAN_TPID) >> 1],
             vlan_valid=(status & L.TP_STATUS_VLAN_VALID) != 0,
             pkttype=self.buf[hdr + L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE],
+            spans=spans,
         )
 
     def close(self) -> None:

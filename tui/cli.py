@@ -35,6 +35,23 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     return parse
 
 
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """'256M', '1G', '4096' → bytes."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in SIZE_UNITS else ""
+    number = t[: len(t) - len(unit)]
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 256M, 1G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return int(value * SIZE_UNITS[unit])
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE", help="interface (repeatable)")
     p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
@@ -45,6 +62,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-timeout", type=_positive(int), default=50, metavar="MS", help="block retire timeout")
     p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
     p.add_argument("--flow-idle", type=_positive(float), default=300.0, metavar="S", help="flow idle timeout")
+    p.add_argument(
+        "--buffer-seconds", type=_positive(float), default=60.0, metavar="S", help="time machine: seconds kept"
+    )
+    p.add_argument(
+        "--buffer-size", type=_size, default=256 << 20, metavar="SIZE", help="time machine memory (256M; 0: off)"
+    )
+    p.add_argument("--snapshot-dir", default=".", metavar="DIR", help="where snapshots are written")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +124,18 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         promisc=not args.no_promisc,
         ring=_ring(args),
         limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle),
+        buffer_size=args.buffer_size,
+        buffer_seconds=args.buffer_seconds,
+        snapshot_dir=_snapshot_dir(args.snapshot_dir),
     )
+
+
+def _snapshot_dir(path: str) -> str:
+    if not os.path.isdir(path):
+        raise UsageError(f"--snapshot-dir {path!r}: no such directory")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--snapshot-dir {path!r}: not writable")
+    return path
 
 
 def _fail(message: str) -> int:

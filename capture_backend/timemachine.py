@@ -1,0 +1,247 @@
+"""The time machine: the last N seconds / bytes of traffic, kept in a preallocated pool.
+
+On the capture thread each batch is kept with one copy per byte range (the used part of each ring
+block) into pre-touched memory; no per-packet work. Readers (the snapshot writer, the recorder)
+copy spans out and check afterwards that the capture thread did not reuse the space meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from capture_backend.block import Block
+from capture_backend.decode import Decoded, decode
+from capture_backend.pcapfile import PcapWriter
+
+NS = 1_000_000_000
+PAGE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One kept byte range of one interface and the columns of the packets inside it."""
+
+    seq: int
+    offset: int  # where its bytes start in the pool
+    length: int
+    block: Block  # the packets, with `start` relative to the span and data unset (empty)
+
+    @property
+    def first_ns(self) -> int:
+        return int(self.block.ts_ns.min())
+
+    @property
+    def last_ns(self) -> int:
+        return int(self.block.ts_ns.max())
+
+
+@dataclass
+class PoolStats:
+    """What the pool holds and what it had to let go."""
+
+    packets: int = 0
+    bytes: int = 0
+    spans: int = 0
+    expired_packets: int = 0
+    oversize_packets: int = 0  # in a range larger than the whole pool: never kept
+
+
+class TimeMachine:
+    """A ring of spans in one preallocated buffer, bounded by bytes and by age (packet time)."""
+
+    def __init__(self, size: int = 256 << 20, seconds: float = 60.0) -> None:
+        self.size = size
+        self.max_age_ns = int(seconds * NS)
+        self.pool = np.empty(size, np.uint8)
+        self.pool[::PAGE] = 0  # touch every page now: copies into fresh memory are ~3x slower
+        self.spans: deque[Span] = deque()
+        self.stats = PoolStats()
+        self.expired_seq = -1  # every span with seq <= this may have been overwritten
+        self._head = 0
+        self._seq = 0
+        self.changed = threading.Event()  # set whenever a span is added (the recorder waits on it)
+
+    def __call__(self, block: Block, dec: Decoded) -> None:
+        """Block sink: keep the batch."""
+        self.add(block)
+
+    def add(self, block: Block) -> None:
+        """Copy every byte range of the block into the pool (capture thread only)."""
+        n = len(block)
+        if n == 0:
+            return
+        ranges = block.byte_ranges()
+        if ranges.shape[0] == 1:
+            cuts = [0, n]
+        else:
+            cuts = [0, *np.searchsorted(block.start, ranges[1:, 0]).tolist(), n]
+        for (lo, hi), a, b in zip(ranges.tolist(), cuts[:-1], cuts[1:], strict=True):
+            if b > a:
+                self._keep(block, int(lo), int(hi), slice(a, b))
+        self.changed.set()
+
+    def _keep(self, block: Block, lo: int, hi: int, rows: slice) -> None:
+        length = hi - lo
+        part = block.take(rows)
+        if length > self.size:
+            self.stats.oversize_packets += len(part)
+            return
+        if self._head + length > self.size:
+            self._head = 0
+        end = self._head + length
+        while self.spans and self._overlaps(self.spans[0], self._head, end):
+            self._expire()
+        self.pool[self._head : end] = block.data[lo:hi]
+        kept = Block(
+            data=_EMPTY,
+            start=part.start - lo,
+            caplen=part.caplen,
+            wirelen=part.wirelen,
+            ts_ns=part.ts_ns,
+            linktype=part.linktype,
+            iface=part.iface,
+            vlan_tci=part.vlan_tci,
+            vlan_tpid=part.vlan_tpid,
+            vlan_valid=part.vlan_valid,
+        )
+        self.spans.append(Span(self._seq, self._head, length, kept))
+        self._seq += 1
+        self._head = end
+        self.stats.packets += len(kept)
+        self.stats.bytes += length
+        self.stats.spans += 1
+        oldest_allowed = int(kept.ts_ns.max()) - self.max_age_ns
+        while len(self.spans) > 1 and self.spans[0].last_ns < oldest_allowed:
+            self._expire()
+
+    @staticmethod
+    def _overlaps(span: Span, lo: int, hi: int) -> bool:
+        return span.offset < hi and lo < span.offset + span.length
+
+    def _expire(self) -> None:
+        span = self.spans.popleft()
+        self.expired_seq = span.seq
+        self.stats.packets -= len(span.block)
+        self.stats.bytes -= span.length
+        self.stats.spans -= 1
+        self.stats.expired_packets += len(span.block)
+
+    def window(self, since_ns: int = 0, after_seq: int = -1) -> list[Span]:
+        """The spans held now (any thread), oldest first, newer than a time or a sequence number."""
+        while True:
+            try:
+                spans = list(self.spans)
+                break
+            except RuntimeError:  # the capture thread changed the deque while it was copied
+                continue
+        return [s for s in spans if s.seq > after_seq and s.last_ns >= since_ns]
+
+    def read(self, span: Span) -> Block | None:
+        """A copy of a span's packets (any thread), or None if it was overwritten meanwhile."""
+        data = self.pool[span.offset : span.offset + span.length].copy()
+        if span.seq <= self.expired_seq:
+            return None
+        b = span.block
+        return Block(
+            data, b.start, b.caplen, b.wirelen, b.ts_ns, b.linktype, b.iface, b.vlan_tci, b.vlan_tpid, b.vlan_valid
+        )
+
+
+_EMPTY = np.zeros(0, np.uint8)
+
+# Which packets of a decoded block to keep; None keeps them all.
+Selector = Callable[[Decoded], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """What a snapshot wrote: one file per interface."""
+
+    paths: tuple[str, ...]
+    packets: int
+    bytes: int
+    lost: int  # packets overwritten while being written (the oldest of the window)
+
+    def summary(self) -> str:
+        """One line for a status bar or a log."""
+        if not self.paths:
+            return "snapshot: no packets in the buffer"
+        lost = f", {self.lost} packets expired while writing" if self.lost else ""
+        return f"snapshot: {', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes{lost})"
+
+
+def snapshot_name(directory: str | Path, iface: str, when_ns: int) -> Path:
+    """./retrotap-<iface>-<UTC time>.pcap"""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when_ns // NS)) + f".{when_ns % NS // 1000:06d}Z"
+    safe = iface.replace("/", "_")
+    return Path(directory) / f"retrotap-{safe}-{stamp}.pcap"
+
+
+def write_snapshot(
+    tm: TimeMachine,
+    directory: str | Path = ".",
+    seconds: float | None = None,
+    select: Selector | None = None,
+    now_ns: int | None = None,
+) -> SnapshotResult:
+    """Write the buffered past (the last `seconds`, default all of it) to one pcap per interface."""
+    spans = tm.window()
+    if not spans:
+        return SnapshotResult((), 0, 0, 0)
+    newest = max(s.last_ns for s in spans)
+    since = newest - int(seconds * NS) if seconds is not None else 0
+    spans = [s for s in spans if s.last_ns >= since]
+    when = now_ns if now_ns is not None else time.time_ns()
+    files: dict[str, tuple[Path, PcapWriter, BinaryIO]] = {}
+    packets = nbytes = lost = 0
+    try:
+        for span in spans:
+            block = tm.read(span)
+            if block is None:
+                lost += len(span.block)
+                continue
+            mask = block.ts_ns >= since
+            if select is not None:
+                mask &= select(decode(block))
+            if not mask.any():
+                continue
+            if block.iface not in files:
+                path = snapshot_name(directory, block.iface, when)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                out: BinaryIO = os.fdopen(fd, "wb")
+                files[block.iface] = (path, PcapWriter(out, block.linktype), out)
+            writer = files[block.iface][1]
+            nbytes += writer.write_block(block, mask)
+            packets += int(mask.sum())
+    finally:
+        for _, _, opened in files.values():
+            opened.close()
+    return SnapshotResult(tuple(str(p) for p, _, _ in files.values()), packets, nbytes, lost)
+
+
+def select_host(addr_key: Sequence[int]) -> Selector:
+    """Packets from or to one address (a (hi, lo) uint64 key, see decode.Decoded.src_key)."""
+    key = np.array(addr_key, np.uint64)
+
+    def mask(dec: Decoded) -> np.ndarray:
+        return dec.ip & ((dec.src_key == key).all(axis=1) | (dec.dst_key == key).all(axis=1))
+
+    return mask
+
+
+def select_port(proto: int, port: int) -> Selector:
+    """Packets of one protocol with one port on either side."""
+
+    def mask(dec: Decoded) -> np.ndarray:
+        return (dec.proto == proto) & ((dec.sport == port) | (dec.dport == port))
+
+    return mask
