@@ -1,12 +1,402 @@
-"""Placeholder until the dashboard lands."""
+"""The live dashboard (`retrotap` with no subcommand): five views over the capture engine's snapshots.
+
+The capture thread publishes an immutable Snapshot a few times a second; the app pulls it at the
+refresh rate and formats only the rows the active view can show. Rare engine events arrive as
+Textual messages (EngineNotice) posted from the capture thread.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
 
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, Footer
+
+from capture_backend.block import LINKTYPE_ETHERNET
+from capture_backend.bpf import FilterError, compile_filter
+from capture_backend.counters import CounterLimits
+from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
+from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
+from tui.widgets.drops import DropsView
+from tui.widgets.flow_detail import FlowDetail
+from tui.widgets.flows import FlowsView
+from tui.widgets.format import count, duration, size
+from tui.widgets.help import HelpScreen
+from tui.widgets.hosts import HostsView
+from tui.widgets.interfaces import InterfacesView
+from tui.widgets.names import Lookup, NameResolver
+from tui.widgets.ports import PortsView
+from tui.widgets.prompt import PromptBar
+from tui.widgets.query import Query
+from tui.widgets.status import StatusBar, ViewBar
+from tui.widgets.view import Frame, View
+
+VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops")
+VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops")
+RESERVED_NOTE = "recording is not available yet"
+NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
+
+
+class EngineLike(Protocol):
+    """What the dashboard needs from a capture engine (Engine, FileEngine, SnapshotFeed)."""
+
+    snapshot: Snapshot
+    on_event: EventSink | None
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def set_filter(self, expr: str) -> None: ...
+
+
+class SnapshotFeed:
+    """An engine stand-in that publishes whatever snapshot it is given (tests, screenshots)."""
+
+    def __init__(self, snapshot: Snapshot, linktype: int = LINKTYPE_ETHERNET) -> None:
+        self.snapshot = snapshot
+        self.linktype = linktype
+        self.filter = snapshot.filter
+        self.on_event: EventSink | None = None
+        self.running = True
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+    def set_filter(self, expr: str) -> None:
+        """Check the filter as the engines do (FilterError keeps the old one)."""
+        if expr.strip():
+            compile_filter(expr, self.linktype)
+        self.filter = expr
+
+
+class EngineNotice(Message):
+    """A rare engine event (interface down or gone, capture error, end of file)."""
+
+    def __init__(self, event: EngineEvent) -> None:
+        super().__init__()
+        self.event = event
+
+
+class RetrotapApp(App[int]):
+    """Five views over the engine's snapshots: Interfaces, Hosts, Ports, Flows, Drops."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "retrotap"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("1", "view(1)", "Interfaces"),
+        Binding("2", "view(2)", "Hosts"),
+        Binding("3", "view(3)", "Ports"),
+        Binding("4", "view(4)", "Flows"),
+        Binding("5", "view(5)", "Drops"),
+        Binding("slash", "text_filter", "Filter", key_display="/"),
+        Binding("s", "sort", "Sort"),
+        Binding("S", "reverse_sort", "Rev", key_display="S"),
+        Binding("p", "pause", "Pause"),
+        Binding("f", "capture_filter", "BPF"),
+        Binding("n", "names", "Names"),
+        Binding("a", "aggregate", "Aggregate", show=False),
+        Binding("o", "ports", "Host ports", show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+        Binding("w", "reserved", "Write pcap (reserved)", show=False),
+        Binding("R", "reserved", "Rewind (reserved)", show=False, key_display="R"),
+    ]
+    ACTION_HELP = {
+        "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
+        "view(2)": "Hosts: host pairs with 2 s / 10 s / 40 s averages (iftop)",
+        "view(3)": "Ports: per protocol and service port",
+        "view(4)": "Flows: 5-tuples, both directions (Enter: details)",
+        "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
+        "text_filter": "Filter rows by host, network, port, service or protocol (Escape: undo)",
+        "sort": "Sort by the next column",
+        "reverse_sort": "Reverse the sort order",
+        "pause": "Pause the display (capture continues)",
+        "capture_filter": "Edit the capture filter (BPF, tcpdump syntax)",
+        "names": "Show host names (reverse DNS, looked up in the background)",
+        "aggregate": "Hosts: pairs / by source / by destination",
+        "ports": "Hosts: show ports (host:port pairs)",
+        "help": "This list of keys",
+        "quit": "Quit",
+        "reserved": RESERVED_NOTE,
+    }
+    EXTRA_KEYS = [
+        ("Enter", "Flows: details of the selected flow"),
+        ("↑ ↓ PgUp PgDn", "Move in the table"),
+        ("Escape", "Close a panel or prompt"),
+        ("Ctrl+P", "Command palette: every action by name"),
+    ]
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        *,
+        clock: Callable[[], float] = time.time,
+        refresh_s: float = 1.0,
+        resolver: Lookup | None = None,
+        source: str = "",
+    ) -> None:
+        super().__init__()
+        self.engine = engine
+        self.clock = clock
+        self.refresh_s = refresh_s if refresh_s > 0 else 1.0
+        self.names = NameResolver(resolver) if resolver is not None else NameResolver()
+        self.source = source
+        self.snap: Snapshot = engine.snapshot
+        self.prev: Snapshot | None = None
+        self.base: Snapshot | None = None
+        self.paused = False
+        self.show_names = False
+        self.text_query = ""
+        self._query_before = ""
+        self._closed = False
+        self.active = 1
+        engine.on_event = self._engine_event
+
+    # --- layout
+    def compose(self) -> ComposeResult:
+        yield ViewBar(VIEW_TITLES, id="viewbar")
+        yield StatusBar(id="status")
+        with ContentSwitcher(initial="interfaces", id="views"):
+            yield InterfacesView(refresh=self.refresh_s, id="interfaces")
+            yield HostsView(id="hosts")
+            yield PortsView(id="ports")
+            yield FlowsView(id="flows")
+            yield DropsView(id="drops")
+        yield PromptBar(id="prompt")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one(PromptBar).display = False
+        if not self.engine.running:
+            self.engine.start()
+        self.set_interval(self.refresh_s, self.pull)
+        self.action_view(1)
+        self.pull()
+
+    def on_unmount(self) -> None:
+        self.close_engine()
+
+    def close_engine(self) -> None:
+        """Stop the engine and the name worker (once)."""
+        if not self._closed:
+            self._closed = True
+            self.engine.close()
+            self.names.close()
+
+    # --- the refresh: pull the newest snapshot, render the active view
+    @property
+    def view(self) -> View:
+        """The view on screen."""
+        return self.query_one(f"#{VIEW_IDS[self.active - 1]}", View)
+
+    def pull(self) -> None:
+        """Take the engine's newest snapshot (unless paused) and redraw what is on screen."""
+        if not self.paused:
+            snap = self.engine.snapshot
+            if snap is not self.snap:
+                restarted = snap.seq <= self.snap.seq or snap.started != self.snap.started
+                self.prev = None if restarted else self.snap
+                self.snap = snap
+                if restarted or self.base is None:
+                    self.base = snap
+                self.query_one(InterfacesView).record(snap, self.prev)
+        self.render_view()
+
+    def frame(self) -> Frame:
+        """What the views render from now."""
+        known = self.names.known() if self.show_names else {}
+        return Frame(
+            snap=self.snap,
+            prev=self.prev,
+            base=self.base,
+            now=self.clock(),
+            query=Query.parse(self.text_query, known),
+            name=self.names.name if self.show_names else str,
+        )
+
+    def render_view(self) -> None:
+        """Redraw the active view, the status line and an open flow detail."""
+        frame = self.frame()
+        self.view.show(frame)
+        self._status(frame)
+        if isinstance(self.screen, FlowDetail):
+            self.screen.show(frame)
+
+    def _status(self, frame: Frame) -> None:
+        snap = frame.snap
+        if snap.live:
+            where = ",".join(i.name for i in snap.interfaces) or self.source
+        else:
+            where = f"file {self.source}" if self.source else "file"
+        parts = [where, f"bpf: {snap.filter}" if snap.filter else "no capture filter"]
+        parts.append(f"{count(snap.packets)} pkts {size(snap.bytes)}")
+        view = self.view
+        if isinstance(view, HostsView):
+            parts.append(view.mode)
+        if view.sort_key is not None:
+            parts.append(f"sort {view.describe_sort()}")
+        if frame.query:
+            unknown = f" (unknown: {' '.join(frame.query.unknown)})" if frame.query.unknown else ""
+            parts.append(f"/{frame.query.text}{unknown}")
+        if isinstance(view, FlowsView):
+            parts.append(f"{view.shown} of {view.matched} flows")
+        parts.append(f"age {duration(max(0.0, frame.now - snap.time))}")
+        self.query_one(StatusBar).show(" │ ".join(parts), self.paused, self.show_names)
+
+    # --- engine events (posted from the capture thread)
+    def _engine_event(self, event: EngineEvent) -> None:
+        self.post_message(EngineNotice(event))
+
+    def on_engine_notice(self, message: EngineNotice) -> None:
+        event = message.event
+        if event.kind == "ready":
+            return
+        severity = NOTICE_SEVERITY.get(event.kind, "information")
+        self.notify(event.message, title=event.iface or "retrotap", severity=severity)  # type: ignore[arg-type]
+
+    # --- actions
+    def action_view(self, index: int) -> None:
+        """Show view number index (1-5)."""
+        self.active = index
+        self.query_one(ContentSwitcher).current = VIEW_IDS[index - 1]
+        self.query_one(ViewBar).activate(index)
+        if not self.query_one(PromptBar).display:
+            self.view.focus_table()
+        self.render_view()
+
+    def action_sort(self) -> None:
+        """Sort the view by its next column."""
+        self.view.cycle_sort()
+        self.render_view()
+
+    def action_reverse_sort(self) -> None:
+        """Reverse the view's sort order."""
+        self.view.reverse_sort()
+        self.render_view()
+
+    def action_pause(self) -> None:
+        """Freeze the display; the capture goes on."""
+        self.paused = not self.paused
+        self.pull()
+
+    def action_names(self) -> None:
+        """Toggle host names."""
+        self.show_names = not self.show_names
+        self.render_view()
+
+    def action_aggregate(self) -> None:
+        """Hosts view: pairs, by source, by destination."""
+        mode = self.query_one(HostsView).cycle_aggregate()
+        self.notify(f"Hosts: {mode}", timeout=2)
+        self.action_view(2)
+
+    def action_ports(self) -> None:
+        """Hosts view: show host:port pairs."""
+        shown = self.query_one(HostsView).toggle_ports()
+        self.notify(f"Hosts: ports {'shown' if shown else 'hidden'}", timeout=2)
+        self.action_view(2)
+
+    def action_reserved(self) -> None:
+        """w and R belong to the recording feature."""
+        self.notify(RESERVED_NOTE, severity="warning", timeout=3)
+
+    def action_help(self) -> None:
+        """Show every key."""
+        self.push_screen(HelpScreen(self.key_help()))
+
+    def key_help(self) -> list[tuple[str, str]]:
+        """(key, what it does) for every binding, then the keys that are not bindings of the app."""
+        out = []
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            out.append((b.key_display or b.key, self.ACTION_HELP.get(b.action, b.description)))
+        return out + self.EXTRA_KEYS
+
+    def action_text_filter(self) -> None:
+        """Open the `/` prompt (the rows narrow while typing)."""
+        self._query_before = self.text_query
+        self.query_one(PromptBar).ask("query", "/", self.text_query)
+
+    def action_capture_filter(self) -> None:
+        """Open the capture filter prompt."""
+        self.query_one(PromptBar).ask("capture", "capture filter (BPF):", self.snap.filter)
+
+    def on_prompt_bar_changed(self, message: PromptBar.Changed) -> None:
+        if message.kind == "query":
+            self.text_query = message.value
+            self.render_view()
+
+    def on_prompt_bar_submitted(self, message: PromptBar.Submitted) -> None:
+        prompt = self.query_one(PromptBar)
+        if message.kind == "query":
+            self.text_query = message.value.strip()
+        elif message.kind == "capture":
+            try:
+                self.engine.set_filter(message.value.strip())
+            except FilterError as e:
+                prompt.error(str(e))
+                return
+            self.notify(f"capture filter: {message.value.strip() or 'none'}", timeout=3)
+        prompt.close()
+        self.view.focus_table()
+        self.pull()
+
+    def on_prompt_bar_cancelled(self, message: PromptBar.Cancelled) -> None:
+        if message.kind == "query":
+            self.text_query = self._query_before
+        self.query_one(PromptBar).close()
+        self.view.focus_table()
+        self.render_view()
+
+    def on_flows_view_selected(self, message: FlowsView.Selected) -> None:
+        detail = FlowDetail(message.key)
+        self.push_screen(detail)
+        self.call_after_refresh(detail.show, self.frame())
+
+    # --- command palette: the same actions by name
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            if b.action == "quit":
+                continue
+            yield SystemCommand(
+                f"{b.description} ({b.key_display or b.key})",
+                self.ACTION_HELP.get(b.action, b.description),
+                lambda action=b.action: self.run_action(action),  # type: ignore[misc]
+            )
 
 
 def run_dashboard(args: argparse.Namespace, interfaces: list[str], ring: RingConfig) -> int:
-    """Open the dashboard."""
-    raise NotImplementedError
+    """Open the capture (errors surface here, before the screen), then run the dashboard."""
+    limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle)
+    engine: Engine | FileEngine
+    if args.read:
+        engine = FileEngine(args.read, filter_expr=args.filter, limits=limits, realtime=args.realtime)
+        source = Path(args.read).name
+    else:
+        engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits)
+        source = ",".join(interfaces)
+    engine.open()
+    app = RetrotapApp(engine, refresh_s=args.refresh or 1.0, source=source)
+    try:
+        app.run()
+    finally:
+        app.close_engine()
+    return app.return_code or 0

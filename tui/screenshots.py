@@ -1,0 +1,85 @@
+"""Regenerate screenshots/*.svg with the dashboard itself: `python -m tui.screenshots`.
+
+The dashboard reads a generated pcap (fixed timestamps) and runs against a fixed clock, so the
+pictures only change when the dashboard does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from textual.pilot import Pilot
+
+from capture_backend.engine import Snapshot
+from capture_backend.replay import file_snapshots
+from tui.app import RetrotapApp, SnapshotFeed
+
+T0 = 1_700_000_000.0  # the test capture's first packet (2023-11-14 22:13:20 UTC)
+FIXED_CLOCK = T0 + 60.0
+VIEWS = ("interfaces", "hosts", "ports", "flows", "drops")
+SIZE = (120, 40)
+
+
+def write_demo_pcap(path: str | Path) -> None:
+    """The shared deterministic test capture (tests/pcapgen.py, scapy): ~60 s of mixed traffic."""
+    from tests.pcapgen import write_mixed
+
+    write_mixed(path)
+
+
+def demo_snapshots(pcap: str) -> tuple[Snapshot, Snapshot]:
+    """The capture's snapshot one second before its end, and the whole capture's (a fixed clock)."""
+    snaps = list(file_snapshots(pcap, step_s=1.0, clock=lambda: FIXED_CLOCK))
+    return (snaps[-2] if len(snaps) > 1 else snaps[-1]), snaps[-1]
+
+
+def demo_app(pcap: str, snaps: tuple[Snapshot, Snapshot]) -> tuple[RetrotapApp, SnapshotFeed]:
+    """The dashboard on the first snapshot, with a fixed clock and no name lookups."""
+    feed = SnapshotFeed(snaps[0])
+    app = RetrotapApp(feed, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source=Path(pcap).name)
+    return app, feed
+
+
+async def show_view(pilot: Pilot[int], feed: SnapshotFeed, final: Snapshot, view: int) -> None:
+    """Switch to a view, then let the dashboard refresh onto the final snapshot (rates need two)."""
+    app = pilot.app
+    assert isinstance(app, RetrotapApp)
+    await pilot.press(str(view))
+    feed.snapshot = final
+    app.pull()
+    await pilot.pause()
+
+
+async def _shoot(pcap: str, out_dir: Path) -> list[Path]:
+    snaps = demo_snapshots(pcap)
+    written = []
+    for n, view in enumerate(VIEWS, 1):
+        app, feed = demo_app(pcap, snaps)
+        async with app.run_test(size=SIZE) as pilot:
+            await show_view(pilot, feed, snaps[1], n)
+            path = out_dir / f"{n}-{view}.svg"
+            app.save_screenshot(filename=path.name, path=str(out_dir))
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write one SVG per view into screenshots/."""
+    parser = argparse.ArgumentParser(prog="python -m tui.screenshots", description=__doc__)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "screenshots"))
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pcap = str(Path(tmp) / "demo.pcap")
+        write_demo_pcap(pcap)
+        for path in asyncio.run(_shoot(pcap, out_dir)):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""View 5, Drops: every layer's losses side by side (NIC, kernel ring, retrotap), coverage and own cost."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from capture_backend.report import capture_health, drop_rows
+from tui.widgets.format import DASH, count, duration, per_second, percent, right
+from tui.widgets.table import Cell, Column, SnapTable
+from tui.widgets.view import Frame, View
+
+LAYERS = {"nic": "NIC (netlink)", "kernel": "Kernel ring", "retrotap": "retrotap"}
+COUNTERS = {
+    "rx_missed": "rx missed",
+    "rx_fifo": "rx fifo",
+    "rx_dropped": "rx dropped",
+    "rx_errors": "rx errors",
+    "tx_dropped": "tx dropped",
+    "tx_fifo": "tx fifo",
+    "tx_errors": "tx errors",
+    "ring_drops": "drops",
+    "ring_freezes": "queue freezes",
+    "malformed": "malformed packets",
+    "flows_evicted": "flow-table evictions",
+    "pairs_evicted": "pair-table evictions",
+    "hosts_evicted": "host-table evictions",
+    "ports_evicted": "port-table evictions",
+}
+COLUMNS = (
+    Column("layer", "Layer", 14),
+    Column("counter", "Counter", 22),
+    Column("iface", "Interface", 12),
+    Column("total", "Total", 12, numeric=True),
+    Column("per_s", "Per second", 12, numeric=True),
+)
+
+
+class DropsView(View):
+    """Where packets are lost, per layer, plus how much of the traffic retrotap sees and what it costs."""
+
+    title = "Drops"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="drops-summary")
+        yield SnapTable(COLUMNS, id="drops-table")
+
+    @property
+    def table(self) -> SnapTable:
+        return self.query_one(SnapTable)
+
+    def focus_table(self) -> None:
+        self.table.focus()
+
+    def show(self, frame: Frame) -> None:
+        snap = frame.snap
+        h = capture_health(snap, frame.prev, frame.base, frame.now)
+        grid = Table.grid(padding=(0, 3))
+        for _ in range(4):
+            grid.add_column()
+        if snap.live:
+            grid.add_row(
+                "Coverage (captured ÷ received)",
+                f"now {percent(_pct(h['coverage']))}",
+                f"since start {percent(_pct(h['coverage_since_start']))}",
+                f"link rx {count(h['link_rx_packets'])}  ring {count(h['received'])}",
+            )
+        else:
+            grid.add_row("Coverage", "a file: every packet in it is read", "", "")
+        grid.add_row(
+            "retrotap's own cost",
+            f"capture thread CPU {percent(h['cpu_percent'])}",
+            f"snapshot age {duration(h['snapshot_age'])}",
+            f"captured {count(h['captured'])} packets",
+        )
+        self.query_one("#drops-summary", Static).update(grid)
+        rows: list[tuple[str, list[Cell]]] = []
+        for r in drop_rows(snap, frame.prev):
+            rows.append(
+                (
+                    f"{r['layer']}|{r['counter']}|{r['iface']}",
+                    [
+                        LAYERS[r["layer"]],
+                        str(COUNTERS.get(r["counter"], r["counter"])),
+                        r["iface"] or DASH,
+                        right(count(r["total"])),
+                        right(per_second(r["per_s"])),
+                    ],
+                )
+            )
+        self.table.sync(rows)
+
+
+def _pct(ratio: float | None) -> float | None:
+    return None if ratio is None else 100 * ratio

@@ -1,0 +1,93 @@
+"""The detail panel of one flow (Enter in the Flows view): every figure retrotap has for it."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+
+from capture_backend.counters import TableSnapshot
+from capture_backend.report import Row, flow_rows
+from capture_backend.services import service_name
+from tui.widgets.format import bits, count, duration, size
+from tui.widgets.view import Frame
+
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+
+
+def find_flow(t: TableSnapshot, key: bytes) -> int:
+    """The row of a flow key in a table, or -1."""
+    if len(t) == 0:
+        return -1
+    hits = np.flatnonzero((t.keys == np.frombuffer(key, np.uint8)).all(axis=1))
+    return int(hits[0]) if hits.size else -1
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d} UTC"
+
+
+def _endpoint(addr: str, port: int, proto: str, name: str) -> str:
+    shown = addr if name == addr else f"{name} ({addr})"
+    if proto not in PROTO_NUMBERS:
+        return shown
+    service = service_name(PROTO_NUMBERS[proto], port)
+    return f"{shown} port {port}" + (f" ({service})" if service else "")
+
+
+def detail_table(r: Row, frame: Frame) -> Table:
+    """The flow's figures as a two-column Rich table."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", justify="right")
+    grid.add_column()
+    grid.add_row("Protocol", r["proto"])
+    grid.add_row("Client", _endpoint(r["src"], r["sport"], r["proto"], frame.name(r["src"])))
+    grid.add_row("Server", _endpoint(r["dst"], r["dport"], r["proto"], frame.name(r["dst"])))
+    grid.add_row("Client → server", f"{count(r['src_to_dst_packets'])} packets, {size(r['src_to_dst_bytes'])}")
+    grid.add_row("Server → client", f"{count(r['dst_to_src_packets'])} packets, {size(r['dst_to_src_bytes'])}")
+    grid.add_row("Total", f"{count(r['packets'])} packets, {size(r['bytes'])}")
+    grid.add_row("Rate", bits(r["bps"]))
+    grid.add_row("First packet", _stamp(r["first"]))
+    grid.add_row("Last packet", _stamp(r["last"]))
+    grid.add_row("Age", duration(r["age"]))
+    grid.add_row("Idle", duration(max(0.0, frame.snap.now_ns / 1e9 - r["last"])))
+    if r["proto"] == "tcp":
+        grid.add_row("TCP flags seen", r["tcp_flags"] or "none")
+    return grid
+
+
+class FlowDetail(ModalScreen[None]):
+    """One flow's details, refreshed with the dashboard; Escape or Enter closes it."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("enter", "dismiss", "Close", show=False),
+    ]
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__()
+        self.key = key
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="flow-detail"):
+            yield Label("Flow", id="flow-detail-title")
+            yield Static(id="flow-detail-body")
+
+    def show(self, frame: Frame) -> None:
+        """Render the flow from this frame's snapshot (it may have expired)."""
+        body = self.query_one("#flow-detail-body", Static)
+        i = find_flow(frame.snap.flows, self.key)
+        if i < 0:
+            body.update("This flow is no longer in the flow table (idle timeout or eviction).")
+            return
+        r = flow_rows(frame.snap, index=np.array([i]), prev=frame.prev, rates=True)[0]
+        self.query_one("#flow-detail-title", Label).update(
+            f"{r['proto']} {frame.name(r['src'])}:{r['sport']} → {frame.name(r['dst'])}:{r['dport']}"
+        )
+        body.update(detail_table(r, frame))

@@ -1,0 +1,158 @@
+"""View 4, Flows: 5-tuples with both directions, rate, age and TCP flags; sortable, filterable, Enter for detail."""
+
+from __future__ import annotations
+
+import numpy as np
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.widgets import DataTable
+
+from capture_backend.counters import TableSnapshot
+from capture_backend.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
+from tui.widgets.format import bits, count, duration, right, size
+from tui.widgets.table import Cell, Column, SnapTable
+from tui.widgets.view import Frame, KeyFn, SortKey, View
+
+COLUMNS = (
+    Column("proto", "Proto", 5),
+    Column("src", "Source"),
+    Column("sport", "SPort", 5, numeric=True),
+    Column("dst", "Destination"),
+    Column("dport", "DPort", 5, numeric=True),
+    Column("rate", "Rate", 10, numeric=True),
+    Column("bytes_out", "Bytes →", 9, numeric=True),
+    Column("bytes_in", "Bytes ←", 9, numeric=True),
+    Column("pkts_out", "Pkts →", 7, numeric=True),
+    Column("pkts_in", "Pkts ←", 7, numeric=True),
+    Column("age", "Age", 6, numeric=True),
+    Column("flags", "Flags", 5),
+)
+
+
+def _port(k: np.ndarray, col: int) -> np.ndarray:
+    return k[:, col].astype(np.int64) << 8 | k[:, col + 1]
+
+
+def _ends(f: Frame, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: client address, client port, server address, server port (as flow_rows shows them), and fwd dir."""
+    t = f.snap.flows
+    k = t.keys[idx]
+    b_server = flow_server_is_b(t, idx)
+    a, b = k[:, :16], k[:, 16:32]
+    src = np.where(b_server[:, None], a, b)
+    dst = np.where(b_server[:, None], b, a)
+    sport = np.where(b_server, _port(k, 32), _port(k, 34))
+    dport = np.where(b_server, _port(k, 34), _port(k, 32))
+    return src, sport, dst, dport, np.where(b_server, 0, 1)
+
+
+def _directed(col: str, forward: bool) -> KeyFn:
+    def values(f: Frame, idx: np.ndarray) -> np.ndarray:
+        fwd = _ends(f, idx)[4]
+        d = fwd if forward else 1 - fwd
+        return f.snap.flows.cols[col][idx, d]
+
+    return values
+
+
+def _rate(f: Frame, idx: np.ndarray) -> np.ndarray:
+    seconds = snapshot_interval(f.snap, f.prev)
+    if f.prev is None or seconds <= 0:
+        return np.zeros(idx.size)
+    return table_rates(f.snap.flows, f.prev.flows, seconds, "bytes", idx).sum(axis=1)
+
+
+def total_bytes(t: TableSnapshot, idx: np.ndarray) -> np.ndarray:
+    """Both directions' bytes of the rows idx."""
+    return t.cols["bytes"][idx].sum(axis=1)
+
+
+SORT_KEYS = (
+    SortKey("total", lambda f, i: total_bytes(f.snap.flows, i)),  # default: the biggest flows
+    SortKey("rate", _rate),
+    SortKey("bytes_out", _directed("bytes", True)),
+    SortKey("bytes_in", _directed("bytes", False)),
+    SortKey("pkts_out", _directed("packets", True)),
+    SortKey("pkts_in", _directed("packets", False)),
+    SortKey("age", lambda f, i: f.snap.now_ns - f.snap.flows.cols["first"][i]),
+    SortKey("proto", lambda f, i: f.snap.flows.keys[i, 36], descending=False),
+    SortKey("src", lambda f, i: _ends(f, i)[0], descending=False),
+    SortKey("sport", lambda f, i: _ends(f, i)[1], descending=False),
+    SortKey("dst", lambda f, i: _ends(f, i)[2], descending=False),
+    SortKey("dport", lambda f, i: _ends(f, i)[3], descending=False),
+    SortKey("flags", lambda f, i: f.snap.flows.cols["tcp_flags"][i], descending=False),
+)
+SORT_NAMES = {"total": "bytes both ways"} | {c.key: c.label for c in COLUMNS}
+
+
+class FlowsView(View):
+    """Flows, sorted and filtered on the snapshot's columns; only the rows that fit are formatted."""
+
+    title = "Flows"
+    sort_keys = SORT_KEYS
+    sort_names = SORT_NAMES
+
+    class Selected(Message):
+        """Enter on a flow: its 40-byte key."""
+
+        def __init__(self, key: bytes) -> None:
+            super().__init__()
+            self.key = key
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.keys: dict[str, bytes] = {}
+        self.shown = 0
+        self.matched = 0
+
+    def compose(self) -> ComposeResult:
+        yield SnapTable(COLUMNS, id="flows-table")
+
+    @property
+    def table(self) -> SnapTable:
+        return self.query_one(SnapTable)
+
+    def focus_table(self) -> None:
+        self.table.focus()
+
+    def show(self, frame: Frame) -> None:
+        t = frame.snap.flows
+        table = self.table
+        idx = np.flatnonzero(frame.query.flows(t)) if frame.query else np.arange(len(t))
+        picked = self.pick(frame, idx, table.capacity(), total_bytes(t, idx))
+        self.matched, self.shown = int(idx.size), int(picked.size)
+        rows: list[tuple[str, list[Cell]]] = []
+        self.keys = {}
+        name = frame.name
+        shown = flow_rows(frame.snap, index=picked, prev=frame.prev, rates=True)
+        for i, r in zip(picked.tolist(), shown, strict=True):
+            key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
+            self.keys[key] = t.keys[i].tobytes()
+            ports = r["proto"] in ("tcp", "udp", "sctp")
+            rows.append(
+                (
+                    key,
+                    [
+                        r["proto"],
+                        name(r["src"]),
+                        right(str(r["sport"]) if ports else ""),
+                        name(r["dst"]),
+                        right(str(r["dport"]) if ports else ""),
+                        right(bits(r["bps"])),
+                        right(size(r["src_to_dst_bytes"])),
+                        right(size(r["dst_to_src_bytes"])),
+                        right(count(r["src_to_dst_packets"])),
+                        right(count(r["dst_to_src_packets"])),
+                        right(duration(r["age"])),
+                        r["tcp_flags"],
+                    ],
+                )
+            )
+        table.set_labels({c.key: self.sort_label(c.key, c.label) for c in COLUMNS})
+        table.sync(rows)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        key = self.keys.get(str(event.row_key.value))
+        if key is not None:
+            self.post_message(self.Selected(key))

@@ -1,0 +1,63 @@
+"""Cell text shared by the views: units through humanize (bits/s for rates, bytes for totals)."""
+
+from __future__ import annotations
+
+import humanize
+from rich.text import Text
+
+DASH = "–"
+BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bits(bps: float | None) -> str:
+    """A rate in bits per second ('35.9 kb/s'); a dash when unknown."""
+    if bps is None:
+        return DASH
+    return humanize.naturalsize(bps, format="%.1f").replace("Bytes", "b").replace("Byte", "b").replace("B", "b") + "/s"
+
+
+def size(nbytes: float | None) -> str:
+    """A total in bytes ('208.0 kB')."""
+    if nbytes is None:
+        return DASH
+    return humanize.naturalsize(nbytes, format="%.1f").replace("Bytes", "B").replace("Byte", "B")
+
+
+def count(n: float | None) -> str:
+    """An integer count with thousands separators."""
+    return DASH if n is None else f"{int(n):,}"
+
+
+def per_second(n: float | None) -> str:
+    """An event rate ('12.5/s')."""
+    return DASH if n is None else f"{n:,.1f}/s"
+
+
+def percent(p: float | None) -> str:
+    """A percentage with one decimal."""
+    return DASH if p is None else f"{p:.1f}%"
+
+
+def duration(seconds: float | None) -> str:
+    """A short duration: '45s', '3m05s', '2h07m'."""
+    if seconds is None:
+        return DASH
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def bar(value: float, top: float, width: int) -> str:
+    """A bar of `width` cells, filled in proportion to value/top (eighths of a cell)."""
+    if top <= 0 or value <= 0 or width <= 0:
+        return ""
+    eighths = round(min(1.0, value / top) * width * 8)
+    return "█" * (eighths // 8) + (BAR_EIGHTHS[eighths % 8] if eighths % 8 else "")
+
+
+def right(text: str) -> Text:
+    """A right-aligned cell."""
+    return Text(text, justify="right")

@@ -1,0 +1,130 @@
+"""The `/` text filter: host, network, port, service or protocol terms, matched on key columns."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from capture_backend.counters import TableSnapshot
+from capture_backend.services import PROTO_NAMES, service_table
+
+V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
+PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
+DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")
+Network = tuple[np.ndarray, np.ndarray]  # 16-byte key of the network, 16-byte mask
+
+
+def _network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Network:
+    if isinstance(net, ipaddress.IPv4Network):
+        key = np.concatenate([V4_MAPPED, np.frombuffer(net.network_address.packed, np.uint8)])
+        mask = np.concatenate([np.full(12, 0xFF, np.uint8), np.frombuffer(net.netmask.packed, np.uint8)])
+    else:
+        key = np.frombuffer(net.network_address.packed, np.uint8)
+        mask = np.frombuffer(net.netmask.packed, np.uint8)
+    return key, mask
+
+
+@dataclass
+class Term:
+    """One word of the filter; a row matches it when any of its fields does."""
+
+    text: str
+    networks: list[Network] = field(default_factory=list)
+    ports: set[int] = field(default_factory=set)
+    protos: set[int] = field(default_factory=set)
+
+
+def _term(word: str, names: Mapping[str, str]) -> Term | None:
+    term = Term(word)
+    low = word.lower()
+    if low in PROTO_NUMBERS:
+        term.protos.add(PROTO_NUMBERS[low])
+        return term
+    if word.isdigit():
+        if int(word) > 65535:
+            return None
+        term.ports.add(int(word))
+        return term
+    if DOTTED_PREFIX.match(word):  # '198.18' means 198.18.0.0/16
+        octets = [o for o in word.rstrip(".").split(".")]
+        if all(int(o) < 256 for o in octets):
+            prefix = ".".join(octets + ["0"] * (4 - len(octets)))
+            term.networks.append(_network(ipaddress.IPv4Network(f"{prefix}/{8 * len(octets)}")))
+            return term
+    try:
+        term.networks.append(_network(ipaddress.ip_network(word, strict=False)))
+        return term
+    except ValueError:
+        pass
+    term.ports |= {port for (_, port), svc in service_table().items() if svc == low}
+    for addr, name in names.items():
+        if low in name.lower():
+            term.networks.append(_network(ipaddress.ip_network(addr)))
+    return term if term.ports or term.networks else None
+
+
+@dataclass
+class Query:
+    """Words that must all match (AND); each word matches any end of a row (OR)."""
+
+    text: str = ""
+    terms: list[Term] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str, names: Mapping[str, str] | None = None) -> Query:
+        """Read the filter text; words it cannot place are listed in `unknown` (they match nothing)."""
+        query = cls(text.strip())
+        for word in text.split():
+            term = _term(word, names or {})
+            if term is None:
+                query.unknown.append(word)
+            else:
+                query.terms.append(term)
+        return query
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    def _mask(
+        self, n: int, addrs: Sequence[np.ndarray], ports: Sequence[np.ndarray], proto: np.ndarray | None
+    ) -> np.ndarray:
+        out = np.full(n, not self.unknown)
+        for term in self.terms:
+            if (term.networks and not addrs) or (term.ports and not ports) or (term.protos and proto is None):
+                continue  # the word is about something these rows do not have: it does not narrow them
+            hit = np.zeros(n, bool)
+            for key, mask in term.networks:
+                for a in addrs:
+                    hit |= ((a & mask) == key).all(axis=1)
+            if term.ports:
+                wanted = np.fromiter(term.ports, np.int64)
+                for p in ports:
+                    hit |= np.isin(p, wanted)
+            if term.protos and proto is not None:
+                hit |= np.isin(proto, np.fromiter(term.protos, np.int64))
+            out &= hit
+        return out
+
+    def flows(self, t: TableSnapshot) -> np.ndarray:
+        """Rows of the flow table that match."""
+        k = t.keys
+        ports = [k[:, 32].astype(np.int64) << 8 | k[:, 33], k[:, 34].astype(np.int64) << 8 | k[:, 35]]
+        return self._mask(len(t), [k[:, :16], k[:, 16:32]], ports, k[:, 36].astype(np.int64))
+
+    def pairs(self, t: TableSnapshot) -> np.ndarray:
+        """Rows of the host-pair table that match."""
+        return self._mask(len(t), [t.keys[:, :16], t.keys[:, 16:32]], [], None)
+
+    def hosts(self, t: TableSnapshot) -> np.ndarray:
+        """Rows of the host table that match."""
+        return self._mask(len(t), [t.keys[:, :16]], [], None)
+
+    def ports(self, t: TableSnapshot) -> np.ndarray:
+        """Rows of the port table that match."""
+        k = t.keys
+        return self._mask(len(t), [], [k[:, 1].astype(np.int64) << 8 | k[:, 2]], k[:, 0].astype(np.int64))

@@ -1,0 +1,113 @@
+"""What every numbered view shares: the Frame it renders, its sort keys, and row ordering on columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from textual.containers import Vertical
+
+from capture_backend.engine import Snapshot
+from tui.widgets.query import Query
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One refresh's inputs: the snapshot shown, the one before it, the first one, and the view settings."""
+
+    snap: Snapshot
+    prev: Snapshot | None
+    base: Snapshot | None
+    now: float
+    query: Query = field(default_factory=Query)
+    name: Callable[[str], str] = str  # address -> what to show (a resolved name when `n` is on)
+
+
+KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """A sortable column: its key, and the values of given rows (1-D numbers or 2-D bytes, like addresses)."""
+
+    column: str
+    values: KeyFn
+    descending: bool = True
+
+
+def order_rows(idx: np.ndarray, primary: np.ndarray, descending: bool, secondary: np.ndarray | None) -> np.ndarray:
+    """idx sorted by primary (then secondary, largest first; then row), as row indices."""
+    keys: list[np.ndarray] = [idx]
+    if secondary is not None:
+        keys.append(-secondary.astype(np.float64))
+    if primary.ndim == 2:  # bytes, most significant first
+        cols = primary.astype(np.int64)
+        if descending:
+            cols = 255 - cols
+        keys.extend(cols[:, j] for j in range(cols.shape[1] - 1, -1, -1))
+    else:
+        values = primary.astype(np.float64)
+        keys.append(-values if descending else values)
+    return idx[np.lexsort(keys)]
+
+
+class View(Vertical):
+    """A numbered view: renders a Frame, and sorts by one of its SortKeys (`s` cycles, `S` reverses)."""
+
+    title: ClassVar[str] = ""
+    sort_keys: ClassVar[tuple[SortKey, ...]] = ()
+    sort_names: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.sort_index = 0
+        self.reverse = False
+
+    @property
+    def sort_key(self) -> SortKey | None:
+        """The current sort column (None for views that do not sort)."""
+        return self.sort_keys[self.sort_index] if self.sort_keys else None
+
+    def cycle_sort(self) -> None:
+        """Sort by the next column."""
+        if self.sort_keys:
+            self.sort_index = (self.sort_index + 1) % len(self.sort_keys)
+            self.reverse = False
+
+    def reverse_sort(self) -> None:
+        """Flip the sort direction."""
+        self.reverse = not self.reverse
+
+    def sort_label(self, column: str, label: str) -> str:
+        """A header label with the sort arrow when this column is the sort column."""
+        key = self.sort_key
+        if key is None or key.column != column:
+            return label
+        return f"{label} {'▼' if key.descending != self.reverse else '▲'}"
+
+    def describe_sort(self) -> str:
+        """The sort column in words, with its direction ('' for views that do not sort)."""
+        key = self.sort_key
+        if key is None:
+            return ""
+        return f"{self.sort_names.get(key.column, key.column)} {'▼' if key.descending != self.reverse else '▲'}"
+
+    def key_values(self, key: SortKey, frame: Frame, idx: np.ndarray) -> np.ndarray:
+        """The sort values of rows idx."""
+        return key.values(frame, idx)
+
+    def pick(self, frame: Frame, idx: np.ndarray, top: int, secondary: np.ndarray | None = None) -> np.ndarray:
+        """The first `top` of the rows idx in the current sort order."""
+        key = self.sort_key
+        if key is None or idx.size == 0:
+            return idx[:top]
+        return order_rows(idx, self.key_values(key, frame, idx), key.descending != self.reverse, secondary)[:top]
+
+    def show(self, frame: Frame) -> None:
+        """Render the frame (only the rows that fit)."""
+        raise NotImplementedError
+
+    def focus_table(self) -> None:
+        """Give the keyboard to the view's main table."""
