@@ -2,6 +2,7 @@
 
 ``mixed_packets(seed, n)`` always returns the same bytes and timestamps for the same arguments;
 ``write_mixed`` writes them as pcap (µs or ns) or pcapng, truncated frames with caplen < wirelen.
+``mixed_frames`` is the same mix as (bytes, ts_ns, wirelen) records, built once per process.
 ``block_of`` turns raw frames into a capture_backend Block for unit tests.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scapy.layers.dns import DNS, DNSQR, DNSRR
@@ -409,14 +411,38 @@ def wirelen(pkt: Packet) -> int:
     return int(w) if w is not None else len(bytes(pkt))
 
 
-def write_pcap(path: str | Path, pkts: Sequence[Packet], nanosecond: bool = False, snaplen: int = SNAPLEN) -> None:
+class Frame(NamedTuple):
+    """One capture record: the captured bytes, the timestamp and the length on the wire."""
+
+    data: bytes
+    ts_ns: int
+    wirelen: int
+
+
+def as_frame(pkt: Packet | Frame) -> Frame:
+    """A scapy packet (or a Frame) as a Frame."""
+    if isinstance(pkt, Frame):
+        return pkt
+    data = bytes(pkt)
+    w = getattr(pkt, "wirelen", None)
+    return Frame(data, ts_ns(pkt), int(w) if w is not None else len(data))
+
+
+@functools.lru_cache(maxsize=4)
+def mixed_frames(seed: int = 1, n: int = 2000) -> tuple[Frame, ...]:
+    """``mixed_packets(seed, n)`` as Frames (built once per process: scapy builds slowly)."""
+    return tuple(as_frame(p) for p in mixed_packets(seed, n))
+
+
+def write_pcap(
+    path: str | Path, pkts: Sequence[Packet | Frame], nanosecond: bool = False, snaplen: int = SNAPLEN
+) -> None:
     """A little-endian pcap via scapy with exact timestamps and each record's orig_len = wirelen."""
     with RawPcapWriter(str(path), linktype=LINKTYPE_ETHERNET, nano=nanosecond, snaplen=snaplen, endianness="<") as w:
         w.write_header(None)  # write_packet() alone would leave the file without its header
-        for pkt in pkts:
-            sec, frac = divmod(ts_ns(pkt), NS)
-            data = bytes(pkt)[:snaplen]
-            w.write_packet(data, sec=sec, usec=frac if nanosecond else frac // 1000, wirelen=wirelen(pkt))
+        for f in map(as_frame, pkts):
+            sec, frac = divmod(f.ts_ns, NS)
+            w.write_packet(f.data[:snaplen], sec=sec, usec=frac if nanosecond else frac // 1000, wirelen=f.wirelen)
 
 
 def _pad4(b: bytes) -> bytes:
@@ -428,7 +454,9 @@ def _ng_block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
 
 
-def write_pcapng(path: str | Path, pkts: Sequence[Packet], nanosecond: bool = False, snaplen: int = SNAPLEN) -> None:
+def write_pcapng(
+    path: str | Path, pkts: Sequence[Packet | Frame], nanosecond: bool = False, snaplen: int = SNAPLEN
+) -> None:
     """A little-endian pcapng: one section, one Ethernet interface (if_tsresol 6 or 9), EPBs."""
     tsresol = 9 if nanosecond else 6
     name = b"mix0"
@@ -438,21 +466,21 @@ def write_pcapng(path: str | Path, pkts: Sequence[Packet], nanosecond: bool = Fa
         _ng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
         _ng_block(1, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, snaplen) + opts),
     ]
-    for pkt in pkts:
-        ticks = ts_ns(pkt) // (1 if nanosecond else 1000)
-        data = bytes(pkt)[:snaplen]
-        body = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), wirelen(pkt)) + _pad4(data)
+    for f in map(as_frame, pkts):
+        ticks = f.ts_ns // (1 if nanosecond else 1000)
+        data = f.data[:snaplen]
+        body = struct.pack("<IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), f.wirelen) + _pad4(data)
         out.append(_ng_block(6, body))
     Path(path).write_bytes(b"".join(out))
 
 
 def write_mixed(
     path: str | Path, seed: int = 1, n: int = 2000, *, nanosecond: bool = False, pcapng: bool = False
-) -> list[Packet]:
-    """Write ``mixed_packets(seed, n)`` to ``path`` (pcap by default); returns the packets."""
-    pkts = mixed_packets(seed, n)
-    (write_pcapng if pcapng else write_pcap)(path, pkts, nanosecond=nanosecond)
-    return pkts
+) -> tuple[Frame, ...]:
+    """Write ``mixed_packets(seed, n)`` to ``path`` (pcap by default); returns what was written."""
+    frames = mixed_frames(seed, n)
+    (write_pcapng if pcapng else write_pcap)(path, frames, nanosecond=nanosecond)
+    return frames
 
 
 def block_of(

@@ -639,6 +639,26 @@ def test_history_averages_and_peak_for_a_known_per_second_pattern() -> None:
     assert hosts.cols["avg10"][i, 1] == sum(pattern_ba.get(s, 0) for s in range(35, 45)) / 10
 
 
+def test_history_of_one_block_spanning_more_than_40_seconds_keeps_every_second() -> None:
+    """A file chunk may span minutes: its early seconds still reach the peak, as one block per second would."""
+    base = 5_000
+    pattern = {s: 100 + s for s in range(60)}
+    pattern[3] = 50_000  # its bucket is reused by second 43 of the same block
+    frames = [udp_frame(V4_A, V4_B, 1000, 2000)] * 60
+    wire = [pattern[s] for s in range(60)]
+    ts = [(base + s) * NS for s in range(60)]
+    whole = Counters()
+    whole.add(decode(block_of(frames, wirelen=wire, ts_ns=ts)))
+    split = Counters()
+    for s in range(60):
+        split.add(decode(block_of(frames[s : s + 1], wirelen=wire[s : s + 1], ts_ns=ts[s : s + 1])))
+    for counters in (whole, split):
+        snap = counters.pairs.freeze(base + 60)
+        assert snap.cols["peak"][0].tolist() == [50_000.0, 0.0]
+        assert snap.cols["avg40"][0, 0] == sum(pattern[s] for s in range(20, 60)) / 40
+        assert snap.cols["avg2"][0, 0] == (pattern[58] + pattern[59]) / 2
+
+
 def test_block_take_keeps_columns_aligned() -> None:
     frames = [udp_frame(V4_A, V4_B, 1, 2), udp_frame(V4_A, V4_B, 3, 4), udp_frame(V4_A, V4_B, 5, 6)]
     b = block_of(frames, vlan_tci=[0, 9, 0], vlan_valid=[False, True, False])
