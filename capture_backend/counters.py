@@ -14,14 +14,13 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend.decode import Decoded, key_bytes
+from capture_backend.decode import HAS_PORTS, Decoded, key_bytes
 from capture_backend.services import known_ports
 
 NS = 1_000_000_000
 HISTORY_SECONDS = 40
 AVERAGE_WINDOWS = (2, 10, 40)
 INT64_MAX = np.iinfo(np.int64).max
-PORT_PROTOS = np.array([6, 17, 132])
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 # name → (dtype, per-row shape, initial value)
@@ -268,6 +267,11 @@ def _group_rows(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> None:
     if keys.size == 0:
         return
+    if keys[0] == keys[-1] and (keys == keys[0]).all():  # the usual case: one value in the whole batch
+        t = table.setdefault(int(keys[0]), Tally())
+        t.packets += int(keys.size)
+        t.bytes += int(wirelen.sum())
+        return
     values, inverse = np.unique(keys, return_inverse=True)
     packets = np.bincount(inverse, minlength=values.size)
     nbytes = np.bincount(inverse, weights=wirelen, minlength=values.size)
@@ -297,6 +301,7 @@ class Counters:
     ports: KeyTable = field(init=False)
 
     def __post_init__(self) -> None:
+        known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
         self.flows = KeyTable(40, FLOW_COLUMNS, lim.flows)
         self.pairs = KeyTable(32, TRAFFIC_COLUMNS, lim.pairs, history=True)
@@ -393,7 +398,7 @@ class Counters:
         _add_traffic(self.hosts, hid, both[0], *doubled)
         _add_history(self.hosts, hid, np.concatenate([g_sec, g_sec]), both[0], doubled[1])
 
-        has_ports = np.isin(g_proto, PORT_PROTOS)
+        has_ports = HAS_PORTS[g_proto.astype(np.int64) & 0xFF]
         if has_ports.any():
             known = known_ports()
             ka, kb = known[g_aport], known[g_bport]
