@@ -34,6 +34,7 @@ class Span:
     offset: int  # where its bytes start in the pool
     length: int
     block: Block  # the packets, with `start` relative to the span and data unset (empty)
+    before: int = 0  # packets kept in all earlier spans: a reader that skipped spans can count what it missed
 
     @property
     def first_ns(self) -> int:
@@ -68,6 +69,7 @@ class TimeMachine:
         self.expired_seq = -1  # every span with seq <= this may have been overwritten
         self._head = 0
         self._seq = 0
+        self.kept_packets = 0  # every packet ever kept (spans' `before` counts up to this)
         self.changed = threading.Event()  # set whenever a span is added (the recorder waits on it)
 
     def __call__(self, block: Block, dec: Decoded) -> None:
@@ -113,8 +115,9 @@ class TimeMachine:
             vlan_tpid=part.vlan_tpid,
             vlan_valid=part.vlan_valid,
         )
-        self.spans.append(Span(self._seq, self._head, length, kept))
+        self.spans.append(Span(self._seq, self._head, length, kept, self.kept_packets))
         self._seq += 1
+        self.kept_packets += len(kept)
         self._head = end
         self.stats.packets += len(kept)
         self.stats.bytes += length
