@@ -561,6 +561,12 @@ class PcapWriter:
         self.bytes_written += lay.PCAP_RECORD_LEN + incl
         return lay.PCAP_RECORD_LEN + incl
 
+    def record_lengths(self, block: Block) -> np.ndarray:
+        """The bytes each packet of the block will take in the file, record header included."""
+        cap = block.caplen.astype(np.int64)
+        add = self._tagged(block, slice(None), cap).astype(np.int64) * 4
+        return lay.PCAP_RECORD_LEN + np.minimum(cap + add, self.snaplen)
+
     def write_block(self, block: Block, mask: np.ndarray | None = None) -> int:
         """Write the block's packets (those where ``mask`` is true) in one write; return bytes."""
         if mask is None:
