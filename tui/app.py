@@ -123,7 +123,7 @@ class RetrotapApp(App[int]):
         "view(3)": "Ports: per protocol and service port",
         "view(4)": "Flows: 5-tuples, both directions (Enter: details)",
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
-        "text_filter": "Filter rows by host, network, port, service or protocol (Escape: undo)",
+        "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
         "pause": "Pause the display (capture continues)",
@@ -279,6 +279,10 @@ class RetrotapApp(App[int]):
         if not self.query_one(PromptBar).display:
             self.view.focus_table()
         self.render_view()
+        self.call_after_refresh(self.render_view)  # again once the view has its size: as many rows as fit
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.render_view)
 
     def action_sort(self) -> None:
         """Sort the view by its next column."""

@@ -29,6 +29,10 @@ def find_flow(t: TableSnapshot, key: bytes) -> int:
     return int(hits[0]) if hits.size else -1
 
 
+def _with_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _stamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d} UTC"
 
@@ -87,7 +91,8 @@ class FlowDetail(ModalScreen[None]):
             body.update("This flow is no longer in the flow table (idle timeout or eviction).")
             return
         r = flow_rows(frame.snap, index=np.array([i]), prev=frame.prev, rates=True)[0]
-        self.query_one("#flow-detail-title", Label).update(
-            f"{r['proto']} {frame.name(r['src'])}:{r['sport']} → {frame.name(r['dst'])}:{r['dport']}"
-        )
+        src, dst = frame.name(r["src"]), frame.name(r["dst"])
+        if r["proto"] in PROTO_NUMBERS:
+            src, dst = _with_port(src, r["sport"]), _with_port(dst, r["dport"])
+        self.query_one("#flow-detail-title", Label).update(f"{r['proto']} {src} → {dst}")
         body.update(detail_table(r, frame))

@@ -67,19 +67,19 @@ def total_bytes(t: TableSnapshot, idx: np.ndarray) -> np.ndarray:
     return t.cols["bytes"][idx].sum(axis=1)
 
 
-SORT_KEYS = (
-    SortKey("total", lambda f, i: total_bytes(f.snap.flows, i)),  # default: the biggest flows
+SORT_KEYS = (  # the default, then the columns left to right
+    SortKey("total", lambda f, i: total_bytes(f.snap.flows, i)),
+    SortKey("proto", lambda f, i: f.snap.flows.keys[i, 36], descending=False),
+    SortKey("src", lambda f, i: _ends(f, i)[0], descending=False),
+    SortKey("sport", lambda f, i: _ends(f, i)[1], descending=False),
+    SortKey("dst", lambda f, i: _ends(f, i)[2], descending=False),
+    SortKey("dport", lambda f, i: _ends(f, i)[3], descending=False),
     SortKey("rate", _rate),
     SortKey("bytes_out", _directed("bytes", True)),
     SortKey("bytes_in", _directed("bytes", False)),
     SortKey("pkts_out", _directed("packets", True)),
     SortKey("pkts_in", _directed("packets", False)),
     SortKey("age", lambda f, i: f.snap.now_ns - f.snap.flows.cols["first"][i]),
-    SortKey("proto", lambda f, i: f.snap.flows.keys[i, 36], descending=False),
-    SortKey("src", lambda f, i: _ends(f, i)[0], descending=False),
-    SortKey("sport", lambda f, i: _ends(f, i)[1], descending=False),
-    SortKey("dst", lambda f, i: _ends(f, i)[2], descending=False),
-    SortKey("dport", lambda f, i: _ends(f, i)[3], descending=False),
     SortKey("flags", lambda f, i: f.snap.flows.cols["tcp_flags"][i], descending=False),
 )
 SORT_NAMES = {"total": "bytes both ways"} | {c.key: c.label for c in COLUMNS}

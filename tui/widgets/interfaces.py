@@ -161,4 +161,4 @@ class SparkGroup(Vertical):
             peak = bits(max(data)) if data else DASH
             what = kind if live else "captured"
             label.update(f"{self.iface} {what}  {now}   (last {HISTORY_SECONDS} s, max {peak})")
-            spark.data = list(data) or [0.0]
+            spark.data = list(data)

@@ -34,15 +34,15 @@ def _rate(col: str) -> SortKey:
     return SortKey("rate" if col == "bytes" else "pps", values)
 
 
-SORT_KEYS = (
+SORT_KEYS = (  # the default, then the columns left to right
     SortKey("total", lambda f, i: f.snap.ports.cols["bytes"][i].sum(axis=1)),
+    SortKey("proto", lambda f, i: f.snap.ports.keys[i, 0], descending=False),
+    SortKey("port", lambda f, i: f.snap.ports.keys[i, 1].astype(np.int64) << 8 | f.snap.ports.keys[i, 2], False),
     _rate("bytes"),
     _rate("packets"),
     SortKey("to_port", lambda f, i: f.snap.ports.cols["bytes"][i, 0]),
     SortKey("from_port", lambda f, i: f.snap.ports.cols["bytes"][i, 1]),
     SortKey("packets", lambda f, i: f.snap.ports.cols["packets"][i].sum(axis=1)),
-    SortKey("port", lambda f, i: f.snap.ports.keys[i, 1].astype(np.int64) << 8 | f.snap.ports.keys[i, 2], False),
-    SortKey("proto", lambda f, i: f.snap.ports.keys[i, 0], descending=False),
 )
 
 

@@ -1,0 +1,396 @@
+"""The dashboard driven by keys (App.run_test + Pilot), fed by FileEngine on tests/pcapgen's capture."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import threading
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from rich.text import Text
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Packet
+from textual.widgets import ContentSwitcher
+
+from capture_backend.bpf import FilterError, compile_filter
+from capture_backend.engine import EngineEvent
+from capture_backend.replay import FileEngine, file_snapshots
+from capture_backend.report import flow_rows
+from tests.lab import IP4_A, IP4_B
+from tests.pcapgen import mixed_packets, wirelen, write_pcap
+from tui.app import RESERVED_NOTE, RetrotapApp, SnapshotFeed
+from tui.widgets.flow_detail import FlowDetail
+from tui.widgets.format import size
+from tui.widgets.help import HelpScreen
+from tui.widgets.hosts import HostsView
+from tui.widgets.prompt import PromptBar
+from tui.widgets.table import SnapTable
+
+FIXED_CLOCK = 1_700_000_100.0
+SIZE = (160, 50)
+BAD_FILTER = "port 99999999"
+
+
+def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in its own event loop (pytest sees the fixtures of the wrapped function)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def packets() -> list[Packet]:
+    """The shared deterministic mix (the same the pcap holds)."""
+    return mixed_packets()
+
+
+@pytest.fixture(scope="module")
+def pcap(tmp_path_factory: pytest.TempPathFactory, packets: list[Packet]) -> str:
+    path = tmp_path_factory.mktemp("tui") / "mixed.pcap"
+    write_pcap(path, packets)
+    return str(path)
+
+
+def read_all(pcap: str, filter_expr: str = "") -> FileEngine:
+    """A FileEngine that has read the whole file (fixed clock)."""
+    engine = FileEngine(pcap, filter_expr=filter_expr, clock=lambda: FIXED_CLOCK)
+    engine.open()
+    engine.start()
+    assert engine.wait(30)
+    return engine
+
+
+def make_app(engine: object, resolver: dict[str, str] | None = None) -> RetrotapApp:
+    names = resolver or {}
+    return RetrotapApp(engine, clock=lambda: FIXED_CLOCK, resolver=names.get, source="mixed.pcap")  # type: ignore[arg-type]
+
+
+def cells(app: RetrotapApp, table_id: str) -> list[list[str]]:
+    """The rows a table shows, top to bottom, as plain text."""
+    table = app.query_one(f"#{table_id}", SnapTable)
+    out = []
+    for row in table.ordered_rows:
+        out.append([c.plain if isinstance(c, Text) else str(c) for c in table.get_row(row.key)])
+    return out
+
+
+def column(app: RetrotapApp, table_id: str, key: str) -> list[str]:
+    """One column's cells, top to bottom."""
+    table = app.query_one(f"#{table_id}", SnapTable)
+    index = [c.key for c in table.spec].index(key)
+    return [row[index] for row in cells(app, table_id)]
+
+
+def screen_text(app: RetrotapApp) -> str:
+    """Everything on the terminal, as text (what a user reads)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, legacy_windows=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
+
+
+# --- what the capture holds, computed with scapy (independently of the backend)
+def ip_ends(pkt: Packet) -> tuple[str, str] | None:
+    """Source and destination of an IP packet whose header is complete."""
+    layer = pkt.getlayer(IP) or pkt.getlayer(IPv6)
+    if layer is None:
+        return None
+    if wirelen(pkt) > len(bytes(pkt)):  # a truncated frame: is the IP header whole?
+        start = len(bytes(pkt)) - len(bytes(layer))
+        if len(bytes(pkt)) < start + (20 if isinstance(layer, IP) else 40):
+            return None
+    return str(layer.src), str(layer.dst)
+
+
+def sent_bytes(packets: list[Packet]) -> Counter[str]:
+    """Wire bytes each host sent."""
+    out: Counter[str] = Counter()
+    for pkt in packets:
+        ends = ip_ends(pkt)
+        if ends is not None:
+            out[ends[0]] += wirelen(pkt)
+    return out
+
+
+def udp_flows(packets: list[Packet], port: int) -> set[tuple[str, int, str, int]]:
+    """UDP conversations with `port` at one end, as (client, client port, server, port)."""
+    out = set()
+    for pkt in packets:
+        udp = pkt.getlayer(UDP)
+        ends = ip_ends(pkt)
+        if udp is None or ends is None or port not in (udp.sport, udp.dport):
+            continue
+        if udp.dport == port:
+            out.add((ends[0], int(udp.sport), ends[1], port))
+        else:
+            out.add((ends[1], int(udp.dport), ends[0], port))
+    return out
+
+
+@pytest.fixture
+def engine(pcap: str) -> Iterator[FileEngine]:
+    eng = read_all(pcap)
+    yield eng
+    eng.close()
+
+
+# --- views
+@sync
+async def test_number_keys_switch_views_and_show_the_capture(engine: FileEngine, packets: list[Packet]) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.query_one(ContentSwitcher).current == "interfaces"
+        assert cells(app, "interfaces-table")[0][:2] == ["mixed.pcap", "file"]
+
+        await pilot.press("2")
+        assert app.query_one(ContentSwitcher).current == "hosts"
+        assert app.query_one("#tab-2").has_class("-active")
+        # By source, sorted by total: the biggest senders with exactly what they sent.
+        await pilot.press("a")
+        view = app.query_one(HostsView)
+        while view.sort_key is not None and view.sort_key.column != "total":
+            await pilot.press("s")
+        top = sent_bytes(packets).most_common(5)
+        shown = cells(app, "hosts-table")[:5]
+        assert [row[1].split()[0] for row in shown] == [host for host, _ in top]
+        assert [row[-1] for row in shown] == [size(n) for _, n in top]
+
+        await pilot.press("3")
+        assert app.query_one(ContentSwitcher).current == "ports"
+        rows = {(r[1], r[2]): r for r in cells(app, "ports-table")}
+        dns = sum(wirelen(p) for p in packets if UDP in p and 53 in (p[UDP].sport, p[UDP].dport))
+        assert rows[("udp", "53")][3] == "domain"
+        assert rows[("udp", "53")][-1] == size(dns)
+        https = [p for p in packets if TCP in p and 443 in (p[TCP].sport, p[TCP].dport) and ip_ends(p)]
+        assert rows[("tcp", "443")][3] == "https"
+        assert rows[("tcp", "443")][-2] == f"{len(https):,}"
+
+        await pilot.press("4")
+        assert app.query_one(ContentSwitcher).current == "flows"
+        assert "Flows" in screen_text(app)
+
+        await pilot.press("5")
+        assert app.query_one(ContentSwitcher).current == "drops"
+        drops = {r[1]: r[3] for r in cells(app, "drops-table")}
+        assert drops["malformed packets"] == str(engine.snapshot.malformed)
+        assert drops["flow-table evictions"] == "0"
+
+
+@sync
+async def test_slash_filter_narrows_flows_to_exactly_the_matching_ones(
+    engine: FileEngine, packets: list[Packet]
+) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4", "slash", *"udp 53 10.1.0.1", "enter")
+        shown = {(r[1], int(r[2]), r[3], int(r[4])) for r in cells(app, "flows-table")}
+        expected = {f for f in udp_flows(packets, 53) if f[0] == "10.1.0.1"}
+        assert shown == expected and len(expected) > 1
+        assert all(r[0] == "udp" for r in cells(app, "flows-table"))
+        assert app.text_query == "udp 53 10.1.0.1"
+        assert f"{len(expected)} of {len(expected)} flows" in screen_text(app)
+        # Escape while editing puts the previous filter back; an empty filter shows everything again.
+        await pilot.press("slash", *" tcp", "escape")
+        assert app.text_query == "udp 53 10.1.0.1"
+        await pilot.press("slash", *["backspace"] * 15, "enter")
+        assert app.text_query == ""
+        assert len(cells(app, "flows-table")) > len(shown)
+
+
+@sync
+async def test_s_cycles_the_sort_column_and_S_reverses_it(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        view = app.query_one("#flows")
+        assert view.sort_key.column == "total"  # type: ignore[attr-defined]
+        while view.sort_key.column != "sport":  # type: ignore[attr-defined]
+            await pilot.press("s")
+        every = sorted(r["sport"] for r in flow_rows(engine.snapshot, top=0))
+        shown = [int(p or 0) for p in column(app, "flows-table", "sport")]
+        assert shown == every[: len(shown)]
+        assert "SPort ▲" in screen_text(app)
+        await pilot.press("S")
+        shown = [int(p or 0) for p in column(app, "flows-table", "sport")]
+        assert shown == sorted(every, reverse=True)[: len(shown)]
+        assert "SPort ▼" in screen_text(app)
+        await pilot.press("s", "s")  # on to DPort (the next column but one), ascending again
+        assert view.sort_key.column == "dport"  # type: ignore[attr-defined]
+        dports = [int(p or 0) for p in column(app, "flows-table", "dport")]
+        assert dports == sorted(dports)
+
+
+@sync
+async def test_only_the_rows_that_fit_are_formatted(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await pilot.press("4")
+        table = app.query_one("#flows-table", SnapTable)
+        assert len(engine.snapshot.flows) > 100
+        assert table.row_count == table.capacity() < 24
+
+
+@sync
+async def test_p_pauses_the_display_while_the_snapshot_changes(pcap: str) -> None:
+    udp_only = read_all(pcap, "udp")
+    everything = read_all(pcap)
+    app = make_app(udp_only)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await pilot.pause()
+        before = cells(app, "ports-table")
+        assert {r[1] for r in before} == {"udp"}
+        await pilot.press("p")
+        assert "PAUSED" in screen_text(app)
+        udp_only.snapshot = everything.snapshot  # the capture goes on underneath
+        app.pull()
+        await pilot.pause()
+        assert cells(app, "ports-table") == before
+        assert f"{udp_only.snapshot.packets:,} pkts" not in screen_text(app)
+        await pilot.press("p")
+        assert "PAUSED" not in screen_text(app)
+        assert "tcp" in {r[1] for r in cells(app, "ports-table")}
+        assert f"{everything.snapshot.packets:,} pkts" in screen_text(app)
+    everything.close()
+
+
+@sync
+async def test_question_mark_lists_every_binding(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for key, what in app.key_help():
+            assert f"{key}   {what}" in text
+        assert {b.key for b in app.BINDINGS} >= {"1", "2", "3", "4", "5", "slash", "s", "S", "p", "f", "n", "q"}  # type: ignore[union-attr]
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+@sync
+async def test_invalid_live_filter_shows_libpcaps_message_and_keeps_the_old_one(engine: FileEngine) -> None:
+    with pytest.raises(FilterError) as expected:
+        compile_filter(BAD_FILTER, 1)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        packets = engine.snapshot.packets
+        await pilot.press("f", *BAD_FILTER, "enter")
+        prompt = app.query_one(PromptBar)
+        assert prompt.display
+        assert str(expected.value) in screen_text(app)
+        assert "port 99999999" in str(expected.value)
+        assert engine.filter_expr == ""
+        assert engine.snapshot.packets == packets
+        await pilot.press("escape")
+        assert not prompt.display
+
+
+@sync
+async def test_valid_live_filter_rereads_with_it(pcap: str) -> None:
+    engine = read_all(pcap)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f", *"tcp port 443", "enter")
+        assert engine.filter_expr == "tcp port 443"
+        assert engine.wait(30)
+        app.pull()
+        await pilot.press("3")
+        assert [(r[1], r[2]) for r in cells(app, "ports-table")] == [("tcp", "443")]
+        assert "bpf: tcp port 443" in screen_text(app)
+
+
+@sync
+async def test_enter_opens_the_selected_flows_detail(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4", "slash", *"udp 53 10.1.0.1", "enter", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, FlowDetail)
+        client, cport, server, _ = (cells(app, "flows-table")[0][i] for i in (1, 2, 3, 4))
+        text = screen_text(app)
+        assert f"udp {client}:{cport} → {server}:53" in text
+        assert f"{server} port 53 (domain)" in text
+        assert f"{client} port {cport}" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, FlowDetail)
+
+
+@sync
+async def test_n_shows_names_once_the_resolver_answers(engine: FileEngine) -> None:
+    app = make_app(engine, resolver={"192.0.2.2": "web2.example"})
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2", "a")
+        hosts = column(app, "hosts-table", "pair")
+        assert any(h.startswith("192.0.2.2 ") for h in hosts)
+        await pilot.press("n")
+        for _ in range(200):  # the worker thread answers; the screen never waits for it
+            if app.names.idle():
+                break
+            await pilot.pause(0.01)
+        app.pull()
+        await pilot.pause()
+        hosts = column(app, "hosts-table", "pair")
+        assert any(h.startswith("web2.example ") for h in hosts)
+        assert not any(h.startswith("192.0.2.2 ") for h in hosts)
+        assert any(h.startswith("192.0.2.1 ") for h in hosts)  # no answer: stays numeric
+
+
+@sync
+async def test_reserved_keys_only_say_not_yet(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("w")
+        await pilot.pause()
+        assert RESERVED_NOTE in screen_text(app)
+        assert app.query_one(ContentSwitcher).current == "interfaces"
+
+
+@sync
+async def test_engine_events_from_another_thread_become_notifications(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        assert engine.on_event is not None
+        sink = engine.on_event
+        t = threading.Thread(target=sink, args=(EngineEvent("iface-gone", "veth9", "interface veth9 was removed"),))
+        t.start()
+        t.join()
+        await pilot.pause()
+        await pilot.pause()
+        assert "interface veth9 was removed" in screen_text(app)
+
+
+@sync
+async def test_command_palette_lists_the_same_actions(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE):
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for b in app.BINDINGS:
+            if b.action != "quit":  # type: ignore[union-attr]
+                assert f"{b.description} ({b.key_display or b.key})" in titles  # type: ignore[union-attr]
+
+
+@sync
+async def test_lab_addresses_stay_numeric_without_answers(tmp_path: Path) -> None:
+    from scapy.layers.l2 import Ether
+
+    frames = [Ether() / IP(src=IP4_B, dst=IP4_A) / UDP(sport=4000, dport=5000) / bytes(100) for _ in range(5)]
+    for i, f in enumerate(frames):
+        f.time = 1_700_000_000 + i
+    path = tmp_path / "lab.pcap"
+    write_pcap(path, frames)
+    snaps = list(file_snapshots(str(path), clock=lambda: FIXED_CLOCK))
+    app = make_app(SnapshotFeed(snaps[-1]))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n", "2")
+        assert column(app, "hosts-table", "pair")[0].split() == [IP4_A, "=>", IP4_B]
