@@ -21,6 +21,7 @@ T0 = 1_700_000_000.0  # the test capture's first packet (2023-11-14 22:13:20 UTC
 FIXED_CLOCK = T0 + 60.0
 VIEWS = ("interfaces", "hosts", "ports", "flows", "drops")
 SIZE = (120, 40)
+PCAP_NAME = "capture.pcap"
 
 
 def write_demo_pcap(path: str | Path) -> None:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pcap = str(Path(tmp) / "demo.pcap")
+        pcap = str(Path(tmp) / PCAP_NAME)
         write_demo_pcap(pcap)
         for path in asyncio.run(_shoot(pcap, out_dir)):
             print(path)
