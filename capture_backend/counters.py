@@ -398,7 +398,8 @@ class Counters:
         _add_traffic(self.hosts, hid, both[0], *doubled)
         _add_history(self.hosts, hid, np.concatenate([g_sec, g_sec]), both[0], doubled[1])
 
-        has_ports = HAS_PORTS[g_proto.astype(np.int64) & 0xFF]
+        # Later fragments and headers cut short carry no ports: they count for the pair, not a port.
+        has_ports = HAS_PORTS[g_proto.astype(np.int64) & 0xFF] & ((g_aport != 0) | (g_bport != 0))
         if has_ports.any():
             known = known_ports()
             ka, kb = known[g_aport], known[g_bport]

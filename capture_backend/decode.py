@@ -194,9 +194,10 @@ def _link_null(big_endian: bool) -> Callable[[_Frames, int], LinkFields]:
         zero = np.zeros(n, np.int64)
         ok = fr.has(zero, 4)
         b = [fr.u8(zero + i) for i in range(4)]
-        family = (
-            (b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]) if big_endian else (b[3] << 24 | b[2] << 16 | b[1] << 8 | b[0])
-        )
+        be = b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]
+        le = b[3] << 24 | b[2] << 16 | b[1] << 8 | b[0]
+        # LINKTYPE_NULL is in the writer's byte order: a family fits in the low 16 bits of the right one.
+        family = be if big_endian else np.where(le > 0xFFFF, be, le)
         et = np.where(ok & (family >= 0) & (family < 64), NULL_FAMILY_TABLE[np.clip(family, 0, 63)], 0)
         return ok, np.full(n, 4, np.int64), et, _no_vlan(n)
 

@@ -407,7 +407,8 @@ def test_linux_sll2() -> None:
 
 @pytest.mark.parametrize(
     "linktype,fmt",
-    [(LINKTYPE_NULL, "<I"), (LINKTYPE_LOOP, ">I")],  # NULL: host order (little endian here); LOOP: network order
+    # NULL: the writer's byte order (either, as Wireshark reads it); LOOP: network order.
+    [(LINKTYPE_NULL, "<I"), (LINKTYPE_NULL, ">I"), (LINKTYPE_LOOP, ">I")],
 )
 def test_bsd_loopback_families(linktype: int, fmt: str) -> None:
     frames = [struct.pack(fmt, 2) + V4_PKT] + [struct.pack(fmt, fam) + V6_PKT for fam in (24, 28, 30)]
@@ -665,3 +666,15 @@ def test_block_take_keeps_columns_aligned() -> None:
     sub: Block = b.take(np.array([False, True, True]))
     r = rows(decode(sub))
     assert [(x["sport"], x["vlan"]) for x in r] == [(3, 9), (5, -1)]
+
+
+def test_fragments_without_ports_count_for_the_pair_not_a_port() -> None:
+    pkt = IP(src="10.9.0.1", dst="10.9.0.2", id=7) / UDP(sport=5353, dport=53) / (b"f" * 3000)
+    frags = [bytes(Ether() / f) for f in fragment(pkt, fragsize=1000)]
+    c = Counters()
+    c.add(decode(block_of(frags)))
+    pairs = c.pairs.freeze(0)
+    assert int(pairs.cols["packets"].sum()) == len(frags) == 4
+    ports = c.ports.freeze(0)
+    assert [bytes(k[1:3]) for k in ports.keys] == [(53).to_bytes(2, "big")]
+    assert int(ports.cols["packets"].sum()) == 1
