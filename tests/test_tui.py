@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import os
+import re
+import shutil
+import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -16,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from textual.widgets import ContentSwitcher
 
@@ -23,7 +29,7 @@ from capture_backend.bpf import FilterError, compile_filter
 from capture_backend.engine import EngineEvent
 from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.report import flow_rows
-from tests.lab import IP4_A, IP4_B
+from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import mixed_packets, wirelen, write_pcap
 from tui.app import RESERVED_NOTE, RetrotapApp, SnapshotFeed
 from tui.widgets.flow_detail import FlowDetail
@@ -382,8 +388,6 @@ async def test_command_palette_lists_the_same_actions(engine: FileEngine) -> Non
 
 @sync
 async def test_lab_addresses_stay_numeric_without_answers(tmp_path: Path) -> None:
-    from scapy.layers.l2 import Ether
-
     frames = [Ether() / IP(src=IP4_B, dst=IP4_A) / UDP(sport=4000, dport=5000) / bytes(100) for _ in range(5)]
     for i, f in enumerate(frames):
         f.time = 1_700_000_000 + i
@@ -394,3 +398,90 @@ async def test_lab_addresses_stay_numeric_without_answers(tmp_path: Path) -> Non
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n", "2")
         assert column(app, "hosts-table", "pair")[0].split() == [IP4_A, "=>", IP4_B]
+
+
+# --- live: the real `retrotap` in tmux, capturing in the netns lab
+PANE_TIMEOUT = 30.0
+
+
+class Tmux:
+    """One detached tmux session on a private server socket (killed with the server on close)."""
+
+    def __init__(self, command: str, width: int = 160, height: int = 50) -> None:
+        self.socket = f"retrotap-test-{os.getpid()}"
+        self.name = "dash"
+        # COLUMNS/LINES, if inherited, would override the pane's size for the app.
+        size = ("-x", str(width), "-y", str(height))
+        self.run("new-session", "-d", "-s", self.name, *size, f"env -u COLUMNS -u LINES {command}")
+        self.run("resize-window", "-t", self.name, *size)
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise RuntimeError(f"tmux {args[0]}: {done.stderr.strip()}")
+        return done.stdout
+
+    def pane(self) -> str:
+        """The screen as text."""
+        return self.run("capture-pane", "-p", "-t", self.name)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.name, *keys)
+
+    def wait_for(self, check: Callable[[str], bool], what: str) -> str:
+        """Poll the pane until check(text) holds; fail with the last screen after PANE_TIMEOUT."""
+        deadline = time.monotonic() + PANE_TIMEOUT
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = self.pane()
+            except RuntimeError:  # the session ended: retrotap exited
+                break
+            if check(text):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"{what} not on screen within {PANE_TIMEOUT} s; last screen:\n{text}")
+
+    def wait_exit(self) -> bool:
+        """Wait until the session's command has exited (the session closes with it)."""
+        deadline = time.monotonic() + PANE_TIMEOUT
+        while time.monotonic() < deadline:
+            alive = subprocess.run(["tmux", "-L", self.socket, "has-session", "-t", self.name], capture_output=True)
+            if alive.returncode != 0:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.mark.live
+def test_live_dashboard_in_tmux_shows_lab_traffic(lab: Lab) -> None:
+    if shutil.which("tmux") is None or shutil.which("retrotap") is None:
+        pytest.skip("needs tmux and the retrotap command on PATH")
+    tmux = Tmux(f"ip netns exec {lab.ns_a} retrotap -i {lab.veth_a}")
+    try:
+        tmux.wait_for(lambda t: "1 Interfaces" in t and lab.veth_a in t and "Captured" in t, "the dashboard")
+        count = 40
+        frame = bytes(
+            Ether(dst=lab.mac_a, src=lab.mac_b) / IP(src=IP4_B, dst=IP4_A) / UDP(sport=4000, dport=5000) / bytes(100)
+        )
+        assert lab.send_frames([frame], repeat=count) == count
+
+        tmux.keys("2")
+        tmux.wait_for(lambda t: re.search(rf"{re.escape(IP4_A)}\s+=>\s+{re.escape(IP4_B)}", t) is not None, "the pair")
+
+        # Neither 4000 nor 5000 is in /etc/services: the lower one is the flow's service port.
+        tmux.keys("3")
+        row = re.compile(rf"udp\s+4000\s.*\s{count}\s+{re.escape(size(count * len(frame)))}")
+        tmux.wait_for(lambda t: row.search(t) is not None, f"udp/4000 with {count} packets")
+
+        tmux.keys("4")
+        flow = re.compile(rf"udp\s+{re.escape(IP4_B)}\s+4000\s+{re.escape(IP4_A)}\s+5000\s")
+        tmux.wait_for(lambda t: flow.search(t) is not None, "the 4000 -> 5000 flow")
+
+        tmux.keys("q")
+        assert tmux.wait_exit(), "retrotap did not quit on q"
+    finally:
+        tmux.close()
