@@ -1,0 +1,98 @@
+"""The optional exporters of a run (Prometheus /metrics, IPFIX), started and stopped around its loop.
+
+Both read the snapshots a run publishes, from their own threads: nothing is added to the capture
+thread's work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from capture_backend.engine import Snapshot
+from capture_backend.ipfix import FlowExporter, resolve
+from capture_backend.metrics import DEFAULT_TOP, Extra, MetricsServer, SnapshotCollector, exposure_warning
+from capture_backend.timemachine import TimeMachine
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExporterSettings:
+    """--metrics, --metrics-top, --ipfix, --sensor-id, --ipfix-idle, --ipfix-active."""
+
+    metrics: tuple[str, int] | None = None
+    metrics_top: int = DEFAULT_TOP
+    ipfix: tuple[str, int] | None = None
+    sensor_id: int = 0
+    ipfix_idle: float = 15.0
+    ipfix_active: float = 60.0
+
+
+class Exporters:
+    """The exporters asked for, over one source of snapshots (``engine.snapshot`` or a file loop's latest)."""
+
+    def __init__(self, settings: ExporterSettings, source: Callable[[], Snapshot], log: Log) -> None:
+        self.settings = settings
+        self.source = source
+        self.log = log
+        self.extra: dict[str, Extra] = {}  # more counters for /metrics (time machine, recorder...)
+        self.metrics: MetricsServer | None = None
+        self.ipfix: FlowExporter | None = None
+
+    def start(self) -> None:
+        """Bind /metrics and open the IPFIX socket; OSError with the option named when that fails."""
+        s = self.settings
+        if s.ipfix is not None:
+            host, port = s.ipfix
+            try:
+                self.ipfix = FlowExporter(
+                    resolve(host, port),
+                    self.source,
+                    domain=s.sensor_id,
+                    idle_s=s.ipfix_idle,
+                    active_s=s.ipfix_active,
+                    log=self.log,
+                )
+            except OSError as e:
+                raise OSError(f"--ipfix {host}:{port}: {e.strerror or e}") from None
+            ipfix = self.ipfix
+            self.extra["ipfix_messages_total"] = Extra("IPFIX messages sent", lambda: ipfix.encoder.messages)
+            self.extra["ipfix_flow_records_total"] = Extra("IPFIX flow records sent", lambda: ipfix.encoder.records)
+            self.extra["ipfix_send_errors_total"] = Extra("IPFIX messages not sent", lambda: ipfix.send_errors)
+        if s.metrics is not None:
+            host, port = s.metrics
+            warning = exposure_warning(host, port)
+            if warning is not None:
+                self.log(warning)
+            server = MetricsServer(SnapshotCollector(self.source, s.metrics_top, self.extra), host, port)
+            try:
+                server.start()
+            except OSError as e:
+                self.stop(None)
+                raise OSError(f"--metrics {host}:{port}: {e.strerror or e}") from None
+            self.metrics = server
+        if self.ipfix is not None:
+            self.ipfix.start()
+
+    def stop(self, final: Snapshot | None) -> None:
+        """Export what IPFIX has not sent yet (from `final`, else the newest snapshot), stop serving /metrics."""
+        if self.ipfix is not None:
+            self.ipfix.close(final)
+            self.ipfix = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+
+
+def time_machine_counters(tm: TimeMachine) -> dict[str, Extra]:
+    """The time machine's pool, as /metrics counters and gauges."""
+    st = tm.stats
+    return {
+        "timemachine_packets": Extra("Packets the time machine holds", lambda: st.packets, "gauge"),
+        "timemachine_bytes": Extra("Bytes the time machine holds", lambda: st.bytes, "gauge"),
+        "timemachine_expired_packets_total": Extra("Packets the time machine let go", lambda: st.expired_packets),
+        "timemachine_oversize_packets_total": Extra(
+            "Packets in a range larger than the time machine", lambda: st.oversize_packets
+        ),
+    }

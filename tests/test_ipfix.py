@@ -1,0 +1,407 @@
+"""IPFIX export: the encoder's wire format, when flows finish, and nfcapd/nfdump reading what retrotap sends.
+
+The collector is Debian's nfcapd bound to 127.0.0.1 on a free UDP port; nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from capture_backend.counters import NS, CounterLimits
+from capture_backend.engine import Counting, Snapshot, file_statuses
+from capture_backend.ipfix import (
+    ACTIVE_TIMEOUT,
+    FIELD_SPECIFIER,
+    FLOW_IPV4_FIELDS,
+    FLOW_IPV4_TEMPLATE_ID,
+    FLOW_IPV6_FIELDS,
+    FLOW_IPV6_TEMPLATE_ID,
+    FLOW_RECORD_IPV4,
+    FLOW_RECORD_IPV6,
+    FORCED_END,
+    IDLE_TIMEOUT,
+    LACK_OF_RESOURCES,
+    MESSAGE_HEADER,
+    OPTIONS_TEMPLATE_RECORD_HEADER,
+    SET_HEADER,
+    STATISTICS_FIELDS,
+    STATISTICS_RECORD,
+    STATISTICS_SCOPE,
+    STATISTICS_TEMPLATE_ID,
+    TEMPLATE_RECORD_HEADER,
+    Encoder,
+    Finished,
+    FlowTracker,
+    flow_records,
+)
+from capture_backend.services import proto_name
+from tests.pcapgen import T0_NS, block_of, write_mixed
+from tests.test_accuracy import retrotap_cmd
+
+NFCAPD, NFDUMP = shutil.which("nfcapd"), shutil.which("nfdump")
+needs_nfdump = pytest.mark.skipif(NFCAPD is None or NFDUMP is None, reason="needs nfcapd and nfdump (apt nfdump)")
+PROTO_NUMBERS = {proto_name(p): p for p in range(256)}
+
+
+# -- the wire format ------------------------------------------------------------------------------
+
+
+def sets_of(message: bytes) -> list[tuple[int, bytes]]:
+    """(set id, body with its padding) of each Set of a Message, checking the lengths add up."""
+    out = []
+    at = MESSAGE_HEADER.size
+    while at < len(message):
+        set_id, length = SET_HEADER.unpack_from(message, at)
+        assert length >= SET_HEADER.size and at + length <= len(message)
+        out.append((set_id, message[at + SET_HEADER.size : at + length]))
+        at += length
+    assert at == len(message)
+    return out
+
+
+def test_template_message_layout() -> None:
+    enc = Encoder(domain=7, clock=lambda: 1_700_000_123.9)
+    msg = enc.templates()
+    version, length, export_time, sequence, domain = MESSAGE_HEADER.unpack_from(msg)
+    assert (version, length, export_time, sequence, domain) == (10, len(msg), 1_700_000_123, 0, 7)
+    (tid, tbody), (oid, obody) = sets_of(msg)
+    assert (tid, oid) == (2, 3)
+    at = 0
+    for template_id, fields in ((FLOW_IPV4_TEMPLATE_ID, FLOW_IPV4_FIELDS), (FLOW_IPV6_TEMPLATE_ID, FLOW_IPV6_FIELDS)):
+        assert TEMPLATE_RECORD_HEADER.unpack_from(tbody, at) == (template_id, len(fields))
+        at += TEMPLATE_RECORD_HEADER.size
+        specs = [FIELD_SPECIFIER.unpack_from(tbody, at + 4 * i) for i in range(len(fields))]
+        assert specs == [(f.id, f.length) for f in fields]
+        at += 4 * len(fields)
+    assert at == len(tbody) and template_id >= 256
+    fields = (*STATISTICS_SCOPE, *STATISTICS_FIELDS)
+    assert OPTIONS_TEMPLATE_RECORD_HEADER.unpack_from(obody) == (STATISTICS_TEMPLATE_ID, len(fields), 1)
+    specs = [FIELD_SPECIFIER.unpack_from(obody, 6 + 4 * i) for i in range(len(fields))]
+    assert specs == [(149, 4), (41, 8), (42, 8), (164, 8), (166, 8)]
+    assert len(obody) == -(-(6 + 4 * len(fields)) // 4) * 4  # padded to 4 octets
+    assert obody[6 + 4 * len(fields) :] == bytes(len(obody) - 6 - 4 * len(fields))
+    # The record layouts agree with the templates.
+    assert FLOW_RECORD_IPV4.size == sum(f.length for f in FLOW_IPV4_FIELDS) == 52
+    assert FLOW_RECORD_IPV6.size == sum(f.length for f in FLOW_IPV6_FIELDS) == 76
+    assert STATISTICS_RECORD.size == sum(f.length for f in fields)
+
+
+def test_data_messages_split_number_and_pad() -> None:
+    enc = Encoder(domain=3)
+    enc.templates()  # template records do not count in the sequence
+    odd = bytes(range(1, 8)) * 300  # records of 7 octets: sets of them need padding
+    runs = [(300, odd, 7), (FLOW_IPV4_TEMPLATE_ID, bytes(52) * 60, 52)]
+    messages = enc.data(runs)
+    records = 0
+    sent_odd = b""
+    for msg in messages:
+        version, length, _, sequence, domain = MESSAGE_HEADER.unpack_from(msg)
+        assert (version, length, domain) == (10, len(msg), 3)
+        assert len(msg) <= 1400
+        assert sequence == records
+        for set_id, body in sets_of(msg):
+            size = 7 if set_id == 300 else 52
+            assert len(body) % 4 == 0 and len(body) - len(body) // size * size < 4
+            count = len(body) // size
+            records += count
+            assert body[count * size :] == bytes(len(body) - count * size)
+            if set_id == 300:
+                sent_odd += body[: count * size]
+    assert records == 360 and sent_odd == odd
+    # 197 + 103 records of 7 octets (1 and 3 octets of padding), then 12 + 26 + 22 of 52: as full as allowed.
+    assert [len(m) for m in messages] == [16 + 4 + 1380, 16 + 4 + 724 + 4 + 12 * 52, 16 + 4 + 26 * 52, 16 + 4 + 22 * 52]
+    assert [len(sets_of(m)) for m in messages] == [1, 2, 1, 1]
+    assert enc.sequence == 360 and enc.records == 360 and enc.messages == 5
+    stats = enc.statistics(ignored_packets=11, not_sent_flows=2)
+    assert MESSAGE_HEADER.unpack_from(stats)[3] == 360
+    ((set_id, body),) = sets_of(stats)
+    assert set_id == STATISTICS_TEMPLATE_ID
+    assert STATISTICS_RECORD.unpack_from(body) == (3, 6, 360, 11, 2)
+    assert enc.sequence == 361
+
+
+def finished(keys: list[bytes], packets: list[tuple[int, int]], nbytes: list[tuple[int, int]]) -> Finished:
+    n = len(keys)
+    return Finished(
+        keys=np.frombuffer(b"".join(keys), np.uint8).reshape(n, 40),
+        packets=np.array(packets, np.int64),
+        bytes=np.array(nbytes, np.int64),
+        start_ns=np.array([T0_NS + 1_234_567] * n, np.int64),
+        end_ns=np.array([T0_NS + 9_999_999_999] * n, np.int64),
+        tcp_flags=np.array([0x12] * n, np.uint8),
+        reason=np.array([IDLE_TIMEOUT] * n, np.uint8),
+    )
+
+
+def flow_key(a: str, b: str, aport: int, bport: int, proto: int) -> bytes:
+    def addr(text: str) -> bytes:
+        ip = ipaddress.ip_address(text)
+        return ip.packed if ip.version == 6 else bytes(10) + b"\xff\xff" + ip.packed
+
+    return addr(a) + addr(b) + aport.to_bytes(2, "big") + bport.to_bytes(2, "big") + bytes([proto, 0, 0, 0])
+
+
+def test_flow_records_one_per_direction_that_sent() -> None:
+    rows = finished(
+        [flow_key("10.0.0.1", "10.0.0.2", 1000, 53, 17), flow_key("2001:db8::1", "2001:db8::2", 0, 0, 58)],
+        [(3, 2), (0, 4)],
+        [(300, 200), (0, 416)],
+    )
+    runs = flow_records(rows, ifindex=9)
+    assert [(tid, size) for tid, _, size in runs] == [(FLOW_IPV4_TEMPLATE_ID, 52), (FLOW_IPV6_TEMPLATE_ID, 76)]
+    v4 = [FLOW_RECORD_IPV4.unpack_from(runs[0][1], i * 52) for i in range(len(runs[0][1]) // 52)]
+    start_ms, end_ms = (T0_NS + 1_234_567) // 10**6, (T0_NS + 9_999_999_999) // 10**6
+    a, b = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")
+    assert v4 == [
+        (a, b, 1000, 53, 17, 0x12, 9, 300, 3, start_ms, end_ms, IDLE_TIMEOUT),
+        (b, a, 53, 1000, 17, 0x12, 9, 200, 2, start_ms, end_ms, IDLE_TIMEOUT),
+    ]
+    v6 = FLOW_RECORD_IPV6.unpack(runs[1][1])
+    assert v6[:2] == (ipaddress.ip_address("2001:db8::2").packed, ipaddress.ip_address("2001:db8::1").packed)
+    assert v6[2:] == (0, 0, 58, 0x12, 9, 416, 4, start_ms, end_ms, IDLE_TIMEOUT)
+
+
+# -- when flows finish ----------------------------------------------------------------------------
+
+
+def udp_frame(src: str, dst: str, sport: int, dport: int, size: int = 10) -> bytes:
+    ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    return bytes(
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / UDP(sport=sport, dport=dport) / bytes(size)
+    )
+
+
+class Feed:
+    """A file-like Counting fed second by second; each snapshot's clock is its newest packet's time."""
+
+    def __init__(self, limits: CounterLimits | None = None) -> None:
+        self.counting = Counting(limits or CounterLimits(), False, "", time.time)
+
+    def add(self, packets: list[tuple[bytes, int]]) -> Snapshot:
+        if packets:
+            frames, ts = zip(*packets, strict=True)
+            self.counting.add(block_of(list(frames), ts_ns=list(ts)))
+        return self.counting.freeze(file_statuses(self.counting), 0.0, {})
+
+
+def test_idle_active_and_final_exports() -> None:
+    fwd = udp_frame("10.0.0.1", "10.0.0.2", 1000, 2000)
+    rev = udp_frame("10.0.0.2", "10.0.0.1", 2000, 1000)
+    short = udp_frame("10.0.0.3", "10.0.0.4", 3000, 4000)
+    feed, tracker = Feed(), FlowTracker(idle_s=15, active_s=60)
+    exported: list[tuple[int, Finished]] = []
+    for sec in range(101):
+        t = T0_NS + sec * NS
+        pkts = [(fwd, t)] + ([(rev, t)] if sec % 10 == 0 else []) + ([(short, t)] if sec < 3 else [])
+        snap = feed.add(pkts)
+        done = tracker.update(snap, final=sec == 100)
+        if len(done):
+            exported.append((sec, done))
+    rows = [
+        (sec, int(d.keys[i, 35]), d.packets[i].tolist(), int(d.start_ns[i]), int(d.end_ns[i]), int(d.reason[i]))
+        for sec, d in exported
+        for i in range(len(d))
+    ]
+    port_4000 = [r for r in rows if r[1] == 4000 % 256]
+    # The short flow: idle from second 2, so due at second 17 (15 s idle), once.
+    assert port_4000 == [(17, 4000 % 256, [3, 0], T0_NS, T0_NS + 2 * NS, IDLE_TIMEOUT)]
+    long = [r for r in rows if r[1] == 2000 % 256]
+    # The long flow: its record is due after 60 s active, then counting goes on until the end.
+    assert long == [
+        (60, 2000 % 256, [61, 7], T0_NS, T0_NS + 60 * NS, ACTIVE_TIMEOUT),
+        (100, 2000 % 256, [40, 4], T0_NS + 60 * NS, T0_NS + 100 * NS, FORCED_END),
+    ]
+    final = feed.counting.counters
+    assert sum(int(d.packets.sum()) for _, d in exported) == final.packets
+    assert sum(int(d.bytes.sum()) for _, d in exported) == final.bytes
+
+
+def test_evicted_flows_are_exported_and_unseen_ones_counted() -> None:
+    flows = [udp_frame("10.0.1.1", "10.0.1.2", 5000 + i, 53) for i in range(5)]
+    feed, tracker = Feed(CounterLimits(flows=2)), FlowTracker(idle_s=15, active_s=60)
+    t = T0_NS
+    tracker.update(feed.add([(flows[0], t), (flows[1], t + 1)]))
+    # A third flow evicts the one seen longest ago: its counts are due at once.
+    snap = feed.add([(flows[2], t + 2 * NS)])
+    done = tracker.update(snap)
+    assert len(done) == 1 and int(done.keys[0, 32]) << 8 | int(done.keys[0, 33]) == 5000
+    assert done.packets.tolist() == [[1, 0]] and int(done.reason[0]) == LACK_OF_RESOURCES
+    assert tracker.not_sent(snap.flows) == 0
+    # Three new flows in one batch for a table of two: one never gets a row, so no snapshot shows it.
+    snap = feed.add([(flows[3], t + 3 * NS), (flows[4], t + 3 * NS + 1), (flows[0], t + 3 * NS + 2)])
+    tracker.update(snap)
+    assert snap.flows.evicted - tracker.vanished == 1 == tracker.not_sent(snap.flows)
+
+
+# -- nfcapd and nfdump --------------------------------------------------------------------------
+
+
+@dataclass
+class Collector:
+    port: int
+    directory: Path
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def stop(self) -> str:
+        """SIGTERM (nfcapd writes out its file), wait, return what it logged."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.log.read_text()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.fixture
+def nfcapd(tmp_path: Path) -> Iterator[Collector]:
+    """nfcapd on 127.0.0.1:<free port>, writing to a temp directory; stopped in teardown."""
+    assert NFCAPD is not None
+    directory = tmp_path / "flows"
+    directory.mkdir()
+    log = tmp_path / "nfcapd.log"
+    port = free_udp_port()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [NFCAPD, "-b", "127.0.0.1", "-p", str(port), "-w", str(directory), "-t", "3600", "-B", "4000000"],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    collector = Collector(port, directory, proc, log)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_taken(port):
+            assert proc.poll() is None, f"nfcapd exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"nfcapd did not bind: {log.read_text()}"
+            time.sleep(0.05)
+        yield collector
+    finally:
+        collector.stop()
+
+
+def nfdump_flows(directory: Path) -> list[dict[str, Any]]:
+    assert NFDUMP is not None
+    proc = subprocess.run(
+        [NFDUMP, "-R", str(directory), "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": "UTC"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    flows: list[dict[str, Any]] = json.loads(proc.stdout)
+    return flows
+
+
+def epoch_ms(text: str) -> int:
+    when = datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC)
+    return round(when.timestamp() * 1000)
+
+
+def norm(addr: str) -> str:
+    return str(ipaddress.ip_address(addr))
+
+
+Tuple5 = tuple[str, int, str, int, int]
+
+
+def collected(flows: list[dict[str, Any]]) -> dict[Tuple5, list[int]]:
+    """nfdump's records summed per directional 5-tuple: [packets, bytes, first ms, last ms]."""
+    out: dict[Tuple5, list[int]] = {}
+    for f in flows:
+        assert f["type"] == "FLOW"
+        src, dst = norm(f.get("src4_addr") or f["src6_addr"]), norm(f.get("dst4_addr") or f["dst6_addr"])
+        dport = f.get("dst_port", f.get("icmp_type", 0) << 8 | f.get("icmp_code", 0))
+        key = (src, f.get("src_port", 0), dst, dport, f["proto"])
+        row = out.setdefault(key, [0, 0, 2**63, 0])
+        row[0] += f["in_packets"]
+        row[1] += f["in_bytes"]
+        row[2] = min(row[2], epoch_ms(f["first"]))
+        row[3] = max(row[3], epoch_ms(f["last"]))
+    return out
+
+
+def expected(rec: dict[str, Any]) -> dict[Tuple5, list[int]]:
+    """retrotap's own flow rows as directional 5-tuples: [packets, bytes, first ms, last ms]."""
+    out: dict[Tuple5, list[int]] = {}
+    for f in rec["flows"]:
+        proto = PROTO_NUMBERS[f["proto"]]
+        first_ms, last_ms = round(f["first"] * 10**6) // 1000, round(f["last"] * 10**6) // 1000  # µs pcap
+        for src, sport, dst, dport, way in (
+            (f["src"], f["sport"], f["dst"], f["dport"], "src_to_dst"),
+            (f["dst"], f["dport"], f["src"], f["sport"], "dst_to_src"),
+        ):
+            if f[f"{way}_packets"]:
+                out[(norm(src), sport, norm(dst), dport, proto)] = [
+                    f[f"{way}_packets"],
+                    f[f"{way}_bytes"],
+                    first_ms,
+                    last_ms,
+                ]
+    return out
+
+
+def run_stats(*args: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([*retrotap_cmd(), "stats", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@needs_nfdump
+@pytest.mark.parametrize("extra", [(), ("--interval", "1", "--ipfix-active", "5", "--ipfix-idle", "2")])
+def test_nfdump_reads_every_flow(nfcapd: Collector, tmp_path: Path, extra: tuple[str, ...]) -> None:
+    """Each direction of each flow: packets, bytes, first and last ms as nfdump stores them."""
+    pcap = tmp_path / "mix.pcap"
+    write_mixed(pcap, seed=5, n=3000)
+    target = f"127.0.0.1:{nfcapd.port}"
+    recs = run_stats("-r", str(pcap), "--format", "json", "--top", "0", "--ipfix", target, "--sensor-id", "7", *extra)
+    log = nfcapd.stop()
+    assert "Observation domain 7 from: 127.0.0.1" in log, log
+    assert "Sequence Errors: 0, Bad Packets: 0" in log, log
+    flows = nfdump_flows(nfcapd.directory)
+    want = expected(recs[-1])
+    got = collected(flows)
+    assert got == want
+    assert len(want) > 300 and any(":" in k[0] for k in want)  # IPv4 and IPv6 both exported
+    if extra:  # active and idle timeouts split flows into several records
+        assert len(flows) > len(want)
+    else:
+        assert len(flows) == len(want)
