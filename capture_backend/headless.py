@@ -17,6 +17,7 @@ import numpy as np
 
 from capture_backend.counters import NS, CounterLimits
 from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, filter_blocks
+from capture_backend.exporters import Exporters, ExporterSettings, time_machine_counters
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.report import Row, record
 from capture_backend.ring import RingConfig
@@ -46,6 +47,7 @@ class StatsOptions:
     buffer_size: int = 256 << 20
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    exporters: ExporterSettings = field(default_factory=ExporterSettings)
 
 
 def _bits(bps: float) -> str:
@@ -174,6 +176,10 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         block_sinks=[tm] if tm else [],
     )
     engine.open()
+    exporters = Exporters(opts.exporters, lambda: engine.snapshot, log)
+    if tm is not None:
+        exporters.extra.update(time_machine_counters(tm))
+    exporters.start()
     snapshots = Snapshotter(tm, opts.snapshot_dir, log) if tm is not None else None
     engine.start()
     engine.ready.wait(10)
@@ -205,6 +211,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         if engine.running:  # stopped by a signal: drain the rings, then one last record
             engine.close()
             out.write(record(engine.snapshot, prev, opts.top))
+        exporters.stop(engine.snapshot)
         if snapshots is not None:
             snapshots.join()
     return 0
@@ -235,19 +242,26 @@ def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
     assert opts.read_file is not None
     with FileSource(opts.read_file) as source:
         counting = Counting(opts.limits, False, opts.filter_expr, time.time)
+        latest = [counting.freeze(file_statuses(counting), 0.0, {})]
+        exporters = Exporters(opts.exporters, lambda: latest[0], log)
+        exporters.start()
         prev: Snapshot | None = None
         written = 0
         try:
             for snap in _file_snapshots(opts, source, counting):
+                latest[0] = snap
                 out.write(record(snap, prev, opts.top))
                 prev = snap
                 written += 1
                 if (opts.count and written >= opts.count) or signals.stop:
                     break
         except CaptureFileError as e:  # report what was read before the damage, then fail
-            out.write(record(counting.freeze(file_statuses(counting), time.thread_time(), {}), prev, opts.top))
+            latest[0] = counting.freeze(file_statuses(counting), time.thread_time(), {})
+            out.write(record(latest[0], prev, opts.top))
             log(f"error: {e}")
             return 2
+        finally:
+            exporters.stop(latest[0])
         if source.truncated:
             log(f"warning: {source.truncated}")
     return 0

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 
 from capture_backend.bpf import FilterError
 from capture_backend.counters import CounterLimits
+from capture_backend.exporters import ExporterSettings
 from capture_backend.headless import StatsOptions, run_stats
+from capture_backend.metrics import DEFAULT_TOP, MAX_TOP
 from capture_backend.netlink import InterfaceError, default_interface
 from capture_backend.pcapfile import CaptureFileError
 from capture_backend.ring import CaptureError, RingConfig
@@ -69,6 +71,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--buffer-size", type=_size, default=256 << 20, metavar="SIZE", help="time machine memory (256M; 0: off)"
     )
     p.add_argument("--snapshot-dir", default=".", metavar="DIR", help="where snapshots are written")
+    p.add_argument("--metrics", metavar="[ADDR:]PORT", help="serve Prometheus /metrics (ADDR: 127.0.0.1)")
+    p.add_argument(
+        "--metrics-top", type=_positive(int), default=DEFAULT_TOP, metavar="K", help="hosts and ports in /metrics"
+    )
+    p.add_argument("--ipfix", metavar="HOST:PORT", help="export finished flows to an IPFIX collector (UDP)")
+    p.add_argument("--sensor-id", type=_positive(int), default=0, metavar="N", help="IPFIX observation domain id")
+    p.add_argument("--ipfix-idle", type=_positive(float), default=15.0, metavar="S", help="flow idle timeout (15)")
+    p.add_argument("--ipfix-active", type=_positive(float), default=60.0, metavar="S", help="active timeout (60)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +137,42 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=_snapshot_dir(args.snapshot_dir),
+        exporters=exporter_settings(args),
+    )
+
+
+def _endpoint(option: str, text: str) -> tuple[str, int]:
+    """'PORT', 'HOST:PORT' or '[IPV6]:PORT' → (host, port); the host is 127.0.0.1 when left out."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise UsageError(f"{option} {text!r}: write an IPv6 address in brackets, e.g. [::1]:{port_text}")
+    if not host:
+        raise UsageError(f"{option} {text!r}: no address before the ':'")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"{option} {text!r}: the port must be from 1 to 65535")
+    return host, int(port_text)
+
+
+def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
+    """ExporterSettings from parsed arguments; UsageError on bad values."""
+    if args.metrics_top > MAX_TOP:
+        raise UsageError(f"--metrics-top {args.metrics_top}: at most {MAX_TOP} (each is a label value)")
+    if args.sensor_id > 0xFFFFFFFF:
+        raise UsageError(f"--sensor-id {args.sensor_id}: must fit in 32 bits")
+    for option, value in (("--ipfix-idle", args.ipfix_idle), ("--ipfix-active", args.ipfix_active)):
+        if value <= 0:
+            raise UsageError(f"{option} must be greater than 0")
+    return ExporterSettings(
+        metrics=_endpoint("--metrics", args.metrics) if args.metrics else None,
+        metrics_top=args.metrics_top,
+        ipfix=_endpoint("--ipfix", args.ipfix) if args.ipfix else None,
+        sensor_id=args.sensor_id,
+        ipfix_idle=args.ipfix_idle,
+        ipfix_active=args.ipfix_active,
     )
 
 
