@@ -88,11 +88,17 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
     out = np.full(keys.shape[0], -1, np.int64)
     if keys.shape[0] == 0 or len(before) == 0:
         return out
-    hb = _key_hash(before.keys)
-    order = np.argsort(hb, kind="stable")
-    sorted_hb = hb[order]
-    pos = np.clip(np.searchsorted(sorted_hb, _key_hash(keys)), 0, sorted_hb.size - 1)
-    cand = order[pos]
+    hb, hc = _key_hash(before.keys), _key_hash(keys)
+    if hc.size <= 256 and hc.size * 64 < hb.size:  # the visible rows only: one scan each beats a sort
+        cand = np.zeros(hc.size, np.int64)
+        for j, h in enumerate(hc):
+            hit = np.flatnonzero(hb == h)
+            if hit.size:
+                cand[j] = hit[0]
+    else:
+        order = np.argsort(hb, kind="stable")
+        sorted_hb = hb[order]
+        cand = order[np.clip(np.searchsorted(sorted_hb, hc), 0, sorted_hb.size - 1)]
     same = (before.keys[cand] == keys).all(axis=1)
     out[same] = cand[same]
     return out
