@@ -37,8 +37,16 @@ class SortKey:
     descending: bool = True
 
 
-def order_rows(idx: np.ndarray, primary: np.ndarray, descending: bool, secondary: np.ndarray | None) -> np.ndarray:
-    """idx sorted by primary (then secondary, largest first; then row), as row indices."""
+def order_rows(
+    idx: np.ndarray, primary: np.ndarray, descending: bool, secondary: np.ndarray | None, top: int
+) -> np.ndarray:
+    """The first `top` of idx sorted by primary (then secondary, largest first; then row), as row indices."""
+    if primary.ndim == 1 and 0 < top < idx.size:  # keep only rows that can make the top (ties included): O(n)
+        values = primary.astype(np.float64)
+        signed = -values if descending else values
+        cand = signed <= np.partition(signed, top - 1)[top - 1]
+        idx, primary = idx[cand], primary[cand]
+        secondary = secondary[cand] if secondary is not None else None
     keys: list[np.ndarray] = [idx]
     if secondary is not None:
         keys.append(-secondary.astype(np.float64))
@@ -50,7 +58,7 @@ def order_rows(idx: np.ndarray, primary: np.ndarray, descending: bool, secondary
     else:
         values = primary.astype(np.float64)
         keys.append(-values if descending else values)
-    return idx[np.lexsort(keys)]
+    return idx[np.lexsort(keys)][:top]
 
 
 class View(Vertical):
@@ -103,7 +111,7 @@ class View(Vertical):
         key = self.sort_key
         if key is None or idx.size == 0:
             return idx[:top]
-        return order_rows(idx, self.key_values(key, frame, idx), key.descending != self.reverse, secondary)[:top]
+        return order_rows(idx, self.key_values(key, frame, idx), key.descending != self.reverse, secondary, top)
 
     def show(self, frame: Frame) -> None:
         """Render the frame (only the rows that fit)."""
