@@ -120,12 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
             print(f"# flow cap {cap:,}: {row}", file=sys.stderr, flush=True)
     print(f"\nmachine: {machine()}\n")
-    print("| flows in file | --flow-cap | packets counted | flows active | flows evicted | peak RSS MiB "
+    print("| flows in file | --flow-cap | packets counted | flows active | flows evicted | peak RSS MiB (MB) "
           "| baseline RSS MiB (1 packet) | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['flows']:,} | {r['flow_cap']:,} | {r['packets']:,} | {r['flows_active']:,} "
-              f"| {r['flows_evicted']:,} | {r['max_rss_mib']:,.0f} | {r['baseline_rss_mib']:,.0f} "
+              f"| {r['flows_evicted']:,} | {r['max_rss_mib']:,.0f} ({r['max_rss_mib'] * 1.048576:,.0f}) "
+              f"| {r['baseline_rss_mib']:,.0f} "
               f"| {r['wall_seconds']:.2f} |")
     if args.json:
         text = json.dumps({"bench": "memory", "argv": sys.argv, "machine": machine(), "runs": rows}, indent=2)

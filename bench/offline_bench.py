@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
 RECORD_HEADER = struct.Struct("<IIII")
 CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 IMIX = ((64, 7), (570, 4), (1514, 1))  # frame length (no FCS), weight
 CONVERSATIONS = 150
 START_US = 1_700_000_000 * 1_000_000
@@ -206,7 +207,9 @@ class ToolRun:
     wall_seconds: float
     cpu_seconds: float
     max_rss_mib: float
-    pps: float
+    pps: float  # packets / wall seconds
+    cpu_pps: float  # packets / CPU seconds: what the tool would do with the core to itself
+    other_load_seconds: float  # busy time of the pinned core not used by the tool (other processes)
     conversations: dict[str, int]
     command: list[str]
 
@@ -219,26 +222,43 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def core_busy(cpu: int) -> float:
+    """Non-idle seconds of one CPU so far (user, nice, system, irq, softirq, steal from /proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            f = [int(x) for x in line.split()[1:]]
+            return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / CLK_TCK
+    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
+
+
+def _tool_run(name: str, m: Measured, packets: int, size: int, busy: float, convs: dict[str, int]) -> ToolRun:
+    return ToolRun(name, packets, size, m.wall_seconds, m.cpu_seconds, m.max_rss_kib / 1024,
+                   packets / m.wall_seconds, packets / m.cpu_seconds if m.cpu_seconds else 0.0,
+                   max(0.0, busy - m.cpu_seconds), convs, m.argv)
+
+
 def bench_retrotap(path: Path, packets: int, size: int, timeout: float) -> ToolRun:
     """Time retrotap stats -r on `path` and check it counted every packet."""
+    busy = core_busy(int(CORE))
     m = run_measured(retrotap_argv(path, "--format", "json", "--top", "10"), timeout)
+    busy = core_busy(int(CORE)) - busy
     rec = last_record(m)
     if rec["totals"]["packets"] != packets:
         raise RuntimeError(f"retrotap counted {rec['totals']['packets']} packets, file has {packets}")
     convs = {"flows": rec["flow_table"]["active"] + rec["flow_table"]["evicted"]}
-    return ToolRun("retrotap", packets, size, m.wall_seconds, m.cpu_seconds, m.max_rss_kib / 1024,
-                   packets / m.wall_seconds, convs, m.argv)
+    return _tool_run("retrotap", m, packets, size, busy, convs)
 
 
 def bench_tshark(path: Path, packets: int, size: int, timeout: float) -> ToolRun:
     """Time tshark's IPv4/TCP/UDP conversation statistics on `path`."""
     argv = ["taskset", "-c", CORE, "tshark", "-r", str(path), "-q", "-z", "conv,ip", "-z", "conv,tcp",
             "-z", "conv,udp"]
+    busy = core_busy(int(CORE))
     m = run_measured(argv, timeout)
+    busy = core_busy(int(CORE)) - busy
     if m.status != 0:
         raise RuntimeError(f"tshark failed (exit {m.status}): {m.stderr[-3000:]}")
-    return ToolRun("tshark", packets, size, m.wall_seconds, m.cpu_seconds, m.max_rss_kib / 1024,
-                   packets / m.wall_seconds, tshark_conversations(m.stdout), m.argv)
+    return _tool_run("tshark", m, packets, size, busy, tshark_conversations(m.stdout))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,33 +296,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run = bench_tshark(tshark_path, tshark_n, tshark_size, args.timeout)
                 results.append(run)
                 print(f"# {name}: {run.packets:,} packets in {run.wall_seconds:.2f} s = {run.pps:,.0f} packets/s, "
-                      f"CPU {run.cpu_seconds:.2f} s, max RSS {run.max_rss_mib:,.0f} MiB, {run.conversations}",
+                      f"CPU {run.cpu_seconds:.2f} s, max RSS {run.max_rss_mib:,.0f} MiB, {run.conversations}, "
+                      f"other load on core {CORE} {run.other_load_seconds:.1f} s, loadavg {os.getloadavg()[0]:.2f}",
                       file=sys.stderr, flush=True)
     rows = []
     for name in ("retrotap", "tshark"):
         runs = sorted((r for r in results if r.tool == name), key=lambda r: r.wall_seconds)
-        mid = runs[len(runs) // 2]
-        rows.append(mid)
+        rows.append(runs[len(runs) // 2])  # the median run by wall time
     rt, ts = rows
     extrapolated = ts.packets != rt.packets
-    ts_full = args.packets / ts.pps
-    ratio = rt.pps / ts.pps
-    print(f"\nmachine: {machine()}; both tools pinned to core {CORE}; file {size / 2**20:,.0f} MiB in page cache\n")
-    print("| tool | packets read | wall s | CPU s | max RSS MiB | packets/s | conversations |")
-    print("|---|---|---|---|---|---|---|")
+    ratio, cpu_ratio = rt.pps / ts.pps, rt.cpu_pps / ts.cpu_pps
+    print(f"\nmachine: {machine()}; both tools pinned to core {CORE}; file {size / 2**20:,.0f} MiB in page cache; "
+          f"median of {args.repeat} run(s)\n")
+    print("| tool | packets read | wall s | CPU s | max RSS MiB | packets/s (wall) | packets/CPU-s "
+          f"| other load on core {CORE} s | conversations |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         convs = ", ".join(f"{k} {v}" for k, v in r.conversations.items())
         print(f"| {r.tool} | {r.packets:,} | {r.wall_seconds:.2f} | {r.cpu_seconds:.2f} | {r.max_rss_mib:,.0f} "
-              f"| {r.pps:,.0f} | {convs} |")
+              f"| {r.pps:,.0f} | {r.cpu_pps:,.0f} | {r.other_load_seconds:.1f} | {convs} |")
     label = f" (tshark timed on the first {ts.packets:,} packets, extrapolated)" if extrapolated else ""
-    print(f"\nretrotap {rt.pps:,.0f} packets/s, tshark {ts.pps:,.0f} packets/s: retrotap is {ratio:.1f}x faster"
-          f"{label}; tshark on all {args.packets:,} packets: {ts_full:.1f} s"
-          + (" (extrapolated)" if extrapolated else ""))
+    print(f"\nretrotap {rt.pps:,.0f} packets/s, tshark {ts.pps:,.0f} packets/s (wall clock): retrotap is "
+          f"{ratio:.1f}x faster; per CPU second {cpu_ratio:.1f}x{label}. tshark on all {args.packets:,} packets: "
+          f"{args.packets / ts.pps:.1f} s" + (" (extrapolated)" if extrapolated else ""))
     if args.json:
         doc = {"bench": "offline", "argv": sys.argv, "machine": machine(), "packets": args.packets,
                "file_bytes": size, "distinct_frames": len(frames), "generate_seconds": gen,
                "runs": [asdict(r) for r in results], "retrotap_pps": rt.pps, "tshark_pps": ts.pps,
-               "tshark_extrapolated": extrapolated, "speedup": ratio}
+               "retrotap_cpu_pps": rt.cpu_pps, "tshark_cpu_pps": ts.cpu_pps,
+               "tshark_extrapolated": extrapolated, "speedup": ratio, "speedup_per_cpu_second": cpu_ratio}
         text = json.dumps(doc, indent=2)
         if args.json == "-":
             print(text)
