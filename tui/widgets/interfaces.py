@@ -120,7 +120,7 @@ class InterfacesView(View):
             found = box.query(f"#{wid}")
             group = found.first(SparkGroup) if found else None
             if group is None:
-                group = SparkGroup(name, id=wid)
+                group = SparkGroup(name, self.samples, id=wid)
                 box.mount(group)
             group.set_data(hist, live)
 
@@ -128,9 +128,10 @@ class InterfacesView(View):
 class SparkGroup(Vertical):
     """One interface's rx and tx sparklines with their labels."""
 
-    def __init__(self, iface: str, *, id: str | None = None) -> None:
+    def __init__(self, iface: str, samples: int, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="spark-group")
         self.iface = iface
+        self.samples = samples
         self.data: tuple[RateHistory, bool] | None = None
 
     def compose(self) -> ComposeResult:
@@ -161,4 +162,4 @@ class SparkGroup(Vertical):
             peak = bits(max(data)) if data else DASH
             what = kind if live else "captured"
             label.update(f"{self.iface} {what}  {now}   (last {HISTORY_SECONDS} s, max {peak})")
-            spark.data = list(data)
+            spark.data = [0.0] * (self.samples - len(data)) + list(data) if data else []  # newest on the right

@@ -17,14 +17,11 @@ class PromptBar(Vertical):
     PromptBar {
         height: auto;
     }
-    PromptBar Horizontal {
+    PromptBar > Horizontal {
         height: 1;
     }
-    PromptBar Input {
-        width: 1fr;
-        height: 1;
-        border: none;
-        padding: 0;
+    PromptBar #prompt-label {
+        width: auto;
     }
     PromptBar #prompt-error {
         height: auto;
