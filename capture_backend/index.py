@@ -299,7 +299,8 @@ class Index:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                db.execute("ROLLBACK")
             raise
 
     def remove(self, path: str) -> None:
@@ -311,7 +312,8 @@ class Index:
             db.execute("DELETE FROM files WHERE path = ?", (path,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                db.execute("ROLLBACK")
             raise
 
     def files(self) -> dict[str, FileInfo]:

@@ -160,7 +160,7 @@ class Recorder:
         self.paused = False  # the disk was full at the last write
         self._paused_packets = 0
         self._pending = _Pending()
-        self._index_failed = False
+        self._index_error = ""
         self._lock_fd = -1
         self.index: Index | None = None
 
@@ -215,7 +215,7 @@ class Recorder:
         cut = scan.info.bytes - scan.whole_end
         if cut:
             os.truncate(path, scan.whole_end)
-        target = self._free_name(final)
+        target = self._free_name(final) if (self.dir / final).exists() else final
         os.rename(path, self.dir / target)
         st = (self.dir / target).stat()
         info = FileInfo(
@@ -250,7 +250,8 @@ class Recorder:
         self._flush_index()
         if self._pending.puts or self._pending.removes:
             self.log(
-                f"index: {len(self._pending.puts)} files not indexed (disk full); export indexes them when it runs"
+                f"index: {len(self._pending.puts)} files not indexed, {len(self._pending.removes)} deletions not "
+                f"recorded ({self._index_error}); export brings the index up to date when it runs"
             )
         if self.index is not None:
             self.index.close()
@@ -435,11 +436,11 @@ class Recorder:
                 self.index.put(info, chunks)
                 del self._pending.puts[name]
         except sqlite3.Error as e:
-            if not self._index_failed:
+            if not self._index_error:
                 self.log(f"index: cannot update {self.index.path} ({e}); will retry")
-            self._index_failed = True
+            self._index_error = str(e)
             return
-        self._index_failed = False
+        self._index_error = ""
 
     # --- retention
 
