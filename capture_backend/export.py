@@ -406,3 +406,21 @@ def list_files(directory: str, log: Callable[[str], None], out: TextIO = sys.std
     out.write(f"{len(files)} files, {packets} packets, {nbytes} bytes\n")
     out.flush()
     return len(files)
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"retrotap: {msg}", file=sys.stderr, flush=True)
+
+
+def run_export(opts: ExportOptions, list_only: bool = False, log: Callable[[str], None] | None = None) -> int:
+    """Entry point of `retrotap export` once options are parsed and checked."""
+    logger = log or _stderr_log
+    if list_only:
+        list_files(opts.directory, logger)
+        return 0
+    res = export(opts, logger)
+    logger(
+        f"exported {res.packets} packets ({res.bytes} bytes) to {', '.join(res.paths)}; "
+        f"read {res.chunks_read} of {res.chunks_total} chunks in the time window, from {res.files_read} files"
+    )
+    return 0

@@ -19,6 +19,7 @@ from capture_backend.counters import NS, CounterLimits
 from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, filter_blocks
 from capture_backend.exporters import Exporters, ExporterSettings, time_machine_counters
 from capture_backend.pcapfile import CaptureFileError, FileSource
+from capture_backend.recorder import Recorder, RecorderThread, RecordOptions
 from capture_backend.report import Row, record
 from capture_backend.ring import RingConfig
 from capture_backend.timemachine import TimeMachine, write_snapshot
@@ -276,3 +277,94 @@ def run_stats(opts: StatsOptions, stream: TextIO = sys.stdout, log: Callable[[st
     if opts.read_file:
         return run_file(opts, out, signals, logger)
     return run_live(opts, out, signals, logger)
+
+
+@dataclass
+class RecordRun:
+    """What `retrotap record` was asked for."""
+
+    record: RecordOptions
+    interfaces: list[str] = field(default_factory=list)
+    read_file: str | None = None
+    filter_expr: str = ""
+    ring: RingConfig = field(default_factory=RingConfig)
+    limits: CounterLimits = field(default_factory=CounterLimits)
+    buffer_size: int = 256 << 20
+    buffer_seconds: float = 60.0
+    snapshot_dir: str = "."
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"retrotap: {msg}", file=sys.stderr, flush=True)
+
+
+def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int:
+    """Entry point of `retrotap record`: capture into the time machine, the recorder thread writes files."""
+    logger = log or _stderr_log
+    signals = Signals()
+    signals.install()
+    if opts.read_file:
+        return _record_file(opts, signals, logger)
+    tm = TimeMachine(opts.buffer_size, opts.buffer_seconds)
+    engine = Engine(opts.interfaces, filter_expr=opts.filter_expr, ring=opts.ring, limits=opts.limits, block_sinks=[tm])
+    engine.open()
+    recorder = Recorder(opts.record, logger)
+    try:
+        recorder.start()
+    except BaseException:
+        engine.close()
+        raise
+    thread = RecorderThread(tm, recorder, on_error=lambda _: signals.wake.set())
+    snapshots = Snapshotter(tm, opts.snapshot_dir, logger)
+    thread.start()
+    engine.start()
+    engine.ready.wait(10)
+    names = ", ".join(opts.interfaces)
+    logger(f"listening on {names}, recording to {opts.record.directory}" + _filter_note(opts.filter_expr))
+    try:
+        while not signals.stop and thread.error is None:
+            if signals.wake.wait(1.0):
+                signals.wake.clear()
+                if signals.snapshot:
+                    signals.snapshot = False
+                    snapshots.request()
+    finally:
+        engine.close()  # drains the rings into the pool
+        thread.stop()  # writes what the pool still holds
+        recorder.close()
+        snapshots.join()
+    if thread.error is not None:
+        logger(f"error: {thread.error}")
+    snap = engine.snapshot
+    logger(f"{recorder.stats.summary()}; captured {snap.packets} packets, kernel drops {snap.kernel_drops}")
+    return 1 if thread.error is not None else 0
+
+
+def _filter_note(expr: str) -> str:
+    return f" (filter: {expr})" if expr else ""
+
+
+def _record_file(opts: RecordRun, signals: Signals, log: Callable[[str], None]) -> int:
+    """Record a capture file's packets as if they arrived now (rotation and retention by packet time)."""
+    assert opts.read_file is not None
+    with FileSource(opts.read_file) as source:
+        newest = [0]
+        recorder = Recorder(opts.record, log, clock=lambda: newest[0])
+        recorder.start()
+        status = 0
+        try:
+            for block in filter_blocks(source.blocks(), opts.filter_expr):
+                if signals.stop:
+                    break
+                if len(block):
+                    newest[0] = max(newest[0], int(block.ts_ns.max()))
+                    recorder.write(block)
+        except CaptureFileError as e:
+            log(f"error: {e}")
+            status = 2
+        finally:
+            recorder.close()
+        if source.truncated:
+            log(f"warning: {source.truncated}")
+    log(recorder.stats.summary())
+    return status

@@ -6,18 +6,24 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from capture_backend.bpf import FilterError
 from capture_backend.counters import CounterLimits
+from capture_backend.export import ExportOptions, parse_host, parse_time, run_export
 from capture_backend.exporters import ExporterSettings
-from capture_backend.headless import StatsOptions, run_stats
+from capture_backend.headless import RecordRun, StatsOptions, run_record, run_stats
 from capture_backend.metrics import DEFAULT_TOP, MAX_TOP
 from capture_backend.netlink import InterfaceError, default_interface
 from capture_backend.pcapfile import CaptureFileError
+from capture_backend.recorder import RecordError, RecordOptions
 from capture_backend.ring import CaptureError, RingConfig
 
-USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, PermissionError, OSError)
-SUBCOMMANDS = ("stats",)
+USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, RecordError, PermissionError, OSError)
+SUBCOMMANDS = ("stats", "record", "export")
+
+
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -52,6 +58,44 @@ def _size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return int(value * SIZE_UNITS[unit])
+
+
+DURATION_UNITS = {"": 1, "S": 1, "M": 60, "H": 3600, "D": 86400, "W": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """'30s', '1m', '2h', '7d', '90' (seconds) → seconds."""
+    t = text.strip().upper()
+    unit = t[-1:] if t[-1:].isalpha() else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * DURATION_UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 1m, 2h, 7d)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _min_free(text: str) -> tuple[float, int]:
+    """'5%' → (0.05, 0); '2G' → (0.0, bytes)."""
+    t = text.strip()
+    if not t.endswith("%"):
+        return 0.0, _size(t)
+    try:
+        pct = float(t[:-1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage or a size (e.g. 5%, 2G)") from None
+    if not 0 <= pct < 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0% to below 100%")
+    return pct / 100, 0
+
+
+def _checked(parse: Callable[[str], T], option: str, text: str) -> T:
+    """A value parsed after argparse, so a bad one is one line (UsageError) rather than usage text."""
+    try:
+        return parse(text)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise UsageError(f"{option}: {e}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,6 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--count", type=_positive(int), default=0, metavar="N", help="stop after N records")
     stats.add_argument("--top", type=_positive(int), default=10, metavar="N", help="rows per table (0: all)")
     stats.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
+    rec = sub.add_parser("record", help="record to rotating, indexed pcap files in a directory")
+    _common(rec)
+    rec.add_argument("-w", "--write", dest="directory", required=True, metavar="DIR", help="where files go")
+    rec.add_argument("--rotate-size", default="100M", metavar="SIZE", help="new file at this size (100M; 0: off)")
+    rec.add_argument(
+        "--rotate-every", default="1m", metavar="DURATION", help="new file on each multiple of it, UTC (1m; 0: off)"
+    )
+    rec.add_argument("--keep-files", default="0", metavar="N", help="closed files kept per interface (0: all)")
+    rec.add_argument("--keep-age", default="0", metavar="DURATION", help="delete files older than this (0: never)")
+    rec.add_argument("--min-free", default="5%", metavar="PCT|SIZE", help="delete oldest files below this free space")
+    exp = sub.add_parser("export", help="packets of a time window (and host/port or filter) from a recording")
+    exp.add_argument("directory", metavar="DIR", help="the directory `retrotap record` wrote")
+    exp.add_argument("--from", dest="from_time", metavar="TIME", help="ISO 8601 or HH:MM[:SS] (local); inclusive")
+    exp.add_argument("--to", dest="to_time", metavar="TIME", help="ISO 8601 or HH:MM[:SS] (local); exclusive")
+    exp.add_argument("-f", "--filter", default="", metavar="BPF", help="tcpdump filter")
+    exp.add_argument("--host", metavar="ADDR", help="packets from or to this IPv4/IPv6 address")
+    exp.add_argument("--port", metavar="PORT", help="TCP, UDP or SCTP packets with this port on either side")
+    exp.add_argument("-w", "--write", dest="output", metavar="FILE", help="the pcap to write")
+    exp.add_argument("--list", action="store_true", help="list the files with their time spans instead")
     return parser
 
 
@@ -139,6 +202,78 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         snapshot_dir=_snapshot_dir(args.snapshot_dir),
         exporters=exporter_settings(args),
     )
+
+
+def record_run(args: argparse.Namespace) -> RecordRun:
+    """RecordRun from parsed arguments; UsageError on bad values."""
+    directory = args.directory
+    if not os.path.isdir(directory):
+        raise UsageError(f"-w {directory!r}: no such directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"-w {directory!r}: not writable")
+    if not args.buffer_size:
+        raise UsageError("record needs the time machine (--buffer-size greater than 0): it is the recorder's queue")
+    keep_files = _checked(int, "--keep-files", args.keep_files)
+    if keep_files < 0:
+        raise UsageError("--keep-files must not be negative")
+    ratio, free_bytes = _checked(_min_free, "--min-free", args.min_free)
+    rotate_s = _checked(_duration, "--rotate-every", args.rotate_every)
+    if rotate_s and rotate_s < 1:
+        raise UsageError("--rotate-every must be at least 1s (or 0: off)")
+    return RecordRun(
+        record=RecordOptions(
+            directory=directory,
+            rotate_bytes=_checked(_size, "--rotate-size", args.rotate_size),
+            rotate_ns=int(rotate_s * 1e9),
+            keep_files=keep_files,
+            keep_age_ns=int(_checked(_duration, "--keep-age", args.keep_age) * 1e9),
+            min_free_ratio=ratio,
+            min_free_bytes=free_bytes,
+        ),
+        interfaces=_interfaces(args),
+        read_file=args.read,
+        filter_expr=args.filter,
+        ring=_ring(args),
+        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle),
+        buffer_size=args.buffer_size,
+        buffer_seconds=args.buffer_seconds,
+        snapshot_dir=_snapshot_dir(args.snapshot_dir),
+    )
+
+
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    """ExportOptions from parsed arguments; UsageError on bad values."""
+    if not os.path.isdir(args.directory):
+        raise UsageError(f"{args.directory!r}: no such directory")
+    if not args.list and not args.output:
+        raise UsageError("export needs -w FILE (or --list)")
+    if args.filter.strip() and (args.host or args.port):
+        raise UsageError("use either -f BPF or --host/--port, not both")
+    opts = ExportOptions(directory=args.directory, output=args.output or "", bpf=args.filter)
+    if args.from_time:
+        opts.from_ns = _checked(parse_time, "--from", args.from_time)
+    if args.to_time:
+        opts.to_ns = _checked(parse_time, "--to", args.to_time)
+    if opts.from_ns >= opts.to_ns:
+        raise UsageError("--from must be before --to")
+    if args.host:
+        opts.host = _checked(parse_host, "--host", args.host)
+    if args.port:
+        opts.port = _checked(int, "--port", args.port)
+        if not 0 < opts.port < 65536:
+            raise UsageError(f"--port {args.port}: must be from 1 to 65535")
+    return opts
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    return run_export(export_options(args), list_only=args.list)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "stats": lambda args: run_stats(stats_options(args)),
+    "record": lambda args: run_record(record_run(args)),
+    "export": _run_export,
+}
 
 
 def _endpoint(option: str, text: str) -> tuple[str, int]:
@@ -193,8 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn a user's mistake into one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "stats":
-            return run_stats(stats_options(args))
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
         from tui.app import run_dashboard
 
         return run_dashboard(args, _interfaces(args), _ring(args))
