@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from textual.app import ComposeResult
 from textual.widgets import Static
 
@@ -29,11 +28,11 @@ COUNTERS = {
     "ports_evicted": "port-table evictions",
 }
 COLUMNS = (
-    Column("layer", "Layer", 14),
-    Column("counter", "Counter", 22),
-    Column("iface", "Interface", 12),
-    Column("total", "Total", 12, numeric=True),
-    Column("per_s", "Per second", 12, numeric=True),
+    Column("layer", "Layer", 13),
+    Column("counter", "Counter", 20),
+    Column("iface", "Interface", 10),
+    Column("total", "Total", 10, numeric=True),
+    Column("per_s", "Per second", 11, numeric=True),
 )
 
 
@@ -56,25 +55,20 @@ class DropsView(View):
     def show(self, frame: Frame) -> None:
         snap = frame.snap
         h = capture_health(snap, frame.prev, frame.base, frame.now)
-        grid = Table.grid(padding=(0, 3))
-        for _ in range(4):
-            grid.add_column()
+        lines = []
         if snap.live:
-            grid.add_row(
-                "Coverage (captured ÷ received)",
-                f"now {percent(_pct(h['coverage']))}",
-                f"since start {percent(_pct(h['coverage_since_start']))}",
-                f"link rx {count(h['link_rx_packets'])}  ring {count(h['received'])}",
+            lines.append(
+                f"Coverage (captured ÷ received): now {percent(_pct(h['coverage']))}, since start "
+                f"{percent(_pct(h['coverage_since_start']))}  (link rx {count(h['link_rx_packets'])}, "
+                f"ring {count(h['received'])}, captured {count(h['captured'])})"
             )
         else:
-            grid.add_row("Coverage", "a file: every packet in it is read", "", "")
-        grid.add_row(
-            "retrotap's own cost",
-            f"capture thread CPU {percent(h['cpu_percent'])}",
-            f"snapshot age {duration(h['snapshot_age'])}",
-            f"captured {count(h['captured'])} packets",
+            lines.append(f"Coverage: a capture file, every packet in it is read ({count(h['captured'])} packets)")
+        lines.append(
+            f"retrotap's own cost: capture thread CPU {percent(h['cpu_percent'])}, "
+            f"snapshot age {duration(h['snapshot_age'])}"
         )
-        self.query_one("#drops-summary", Static).update(grid)
+        self.query_one("#drops-summary", Static).update("\n".join(lines))
         rows: list[tuple[str, list[Cell]]] = []
         for r in drop_rows(snap, frame.prev):
             rows.append(
