@@ -122,6 +122,30 @@ def _distinct_hosts(keys: np.ndarray) -> np.ndarray:
     return k[new]
 
 
+def _hosts_by_segment(seg_of: np.ndarray, keys: Keys, nseg: int) -> list[np.ndarray]:
+    """Per segment, its distinct addresses (IP packets' sources and destinations), sorted."""
+    seg = np.concatenate((seg_of[keys.ip], seg_of[keys.ip]))
+    k = np.concatenate((keys.src[keys.ip], keys.dst[keys.ip]))
+    order = np.lexsort((k[:, 1], k[:, 0], seg))
+    seg, k = seg[order], k[order]
+    keep = np.ones(seg.shape[0], bool)
+    keep[1:] = (seg[1:] != seg[:-1]) | (k[1:] != k[:-1]).any(axis=1)
+    seg, k = seg[keep], k[keep]
+    return np.split(k, np.searchsorted(seg, np.arange(1, nseg)))
+
+
+def _ports_by_segment(seg_of: np.ndarray, keys: Keys, nseg: int) -> list[np.ndarray]:
+    """Per segment, its distinct proto << 16 | port (TCP, UDP, SCTP; either side), sorted."""
+    with_ports = HAS_PORTS[np.clip(keys.proto, 0, 255)]
+    seg = seg_of[with_ports].astype(np.uint64) << np.uint64(32)
+    proto = keys.proto[with_ports].astype(np.uint64) << np.uint64(16)
+    sport = keys.sport[with_ports].astype(np.uint64)
+    dport = keys.dport[with_ports].astype(np.uint64)
+    v = np.unique(np.concatenate((seg | proto | sport, seg | proto | dport)))
+    parts = np.split(v, np.searchsorted(v >> np.uint64(32), np.arange(1, nseg, dtype=np.uint64)))
+    return [(p & np.uint64(0xFFFFFFFF)).astype(np.uint32) for p in parts]
+
+
 class ChunkBuilder:
     """Cuts a file's records into chunks as they are written and collects each chunk's keys."""
 
@@ -138,33 +162,39 @@ class ChunkBuilder:
     def add(self, offsets: np.ndarray, ends: np.ndarray, ts_ns: np.ndarray, keys: Keys) -> None:
         """Records at byte `offsets` (ascending, ending at `ends`) with their times and keys."""
         n = int(offsets.shape[0])
+        if n == 0:
+            return
+        # Cut the rows into segments, each inside one chunk; `new` marks a segment that starts a chunk.
+        segs: list[tuple[int, int, bool]] = []
+        cur, filled, new = self._offset, self._packets > 0, False
         i = 0
         while i < n:
-            j = int(np.searchsorted(offsets, self._offset + self.chunk_bytes, side="left"))
-            j = max(j, i)
-            if j == i and self._packets:
-                self._close(int(offsets[i]))
+            j = int(np.searchsorted(offsets, cur + self.chunk_bytes, side="left"))
+            if j <= i and filled:
+                cur, filled, new = int(offsets[i]), False, True
                 continue
             j = max(j, i + 1)  # an empty chunk takes at least one record
-            self._take(ends[j - 1], ts_ns[i:j], keys.rows(i, j))
-            i = j
-
-    def _take(self, end: int, ts: np.ndarray, keys: Keys) -> None:
-        lo, hi = int(ts.min()), int(ts.max())
-        self._first = lo if not self._packets else min(self._first, lo)
-        self._last = hi if not self._packets else max(self._last, hi)
-        self._packets += int(ts.shape[0])
-        self._end = int(end)
-        self._hosts.append(_distinct_hosts(np.concatenate((keys.src[keys.ip], keys.dst[keys.ip]))))
-        with_ports = HAS_PORTS[np.clip(keys.proto, 0, 255)]
-        proto = keys.proto[with_ports].astype(np.uint32) << np.uint32(16)
-        sport = keys.sport[with_ports].astype(np.uint32)
-        dport = keys.dport[with_ports].astype(np.uint32)
-        self._ports.append(np.unique(np.concatenate((proto | sport, proto | dport))))
+            segs.append((i, j, new))
+            i, filled, new = j, True, False
+        starts = np.array([a for a, _, _ in segs], np.int64)
+        seg_of = np.repeat(np.arange(len(segs)), np.diff(np.append(starts, n)))
+        hosts = _hosts_by_segment(seg_of, keys, len(segs))
+        ports = _ports_by_segment(seg_of, keys, len(segs))
+        firsts = np.minimum.reduceat(ts_ns, starts).tolist()
+        lasts = np.maximum.reduceat(ts_ns, starts).tolist()
+        for k, (a, b, starts_chunk) in enumerate(segs):
+            if starts_chunk:
+                self._close(int(offsets[a]))
+            self._first = firsts[k] if not self._packets else min(self._first, firsts[k])
+            self._last = lasts[k] if not self._packets else max(self._last, lasts[k])
+            self._packets += b - a
+            self._end = int(ends[b - 1])
+            self._hosts.append(hosts[k])
+            self._ports.append(ports[k])
 
     def _close(self, next_offset: int) -> None:
-        hosts = _distinct_hosts(np.concatenate(self._hosts)) if self._hosts else np.zeros((0, 2), np.uint64)
-        ports = np.unique(np.concatenate(self._ports)) if self._ports else np.zeros(0, np.uint32)
+        hosts = self._hosts[0] if len(self._hosts) == 1 else _distinct_hosts(np.concatenate(self._hosts))
+        ports = self._ports[0] if len(self._ports) == 1 else np.unique(np.concatenate(self._ports))
         self.chunks.append(
             Chunk(
                 self._offset,
