@@ -41,6 +41,13 @@ UDP_IP_HLEN = 28
 MIN_FRAME = ETH_HLEN + UDP_IP_HLEN
 DST_PORT = 9  # discard
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NICE = [0]  # set by --nice; applied to the tool and to trafgen
+
+
+def pin(core: str) -> list[str]:
+    """Command prefix running on one core (taskset), at the --nice priority if one was given."""
+    nice = ["nice", "-n", str(NICE[0])] if NICE[0] else []
+    return [*nice, "taskset", "-c", core]
 
 
 # ---- frames and trafgen -------------------------------------------------------------------
@@ -112,7 +119,7 @@ def send_burst(lab: Lab, conf: Path, count: int) -> Burst:
     timeout = 30.0 + count / 50_000  # far above the lab's ~0.5 Mpps; trafgen is killed after it
     started = time.monotonic()
     proc = lab.exec_b(
-        ["taskset", "-c", SENDER_CORE, "trafgen", "-o", lab.veth_b, "-i", str(conf), "-n", str(count),
+        [*pin(SENDER_CORE), "trafgen", "-o", lab.veth_b, "-i", str(conf), "-n", str(count),
          "-P", "1", "-Q"],
         timeout=timeout,
     )
@@ -299,7 +306,7 @@ def _tcpdump_count(text: str, what: str) -> int | None:
 
 def run_tool(lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: int, grace: float) -> Result:
     """Start `tool` on veth a (core 1), wait for readiness, send the burst, let it settle, stop it, read it."""
-    argv = ["taskset", "-c", TOOL_CORE, *tool.argv(lab.veth_a)]
+    argv = [*pin(TOOL_CORE), *tool.argv(lab.veth_a)]
     proc: subprocess.Popen[str] = lab.popen_a(
         argv, cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.PIPE if tool.stdin_pipe else subprocess.DEVNULL,
@@ -504,6 +511,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--grace", type=float, default=1.5, help="seconds every tool gets after the burst (default 1.5)")
     p.add_argument("--interval", type=float, default=1.0, help="retrotap --interval (default 1)")
     p.add_argument("--retrotap-args", default="", help="extra retrotap options, e.g. '--ring-size 64'")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the tool and trafgen at this nice value, e.g. -10 on a machine shared with other load")
     p.add_argument("--json", metavar="FILE", help="also write all results as JSON ('-' for stdout)")
     args = p.parse_args(argv)
     for size in args.size:
@@ -527,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("capture_bench: needs root (network namespaces, AF_PACKET, trafgen)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `with Lab()` still tears the lab down
+    NICE[0] = args.nice
     tools = make_tools(args.interval, args.retrotap_args.split())
     cleanup_stale()
     results: list[Result] = []
@@ -545,8 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           + (f" ({'; '.join(result.notes)})" if result.notes else ""), file=sys.stderr, flush=True)
     summary = summarise(results)
     print(f"\nmachine: {machine()}")
-    print(f"tool on core {TOOL_CORE}, trafgen on core {SENDER_CORE}; {args.count:,} frames per burst, "
-          f"{args.flows} flows, grace {args.grace} s\n")
+    print(f"tool on core {TOOL_CORE}, trafgen on core {SENDER_CORE}, nice {args.nice}; {args.count:,} frames per "
+          f"burst, {args.flows} flows, grace {args.grace} s\n")
     print(runs_table(results) + "\n")
     print(table(summary))
     if args.json:

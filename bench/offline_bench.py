@@ -35,6 +35,13 @@ PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
 RECORD_HEADER = struct.Struct("<IIII")
 CORE = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NICE = [0]  # set by --nice
+
+
+def pin(core: str) -> list[str]:
+    """Command prefix running on one core (taskset), at the --nice priority if one was given."""
+    nice = ["nice", "-n", str(NICE[0])] if NICE[0] else []
+    return [*nice, "taskset", "-c", core]
 IMIX = ((64, 7), (570, 4), (1514, 1))  # frame length (no FCS), weight
 CONVERSATIONS = 150
 START_US = 1_700_000_000 * 1_000_000
@@ -170,7 +177,7 @@ def run_measured(argv: Sequence[str], timeout: float, cwd: Path = REPO_ROOT) -> 
 
 def retrotap_argv(path: Path, *extra: str) -> list[str]:
     """`retrotap stats -r FILE ...` from this checkout, pinned to the bench core."""
-    return ["taskset", "-c", CORE, sys.executable, "-m", "tui.cli", "stats", "-r", str(path), *extra]
+    return [*pin(CORE), sys.executable, "-m", "tui.cli", "stats", "-r", str(path), *extra]
 
 
 def last_record(m: Measured) -> dict[str, Any]:
@@ -251,7 +258,7 @@ def bench_retrotap(path: Path, packets: int, size: int, timeout: float) -> ToolR
 
 def bench_tshark(path: Path, packets: int, size: int, timeout: float) -> ToolRun:
     """Time tshark's IPv4/TCP/UDP conversation statistics on `path`."""
-    argv = ["taskset", "-c", CORE, "tshark", "-r", str(path), "-q", "-z", "conv,ip", "-z", "conv,tcp",
+    argv = [*pin(CORE), "tshark", "-r", str(path), "-q", "-z", "conv,ip", "-z", "conv,tcp",
             "-z", "conv,udp"]
     busy = core_busy(int(CORE))
     m = run_measured(argv, timeout)
@@ -270,8 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs of each tool; the median is reported")
     p.add_argument("--timeout", type=float, default=3600.0, help="per tool run, seconds (default 3600)")
     p.add_argument("--tmpdir", default=None, help="where to write the pcap (default: system temp dir)")
+    p.add_argument("--nice", type=int, default=0, help="run both tools at this nice value (e.g. -10)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
     args = p.parse_args(argv)
+    NICE[0] = args.nice
     if args.packets < 1 or args.tshark_packets < 0 or args.tshark_packets > args.packets:
         p.error("need 1 <= --packets and 0 <= --tshark-packets <= --packets")
     exit_on_sigterm()
@@ -306,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rt, ts = rows
     extrapolated = ts.packets != rt.packets
     ratio, cpu_ratio = rt.pps / ts.pps, rt.cpu_pps / ts.cpu_pps
-    print(f"\nmachine: {machine()}; both tools pinned to core {CORE}; file {size / 2**20:,.0f} MiB in page cache; "
-          f"median of {args.repeat} run(s)\n")
+    print(f"\nmachine: {machine()}; both tools pinned to core {CORE}, nice {args.nice}; "
+          f"file {size / 2**20:,.0f} MiB in page cache; median of {args.repeat} run(s)\n")
     print("| tool | packets read | wall s | CPU s | max RSS MiB | packets/s (wall) | packets/CPU-s "
           f"| other load on core {CORE} s | conversations |")
     print("|---|---|---|---|---|---|---|---|---|")
