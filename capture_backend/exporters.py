@@ -30,12 +30,16 @@ class ExporterSettings:
 
 
 class Exporters:
-    """The exporters asked for, over one source of snapshots (``engine.snapshot`` or a file loop's latest)."""
+    """The exporters asked for, over one source of snapshots (``engine.snapshot`` or a file loop's latest).
 
-    def __init__(self, settings: ExporterSettings, source: Callable[[], Snapshot], log: Log) -> None:
+    With `fed`, the loop also hands every snapshot to offer() (files: IPFIX then follows packet time).
+    """
+
+    def __init__(self, settings: ExporterSettings, source: Callable[[], Snapshot], log: Log, fed: bool = False) -> None:
         self.settings = settings
         self.source = source
         self.log = log
+        self.fed = fed
         self.extra: dict[str, Extra] = {}  # more counters for /metrics (time machine, recorder...)
         self.metrics: MetricsServer | None = None
         self.ipfix: FlowExporter | None = None
@@ -52,6 +56,7 @@ class Exporters:
                     domain=s.sensor_id,
                     idle_s=s.ipfix_idle,
                     active_s=s.ipfix_active,
+                    fed=self.fed,
                     log=self.log,
                 )
             except OSError as e:
@@ -74,6 +79,11 @@ class Exporters:
             self.metrics = server
         if self.ipfix is not None:
             self.ipfix.start()
+
+    def offer(self, snap: Snapshot) -> None:
+        """A new snapshot of a fed run."""
+        if self.ipfix is not None and self.fed:
+            self.ipfix.feed(snap)
 
     def stop(self, final: Snapshot | None) -> None:
         """Export what IPFIX has not sent yet (from `final`, else the newest snapshot), stop serving /metrics."""

@@ -244,13 +244,14 @@ def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
     with FileSource(opts.read_file) as source:
         counting = Counting(opts.limits, False, opts.filter_expr, time.time)
         latest = [counting.freeze(file_statuses(counting), 0.0, {})]
-        exporters = Exporters(opts.exporters, lambda: latest[0], log)
+        exporters = Exporters(opts.exporters, lambda: latest[0], log, fed=True)
         exporters.start()
         prev: Snapshot | None = None
         written = 0
         try:
             for snap in _file_snapshots(opts, source, counting):
                 latest[0] = snap
+                exporters.offer(snap)
                 out.write(record(snap, prev, opts.top))
                 prev = snap
                 written += 1

@@ -13,6 +13,7 @@ set of TCP flags per flow, so both records of a flow carry those.
 
 from __future__ import annotations
 
+import queue
 import socket
 import struct
 import threading
@@ -37,6 +38,7 @@ MAX_MESSAGE = 1400
 TEMPLATE_REFRESH_S = 30.0
 PACE_MESSAGES = 32  # messages sent back to back before a 1 ms pause (a collector's socket buffer is small)
 MS = 1_000_000
+FEED_QUEUE = 16
 
 # RFC 7011 3.1 Message Header: Version Number, Length, Export Time, Sequence Number, Observation Domain ID.
 MESSAGE_HEADER = struct.Struct("!HHIII")
@@ -203,6 +205,11 @@ class Finished:
         return int(self.keys.shape[0])
 
 
+def _words(keys: np.ndarray) -> np.ndarray:
+    """40-octet keys as five 64-bit words per row (faster to compare)."""
+    return np.ascontiguousarray(keys).view(np.uint64)
+
+
 def _concat(parts: list[Finished]) -> Finished:
     return Finished(*(np.concatenate([getattr(p, f) for p in parts]) for f in Finished.__dataclass_fields__))
 
@@ -233,6 +240,22 @@ class FlowTracker:
         # A record opened after an earlier one: its packets came after the previous snapshot.
         return np.where(start >= 0, start, np.clip(self.prev_now, first, last))
 
+    def _match(self, t: TableSnapshot) -> np.ndarray:
+        """For each row of t, its row in the state, or -1."""
+        # Rows keep their slot order from one snapshot to the next: compare in place first.
+        k = min(len(t), self.keys.shape[0])
+        match = np.full(len(t), -1, np.int64)
+        in_place = np.flatnonzero((_words(t.keys[:k]) == _words(self.keys[:k])).all(axis=1))
+        match[in_place] = in_place
+        rest = np.flatnonzero(match < 0)
+        if rest.size:
+            free = np.ones(self.keys.shape[0], bool)
+            free[in_place] = False
+            cand = np.flatnonzero(free)
+            found = match_rows(t, TableSnapshot(self.keys[cand], {}), rest)
+            match[rest[found >= 0]] = cand[found[found >= 0]]
+        return match
+
     def update(self, snap: Snapshot, final: bool = False) -> Finished:
         """The counts due at this snapshot (all of them when final); remembers them as sent."""
         t = snap.flows
@@ -240,7 +263,7 @@ class FlowTracker:
         first, last = t.cols["first"], t.cols["last"]
         packets, nbytes = t.cols["packets"], t.cols["bytes"]
         if self.keys.shape[0]:
-            match = match_rows(t, TableSnapshot(self.keys, {}))
+            match = self._match(t)
             mi = np.maximum(match, 0)
             same = (match >= 0) & (self.first[mi] == first) & (packets >= self.sent_packets[mi]).all(axis=1)
             sent_packets = np.where(same[:, None], self.sent_packets[mi], 0)
@@ -348,7 +371,11 @@ def flow_records(rows: Finished, ifindex: int = 0) -> list[tuple[int, bytes, int
 
 
 class FlowExporter:
-    """Sends finished flows of the snapshots `source` publishes to one collector, from its own thread."""
+    """Sends finished flows to one collector from its own thread.
+
+    It reads `source` every poll_s (live capture), or, when `fed`, takes every snapshot given to
+    feed() in order (a file run, whose snapshots follow packet time rather than the clock).
+    """
 
     def __init__(
         self,
@@ -358,13 +385,15 @@ class FlowExporter:
         domain: int = 0,
         idle_s: float = 15.0,
         active_s: float = 60.0,
-        poll_s: float = 0.25,
+        poll_s: float = 1.0,
+        fed: bool = False,
         log: Callable[[str], None] = lambda _msg: None,
     ) -> None:
         family, sockaddr = address
         self.sockaddr = sockaddr
         self.source = source
         self.poll_s = poll_s
+        self.fed = fed
         self.log = log
         self.encoder = Encoder(domain)
         self.tracker = FlowTracker(idle_s, active_s)
@@ -372,7 +401,7 @@ class FlowExporter:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.connect(sockaddr)
         self._last: Snapshot | None = None
-        self._stop = threading.Event()
+        self._queue: queue.Queue[Snapshot | None] = queue.Queue(maxsize=FEED_QUEUE)
         self._thread: threading.Thread | None = None
         self._next_templates = 0.0
         self._started = False
@@ -386,8 +415,8 @@ class FlowExporter:
 
     def close(self, final: Snapshot | None = None) -> None:
         """Stop the thread, export every count not yet sent (of `final`, else the newest snapshot), close."""
-        self._stop.set()
         if self._thread is not None:
+            self._queue.put(None)  # after every snapshot fed before
             self._thread.join()
             self._thread = None
         if self._started:
@@ -397,9 +426,18 @@ class FlowExporter:
             self._statistics(snap)
         self.sock.close()
 
+    def feed(self, snap: Snapshot) -> None:
+        """Hand over a snapshot (when fed); waits while the thread is FEED_QUEUE snapshots behind."""
+        self._queue.put(snap)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            snap = self.source()
+        while True:
+            try:
+                snap = self._queue.get(timeout=self.poll_s)
+            except queue.Empty:
+                snap = self._last if self.fed else self.source()
+            if snap is None:
+                return
             if snap is not self._last:
                 self.export(snap)
             if time.monotonic() >= self._next_templates:
