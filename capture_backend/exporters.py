@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from capture_backend.engine import Snapshot
 from capture_backend.ipfix import FlowExporter, resolve
 from capture_backend.metrics import DEFAULT_TOP, Extra, MetricsServer, SnapshotCollector, exposure_warning
+from capture_backend.recorder import RecordStats
 from capture_backend.timemachine import TimeMachine
 
 Log = Callable[[str], None]
@@ -106,3 +107,20 @@ def time_machine_counters(tm: TimeMachine) -> dict[str, Extra]:
             "Packets in a range larger than the time machine", lambda: st.oversize_packets
         ),
     }
+
+
+def recorder_counters(stats: RecordStats) -> dict[str, Extra]:
+    """`retrotap record`'s files, as /metrics counters."""
+    fields = {
+        "packets": "Packets written to files",
+        "bytes": "Bytes written to files",
+        "files": "Files closed",
+        "lost_packets": "Packets overwritten in the time machine before the recorder read them",
+        "unwritten_packets": "Packets not written: the disk was full",
+        "deleted_files": "Files deleted by retention",
+    }
+    return {f"recorder_{name}_total": Extra(doc, _field(stats, name)) for name, doc in fields.items()}
+
+
+def _field(obj: object, name: str) -> Callable[[], float]:
+    return lambda: getattr(obj, name)

@@ -17,7 +17,7 @@ import numpy as np
 
 from capture_backend.counters import NS, CounterLimits
 from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, filter_blocks
-from capture_backend.exporters import Exporters, ExporterSettings, time_machine_counters
+from capture_backend.exporters import Exporters, ExporterSettings, recorder_counters, time_machine_counters
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.recorder import Recorder, RecorderThread, RecordOptions
 from capture_backend.report import Row, record
@@ -293,6 +293,7 @@ class RecordRun:
     buffer_size: int = 256 << 20
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    exporters: ExporterSettings = field(default_factory=ExporterSettings)
 
 
 def _stderr_log(msg: str) -> None:
@@ -315,6 +316,14 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
     except BaseException:
         engine.close()
         raise
+    exporters = Exporters(opts.exporters, lambda: engine.snapshot, logger)
+    exporters.extra.update(time_machine_counters(tm) | recorder_counters(recorder.stats))
+    try:
+        exporters.start()
+    except BaseException:
+        recorder.close()
+        engine.close()
+        raise
     thread = RecorderThread(tm, recorder, on_error=lambda _: signals.wake.set())
     snapshots = Snapshotter(tm, opts.snapshot_dir, logger)
     thread.start()
@@ -333,6 +342,7 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
         engine.close()  # drains the rings into the pool
         thread.stop()  # writes what the pool still holds
         recorder.close()
+        exporters.stop(engine.snapshot)
         snapshots.join()
     if thread.error is not None:
         logger(f"error: {thread.error}")

@@ -8,6 +8,7 @@ Textual messages (EngineNotice) posted from the capture thread.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from capture_backend.block import LINKTYPE_ETHERNET
 from capture_backend.bpf import FilterError, compile_filter
 from capture_backend.counters import CounterLimits
 from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
+from capture_backend.exporters import Exporters, ExporterSettings
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
 from tui.widgets.drops import DropsView
@@ -387,7 +389,9 @@ class RetrotapApp(App[int]):
             )
 
 
-def run_dashboard(args: argparse.Namespace, interfaces: list[str], ring: RingConfig) -> int:
+def run_dashboard(
+    args: argparse.Namespace, interfaces: list[str], ring: RingConfig, exporters: ExporterSettings | None = None
+) -> int:
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
     limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle)
     engine: Engine | FileEngine
@@ -398,9 +402,15 @@ def run_dashboard(args: argparse.Namespace, interfaces: list[str], ring: RingCon
         engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits)
         source = ",".join(interfaces)
     engine.open()
+    notes: list[str] = []  # exporters' messages, printed once the screen is gone
+    running = Exporters(exporters or ExporterSettings(), lambda: engine.snapshot, notes.append)
+    running.start()
     app = RetrotapApp(engine, refresh_s=args.refresh or 1.0, source=source)
     try:
         app.run()
     finally:
         app.close_engine()
+        running.stop(engine.snapshot)
+        for note in notes:
+            print(f"retrotap: {note}", file=sys.stderr)
     return app.return_code or 0

@@ -213,6 +213,9 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         raise UsageError(f"-w {directory!r}: not writable")
     if not args.buffer_size:
         raise UsageError("record needs the time machine (--buffer-size greater than 0): it is the recorder's queue")
+    exporters = exporter_settings(args)
+    if args.read and (exporters.metrics or exporters.ipfix):
+        raise UsageError("--metrics and --ipfix follow live capture: record -r FILE has no snapshots to export")
     keep_files = _checked(int, "--keep-files", args.keep_files)
     if keep_files < 0:
         raise UsageError("--keep-files must not be negative")
@@ -238,6 +241,7 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=_snapshot_dir(args.snapshot_dir),
+        exporters=exporters,
     )
 
 
@@ -332,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](args)
         from tui.app import run_dashboard
 
-        return run_dashboard(args, _interfaces(args), _ring(args))
+        return run_dashboard(args, _interfaces(args), _ring(args), exporter_settings(args))
     except UsageError as e:
         return _fail(str(e))
     except BrokenPipeError:
