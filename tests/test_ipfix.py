@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,8 +54,10 @@ from capture_backend.ipfix import (
     flow_records,
 )
 from capture_backend.services import proto_name
+from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import T0_NS, block_of, write_mixed
 from tests.test_accuracy import retrotap_cmd
+from tests.test_metrics import http_get, parse
 
 NFCAPD, NFDUMP = shutil.which("nfcapd"), shutil.which("nfdump")
 needs_nfdump = pytest.mark.skipif(NFCAPD is None or NFDUMP is None, reason="needs nfcapd and nfdump (apt nfdump)")
@@ -405,3 +408,84 @@ def test_nfdump_reads_every_flow(nfcapd: Collector, tmp_path: Path, extra: tuple
         assert len(flows) > len(want)
     else:
         assert len(flows) == len(want)
+
+
+# -- live: an idle flow leaves while capture goes on ------------------------------------------------
+
+
+def lab_port(lab: Lab, kind: int) -> int:
+    def pick() -> int:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    return lab.run_in_ns("a", pick)
+
+
+def lab_metric(lab: Lab, port: int, name: str) -> float | None:
+    text = lab.run_in_ns("a", lambda: http_get(f"http://127.0.0.1:{port}/metrics").decode(), timeout=10)
+    return parse(text).get((name, ()))
+
+
+@pytest.mark.live
+@needs_nfdump
+def test_live_idle_flow_reaches_nfcapd(lab: Lab, tmp_path: Path) -> None:
+    """A live flow idle for --ipfix-idle is exported while capture runs, with the veth's ifindex."""
+    assert NFCAPD is not None
+    flows_dir, log = tmp_path / "flows", tmp_path / "nfcapd.log"
+    flows_dir.mkdir()
+    collector_port, metrics_port = lab_port(lab, socket.SOCK_DGRAM), lab_port(lab, socket.SOCK_STREAM)
+    with open(log, "w") as err:
+        nfcapd = lab.popen_a(
+            [NFCAPD, "-b", "127.0.0.1", "-p", str(collector_port), "-w", str(flows_dir), "-t", "3600"],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 10
+    while not lab.run_in_ns("a", lambda: port_taken(collector_port)):
+        assert nfcapd.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    out_path = tmp_path / "stats.json"
+    with open(out_path, "w") as out:
+        stats = lab.popen_a(
+            [sys.executable, "-m", "tui.cli", "stats", "-i", lab.veth("a"), "--format", "json", "--interval", "5"]
+            + ["--top", "0", "--ipfix", f"127.0.0.1:{collector_port}", "--ipfix-idle", "1", "--sensor-id", "42"]
+            + ["--metrics", f"127.0.0.1:{metrics_port}"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+    wait_for_output(stats, "listening on", timeout=30)
+    frame = Ether(dst=lab.mac_a, src=lab.mac_b) / IP(src=lab.ip4_b, dst=lab.ip4_a) / UDP(sport=4000, dport=5000)
+    frames = [bytes(frame) + bytes(size) for size in (0, 64, 512)]
+    assert lab.send_frames(frames, repeat=100) == 300
+    deadline = time.monotonic() + 20
+    while lab_metric(lab, metrics_port, "retrotap_ipfix_flow_records_total") != 1:
+        assert time.monotonic() < deadline, "the idle flow was not exported"
+        time.sleep(0.25)
+    text = nfcapd_stop(nfcapd, log)
+    assert "Observation domain 42 from: 127.0.0.1" in text and "Sequence Errors: 0" in text, text
+    stats.send_signal(signal.SIGINT)
+    _, err = stats.communicate(timeout=30)
+    assert stats.returncode == 0 and "Traceback" not in err, err
+    (flow,) = [f for f in json.loads(out_path.read_text().splitlines()[-1])["flows"] if f["dport"] == 5000]
+    (got,) = nfdump_flows(flows_dir)
+    assert (got["src4_addr"], got["src_port"], got["dst4_addr"], got["dst_port"], got["proto"]) == (
+        lab.ip4_b,
+        4000,
+        lab.ip4_a,
+        5000,
+        17,
+    )
+    assert got["in_packets"] == 300 == flow["packets"]
+    assert got["in_bytes"] == 100 * sum(len(f) for f in frames) == flow["bytes"]
+    assert got["input_snmp"] == lab.ifindex("a")
+    assert epoch_ms(got["first"]) == int(flow["first"] * 1000) and epoch_ms(got["last"]) == int(flow["last"] * 1000)
+
+
+def nfcapd_stop(proc: subprocess.Popen[Any], log: Path) -> str:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=15)
+    return log.read_text()
