@@ -414,6 +414,7 @@ class Tmux:
         size = ("-x", str(width), "-y", str(height))
         self.run("new-session", "-d", "-s", self.name, *size, f"env -u COLUMNS -u LINES {command}")
         self.run("resize-window", "-t", self.name, *size)
+        self.socket_path = Path(self.run("display-message", "-p", "#{socket_path}").strip())
 
     def run(self, *args: str) -> str:
         done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
@@ -454,6 +455,7 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+        self.socket_path.unlink(missing_ok=True)
 
 
 @pytest.mark.live
