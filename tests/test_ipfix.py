@@ -25,6 +25,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
 
 from capture_backend.counters import NS, CounterLimits
 from capture_backend.engine import Counting, Snapshot, file_statuses
@@ -489,3 +490,45 @@ def nfcapd_stop(proc: subprocess.Popen[Any], log: Path) -> str:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=15)
     return log.read_text()
+
+
+# -- Wireshark's IPFIX dissector reads every set, the statistics options record included ---------------
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
+def test_wireshark_decodes_templates_records_and_statistics(tmp_path: Path) -> None:
+    enc = Encoder(domain=42, clock=lambda: 1_700_000_000)
+    rows = finished(
+        [flow_key("10.0.0.1", "10.0.0.2", 1000, 53, 17), flow_key("2001:db8::1", "2001:db8::2", 5, 6, 6)],
+        [(3, 2), (0, 4)],
+        [(300, 200), (0, 416)],
+    )
+    messages = [enc.templates(), *enc.data(flow_records(rows, ifindex=9)), enc.statistics(11, 2)]
+    pcap = tmp_path / "ipfix.pcap"
+    wrpcap(
+        str(pcap), [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=4739) / m for m in messages]
+    )
+    fields = ["cflow.od_id", "cflow.sequence", "cflow.template_id", "cflow.srcaddr", "cflow.srcaddrv6"]
+    fields += ["cflow.srcport", "cflow.dstport", "cflow.octets", "cflow.packets", "cflow.inputint"]
+    fields += ["cflow.flow_end_reason", "cflow.packetsexp", "cflow.flowsexp", "cflow.ignore_packets"]
+    fields += ["cflow.notsent_flows", "_ws.expert"]
+    proc = subprocess.run(
+        ["tshark", "-r", str(pcap), "-d", "udp.port==4739,cflow", "-T", "fields", "-E", "occurrence=a"]
+        + [arg for f in fields for arg in ("-e", f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [dict(zip(fields, line.split("\t"), strict=True)) for line in proc.stdout.splitlines()]
+    templates, flows, stats = lines
+    assert (templates["cflow.od_id"], templates["cflow.sequence"]) == ("42", "0")
+    assert templates["cflow.template_id"] == "256,257,258"
+    assert flows["cflow.srcaddr"] == "10.0.0.1,10.0.0.2" and flows["cflow.srcaddrv6"] == "2001:db8::2"
+    assert (flows["cflow.srcport"], flows["cflow.dstport"]) == ("1000,53,6", "53,1000,5")
+    assert (flows["cflow.octets"], flows["cflow.packets"]) == ("300,200,416", "3,2,4")
+    assert (flows["cflow.inputint"], flows["cflow.flow_end_reason"]) == ("9,9,9", "1,1,1")
+    assert stats["cflow.sequence"] == "3" and stats["cflow.od_id"] == "42,42"
+    assert (stats["cflow.packetsexp"], stats["cflow.flowsexp"]) == ("3", "3")
+    assert (stats["cflow.ignore_packets"], stats["cflow.notsent_flows"]) == ("11", "2")
+    assert all(line["_ws.expert"] == "" for line in lines)  # no malformed or unexpected field
