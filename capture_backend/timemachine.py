@@ -83,12 +83,15 @@ class TimeMachine:
             return
         ranges = block.byte_ranges()
         if ranges.shape[0] == 1:
-            cuts = [0, n]
+            which, cuts = [0], [0, n]
         else:
-            cuts = [0, *np.searchsorted(block.start, ranges[1:, 0]).tolist(), n]
-        for (lo, hi), a, b in zip(ranges.tolist(), cuts[:-1], cuts[1:], strict=True):
-            if b > a:
-                self._keep(block, int(lo), int(hi), slice(a, b))
+            # Rows come range by range, but a ring batch that wraps has ranges (and offsets) out of order.
+            by_lo = np.argsort(ranges[:, 0], kind="stable")
+            row_range = by_lo[np.searchsorted(ranges[by_lo, 0], block.start, side="right") - 1]
+            cuts = [0, *(np.flatnonzero(np.diff(row_range)) + 1).tolist(), n]
+            which = row_range[cuts[:-1]].tolist()
+        for k, a, b in zip(which, cuts[:-1], cuts[1:], strict=True):
+            self._keep(block, int(ranges[k, 0]), int(ranges[k, 1]), slice(a, b))
         self.changed.set()
 
     def _keep(self, block: Block, lo: int, hi: int, rows: slice) -> None:
