@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pytest
 from scapy.all import IP, UDP, Ether, raw
 
+from capture_backend.block import Block
 from capture_backend.index import INDEX_NAME
 from capture_backend.pcapfile import FileSource, PcapWriter
 from capture_backend.recorder import Recorder, RecorderThread, RecordOptions, file_name
@@ -274,6 +276,37 @@ def test_pool_overrun_is_counted_not_silent(tmp_path: Path) -> None:
     assert [p[0] for p in all_packets(tmp_path)] == [T0 + i for i in range(10)] + [
         T0 + k * NS + i for k in (5, 6, 7) for i in range(10)
     ]
+
+
+def test_a_ring_batch_that_wraps_is_kept_and_written_in_order(tmp_path: Path) -> None:
+    """A batch takes ring blocks in ring order: after the last block comes block 0, at a lower offset."""
+    late, early = frames(6, size=lambda i: 300), frames(4, size=lambda i: 200, src="10.0.0.9")
+    data = np.zeros(8192, np.uint8)
+    starts = [5000 + 300 * i for i in range(6)] + [100 + 200 * i for i in range(4)]
+    for at, f in zip(starts, late + early, strict=True):
+        data[at : at + len(f)] = np.frombuffer(f, np.uint8)
+    n = len(starts)
+    lengths = np.array([len(f) for f in late + early], np.int64)
+    block = Block(
+        data=data,
+        start=np.array(starts, np.int64),
+        caplen=lengths,
+        wirelen=lengths.copy(),
+        ts_ns=T0 + np.arange(n, dtype=np.int64),
+        linktype=1,
+        iface="eth0",
+        spans=np.array([[5000, 6800], [100, 900]], np.int64),
+    )
+    tm = TimeMachine(size=1 << 20, seconds=600)
+    tm.add(block)
+    kept = [tm.read(s) for s in tm.window()]
+    assert [len(b) for b in kept if b is not None] == [6, 4]
+    rec = Recorder(RecordOptions(str(tmp_path)), Log(), clock=lambda: T0)
+    rec.start()
+    thread = RecorderThread(tm, rec, on_error=lambda _: None)
+    thread.stop()
+    rec.close()
+    assert all_packets(tmp_path) == [(T0 + i, f, len(f)) for i, f in enumerate(late + early)]
 
 
 @pytest.fixture
