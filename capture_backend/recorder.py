@@ -525,6 +525,9 @@ class RecorderThread:
         except OSError as e:
             self.error = f"recording stopped: {e.strerror or e}: {getattr(e, 'filename', None) or self.recorder.dir}"
             self.on_error(self.error)
+        except Exception as e:  # a bug: stop recording in order, say what it was
+            self.error = f"recording stopped: internal error: {type(e).__name__}: {e}"
+            self.on_error(self.error)
 
     def drain(self) -> None:
         """Write every span added since the last one read."""
