@@ -48,10 +48,11 @@ class KeyTable:
         self.width = width
         self.specs = dict(columns)
         if history:
-            self.specs["hist"] = (np.uint64, (HISTORY_SECONDS, 2), 0)
             self.specs["peak"] = (np.uint64, (2,), 0)
         self.history = history
+        # Per-second bytes, slot-major (slot, row, direction) so one second of every row is contiguous.
         self.slot_sec = np.full(HISTORY_SECONDS, -1, np.int64)
+        self.slot_folded = np.zeros(HISTORY_SECONDS, bool)  # already folded into "peak"
         self.capacity = capacity
         self.index: dict[bytes, int] = {}
         self.free: list[int] = []
@@ -63,6 +64,7 @@ class KeyTable:
         self.cols: dict[str, np.ndarray] = {
             name: np.full((size, *shape), fill, dtype) for name, (dtype, shape, fill) in self.specs.items()
         }
+        self.hist = np.zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -74,6 +76,7 @@ class KeyTable:
         self.used = np.concatenate([self.used, np.zeros(new - old, bool)])
         for name, (dtype, shape, fill) in self.specs.items():
             self.cols[name] = np.concatenate([self.cols[name], np.full((new - old, *shape), fill, dtype)])
+        self.hist = np.concatenate([self.hist, np.zeros((self.hist.shape[0], new - old, 2), np.uint64)], axis=1)
 
     def _alloc(self) -> int:
         if self.free:
@@ -92,6 +95,7 @@ class KeyTable:
         self.used[ids] = False
         for name, (_, _, fill) in self.specs.items():
             self.cols[name][ids] = fill
+        self.hist[:, ids, :] = 0
         self.free.extend(int(i) for i in ids)
 
     def evict_oldest(self, count: int, keep: np.ndarray) -> None:
@@ -158,30 +162,40 @@ class KeyTable:
         order = np.argsort(sec, kind="stable")
         secs, starts = np.unique(sec[order], return_index=True)
         ends = np.append(starts[1:], order.size)
-        hist, peak = self.cols["hist"], self.cols["peak"]
         for s, a, b in zip(secs.tolist(), starts.tolist(), ends.tolist(), strict=True):
             k = s % HISTORY_SECONDS
             if self.slot_sec[k] < s:
-                np.maximum(peak, hist[:, k, :], out=peak)
-                hist[:, k, :] = 0
+                self._fold(k)
+                self.hist[k, : self.high] = 0
                 self.slot_sec[k] = s
+                self.slot_folded[k] = False
             if self.slot_sec[k] == s:  # else older than what the bucket holds: dropped
                 rows = order[a:b]
-                np.add.at(hist, (ids[rows], k, direction[rows]), nbytes[rows].astype(np.uint64))
+                np.add.at(self.hist[k], (ids[rows], direction[rows]), nbytes[rows].astype(np.uint64))
+
+    def _fold(self, k: int) -> None:
+        """Bring a completed second into the peak column (once)."""
+        if self.slot_sec[k] >= 0 and not self.slot_folded[k]:
+            peak = self.cols["peak"][: self.high]
+            np.maximum(peak, self.hist[k, : self.high], out=peak)
+            self.slot_folded[k] = True
 
     def freeze(self, now_sec: int) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept."""
         rows = np.flatnonzero(self.used)
-        cols = {name: col[rows] for name, col in self.cols.items() if name != "hist"}
+        cols = {name: col[rows] for name, col in self.cols.items()}
         if self.history:
-            hist = self.cols["hist"][rows].astype(np.float64)
             age = now_sec - self.slot_sec  # 1 = the last completed second
-            complete = (age >= 1) & (self.slot_sec >= 0)
-            for window in AVERAGE_WINDOWS:
-                sel = complete & (age <= window)
-                cols[f"avg{window}"] = hist[:, sel, :].sum(axis=1) / window
-            last_complete = hist[:, complete, :].max(axis=1) if complete.any() else np.zeros((rows.size, 2))
-            cols["peak"] = np.maximum(cols["peak"].astype(np.float64), last_complete)
+            for done in np.flatnonzero((age >= 1) & ~self.slot_folded).tolist():
+                self._fold(done)
+            cols["peak"] = self.cols["peak"][rows].astype(np.float64)
+            total = np.zeros((self.high, 2), np.uint64)
+            for a in range(1, HISTORY_SECONDS + 1):  # the last 40 complete seconds, newest first
+                k = (now_sec - a) % HISTORY_SECONDS
+                if self.slot_sec[k] == now_sec - a:
+                    total += self.hist[k, : self.high]
+                if a in AVERAGE_WINDOWS:
+                    cols[f"avg{a}"] = total[rows] / a
         for col in cols.values():
             col.flags.writeable = False
         keys = self.keys[rows]
