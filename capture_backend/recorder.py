@@ -43,6 +43,7 @@ NS = 1_000_000_000
 LOCK_NAME = "retrotap-record.lock"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SNAPLEN = 262144
+LOSS_REPORT_S = 10.0  # at most one "recorder behind" line this often
 
 
 class RecordError(Exception):
@@ -508,6 +509,8 @@ class RecorderThread:
         self.last_seq = -1
         self.expected = 0  # packets kept before the next span to read
         self.error: str | None = None
+        self._unreported = 0  # packets lost since the last line about it
+        self._next_report = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -532,6 +535,7 @@ class RecorderThread:
     def drain(self) -> None:
         """Write every span added since the last one read."""
         stats = self.recorder.stats
+        lost = stats.lost_packets
         for span in self.tm.window(after_seq=self.last_seq):
             if span.before > self.expected:
                 stats.lost_packets += span.before - self.expected
@@ -542,6 +546,15 @@ class RecorderThread:
                 self.recorder.write(block)
             self.expected = span.before + len(span.block)
             self.last_seq = span.seq
+        self._unreported += stats.lost_packets - lost
+        now = time.monotonic()
+        if self._unreported and now >= self._next_report:
+            self.recorder.log(
+                f"recorder behind: {self._unreported} packets overwritten in the pool before they were written "
+                f"({stats.lost_packets} in all; a larger --buffer-size gives the recorder more slack)"
+            )
+            self._unreported = 0
+            self._next_report = now + LOSS_REPORT_S
 
     def stop(self) -> None:
         """Stop the thread, then write what the pool still holds (call after capture stopped)."""

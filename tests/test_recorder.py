@@ -263,7 +263,8 @@ def test_retention_by_free_space_oldest_first(tmp_path: Path) -> None:
 def test_pool_overrun_is_counted_not_silent(tmp_path: Path) -> None:
     one = frames(10, size=lambda i: 200)
     tm = TimeMachine(size=2000 * 3 + 100, seconds=600)
-    rec = Recorder(RecordOptions(str(tmp_path)), Log(), clock=lambda: T0)
+    log = Log()
+    rec = Recorder(RecordOptions(str(tmp_path)), log, clock=lambda: T0)
     rec.start()
     thread = RecorderThread(tm, rec, on_error=lambda _: None)
     tm.add(block_of(one, ts_ns=[T0 + i for i in range(10)]))
@@ -273,6 +274,10 @@ def test_pool_overrun_is_counted_not_silent(tmp_path: Path) -> None:
     thread.stop()
     rec.close()
     assert (rec.stats.packets, rec.stats.lost_packets) == (40, 40)
+    assert log.having("recorder behind") == [
+        "recorder behind: 40 packets overwritten in the pool before they were written "
+        "(40 in all; a larger --buffer-size gives the recorder more slack)"
+    ]
     assert [p[0] for p in all_packets(tmp_path)] == [T0 + i for i in range(10)] + [
         T0 + k * NS + i for k in (5, 6, 7) for i in range(10)
     ]
@@ -581,7 +586,7 @@ def test_live_rotation_on_clock_aligned_seconds(lab: Lab, tmp_path: Path) -> Non
     for k in range(3):  # three bursts more than a second apart: at least three seconds of packet time
         assert lab.send_frames(sent[k * 100 : (k + 1) * 100]) == 100
         time.sleep(1.1)
-    err.stop()
+    err.stop(signal.SIGTERM)
     files = recordings(tmp_path)
     kept = all_packets(tmp_path)
     assert [p[1] for p in kept] == sent
