@@ -27,7 +27,6 @@ from capture_backend.bpf import OfflineFilter
 from capture_backend.decode import PORT_PROTOS, decode
 from capture_backend.index import Chunk, FileInfo, Index, sync
 from capture_backend.pcapfile import MAX_RECORD_BYTES, SNAPLEN_SLACK, CaptureFileError, FileSource, PcapWriter
-from capture_backend.timemachine import select_host
 
 NS = 1_000_000_000
 END_OF_TIME = (1 << 63) - 1
@@ -132,7 +131,7 @@ Mask = Callable[[Block], np.ndarray]
 def packet_mask(opts: ExportOptions) -> Mask:
     """The exact test every packet read goes through: time window, then host/port or BPF."""
     offline = OfflineFilter(opts.bpf, LINKTYPE_ETHERNET) if opts.bpf.strip() else None
-    host = select_host(opts.host.tolist()) if opts.host is not None else None
+    host = opts.host
     port = opts.port
 
     def mask(block: Block) -> np.ndarray:
@@ -142,7 +141,7 @@ def packet_mask(opts: ExportOptions) -> Mask:
         if host is not None or port is not None:
             dec = decode(block)
             if host is not None:
-                m &= host(dec)
+                m &= dec.ip & ((dec.src_key == host).all(axis=1) | (dec.dst_key == host).all(axis=1))
             if port is not None:
                 m &= np.isin(dec.proto, PORT_PROTOS) & ((dec.sport == port) | (dec.dport == port))
         if offline is not None:
