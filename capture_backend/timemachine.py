@@ -7,11 +7,12 @@ copy spans out and check afterwards that the capture thread did not reuse the sp
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -234,9 +235,9 @@ def write_snapshot(
     return SnapshotResult(tuple(str(p) for p, _, _ in files.values()), packets, nbytes, lost)
 
 
-def select_host(addr_key: Sequence[int]) -> Selector:
-    """Packets from or to one address (a (hi, lo) uint64 key, see decode.Decoded.src_key)."""
-    key = np.array(addr_key, np.uint64)
+def select_host(addr: str) -> Selector:
+    """Packets from or to one address."""
+    key = np.array(addr_key(addr), np.uint64)
 
     def mask(dec: Decoded) -> np.ndarray:
         return dec.ip & ((dec.src_key == key).all(axis=1) | (dec.dst_key == key).all(axis=1))
@@ -249,5 +250,40 @@ def select_port(proto: int, port: int) -> Selector:
 
     def mask(dec: Decoded) -> np.ndarray:
         return (dec.proto == proto) & ((dec.sport == port) | (dec.dport == port))
+
+    return mask
+
+
+def addr_key(text: str) -> tuple[int, int]:
+    """An address as the (hi, lo) key decode uses (IPv4 as ::ffff:a.b.c.d)."""
+    ip = ipaddress.ip_address(text)
+    value = int(ip) | (0xFFFF << 32) if ip.version == 4 else int(ip)
+    return value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def select_pair(a: str, b: str) -> Selector:
+    """Packets between two addresses, either way."""
+    ka, kb = np.array(addr_key(a), np.uint64), np.array(addr_key(b), np.uint64)
+
+    def mask(dec: Decoded) -> np.ndarray:
+        s, d = dec.src_key, dec.dst_key
+        return dec.ip & (
+            ((s == ka).all(axis=1) & (d == kb).all(axis=1)) | ((s == kb).all(axis=1) & (d == ka).all(axis=1))
+        )
+
+    return mask
+
+
+def select_flow(proto: int, a: str, aport: int, b: str, bport: int) -> Selector:
+    """Packets of one bidirectional 5-tuple."""
+    between = select_pair(a, b)
+    ka = np.array(addr_key(a), np.uint64)
+
+    def mask(dec: Decoded) -> np.ndarray:
+        from_a = (dec.src_key == ka).all(axis=1)
+        ports = np.where(
+            from_a, (dec.sport == aport) & (dec.dport == bport), (dec.sport == bport) & (dec.dport == aport)
+        )
+        return between(dec) & (dec.proto == proto) & ports
 
     return mask

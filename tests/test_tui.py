@@ -27,8 +27,10 @@ from textual.widgets import ContentSwitcher
 
 from capture_backend.bpf import FilterError, compile_filter
 from capture_backend.engine import EngineEvent
+from capture_backend.pcapfile import FileSource
 from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.report import flow_rows
+from capture_backend.timemachine import TimeMachine
 from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import mixed_packets, wirelen, write_pcap
 from tui.app import RESERVED_NOTE, RetrotapApp, SnapshotFeed
@@ -352,14 +354,82 @@ async def test_n_shows_names_once_the_resolver_answers(engine: FileEngine) -> No
         assert any(h.startswith("192.0.2.1 ") for h in hosts)  # no answer: stays numeric
 
 
+def tm_app(pcap: str, snapshot_dir: Path) -> tuple[RetrotapApp, FileEngine]:
+    """An app over a file read through a time machine, snapshots going to snapshot_dir."""
+    tm = TimeMachine(8 << 20, seconds=3600)
+    eng = FileEngine(pcap, clock=lambda: FIXED_CLOCK, block_sinks=[tm])
+    eng.open()
+    eng.start()
+    assert eng.wait(30)
+    app = RetrotapApp(
+        eng, clock=lambda: FIXED_CLOCK, source="mixed.pcap", timemachine=tm, snapshot_dir=str(snapshot_dir)
+    )
+    return app, eng
+
+
+async def wait_saved(app: RetrotapApp, pilot: Any) -> str:
+    for _ in range(200):  # bounded: the writer thread posts a message when done
+        await pilot.pause(0.02)
+        if app.last_snapshot:
+            return app.last_snapshot
+    raise AssertionError("no snapshot written")
+
+
+def packets_in(path: str) -> list[bytes]:
+    out = []
+    with FileSource(path) as src:
+        for b in src.blocks():
+            out += [b.data[s : s + c].tobytes() for s, c in zip(b.start.tolist(), b.caplen.tolist(), strict=True)]
+    return out
+
+
 @sync
-async def test_reserved_keys_only_say_not_yet(engine: FileEngine) -> None:
-    app = make_app(engine)
+async def test_w_writes_the_buffered_past_and_shows_where(pcap: str, tmp_path: Path) -> None:
+    app, eng = tm_app(pcap, tmp_path)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await pilot.press("w")
+        saved = await wait_saved(app, pilot)
+        path = saved.split(" (")[0]
+        assert Path(path).parent == tmp_path and Path(path).name.startswith("retrotap-mixed.pcap-")
+        with FileSource(pcap) as src:
+            original = [
+                b.data[s : s + c].tobytes()
+                for b in src.blocks()
+                for s, c in zip(b.start.tolist(), b.caplen.tolist(), strict=True)
+            ]
+        assert packets_in(path) == original
+        assert f"({len(original)} packets" in saved
+        assert "saved " + Path(path).name in screen_text(app)
+    eng.close()
+
+
+@sync
+async def test_W_writes_only_the_selected_port(pcap: str, tmp_path: Path, packets: list[Packet]) -> None:
+    app, eng = tm_app(pcap, tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("3")
+        table = app.query_one("#ports-table", SnapTable)
+        row = next(n for n, r in enumerate(cells(app, "ports-table")) if (r[1], r[2]) == ("udp", "53"))
+        table.move_cursor(row=row)
+        await pilot.press("W")
+        saved = await wait_saved(app, pilot)
+        written = packets_in(saved.split(" (")[0])
+        dns = [bytes(p) for p in packets if UDP in p and 53 in (p[UDP].sport, p[UDP].dport) and ip_ends(p)]
+        assert written == dns
+        assert "[udp port 53]" in saved
+    eng.close()
+
+
+@sync
+async def test_W_without_a_selection_says_what_to_do(engine: FileEngine) -> None:
+    app = make_app(engine)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("W")
+        await pilot.pause()
+        assert "select a flow, host pair, host or port first" in screen_text(app)
+        await pilot.press("R")
         await pilot.pause()
         assert RESERVED_NOTE in screen_text(app)
-        assert app.query_one(ContentSwitcher).current == "interfaces"
 
 
 @sync

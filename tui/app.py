@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,8 @@ from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
 from capture_backend.exporters import Exporters, ExporterSettings
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
+from capture_backend.timemachine import Selector, TimeMachine, write_snapshot
+from tui.selection import selection_of
 from tui.widgets.drops import DropsView
 from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.flows import FlowsView
@@ -43,8 +46,17 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops")
-RESERVED_NOTE = "recording is not available yet"
+RESERVED_NOTE = "R: not yet, use retrotap record"
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
+
+
+class SnapshotWritten(Message):
+    """A time machine snapshot was written (or failed), posted from the writer thread."""
+
+    def __init__(self, text: str, failed: bool) -> None:
+        super().__init__()
+        self.text = text
+        self.failed = failed
 
 
 class EngineLike(Protocol):
@@ -116,8 +128,9 @@ class RetrotapApp(App[int]):
         Binding("o", "ports", "Host ports", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
-        Binding("w", "reserved", "Write pcap (reserved)", show=False),
-        Binding("R", "reserved", "Rewind (reserved)", show=False, key_display="R"),
+        Binding("w", "snapshot", "Write pcap", show=False),
+        Binding("W", "snapshot_selection", "Write selection", show=False, key_display="W"),
+        Binding("R", "reserved", "Record (not yet)", show=False, key_display="R"),
     ]
     ACTION_HELP = {
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
@@ -136,6 +149,8 @@ class RetrotapApp(App[int]):
         "help": "This list of keys",
         "quit": "Quit",
         "reserved": RESERVED_NOTE,
+        "snapshot": "Write the buffered past (time machine) to a pcap",
+        "snapshot_selection": "Write only the selected flow, host pair, host or port to a pcap",
     }
     EXTRA_KEYS = [
         ("Enter", "Flows: details of the selected flow"),
@@ -152,9 +167,16 @@ class RetrotapApp(App[int]):
         refresh_s: float = 1.0,
         resolver: Lookup | None = None,
         source: str = "",
+        timemachine: TimeMachine | None = None,
+        snapshot_dir: str = ".",
     ) -> None:
         super().__init__()
         self.engine = engine
+        self.timemachine = timemachine
+        self.snapshot_dir = snapshot_dir
+        self.last_snapshot = ""
+        self._saved_note = ""
+        self._writing = False
         self.clock = clock
         self.refresh_s = refresh_s if refresh_s > 0 else 1.0
         self.names = NameResolver(resolver) if resolver is not None else NameResolver()
@@ -259,6 +281,8 @@ class RetrotapApp(App[int]):
         if isinstance(view, FlowsView):
             parts.append(f"{view.shown} of {view.matched} flows")
         parts.append(f"age {duration(max(0.0, frame.now - snap.time))}")
+        if self.last_snapshot:
+            parts.append(f"saved {self._saved_note}")
         self.query_one(StatusBar).show(" │ ".join(parts), self.paused, self.show_names)
 
     # --- engine events (posted from the capture thread)
@@ -321,6 +345,48 @@ class RetrotapApp(App[int]):
     def action_reserved(self) -> None:
         """w and R belong to the recording feature."""
         self.notify(RESERVED_NOTE, severity="warning", timeout=3)
+
+    def action_snapshot(self) -> None:
+        """Write the time machine's whole buffer to a pcap, off the UI and capture threads."""
+        self._write_snapshot(None, "")
+
+    def action_snapshot_selection(self) -> None:
+        """Write the packets of the row under the cursor (Hosts, Ports or Flows view)."""
+        table = getattr(self.view, "table", None)
+        picked = None
+        if table is not None and table.row_count:
+            row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            picked = selection_of(str(row_key))
+        if picked is None:
+            self.notify("select a flow, host pair, host or port first (views 2, 3, 4)", severity="warning")
+            return
+        self._write_snapshot(*picked)
+
+    def _write_snapshot(self, select: Selector | None, what: str) -> None:
+        tm = self.timemachine
+        if tm is None:
+            self.notify("the time machine is off (--buffer-size 0)", severity="warning")
+            return
+        if self._writing:
+            self.notify("a snapshot is already being written", severity="warning")
+            return
+        self._writing = True
+
+        def write() -> None:
+            try:
+                result = write_snapshot(tm, self.snapshot_dir, select=select)
+                self.post_message(SnapshotWritten(result.summary() + (f" [{what}]" if what else ""), False))
+            except OSError as e:
+                self.post_message(SnapshotWritten(f"snapshot failed: {e.strerror or e}", True))
+
+        threading.Thread(target=write, name="retrotap-snapshot", daemon=True).start()
+
+    def on_snapshot_written(self, message: SnapshotWritten) -> None:
+        self._writing = False
+        self.last_snapshot = message.text.removeprefix("snapshot: ")
+        self._saved_note = Path(self.last_snapshot.split(" (")[0]).name + (" (failed)" if message.failed else "")
+        self.notify(message.text, severity="error" if message.failed else "information", timeout=8)
+        self.render_view()
 
     def action_help(self) -> None:
         """Show every key."""
@@ -395,17 +461,23 @@ def run_dashboard(
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
     limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle)
     engine: Engine | FileEngine
+    tm = TimeMachine(args.buffer_size, args.buffer_seconds) if args.buffer_size else None
+    sinks = [tm] if tm is not None else []
     if args.read:
-        engine = FileEngine(args.read, filter_expr=args.filter, limits=limits, realtime=args.realtime)
+        engine = FileEngine(
+            args.read, filter_expr=args.filter, limits=limits, realtime=args.realtime, block_sinks=sinks
+        )
         source = Path(args.read).name
     else:
-        engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits)
+        engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits, block_sinks=sinks)
         source = ",".join(interfaces)
     engine.open()
     notes: list[str] = []  # exporters' messages, printed once the screen is gone
     running = Exporters(exporters or ExporterSettings(), lambda: engine.snapshot, notes.append)
     running.start()
-    app = RetrotapApp(engine, refresh_s=args.refresh or 1.0, source=source)
+    app = RetrotapApp(
+        engine, refresh_s=args.refresh or 1.0, source=source, timemachine=tm, snapshot_dir=args.snapshot_dir
+    )
     try:
         app.run()
     finally:

@@ -336,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](args)
         from tui.app import run_dashboard
 
+        _snapshot_dir(args.snapshot_dir)
         return run_dashboard(args, _interfaces(args), _ring(args), exporter_settings(args))
     except UsageError as e:
         return _fail(str(e))
