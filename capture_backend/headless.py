@@ -296,8 +296,14 @@ class RecordRun:
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def _stderr_log(msg: str) -> None:
-    print(f"retrotap: {msg}", file=sys.stderr, flush=True)
+    """One whole line on stderr; the recorder, snapshot and main threads all log."""
+    with _LOG_LOCK:
+        sys.stderr.write(f"retrotap: {msg}\n")
+        sys.stderr.flush()
 
 
 def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int:

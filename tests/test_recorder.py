@@ -533,6 +533,7 @@ class Stderr:
         self._thread.join(10)
         assert self.proc.returncode == 0, self.lines
         assert not any("Traceback" in line for line in self.lines)
+        assert all(line.startswith("retrotap: ") and line.count("retrotap: ") == 1 for line in self.lines)
         return self.lines
 
 
