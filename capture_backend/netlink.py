@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that capture pay for it
+    from pyroute2 import IPRoute
 
 from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 
@@ -98,6 +98,8 @@ class LinkMonitor:
     """Reads link state and counters over one rtnetlink socket (in ``netns`` if given)."""
 
     def __init__(self, netns: str | None = None) -> None:
+        from pyroute2 import IPRoute
+
         if not netns:
             self._ipr = IPRoute()
             return
@@ -113,6 +115,8 @@ class LinkMonitor:
 
     def get(self, name: str) -> LinkInfo:
         """The link called ``name``; InterfaceError listing the existing ones if there is none."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
         if name and len(name) < 16 and "/" not in name:
             try:
                 return _link_info(self._ipr.link("get", ifname=name)[0])
@@ -152,7 +156,11 @@ def _default_oif(ipr: IPRoute, family: int) -> int | None:
 def default_interface(ipr: IPRoute | None = None) -> str:
     """Name of the IPv4 default route's interface, else IPv6's; InterfaceError if neither."""
     own = ipr is None
-    nl = IPRoute() if ipr is None else ipr
+    if ipr is None:
+        from pyroute2 import IPRoute
+
+        ipr = IPRoute()
+    nl: IPRoute = ipr
     try:
         for family in (socket.AF_INET, socket.AF_INET6):
             oif = _default_oif(nl, family)
