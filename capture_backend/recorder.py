@@ -514,6 +514,11 @@ class RecorderThread:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def skip_to_now(self) -> None:
+        """Record from now on (a recording started mid-capture): what the pool holds is for snapshots."""
+        self.last_seq = self.tm.next_seq - 1
+        self.expected = self.tm.kept_packets
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="retrotap-recorder", daemon=True)
         self._thread.start()

@@ -73,6 +73,11 @@ class TimeMachine:
         self.kept_packets = 0  # every packet ever kept (spans' `before` counts up to this)
         self.changed = threading.Event()  # set whenever a span is added (the recorder waits on it)
 
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next span will get."""
+        return self._seq
+
     def __call__(self, block: Block, dec: Decoded) -> None:
         """Block sink: keep the batch."""
         self.add(block)

@@ -32,8 +32,8 @@ from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.report import flow_rows
 from capture_backend.timemachine import TimeMachine
 from tests.lab import IP4_A, IP4_B, Lab
-from tests.pcapgen import mixed_packets, wirelen, write_pcap
-from tui.app import RESERVED_NOTE, RetrotapApp, SnapshotFeed
+from tests.pcapgen import block_of, mixed_packets, wirelen, write_pcap
+from tui.app import RetrotapApp, SnapshotFeed
 from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.format import size
 from tui.widgets.help import HelpScreen
@@ -42,6 +42,7 @@ from tui.widgets.prompt import PromptBar
 from tui.widgets.table import SnapTable
 
 FIXED_CLOCK = 1_700_000_100.0
+NS = 1_000_000_000
 SIZE = (160, 50)
 BAD_FILTER = "port 99999999"
 
@@ -427,9 +428,35 @@ async def test_W_without_a_selection_says_what_to_do(engine: FileEngine) -> None
         await pilot.press("W")
         await pilot.pause()
         assert "select a flow, host pair, host or port first" in screen_text(app)
+
+
+@sync
+async def test_R_records_what_arrives_until_pressed_again(engine: FileEngine, tmp_path: Path) -> None:
+    tm = TimeMachine(4 << 20, seconds=3600)
+    early = [bytes(Ether() / IP(src="10.7.0.1", dst="10.7.0.2") / UDP(sport=1, dport=2) / b"early")]
+    tm.add(block_of(early))  # already in the pool when R is pressed: left to snapshots
+    feed = SnapshotFeed(engine.snapshot)
+    app = RetrotapApp(feed, clock=lambda: FIXED_CLOCK, timemachine=tm, record_dir=str(tmp_path / "rec"))  # type: ignore[arg-type]
+    sent = [bytes(Ether() / IP(src="10.7.0.1", dst="10.7.0.2") / UDP(sport=1, dport=2) / (b"r" * n)) for n in range(40)]
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await pilot.press("R")
         await pilot.pause()
-        assert RESERVED_NOTE in screen_text(app)
+        assert app.recording is not None
+        tm.add(block_of(sent[:25], ts_ns=[1_700_000_000 * NS + i for i in range(25)]))
+        tm.add(block_of(sent[25:], ts_ns=[1_700_000_000 * NS + 25 + i for i in range(15)]))
+        for _ in range(200):
+            await pilot.pause(0.02)
+            if app.recording[0].stats.packets == 40:
+                break
+        app.render_view()
+        assert "REC " in screen_text(app)
+        await pilot.press("R")
+        await pilot.pause()
+        assert app.recording is None
+    files = sorted((tmp_path / "rec").glob("*.pcap"))
+    assert [p.name for p in files] == ["test0-20231114T221320.000000Z.pcap"]
+    assert packets_in(str(files[0])) == sent
+    assert not list((tmp_path / "rec").glob("*.partial"))
 
 
 @sync

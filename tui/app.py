@@ -8,6 +8,7 @@ Textual messages (EngineNotice) posted from the capture thread.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from capture_backend.bpf import FilterError, compile_filter
 from capture_backend.counters import CounterLimits
 from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
 from capture_backend.exporters import Exporters, ExporterSettings
+from capture_backend.recorder import Recorder, RecordError, RecorderThread, RecordOptions
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
 from capture_backend.timemachine import Selector, TimeMachine, write_snapshot
@@ -46,7 +48,6 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops")
-RESERVED_NOTE = "R: not yet, use retrotap record"
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
 
 
@@ -54,6 +55,15 @@ class SnapshotWritten(Message):
     """A time machine snapshot was written (or failed), posted from the writer thread."""
 
     def __init__(self, text: str, failed: bool) -> None:
+        super().__init__()
+        self.text = text
+        self.failed = failed
+
+
+class RecorderNote(Message):
+    """A line from the recorder (file closed, disk full...), posted from its thread."""
+
+    def __init__(self, text: str, failed: bool = False) -> None:
         super().__init__()
         self.text = text
         self.failed = failed
@@ -130,7 +140,7 @@ class RetrotapApp(App[int]):
         Binding("q", "quit", "Quit"),
         Binding("w", "snapshot", "Write pcap", show=False),
         Binding("W", "snapshot_selection", "Write selection", show=False, key_display="W"),
-        Binding("R", "reserved", "Record (not yet)", show=False, key_display="R"),
+        Binding("R", "record", "Record", show=False, key_display="R"),
     ]
     ACTION_HELP = {
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
@@ -148,7 +158,7 @@ class RetrotapApp(App[int]):
         "ports": "Hosts: show ports (host:port pairs)",
         "help": "This list of keys",
         "quit": "Quit",
-        "reserved": RESERVED_NOTE,
+        "record": "Start or stop recording to rotating pcap files (--record-dir)",
         "snapshot": "Write the buffered past (time machine) to a pcap",
         "snapshot_selection": "Write only the selected flow, host pair, host or port to a pcap",
     }
@@ -169,11 +179,14 @@ class RetrotapApp(App[int]):
         source: str = "",
         timemachine: TimeMachine | None = None,
         snapshot_dir: str = ".",
+        record_dir: str = "retrotap-recording",
     ) -> None:
         super().__init__()
         self.engine = engine
         self.timemachine = timemachine
         self.snapshot_dir = snapshot_dir
+        self.record_dir = record_dir
+        self.recording: tuple[Recorder, RecorderThread] | None = None
         self.last_snapshot = ""
         self._saved_note = ""
         self._writing = False
@@ -217,10 +230,15 @@ class RetrotapApp(App[int]):
         self.close_engine()
 
     def close_engine(self) -> None:
-        """Stop the engine and the name worker (once)."""
+        """Stop the engine, then a recording (it writes what the pool still holds), and the name worker (once)."""
         if not self._closed:
             self._closed = True
             self.engine.close()
+            if self.recording is not None:
+                recorder, thread = self.recording
+                self.recording = None
+                thread.stop()
+                recorder.close()
             self.names.close()
 
     # --- the refresh: pull the newest snapshot, render the active view
@@ -283,6 +301,9 @@ class RetrotapApp(App[int]):
         parts.append(f"age {duration(max(0.0, frame.now - snap.time))}")
         if self.last_snapshot:
             parts.append(f"saved {self._saved_note}")
+        if self.recording is not None:
+            stats = self.recording[0].stats
+            parts.append(f"REC {self.record_dir} {count(stats.packets)} pkts {size(stats.bytes)}")
         self.query_one(StatusBar).show(" │ ".join(parts), self.paused, self.show_names)
 
     # --- engine events (posted from the capture thread)
@@ -342,9 +363,49 @@ class RetrotapApp(App[int]):
         self.notify(f"Hosts: ports {'shown' if shown else 'hidden'}", timeout=2)
         self.action_view(2)
 
-    def action_reserved(self) -> None:
-        """w and R belong to the recording feature."""
-        self.notify(RESERVED_NOTE, severity="warning", timeout=3)
+    def action_record(self) -> None:
+        """Start recording every packet from now on to rotating pcap files, or stop it."""
+        if self.recording is not None:
+            self._stop_recording()
+            return
+        tm = self.timemachine
+        if tm is None:
+            self.notify("recording needs the time machine (--buffer-size 0 turns it off)", severity="warning")
+            return
+        try:
+            os.makedirs(self.record_dir, mode=0o700, exist_ok=True)
+            recorder = Recorder(RecordOptions(self.record_dir), self._recorder_line)
+            recorder.start()
+        except (RecordError, OSError) as e:
+            self.notify(f"cannot record: {e}", severity="error")
+            return
+        thread = RecorderThread(tm, recorder, on_error=self._recorder_failed)
+        thread.skip_to_now()
+        thread.start()
+        self.recording = (recorder, thread)
+        self.notify(f"recording to {self.record_dir}", timeout=4)
+        self.render_view()
+
+    def _recorder_line(self, line: str) -> None:
+        self.post_message(RecorderNote(line))
+
+    def _recorder_failed(self, line: str) -> None:
+        self.post_message(RecorderNote(line, failed=True))
+
+    def _stop_recording(self) -> None:
+        if self.recording is None:
+            return
+        recorder, thread = self.recording
+        self.recording = None
+        thread.stop()
+        recorder.close()
+        self.notify(recorder.stats.summary(), timeout=8)
+        self.render_view()
+
+    def on_recorder_note(self, message: RecorderNote) -> None:
+        self.notify(message.text, severity="error" if message.failed else "information", timeout=6)
+        if message.failed:
+            self._stop_recording()
 
     def action_snapshot(self) -> None:
         """Write the time machine's whole buffer to a pcap, off the UI and capture threads."""
@@ -476,7 +537,12 @@ def run_dashboard(
     running = Exporters(exporters or ExporterSettings(), lambda: engine.snapshot, notes.append)
     running.start()
     app = RetrotapApp(
-        engine, refresh_s=args.refresh or 1.0, source=source, timemachine=tm, snapshot_dir=args.snapshot_dir
+        engine,
+        refresh_s=args.refresh or 1.0,
+        source=source,
+        timemachine=tm,
+        snapshot_dir=args.snapshot_dir,
+        record_dir=args.record_dir,
     )
     try:
         app.run()

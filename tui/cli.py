@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser)
     parser.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
     parser.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
+    parser.add_argument(
+        "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
     _common(stats)
