@@ -32,6 +32,7 @@ from typing import IO, Any
 from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
 
 TOOLS = ("retrotap", "tcpdump", "iftop")
+EXTRA_TOOLS = ("tcpdump-B64",)  # tcpdump with a 64 MiB buffer, the size of retrotap's default ring
 TOOL_CORE = "1"
 SENDER_CORE = "0"
 READY_TIMEOUT = 30.0
@@ -232,6 +233,8 @@ def make_tools(interval: float, retrotap_extra: Sequence[str]) -> dict[str, Tool
                          "retrotap: listening on", Path(sys.executable).name[:15]),
         "tcpdump": Tool("tcpdump", lambda i: ["tcpdump", "-i", i, "-w", "/dev/null", "-n"], "stderr",
                         "listening on", "tcpdump"),
+        "tcpdump-B64": Tool("tcpdump-B64", lambda i: ["tcpdump", "-i", i, "-w", "/dev/null", "-n", "-B", "65536"],
+                            "stderr", "listening on", "tcpdump"),
         # iftop -t prints "Listening on IFACE" on stdout right after pcap_open_live and the filter are set
         # (tui_init); stdbuf -oL makes that line reach the pipe at once.  Its text UI blocks in getchar()
         # on stdin: a pipe we never close keeps it idle (EOF would make it spin), 'u' prints a fresh
@@ -367,7 +370,7 @@ def run_tool(lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: in
         thread_cpu = cap.get("cpu_seconds")
         if cap.get("freeze_count"):
             notes.append(f"ring froze {cap['freeze_count']} times")
-    elif tool.name == "tcpdump":
+    elif tool.name.startswith("tcpdump"):
         captured = _tcpdump_count(stderr, "captured")
         received = _tcpdump_count(stderr, "received by filter")
         drops = _tcpdump_count(stderr, "dropped by kernel")
@@ -506,7 +509,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, nargs="+", default=[64], help="frame sizes in bytes, no FCS (default 64)")
     p.add_argument("--count", type=int, default=2_000_000, help="frames per burst (default 2000000)")
     p.add_argument("--repeat", type=int, default=1, help="bursts per tool and size (default 1)")
-    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
+    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS + EXTRA_TOOLS)}")
     p.add_argument("--flows", type=int, default=64, help="distinct UDP source ports in the burst (default 64)")
     p.add_argument("--grace", type=float, default=1.5, help="seconds every tool gets after the burst (default 1.5)")
     p.add_argument("--interval", type=float, default=1.0, help="retrotap --interval (default 1)")
@@ -523,7 +526,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not 1 <= args.flows <= 4096:
         p.error("--flows must be between 1 and 4096")
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = set(args.tools) - set(TOOLS)
+    unknown = set(args.tools) - set(TOOLS + EXTRA_TOOLS)
     if unknown:
         p.error(f"unknown tools: {', '.join(sorted(unknown))}")
     return args
