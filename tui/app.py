@@ -413,9 +413,9 @@ class RetrotapApp(App[int]):
 
     def action_snapshot_selection(self) -> None:
         """Write the packets of the row under the cursor (Hosts, Ports or Flows view)."""
-        table = getattr(self.view, "table", None)
+        table = self.view.table
         picked = None
-        if table is not None and table.row_count:
+        if table.row_count:
             row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
             picked = selection_of(str(row_key))
         if picked is None:

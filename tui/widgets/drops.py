@@ -45,13 +45,6 @@ class DropsView(View):
         yield Static(id="drops-summary")
         yield SnapTable(COLUMNS, id="drops-table")
 
-    @property
-    def table(self) -> SnapTable:
-        return self.query_one(SnapTable)
-
-    def focus_table(self) -> None:
-        self.table.focus()
-
     def show(self, frame: Frame) -> None:
         snap = frame.snap
         h = capture_health(snap, frame.prev, frame.base, frame.now)

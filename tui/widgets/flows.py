@@ -108,13 +108,6 @@ class FlowsView(View):
     def compose(self) -> ComposeResult:
         yield SnapTable(COLUMNS, id="flows-table")
 
-    @property
-    def table(self) -> SnapTable:
-        return self.query_one(SnapTable)
-
-    def focus_table(self) -> None:
-        self.table.focus()
-
     def show(self, frame: Frame) -> None:
         t = frame.snap.flows
         table = self.table

@@ -67,13 +67,6 @@ class HostsView(View):
     def compose(self) -> ComposeResult:
         yield SnapTable(COLUMNS, id="hosts-table")
 
-    @property
-    def table(self) -> SnapTable:
-        return self.query_one(SnapTable)
-
-    def focus_table(self) -> None:
-        self.table.focus()
-
     def cycle_aggregate(self) -> str:
         """Pairs → by source → by destination; returns the new mode."""
         self.aggregate = AGGREGATES[(AGGREGATES.index(self.aggregate) + 1) % len(AGGREGATES)]

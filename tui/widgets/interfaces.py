@@ -72,13 +72,6 @@ class InterfacesView(View):
         yield SnapTable(COLUMNS, id="interfaces-table")
         yield VerticalScroll(id="sparks")
 
-    @property
-    def table(self) -> SnapTable:
-        return self.query_one(SnapTable)
-
-    def focus_table(self) -> None:
-        self.table.focus()
-
     def record(self, snap: Snapshot, prev: Snapshot | None) -> None:
         """Add a new snapshot's rates to the history (called for every new snapshot, shown or not)."""
         if prev is None:

@@ -56,13 +56,6 @@ class PortsView(View):
     def compose(self) -> ComposeResult:
         yield SnapTable(COLUMNS, id="ports-table")
 
-    @property
-    def table(self) -> SnapTable:
-        return self.query_one(SnapTable)
-
-    def focus_table(self) -> None:
-        self.table.focus()
-
     def show(self, frame: Frame) -> None:
         t = frame.snap.ports
         table = self.table

@@ -11,6 +11,7 @@ from textual.containers import Vertical
 
 from capture_backend.engine import Snapshot
 from tui.widgets.query import Query
+from tui.widgets.table import SnapTable
 
 
 @dataclass(frozen=True)
@@ -117,5 +118,11 @@ class View(Vertical):
         """Render the frame (only the rows that fit)."""
         raise NotImplementedError
 
+    @property
+    def table(self) -> SnapTable:
+        """The view's main table."""
+        return self.query_one(SnapTable)
+
     def focus_table(self) -> None:
         """Give the keyboard to the view's main table."""
+        self.table.focus()
