@@ -20,7 +20,7 @@ from capture_backend.recorder import RecordError, RecordOptions
 from capture_backend.ring import CaptureError, RingConfig
 
 USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, RecordError, PermissionError, OSError)
-SUBCOMMANDS = ("stats", "record", "export")
+SUBCOMMANDS = ("stats", "record", "export", "web")
 
 
 T = TypeVar("T")
@@ -125,15 +125,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipfix-active", type=_positive(float), default=60.0, metavar="S", help="active timeout (60)")
 
 
+def _dashboard(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
+    p.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
+    p.add_argument(
+        "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = argparse.ArgumentParser(prog="retrotap", description="Live network traffic monitor with rewind.")
-    _common(parser)
-    parser.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
-    parser.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
-    parser.add_argument(
-        "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
-    )
+    _dashboard(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
     _common(stats)
@@ -151,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--keep-files", default="0", metavar="N", help="closed files kept per interface (0: all)")
     rec.add_argument("--keep-age", default="0", metavar="DURATION", help="delete files older than this (0: never)")
     rec.add_argument("--min-free", default="5%", metavar="PCT|SIZE", help="delete oldest files below this free space")
+    web = sub.add_parser("web", help="serve the dashboard to a browser (one dashboard per browser session)")
+    _dashboard(web)
+    web.add_argument(
+        "--bind", default="127.0.0.1:8000", metavar="[ADDR:]PORT", help="where to listen (default 127.0.0.1:8000)"
+    )
     exp = sub.add_parser("export", help="packets of a time window (and host/port or filter) from a recording")
     exp.add_argument("directory", metavar="DIR", help="the directory `retrotap record` wrote")
     exp.add_argument("--from", dest="from_time", metavar="TIME", help="ISO 8601 or HH:MM[:SS] (local); inclusive")
@@ -276,10 +285,17 @@ def _run_export(args: argparse.Namespace) -> int:
     return run_export(export_options(args), list_only=args.list)
 
 
+def _run_web(args: argparse.Namespace) -> int:
+    from tui.web import run_web
+
+    return run_web(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": lambda args: run_stats(stats_options(args)),
     "record": lambda args: run_record(record_run(args)),
     "export": _run_export,
+    "web": _run_web,
 }
 
 
@@ -353,4 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tui.cli import main as package_main  # one module (one UsageError) under `python -m tui.cli` too
+
+    sys.exit(package_main())
