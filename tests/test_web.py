@@ -104,7 +104,7 @@ def png_colours(data: bytes, limit: int = 64) -> int:
     assert depth == 8 and colour_type in (2, 6), (depth, colour_type)
     bpp = 3 if colour_type == 2 else 4
     raw, stride = zlib.decompress(idat), width * bpp
-    prev, colours = bytearray(stride), set()
+    prev, colours = bytearray(stride), set[bytes]()
     for y in range(height):
         ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
@@ -134,14 +134,15 @@ class DevTools:
         self.ws = ws
         self.next_id = 0
 
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+    async def call(self, method: str, *, check: bool = True, **params: Any) -> dict[str, Any]:
+        """The result of `method`; with check=False an error (e.g. a page still loading) is an empty result."""
         self.next_id += 1
         await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
         while True:
             msg = json.loads(await asyncio.wait_for(self.ws.receive_str(), timeout=30))
             if msg.get("id") == self.next_id:
-                assert "error" not in msg, msg
-                return dict(msg["result"])
+                assert not check or "error" not in msg, msg
+                return dict(msg.get("result", {}))
 
 
 async def _render(devtools_port: int, url: str, wanted: tuple[str, ...], timeout: float) -> tuple[str, bytes]:
@@ -157,8 +158,8 @@ async def _render(devtools_port: int, url: str, wanted: tuple[str, ...], timeout
             await dt.call("Page.navigate", url=url)
             text, deadline = "", time.monotonic() + timeout
             while time.monotonic() < deadline:
-                result = await dt.call("Runtime.evaluate", expression=SCREEN_TEXT, returnByValue=True)
-                text = str(result["result"].get("value", ""))
+                result = await dt.call("Runtime.evaluate", check=False, expression=SCREEN_TEXT, returnByValue=True)
+                text = str(result.get("result", {}).get("value", ""))
                 if all(w in text for w in wanted):
                     break
                 await asyncio.sleep(0.25)
