@@ -25,7 +25,7 @@ from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 BlockSink = Callable[[Block, Decoded], None]
 EventSink = Callable[["EngineEvent"], None]
 LINK_POLL_SECONDS = 1.0
-MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 64 MiB ring holds 50 ms even of a full 10 Gbit/s link
+MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
 
 
 @dataclass(frozen=True)

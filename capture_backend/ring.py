@@ -31,7 +31,7 @@ class RingConfig:
     """Ring geometry: block_nr blocks of block_size bytes, retired after block_timeout_ms."""
 
     block_size: int = 1 << 20
-    block_nr: int = 64
+    block_nr: int = 128
     frame_size: int = 1 << 11
     block_timeout_ms: int = 50
     promisc: bool = True
@@ -127,7 +127,7 @@ class Ring:
         """Read and clear SO_ERROR (ENETDOWN when the link went down)."""
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
-    def batches(self, max_blocks: int = 16) -> Iterator[Block]:
+    def batches(self, max_blocks: int = 4) -> Iterator[Block]:
         """Yield the packets of every block the kernel has handed over, several blocks at a time.
 
         Blocks are taken strictly in ring order; a batch is one Block whose data is the whole ring

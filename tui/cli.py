@@ -103,7 +103,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
     p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
     p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
-    p.add_argument("--ring-size", type=_positive(int), default=64, metavar="MiB", help="ring size (default 64)")
+    p.add_argument("--ring-size", type=_positive(int), default=128, metavar="MiB", help="ring size (default 128)")
     p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")
     p.add_argument("--block-timeout", type=_positive(int), default=50, metavar="MS", help="block retire timeout")
     p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
