@@ -204,6 +204,8 @@ class Engine:
         self._link_info: dict[str, LinkInfo] = {}
         self._cpu = 0.0
         self.ready = threading.Event()
+        self._asked = threading.Event()
+        self._answered = threading.Event()
         self.snapshot = self._publish_now()
 
     # --- set-up, in the caller's thread so errors reach the CLI before anything starts
@@ -237,6 +239,14 @@ class Engine:
             else:
                 attach(ring_.sock, prog)
         self.counting.filter = expr
+
+    def fresh_snapshot(self, timeout: float = 0.5) -> Snapshot:
+        """A snapshot published after this call (the capture thread makes one at its next turn)."""
+        if self._thread is not None:
+            self._answered.clear()
+            self._asked.set()
+            self._answered.wait(timeout)
+        return self.snapshot
 
     @property
     def running(self) -> bool:
@@ -291,12 +301,16 @@ class Engine:
             if now >= next_links:
                 next_links = now + LINK_POLL_SECONDS
                 self._watch_links(poller, by_fd)
-            if now >= next_publish:
+            asked = self._asked.is_set()
+            if now >= next_publish or asked:
                 next_publish = now + self.publish_interval
+                self._asked.clear()
                 for cap in self._captures:
                     cap.fold_stats()
                 self._cpu = time.thread_time()
                 self.snapshot = self._publish_now()
+                if asked:
+                    self._answered.set()
         # Last drain: the kernel retires a partly filled block after its timeout.
         deadline = time.monotonic() + 3 * self.ring_config.block_timeout_ms / 1000
         while time.monotonic() < deadline:

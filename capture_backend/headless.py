@@ -201,7 +201,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
                         snapshots.request()
                 continue
             next_at += interval
-            snap = engine.snapshot
+            snap = engine.fresh_snapshot()
             out.write(record(snap, prev, opts.top))
             prev = snap
             written += 1
