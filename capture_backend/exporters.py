@@ -8,14 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from capture_backend.engine import Snapshot
 from capture_backend.ipfix import FlowExporter, resolve
-from capture_backend.metrics import DEFAULT_TOP, Extra, MetricsServer, SnapshotCollector, exposure_warning
 from capture_backend.recorder import RecordStats
 from capture_backend.timemachine import TimeMachine
 
+if TYPE_CHECKING:  # prometheus_client is imported only when /metrics is asked for
+    from capture_backend.metrics import MetricsServer
+
 Log = Callable[[str], None]
+DEFAULT_TOP = 20
+MAX_TOP = 1000  # label cardinality cap: at most this many hosts and this many ports
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A counter or gauge another part of retrotap registers (time machine, recorder, IPFIX)."""
+
+    help: str
+    read: Callable[[], float]
+    kind: str = "counter"  # or "gauge"
 
 
 @dataclass
@@ -67,6 +81,8 @@ class Exporters:
             self.extra["ipfix_flow_records_total"] = Extra("IPFIX flow records sent", lambda: ipfix.encoder.records)
             self.extra["ipfix_send_errors_total"] = Extra("IPFIX messages not sent", lambda: ipfix.send_errors)
         if s.metrics is not None:
+            from capture_backend.metrics import MetricsServer, SnapshotCollector, exposure_warning
+
             host, port = s.metrics
             warning = exposure_warning(host, port)
             if warning is not None:

@@ -11,7 +11,6 @@ import ipaddress
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -19,24 +18,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from capture_backend.engine import IfaceStatus, Snapshot
+from capture_backend.exporters import DEFAULT_TOP, MAX_TOP, Extra
 from capture_backend.report import host_rows, port_rows
 
 PREFIX = "retrotap_"
 DEFAULT_PORT = 9477
-DEFAULT_TOP = 20
-MAX_TOP = 1000  # label cardinality cap: at most this many hosts and this many ports
 COVERAGE_WINDOW_S = 10.0
 ARPHRD_LOOPBACK = 772
 SnapshotSource = Callable[[], Snapshot]
-
-
-@dataclass(frozen=True)
-class Extra:
-    """A counter or gauge another part of retrotap registers (time machine, recorder, IPFIX)."""
-
-    help: str
-    read: Callable[[], float]
-    kind: str = "counter"  # or "gauge"
 
 
 _FAMILIES: Mapping[str, Callable[[str, str], Any]] = {

@@ -11,9 +11,8 @@ from typing import TypeVar
 from capture_backend.bpf import FilterError
 from capture_backend.counters import CounterLimits
 from capture_backend.export import ExportOptions, parse_host, parse_time, run_export
-from capture_backend.exporters import ExporterSettings
+from capture_backend.exporters import DEFAULT_TOP, MAX_TOP, ExporterSettings
 from capture_backend.headless import RecordRun, StatsOptions, run_record, run_stats
-from capture_backend.metrics import DEFAULT_TOP, MAX_TOP
 from capture_backend.netlink import InterfaceError, default_interface
 from capture_backend.pcapfile import CaptureFileError
 from capture_backend.recorder import RecordError, RecordOptions
