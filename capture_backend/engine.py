@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
-from capture_backend.bpf import OfflineFilter, attach, compile_filter, compile_optional, detach
+from capture_backend.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
 from capture_backend.decode import Decoded, decode
 from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
@@ -164,17 +164,20 @@ class _Capture:
         self.state = "up"
         self.error = ""
         self.received = self.drops = self.freezes = 0
+        self._base = (0, 0, 0)  # totals of rings closed before (an interface removed and back)
 
     def fold_stats(self) -> None:
         if self.ring is not None:
             s = self.ring.read_stats()
-            self.received, self.drops, self.freezes = s.received, s.drops, s.freezes
+            r, d, f = self._base
+            self.received, self.drops, self.freezes = r + s.received, d + s.drops, f + s.freezes
 
     def close(self) -> None:
         if self.ring is not None:
             self.fold_stats()
             self.ring.close()
             self.ring = None
+            self._base = (self.received, self.drops, self.freezes)
 
 
 class Engine:
@@ -204,6 +207,7 @@ class Engine:
         self._link_info: dict[str, LinkInfo] = {}
         self._cpu = 0.0
         self.ready = threading.Event()
+        self._rings_lock = threading.Lock()
         self._asked = threading.Event()
         self._answered = threading.Event()
         self.snapshot = self._publish_now()
@@ -228,17 +232,21 @@ class Engine:
 
     def set_filter(self, expr: str) -> None:
         """Compile and swap the kernel filter of every ring; FilterError keeps the old one."""
-        programs = [
-            (cap.ring, compile_filter(expr, cap.ring.linktype) if expr.strip() else None)
-            for cap in self._captures
-            if cap.ring is not None
-        ]
-        for ring_, prog in programs:
-            if prog is None:
-                detach(ring_.sock)
-            else:
-                attach(ring_.sock, prog)
-        self.counting.filter = expr
+        with self._rings_lock:  # the capture thread may be closing or reopening a ring
+            programs = [
+                (cap.ring, compile_filter(expr, cap.ring.linktype) if expr.strip() else None)
+                for cap in self._captures
+                if cap.ring is not None
+            ]
+            try:
+                for ring_, prog in programs:
+                    if prog is None:
+                        detach(ring_.sock)
+                    else:
+                        attach(ring_.sock, prog)
+            except OSError as e:
+                raise FilterError(f"cannot set filter {expr!r}: {e.strerror or e}") from None
+            self.counting.filter = expr
 
     def fresh_snapshot(self, timeout: float = 0.5) -> Snapshot:
         """A snapshot published after this call (the capture thread makes one at its next turn)."""
@@ -275,6 +283,15 @@ class Engine:
 
     # --- the capture thread
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a bug: say so on screen and in the snapshot rather than die silently
+            for cap in self._captures:
+                cap.state, cap.error = "error", f"capture stopped: {type(e).__name__}: {e}"
+            self.snapshot = self._publish_now()
+            self._emit("error", "", f"capture stopped: {type(e).__name__}: {e}")
+
+    def _loop(self) -> None:
         poller = select.poll()
         for cap in self._captures:
             if cap.ring is not None:
@@ -304,7 +321,8 @@ class Engine:
             asked = self._asked.is_set()
             if now >= next_publish or asked:
                 next_publish = now + self.publish_interval
-                self._asked.clear()
+                if asked:
+                    self._asked.clear()
                 for cap in self._captures:
                     cap.fold_stats()
                 self._cpu = time.thread_time()
@@ -339,7 +357,8 @@ class Engine:
                     fd = cap.ring.fileno()
                     poller.unregister(fd)
                     by_fd.pop(fd, None)
-                    cap.close()
+                    with self._rings_lock:
+                        cap.close()
                 if cap.state != "gone":
                     cap.state, cap.error = "gone", f"interface {cap.name} was removed"
                     self._emit("iface-gone", cap.name, cap.error)
@@ -347,8 +366,9 @@ class Engine:
                     continue
             if cap.ring is None:
                 try:
-                    cap.ring = self._open_ring(cap.name, info)
-                except (CaptureError, OSError) as e:
+                    with self._rings_lock:
+                        cap.ring = self._open_ring(cap.name, info)
+                except (CaptureError, FilterError, OSError) as e:
                     cap.error = str(e)
                     continue
                 poller.register(cap.ring.fileno(), select.POLLIN | select.POLLERR)

@@ -174,9 +174,20 @@ class Recorder:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
+            self._lock_fd = -1
             raise RecordError(f"{self.dir}: another retrotap record is writing to this directory") from None
         except OSError as e:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
             raise RecordError(f"{self.dir}: {e.strerror or e}") from None
+        try:
+            self._take_stock()
+        except BaseException:
+            self.close()  # releases the lock: a later start may try again
+            raise
+
+    def _take_stock(self) -> None:
         try:
             self.index = Index(self.dir)
         except sqlite3.Error as e:

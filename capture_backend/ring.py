@@ -68,8 +68,11 @@ class Ring:
         try:
             self._setup(arphrd, bpf)
         except OSError as e:
-            self.sock.close()
+            self.close()
             raise CaptureError(f"cannot capture on {ifname}: {e.strerror or e}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self, arphrd: int, bpf: BpfProgram | None) -> None:
         c = self.config
@@ -142,7 +145,7 @@ class Ring:
             taken: list[int] = []
             offsets: list[np.ndarray] = []
             spans: list[tuple[int, int]] = []
-            while len(taken) < max_blocks:
+            while len(taken) < min(max_blocks, self.block_nr):
                 base = ((self._next + len(taken)) % self.block_nr) * bs
                 status_word = (base + L.BLOCK_STATUS_OFFSET) >> 2
                 if not u32[status_word] & L.TP_STATUS_USER:

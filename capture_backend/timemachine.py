@@ -107,7 +107,10 @@ class TimeMachine:
             self.stats.oversize_packets += len(part)
             return
         if self._head + length > self.size:
-            self._head = 0
+            # Wrap: the spans between the old head and the end of the pool are the oldest left.
+            old_head, self._head = self._head, 0
+            while self.spans and self.spans[0].offset >= old_head:
+                self._expire()
         end = self._head + length
         while self.spans and self._overlaps(self.spans[0], self._head, end):
             self._expire()

@@ -243,3 +243,15 @@ def test_rate_at_modest_speed_has_no_kernel_drops(lab: Lab) -> None:
     assert last["totals"]["packets"] == 20000
     assert last["totals"]["bytes"] == 40 * sum(len(f) for f in frames)
     assert last["flow_table"]["active"] == 350  # lcm(50 source ports, 7 destination ports)
+
+
+def test_a_ring_of_two_blocks_counts_each_packet_once(lab: Lab) -> None:
+    frames = [udp(lab, 30000 + i % 100, 7000, 1000) for i in range(3000)]  # ~3 MB: the ring wraps
+    proc = start_stats(lab, "--ring-size", "2", "--block-size", "1024", "--interval", "0.5", "--top", "0")
+    sent = lab.send_frames(frames, timeout=30)
+    last = stop(proc)[-1]
+    assert last["totals"]["packets"] + last["capture"]["kernel_drops"] == sent == 3000
+    assert last["capture"]["received"] == 3000
+    to_7000 = [f for f in last["flows"] if f["dport"] == 7000]
+    assert len(to_7000) == 100  # one per source port
+    assert sum(f["packets"] for f in to_7000) == last["totals"]["packets"]

@@ -439,6 +439,8 @@ class RetrotapApp(App[int]):
                 self.post_message(SnapshotWritten(result.summary() + (f" [{what}]" if what else ""), False))
             except OSError as e:
                 self.post_message(SnapshotWritten(f"snapshot failed: {e.strerror or e}", True))
+            except Exception as e:  # never leave _writing set: the next w must work
+                self.post_message(SnapshotWritten(f"snapshot failed: {type(e).__name__}: {e}", True))
 
         threading.Thread(target=write, name="retrotap-snapshot", daemon=True).start()
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+import psutil
 
 from capture_backend.bpf import FilterError
 from capture_backend.counters import CounterLimits
@@ -35,6 +38,8 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value > MAX_NUMBER:
+            raise argparse.ArgumentTypeError(f"{text!r} is too large")
         if value < 0:
             raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
         return value
@@ -42,6 +47,7 @@ def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     return parse
 
 
+MAX_NUMBER = 1 << 50  # larger sizes, counts and durations are mistakes (and overflow nanoseconds)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -54,6 +60,8 @@ def _size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 256M, 1G)") from None
+    if not math.isfinite(value) or value * SIZE_UNITS[unit] > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return int(value * SIZE_UNITS[unit])
@@ -70,6 +78,8 @@ def _duration(text: str) -> float:
         value = float(t[: len(t) - len(unit)]) * DURATION_UNITS[unit]
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 1m, 2h, 7d)") from None
+    if not math.isfinite(value) or value > MAX_NUMBER:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
@@ -93,7 +103,7 @@ def _checked(parse: Callable[[str], T], option: str, text: str) -> T:
     """A value parsed after argparse, so a bad one is one line (UsageError) rather than usage text."""
     try:
         return parse(text)
-    except (argparse.ArgumentTypeError, ValueError) as e:
+    except (argparse.ArgumentTypeError, ValueError, OverflowError) as e:
         raise UsageError(f"{option}: {e}") from None
 
 
@@ -341,6 +351,14 @@ def _snapshot_dir(path: str) -> str:
     return path
 
 
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse a time machine larger than the memory there is (it is touched page by page at start)."""
+    size = getattr(args, "buffer_size", 0) or 0
+    available = psutil.virtual_memory().available
+    if size > available * 0.8:
+        raise UsageError(f"--buffer-size {size >> 20} MiB: only {available >> 20} MiB of memory is available")
+
+
 def _fail(message: str) -> int:
     print(f"retrotap: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -350,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn a user's mistake into one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        _check_memory(args)
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         from tui.app import run_dashboard
@@ -363,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except USER_ERRORS as e:
         return _fail(str(e) or e.__class__.__name__)
+    except MemoryError:
+        return _fail("not enough memory: lower --buffer-size (the time machine) or --ring-size")
     except KeyboardInterrupt:
         return 130
 

@@ -8,9 +8,14 @@ from capture_backend.timemachine import Selector, select_flow, select_host, sele
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
+def _proto(name: str) -> int:
+    """A protocol as the views show it: a name (tcp) or a number (47)."""
+    return PROTO_NUMBERS[name] if name in PROTO_NUMBERS else int(name)
+
+
 def _flow(parts: list[str]) -> tuple[Selector, str]:
     proto, src, sport, dst, dport = parts[:5]
-    return select_flow(PROTO_NUMBERS[proto], src, int(sport), dst, int(dport)), f"{proto} {src}:{sport} {dst}:{dport}"
+    return select_flow(_proto(proto), src, int(sport), dst, int(dport)), f"{proto} {src}:{sport} {dst}:{dport}"
 
 
 def _pair(parts: list[str]) -> tuple[Selector, str]:
@@ -30,7 +35,7 @@ def selection_of(row_key: str) -> tuple[Selector, str] | None:
     try:
         if "|" not in row_key and "/" in row_key:  # Ports view: "udp/53"
             proto, port = row_key.split("/", 1)
-            return select_port(PROTO_NUMBERS[proto], int(port)), f"{proto} port {port}"
+            return select_port(_proto(proto), int(port)), f"{proto} port {port}"
         parts = row_key.split("|")
         make = BY_FIELDS.get(len(parts))
         return make(parts) if make is not None else None
