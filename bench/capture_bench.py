@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bench.common import need_root, write_json
 from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
 
 TOOLS = ("retrotap", "tcpdump", "iftop")
@@ -535,10 +536,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print per-run and summary tables."""
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("capture_bench: needs root (network namespaces, AF_PACKET, trafgen)", file=sys.stderr)
+    if not need_root("capture_bench"):
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `with Lab()` still tears the lab down
     NICE[0] = args.nice
     tools = make_tools(args.interval, args.retrotap_args.split())
     cleanup_stale()
@@ -566,11 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {"bench": "capture", "argv": sys.argv, "started": started, "machine": machine(),
                "options": {k: v for k, v in vars(args).items() if k != "json"},
                "runs": [dict(asdict(r), ns_per_packet=r.ns_per_packet) for r in results], "summary": summary}
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 0
 
 

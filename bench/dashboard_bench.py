@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from bench.capture_bench import (
     send_burst,
     trafgen_config,
 )
+from bench.common import need_root
 from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
 
 READY_TIMEOUT = 60.0
@@ -234,10 +234,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the dashboard on each burst size and print the table."""
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("dashboard_bench: needs root (network namespaces, AF_PACKET, trafgen)", file=sys.stderr)
+    if not need_root("dashboard_bench"):
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cleanup_stale()
     runs: list[Run] = []
     with Lab() as lab:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from bench.capture_bench import (
     table,
     trafgen_config,
 )
+from bench.common import need_root
 from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
 
 METRICS_PORT = 19464
@@ -51,6 +51,8 @@ EXPORTER_ARGS = ["--metrics", f"127.0.0.1:{METRICS_PORT}", "--ipfix", f"127.0.0.
 # Runs inside namespace a: an IPFIX sink that counts datagrams, and a /metrics scrape every second.
 COLLECTOR = r"""
 import json, select, signal, socket, sys, time, urllib.request
+from bench.common import need_root, write_json
+from bench.common import need_root
 port, ipfix_port, deadline = int(sys.argv[1]), int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
@@ -146,10 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 < args.count <= 50_000_000 or not 1 <= args.flows <= 4096:
         p.error("--count must be in 1..50000000 and --flows in 1..4096")
-    if os.geteuid() != 0:
-        print("exporters_capture_bench: needs root", file=sys.stderr)
+    if not need_root("exporters_capture_bench"):
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cleanup_stale()
     results: list[Result] = []
     collectors: list[dict[str, Any]] = []

@@ -14,7 +14,6 @@ file gives the interpreter + NumPy baseline.  No network is touched.
 from __future__ import annotations
 
 import argparse
-import json
 import struct
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_json
 from bench.offline_bench import (
     PCAP_HEADER,
     START_US,
@@ -129,11 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"| {r['baseline_rss_mib']:,.0f} "
               f"| {r['wall_seconds']:.2f} |")
     if args.json:
-        text = json.dumps({"bench": "memory", "argv": sys.argv, "machine": machine(), "runs": rows}, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, {"bench": "memory", "argv": sys.argv, "machine": machine(), "runs": rows})
     return 0
 
 

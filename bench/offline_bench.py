@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_json
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
 RECORD_HEADER = struct.Struct("<IIII")
@@ -334,11 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "runs": [asdict(r) for r in results], "retrotap_pps": rt.pps, "tshark_pps": ts.pps,
                "retrotap_cpu_pps": rt.cpu_pps, "tshark_cpu_pps": ts.cpu_pps,
                "tshark_extrapolated": extrapolated, "speedup": ratio, "speedup_per_cpu_second": cpu_ratio}
-        text = json.dumps(doc, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import json
 import os
 import re
 import shutil
@@ -43,6 +42,7 @@ from bench.capture_bench import (
     send_burst,
     trafgen_config,
 )
+from bench.common import need_root, write_json
 from capture_backend.block import LINKTYPE_ETHERNET, Block
 from capture_backend.export import ExportOptions, export, parse_host
 from capture_backend.pcapfile import FileSource
@@ -431,10 +431,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run both parts and print Markdown tables."""
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("record_bench: needs root (network namespaces, AF_PACKET, trafgen)", file=sys.stderr)
+    if not need_root("record_bench"):
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `with Lab()` still tears the lab down
     base = Path(tempfile.mkdtemp(prefix="retrotap-record-bench-", dir=args.dir))
     doc: dict[str, Any] = {"bench": "record", "argv": sys.argv, "machine": machine(), "options": vars(args)}
     try:
@@ -476,11 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     if args.json:
-        text = json.dumps(doc, indent=2, default=str)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n")
+        write_json(args.json, doc)
     return 0
 
 
