@@ -401,7 +401,9 @@ async def test_w_writes_the_buffered_past_and_shows_where(pcap: str, tmp_path: P
             ]
         assert packets_in(path) == original
         assert f"({len(original)} packets" in saved
-        assert "saved " + Path(path).name in screen_text(app)
+        assert f"saved {Path(path).name} ({len(original):,} pkts, {size(Path(path).stat().st_size)})" in screen_text(
+            app
+        )
     eng.close()
 
 

@@ -30,7 +30,7 @@ from capture_backend.exporters import Exporters, ExporterSettings
 from capture_backend.recorder import Recorder, RecordError, RecorderThread, RecordOptions
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
-from capture_backend.timemachine import Selector, TimeMachine, write_snapshot
+from capture_backend.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
 from tui.selection import selection_of
 from tui.widgets.drops import DropsView
 from tui.widgets.flow_detail import FlowDetail
@@ -54,10 +54,11 @@ NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warni
 class SnapshotWritten(Message):
     """A time machine snapshot was written (or failed), posted from the writer thread."""
 
-    def __init__(self, text: str, failed: bool) -> None:
+    def __init__(self, text: str, failed: bool, result: SnapshotResult | None = None) -> None:
         super().__init__()
         self.text = text
         self.failed = failed
+        self.result = result
 
 
 class RecorderNote(Message):
@@ -436,7 +437,7 @@ class RetrotapApp(App[int]):
         def write() -> None:
             try:
                 result = write_snapshot(tm, self.snapshot_dir, select=select)
-                self.post_message(SnapshotWritten(result.summary() + (f" [{what}]" if what else ""), False))
+                self.post_message(SnapshotWritten(result.summary() + (f" [{what}]" if what else ""), False, result))
             except OSError as e:
                 self.post_message(SnapshotWritten(f"snapshot failed: {e.strerror or e}", True))
             except Exception as e:  # never leave _writing set: the next w must work
@@ -447,7 +448,12 @@ class RetrotapApp(App[int]):
     def on_snapshot_written(self, message: SnapshotWritten) -> None:
         self._writing = False
         self.last_snapshot = message.text.removeprefix("snapshot: ")
-        self._saved_note = Path(self.last_snapshot.split(" (")[0]).name + (" (failed)" if message.failed else "")
+        result = message.result
+        if result is not None and result.paths:
+            names = ", ".join(Path(p).name for p in result.paths)
+            self._saved_note = f"{names} ({count(result.packets)} pkts, {size(result.bytes)})"
+        else:
+            self._saved_note = "failed" if message.failed else "nothing"
         self.notify(message.text, severity="error" if message.failed else "information", timeout=8)
         self.render_view()
 
