@@ -114,12 +114,19 @@ def key_bytes(key: np.ndarray) -> np.ndarray:
 class _Frames:
     """Bounds-checked vectorised reads at per-packet offsets of a block."""
 
-    def __init__(self, buf: np.ndarray, start: np.ndarray, caplen: np.ndarray) -> None:
+    def __init__(
+        self,
+        buf: np.ndarray,
+        start: np.ndarray,
+        caplen: np.ndarray,
+        views: dict[tuple[str, int], np.ndarray] | None = None,
+    ) -> None:
         # An empty buffer (every frame has caplen 0) still needs one byte for the masked-out reads.
         self.buf = buf if buf.shape[0] else np.zeros(1, np.uint8)
         self.start = start
         self.caplen = caplen
         self.last = max(int(buf.shape[0]) - 1, 0)
+        self._views = views if views is not None else {}
 
     @classmethod
     def of(cls, block: Block) -> _Frames:
@@ -127,7 +134,7 @@ class _Frames:
 
     def sub(self, rows: np.ndarray) -> _Frames:
         """The frames at `rows` only."""
-        return _Frames(self.buf, self.start[rows], self.caplen[rows])
+        return _Frames(self.buf, self.start[rows], self.caplen[rows], self._views)
 
     def has(self, off: np.ndarray, size: int) -> np.ndarray:
         """Which frames hold `size` bytes at relative offset `off`."""
@@ -136,16 +143,45 @@ class _Frames:
     def u8(self, off: np.ndarray) -> np.ndarray:
         return self.buf[np.minimum(self.start + off, self.last)].astype(np.int32)
 
+    def _aligned(self, off: np.ndarray, dtype: str, count: int) -> np.ndarray | None:
+        """`count` consecutive big-endian words per frame at `off`, with one gather per word, when
+        every position has the same alignment (frames in a ring block usually do); else None."""
+        p = self.start + off
+        size = np.dtype(dtype).itemsize
+        if p.size == 0 or self.buf.shape[0] < size:
+            return None
+        k = int(p[0]) % size
+        if not ((p % size) == k).all():
+            return None
+        view = self._views.get((dtype, k))
+        if view is None:
+            view = np.ndarray(((self.buf.shape[0] - k) // size,), dtype=dtype, buffer=self.buf, offset=k)
+            self._views[(dtype, k)] = view
+        if view.shape[0] == 0:
+            return None
+        idx = p // size
+        top = view.shape[0] - 1
+        return np.stack([view[np.minimum(idx + j, top)] for j in range(count)], axis=1)
+
     def u16(self, off: np.ndarray) -> np.ndarray:
+        words = self._aligned(off, ">u2", 1)
+        if words is not None:
+            return words[:, 0].astype(np.int32)
         return (self.u8(off) << 8) | self.u8(off + 1)
 
     def be64(self, off: np.ndarray, words: int) -> np.ndarray:
         """`words` big-endian 64-bit words per frame at `off`, as (n, words) uint64."""
+        fast = self._aligned(off, ">u8", words)
+        if fast is not None:
+            return fast.astype(np.uint64)
         idx = np.minimum((self.start + off)[:, None] + np.arange(8 * words), self.last)
         return self.buf[idx].view(">u8").astype(np.uint64)
 
     def be32(self, off: np.ndarray, words: int) -> np.ndarray:
         """`words` big-endian 32-bit words per frame at `off`, as (n, words) uint64."""
+        fast = self._aligned(off, ">u4", words)
+        if fast is not None:
+            return fast.astype(np.uint64)
         idx = np.minimum((self.start + off)[:, None] + np.arange(4 * words), self.last)
         return self.buf[idx].view(">u4").astype(np.uint64)
 
@@ -312,8 +348,11 @@ def decode(block: Block) -> Decoded:
         malformed[rows] |= ~r.good
         proto[rows] = r.proto
         l4[rows] = r.l4
-        src[rows] = r.src
-        dst[rows] = r.dst
+        if rows.size == n:  # the whole batch is this protocol: take the columns as they are
+            src, dst = r.src, r.dst
+        else:
+            src[rows] = r.src
+            dst[rows] = r.dst
 
     sport = np.zeros(n, np.int32)
     dport = np.zeros(n, np.int32)
