@@ -369,7 +369,9 @@ class Counters:
         g_last = np.zeros(g, np.int64)
         np.maximum.at(g_last, inv, ts)
         g_flags = np.zeros(g, np.uint8)
-        np.bitwise_or.at(g_flags, inv, pick(dec.tcp_flags))
+        flags = pick(dec.tcp_flags)
+        if flags.any():  # only TCP has flags: a UDP flood skips this
+            np.bitwise_or.at(g_flags, inv, flags)
         s, d = src[first], dst[first]
         s_port, d_port = sport[first], dport[first]
         # Canonical direction: (a, aport) is the smaller endpoint; dir 1 means b sent it.
