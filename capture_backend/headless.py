@@ -19,6 +19,7 @@ from capture_backend.counters import NS, CounterLimits
 from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, filter_blocks
 from capture_backend.exporters import Exporters, ExporterSettings, recorder_counters, time_machine_counters
 from capture_backend.pcapfile import CaptureFileError, FileSource
+from capture_backend.processes import ProcessMapper
 from capture_backend.recorder import Recorder, RecorderThread, RecordOptions
 from capture_backend.report import Row, record
 from capture_backend.ring import RingConfig
@@ -182,7 +183,9 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         exporters.extra.update(time_machine_counters(tm))
     exporters.start()
     snapshots = Snapshotter(tm, opts.snapshot_dir, log) if tm is not None else None
+    mapper = ProcessMapper(lambda: engine.snapshot)
     engine.start()
+    mapper.start()
     engine.ready.wait(10)
     log(f"listening on {', '.join(opts.interfaces)}" + (f" (filter: {opts.filter_expr})" if opts.filter_expr else ""))
     interval = opts.interval or 1.0
@@ -202,16 +205,20 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
                 continue
             next_at += interval
             snap = engine.fresh_snapshot()
-            out.write(record(snap, prev, opts.top))
+            out.write(record(snap, prev, opts.top, mapper.result))
             prev = snap
             written += 1
             if opts.count and written >= opts.count:
                 engine.close()
+                mapper.close()
                 return 0
     finally:
         if engine.running:  # stopped by a signal: drain the rings, then one last record
             engine.close()
-            out.write(record(engine.snapshot, prev, opts.top))
+            mapper.close()  # then attribute the final snapshot here, with a fresh socket table
+            mapper.refresh()
+            out.write(record(engine.snapshot, prev, opts.top, mapper.update(engine.snapshot)))
+        mapper.close()
         exporters.stop(engine.snapshot)
         if snapshots is not None:
             snapshots.join()

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from capture_backend.counters import AVERAGE_WINDOWS, NS, TableSnapshot
 from capture_backend.engine import Snapshot
 from capture_backend.services import known_ports, proto_name, service_name
+
+if TYPE_CHECKING:
+    from capture_backend.processes import ProcessTable, ProcessTotals
 
 Row = dict[str, Any]
 V4_MAPPED = bytes(10) + b"\xff\xff"
@@ -104,18 +107,25 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
     return out
 
 
+def table_growth(
+    table: TableSnapshot, before: TableSnapshot, col: str = "bytes", rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Growth of a (rows, 2) column since `before` per direction (rows new since count from 0), and the match."""
+    cur = table.cols[col] if rows is None else table.cols[col][rows]
+    match = match_rows(table, before, rows)
+    old = np.where((match >= 0)[:, None], before.cols[col][np.maximum(match, 0)], 0) if len(before) else 0
+    grown = cur - old
+    return np.where(grown < 0, cur, grown), match  # evicted and seen again: all of it is new
+
+
 def table_rates(
     table: TableSnapshot, before: TableSnapshot, seconds: float, col: str = "bytes", rows: np.ndarray | None = None
 ) -> np.ndarray:
     """Per-second growth of a (rows, 2) column since `before`, per direction; rows new since count from 0."""
-    cur = table.cols[col] if rows is None else table.cols[col][rows]
     if seconds <= 0:
+        cur = table.cols[col] if rows is None else table.cols[col][rows]
         return np.zeros(cur.shape, np.float64)
-    match = match_rows(table, before, rows)
-    old = np.where((match >= 0)[:, None], before.cols[col][np.maximum(match, 0)], 0) if len(before) else 0
-    grown = cur - old
-    grown = np.where(grown < 0, cur, grown)  # evicted and seen again: all of it is new
-    return grown / seconds
+    return table_growth(table, before, col, rows)[0] / seconds
 
 
 def _windows(table: TableSnapshot, i: int, direction: int) -> dict[str, float]:
@@ -225,12 +235,17 @@ def flow_server_is_b(t: TableSnapshot, index: np.ndarray) -> np.ndarray:
 
 
 def flow_rows(
-    snap: Snapshot, top: int = 10, index: np.ndarray | None = None, prev: Snapshot | None = None, rates: bool = False
+    snap: Snapshot,
+    top: int = 10,
+    index: np.ndarray | None = None,
+    prev: Snapshot | None = None,
+    rates: bool = False,
+    processes: ProcessTable | None = None,
 ) -> list[Row]:
     """Bidirectional 5-tuples; src is the client (the side without the service port, else the first sender).
 
     With rates, each row also has bps (both directions, since prev; None without prev) and age (seconds
-    since its first packet).
+    since its first packet). With processes, flows attributed to a local process have its pid and name.
     """
     t = snap.flows
     rows = []
@@ -269,7 +284,38 @@ def flow_rows(
         if rates:
             rows[-1]["bps"] = None if bps is None else float(bps[n])
             rows[-1]["age"] = max(0.0, (snap.now_ns - int(t.cols["first"][i])) / NS)
+        owner = processes.owner(key) if processes is not None else None
+        if owner is not None:
+            rows[-1]["pid"], rows[-1]["process"] = owner
     return rows
+
+
+def process_rows(table: ProcessTable, before: ProcessTable | None = None) -> list[Row]:
+    """Per-process totals, largest first, then the unknown entry; with before, rx/tx rates since it."""
+    seconds = table.time - before.time if before is not None else 0.0
+    old = {p.pid: p for p in before.processes} if before is not None else {}
+    if before is not None:
+        old[None] = before.unknown
+
+    def row(p: ProcessTotals) -> Row:
+        r: Row = {
+            "pid": p.pid,
+            "name": p.name,
+            "user": p.user,
+            "rx_bytes": p.rx_bytes,
+            "tx_bytes": p.tx_bytes,
+            "rx_packets": p.rx_packets,
+            "tx_packets": p.tx_packets,
+            "exited": p.exited,
+        }
+        o = old.get(p.pid)
+        if before is not None and seconds > 0:
+            r["rx_bps"] = per_second(p.rx_bytes, o.rx_bytes if o else 0, seconds) * 8
+            r["tx_bps"] = per_second(p.tx_bytes, o.tx_bytes if o else 0, seconds) * 8
+        return r
+
+    procs = sorted(table.processes, key=lambda p: (-(p.rx_bytes + p.tx_bytes), p.pid or 0))
+    return [row(p) for p in procs] + [row(table.unknown)]
 
 
 def interface_rows(snap: Snapshot, prev: Snapshot | None, with_captured: bool = False) -> list[Row]:
@@ -380,8 +426,8 @@ def _tallies(table: Any, key_name: str, name: Callable[[int], str]) -> list[Row]
     return [{key_name: k, "name": name(k), "packets": p, "bytes": b} for k, (p, b) in items]
 
 
-def record(snap: Snapshot, prev: Snapshot | None, top: int = 10) -> Row:
-    """One NDJSON record: totals, capture health, interfaces and the top entities."""
+def record(snap: Snapshot, prev: Snapshot | None, top: int = 10, processes: ProcessTable | None = None) -> Row:
+    """One NDJSON record: totals, capture health, interfaces and the top entities (and processes, if mapped)."""
     if snap.live:
         interval = snap.time - prev.time if prev is not None else snap.time - snap.started
         stamp = snap.time
@@ -407,12 +453,14 @@ def record(snap: Snapshot, prev: Snapshot | None, top: int = 10) -> Row:
         "hosts": host_rows(snap, top),
         "pairs": pair_rows(snap, top),
         "ports": port_rows(snap, top),
-        "flows": flow_rows(snap, top),
+        "flows": flow_rows(snap, top, processes=processes),
         "protocols": _tallies(snap.protocols, "proto", proto_name),
         "ethertypes": _tallies(snap.ethertypes, "ethertype", lambda e: f"0x{e:04x}"),
         "vlans": _tallies(snap.vlans, "vlan", str),
         "flow_table": {"active": len(snap.flows), "evicted": snap.flows.evicted},
     }
+    if processes is not None:
+        rec["processes"] = process_rows(processes)
     if snap.live:
         rec["capture"] = {
             "received": snap.received,

@@ -1,0 +1,340 @@
+"""Which process: flows attributed to local sockets, per-process totals, `stats` JSON and view 6."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from scapy.all import IP, UDP, Ether, raw
+
+from capture_backend.counters import CounterLimits, TableSnapshot
+from capture_backend.engine import Counting, Snapshot
+from capture_backend.processes import NOTE, ProcessMapper, ProcessTable
+from capture_backend.report import process_rows, record
+from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.test_tui import cells, screen_text
+from tui.app import RetrotapApp, SnapshotFeed
+
+TCP, UDP_P, ICMP = 6, 17, 1
+CLOCK = 1_700_000_000.0
+
+
+def key(a: str, aport: int, b: str, bport: int, proto: int) -> bytes:
+    """A flow-table key: a, b as 16 bytes (IPv4-mapped), ports big-endian, protocol."""
+
+    def addr(text: str) -> bytes:
+        ip = ipaddress.ip_address(text)
+        return bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed
+
+    return addr(a) + addr(b) + aport.to_bytes(2, "big") + bport.to_bytes(2, "big") + bytes([proto])
+
+
+def snapshot(seq: int, rows: list[tuple[bytes, tuple[int, int], tuple[int, int]]]) -> Snapshot:
+    """A live snapshot whose flow table holds rows (key, packets a->b/b->a, bytes a->b/b->a)."""
+    base = Counting(CounterLimits(), True, "", lambda: CLOCK + seq).freeze((), 0.0, {})
+    n = len(rows)
+    keys = np.array([list(k) for k, _, _ in rows], np.uint8).reshape(n, 37)
+    cols = {
+        "packets": np.array([p for _, p, _ in rows], np.int64).reshape(n, 2),
+        "bytes": np.array([b for _, _, b in rows], np.int64).reshape(n, 2),
+        "first": np.full(n, int(CLOCK * 1e9), np.int64),
+        "last": np.full(n, int((CLOCK + seq) * 1e9), np.int64),
+        "origin": np.zeros(n, np.int64),
+        "tcp_flags": np.zeros(n, np.int64),
+    }
+    return replace(base, seq=seq, time=CLOCK + seq, started=CLOCK, flows=TableSnapshot(keys, cols))
+
+
+def conn(kind: int, laddr: tuple[str, int], raddr: tuple[str, int] | tuple[()], pid: int | None) -> SimpleNamespace:
+    return SimpleNamespace(type=kind, laddr=laddr, raddr=raddr, pid=pid)
+
+
+SERVER = conn(socket.SOCK_DGRAM, ("198.18.0.1", 5000), (), 100)
+WEB = conn(socket.SOCK_STREAM, ("0.0.0.0", 80), (), 200)
+CLIENT = conn(socket.SOCK_STREAM, ("198.18.0.1", 40000), ("203.0.113.9", 443), 300)
+NAMES = {100: ("server", "alice"), 200: ("web", "www"), 300: ("client", "bob"), 400: ("late", "carol")}
+
+F_SERVER = key("198.18.0.2", 4000, "198.18.0.1", 5000, UDP_P)
+F_WEB = key("198.18.0.1", 80, "10.0.0.5", 5555, TCP)
+F_CLIENT = key("198.18.0.1", 40000, "203.0.113.9", 443, TCP)
+F_TRANSIT = key("10.1.1.1", 1, "10.2.2.2", 80, TCP)  # port 80, but neither address is local
+F_ICMP = key("198.18.0.2", 0, "198.18.0.1", 0, ICMP)
+F_SERVER2 = key("198.18.0.3", 4001, "198.18.0.1", 5000, UDP_P)
+F_LATE = key("198.18.0.1", 6000, "198.18.0.9", 7000, UDP_P)
+
+
+class FakeSockets:
+    """A socket table the test edits, and which pids are alive."""
+
+    def __init__(self, rows: list[SimpleNamespace]) -> None:
+        self.rows = rows
+        self.dead: set[int] = set()
+        self.reads = 0
+
+    def conns(self) -> list[SimpleNamespace]:
+        self.reads += 1
+        return list(self.rows)
+
+    def mapper(self) -> ProcessMapper:
+        now = [0.0]
+
+        def clock() -> float:
+            now[0] += 1.0
+            return now[0]
+
+        return ProcessMapper(
+            conns=self.conns,
+            info=NAMES.get,
+            local_addrs=lambda: ["198.18.0.1", "127.0.0.1"],
+            alive=lambda pid: pid not in self.dead,
+            refresh_s=1e9,  # only the refreshes unexplained flows ask for
+            clock=clock,
+        )
+
+
+def by_pid(table: ProcessTable) -> dict[int | None, dict[str, Any]]:
+    return {r["pid"]: r for r in process_rows(table)}
+
+
+def first_snapshot() -> Snapshot:
+    return snapshot(
+        1,
+        [
+            (F_SERVER, (3, 0), (300, 0)),
+            (F_WEB, (2, 4), (200, 400)),
+            (F_CLIENT, (5, 5), (500, 1500)),
+            (F_TRANSIT, (7, 0), (700, 0)),
+            (F_ICMP, (1, 1), (98, 98)),
+        ],
+    )
+
+
+def test_flows_are_attributed_by_their_local_end_and_diffed_by_key() -> None:
+    sockets = FakeSockets([SERVER, WEB, CLIENT])
+    mapper = sockets.mapper()
+    first = mapper.update(first_snapshot())
+    rows = by_pid(first)
+    assert rows[100] == {
+        "pid": 100, "name": "server", "user": "alice", "rx_bytes": 300, "tx_bytes": 0,
+        "rx_packets": 3, "tx_packets": 0, "exited": False,
+    }  # fmt: skip
+    assert (rows[200]["rx_bytes"], rows[200]["tx_bytes"], rows[200]["rx_packets"], rows[200]["tx_packets"]) == (
+        400, 200, 4, 2,
+    )  # fmt: skip
+    assert (rows[300]["rx_bytes"], rows[300]["tx_bytes"]) == (1500, 500)
+    assert rows[None] == {
+        "pid": None, "name": "unknown", "user": "", "rx_bytes": 700 + 196, "tx_bytes": 0,
+        "rx_packets": 9, "tx_packets": 0, "exited": False,
+    }  # fmt: skip
+    assert [r["pid"] for r in process_rows(first)] == [300, 200, 100, None]  # by bytes, unknown last
+
+    # Rows in another order, the client's flow evicted and the client gone, a new flow to the server.
+    sockets.rows = [SERVER, WEB]
+    sockets.dead = {300}
+    mapper.refresh()  # the periodic read of the socket table
+    second = mapper.update(
+        snapshot(
+            2,
+            [
+                (F_SERVER2, (1, 0), (50, 0)),
+                (F_ICMP, (1, 1), (98, 98)),
+                (F_WEB, (2, 4), (200, 400)),
+                (F_SERVER, (5, 0), (500, 0)),
+            ],
+        )
+    )
+    rows = by_pid(second)
+    assert (rows[100]["rx_bytes"], rows[100]["rx_packets"]) == (300 + 200 + 50, 3 + 2 + 1)
+    assert (rows[200]["rx_bytes"], rows[200]["tx_bytes"]) == (400, 200)
+    assert (rows[300]["rx_bytes"], rows[300]["tx_bytes"], rows[300]["exited"]) == (1500, 500, True)
+    assert (rows[None]["rx_bytes"], rows[None]["rx_packets"]) == (896, 9)
+    assert not rows[100]["exited"] and not rows[200]["exited"]
+    assert second.owner(F_SERVER2) == (100, "server") and second.owner(F_TRANSIT) is None
+    assert mapper.update(second_snap := snapshot(2, [])) is second and second_snap.seq == 2  # same seq: no change
+
+
+def test_an_unexplained_new_flow_refreshes_the_socket_table() -> None:
+    sockets = FakeSockets([SERVER])
+    mapper = sockets.mapper()
+    mapper.update(snapshot(1, [(F_SERVER, (1, 0), (100, 0))]))
+    reads = sockets.reads
+    mapper.update(snapshot(2, [(F_SERVER, (2, 0), (200, 0))]))
+    assert sockets.reads == reads  # nothing new: no refresh (refresh_s is huge)
+    sockets.rows = [SERVER, conn(socket.SOCK_DGRAM, ("198.18.0.1", 6000), ("198.18.0.9", 7000), 400)]
+    table = mapper.update(snapshot(3, [(F_SERVER, (2, 0), (200, 0)), (F_LATE, (0, 2), (0, 120))]))
+    assert sockets.reads == reads + 1
+    rows = by_pid(table)
+    assert (rows[400]["name"], rows[400]["rx_bytes"], rows[400]["rx_packets"]) == ("late", 120, 2)
+    assert rows[None]["rx_bytes"] == 0
+
+
+def test_stats_record_lists_processes_and_flow_owners() -> None:
+    mapper = FakeSockets([SERVER, WEB, CLIENT]).mapper()
+    snap = first_snapshot()
+    rec = json.loads(json.dumps(record(snap, None, 0, mapper.update(snap))))
+    procs = {p["pid"]: p for p in rec["processes"]}
+    assert set(procs) == {100, 200, 300, None}
+    assert procs[None]["name"] == "unknown" and procs[None]["rx_bytes"] == 896
+    owners = {(f["proto"], f["dst"], f["dport"]): (f.get("pid"), f.get("process")) for f in rec["flows"]}
+    assert owners[("udp", "198.18.0.1", 5000)] == (100, "server")
+    assert owners[("tcp", "203.0.113.9", 443)] == (300, "client")
+    assert owners[("icmp", "198.18.0.1", 0)] == (None, None)
+    assert "processes" not in record(snap, None, 0)
+
+
+def test_view_6_lists_the_processes_of_a_fed_snapshot() -> None:
+    snap = first_snapshot()
+    mapper = FakeSockets([SERVER, WEB, CLIENT]).mapper()
+    mapper.update(snap)
+
+    async def run() -> None:
+        app = RetrotapApp(SnapshotFeed(snap), clock=lambda: CLOCK + 1, processes=mapper)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.press("6")
+            await pilot.pause()
+            rows = cells(app, "processes-table")
+            assert [r[:3] for r in rows] == [
+                ["300", "client", "bob"],
+                ["200", "web", "www"],
+                ["100", "server", "alice"],
+                ["–", "unknown", ""],
+            ]
+            assert rows[2][5] == "300 Bytes" or rows[2][5] == "300 B"
+            assert rows[3][7] == "9"
+            assert NOTE in screen_text(app)
+
+    asyncio.run(run())
+
+
+# --- live: a UDP server in namespace a, datagrams from b, `retrotap stats` in a
+
+RETROTAP = [sys.executable, "-m", "tui.cli"]
+SERVER_CODE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("198.18.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+got = size = 0
+while True:
+    data, _ = s.recvfrom(65535)
+    got, size = got + 1, size + len(data)
+    if got == int(sys.argv[2]):
+        print("received", got, size, flush=True)
+"""
+
+
+@pytest.fixture
+def open_lab() -> Iterator[Lab]:
+    """A lab whose namespace a receives what b sends (no ingress drop), so a server there gets it."""
+    with Lab(drop_ingress=False) as the_lab:
+        yield the_lab
+
+
+def start_server(lab: Lab, port: int, expect: int) -> subprocess.Popen[str]:
+    """A UDP server on 198.18.0.1:port in namespace a; it says when it has received `expect` datagrams."""
+    args = [sys.executable, "-c", SERVER_CODE, str(port), str(expect)]
+    server = lab.popen_a(args, stdout=subprocess.PIPE, text=True)
+    wait_for_output(server, "ready", timeout=10, stream="stdout")
+    return server
+
+
+def start_stats(lab: Lab) -> subprocess.Popen[str]:
+    proc = lab.popen_a(
+        [*RETROTAP, "stats", "-i", lab.veth("a"), "--format", "json", "--interval", "0.5", "--top", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    wait_for_output(proc, "listening on", timeout=30)
+    return proc
+
+
+def send(lab: Lab, port: int, payloads: list[int]) -> list[bytes]:
+    frames = [
+        raw(
+            Ether(dst=lab.mac_a, src=lab.mac_b)
+            / IP(src=lab.ip4_b, dst=lab.ip4_a)
+            / UDP(sport=4000, dport=port)
+            / (b"p" * n)
+        )
+        for n in payloads
+    ]
+    assert lab.send_frames(frames) == len(frames)
+    return frames
+
+
+def wait_received(server: subprocess.Popen[str], payloads: list[int]) -> None:
+    line = wait_for_output(server, "received", timeout=10, stream="stdout")
+    assert line.split()[1:] == [str(len(payloads)), str(sum(payloads))]
+
+
+def stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return dict(json.loads(out.splitlines()[-1]))
+
+
+def entry(rec: dict[str, Any], pid: int) -> dict[str, Any]:
+    rows = [p for p in rec["processes"] if p["pid"] == pid]
+    assert len(rows) == 1, rec["processes"]
+    return dict(rows[0])
+
+
+@pytest.mark.live
+def test_stats_attributes_received_datagrams_to_the_server_process(open_lab: Lab) -> None:
+    lab = open_lab
+    payloads = [10, 100, 1000] * 4
+    server = start_server(lab, 5353, len(payloads))
+    stats = start_stats(lab)
+    frames = send(lab, 5353, payloads)
+    wait_received(server, payloads)
+    rec = stop(stats)
+    mine = entry(rec, server.pid)
+    assert mine["name"].startswith("python")
+    assert (mine["rx_bytes"], mine["rx_packets"]) == (sum(len(f) for f in frames), len(frames))
+    assert (mine["tx_bytes"], mine["tx_packets"], mine["exited"]) == (0, 0, False)
+    assert rec["processes"][-1]["pid"] is None and rec["processes"][-1]["name"] == "unknown"
+    flows = [f for f in rec["flows"] if f["dport"] == 5353]
+    assert [(f["pid"], f["process"]) for f in flows] == [(server.pid, mine["name"])]
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.mark.live
+def test_an_exited_server_keeps_its_totals(open_lab: Lab) -> None:
+    lab = open_lab
+    payloads = [200] * 5
+    server = start_server(lab, 5454, len(payloads))
+    stats = start_stats(lab)
+    frames = send(lab, 5454, payloads)
+    wait_received(server, payloads)
+    assert stats.stdout is not None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # until a record shows the server with everything it got
+        rec = json.loads(stats.stdout.readline())
+        rows = [p for p in rec["processes"] if p["pid"] == server.pid]
+        if rows and rows[0]["rx_packets"] == len(frames):
+            break
+    else:
+        pytest.fail("the server never showed up with its datagrams")
+    server.terminate()
+    server.wait(10)
+    time.sleep(1.5)  # a periodic socket table read sees it gone
+    rec = stop(stats)
+    mine = entry(rec, server.pid)
+    assert (mine["rx_bytes"], mine["rx_packets"], mine["exited"]) == (sum(len(f) for f in frames), 5, True)

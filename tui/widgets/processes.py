@@ -1,0 +1,69 @@
+"""View 6, Processes: per local process, rx/tx rates since the last result and totals, then the unknown row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from capture_backend.processes import NOTE, ProcessTable
+from capture_backend.report import process_rows
+from tui.widgets.format import DASH, bits, count, right, size
+from tui.widgets.table import Cell, Column, SnapTable
+from tui.widgets.view import Frame, View
+
+COLUMNS = (
+    Column("pid", "PID", 8, numeric=True),
+    Column("name", "Process", 18),
+    Column("user", "User", 10),
+    Column("rx_rate", "Rx rate", 11, numeric=True),
+    Column("tx_rate", "Tx rate", 11, numeric=True),
+    Column("rx", "Rx total", 10, numeric=True),
+    Column("tx", "Tx total", 10, numeric=True),
+    Column("packets", "Packets", 10, numeric=True),
+    Column("state", "State", 7),
+)
+
+
+class ProcessesView(View):
+    """Processes by bytes, exited ones marked, and the traffic no local socket explains."""
+
+    title = "Processes"
+
+    def __init__(self, results: Callable[[], ProcessTable], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.results = results
+        self._current: ProcessTable | None = None
+        self._before: ProcessTable | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"Note: {NOTE}.", id="processes-note")
+        yield SnapTable(COLUMNS, id="processes-table")
+
+    def show(self, frame: Frame) -> None:
+        table = self.results()
+        if table is not self._current:
+            self._before = self._current if self._current is not None and self._current.seq else None
+            self._current = table
+        rows: list[tuple[str, list[Cell]]] = []
+        for r in process_rows(table, self._before)[: self.table.capacity()]:
+            unknown = r["pid"] is None
+            rows.append(
+                (
+                    "unknown" if unknown else str(r["pid"]),
+                    [
+                        right(DASH if unknown else str(r["pid"])),
+                        Text(r["name"], style="italic") if unknown else r["name"],
+                        r["user"],
+                        right(bits(r.get("rx_bps"))),
+                        right(bits(r.get("tx_bps"))),
+                        right(size(r["rx_bytes"])),
+                        right(size(r["tx_bytes"])),
+                        right(count(r["rx_packets"] + r["tx_packets"])),
+                        "exited" if r["exited"] else "",
+                    ],
+                )
+            )
+        self.table.sync(rows)
