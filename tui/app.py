@@ -27,7 +27,7 @@ from capture_backend.bpf import FilterError, compile_filter
 from capture_backend.counters import CounterLimits
 from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
 from capture_backend.exporters import Exporters, ExporterSettings
-from capture_backend.processes import EMPTY, ProcessMapper
+from capture_backend.inspect import DEFAULT_LIMIT
 from capture_backend.recorder import Recorder, RecordError, RecorderThread, RecordOptions
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
@@ -39,17 +39,17 @@ from tui.widgets.flows import FlowsView
 from tui.widgets.format import count, duration, size
 from tui.widgets.help import HelpScreen
 from tui.widgets.hosts import HostsView
+from tui.widgets.inspector import InspectorScreen, file_job, selection_job
 from tui.widgets.interfaces import InterfacesView
 from tui.widgets.names import Lookup, NameResolver
 from tui.widgets.ports import PortsView
-from tui.widgets.processes import ProcessesView
 from tui.widgets.prompt import PromptBar
 from tui.widgets.query import Query
 from tui.widgets.status import StatusBar, ViewBar
 from tui.widgets.view import Frame, View
 
-VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes")
-VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes")
+VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops")
+VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops")
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
 
 
@@ -131,7 +131,6 @@ class RetrotapApp(App[int]):
         Binding("3", "view(3)", "Ports"),
         Binding("4", "view(4)", "Flows"),
         Binding("5", "view(5)", "Drops"),
-        Binding("6", "view(6)", "Processes"),
         Binding("slash", "text_filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Rev", key_display="S"),
@@ -145,6 +144,8 @@ class RetrotapApp(App[int]):
         Binding("w", "snapshot", "Write pcap", show=False),
         Binding("W", "snapshot_selection", "Write selection", show=False, key_display="W"),
         Binding("R", "record", "Record", show=False, key_display="R"),
+        Binding("i", "inspect", "Inspect", show=False),
+        Binding("I", "inspect_file", "Inspect pcap", show=False, key_display="I"),
     ]
     ACTION_HELP = {
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
@@ -152,7 +153,6 @@ class RetrotapApp(App[int]):
         "view(3)": "Ports: per protocol and service port",
         "view(4)": "Flows: 5-tuples, both directions (Enter: details)",
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
-        "view(6)": "Processes: traffic per local process (this namespace)",
         "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
@@ -166,6 +166,8 @@ class RetrotapApp(App[int]):
         "record": "Start or stop recording to rotating pcap files (--record-dir)",
         "snapshot": "Write the buffered past (time machine) to a pcap",
         "snapshot_selection": "Write only the selected flow, host pair, host or port to a pcap",
+        "inspect": "Inspect the selected flow, host pair, host or port (tshark)",
+        "inspect_file": "Inspect the newest snapshot in --snapshot-dir (tshark)",
     }
     EXTRA_KEYS = [
         ("Enter", "Flows: details of the selected flow"),
@@ -185,14 +187,14 @@ class RetrotapApp(App[int]):
         timemachine: TimeMachine | None = None,
         snapshot_dir: str = ".",
         record_dir: str = "retrotap-recording",
-        processes: ProcessMapper | None = None,
+        inspect_limit: int = DEFAULT_LIMIT,
     ) -> None:
         super().__init__()
         self.engine = engine
-        self.processes = processes
         self.timemachine = timemachine
         self.snapshot_dir = snapshot_dir
         self.record_dir = record_dir
+        self.inspect_limit = inspect_limit
         self.recording: tuple[Recorder, RecorderThread] | None = None
         self.last_snapshot = ""
         self._saved_note = ""
@@ -222,7 +224,6 @@ class RetrotapApp(App[int]):
             yield PortsView(id="ports")
             yield FlowsView(id="flows")
             yield DropsView(id="drops")
-            yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY, id="processes")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)
 
@@ -230,8 +231,6 @@ class RetrotapApp(App[int]):
         self.query_one(PromptBar).display = False
         if not self.engine.running:
             self.engine.start()
-        if self.processes is not None and self.processes.snapshots is not None and not self.processes.running:
-            self.processes.start()
         self.set_interval(self.refresh_s, self.pull)
         self.action_view(1)
         self.pull()
@@ -244,8 +243,6 @@ class RetrotapApp(App[int]):
         if not self._closed:
             self._closed = True
             self.engine.close()
-            if self.processes is not None:
-                self.processes.close()
             if self.recording is not None:
                 recorder, thread = self.recording
                 self.recording = None
@@ -425,6 +422,12 @@ class RetrotapApp(App[int]):
 
     def action_snapshot_selection(self) -> None:
         """Write the packets of the row under the cursor (Hosts, Ports or Flows view)."""
+        picked = self._selected()
+        if picked is not None:
+            self._write_snapshot(*picked)
+
+    def _selected(self) -> tuple[Selector, str] | None:
+        """The selector of the row under the cursor (views 2, 3, 4), or None after saying what to do."""
         table = self.view.table
         picked = None
         if table.row_count:
@@ -432,8 +435,31 @@ class RetrotapApp(App[int]):
             picked = selection_of(str(row_key))
         if picked is None:
             self.notify("select a flow, host pair, host or port first (views 2, 3, 4)", severity="warning")
+        return picked
+
+    def action_inspect(self) -> None:
+        """Decode the selected row's packets from the time machine in the packet inspector."""
+        if isinstance(self.screen, InspectorScreen):
             return
-        self._write_snapshot(*picked)
+        if self.timemachine is None:
+            self.notify("the time machine is off (--buffer-size 0)", severity="warning")
+            return
+        picked = self._selected()
+        if picked is not None:
+            select, what = picked
+            job = selection_job(self.timemachine, select, self.inspect_limit)
+            self.push_screen(InspectorScreen(what, job, self.inspect_limit))
+
+    def action_inspect_file(self) -> None:
+        """Decode the newest snapshot pcap of the snapshot directory in the packet inspector."""
+        if isinstance(self.screen, InspectorScreen):
+            return
+        pcaps = sorted(Path(self.snapshot_dir).glob("retrotap-*.pcap"), key=lambda p: p.stat().st_mtime)
+        if not pcaps:
+            self.notify(f"no snapshot in {self.snapshot_dir}: press w or W first", severity="warning")
+            return
+        job = file_job(pcaps[-1], self.inspect_limit)
+        self.push_screen(InspectorScreen(pcaps[-1].name, job, self.inspect_limit))
 
     def _write_snapshot(self, select: Selector | None, what: str) -> None:
         tm = self.timemachine
@@ -541,7 +567,6 @@ def run_dashboard(
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
     limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle)
     engine: Engine | FileEngine
-    mapper: ProcessMapper | None = None  # live only: a file's sockets are not this machine's
     tm = TimeMachine(args.buffer_size, args.buffer_seconds) if args.buffer_size else None
     sinks = [tm] if tm is not None else []
     if args.read:
@@ -552,7 +577,6 @@ def run_dashboard(
     else:
         engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits, block_sinks=sinks)
         source = ",".join(interfaces)
-        mapper = ProcessMapper(lambda: engine.snapshot)
     engine.open()
     notes: list[str] = []  # exporters' messages, printed once the screen is gone
     running = Exporters(exporters or ExporterSettings(), lambda: engine.snapshot, notes.append)
@@ -564,7 +588,7 @@ def run_dashboard(
         timemachine=tm,
         snapshot_dir=args.snapshot_dir,
         record_dir=args.record_dir,
-        processes=mapper,
+        inspect_limit=args.inspect_limit,
     )
     try:
         app.run()

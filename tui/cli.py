@@ -141,6 +141,9 @@ def _dashboard(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
     )
+    p.add_argument(
+        "--inspect-limit", type=_positive(int), default=2000, metavar="N", help="packets the inspector (i, I) decodes"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
