@@ -28,6 +28,7 @@ from capture_backend.counters import CounterLimits
 from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
 from capture_backend.exporters import Exporters, ExporterSettings
 from capture_backend.inspect import DEFAULT_LIMIT
+from capture_backend.processes import EMPTY, ProcessMapper
 from capture_backend.recorder import Recorder, RecordError, RecorderThread, RecordOptions
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
@@ -43,13 +44,14 @@ from tui.widgets.inspector import InspectorScreen, file_job, selection_job
 from tui.widgets.interfaces import InterfacesView
 from tui.widgets.names import Lookup, NameResolver
 from tui.widgets.ports import PortsView
+from tui.widgets.processes import ProcessesView
 from tui.widgets.prompt import PromptBar
 from tui.widgets.query import Query
 from tui.widgets.status import StatusBar, ViewBar
 from tui.widgets.view import Frame, View
 
-VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops")
-VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops")
+VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes")
+VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes")
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
 
 
@@ -131,6 +133,7 @@ class RetrotapApp(App[int]):
         Binding("3", "view(3)", "Ports"),
         Binding("4", "view(4)", "Flows"),
         Binding("5", "view(5)", "Drops"),
+        Binding("6", "view(6)", "Processes"),
         Binding("slash", "text_filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Rev", key_display="S"),
@@ -153,6 +156,7 @@ class RetrotapApp(App[int]):
         "view(3)": "Ports: per protocol and service port",
         "view(4)": "Flows: 5-tuples, both directions (Enter: details)",
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
+        "view(6)": "Processes: traffic per local process (this namespace)",
         "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
@@ -188,9 +192,11 @@ class RetrotapApp(App[int]):
         snapshot_dir: str = ".",
         record_dir: str = "retrotap-recording",
         inspect_limit: int = DEFAULT_LIMIT,
+        processes: ProcessMapper | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
+        self.processes = processes
         self.timemachine = timemachine
         self.snapshot_dir = snapshot_dir
         self.record_dir = record_dir
@@ -224,6 +230,7 @@ class RetrotapApp(App[int]):
             yield PortsView(id="ports")
             yield FlowsView(id="flows")
             yield DropsView(id="drops")
+            yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY, id="processes")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)
 
@@ -231,6 +238,8 @@ class RetrotapApp(App[int]):
         self.query_one(PromptBar).display = False
         if not self.engine.running:
             self.engine.start()
+        if self.processes is not None and self.processes.snapshots is not None and not self.processes.running:
+            self.processes.start()
         self.set_interval(self.refresh_s, self.pull)
         self.action_view(1)
         self.pull()
@@ -243,6 +252,8 @@ class RetrotapApp(App[int]):
         if not self._closed:
             self._closed = True
             self.engine.close()
+            if self.processes is not None:
+                self.processes.close()
             if self.recording is not None:
                 recorder, thread = self.recording
                 self.recording = None
@@ -567,6 +578,7 @@ def run_dashboard(
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
     limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle)
     engine: Engine | FileEngine
+    mapper: ProcessMapper | None = None  # live only: a file's sockets are not this machine's
     tm = TimeMachine(args.buffer_size, args.buffer_seconds) if args.buffer_size else None
     sinks = [tm] if tm is not None else []
     if args.read:
@@ -577,6 +589,7 @@ def run_dashboard(
     else:
         engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits, block_sinks=sinks)
         source = ",".join(interfaces)
+        mapper = ProcessMapper(lambda: engine.snapshot)
     engine.open()
     notes: list[str] = []  # exporters' messages, printed once the screen is gone
     running = Exporters(exporters or ExporterSettings(), lambda: engine.snapshot, notes.append)
@@ -589,6 +602,7 @@ def run_dashboard(
         snapshot_dir=args.snapshot_dir,
         record_dir=args.record_dir,
         inspect_limit=args.inspect_limit,
+        processes=mapper,
     )
     try:
         app.run()
