@@ -183,9 +183,12 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         exporters.extra.update(time_machine_counters(tm))
     exporters.start()
     snapshots = Snapshotter(tm, opts.snapshot_dir, log) if tm is not None else None
-    mapper = ProcessMapper(lambda: engine.snapshot)
+    # Reading the socket table costs ~10 ms of interpreter time a second (more with many processes):
+    # only the JSON output shows processes, so only it pays for them.
+    mapper = ProcessMapper(lambda: engine.snapshot) if opts.fmt == "json" else None
     engine.start()
-    mapper.start()
+    if mapper is not None:
+        mapper.start()
     engine.ready.wait(10)
     log(f"listening on {', '.join(opts.interfaces)}" + (f" (filter: {opts.filter_expr})" if opts.filter_expr else ""))
     interval = opts.interval or 1.0
@@ -205,20 +208,25 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
                 continue
             next_at += interval
             snap = engine.fresh_snapshot()
-            out.write(record(snap, prev, opts.top, mapper.result))
+            out.write(record(snap, prev, opts.top, mapper.result if mapper is not None else None))
             prev = snap
             written += 1
             if opts.count and written >= opts.count:
                 engine.close()
-                mapper.close()
+                if mapper is not None:
+                    mapper.close()
                 return 0
     finally:
         if engine.running:  # stopped by a signal: drain the rings, then one last record
             engine.close()
-            mapper.close()  # then attribute the final snapshot here, with a fresh socket table
-            mapper.refresh()
-            out.write(record(engine.snapshot, prev, opts.top, mapper.update(engine.snapshot)))
-        mapper.close()
+            final = None
+            if mapper is not None:
+                mapper.close()  # then attribute the final snapshot here, with a fresh socket table
+                mapper.refresh()
+                final = mapper.update(engine.snapshot)
+            out.write(record(engine.snapshot, prev, opts.top, final))
+        if mapper is not None:
+            mapper.close()
         exporters.stop(engine.snapshot)
         if snapshots is not None:
             snapshots.join()
