@@ -23,7 +23,8 @@ from capture_backend.counters import CounterLimits, TableSnapshot
 from capture_backend.engine import Counting, Snapshot
 from capture_backend.processes import NOTE, ProcessMapper, ProcessTable
 from capture_backend.report import process_rows, record
-from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.lab import Lab, wait_for_output
+from tests.test_live import start_stats
 from tests.test_tui import cells, screen_text
 from tui.app import RetrotapApp, SnapshotFeed
 
@@ -250,16 +251,8 @@ def start_server(lab: Lab, port: int, expect: int) -> subprocess.Popen[str]:
     return server
 
 
-def start_stats(lab: Lab) -> subprocess.Popen[str]:
-    proc = lab.popen_a(
-        [*RETROTAP, "stats", "-i", lab.veth("a"), "--format", "json", "--interval", "0.5", "--top", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    wait_for_output(proc, "listening on", timeout=30)
-    return proc
+def start_json_stats(lab: Lab) -> subprocess.Popen[str]:
+    return start_stats(lab, "--interval", "0.5", "--top", "0")
 
 
 def send(lab: Lab, port: int, payloads: list[int]) -> list[bytes]:
@@ -300,7 +293,7 @@ def test_stats_attributes_received_datagrams_to_the_server_process(open_lab: Lab
     lab = open_lab
     payloads = [10, 100, 1000] * 4
     server = start_server(lab, 5353, len(payloads))
-    stats = start_stats(lab)
+    stats = start_json_stats(lab)
     frames = send(lab, 5353, payloads)
     wait_received(server, payloads)
     rec = stop(stats)
@@ -320,7 +313,7 @@ def test_an_exited_server_keeps_its_totals(open_lab: Lab) -> None:
     lab = open_lab
     payloads = [200] * 5
     server = start_server(lab, 5454, len(payloads))
-    stats = start_stats(lab)
+    stats = start_json_stats(lab)
     frames = send(lab, 5454, payloads)
     wait_received(server, payloads)
     assert stats.stdout is not None
