@@ -62,6 +62,10 @@ def decoded(flows: int, second: int, packets_per_flow: int = 2) -> Decoded:
         dport=np.where(reply, cport, sport_).astype(np.int32),
         tcp_flags=np.where(proto == 6, 0x18, 0).astype(np.uint8),
         malformed=np.zeros(n, bool),
+        tcp_seq=np.zeros(n, np.int64),
+        tcp_ack=np.zeros(n, np.int64),
+        tcp_window=np.where(proto == 6, 64240, -1).astype(np.int32),
+        tcp_len=np.where(proto == 6, 0, -1).astype(np.int32),
     )
 
 

@@ -21,6 +21,9 @@ NS = 1_000_000_000
 HISTORY_SECONDS = 40
 AVERAGE_WINDOWS = (2, 10, 40)
 INT64_MAX = np.iinfo(np.int64).max
+TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
+SEQ_SPAN = 1 << 32
+SEG_STRIDE = 1 << 35  # above any relative sequence value of one batch (< 2**34)
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 # name → (dtype, per-row shape, initial value)
@@ -32,7 +35,20 @@ TRAFFIC_COLUMNS: ColumnSpec = {
     "last": (np.int64, (), 0),
 }
 # origin: the direction of the flow's earliest packet (0: a sent it), i.e. who started the flow.
-FLOW_COLUMNS: ColumnSpec = {**TRAFFIC_COLUMNS, "tcp_flags": (np.uint8, (), 0), "origin": (np.uint8, (), 0)}
+# TCP health (as tshark's tcp.analysis): tcp_next is the highest unwrapped seq + len (+1 for SYN/FIN)
+# seen per direction (-1: none); tcp_syn the time of the latest SYN without ACK (0: none); tcp_irtt
+# the handshake RTT in ns (-1: not measured).
+FLOW_COLUMNS: ColumnSpec = {
+    **TRAFFIC_COLUMNS,
+    "tcp_flags": (np.uint8, (), 0),
+    "origin": (np.uint8, (), 0),
+    "tcp_retrans": (np.int64, (), 0),
+    "tcp_zero_win": (np.int64, (), 0),
+    "tcp_resets": (np.int64, (), 0),
+    "tcp_next": (np.int64, (2,), -1),
+    "tcp_syn": (np.int64, (), 0),
+    "tcp_irtt": (np.int64, (), -1),
+}
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 
 
@@ -400,6 +416,36 @@ class Counters:
         cols["origin"][fid[earlier]] = g_dir[earlier]
         _add_traffic(self.flows, fid, *traffic)
         np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
+        tcp_len = pick(dec.tcp_len)
+        tcp = np.flatnonzero(tcp_len >= 0)
+        if tcp.size:
+            every = tcp.size == tcp_len.size  # an all-TCP batch needs no gathers
+            p_inv = inv if every else inv[tcp]
+            # (flow, direction) of each TCP group, ranked: sorting packets by a small rank is a radix sort.
+            g_tcp = np.zeros(g, bool)
+            g_tcp[p_inv] = True
+            g_tcp &= ok
+            g_keys, g_rank = np.unique(np.where(g_tcp, fid * 2 + g_dir, -1), return_inverse=True)
+            rank = g_rank.ravel()[p_inv]
+            cut: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if every else (lambda col: col[tcp])
+            if g_keys[0] < 0:  # flows over capacity, or groups without TCP
+                good = rank > 0
+                if not good.all():
+                    sub = tcp[good]
+                    cut = lambda col: col[sub]  # noqa: E731
+                    rank = rank[good]
+                rank, g_keys = rank - 1, g_keys[1:]
+            if rank.size:
+                _add_tcp(
+                    cols,
+                    g_keys,
+                    rank,
+                    cut(ts),
+                    cut(flags),
+                    cut(pick(dec.tcp_seq)),
+                    cut(pick(dec.tcp_window)),
+                    cut(tcp_len),
+                )
 
         pid = self.pairs.ids(fkey[:, :32])
         _add_traffic(self.pairs, pid, *traffic)
@@ -435,6 +481,142 @@ class Counters:
         self.flows.evict_idle(now_ns - int(self.limits.flow_idle_s * NS))
         self.pairs.evict_idle(now_ns - int(self.limits.pair_idle_s * NS))
         self.hosts.evict_idle(now_ns - int(self.limits.pair_idle_s * NS))
+
+
+def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Heads (bool), segment number per row and first row per segment of a sorted key."""
+    head = np.empty(key.size, bool)
+    head[0] = True
+    np.not_equal(key[1:], key[:-1], out=head[1:])
+    return head, np.cumsum(head) - 1, np.flatnonzero(head)
+
+
+def _add_tcp(
+    cols: dict[str, np.ndarray],
+    keys: np.ndarray,
+    rank: np.ndarray,
+    ts: np.ndarray,
+    flags: np.ndarray,
+    seq: np.ndarray,
+    window: np.ndarray,
+    length: np.ndarray,
+) -> None:
+    """Resets, zero windows, retransmissions and the handshake RTT of TCP packets (in batch order).
+
+    `keys` are the sorted flow id * 2 + direction values, `rank` each packet's index into them.
+    Per (flow, direction) segment of the packets sorted stably, a running maximum of seq + len
+    seeded with the table's tcp_next tells each packet the highest sequence sent before it.
+    """
+    key = keys[rank]
+    rst = (flags & TH_RST) != 0
+    if rst.any():
+        np.add.at(cols["tcp_resets"], key[rst] >> 1, 1)
+    zero = window == 0
+    if zero.any():
+        zero &= (flags & (TH_SYN | TH_FIN | TH_RST)) == 0
+        np.add.at(cols["tcp_zero_win"], key[zero] >> 1, 1)
+    syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
+    _retransmissions(cols, keys, rank, key, flags, seq, length)
+    _handshake(cols, keys, rank, key >> 1, ts, flags, syn)
+
+
+def _retransmissions(
+    cols: dict[str, np.ndarray],
+    keys: np.ndarray,
+    rank: np.ndarray,
+    key: np.ndarray,
+    flags: np.ndarray,
+    seq: np.ndarray,
+    length: np.ndarray,
+) -> None:
+    """tshark's retransmission: data, SYN or FIN whose seq is below the highest seq + len sent before.
+
+    Where tshark decides differently: it calls such a segment out-of-order when it comes within the
+    handshake RTT (3 ms without one) of the highest segment and does not end where that one did,
+    spurious when the receiver already acknowledged it, and not a retransmission when it is a
+    zero-window probe; it starts a new stream (fresh state) when a SYN reuses the ports, and
+    reassembles IP fragments. Here all of these count as (or within) the one flow's retransmissions.
+    One direction must move less than 2 GiB of sequence space per batch (unwrapping).
+    """
+    s_fid, s_dir = keys >> 1, keys & 1
+    stored = cols["tcp_next"][s_fid, s_dir]
+    known = stored >= 0
+    count = np.bincount(rank, minlength=keys.size)
+    starts = np.cumsum(count) - count
+    # Unwrap relative to the stored value (or any seq of the key in the batch); + 2**32 keeps values
+    # positive, and each key's values are offset above the previous key's for one running maximum.
+    first_seq = np.zeros(keys.size, np.int64)
+    first_seq[rank] = seq  # whichever write wins: a reference needs only be within 2**31 of all
+    ref_low = np.where(known, stored & (SEQ_SPAN - 1), first_seq) - (SEQ_SPAN >> 1)
+    rel = ((seq - ref_low[rank]) & (SEQ_SPAN - 1)) + ((SEQ_SPAN >> 1) + rank * SEG_STRIDE)
+    x = rel + length + ((flags & (TH_SYN | TH_FIN)) != 0)
+    if rank.size > 1 and (rank[1:] < rank[:-1]).any():
+        order = np.argsort(rank.astype(np.uint16) if keys.size <= 1 << 16 else rank, kind="stable")
+        x, rel = x[order], rel[order]
+    else:
+        order = None
+    seed = np.where(known, SEQ_SPAN, 0) + np.arange(keys.size) * SEG_STRIDE
+    grows = x > rel
+    x[starts] = np.maximum(x[starts], seed)
+    running = np.maximum.accumulate(x)
+    prior = np.empty_like(running)
+    prior[1:] = running[:-1]
+    prior[starts] = seed
+    cand = np.flatnonzero((rel < prior) & grows)
+    if cand.size:
+        # A keep-alive (1 byte at the highest seq - 1, no SYN/FIN/RST) is no retransmission.
+        orig = cand if order is None else order[cand]
+        keepalive = (length[orig] == 1) & (rel[cand] == prior[cand] - 1)
+        keepalive &= (flags[orig] & (TH_SYN | TH_FIN | TH_RST)) == 0
+        np.add.at(cols["tcp_retrans"], key[orig[~keepalive]] >> 1, 1)
+    ends = starts + count - 1
+    ref = np.where(known, stored, first_seq)
+    cols["tcp_next"][s_fid, s_dir] = running[ends] - np.arange(keys.size) * SEG_STRIDE + ref - SEQ_SPAN
+
+
+def _handshake(
+    cols: dict[str, np.ndarray],
+    keys: np.ndarray,
+    rank: np.ndarray,
+    fid: np.ndarray,
+    ts: np.ndarray,
+    flags: np.ndarray,
+    syn: np.ndarray,
+) -> None:
+    """tshark's initial RTT: the latest SYN without ACK to the first ACK without SYN, either direction."""
+    k_fid = keys >> 1
+    k_pending = cols["tcp_irtt"][k_fid] < 0
+    if not k_pending.any():
+        return
+    k_armed = cols["tcp_syn"][k_fid] > 0
+    if syn.any():
+        # A SYN arms both directions of its flow: keys are sorted, so a flow's two keys are adjacent.
+        with_syn = np.zeros(keys.size, bool)
+        with_syn[rank[syn]] = True
+        same = np.zeros(keys.size, bool)
+        np.equal(k_fid[1:], k_fid[:-1], out=same[1:])
+        with_syn[1:] |= same[1:] & with_syn[:-1]
+        with_syn[:-1] |= same[1:] & with_syn[1:]
+        k_armed |= with_syn
+    k_live = k_pending & k_armed
+    if not k_live.any():
+        return
+    rows = np.flatnonzero(k_live[rank] & (syn | ((flags & (TH_SYN | TH_ACK)) == TH_ACK)))
+    if rows.size == 0:
+        return
+    o = rows[np.argsort(fid[rows], kind="stable")]
+    f, t, is_syn = fid[o], ts[o], syn[o]
+    _, hseg, hstarts = _segments(f)
+    last = np.maximum.accumulate(np.where(is_syn, np.arange(o.size), -1))
+    in_seg = last >= hstarts[hseg]
+    syn_t = np.where(in_seg, t[np.maximum(last, 0)], cols["tcp_syn"][f])
+    done = np.flatnonzero(~is_syn & (syn_t > 0))
+    if done.size:
+        firsts = done[_segments(f[done])[2]]
+        cols["tcp_irtt"][f[firsts]] = t[firsts] - syn_t[firsts]
+    hends = np.append(hstarts[1:], o.size) - 1
+    seen = in_seg[hends]
+    cols["tcp_syn"][f[hends[seen]]] = t[last[hends[seen]]]
 
 
 def _add_traffic(

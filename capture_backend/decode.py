@@ -91,6 +91,10 @@ class Decoded:
     dport: np.ndarray  # int32
     tcp_flags: np.ndarray  # uint8
     malformed: np.ndarray  # bool, a header was cut short or invalid
+    tcp_seq: np.ndarray  # int64, TCP sequence number (0..2**32-1); 0 when not TCP
+    tcp_ack: np.ndarray  # int64, TCP acknowledgement number; 0 when not TCP
+    tcp_window: np.ndarray  # int32, TCP window field (unscaled); -1 when not TCP
+    tcp_len: np.ndarray  # int32, TCP payload bytes from the IP lengths (not caplen); -1 when not TCP
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -162,6 +166,36 @@ class _Frames:
         idx = p // size
         top = view.shape[0] - 1
         return np.stack([view[np.minimum(idx + j, top)] for j in range(count)], axis=1)
+
+    def funnel(self, off: np.ndarray, words: int) -> np.ndarray:
+        """`words` big-endian 64-bit words per frame at any `off`, as (n, words) uint64: `words + 1`
+        aligned gathers joined by shifts (unaligned pcap records too); bytes past the buffer read as 0."""
+        n = off.shape[0]
+        view = self._views.get((">u8", 0))
+        if view is None:
+            view = np.ndarray((self.buf.shape[0] // 8,), dtype=">u8", buffer=self.buf)
+            self._views[(">u8", 0)] = view
+        p = self.start + off
+        idx = p >> 3
+        shift = ((p & 7) << 3).astype(np.uint64)
+        back = np.uint64(63) - shift
+        top = view.shape[0] - 1
+        short = idx + words > top
+        out = np.zeros((n, words), np.uint64)
+        if top >= 0:
+            one = np.uint64(1)
+            safe = np.minimum(idx, top)
+            cur = view[safe].astype(np.uint64)
+            for j in range(words):
+                nxt = view[np.minimum(safe + (j + 1), top)].astype(np.uint64)
+                out[:, j] = (cur << shift) | ((nxt >> one) >> back)
+                cur = nxt
+        if short.any():  # near the buffer's end: byte by byte
+            rows = np.flatnonzero(short)
+            pos = p[rows, None] + np.arange(8 * words)
+            raw = np.where(pos <= self.last, self.buf[np.minimum(pos, self.last)], 0).astype(np.uint8)
+            out[rows] = np.ascontiguousarray(raw).view(">u8").astype(np.uint64)
+        return out
 
     def u16(self, off: np.ndarray) -> np.ndarray:
         words = self._aligned(off, ">u2", 1)
@@ -264,21 +298,24 @@ class _Layer3:
     l4: np.ndarray  # offset of the transport header, -1 when it is not there to read
     src: np.ndarray  # (m, 2) uint64
     dst: np.ndarray
+    end: np.ndarray  # offset where the IP payload ends, per the IP header's length field
 
 
 def _ipv4(fr: _Frames, l3: np.ndarray) -> _Layer3:
-    vihl = fr.u8(l3)
+    head = fr.funnel(l3, 3)  # bytes 0..23: version/IHL, total length, fragment, protocol, addresses
+    vihl = (head[:, 0] >> np.uint64(56)).astype(np.int64)
     ihl = (vihl & 0xF) * 4
     good = fr.has(l3, 20) & ((vihl >> 4) == 4) & (ihl >= 20) & (l3 + ihl <= fr.caplen)  # options included
-    later_fragment = (fr.u16(l3 + 6) & 0x1FFF) != 0
-    addrs = fr.be32(l3 + 12, 2)
+    later_fragment = (head[:, 0] & np.uint64(0x1FFF)) != 0
     m = l3.size
     src = np.zeros((m, 2), np.uint64)
     dst = np.zeros((m, 2), np.uint64)
-    src[:, 1] = addrs[:, 0] | V4_MAPPED
-    dst[:, 1] = addrs[:, 1] | V4_MAPPED
+    src[:, 1] = (head[:, 1] & np.uint64(0xFFFFFFFF)) | V4_MAPPED
+    dst[:, 1] = (head[:, 2] >> np.uint64(32)) | V4_MAPPED
     l4 = np.where(good & ~later_fragment, l3 + ihl, -1)
-    return _Layer3(good, np.where(good, fr.u8(l3 + 9), -1), l4, src, dst)
+    end = l3 + ((head[:, 0] >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
+    proto = ((head[:, 1] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int32)
+    return _Layer3(good, np.where(good, proto, -1), l4, src, dst, end)
 
 
 def _ipv6(fr: _Frames, l3: np.ndarray) -> _Layer3:
@@ -301,7 +338,9 @@ def _ipv6(fr: _Frames, l3: np.ndarray) -> _Layer3:
         off = np.where(is_ext, off + hdr_len, off)
     addrs = fr.be64(l3 + 8, 4)
     l4 = np.where(good & ~later_fragment, off, -1)
-    return _Layer3(good, np.where(good, nh, -1), l4, addrs[:, 0:2], addrs[:, 2:4])
+    # A jumbogram's payload length 0 makes the TCP payload length negative: clamped to 0.
+    end = l3 + 40 + (fr.funnel(l3 + 4, 1)[:, 0] >> np.uint64(48)).astype(np.int64)
+    return _Layer3(good, np.where(good, nh, -1), l4, addrs[:, 0:2], addrs[:, 2:4], end)
 
 
 LAYER3_DECODERS = {ETHERTYPE_IPV4: _ipv4, ETHERTYPE_IPV6: _ipv6}
@@ -311,7 +350,8 @@ def _empty(block: Block) -> Decoded:
     z = np.zeros(0, np.int32)
     a = np.zeros((0, 2), np.uint64)
     e = np.zeros(0, np.int64)
-    return Decoded(block.iface, e, e, z, z, np.zeros(0, bool), a, a, z, z, z, np.zeros(0, np.uint8), np.zeros(0, bool))
+    u8, b = np.zeros(0, np.uint8), np.zeros(0, bool)
+    return Decoded(block.iface, e, e, z, z, b, a, a, z, z, z, u8, b, e, e, z, z)
 
 
 def decode(block: Block) -> Decoded:
@@ -338,6 +378,7 @@ def decode(block: Block) -> Decoded:
     dst = np.zeros((n, 2), np.uint64)
     proto = np.full(n, -1, np.int32)
     l4 = np.full(n, -1, np.int64)
+    ip_end = np.zeros(n, np.int64)
     ip = np.zeros(n, bool)
     for ethertype, layer3 in LAYER3_DECODERS.items():
         rows = np.flatnonzero(link_ok & (et == ethertype))
@@ -348,6 +389,7 @@ def decode(block: Block) -> Decoded:
         malformed[rows] |= ~r.good
         proto[rows] = r.proto
         l4[rows] = r.l4
+        ip_end[rows] = r.end
         if rows.size == n:  # the whole batch is this protocol: take the columns as they are
             src, dst = r.src, r.dst
         else:
@@ -357,6 +399,10 @@ def decode(block: Block) -> Decoded:
     sport = np.zeros(n, np.int32)
     dport = np.zeros(n, np.int32)
     flags = np.zeros(n, np.uint8)
+    seq = np.zeros(n, np.int64)
+    ack = np.zeros(n, np.int64)
+    window = np.full(n, -1, np.int32)
+    tcp_len = np.full(n, -1, np.int32)
     rows = np.flatnonzero(ip & (l4 >= 0))
     if rows.size:
         t = fr.sub(rows) if rows.size < n else fr
@@ -365,9 +411,20 @@ def decode(block: Block) -> Decoded:
         whole = t.has(off, 1) & (off + need <= t.caplen)
         malformed[rows] |= (need > 0) & ~whole
         with_ports = whole & HAS_PORTS[np.clip(p, 0, 255)]
-        sport[rows] = np.where(with_ports, t.u16(off), 0)
-        dport[rows] = np.where(with_ports, t.u16(off + 2), 0)
-        flags[rows] = np.where(whole & (p == IPPROTO_TCP), t.u8(off + 13), 0)
+        words = t.funnel(off, 2)  # ports, seq | ack, data offset, flags, window (TCP's first 16 bytes)
+        w0, w1 = words[:, 0], words[:, 1]
+        sport[rows] = np.where(with_ports, (w0 >> np.uint64(48)).astype(np.int32), 0)
+        dport[rows] = np.where(with_ports, ((w0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int32), 0)
+        is_tcp = whole & (p == IPPROTO_TCP)
+        flags[rows] = np.where(is_tcp, ((w1 >> np.uint64(16)) & np.uint64(0xFF)).astype(np.uint8), 0)
+        if is_tcp.any():
+            sub = np.flatnonzero(is_tcp)
+            tr, w0, w1, toff = rows[sub], w0[sub], w1[sub], off[sub]
+            seq[tr] = (w0 & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            ack[tr] = (w1 >> np.uint64(32)).astype(np.int64)
+            window[tr] = (w1 & np.uint64(0xFFFF)).astype(np.int32)
+            doff = ((w1 >> np.uint64(28)) & np.uint64(0xF)).astype(np.int64) * 4
+            tcp_len[tr] = np.maximum(ip_end[tr] - toff - doff, 0)
 
     return Decoded(
         iface=block.iface,
@@ -383,4 +440,8 @@ def decode(block: Block) -> Decoded:
         dport=dport,
         tcp_flags=flags,
         malformed=malformed,
+        tcp_seq=seq,
+        tcp_ack=ack,
+        tcp_window=window,
+        tcp_len=tcp_len,
     )

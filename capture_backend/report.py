@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capture_backend.counters import AVERAGE_WINDOWS, NS, TableSnapshot
+from capture_backend.decode import IPPROTO_TCP
 from capture_backend.engine import Snapshot
 from capture_backend.services import known_ports, proto_name, service_name
 
@@ -281,6 +282,8 @@ def flow_rows(
                 "tcp_flags": tcp_flags_str(int(t.cols["tcp_flags"][i])),
             }
         )
+        if key[36] == IPPROTO_TCP and "tcp_retrans" in t.cols:
+            rows[-1]["tcp"] = tcp_health(t, i)
         if rates:
             rows[-1]["bps"] = None if bps is None else float(bps[n])
             rows[-1]["age"] = max(0.0, (snap.now_ns - int(t.cols["first"][i])) / NS)
@@ -288,6 +291,17 @@ def flow_rows(
         if owner is not None:
             rows[-1]["pid"], rows[-1]["process"] = owner
     return rows
+
+
+def tcp_health(t: TableSnapshot, i: int) -> Row:
+    """A TCP flow's retransmissions, zero windows, resets and handshake RTT (None when not seen)."""
+    irtt = int(t.cols["tcp_irtt"][i])
+    return {
+        "retransmissions": int(t.cols["tcp_retrans"][i]),
+        "zero_windows": int(t.cols["tcp_zero_win"][i]),
+        "resets": int(t.cols["tcp_resets"][i]),
+        "handshake_rtt_ms": irtt / 1e6 if irtt >= 0 else None,
+    }
 
 
 def process_rows(table: ProcessTable, before: ProcessTable | None = None) -> list[Row]:

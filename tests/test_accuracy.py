@@ -367,8 +367,12 @@ def test_stats_equal_tshark(mix: Mix, variant: str) -> None:
     check_against_tshark(rec, path)
 
 
+TIME_KEYS = ("time", "interval", "first", "last", "pps", "bps", "handshake_rtt_ms")
+
+
 def without_times(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record without what depends on timestamp precision or the interface name, tables as sets.
+    """A record without what depends on timestamp precision (times, rates, handshake RTTs) or the
+    interface name, tables as sets.
 
     Rows of equal bytes are ordered by when the table first saw them, which depends on how the
     packets were cut into blocks, so table rows are compared in a canonical order.
@@ -376,7 +380,7 @@ def without_times(rec: dict[str, Any]) -> dict[str, Any]:
 
     def strip(x: Any) -> Any:
         if isinstance(x, dict):
-            return {k: strip(v) for k, v in x.items() if k not in ("time", "interval", "first", "last", "pps", "bps")}
+            return {k: strip(v) for k, v in x.items() if k not in TIME_KEYS}
         if isinstance(x, list):
             return sorted((strip(v) for v in x), key=lambda v: json.dumps(v, sort_keys=True))
         return x

@@ -485,6 +485,13 @@ def test_counters_per_flow_pair_and_host_both_directions() -> None:
         "last": t0 + 3 * NS,
         "tcp_flags": 0x02 | 0x12 | 0x10 | 0x18,
         "origin": 1,
+        # scapy's seq 0: each SYN takes one sequence number; the handshake's ACK came 2 ns after the SYN.
+        "tcp_retrans": 0,
+        "tcp_zero_win": 0,
+        "tcp_resets": 0,
+        "tcp_next": [1, 1],
+        "tcp_syn": t0,
+        "tcp_irtt": 2,
     }
     assert table_row(c.pairs, key(V4_A) + key(V4_B)) == {
         "packets": [2, 3],

@@ -1,0 +1,260 @@
+"""TCP health per flow (retransmissions, zero windows, resets, handshake RTT) against tshark.
+
+The sessions are built so that tshark's timing-based classes coincide with the simple rule
+retrotap uses: every re-sent segment comes >= 200 ms after the highest one (so it is no
+out-of-order segment), before the receiver acknowledged it (so it is no spurious retransmission),
+and with no duplicate ACKs before it (so fast retransmission, a retransmission too, does not matter).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Raw
+
+from capture_backend.counters import Counters
+from capture_backend.decode import decode
+from capture_backend.report import addr_str, tcp_health
+from tests.pcapgen import T0_NS, Frame, block_of, ether, write_mixed, write_pcap
+from tests.test_accuracy import run_retrotap
+
+TSHARK = shutil.which("tshark")
+MS = 1_000_000
+Tuple5 = tuple[str, int, str, int]
+
+
+class Session:
+    """One TCP connection whose segments are built with explicit times, seq and windows."""
+
+    def __init__(self, client: str, cport: int, server: str, sport: int, cseq: int, sseq: int) -> None:
+        self.c, self.cp, self.s, self.sp = client, cport, server, sport
+        self.seq = {True: cseq, False: sseq}
+        self.frames: list[Frame] = []
+
+    def send(
+        self,
+        t_ms: float,
+        from_client: bool,
+        flags: str,
+        size: int = 0,
+        seq: int | None = None,
+        window: int = 64240,
+        advance: bool = True,
+    ) -> int:
+        """Append a segment at T0 + t_ms; returns its seq (the next one when seq is None)."""
+        src, dst = (self.c, self.s) if from_client else (self.s, self.c)
+        sp, dp = (self.cp, self.sp) if from_client else (self.sp, self.cp)
+        s = self.seq[from_client] if seq is None else seq
+        ack = self.seq[not from_client] if "A" in flags else 0
+        ipl = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+        pkt = ether(src, dst) / ipl / TCP(sport=sp, dport=dp, flags=flags, seq=s, ack=ack, window=window)
+        if size:
+            pkt = pkt / Raw(bytes(size))
+        data = bytes(pkt)
+        self.frames.append(Frame(data, T0_NS + int(t_ms * MS), len(data)))
+        if advance and seq is None:
+            grow = size + (1 if ("S" in flags or "F" in flags) else 0)
+            self.seq[from_client] = (s + grow) & 0xFFFFFFFF
+        return s
+
+    def handshake(self, t_ms: float, rtt_ms: float) -> None:
+        self.send(t_ms, True, "S")
+        self.send(t_ms + rtt_ms / 2, False, "SA")
+        self.send(t_ms + rtt_ms, True, "A")
+
+
+def sessions() -> list[Session]:
+    """Interleaved sessions; expected per flow: (retransmissions, zero windows, resets, RTT ms)."""
+    # A: 2 retransmissions (an older segment, then the newest), 2 zero windows, keep-alive, RST.
+    a = Session("10.9.0.1", 40001, "192.0.2.10", 80, 1000, 5000)
+    a.handshake(0, 50)
+    s1 = a.send(60, True, "PA", 100)
+    s2 = a.send(61, True, "PA", 200)
+    s3 = a.send(62, True, "PA", 300)
+    a.send(300, True, "PA", 200, seq=s2)  # older segment again, 238 ms after the newest
+    a.send(600, True, "PA", 300, seq=s3)  # the newest again
+    a.send(650, False, "A", window=0)
+    a.send(700, False, "A", window=0)
+    a.send(750, False, "A")
+    a.send(2000, True, "A", 1, seq=a.seq[True] - 1)  # keep-alive: no retransmission
+    a.send(2100, True, "RA")
+    assert s1 < s2
+    # B (IPv6): the SYN is sent again after 1 s (tshark: a retransmission; the RTT is from it), the
+    # server re-sends its data 200 ms later, then resets.
+    b = Session("2001:db8:9::1", 40002, "2001:db8:9::2", 443, 7, 900)
+    b.send(10, True, "S")
+    b.send(1010, True, "S", seq=7)
+    b.send(1030, False, "SA")
+    b.send(1050, True, "A")
+    d = b.send(1100, False, "PA", 1000)
+    b.send(1300, False, "PA", 1000, seq=d)
+    b.send(1320, True, "A")
+    b.send(1400, False, "R", advance=False)
+    # C: sequence numbers wrap; the segment after the wrap is re-sent; FIN/FIN close.
+    c = Session("10.9.0.3", 40003, "192.0.2.10", 80, 0xFFFFFFFF - 150, 3)
+    c.handshake(5, 20)
+    c.send(30, True, "PA", 100)
+    w = c.send(31, True, "PA", 100)  # crosses 2**32
+    c.send(32, True, "PA", 100)
+    c.send(500, True, "PA", 100, seq=w)
+    c.send(520, False, "A")
+    c.send(600, True, "FA")
+    c.send(610, False, "FA")
+    c.send(620, True, "A")
+    # D: captured mid-stream (no handshake, no RTT); one retransmission, a zero window from the client.
+    e = Session("10.9.0.4", 40004, "192.0.2.11", 22, 123456, 654321)
+    x = e.send(40, False, "PA", 500)
+    e.send(41, True, "A", window=0)
+    e.send(42, True, "A")
+    e.send(400, False, "PA", 500, seq=x)
+    e.send(410, True, "A")
+    return [a, b, c, e]
+
+
+EXPECTED: dict[Tuple5, tuple[int, int, int, float | None]] = {
+    ("10.9.0.1", 40001, "192.0.2.10", 80): (2, 2, 1, 50.0),
+    ("2001:db8:9::1", 40002, "2001:db8:9::2", 443): (2, 0, 1, 40.0),
+    ("10.9.0.3", 40003, "192.0.2.10", 80): (1, 0, 0, 20.0),
+    ("10.9.0.4", 40004, "192.0.2.11", 22): (1, 1, 0, None),
+}
+
+
+def all_frames() -> list[Frame]:
+    return sorted((f for s in sessions() for f in s.frames), key=lambda f: f.ts_ns)
+
+
+def norm(a: str, ap: int, b: str, bp: int) -> Tuple5:
+    """The client-first form of a 5-tuple (the client is the side with the higher port here)."""
+    return (a, ap, b, bp) if ap > bp else (b, bp, a, ap)
+
+
+def tshark_health(path: Path) -> dict[Tuple5, tuple[int, int, int, float | None]]:
+    """Per flow: retransmissions, zero windows, resets (frame counts) and the first initial RTT."""
+    assert TSHARK is not None
+
+    def frames_of(display_filter: str) -> list[int]:
+        out = subprocess.run(
+            [TSHARK, "-n", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [int(x) for x in out.split()]
+
+    fields = ["frame.number", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport"]
+    out = subprocess.run(
+        [TSHARK, "-n", "-r", str(path), "-Y", "tcp", "-T", "fields", "-E", "separator=|"]
+        + [x for f in [*fields, "tcp.analysis.initial_rtt"] for x in ("-e", f)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flow_of: dict[int, Tuple5] = {}
+    rtt: dict[Tuple5, float] = {}
+    for line in out.splitlines():
+        num, s4, s6, sp, d4, d6, dp, irtt = line.split("|")
+        key = norm(s4 or s6, int(sp), d4 or d6, int(dp))
+        flow_of[int(num)] = key
+        if irtt and key not in rtt:
+            rtt[key] = round(float(irtt) * 1000, 3)
+    retrans = Counter(flow_of[n] for n in frames_of("tcp.analysis.retransmission"))
+    zero = Counter(flow_of[n] for n in frames_of("tcp.analysis.zero_window"))
+    resets = Counter(flow_of[n] for n in frames_of("tcp.flags.reset == 1"))
+    return {k: (retrans[k], zero[k], resets[k], rtt.get(k)) for k in set(flow_of.values())}
+
+
+def retrotap_health(path: Path) -> dict[Tuple5, tuple[int, int, int, float | None]]:
+    proc = run_retrotap("stats", "-r", str(path), "--format", "json", "--top", "0")
+    assert proc.returncode == 0, proc.stderr
+    record: dict[str, Any] = json.loads(proc.stdout.splitlines()[0])
+    out = {}
+    for f in record["flows"]:
+        if f["proto"] == "tcp":
+            h = f["tcp"]
+            rtt = None if h["handshake_rtt_ms"] is None else round(h["handshake_rtt_ms"], 3)
+            key = norm(f["src"], f["sport"], f["dst"], f["dport"])
+            out[key] = (h["retransmissions"], h["zero_windows"], h["resets"], rtt)
+    return out
+
+
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark")
+def test_tcp_health_equals_tshark(tmp_path: Path) -> None:
+    path = tmp_path / "tcp.pcap"
+    write_pcap(path, all_frames(), nanosecond=True)
+    expected = tshark_health(path)
+    assert expected == EXPECTED  # the capture shows what it was built to show
+    assert retrotap_health(path) == expected
+
+
+def counters_health(blocks: list[list[Frame]]) -> dict[Tuple5, tuple[int, int, int, float | None]]:
+    """Feed the frames as the given blocks; per flow health, keyed like EXPECTED."""
+    c = Counters()
+    for frames in blocks:
+        c.add(decode(block_of([f.data for f in frames], ts_ns=[f.ts_ns for f in frames])))
+    snap = c.flows.freeze(0)
+    out = {}
+    for i in range(len(snap)):
+        key = snap.keys[i].tobytes()
+        a, b = addr_str(key[:16]), addr_str(key[16:32])
+        h = tcp_health(snap, i)
+        rtt = None if h["handshake_rtt_ms"] is None else round(h["handshake_rtt_ms"], 3)
+        out[norm(a, int.from_bytes(key[32:34], "big"), b, int.from_bytes(key[34:36], "big"))] = (
+            h["retransmissions"],
+            h["zero_windows"],
+            h["resets"],
+            rtt,
+        )
+    return out
+
+
+@pytest.mark.parametrize("split", ["one", "each", "random"])
+def test_tcp_health_state_carries_across_batches(split: str) -> None:
+    frames = all_frames()
+    if split == "one":
+        blocks = [frames]
+    elif split == "each":
+        blocks = [[f] for f in frames]
+    else:
+        cuts = sorted(np.random.default_rng(5).choice(np.arange(1, len(frames)), 9, replace=False).tolist())
+        blocks = [frames[a:b] for a, b in zip([0, *cuts], [*cuts, len(frames)], strict=True)]
+    assert counters_health(blocks) == EXPECTED
+
+
+def test_tcp_columns_decode_lengths_from_ip_header() -> None:
+    """Payload length comes from the IP lengths, also when the frame is cut short (or padded)."""
+    v4 = bytes(
+        ether("10.0.0.1", "10.0.0.2")
+        / IP(src="10.0.0.1", dst="10.0.0.2")
+        / TCP(seq=77, ack=88, window=9)
+        / Raw(bytes(300))
+    )
+    v6 = bytes(ether("::1", "::2") / IPv6(src="::1", dst="::2") / TCP(seq=2**32 - 1, window=0) / Raw(bytes(10)))
+    short = bytes(ether("10.0.0.1", "10.0.0.2") / IP(src="10.0.0.1", dst="10.0.0.2") / TCP() / Raw(bytes(5)))
+    padded = short + bytes(20)
+    d = decode(block_of([v4[:80], v6, padded], wirelen=[len(v4), len(v6), len(padded)]))
+    assert d.tcp_len.tolist() == [300, 10, 5]
+    assert d.tcp_seq.tolist() == [77, 2**32 - 1, 0]
+    assert d.tcp_ack.tolist() == [88, 0, 0]
+    assert d.tcp_window.tolist() == [9, 0, 8192]
+
+
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark")
+def test_mixed_capture_equals_tshark(tmp_path: Path) -> None:
+    """The accuracy tests' mix (sessions with RSTs, duplicated segments, truncated frames, IPv6)."""
+    path = tmp_path / "mix.pcap"
+    write_mixed(path)
+    expected, got = tshark_health(path), retrotap_health(path)
+    common = expected.keys() & got.keys()
+    # Flows only one side has: a TCP header cut short (retrotap counts it with ports 0).
+    assert all(k[1] == 0 for k in got.keys() - common)
+    assert len(common) > 100 and sum(v[0] for v in expected.values()) > 0
+    assert {k: got[k] for k in common} == {k: expected[k] for k in common}
