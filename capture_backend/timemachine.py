@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -115,18 +115,7 @@ class TimeMachine:
         while self.spans and self._overlaps(self.spans[0], self._head, end):
             self._expire()
         self.pool[self._head : end] = block.data[lo:hi]
-        kept = Block(
-            data=_EMPTY,
-            start=part.start - lo,
-            caplen=part.caplen,
-            wirelen=part.wirelen,
-            ts_ns=part.ts_ns,
-            linktype=part.linktype,
-            iface=part.iface,
-            vlan_tci=part.vlan_tci,
-            vlan_tpid=part.vlan_tpid,
-            vlan_valid=part.vlan_valid,
-        )
+        kept = replace(part, data=_EMPTY, start=part.start - lo, pkttype=None, spans=None)
         self.spans.append(Span(self._seq, self._head, length, kept, self.kept_packets))
         self._seq += 1
         self.kept_packets += len(kept)
@@ -165,10 +154,7 @@ class TimeMachine:
         data = self.pool[span.offset : span.offset + span.length].copy()
         if span.seq <= self.expired_seq:
             return None
-        b = span.block
-        return Block(
-            data, b.start, b.caplen, b.wirelen, b.ts_ns, b.linktype, b.iface, b.vlan_tci, b.vlan_tpid, b.vlan_valid
-        )
+        return replace(span.block, data=data)
 
 
 _EMPTY = np.zeros(0, np.uint8)
