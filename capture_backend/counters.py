@@ -48,6 +48,9 @@ FLOW_COLUMNS: ColumnSpec = {
     "tcp_next": (np.int64, (2,), -1),
     "tcp_syn": (np.int64, (), 0),
     "tcp_irtt": (np.int64, (), -1),
+    "app_count": (np.int64, (), 0),
+    "app_sum": (np.int64, (), 0),
+    "app_max": (np.int64, (), 0),
 }
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 
@@ -331,6 +334,7 @@ class Counters:
     ports: KeyTable = field(init=False)
 
     def __post_init__(self) -> None:
+        self._batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # sel, group of each, group's flow
         known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
         self.flows = KeyTable(40, FLOW_COLUMNS, lim.flows)
@@ -341,6 +345,7 @@ class Counters:
     def add(self, dec: Decoded) -> None:
         """Count one decoded block."""
         n = len(dec)
+        self._batch = None
         if n == 0:
             return
         wire = dec.wirelen
@@ -409,6 +414,7 @@ class Counters:
         fkey[:, 34:36] = g_bport.astype(">u2").view(np.uint8).reshape(g, 2)
         fkey[:, 36] = g_proto
         fid = self.flows.ids(fkey)
+        self._batch = (sel, inv, fid)
         ok = fid >= 0
         cols = self.flows.cols
         earlier = np.flatnonzero(ok & (g_first < cols["first"][np.where(ok, fid, 0)]))
@@ -475,6 +481,24 @@ class Counters:
             sub = np.flatnonzero(has_ports)
             tid = self.ports.ids(pkey[sub])
             _add_traffic(self.ports, tid, 1 - to_service[sub], g_packets[sub], g_bytes[sub], g_first[sub], g_last[sub])
+
+    def flow_of(self, rows: np.ndarray) -> np.ndarray:
+        """Flow row of decoded rows of the block counted last (-1: not IP, or over capacity)."""
+        out = np.full(rows.size, -1, np.int64)
+        if self._batch is None or rows.size == 0:
+            return out
+        sel, inv, fid = self._batch
+        pos = np.searchsorted(sel, rows)
+        found = (pos < sel.size) & (sel[np.minimum(pos, sel.size - 1)] == rows)
+        out[found] = fid[inv[pos[found]]]
+        return out
+
+    def add_latency(self, fid: np.ndarray, latency_ns: np.ndarray) -> None:
+        """Application exchanges (request → response) of flows."""
+        cols = self.flows.cols
+        np.add.at(cols["app_count"], fid, 1)
+        np.add.at(cols["app_sum"], fid, latency_ns)
+        np.maximum.at(cols["app_max"], fid, latency_ns)
 
     def expire(self, now_ns: int) -> None:
         """Evict flows and pairs idle longer than their timeouts."""

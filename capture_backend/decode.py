@@ -95,6 +95,11 @@ class Decoded:
     tcp_ack: np.ndarray  # int64, TCP acknowledgement number; 0 when not TCP
     tcp_window: np.ndarray  # int32, TCP window field (unscaled); -1 when not TCP
     tcp_len: np.ndarray  # int32, TCP payload bytes from the IP lengths (not caplen); -1 when not TCP
+    # Where each TCP/UDP payload starts in `buf` (-1: none) and how many of its bytes were captured;
+    # None when the columns come from elsewhere than a block.
+    buf: np.ndarray | None = None
+    l7_start: np.ndarray | None = None  # int64
+    l7_cap: np.ndarray | None = None  # int64
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -351,7 +356,7 @@ def _empty(block: Block) -> Decoded:
     a = np.zeros((0, 2), np.uint64)
     e = np.zeros(0, np.int64)
     u8, b = np.zeros(0, np.uint8), np.zeros(0, bool)
-    return Decoded(block.iface, e, e, z, z, b, a, a, z, z, z, u8, b, e, e, z, z)
+    return Decoded(block.iface, e, e, z, z, b, a, a, z, z, z, u8, b, e, e, z, z, block.data, e, e)
 
 
 def decode(block: Block) -> Decoded:
@@ -403,6 +408,9 @@ def decode(block: Block) -> Decoded:
     ack = np.zeros(n, np.int64)
     window = np.full(n, -1, np.int32)
     tcp_len = np.full(n, -1, np.int32)
+    l7_start = np.full(n, -1, np.int64)
+    l7_cap = np.zeros(n, np.int64)
+    l7_len = np.zeros(n, np.int64)
     rows = np.flatnonzero(ip & (l4 >= 0))
     if rows.size:
         t = fr.sub(rows) if rows.size < n else fr
@@ -425,6 +433,18 @@ def decode(block: Block) -> Decoded:
             window[tr] = (w1 & np.uint64(0xFFFF)).astype(np.int32)
             doff = ((w1 >> np.uint64(28)) & np.uint64(0xF)).astype(np.int64) * 4
             tcp_len[tr] = np.maximum(ip_end[tr] - toff - doff, 0)
+            l7_start[tr] = t.start[sub] + toff + doff
+            l7_len[tr] = tcp_len[tr]
+        is_udp = whole & (p == IPPROTO_UDP)
+        if is_udp.any():
+            sub = np.flatnonzero(is_udp)
+            ur = rows[sub]
+            l7_start[ur] = t.start[sub] + off[sub] + 8
+            l7_len[ur] = np.maximum(ip_end[ur] - off[sub] - 8, 0)
+        with_l7 = np.flatnonzero(l7_start >= 0)
+        if with_l7.size:
+            end = fr.start[with_l7] + fr.caplen[with_l7]
+            l7_cap[with_l7] = np.clip(end - l7_start[with_l7], 0, l7_len[with_l7])  # not the link's padding
 
     return Decoded(
         iface=block.iface,
@@ -444,4 +464,7 @@ def decode(block: Block) -> Decoded:
         tcp_ack=ack,
         tcp_window=window,
         tcp_len=tcp_len,
+        buf=block.data,
+        l7_start=l7_start,
+        l7_cap=l7_cap,
     )

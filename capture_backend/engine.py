@@ -18,6 +18,7 @@ from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
 from capture_backend.decode import Decoded, decode
+from capture_backend.latency import Latency, LatencySnapshot
 from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
 from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 
@@ -77,6 +78,7 @@ class Snapshot:
     ports: TableSnapshot
     capture_cpu: float  # seconds of CPU used by the capture thread
     links: Mapping[str, LinkInfo] = field(default_factory=dict)
+    latency: LatencySnapshot = field(default_factory=lambda: Latency().freeze())
 
     @property
     def received(self) -> int:
@@ -107,6 +109,7 @@ class Counting:
         sinks: Iterable[BlockSink] = (),
     ) -> None:
         self.counters = Counters(limits)
+        self.latency = Latency()
         self.live = live
         self.filter = filter_expr
         self.clock = clock
@@ -120,6 +123,10 @@ class Counting:
         for sink in self.sinks:
             sink(block, dec)
         self.counters.add(dec)
+        c = self.counters
+        fid, lat = self.latency.add(dec, c.flow_of, c.flows.cols["first"])
+        if fid.size:
+            c.add_latency(fid, lat)
 
     def freeze(self, interfaces: tuple[IfaceStatus, ...], cpu: float, links: Mapping[str, LinkInfo]) -> Snapshot:
         """Build a Snapshot of the counters as they are now."""
@@ -150,6 +157,7 @@ class Counting:
             pairs=c.pairs.freeze(now_sec),
             hosts=c.hosts.freeze(now_sec),
             ports=c.ports.freeze(now_sec),
+            latency=self.latency.freeze(),
             capture_cpu=cpu,
             links=MappingProxyType(dict(links)),
         )

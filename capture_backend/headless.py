@@ -113,6 +113,17 @@ class Output:
                 )
                 + "\n"
             )
+        services = rec.get("latency", {}).get("services", [])
+        if services:
+            w(
+                "Latency: "
+                + ", ".join(
+                    f"{r['kind']} {r['proto']}/{r['port']} n={r['exchanges']} p50 {r['p50_ms']:.1f}ms"
+                    f" p95 {r['p95_ms']:.1f}ms max {r['max_ms']:.1f}ms"
+                    for r in services
+                )
+                + "\n"
+            )
         for iface in rec["interfaces"]:
             w(f"Interface {iface['name']} ({iface['state']}): captured {iface['captured_packets']} packets")
             if "rx_missed" in iface:

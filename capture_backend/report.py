@@ -14,6 +14,7 @@ import numpy as np
 from capture_backend.counters import AVERAGE_WINDOWS, NS, TableSnapshot
 from capture_backend.decode import IPPROTO_TCP
 from capture_backend.engine import Snapshot
+from capture_backend.latency import KIND_NAMES
 from capture_backend.services import known_ports, proto_name, service_name
 
 if TYPE_CHECKING:
@@ -284,6 +285,8 @@ def flow_rows(
         )
         if key[36] == IPPROTO_TCP and "tcp_retrans" in t.cols:
             rows[-1]["tcp"] = tcp_health(t, i)
+        if "app_count" in t.cols and t.cols["app_count"][i] > 0:
+            rows[-1]["latency"] = flow_latency(t, i)
         if rates:
             rows[-1]["bps"] = None if bps is None else float(bps[n])
             rows[-1]["age"] = max(0.0, (snap.now_ns - int(t.cols["first"][i])) / NS)
@@ -301,6 +304,61 @@ def tcp_health(t: TableSnapshot, i: int) -> Row:
         "zero_windows": int(t.cols["tcp_zero_win"][i]),
         "resets": int(t.cols["tcp_resets"][i]),
         "handshake_rtt_ms": irtt / 1e6 if irtt >= 0 else None,
+    }
+
+
+def flow_latency(t: TableSnapshot, i: int) -> Row:
+    """A flow's application exchanges (DNS, HTTP, MySQL request → response): count, mean and max."""
+    count = int(t.cols["app_count"][i])
+    return {
+        "exchanges": count,
+        "avg_ms": int(t.cols["app_sum"][i]) / count / 1e6 if count else None,
+        "max_ms": int(t.cols["app_max"][i]) / 1e6 if count else None,
+    }
+
+
+def _latency_table(t: TableSnapshot, with_server: bool) -> list[Row]:
+    rows = []
+    for i in np.argsort(-t.cols["count"], kind="stable").tolist():
+        key = t.keys[i].tobytes()
+        tail = key[16:] if with_server else key
+        count = int(t.cols["count"][i])
+        row: Row = {"kind": KIND_NAMES.get(tail[3], str(tail[3]))}
+        if with_server:
+            row["server"] = addr_str(key[:16])
+        row |= {
+            "proto": proto_name(tail[0]),
+            "port": int.from_bytes(tail[1:3], "big"),
+            "exchanges": count,
+            "avg_ms": int(t.cols["sum"][i]) / count / 1e6,
+            "p50_ms": int(t.cols["p50"][i]) / 1e6,
+            "p95_ms": int(t.cols["p95"][i]) / 1e6,
+            "max_ms": int(t.cols["max"][i]) / 1e6,
+        }
+        rows.append(row)
+    return rows
+
+
+def latency_rows(snap: Snapshot) -> Row:
+    """Application latency per service and per server (p50/p95 of the recent exchanges), and the slowest."""
+    lat = snap.latency
+    return {
+        "exchanges": lat.exchanges,
+        "unanswered": lat.unanswered,
+        "services": _latency_table(lat.services, False),
+        "servers": _latency_table(lat.servers, True),
+        "slowest": [
+            {
+                "kind": x.kind,
+                "ms": x.latency_ns / 1e6,
+                "time": x.time_ns / NS,
+                "client": addr_str(x.client),
+                "server": addr_str(x.server),
+                "port": x.port,
+                "request": x.request,
+            }
+            for x in lat.slowest
+        ],
     }
 
 
@@ -472,6 +530,7 @@ def record(snap: Snapshot, prev: Snapshot | None, top: int = 10, processes: Proc
         "ethertypes": _tallies(snap.ethertypes, "ethertype", lambda e: f"0x{e:04x}"),
         "vlans": _tallies(snap.vlans, "vlan", str),
         "flow_table": {"active": len(snap.flows), "evicted": snap.flows.evicted},
+        "latency": latency_rows(snap),
     }
     if processes is not None:
         rec["processes"] = process_rows(processes)

@@ -367,11 +367,24 @@ def test_stats_equal_tshark(mix: Mix, variant: str) -> None:
     check_against_tshark(rec, path)
 
 
-TIME_KEYS = ("time", "interval", "first", "last", "pps", "bps", "handshake_rtt_ms")
+TIME_KEYS = (
+    "time",
+    "interval",
+    "first",
+    "last",
+    "pps",
+    "bps",
+    "handshake_rtt_ms",
+    "ms",
+    "avg_ms",
+    "max_ms",
+    "p50_ms",
+    "p95_ms",
+)
 
 
 def without_times(rec: dict[str, Any]) -> dict[str, Any]:
-    """A record without what depends on timestamp precision (times, rates, handshake RTTs) or the
+    """A record without what depends on timestamp precision (times, rates, RTTs, latencies) or the
     interface name, tables as sets.
 
     Rows of equal bytes are ordered by when the table first saw them, which depends on how the

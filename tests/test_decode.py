@@ -492,6 +492,9 @@ def test_counters_per_flow_pair_and_host_both_directions() -> None:
         "tcp_next": [1, 1],
         "tcp_syn": t0,
         "tcp_irtt": 2,
+        "app_count": 0,
+        "app_sum": 0,
+        "app_max": 0,
     }
     assert table_row(c.pairs, key(V4_A) + key(V4_B)) == {
         "packets": [2, 3],

@@ -49,18 +49,21 @@ class Session:
         seq: int | None = None,
         window: int = 64240,
         advance: bool = True,
+        data: bytes = b"",
     ) -> int:
-        """Append a segment at T0 + t_ms; returns its seq (the next one when seq is None)."""
+        """Append a segment at T0 + t_ms (size zero bytes, or data); returns its seq (the next one when seq is None)."""
         src, dst = (self.c, self.s) if from_client else (self.s, self.c)
         sp, dp = (self.cp, self.sp) if from_client else (self.sp, self.cp)
         s = self.seq[from_client] if seq is None else seq
         ack = self.seq[not from_client] if "A" in flags else 0
         ipl = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
         pkt = ether(src, dst) / ipl / TCP(sport=sp, dport=dp, flags=flags, seq=s, ack=ack, window=window)
+        if data:
+            size = len(data)
         if size:
-            pkt = pkt / Raw(bytes(size))
-        data = bytes(pkt)
-        self.frames.append(Frame(data, T0_NS + int(t_ms * MS), len(data)))
+            pkt = pkt / Raw(data or bytes(size))
+        raw = bytes(pkt)
+        self.frames.append(Frame(raw, T0_NS + int(t_ms * MS), len(raw)))
         if advance and seq is None:
             grow = size + (1 if ("S" in flags or "F" in flags) else 0)
             self.seq[from_client] = (s + grow) & 0xFFFFFFFF

@@ -1,0 +1,441 @@
+"""Application latency: DNS query → response, HTTP/1.x request → first response, MySQL query → response.
+
+Each batch is classified with vectorised reads of the first payload bytes; only the few request and
+response packets found go on. Requests wait in NumPy arrays keyed by (flow row, kind, DNS id);
+responses are matched per key in arrival order, as tshark does: a re-sent DNS query does not open a
+second exchange (dns.time counts from the first), and an HTTP response answers the newest request
+(http.time; pipelined requests before it stay unanswered). HTTP latency is to the response's first
+segment, as tshark's http.time with http.desegment_body off.
+Matched exchanges update the flow, a per-server and a per-service table, a ring of recent samples
+(exact p50/p95 at publish time) and the slowest exchanges of each kind with their request's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from capture_backend.counters import KeyTable, TableSnapshot
+from capture_backend.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames, key_bytes
+
+KIND_DNS, KIND_HTTP, KIND_MYSQL = 1, 2, 3
+KIND_NAMES = {KIND_DNS: "dns", KIND_HTTP: "http", KIND_MYSQL: "mysql"}
+DNS_PORT = 53
+MYSQL_PORT = 3306
+MYSQL_COM_QUERY = 0x03
+# First four payload bytes of an HTTP/1.x request or response line.
+HTTP_REQUEST_HEADS = np.array(
+    sorted(
+        int.from_bytes(m[:4].ljust(4), "big")
+        for m in (b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
+    ),
+    np.uint64,
+)
+HTTP_RESPONSE_HEAD = int.from_bytes(b"HTTP", "big")
+TEXT_BYTES = 96  # of each request kept to name it (DNS question, HTTP request line, SQL)
+DNS_RETRANSMIT_NS = 5 * 1_000_000_000  # tshark's dns.retransmission_timer
+PENDING_LIMIT = 65_536
+PENDING_TIMEOUT_NS = 30 * 1_000_000_000
+SAMPLE_RING = 65_536
+SLOWEST_KEPT = 10
+# server: address (16), IP protocol, port (2), kind; service: IP protocol, port (2), kind.
+LATENCY_COLUMNS = {
+    "count": (np.int64, (), 0),
+    "sum": (np.int64, (), 0),
+    "max": (np.int64, (), 0),
+    "first": (np.int64, (), np.iinfo(np.int64).max),
+    "last": (np.int64, (), 0),
+}
+REPEAT_FIFO, REPEAT_FIRST, REPEAT_NEWEST = 0, 1, 2
+KIND_REPEAT = np.array([REPEAT_FIFO, REPEAT_FIRST, REPEAT_NEWEST, REPEAT_NEWEST], np.int64)  # by kind
+FlowOf = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One slow request → response, for the list of the slowest."""
+
+    kind: str
+    latency_ns: int
+    time_ns: int  # of the response
+    client: bytes
+    server: bytes
+    port: int
+    request: str
+
+
+@dataclass(frozen=True)
+class LatencySnapshot:
+    """Latency per server and per service (count, sum, max, p50, p95 in ns) and the slowest exchanges."""
+
+    servers: TableSnapshot
+    services: TableSnapshot
+    slowest: tuple[Exchange, ...]
+    exchanges: int  # matched in all
+    unanswered: int  # requests dropped unanswered (timeout or over the pending limit)
+
+
+@dataclass
+class _Events:
+    """Requests and responses of one batch, in batch order."""
+
+    rows: np.ndarray  # decoded row
+    kind: np.ndarray
+    request: np.ndarray  # bool
+    key: np.ndarray  # uint64: flow row << 24 | kind << 16 | DNS id
+
+
+def _head32(dec: Decoded, rows: np.ndarray, skip: int = 0) -> np.ndarray:
+    """Payload bytes skip..skip+3 of `rows` as big-endian uint64 (zero-padded past what was captured)."""
+    assert dec.buf is not None and dec.l7_start is not None and dec.l7_cap is not None
+    fr = _Frames(dec.buf, dec.l7_start[rows], dec.l7_cap[rows])
+    word = fr.funnel(np.full(rows.size, skip, np.int64), 1)[:, 0] >> np.uint64(32)
+    have = np.clip(dec.l7_cap[rows] - skip, 0, 4).astype(np.uint64)
+    mask = ~(np.uint64(0xFFFFFFFF) >> (np.uint64(8) * have)) & np.uint64(0xFFFFFFFF)
+    return word & mask
+
+
+def classify(dec: Decoded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows that are requests or responses: (rows, kind, is_request, DNS id) in batch order."""
+    if dec.l7_start is None or dec.l7_cap is None or len(dec) == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, bool), e
+    cap, proto, sport, dport = dec.l7_cap, dec.proto, dec.sport, dec.dport
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    # DNS over UDP (id, flags at 0..3) and TCP (after a 2-byte length).
+    for ip_proto, skip in ((IPPROTO_UDP, 0), (IPPROTO_TCP, 2)):
+        rows = np.flatnonzero((proto == ip_proto) & ((sport == DNS_PORT) | (dport == DNS_PORT)) & (cap >= skip + 12))
+        if rows.size:
+            head = _head32(dec, rows, skip)
+            qr = (head & np.uint64(0x8000)) != 0
+            request = ~qr & (dport[rows] == DNS_PORT)
+            response = qr & (sport[rows] == DNS_PORT)
+            keep = request | response
+            dns_id = (head >> np.uint64(16)).astype(np.int64)
+            parts.append((rows[keep], np.full(int(keep.sum()), KIND_DNS), request[keep], dns_id[keep]))
+    rows = np.flatnonzero((proto == IPPROTO_TCP) & (cap >= 4) & (sport != DNS_PORT) & (dport != DNS_PORT))
+    if rows.size:
+        head = _head32(dec, rows)
+        http_req = np.isin(head, HTTP_REQUEST_HEADS)
+        http_resp = head == HTTP_RESPONSE_HEAD
+        mysql = np.zeros(rows.size, bool)
+        at_mysql = np.flatnonzero(((sport[rows] == MYSQL_PORT) | (dport[rows] == MYSQL_PORT)) & (cap[rows] >= 5))
+        mysql_req = np.zeros(rows.size, bool)
+        if at_mysql.size:
+            # Packet header: 3-byte length, sequence id; a query is sequence 0 + COM_QUERY, the
+            # response's first packet is sequence 1.
+            m = _head32(dec, rows[at_mysql], 2)
+            seq_id, command = (m >> np.uint64(16)) & np.uint64(0xFF), (m >> np.uint64(8)) & np.uint64(0xFF)
+            to_server = dport[rows[at_mysql]] == MYSQL_PORT
+            mysql_req[at_mysql] = to_server & (seq_id == 0) & (command == MYSQL_COM_QUERY)
+            mysql[at_mysql] = mysql_req[at_mysql] | (~to_server & (seq_id == 1))
+            http_req[at_mysql] = http_resp[at_mysql] = False
+        keep = http_req | http_resp | mysql
+        if keep.any():
+            kind = np.where(mysql, KIND_MYSQL, KIND_HTTP)[keep]
+            parts.append((rows[keep], kind, (http_req | mysql_req)[keep], np.zeros(int(keep.sum()), np.int64)))
+    if not parts:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, bool), e
+    rows = np.concatenate([p[0] for p in parts])
+    order = np.argsort(rows, kind="stable")
+    return tuple(np.concatenate([p[i] for p in parts])[order] for i in range(4))  # type: ignore[return-value]
+
+
+def _text(dec: Decoded, rows: np.ndarray, kind: np.ndarray) -> np.ndarray:
+    """The first TEXT_BYTES of each request's payload past its framing, zero-padded: (m, TEXT_BYTES)."""
+    assert dec.buf is not None and dec.l7_start is not None and dec.l7_cap is not None
+    skip = np.where(kind == KIND_MYSQL, 5, np.where((kind == KIND_DNS) & (dec.proto[rows] == IPPROTO_TCP), 2, 0))
+    pos = dec.l7_start[rows, None] + skip[:, None] + np.arange(TEXT_BYTES)
+    inside = pos < (dec.l7_start[rows] + dec.l7_cap[rows])[:, None]
+    last = dec.buf.shape[0] - 1
+    return np.where(inside, dec.buf[np.clip(pos, 0, max(last, 0))], 0).astype(np.uint8)
+
+
+def _segment_starts(key: np.ndarray) -> np.ndarray:
+    head = np.empty(key.size, bool)
+    head[:1] = True
+    np.not_equal(key[1:], key[:-1], out=head[1:])
+    return head
+
+
+def match(
+    key: np.ndarray, request: np.ndarray, repeat: np.ndarray, ts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair responses with requests per key; events in time order, sorted stably by key by the caller.
+
+    A response answers the oldest unanswered request of its key; one with none is unsolicited.
+    Where a request meets another unanswered one of its key, `repeat` says what stands: both
+    (REPEAT_FIFO), the newest (REPEAT_NEWEST: tshark's http.time times a response from the newest
+    request), or, for REPEAT_FIRST, the first unless it is DNS_RETRANSMIT_NS older (tshark's
+    dns.time counts from the first query, and a query that late opens a new exchange). Returns the
+    answered responses, the request each answers, and the unanswered requests.
+    """
+    n = key.size
+    if n == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e
+    head = _segment_starts(key)
+    prev_req = np.zeros(n, bool)
+    prev_req[1:] = request[:-1] & ~head[1:]
+    drop = np.zeros(n, bool)
+    first = (repeat == REPEAT_FIRST) & request
+    if (first & prev_req).any():
+        # A run of requests opens an exchange at its head and at each request DNS_RETRANSMIT_NS
+        # after the last opening; the others are repeats.
+        opens = first & ~prev_req
+        idx = np.arange(n)
+        while True:
+            since = np.maximum.accumulate(np.where(opens, idx, 0))
+            late = first & prev_req & ~opens & (ts - ts[since] >= DNS_RETRANSMIT_NS)
+            if not late.any():
+                break
+            pos = np.flatnonzero(late)
+            _, at = np.unique(since[pos], return_index=True)
+            opens[pos[at]] = True  # the earliest late one of each opening; later ones are timed from it
+        drop = first & prev_req & ~opens
+    if (request & (repeat != REPEAT_FIFO)).any():
+        # Of kept requests in a row (no response between), only the newest stands.
+        kept = np.flatnonzero(~drop)
+        k_req, k_key = request[kept], key[kept]
+        followed = np.zeros(kept.size, bool)
+        followed[:-1] = k_req[1:] & (k_key[1:] == k_key[:-1])
+        drop[kept[followed & k_req & (repeat[kept] != REPEAT_FIFO)]] = True
+    live = np.flatnonzero(~drop)
+    answered, asked, left = _fifo(key[live], request[live])
+    return live[answered], live[asked], live[left]
+
+
+def _fifo(key: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = key.size
+    head = _segment_starts(key)
+    seg = np.cumsum(head) - 1
+    step = np.where(request, 1, -1)
+    c = np.cumsum(step)
+    starts = np.flatnonzero(head)
+    c = c - np.repeat(c[starts] - step[starts], np.diff(np.append(starts, n)))  # per key
+    # Clamped at zero (an unsolicited response changes nothing): c - min(0, running min of c per key).
+    offset = seg * (2 * n + 2)
+    low = np.minimum.accumulate(c - offset) + offset
+    balance = c - np.minimum(0, low)
+    before = np.zeros(n, np.int64)
+    before[1:] = balance[:-1]
+    before[head] = 0
+    answered = np.flatnonzero(~request & (before > 0))
+    requests = np.flatnonzero(request)
+    # The m-th answered response of a key answers that key's m-th request.
+    first_req = np.searchsorted(seg[requests], seg[answered])
+    asked = requests[first_req + _rank_in_segment(seg[answered])]
+    n_answered = np.bincount(seg[answered], minlength=int(seg[-1]) + 1)
+    left = requests[_rank_in_segment(seg[requests]) >= n_answered[seg[requests]]]
+    return answered, asked, left
+
+
+def _rank_in_segment(seg: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of a sorted array."""
+    if seg.size == 0:
+        return np.zeros(0, np.int64)
+    head = _segment_starts(seg)
+    idx = np.arange(seg.size)
+    return idx - np.maximum.accumulate(np.where(head, idx, 0))
+
+
+DNS_TYPES = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    65: "HTTPS",
+    255: "ANY",
+}
+
+
+def _dns_question(raw: bytes) -> str:
+    """'name TYPE' of a DNS message's first question (as much as the kept bytes hold)."""
+    labels: list[str] = []
+    i = 12
+    while i < len(raw) and raw[i] and raw[i] < 64:
+        labels.append(raw[i + 1 : i + 1 + raw[i]].decode("ascii", "replace"))
+        i += 1 + raw[i]
+    name = ".".join(labels) or "."
+    if i + 3 <= len(raw) and i < len(raw) and raw[i] == 0:
+        qtype = int.from_bytes(raw[i + 1 : i + 3], "big")
+        return f"{name} {DNS_TYPES.get(qtype, f'TYPE{qtype}')}"
+    return name
+
+
+def request_text(kind: int, raw: bytes) -> str:
+    """What a request asked, from its first bytes: DNS question, HTTP request line, SQL text."""
+    if kind == KIND_DNS:
+        return _dns_question(raw)
+    text = raw.rstrip(b"\0")
+    if kind == KIND_HTTP:
+        return text.split(b"\r\n", 1)[0].decode("latin-1")
+    return " ".join(text.decode("utf-8", "replace").split())
+
+
+def _quantiles(rows: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-rank p50 and p95 of `values` per row id (0 where a row has none)."""
+    p50, p95 = np.zeros(size, np.int64), np.zeros(size, np.int64)
+    if rows.size == 0:
+        return p50, p95
+    order = np.lexsort((values, rows))
+    r, v = rows[order], values[order]
+    head = _segment_starts(r)
+    starts = np.flatnonzero(head)
+    count = np.diff(np.append(starts, r.size))
+    ids = r[starts]
+    p50[ids] = v[starts + np.ceil(0.50 * count).astype(np.int64) - 1]
+    p95[ids] = v[starts + np.ceil(0.95 * count).astype(np.int64) - 1]
+    return p50, p95
+
+
+class Latency:
+    """Request/response matching and latency tables; only the capture thread calls add() and freeze()."""
+
+    def __init__(self, servers: int = 10_000) -> None:
+        self.servers = KeyTable(20, LATENCY_COLUMNS, servers)
+        self.services = KeyTable(4, LATENCY_COLUMNS, 4096)
+        self.p_key = np.zeros(0, np.uint64)
+        self.p_ts = np.zeros(0, np.int64)
+        self.p_text = np.zeros((0, TEXT_BYTES), np.uint8)
+        self.s_server = np.full(SAMPLE_RING, -1, np.int64)
+        self.s_service = np.full(SAMPLE_RING, -1, np.int64)
+        self.s_value = np.zeros(SAMPLE_RING, np.int64)
+        self.s_ts = np.zeros(SAMPLE_RING, np.int64)
+        self.s_next = 0
+        self.exchanges = 0
+        self.unanswered = 0
+        self.slowest: dict[int, list[Exchange]] = {k: [] for k in KIND_NAMES}
+        self._frozen: LatencySnapshot | None = None
+
+    def add(self, dec: Decoded, flow_of: FlowOf, flow_first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Match this batch's requests and responses; returns (flow row, latency ns) per exchange."""
+        rows, kind, request, dns_id = classify(dec)
+        e = np.zeros(0, np.int64)
+        if rows.size == 0:
+            return e, e
+        fid = flow_of(rows)
+        ok = fid >= 0
+        if not ok.all():
+            rows, kind, request, dns_id, fid = rows[ok], kind[ok], request[ok], dns_id[ok], fid[ok]
+        key = (
+            (fid.astype(np.uint64) << np.uint64(24))
+            | (kind.astype(np.uint64) << np.uint64(16))
+            | dns_id.astype(np.uint64)
+        )
+        ts = dec.ts_ns[rows]
+        req_rows = np.flatnonzero(request)
+        text = _text(dec, rows[req_rows], kind[req_rows])
+        # Pending requests go first (they are older), then this batch in order; sorted by key.
+        np_ = self.p_key.size
+        all_key = np.concatenate([self.p_key, key])
+        all_ts = np.concatenate([self.p_ts, ts])
+        all_req = np.concatenate([np.ones(np_, bool), request])
+        text_of = np.full(all_key.size, -1, np.int64)  # row in all_text
+        text_of[:np_] = np.arange(np_)
+        text_of[np_ + req_rows] = np_ + np.arange(req_rows.size)
+        all_text = np.concatenate([self.p_text, text])
+        order = np.argsort(all_key, kind="stable")
+        kinds = ((all_key[order] >> np.uint64(16)) & np.uint64(0xFF)).astype(np.int64)
+        answered, asked, left = match(all_key[order], all_req[order], KIND_REPEAT[kinds], all_ts[order])
+        resp, req = order[answered], order[asked]
+        left = order[left]
+        # A flow row re-used after its flow was evicted must not answer the old flow's request.
+        r_fid = (all_key[resp] >> np.uint64(24)).astype(np.int64)
+        fresh = all_ts[req] >= flow_first[r_fid]
+        resp, req, r_fid = resp[fresh], req[fresh], r_fid[fresh]
+        self._keep_pending(all_key[left], all_ts[left], all_text[text_of[left]], int(ts.max()))
+        if resp.size == 0:
+            return e, e
+        lat = all_ts[resp] - all_ts[req]
+        b = resp - np_  # responses are all of this batch
+        self._record(dec, rows[b], kind[b], all_ts[resp], lat, all_text[text_of[req]])
+        return r_fid, lat
+
+    def _keep_pending(self, key: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int) -> None:
+        keep = ts >= now - PENDING_TIMEOUT_NS
+        if int(keep.sum()) > PENDING_LIMIT:
+            keep &= ts >= np.sort(ts[keep])[-PENDING_LIMIT]
+        self.unanswered += int(keep.size - keep.sum())
+        self.p_key, self.p_ts, self.p_text = key[keep], ts[keep], text[keep]
+
+    def _record(
+        self, dec: Decoded, rows: np.ndarray, kind: np.ndarray, ts: np.ndarray, lat: np.ndarray, text: np.ndarray
+    ) -> None:
+        """Count matched exchanges (their response rows) in the server and service tables."""
+        m = rows.size
+        self.exchanges += m
+        proto = dec.proto[rows].astype(np.uint8)
+        port = dec.sport[rows].astype(">u2").view(np.uint8).reshape(m, 2)
+        server = key_bytes(dec.src_key[rows])
+        skey = np.empty((m, 20), np.uint8)
+        skey[:, :16], skey[:, 16], skey[:, 17:19], skey[:, 19] = server, proto, port, kind
+        vkey = skey[:, 16:]
+        sid, vid = self.servers.ids(skey), self.services.ids(np.ascontiguousarray(vkey))
+        for table, ids in ((self.servers, sid), (self.services, vid)):
+            ok = ids >= 0
+            c, i = table.cols, ids[ok]
+            np.add.at(c["count"], i, 1)
+            np.add.at(c["sum"], i, lat[ok])
+            np.maximum.at(c["max"], i, lat[ok])
+            np.minimum.at(c["first"], i, ts[ok])
+            np.maximum.at(c["last"], i, ts[ok])
+        take = min(m, SAMPLE_RING)
+        slots = (self.s_next + np.arange(take)) % SAMPLE_RING
+        self.s_server[slots], self.s_service[slots] = sid[-take:], vid[-take:]
+        self.s_value[slots], self.s_ts[slots] = lat[-take:], ts[-take:]
+        self.s_next = (self.s_next + take) % SAMPLE_RING
+        self._frozen = None
+        for k in np.unique(kind).tolist():
+            mine = np.flatnonzero(kind == k)
+            kept = self.slowest[k]
+            floor = kept[-1].latency_ns if len(kept) >= SLOWEST_KEPT else -1
+            top = mine[np.argsort(-lat[mine], kind="stable")[:SLOWEST_KEPT]]
+            for j in top[lat[top] > floor].tolist():
+                kept.append(
+                    Exchange(
+                        KIND_NAMES[k],
+                        int(lat[j]),
+                        int(ts[j]),
+                        bytes(key_bytes(dec.dst_key[rows[j : j + 1]])[0]),
+                        bytes(server[j]),
+                        int(dec.sport[rows[j]]),
+                        request_text(k, text[j].tobytes()),
+                    )
+                )
+            kept.sort(key=lambda x: -x.latency_ns)
+            del kept[SLOWEST_KEPT:]
+
+    def freeze(self) -> LatencySnapshot:
+        """Per-server and per-service tables with p50/p95 of the recent samples; cached until new exchanges."""
+        if self._frozen is None:
+            slowest = sorted((x for kept in self.slowest.values() for x in kept), key=lambda x: -x.latency_ns)
+            self._frozen = LatencySnapshot(
+                servers=self._freeze(self.servers, self.s_server),
+                services=self._freeze(self.services, self.s_service),
+                slowest=tuple(slowest),
+                exchanges=self.exchanges,
+                unanswered=self.unanswered,
+            )
+        return self._frozen
+
+    def _freeze(self, table: KeyTable, sample_rows: np.ndarray) -> TableSnapshot:
+        valid = sample_rows >= 0
+        valid[valid] = self.s_ts[valid] >= table.cols["first"][sample_rows[valid]]  # not a re-used row's
+        p50, p95 = _quantiles(sample_rows[valid], self.s_value[valid], table.keys.shape[0])
+        snap = table.freeze(0)
+        rows = np.flatnonzero(table.used)
+        cols: dict[str, np.ndarray] = dict(snap.cols)
+        for name, col in (("p50", p50[rows]), ("p95", p95[rows])):
+            col.flags.writeable = False
+            cols[name] = col
+        return TableSnapshot(keys=snap.keys, cols=MappingProxyType(cols), evicted=snap.evicted)

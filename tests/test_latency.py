@@ -1,0 +1,283 @@
+"""Application latency (DNS, HTTP/1.x, MySQL) against tshark's dns.time, http.time and MySQL frames."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+import subprocess
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+
+from capture_backend.block import Block
+from capture_backend.decode import decode
+from capture_backend.latency import (
+    KIND_DNS,
+    KIND_HTTP,
+    REPEAT_FIFO,
+    REPEAT_FIRST,
+    REPEAT_NEWEST,
+    Latency,
+    classify,
+    match,
+    request_text,
+)
+from tests.pcapgen import T0_NS, Frame, block_of, ether, write_pcap
+from tests.test_accuracy import stats
+from tests.test_tcp_health import MS, Session
+
+TSHARK = shutil.which("tshark")
+needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
+
+
+def dns_frame(t_ms: float, client: str, server: str, cport: int, qid: int, name: str, answer: bool) -> Frame:
+    ipl = IPv6(src=client, dst=server) if ":" in client else IP(src=client, dst=server)
+    if answer:
+        ipl = IPv6(src=server, dst=client) if ":" in client else IP(src=server, dst=client)
+        dns = DNS(id=qid, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, rdata="192.0.2.99"))
+        udp = UDP(sport=53, dport=cport)
+    else:
+        dns = DNS(id=qid, rd=1, qd=DNSQR(qname=name))
+        udp = UDP(sport=cport, dport=53)
+    src, dst = (server, client) if answer else (client, server)
+    raw = bytes(ether(src, dst) / ipl / udp / dns)
+    return Frame(raw, T0_NS + int(t_ms * MS), len(raw))
+
+
+def mysql_packet(seq_id: int, body: bytes) -> bytes:
+    return struct.pack("<I", len(body))[:3] + bytes([seq_id]) + body
+
+
+def exchanges() -> list[Frame]:
+    """DNS over IPv4 and IPv6 (a re-sent query, an unanswered one, an unsolicited answer), HTTP with
+    keep-alive, pipelining and a response in two segments, MySQL queries after the server's greeting."""
+    f: list[Frame] = []
+    f.append(dns_frame(0, "10.7.0.1", "10.7.0.53", 33001, 0x1111, "example.com", False))
+    f.append(dns_frame(12.5, "10.7.0.1", "10.7.0.53", 33001, 0x1111, "example.com", True))
+    f.append(dns_frame(20, "10.7.0.1", "10.7.0.53", 33002, 0x2222, "slow.example", False))
+    f.append(dns_frame(1020, "10.7.0.1", "10.7.0.53", 33002, 0x2222, "slow.example", False))  # re-sent
+    f.append(dns_frame(1250, "10.7.0.1", "10.7.0.53", 33002, 0x2222, "slow.example", True))
+    f.append(dns_frame(2000, "10.7.0.1", "10.7.0.53", 33007, 0x7777, "again.example", False))
+    f.append(dns_frame(8000, "10.7.0.1", "10.7.0.53", 33007, 0x7777, "again.example", False))  # > 5 s: anew
+    f.append(dns_frame(8200, "10.7.0.1", "10.7.0.53", 33007, 0x7777, "again.example", True))
+    f.append(dns_frame(30, "10.7.0.1", "10.7.0.53", 33003, 0x3333, "lost.example", False))  # no answer
+    f.append(dns_frame(40, "10.7.0.2", "10.7.0.53", 33004, 0x4444, "late.example", True))  # unsolicited
+    f.append(dns_frame(50, "2001:db8:7::1", "2001:db8:7::53", 33005, 0x5555, "six.example", False))
+    f.append(dns_frame(53, "2001:db8:7::1", "2001:db8:7::53", 33005, 0x5555, "six.example", True))
+    for i in range(5):  # same port, new ids: five exchanges of 2, 4, 6, 8, 10 ms
+        f.append(dns_frame(100 + 20 * i, "10.7.0.3", "10.7.0.53", 33006, 0x100 + i, f"n{i}.example", False))
+        f.append(dns_frame(102 + 22 * i, "10.7.0.3", "10.7.0.53", 33006, 0x100 + i, f"n{i}.example", True))
+
+    h = Session("10.7.0.1", 41000, "10.7.0.80", 80, 1000, 9000)
+    h.handshake(0, 2)
+    h.send(5, True, "PA", data=b"GET /index.html HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.send(6, False, "A")
+    h.send(35, False, "PA", data=b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + bytes(1000))
+    h.send(36, False, "PA", data=bytes(1000))  # the rest of the body: no second response
+    h.send(40, True, "PA", data=b"POST /api HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    h.send(41, True, "PA", data=b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")  # pipelined
+    h.send(140, False, "PA", data=b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    h.send(145, False, "PA", data=b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    h.send(150, True, "A")
+    h6 = Session("2001:db8:7::1", 41001, "2001:db8:7::80", 8080, 5, 7)
+    h6.handshake(10, 1)
+    h6.send(12, True, "PA", data=b"GET /v6 HTTP/1.1\r\nHost: b\r\n\r\n")
+    h6.send(19, False, "PA", data=b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    h6.send(20, True, "A")
+
+    m = Session("10.7.0.1", 42000, "10.7.0.33", 3306, 50, 60)
+    m.handshake(0, 1)
+    m.send(2, False, "PA", data=mysql_packet(0, b"\x0a8.0.36\x00" + bytes(40)))  # greeting: no exchange
+    m.send(3, True, "PA", data=mysql_packet(1, bytes(32) + b"app\x00"))
+    m.send(4, False, "PA", data=mysql_packet(2, b"\x00\x00\x00\x02\x00\x00\x00"))  # OK
+    m.send(10, True, "PA", data=mysql_packet(0, b"\x03SELECT * FROM orders WHERE total > 100"))
+    m.send(310, False, "PA", data=mysql_packet(1, b"\x01") + mysql_packet(2, bytes(20)))
+    m.send(311, False, "PA", data=mysql_packet(3, bytes(30)))  # more of the result set
+    m.send(320, True, "PA", data=mysql_packet(0, b"\x03SELECT 1"))
+    m.send(321.5, False, "PA", data=mysql_packet(1, b"\x01") + mysql_packet(2, bytes(8)))
+    m.send(330, True, "PA", data=mysql_packet(0, b"\x0e"))  # COM_PING: not a query
+    m.send(331, False, "PA", data=mysql_packet(1, b"\x00\x00\x00\x02\x00\x00\x00"))
+    frames = f + h.frames + h6.frames + m.frames
+    return sorted(frames, key=lambda x: x.ts_ns)
+
+
+def tshark_fields(path: Path, display: str, *fields: str) -> list[list[str]]:
+    assert TSHARK is not None
+    # The HTTP response's first segment, as retrotap measures: tshark without reassembling bodies.
+    cmd = [TSHARK, "-n", "-o", "http.desegment_body:FALSE", "-r", str(path), "-Y", display, "-T", "fields"]
+    cmd += ["-E", "separator=|"]
+    out = subprocess.run(cmd + [x for f in fields for x in ("-e", f)], capture_output=True, text=True, check=True)
+    return [line.split("|") for line in out.stdout.splitlines()]
+
+
+def nearest_rank(values: list[int], p: float) -> int:
+    ordered = sorted(values)
+    return ordered[math.ceil(p * len(ordered)) - 1]
+
+
+def tshark_latency(path: Path) -> dict[tuple[str, str, int], list[int]]:
+    """(kind, server, port) → latencies in ns per tshark: dns.time, http.time, and MySQL from frame
+    times (tshark has no MySQL time: a query's first response packet is the next server packet of
+    its stream carrying a mysql.response_code or a result set header)."""
+    out: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+    for kind, field in (("dns", "dns.time"), ("http", "http.time")):
+        for src, src6, port, t in tshark_fields(
+            path, f"{field}", "ip.src", "ipv6.src", "udp.srcport" if kind == "dns" else "tcp.srcport", field
+        ):
+            out[(kind, src or src6, int(port))].append(int(Decimal(t) * 10**9))
+    pending: dict[str, Decimal] = {}
+    for stream, src, sport, t, cmd in tshark_fields(
+        path, "mysql", "tcp.stream", "ip.src", "tcp.srcport", "frame.time_epoch", "mysql.command"
+    ):
+        if cmd == "3":
+            pending[stream] = Decimal(t)
+        elif sport == "3306" and stream in pending:
+            out[("mysql", src, 3306)].append(int((Decimal(t) - pending.pop(stream)) * 10**9))
+    return out
+
+
+@needs_tshark
+def test_latency_per_server_equals_tshark(tmp_path: Path) -> None:
+    path = tmp_path / "apps.pcap"
+    write_pcap(path, exchanges(), nanosecond=True)
+    expected = tshark_latency(path)
+    # What the session was built to hold, so that tshark reading it differently would show.
+    assert sorted(expected) == [
+        ("dns", "10.7.0.53", 53),
+        ("dns", "2001:db8:7::53", 53),
+        ("http", "10.7.0.80", 80),
+        ("http", "2001:db8:7::80", 8080),
+        ("mysql", "10.7.0.33", 3306),
+    ]
+    assert sorted(expected[("dns", "10.7.0.53", 53)]) == [
+        2 * MS,
+        4 * MS,
+        6 * MS,
+        8 * MS,
+        10 * MS,
+        12_500_000,
+        200 * MS,
+        1230 * MS,
+    ]
+    # Pipelined: tshark answers the first response from the newest request, the second from none.
+    assert expected[("http", "10.7.0.80", 80)] == [30 * MS, 99 * MS]
+    assert expected[("mysql", "10.7.0.33", 3306)] == [300 * MS, 1_500_000]
+
+    lat = stats(path)["latency"]
+    got = {(r["kind"], r["server"], r["port"]): r for r in lat["servers"]}
+    assert sorted(got) == sorted(expected)
+    for k, values in expected.items():
+        row = got[k]
+        assert row["exchanges"] == len(values), k
+        assert row["max_ms"] == pytest.approx(max(values) / 1e6, abs=1e-6), k
+        assert row["avg_ms"] == pytest.approx(sum(values) / len(values) / 1e6, abs=1e-6), k
+        assert row["p50_ms"] == pytest.approx(nearest_rank(values, 0.5) / 1e6, abs=1e-6), k
+        assert row["p95_ms"] == pytest.approx(nearest_rank(values, 0.95) / 1e6, abs=1e-6), k
+    services = {(r["kind"], r["proto"], r["port"]): r["exchanges"] for r in lat["services"]}
+    assert services == {
+        ("dns", "udp", 53): 9,
+        ("http", "tcp", 80): 2,
+        ("http", "tcp", 8080): 1,
+        ("mysql", "tcp", 3306): 2,
+    }
+    assert lat["exchanges"] == 14
+    slow = lat["slowest"]
+    assert [(x["kind"], round(x["ms"], 3)) for x in slow[:4]] == [
+        ("dns", 1230.0),
+        ("mysql", 300.0),
+        ("dns", 200.0),
+        ("http", 99.0),
+    ]
+    assert slow[0]["request"] == "slow.example A"
+    assert slow[1]["request"] == "SELECT * FROM orders WHERE total > 100"
+    assert slow[3]["request"] == "HEAD /x HTTP/1.1"
+    assert slow[0]["client"] == "10.7.0.1" and slow[0]["server"] == "10.7.0.53"
+
+
+@needs_tshark
+def test_latency_per_flow(tmp_path: Path) -> None:
+    path = tmp_path / "apps.pcap"
+    write_pcap(path, exchanges(), nanosecond=True)
+    flows = {(f["src"], f["sport"], f["dst"], f["dport"]): f.get("latency") for f in stats(path)["flows"]}
+    http = flows[("10.7.0.1", 41000, "10.7.0.80", 80)]
+    assert http == {"exchanges": 2, "avg_ms": pytest.approx(64.5), "max_ms": pytest.approx(99.0)}
+    assert flows[("10.7.0.1", 33002, "10.7.0.53", 53)] == {"exchanges": 1, "avg_ms": 1230.0, "max_ms": 1230.0}
+    assert flows[("10.7.0.1", 33003, "10.7.0.53", 53)] is None  # never answered
+    assert flows[("10.7.0.3", 33006, "10.7.0.53", 53)]["exchanges"] == 5
+
+
+def test_one_packet_per_batch_gives_the_same_exchanges() -> None:
+    """Requests waiting across batches are matched as within one batch."""
+    frames = exchanges()
+    whole = _run([frames])
+    single = _run([[f] for f in frames])
+    assert whole == single
+    assert len(whole) == 14
+    assert whole[-1] == 1230 * MS
+
+
+def _block(frames: list[Frame]) -> Block:
+    return block_of([f.data for f in frames], ts_ns=[f.ts_ns for f in frames], wirelen=[f.wirelen for f in frames])
+
+
+def _run(batches: list[list[Frame]]) -> list[int]:
+    from capture_backend.counters import Counters
+
+    counters, lat = Counters(), Latency()
+    got: list[int] = []
+    for frames in batches:
+        dec = decode(_block(frames))
+        counters.add(dec)
+        fid, ns = lat.add(dec, counters.flow_of, counters.flows.cols["first"])
+        assert (fid >= 0).all()
+        got += ns.tolist()
+    return sorted(got)
+
+
+def test_match_pairs_oldest_first_and_skips_unsolicited_and_repeats() -> None:
+    key = np.array([1, 1, 1, 1, 1, 2, 2, 2, 2], np.uint64)
+    request = np.array([1, 0, 0, 1, 0, 0, 1, 1, 0], bool)
+    ts = np.arange(9) * MS
+    answered, asked, left = match(key, request, np.full(9, REPEAT_FIFO), ts)
+    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([1, 4, 8], [0, 3, 6], [7])
+    answered, asked, left = match(key, request, np.full(9, REPEAT_FIRST), ts)  # DNS: the second is a repeat
+    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([1, 4, 8], [0, 3, 6], [])
+    answered, asked, left = match(key, request, np.full(9, REPEAT_NEWEST), ts)  # HTTP: the newest stands
+    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([1, 4, 8], [0, 3, 7], [])
+
+
+def test_dns_query_repeated_after_five_seconds_opens_a_new_exchange() -> None:
+    """tshark's retransmission timer: a query 5 s or more after the opening one is timed anew."""
+    key = np.zeros(6, np.uint64)
+    request = np.array([1, 1, 1, 1, 1, 0], bool)
+    ts = np.array([0, 1_000, 5_000, 6_000, 10_500, 11_000]) * MS
+    answered, asked, left = match(key, request, np.full(6, REPEAT_FIRST), ts)
+    # Opens at 0, 5 s and 10.5 s (5.5 s after 5 s); the newest opening answers.
+    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([5], [4], [])
+
+
+def test_classify_reads_only_what_was_captured() -> None:
+    """A request cut short after 2 payload bytes is not read past its end, and padding is no payload."""
+    s = Session("10.7.0.1", 41000, "10.7.0.80", 80, 1, 2)
+    s.send(0, True, "PA", data=b"GET / HTTP/1.1\r\n\r\n")
+    s.send(1, False, "A")  # 60-byte frame with padding, 0 payload bytes
+    cut = Frame(s.frames[0].data[:56], s.frames[0].ts_ns, s.frames[0].wirelen)
+    dns = dns_frame(2, "10.7.0.1", "10.7.0.53", 33001, 7, "a.example", False)
+    rows, kind, request, dns_id = classify(decode(_block([s.frames[0], s.frames[1], cut, dns])))
+    assert rows.tolist() == [0, 3]
+    assert kind.tolist() == [KIND_HTTP, KIND_DNS]
+    assert request.tolist() == [True, True]
+    assert dns_id.tolist() == [0, 7]
+
+
+def test_request_text() -> None:
+    q = bytes(DNS(id=1, qd=DNSQR(qname="www.example.org", qtype="AAAA")))
+    assert request_text(KIND_DNS, q) == "www.example.org AAAA"
+    assert request_text(KIND_HTTP, b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n") == "GET /a?b=1 HTTP/1.1"
