@@ -43,6 +43,8 @@ FLOW_COLUMNS: ColumnSpec = {
     "tcp_flags": (np.uint8, (), 0),
     "origin": (np.uint8, (), 0),
     "tcp_retrans": (np.int64, (), 0),
+    "tcp_ooo": (np.int64, (), 0),
+    "tcp_dupack": (np.int64, (), 0),
     "tcp_zero_win": (np.int64, (), 0),
     "tcp_resets": (np.int64, (), 0),
     "tcp_next": (np.int64, (2,), -1),

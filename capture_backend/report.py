@@ -297,10 +297,13 @@ def flow_rows(
 
 
 def tcp_health(t: TableSnapshot, i: int) -> Row:
-    """A TCP flow's retransmissions, zero windows, resets and handshake RTT (None when not seen)."""
+    """A TCP flow's retransmissions, out-of-order segments, duplicate ACKs, zero windows, resets and
+    handshake RTT (None when not seen), as tshark's tcp.analysis fields count them."""
     irtt = int(t.cols["tcp_irtt"][i])
     return {
         "retransmissions": int(t.cols["tcp_retrans"][i]),
+        "out_of_order": int(t.cols["tcp_ooo"][i]),
+        "duplicate_acks": int(t.cols["tcp_dupack"][i]),
         "zero_windows": int(t.cols["tcp_zero_win"][i]),
         "resets": int(t.cols["tcp_resets"][i]),
         "handshake_rtt_ms": irtt / 1e6 if irtt >= 0 else None,
