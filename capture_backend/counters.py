@@ -24,6 +24,8 @@ INT64_MAX = np.iinfo(np.int64).max
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 SEQ_SPAN = 1 << 32
 SEG_STRIDE = 1 << 35  # above any relative sequence value of one batch (< 2**34)
+OUT_OF_ORDER_NS = 3_000_000  # tshark's out-of-order window without a handshake RTT
+FAST_RETRANSMIT_NS = 20_000_000  # tshark: a fast retransmission comes within 20 ms of the duplicate ACK
 _HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 # name → (dtype, per-row shape, initial value)
@@ -35,9 +37,11 @@ TRAFFIC_COLUMNS: ColumnSpec = {
     "last": (np.int64, (), 0),
 }
 # origin: the direction of the flow's earliest packet (0: a sent it), i.e. who started the flow.
-# TCP health (as tshark's tcp.analysis): tcp_next is the highest unwrapped seq + len (+1 for SYN/FIN)
-# seen per direction (-1: none); tcp_syn the time of the latest SYN without ACK (0: none); tcp_irtt
-# the handshake RTT in ns (-1: not measured).
+# TCP health (as tshark's tcp.analysis), per direction: tcp_next is the highest unwrapped seq + len
+# (+1 for SYN/FIN) seen (-1: none) and tcp_next_t when it last grew; tcp_lastack, tcp_window and
+# tcp_last_t the last segment's raw ack, raw window and time; tcp_dupacks the duplicate ACKs since
+# the ack last changed; tcp_ka whether the last segment was a keep-alive. tcp_syn is the time of the
+# latest SYN without ACK (0: none); tcp_irtt the handshake RTT in ns (-1: not measured).
 FLOW_COLUMNS: ColumnSpec = {
     **TRAFFIC_COLUMNS,
     "tcp_flags": (np.uint8, (), 0),
@@ -48,6 +52,12 @@ FLOW_COLUMNS: ColumnSpec = {
     "tcp_zero_win": (np.int64, (), 0),
     "tcp_resets": (np.int64, (), 0),
     "tcp_next": (np.int64, (2,), -1),
+    "tcp_next_t": (np.int64, (2,), 0),
+    "tcp_lastack": (np.int64, (2,), 0),
+    "tcp_last_t": (np.int64, (2,), 0),
+    "tcp_window": (np.int64, (2,), 0),
+    "tcp_dupacks": (np.int64, (2,), 0),
+    "tcp_ka": (np.uint8, (2,), 0),
     "tcp_syn": (np.int64, (), 0),
     "tcp_irtt": (np.int64, (), -1),
     "app_count": (np.int64, (), 0),
@@ -451,6 +461,7 @@ class Counters:
                     cut(ts),
                     cut(flags),
                     cut(pick(dec.tcp_seq)),
+                    cut(pick(dec.tcp_ack)),
                     cut(pick(dec.tcp_window)),
                     cut(tcp_len),
                 )
@@ -524,14 +535,13 @@ def _add_tcp(
     ts: np.ndarray,
     flags: np.ndarray,
     seq: np.ndarray,
+    ack: np.ndarray,
     window: np.ndarray,
     length: np.ndarray,
 ) -> None:
-    """Resets, zero windows, retransmissions and the handshake RTT of TCP packets (in batch order).
+    """Resets, zero windows, the handshake RTT and the sequence analysis of TCP packets (in batch order).
 
     `keys` are the sorted flow id * 2 + direction values, `rank` each packet's index into them.
-    Per (flow, direction) segment of the packets sorted stably, a running maximum of seq + len
-    seeded with the table's tcp_next tells each packet the highest sequence sent before it.
     """
     key = keys[rank]
     rst = (flags & TH_RST) != 0
@@ -542,62 +552,173 @@ def _add_tcp(
         zero &= (flags & (TH_SYN | TH_FIN | TH_RST)) == 0
         np.add.at(cols["tcp_zero_win"], key[zero] >> 1, 1)
     syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
-    _retransmissions(cols, keys, rank, key, flags, seq, length)
     _handshake(cols, keys, rank, key >> 1, ts, flags, syn)
+    _Sequence(cols, keys, rank, ts, flags, seq, ack, window, length).run()
 
 
-def _retransmissions(
-    cols: dict[str, np.ndarray],
-    keys: np.ndarray,
-    rank: np.ndarray,
-    key: np.ndarray,
-    flags: np.ndarray,
-    seq: np.ndarray,
-    length: np.ndarray,
-) -> None:
-    """tshark's retransmission: data, SYN or FIN whose seq is below the highest seq + len sent before.
+class _Sequence:
+    """tshark's tcp_analyze_sequence_number() for one batch, on whole columns.
 
-    Where tshark decides differently: it calls such a segment out-of-order when it comes within the
-    handshake RTT (3 ms without one) of the highest segment and does not end where that one did,
-    spurious when the receiver already acknowledged it, and not a retransmission when it is a
-    zero-window probe; it starts a new stream (fresh state) when a SYN reuses the ports, and
-    reassembles IP fragments. Here all of these count as (or within) the one flow's retransmissions.
-    One direction must move less than 2 GiB of sequence space per batch (unwrapping).
+    Packets are sorted stably per (flow, direction) for what one direction decides alone (a running
+    maximum of seq + len seeded with the table's tcp_next, the previous segment's ack and window),
+    and per flow for what the other direction's latest segment says (its ack, time, duplicate-ACK
+    count, keep-alive). One direction must move less than 2 GiB of sequence space per batch.
+
+    Where tshark decides differently: it does not advance its highest sequence for a zero-window
+    probe, starts a new stream when a SYN reuses the ports, reassembles IP fragments, and sets the
+    duplicate-ACK count to 1 after an ACK of unseen data; none of these is followed here.
     """
-    s_fid, s_dir = keys >> 1, keys & 1
-    stored = cols["tcp_next"][s_fid, s_dir]
-    known = stored >= 0
-    count = np.bincount(rank, minlength=keys.size)
-    starts = np.cumsum(count) - count
-    # Unwrap relative to the stored value (or any seq of the key in the batch); + 2**32 keeps values
-    # positive, and each key's values are offset above the previous key's for one running maximum.
-    first_seq = np.zeros(keys.size, np.int64)
-    first_seq[rank] = seq  # whichever write wins: a reference needs only be within 2**31 of all
-    ref_low = np.where(known, stored & (SEQ_SPAN - 1), first_seq) - (SEQ_SPAN >> 1)
-    rel = ((seq - ref_low[rank]) & (SEQ_SPAN - 1)) + ((SEQ_SPAN >> 1) + rank * SEG_STRIDE)
-    x = rel + length + ((flags & (TH_SYN | TH_FIN)) != 0)
-    if rank.size > 1 and (rank[1:] < rank[:-1]).any():
-        order = np.argsort(rank.astype(np.uint16) if keys.size <= 1 << 16 else rank, kind="stable")
-        x, rel = x[order], rel[order]
-    else:
-        order = None
-    seed = np.where(known, SEQ_SPAN, 0) + np.arange(keys.size) * SEG_STRIDE
-    grows = x > rel
-    x[starts] = np.maximum(x[starts], seed)
-    running = np.maximum.accumulate(x)
-    prior = np.empty_like(running)
-    prior[1:] = running[:-1]
-    prior[starts] = seed
-    cand = np.flatnonzero((rel < prior) & grows)
-    if cand.size:
-        # A keep-alive (1 byte at the highest seq - 1, no SYN/FIN/RST) is no retransmission.
-        orig = cand if order is None else order[cand]
-        keepalive = (length[orig] == 1) & (rel[cand] == prior[cand] - 1)
-        keepalive &= (flags[orig] & (TH_SYN | TH_FIN | TH_RST)) == 0
-        np.add.at(cols["tcp_retrans"], key[orig[~keepalive]] >> 1, 1)
-    ends = starts + count - 1
-    ref = np.where(known, stored, first_seq)
-    cols["tcp_next"][s_fid, s_dir] = running[ends] - np.arange(keys.size) * SEG_STRIDE + ref - SEQ_SPAN
+
+    def __init__(
+        self,
+        cols: dict[str, np.ndarray],
+        keys: np.ndarray,
+        rank: np.ndarray,
+        ts: np.ndarray,
+        flags: np.ndarray,
+        seq: np.ndarray,
+        ack: np.ndarray,
+        window: np.ndarray,
+        length: np.ndarray,
+    ) -> None:
+        self.cols, self.keys = cols, keys
+        # Direction order: stable by key (a radix sort when the keys are few).
+        if rank.size > 1 and (rank[1:] < rank[:-1]).any():
+            order = np.argsort(rank.astype(np.uint16) if keys.size <= 1 << 16 else rank, kind="stable")
+        else:
+            order = np.arange(rank.size)
+        self.order = order
+        self.batch_rank = rank
+        self.rank = rank[order]
+        self.ts, self.flags, self.seq = ts[order], flags[order], seq[order]
+        self.ack, self.window, self.length = ack[order], window[order].astype(np.int64), length[order].astype(np.int64)
+        count = np.bincount(rank, minlength=keys.size)
+        self.starts = np.cumsum(count) - count
+        self.ends = self.starts + count - 1
+        self.first = np.zeros(rank.size, bool)
+        self.first[self.starts] = True
+
+    def _prev(self, values: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        """Each packet's previous value in its direction, the table's `seed` (per key) for the first."""
+        out = np.empty_like(values)
+        out[1:] = values[:-1]
+        out[self.starts] = seed
+        return out
+
+    def _last_before(self, mask: np.ndarray) -> np.ndarray:
+        """Index of the latest earlier packet of the same direction where mask holds, else -1."""
+        idx = np.arange(mask.size)
+        last = np.maximum.accumulate(np.where(mask, idx, -1))
+        before = np.empty_like(last)
+        before[1:] = last[:-1]
+        before[:1] = -1
+        seg_start = self.starts[self.rank]
+        return np.where(before >= seg_start, before, -1)
+
+    def run(self) -> None:
+        cols, keys, rank = self.cols, self.keys, self.rank
+        ts, flags, seq, ack, length = self.ts, self.flags, self.seq, self.ack, self.length
+        k_fid, k_dir = keys >> 1, keys & 1
+        m = rank.size
+        idx = np.arange(m)
+        stored = cols["tcp_next"][k_fid, k_dir]
+        known = stored >= 0
+        # Unwrap relative to the stored value (or any seq of the key in the batch); + 2**32 keeps values
+        # positive, and each key's values are offset above the previous key's for one running maximum.
+        first_seq = np.zeros(keys.size, np.int64)
+        first_seq[rank] = seq
+        ref_low = np.where(known, stored & (SEQ_SPAN - 1), first_seq) - (SEQ_SPAN >> 1)
+        stride = rank * SEG_STRIDE
+        rel = ((seq - ref_low[rank]) & (SEQ_SPAN - 1)) + ((SEQ_SPAN >> 1) + stride)
+        synfin = (flags & (TH_SYN | TH_FIN)) != 0
+        x = rel + length + synfin
+        seed = np.where(known, SEQ_SPAN, 0) + np.arange(keys.size) * SEG_STRIDE
+        x_seeded = x.copy()
+        x_seeded[self.starts] = np.maximum(x[self.starts], seed)
+        running = np.maximum.accumulate(x_seeded)
+        prior = self._prev(running, seed)
+        prior_known = ~self.first | known[rank]
+        # When the highest sequence last grew: tshark's nextseqtime.
+        grew = (x > prior) | ~prior_known
+        last_grew = self._last_before(grew)
+        next_t = np.where(last_grew >= 0, ts[np.maximum(last_grew, 0)], cols["tcp_next_t"][k_fid, k_dir][rank])
+        prev_ack = self._prev(ack, cols["tcp_lastack"][k_fid, k_dir])
+        prev_win = self._prev(self.window, cols["tcp_window"][k_fid, k_dir])
+        no_sfr = (flags & (TH_SYN | TH_FIN | TH_RST)) == 0
+        keepalive = (length <= 1) & prior_known & (rel == prior - 1) & no_sfr
+        at_next = prior_known & (rel == prior)
+        dup_like = (length == 0) & (self.window != 0) & (self.window == prev_win) & at_next & (ack == prev_ack) & no_sfr
+
+        # The other direction's latest segment before each packet: flow order, then back.
+        fid = k_fid[rank]
+        direction = k_dir[rank]
+        # Flow order: each flow's packets in batch order (a stable sort by a small flow rank).
+        k_flow = np.cumsum(np.append(True, k_fid[1:] != k_fid[:-1])) - 1
+        b_flow = k_flow[self.batch_rank]
+        if m > 1 and (b_flow[1:] < b_flow[:-1]).any():
+            f_batch = np.argsort(b_flow.astype(np.uint16) if k_flow[-1] < 1 << 16 else b_flow, kind="stable")
+        else:
+            f_batch = idx
+        to_dir = np.empty(m, np.int64)
+        to_dir[self.order] = idx
+        f_order = to_dir[f_batch]
+        f_fid, f_dir = fid[f_order], direction[f_order]
+        f_head = np.empty(m, bool)
+        f_head[:1] = True
+        np.not_equal(f_fid[1:], f_fid[:-1], out=f_head[1:])
+        f_start = np.maximum.accumulate(np.where(f_head, idx, 0))
+        last0 = np.maximum.accumulate(np.where(f_dir == 0, idx, -1))
+        last1 = np.maximum.accumulate(np.where(f_dir == 1, idx, -1))
+        f_rev = np.where(f_dir == 0, last1, last0)
+        f_rev = np.where(f_rev >= f_start, f_rev, -1)
+        rev = np.full(m, -1, np.int64)  # in direction order: index (direction order) of the other side's latest
+        rev[f_order] = np.where(f_rev >= 0, f_order[np.maximum(f_rev, 0)], -1)
+        has_rev = rev >= 0
+        r = np.maximum(rev, 0)
+        other = 1 - direction
+        rev_ka = np.where(has_rev, keepalive[r], cols["tcp_ka"][fid, other] != 0)
+        dupack = dup_like & ~rev_ka
+
+        # Duplicate ACKs in a row since the ack last changed (tshark's dupacknum), after each packet.
+        changed = ack != prev_ack
+        cum = np.cumsum(dupack)
+        reset = np.maximum.accumulate(np.where(changed, idx, -1))
+        seg_start = self.starts[rank]
+        before_seg = np.where(seg_start > 0, cum[np.maximum(seg_start - 1, 0)], 0)
+        dupnum = np.where(
+            reset >= seg_start,
+            cum - cum[np.maximum(reset, 0)],
+            cols["tcp_dupacks"][k_fid, k_dir][rank] + cum - before_seg,
+        )
+        rev_ack = np.where(has_rev, ack[r], cols["tcp_lastack"][fid, other])
+        rev_t = np.where(has_rev, ts[r], cols["tcp_last_t"][fid, other])
+        rev_dups = np.where(has_rev, dupnum[r], cols["tcp_dupacks"][fid, other])
+
+        carries = ((length > 0) | synfin) & ~keepalive
+        behind = carries & prior_known & (rel < prior) & ~((length > 1) & (rel == prior - 1))
+        end = (seq + length) & (SEQ_SPAN - 1)
+        spurious = carries & (length > 0) & (rev_ack != 0) & (((rev_ack - end) & (SEQ_SPAN - 1)) < (SEQ_SPAN >> 1))
+        fast = ~spurious & behind & (rev_dups >= 2) & (rev_ack == seq) & (ts - rev_t < FAST_RETRANSMIT_NS)
+        irtt = cols["tcp_irtt"][fid]
+        threshold = np.where(irtt > 0, irtt, OUT_OF_ORDER_NS)
+        ooo = ~spurious & ~fast & behind & (ts - next_t < threshold) & (prior != x)
+        retrans = spurious | fast | (behind & ~ooo)
+        for name, hit in (("tcp_retrans", retrans), ("tcp_ooo", ooo), ("tcp_dupack", dupack)):
+            if hit.any():
+                np.add.at(cols[name], fid[hit], 1)
+
+        ends = self.ends
+        ref = np.where(known, stored, first_seq)
+        cols["tcp_next"][k_fid, k_dir] = running[ends] - np.arange(keys.size) * SEG_STRIDE + ref - SEQ_SPAN
+        grew_last = np.maximum.accumulate(np.where(grew, idx, -1))[ends]
+        cols["tcp_next_t"][k_fid, k_dir] = np.where(
+            grew_last >= self.starts, ts[np.maximum(grew_last, 0)], cols["tcp_next_t"][k_fid, k_dir]
+        )
+        cols["tcp_lastack"][k_fid, k_dir] = ack[ends]
+        cols["tcp_last_t"][k_fid, k_dir] = ts[ends]
+        cols["tcp_window"][k_fid, k_dir] = self.window[ends]
+        cols["tcp_dupacks"][k_fid, k_dir] = dupnum[ends]
+        cols["tcp_ka"][k_fid, k_dir] = keepalive[ends]
 
 
 def _handshake(

@@ -487,9 +487,19 @@ def test_counters_per_flow_pair_and_host_both_directions() -> None:
         "origin": 1,
         # scapy's seq 0: each SYN takes one sequence number; the handshake's ACK came 2 ns after the SYN.
         "tcp_retrans": 0,
+        "tcp_ooo": 0,
+        "tcp_dupack": 0,
         "tcp_zero_win": 0,
         "tcp_resets": 0,
         "tcp_next": [1, 1],
+        "tcp_next_t": [t0 + 1, t0],
+        # Per direction: the last segment's raw ack, time and window; scapy's seq-0 ACKs sit one
+        # below the next sequence with no payload, which tshark calls keep-alives.
+        "tcp_lastack": [0, 0],
+        "tcp_last_t": [t0 + 3 * NS, t0 + 2 * NS],
+        "tcp_window": [8192, 8192],
+        "tcp_dupacks": [0, 0],
+        "tcp_ka": [1, 1],
         "tcp_syn": t0,
         "tcp_irtt": 2,
         "app_count": 0,

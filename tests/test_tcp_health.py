@@ -1,10 +1,5 @@
-"""TCP health per flow (retransmissions, zero windows, resets, handshake RTT) against tshark.
-
-The sessions are built so that tshark's timing-based classes coincide with the simple rule
-retrotap uses: every re-sent segment comes >= 200 ms after the highest one (so it is no
-out-of-order segment), before the receiver acknowledged it (so it is no spurious retransmission),
-and with no duplicate ACKs before it (so fast retransmission, a retransmission too, does not matter).
-"""
+"""TCP health per flow against tshark's tcp.analysis: retransmissions (fast and spurious ones too),
+out-of-order segments, duplicate ACKs, zero windows, resets and the handshake RTT."""
 
 from __future__ import annotations
 
@@ -30,6 +25,8 @@ from tests.test_accuracy import run_retrotap
 TSHARK = shutil.which("tshark")
 MS = 1_000_000
 Tuple5 = tuple[str, int, str, int]
+# retransmissions, out-of-order, duplicate ACKs, zero windows, resets, handshake RTT (ms)
+Health = tuple[int, int, int, int, int, float | None]
 
 
 class Session:
@@ -120,14 +117,57 @@ def sessions() -> list[Session]:
     e.send(42, True, "A")
     e.send(400, False, "PA", 500, seq=x)
     e.send(410, True, "A")
-    return [a, b, c, e]
+    # E: reordering. No handshake (3 ms window): a segment overtaken by the next one by 1 ms is
+    # out-of-order; one 10 ms late is a retransmission.
+    r = Session("10.9.0.5", 40005, "192.0.2.12", 80, 100, 200)
+    r1 = r.send(0, True, "PA", 100)
+    r2 = r.send(1, True, "PA", 100, advance=False)
+    r.seq[True] = r2 + 100
+    r.send(1.5, True, "PA", 100)  # r3 before r2
+    r.send(2, True, "PA", 100, seq=r2)  # r2: 0.5 ms after the highest: out-of-order
+    r4 = r.send(3, True, "PA", 100)
+    r.send(13, True, "PA", 100, seq=r4)  # 10 ms after: a retransmission
+    r.send(14, False, "A")
+    assert r1 < r2
+    # F: loss, three duplicate ACKs, a fast retransmission, then a spurious one (already acked).
+    f = Session("10.9.0.6", 40006, "192.0.2.13", 80, 1000, 2000)
+    f.handshake(0, 10)
+    f1 = f.send(20, True, "PA", 500)
+    f2 = f.send(21, True, "PA", 500, advance=False)  # lost: never captured
+    f.frames.pop()
+    f.seq[True] = f2 + 500
+    f.send(22, True, "PA", 500)
+    f.send(23, True, "PA", 500)
+    f.send(24, True, "PA", 500)
+    f.seq[True] = f2  # the server acks up to the hole, four times: three duplicates
+    for t in (31, 32, 33, 34):
+        f.send(t, False, "A")
+    f.seq[True] = f2 + 2000
+    f.send(35, True, "PA", 500, seq=f2)  # fast retransmission
+    f.send(45, False, "A")  # everything acknowledged
+    f.send(300, True, "PA", 500, seq=f1)  # spurious: acknowledged long ago
+    # G: a keep-alive, then ACKs that tshark calls keep-alive ACKs (never duplicates) until the client
+    # sends again, a window update among them.
+    g = Session("10.9.0.7", 40007, "192.0.2.14", 443, 5000, 6000)
+    g.handshake(0, 4)
+    g.send(10, True, "PA", 50)
+    g.send(12, False, "A")
+    g.send(1000, True, "A", 0, seq=g.seq[True] - 1)  # keep-alive
+    g.send(1001, False, "A")  # keep-alive ACK
+    g.send(1002, False, "A")  # a second one: still a keep-alive ACK to tshark
+    g.send(1003, False, "A", window=30000)  # window update
+    g.send(1004, False, "A", window=30000)  # same ack, same window: still a keep-alive ACK
+    return [a, b, c, e, r, f, g]
 
 
-EXPECTED: dict[Tuple5, tuple[int, int, int, float | None]] = {
-    ("10.9.0.1", 40001, "192.0.2.10", 80): (2, 2, 1, 50.0),
-    ("2001:db8:9::1", 40002, "2001:db8:9::2", 443): (2, 0, 1, 40.0),
-    ("10.9.0.3", 40003, "192.0.2.10", 80): (1, 0, 0, 20.0),
-    ("10.9.0.4", 40004, "192.0.2.11", 22): (1, 1, 0, None),
+EXPECTED: dict[Tuple5, Health] = {
+    ("10.9.0.1", 40001, "192.0.2.10", 80): (2, 0, 0, 2, 1, 50.0),
+    ("2001:db8:9::1", 40002, "2001:db8:9::2", 443): (2, 0, 0, 0, 1, 40.0),
+    ("10.9.0.3", 40003, "192.0.2.10", 80): (1, 0, 0, 0, 0, 20.0),
+    ("10.9.0.4", 40004, "192.0.2.11", 22): (1, 0, 1, 1, 0, None),  # the re-sent data was acked: spurious
+    ("10.9.0.5", 40005, "192.0.2.12", 80): (1, 1, 0, 0, 0, None),
+    ("10.9.0.6", 40006, "192.0.2.13", 80): (2, 0, 3, 0, 0, 10.0),
+    ("10.9.0.7", 40007, "192.0.2.14", 443): (0, 0, 0, 0, 0, 4.0),
 }
 
 
@@ -140,8 +180,9 @@ def norm(a: str, ap: int, b: str, bp: int) -> Tuple5:
     return (a, ap, b, bp) if ap > bp else (b, bp, a, ap)
 
 
-def tshark_health(path: Path) -> dict[Tuple5, tuple[int, int, int, float | None]]:
-    """Per flow: retransmissions, zero windows, resets (frame counts) and the first initial RTT."""
+def tshark_health(path: Path) -> dict[Tuple5, Health]:
+    """Per flow: retransmissions, out-of-order, duplicate ACKs, zero windows, resets (frame counts) and
+    the first initial RTT."""
     assert TSHARK is not None
 
     def frames_of(display_filter: str) -> list[int]:
@@ -169,23 +210,33 @@ def tshark_health(path: Path) -> dict[Tuple5, tuple[int, int, int, float | None]
         flow_of[int(num)] = key
         if irtt and key not in rtt:
             rtt[key] = round(float(irtt) * 1000, 3)
-    retrans = Counter(flow_of[n] for n in frames_of("tcp.analysis.retransmission"))
-    zero = Counter(flow_of[n] for n in frames_of("tcp.analysis.zero_window"))
-    resets = Counter(flow_of[n] for n in frames_of("tcp.flags.reset == 1"))
-    return {k: (retrans[k], zero[k], resets[k], rtt.get(k)) for k in set(flow_of.values())}
+    counts = [
+        Counter(flow_of[n] for n in frames_of(f))
+        for f in (
+            "tcp.analysis.retransmission",
+            "tcp.analysis.out_of_order",
+            "tcp.analysis.duplicate_ack",
+            "tcp.analysis.zero_window",
+            "tcp.flags.reset == 1",
+        )
+    ]
+    return {k: (*(c[k] for c in counts), rtt.get(k)) for k in set(flow_of.values())}  # type: ignore[misc]
 
 
-def retrotap_health(path: Path) -> dict[Tuple5, tuple[int, int, int, float | None]]:
+def _health(h: dict[str, Any]) -> Health:
+    rtt = None if h["handshake_rtt_ms"] is None else round(h["handshake_rtt_ms"], 3)
+    names = ("retransmissions", "out_of_order", "duplicate_acks", "zero_windows", "resets")
+    return (*(int(h[n]) for n in names), rtt)  # type: ignore[return-value]
+
+
+def retrotap_health(path: Path) -> dict[Tuple5, Health]:
     proc = run_retrotap("stats", "-r", str(path), "--format", "json", "--top", "0")
     assert proc.returncode == 0, proc.stderr
     record: dict[str, Any] = json.loads(proc.stdout.splitlines()[0])
     out = {}
     for f in record["flows"]:
         if f["proto"] == "tcp":
-            h = f["tcp"]
-            rtt = None if h["handshake_rtt_ms"] is None else round(h["handshake_rtt_ms"], 3)
-            key = norm(f["src"], f["sport"], f["dst"], f["dport"])
-            out[key] = (h["retransmissions"], h["zero_windows"], h["resets"], rtt)
+            out[norm(f["src"], f["sport"], f["dst"], f["dport"])] = _health(f["tcp"])
     return out
 
 
@@ -198,7 +249,7 @@ def test_tcp_health_equals_tshark(tmp_path: Path) -> None:
     assert retrotap_health(path) == expected
 
 
-def counters_health(blocks: list[list[Frame]]) -> dict[Tuple5, tuple[int, int, int, float | None]]:
+def counters_health(blocks: list[list[Frame]]) -> dict[Tuple5, Health]:
     """Feed the frames as the given blocks; per flow health, keyed like EXPECTED."""
     c = Counters()
     for frames in blocks:
@@ -208,13 +259,8 @@ def counters_health(blocks: list[list[Frame]]) -> dict[Tuple5, tuple[int, int, i
     for i in range(len(snap)):
         key = snap.keys[i].tobytes()
         a, b = addr_str(key[:16]), addr_str(key[16:32])
-        h = tcp_health(snap, i)
-        rtt = None if h["handshake_rtt_ms"] is None else round(h["handshake_rtt_ms"], 3)
-        out[norm(a, int.from_bytes(key[32:34], "big"), b, int.from_bytes(key[34:36], "big"))] = (
-            h["retransmissions"],
-            h["zero_windows"],
-            h["resets"],
-            rtt,
+        out[norm(a, int.from_bytes(key[32:34], "big"), b, int.from_bytes(key[34:36], "big"))] = _health(
+            tcp_health(snap, i)
         )
     return out
 
@@ -261,3 +307,60 @@ def test_mixed_capture_equals_tshark(tmp_path: Path) -> None:
     assert all(k[1] == 0 for k in got.keys() - common)
     assert len(common) > 100 and sum(v[0] for v in expected.values()) > 0
     assert {k: got[k] for k in common} == {k: expected[k] for k in common}
+
+
+def lossy_sessions(seed: int, flows: int = 6, segments: int = 120) -> list[Frame]:
+    """Seeded bulk transfers with reordering, losses, re-sent segments, duplicate and delayed ACKs."""
+    rng = np.random.default_rng(seed)
+    frames: list[Frame] = []
+    for n in range(flows):
+        s = Session(f"10.8.{n}.1", 42000 + n, f"10.8.{n}.2", 80, int(rng.integers(0, 2**32)), 77)
+        rtt = float(rng.choice([1.0, 5.0, 20.0]))
+        s.handshake(0, rtt)
+        t = rtt + 1
+        sent: list[int] = []
+        acked = s.seq[True]
+        for _ in range(segments):
+            t += float(rng.exponential(0.8))
+            size = int(rng.choice([1, 100, 536, 1448]))
+            r = rng.random()
+            if r < 0.08 and sent:  # re-send an earlier segment (some already acknowledged)
+                old = sent[int(rng.integers(max(0, len(sent) - 6), len(sent)))]
+                s.send(t, True, "PA", size, seq=old)
+            elif r < 0.14:  # this one and the next swap places
+                first = s.seq[True]
+                s.seq[True] = (first + size) & 0xFFFFFFFF
+                s.send(t, True, "PA", size)
+                s.send(t + float(rng.uniform(0.1, 8.0)), True, "PA", size, seq=first)
+                sent.append(first)
+            elif r < 0.18:  # lost on the way: never captured
+                sent.append(s.send(t, True, "PA", size))
+                s.frames.pop()
+            else:
+                sent.append(s.send(t, True, "PA", size))
+            if rng.random() < 0.35:  # the receiver acknowledges what it has, sometimes twice
+                acked = s.seq[True] if rng.random() < 0.8 else acked
+                client_next = s.seq[True]
+                s.seq[True] = acked
+                for _ in range(int(rng.choice([1, 1, 2, 3]))):
+                    t += 0.05
+                    s.send(t, False, "A")
+                s.seq[True] = client_next
+        frames += s.frames
+    return sorted(frames, key=lambda f: f.ts_ns)
+
+
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark")
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lossy_transfers_equal_tshark(tmp_path: Path, seed: int) -> None:
+    """Every class on randomised transfers, whole file and in random batches, equals tshark per flow."""
+    frames = lossy_sessions(seed)
+    path = tmp_path / "lossy.pcap"
+    write_pcap(path, frames, nanosecond=True)
+    expected = tshark_health(path)
+    assert sum(h[0] for h in expected.values()) > 5 and sum(h[1] for h in expected.values()) > 5
+    assert sum(h[2] for h in expected.values()) > 5
+    assert retrotap_health(path) == expected
+    cuts = sorted(np.random.default_rng(seed).choice(np.arange(1, len(frames)), 40, replace=False).tolist())
+    blocks = [frames[a:b] for a, b in zip([0, *cuts], [*cuts, len(frames)], strict=True)]
+    assert counters_health(blocks) == expected
