@@ -18,6 +18,7 @@ from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
 from capture_backend.decode import Decoded, decode
+from capture_backend.latency import EMPTY as EMPTY_LATENCY
 from capture_backend.latency import Latency, LatencySnapshot
 from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
 from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
@@ -78,7 +79,7 @@ class Snapshot:
     ports: TableSnapshot
     capture_cpu: float  # seconds of CPU used by the capture thread
     links: Mapping[str, LinkInfo] = field(default_factory=dict)
-    latency: LatencySnapshot = field(default_factory=lambda: Latency().freeze())
+    latency: LatencySnapshot = EMPTY_LATENCY
 
     @property
     def received(self) -> int:

@@ -304,9 +304,13 @@ class Latency:
     def __init__(self, servers: int = 10_000) -> None:
         self.servers = KeyTable(20, LATENCY_COLUMNS, servers)
         self.services = KeyTable(4, LATENCY_COLUMNS, 4096)
+        # Unanswered requests sorted by key; their text lives in a pool of PENDING_LIMIT slots.
         self.p_key = np.zeros(0, np.uint64)
         self.p_ts = np.zeros(0, np.int64)
-        self.p_text = np.zeros((0, TEXT_BYTES), np.uint8)
+        self.p_slot = np.zeros(0, np.int64)
+        self.pool = np.zeros((PENDING_LIMIT, TEXT_BYTES), np.uint8)
+        self.free = np.arange(PENDING_LIMIT - 1, -1, -1)
+        self._next_expiry = 0
         self.s_server = np.full(SAMPLE_RING, -1, np.int64)
         self.s_service = np.full(SAMPLE_RING, -1, np.int64)
         self.s_value = np.zeros(SAMPLE_RING, np.int64)
@@ -335,25 +339,29 @@ class Latency:
         ts = dec.ts_ns[rows]
         req_rows = np.flatnonzero(request)
         text = _text(dec, rows[req_rows], kind[req_rows])
-        # Pending requests go first (they are older), then this batch in order; sorted by key.
-        np_ = self.p_key.size
-        all_key = np.concatenate([self.p_key, key])
-        all_ts = np.concatenate([self.p_ts, ts])
+        # Only the pending requests of this batch's keys take part; they go first (they are older).
+        taken = self._pending_of(np.unique(key))
+        np_ = taken.size
+        all_key = np.concatenate([self.p_key[taken], key])
+        all_ts = np.concatenate([self.p_ts[taken], ts])
         all_req = np.concatenate([np.ones(np_, bool), request])
+        all_text = np.concatenate([self.pool[self.p_slot[taken]], text])
         text_of = np.full(all_key.size, -1, np.int64)  # row in all_text
         text_of[:np_] = np.arange(np_)
         text_of[np_ + req_rows] = np_ + np.arange(req_rows.size)
-        all_text = np.concatenate([self.p_text, text])
         order = np.argsort(all_key, kind="stable")
         kinds = ((all_key[order] >> np.uint64(16)) & np.uint64(0xFF)).astype(np.int64)
         answered, asked, left = match(all_key[order], all_req[order], KIND_REPEAT[kinds], all_ts[order])
         resp, req = order[answered], order[asked]
-        left = order[left]
+        left = order[left]  # by key, then arrival
+        self._replace_pending(taken, all_key[left], all_ts[left], all_text[text_of[left]], int(ts.max()))
         # A flow row re-used after its flow was evicted must not answer the old flow's request.
         r_fid = (all_key[resp] >> np.uint64(24)).astype(np.int64)
         fresh = all_ts[req] >= flow_first[r_fid]
+        in_time = all_ts[resp] - all_ts[req] <= PENDING_TIMEOUT_NS
+        self.unanswered += int((fresh & ~in_time).sum())
+        fresh &= in_time
         resp, req, r_fid = resp[fresh], req[fresh], r_fid[fresh]
-        self._keep_pending(all_key[left], all_ts[left], all_text[text_of[left]], int(ts.max()))
         if resp.size == 0:
             return e, e
         lat = all_ts[resp] - all_ts[req]
@@ -361,12 +369,45 @@ class Latency:
         self._record(dec, rows[b], kind[b], all_ts[resp], lat, all_text[text_of[req]])
         return r_fid, lat
 
-    def _keep_pending(self, key: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int) -> None:
-        keep = ts >= now - PENDING_TIMEOUT_NS
-        if int(keep.sum()) > PENDING_LIMIT:
-            keep &= ts >= np.sort(ts[keep])[-PENDING_LIMIT]
-        self.unanswered += int(keep.size - keep.sum())
-        self.p_key, self.p_ts, self.p_text = key[keep], ts[keep], text[keep]
+    def _pending_of(self, keys: np.ndarray) -> np.ndarray:
+        """Indices of the pending requests (sorted by key) whose key is one of the sorted `keys`."""
+        lo = np.searchsorted(self.p_key, keys, "left")
+        hi = np.searchsorted(self.p_key, keys, "right")
+        n = hi - lo
+        if not n.any():
+            return np.zeros(0, np.int64)
+        lo, n = lo[n > 0], n[n > 0]
+        return np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+
+    def _replace_pending(self, taken: np.ndarray, key: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int) -> None:
+        """Drop the pending requests that took part, keep the unanswered ones (sorted by key)."""
+        self.free = np.concatenate([self.free, self.p_slot[taken]])
+        keep = np.ones(self.p_key.size, bool)
+        keep[taken] = False
+        if now >= self._next_expiry or self.p_key.size - taken.size + key.size > PENDING_LIMIT:
+            self._next_expiry = now + PENDING_TIMEOUT_NS // 4
+            keep &= self.p_ts >= now - PENDING_TIMEOUT_NS
+            over = min(int(keep.sum()) + key.size - PENDING_LIMIT * 3 // 4, int(keep.sum()))
+            if over > 0:  # far too many unanswered: the oldest go, in one sweep
+                ages = np.where(keep, self.p_ts, np.iinfo(np.int64).max)
+                keep[np.argpartition(ages, over - 1)[:over]] = False
+            gone = ~keep
+            gone[taken] = False
+            self.unanswered += int(gone.sum())
+            self.free = np.concatenate([self.free, self.p_slot[gone]])
+        if key.size > self.free.size:  # more new requests than slots: the oldest new ones go
+            extra = key.size - self.free.size
+            self.unanswered += extra
+            newest = np.sort(np.argsort(ts, kind="stable")[extra:])
+            key, ts, text = key[newest], ts[newest], text[newest]
+        slots = self.free[self.free.size - key.size :]
+        self.free = self.free[: self.free.size - key.size]
+        self.pool[slots] = text
+        p_key, p_ts, p_slot = self.p_key[keep], self.p_ts[keep], self.p_slot[keep]
+        at = np.searchsorted(p_key, key, "right")
+        self.p_key = np.insert(p_key, at, key)
+        self.p_ts = np.insert(p_ts, at, ts)
+        self.p_slot = np.insert(p_slot, at, slots)
 
     def _record(
         self, dec: Decoded, rows: np.ndarray, kind: np.ndarray, ts: np.ndarray, lat: np.ndarray, text: np.ndarray
@@ -439,3 +480,12 @@ class Latency:
             col.flags.writeable = False
             cols[name] = col
         return TableSnapshot(keys=snap.keys, cols=MappingProxyType(cols), evicted=snap.evicted)
+
+
+def _empty_table(width: int) -> TableSnapshot:
+    cols = {name: np.zeros(0, dtype) for name, (dtype, _, _) in LATENCY_COLUMNS.items()}
+    cols |= {"p50": np.zeros(0, np.int64), "p95": np.zeros(0, np.int64)}
+    return TableSnapshot(keys=np.zeros((0, width), np.uint8), cols=MappingProxyType(cols))
+
+
+EMPTY = LatencySnapshot(servers=_empty_table(20), services=_empty_table(4), slowest=(), exchanges=0, unanswered=0)

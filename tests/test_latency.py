@@ -281,3 +281,34 @@ def test_request_text() -> None:
     q = bytes(DNS(id=1, qd=DNSQR(qname="www.example.org", qtype="AAAA")))
     assert request_text(KIND_DNS, q) == "www.example.org AAAA"
     assert request_text(KIND_HTTP, b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\n") == "GET /a?b=1 HTTP/1.1"
+
+
+def test_unanswered_requests_time_out_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response after 30 s answers nothing; past the pending limit the oldest requests go, counted."""
+    from capture_backend import latency as lat_mod
+    from capture_backend.counters import Counters
+
+    late = [
+        dns_frame(0, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", False),
+        dns_frame(31_000, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", True),
+    ]
+    counters, lat = Counters(), Latency()
+    for f in late:
+        dec = decode(_block([f]))
+        counters.add(dec)
+        assert lat.add(dec, counters.flow_of, counters.flows.cols["first"])[0].size == 0
+    assert (lat.freeze().exchanges, lat.freeze().unanswered) == (0, 1)
+
+    monkeypatch.setattr(lat_mod, "PENDING_LIMIT", 8)
+    queries = [dns_frame(i, "10.7.0.1", "10.7.0.53", 33001, i, "a.example", False) for i in range(20)]
+    answers = [dns_frame(100 + i, "10.7.0.1", "10.7.0.53", 33001, i, "a.example", True) for i in range(20)]
+    counters, lat = Counters(), lat_mod.Latency()
+    matched: list[int] = []
+    for batch in (queries[:5], queries[5:], answers):
+        dec = decode(_block(batch))
+        counters.add(dec)
+        matched += lat.add(dec, counters.flow_of, counters.flows.cols["first"])[1].tolist()
+    # The last 8 queries (ids 12..19) waited; each answered 100 ms - id ms + id ms later.
+    assert matched == [100 * MS] * 8
+    assert (lat.freeze().exchanges, lat.freeze().unanswered) == (8, 12)
+    assert lat.p_key.size == 0 and lat.free.size == 8
