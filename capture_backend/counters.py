@@ -256,7 +256,7 @@ class Tally:
 
 @dataclass
 class CounterLimits:
-    """Capacities and idle timeouts of the bounded tables."""
+    """Capacities and idle timeouts of the bounded tables; analysis: TCP health and application latency."""
 
     flows: int = 200_000
     pairs: int = 100_000
@@ -264,6 +264,7 @@ class CounterLimits:
     ports: int = 65_536 * 2
     flow_idle_s: float = 300.0
     pair_idle_s: float = 3600.0
+    analysis: bool = True
 
 
 def _row_hash(k: np.ndarray) -> np.ndarray:
@@ -435,7 +436,7 @@ class Counters:
         _add_traffic(self.flows, fid, *traffic)
         np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
         tcp_len = pick(dec.tcp_len)
-        tcp = np.flatnonzero(tcp_len >= 0)
+        tcp = np.flatnonzero(tcp_len >= 0) if self.limits.analysis else np.zeros(0, np.int64)
         if tcp.size:
             every = tcp.size == tcp_len.size  # an all-TCP batch needs no gathers
             p_inv = inv if every else inv[tcp]

@@ -125,9 +125,10 @@ class Counting:
             sink(block, dec)
         self.counters.add(dec)
         c = self.counters
-        fid, lat = self.latency.add(dec, c.flow_of, c.flows.cols["first"])
-        if fid.size:
-            c.add_latency(fid, lat)
+        if c.limits.analysis:
+            fid, lat = self.latency.add(dec, c.flow_of, c.flows.cols["first"])
+            if fid.size:
+                c.add_latency(fid, lat)
 
     def freeze(self, interfaces: tuple[IfaceStatus, ...], cpu: float, links: Mapping[str, LinkInfo]) -> Snapshot:
         """Build a Snapshot of the counters as they are now."""

@@ -312,3 +312,14 @@ def test_unanswered_requests_time_out_and_stay_bounded(monkeypatch: pytest.Monke
     assert matched == [100 * MS] * 8
     assert (lat.freeze().exchanges, lat.freeze().unanswered) == (8, 12)
     assert lat.p_key.size == 0 and lat.free.size == 8
+
+
+def test_no_analysis_turns_tcp_health_and_latency_off(tmp_path: Path) -> None:
+    path = tmp_path / "apps.pcap"
+    write_pcap(path, exchanges(), nanosecond=True)
+    on, off = stats(path), stats(path, "--no-analysis")
+    assert on["latency"]["exchanges"] == 14 and off["latency"]["exchanges"] == 0
+    rtts = {f["dport"]: f["tcp"]["handshake_rtt_ms"] for f in on["flows"] if f["proto"] == "tcp"}
+    assert rtts == {80: 2.0, 8080: 1.0, 3306: 1.0}
+    assert all(f["tcp"]["handshake_rtt_ms"] is None for f in off["flows"] if f["proto"] == "tcp")
+    assert on["totals"] == off["totals"]  # counting itself is the same

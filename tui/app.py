@@ -576,7 +576,7 @@ def run_dashboard(
     args: argparse.Namespace, interfaces: list[str], ring: RingConfig, exporters: ExporterSettings | None = None
 ) -> int:
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
-    limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle)
+    limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis)
     engine: Engine | FileEngine
     mapper: ProcessMapper | None = None  # live only: a file's sockets are not this machine's
     tm = TimeMachine(args.buffer_size, args.buffer_seconds) if args.buffer_size else None

@@ -118,6 +118,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
     p.add_argument("--flow-idle", type=_positive(float), default=300.0, metavar="S", help="flow idle timeout")
     p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="skip TCP health and DNS/HTTP/MySQL latency (less CPU per packet)",
+    )
+    p.add_argument(
         "--buffer-seconds", type=_positive(float), default=60.0, metavar="S", help="time machine: seconds kept"
     )
     p.add_argument(
@@ -220,7 +225,7 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         fmt=args.format,
         promisc=not args.no_promisc,
         ring=_ring(args),
-        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle),
+        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=_snapshot_dir(args.snapshot_dir),
@@ -261,7 +266,7 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         read_file=args.read,
         filter_expr=args.filter,
         ring=_ring(args),
-        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle),
+        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=_snapshot_dir(args.snapshot_dir),
