@@ -182,6 +182,15 @@ class KeyTable:
             out[i] = row
         return out
 
+    def ids_of_repeated(self, keys: np.ndarray) -> np.ndarray:
+        """ids() for keys that repeat a lot (pairs, hosts, ports of many flows): one lookup per distinct key."""
+        if keys.shape[0] < 64:
+            return self.ids(keys)
+        pad = -self.width % 8
+        k = np.ascontiguousarray(np.pad(keys, ((0, 0), (0, pad))) if pad else keys).view(np.uint64)
+        first, inv = _group(k)
+        return self.ids(keys[first])[inv]
+
     def add_history(self, ids: np.ndarray, sec: np.ndarray, direction: np.ndarray, nbytes: np.ndarray) -> None:
         """Add bytes to the per-second buckets of rows, in one of two directions.
 
@@ -467,14 +476,14 @@ class Counters:
                     cut(tcp_len),
                 )
 
-        pid = self.pairs.ids(fkey[:, :32])
+        pid = self.pairs.ids_of_repeated(fkey[:, :32])
         _add_traffic(self.pairs, pid, *traffic)
         _add_history(self.pairs, pid, g_sec, g_dir, g_bytes)
 
         # Hosts: the sender transmits (direction 0), the receiver receives (direction 1).
         sender = np.where((g_dir == 0)[:, None], a_bytes, b_bytes)
         receiver = np.where((g_dir == 0)[:, None], b_bytes, a_bytes)
-        hid = self.hosts.ids(np.concatenate([sender, receiver]))
+        hid = self.hosts.ids_of_repeated(np.concatenate([sender, receiver]))
         both = (np.concatenate([np.zeros(g, np.int64), np.ones(g, np.int64)]),)
         doubled = [np.concatenate([x, x]) for x in (g_packets, g_bytes, g_first, g_last)]
         _add_traffic(self.hosts, hid, both[0], *doubled)
@@ -493,7 +502,7 @@ class Counters:
             # Direction 0: towards the service port.
             to_service = np.where(g_dir == 0, g_bport == service, g_aport == service).astype(np.int64)
             sub = np.flatnonzero(has_ports)
-            tid = self.ports.ids(pkey[sub])
+            tid = self.ports.ids_of_repeated(pkey[sub])
             _add_traffic(self.ports, tid, 1 - to_service[sub], g_packets[sub], g_bytes[sub], g_first[sub], g_last[sub])
 
     def flow_of(self, rows: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend.counters import KeyTable, TableSnapshot
+from capture_backend.counters import KeyTable, TableSnapshot, _group
 from capture_backend.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames, key_bytes
 
 KIND_DNS, KIND_HTTP, KIND_MYSQL = 1, 2, 3
@@ -35,7 +35,7 @@ HTTP_REQUEST_HEADS = np.array(
     np.uint64,
 )
 HTTP_RESPONSE_HEAD = int.from_bytes(b"HTTP", "big")
-TEXT_BYTES = 96  # of each request kept to name it (DNS question, HTTP request line, SQL)
+TEXT_BYTES = 64  # of each request kept to name it (DNS question, HTTP request line, SQL)
 DNS_RETRANSMIT_NS = 5 * 1_000_000_000  # tshark's dns.retransmission_timer
 PENDING_LIMIT = 65_536
 PENDING_TIMEOUT_NS = 30 * 1_000_000_000
@@ -149,10 +149,11 @@ def _text(dec: Decoded, rows: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """The first TEXT_BYTES of each request's payload past its framing, zero-padded: (m, TEXT_BYTES)."""
     assert dec.buf is not None and dec.l7_start is not None and dec.l7_cap is not None
     skip = np.where(kind == KIND_MYSQL, 5, np.where((kind == KIND_DNS) & (dec.proto[rows] == IPPROTO_TCP), 2, 0))
-    pos = dec.l7_start[rows, None] + skip[:, None] + np.arange(TEXT_BYTES)
-    inside = pos < (dec.l7_start[rows] + dec.l7_cap[rows])[:, None]
-    last = dec.buf.shape[0] - 1
-    return np.where(inside, dec.buf[np.clip(pos, 0, max(last, 0))], 0).astype(np.uint8)
+    fr = _Frames(dec.buf, dec.l7_start[rows], dec.l7_cap[rows])
+    words = fr.funnel(skip.astype(np.int64), TEXT_BYTES // 8)
+    text = np.ascontiguousarray(words.astype(">u8")).view(np.uint8).reshape(rows.size, TEXT_BYTES)
+    inside = np.arange(TEXT_BYTES) < (dec.l7_cap[rows] - skip)[:, None]
+    return np.where(inside, text, 0).astype(np.uint8)
 
 
 def _segment_starts(key: np.ndarray) -> np.ndarray:
@@ -420,8 +421,15 @@ class Latency:
         server = key_bytes(dec.src_key[rows])
         skey = np.empty((m, 20), np.uint8)
         skey[:, :16], skey[:, 16], skey[:, 17:19], skey[:, 19] = server, proto, port, kind
-        vkey = skey[:, 16:]
-        sid, vid = self.servers.ids(skey), self.services.ids(np.ascontiguousarray(vkey))
+        # One table lookup per distinct server and service, not per exchange.
+        tail = (dec.proto[rows].astype(np.uint64) << np.uint64(24)) | (
+            dec.sport[rows].astype(np.uint64) << np.uint64(8)
+        )
+        tail |= kind.astype(np.uint64)
+        s_first, s_inv = _group(np.column_stack([dec.src_key[rows], tail]))
+        v_first, v_inv = _group(tail[:, None])
+        sid = self.servers.ids(skey[s_first])[s_inv]
+        vid = self.services.ids(np.ascontiguousarray(skey[v_first, 16:]))[v_inv]
         for table, ids in ((self.servers, sid), (self.services, vid)):
             ok = ids >= 0
             c, i = table.cols, ids[ok]
