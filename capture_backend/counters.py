@@ -464,7 +464,7 @@ class Counters:
                     rank = rank[good]
                 rank, g_keys = rank - 1, g_keys[1:]
             if rank.size:
-                _add_tcp(
+                _Sequence(
                     cols,
                     g_keys,
                     rank,
@@ -474,7 +474,7 @@ class Counters:
                     cut(pick(dec.tcp_ack)),
                     cut(pick(dec.tcp_window)),
                     cut(tcp_len),
-                )
+                ).run()
 
         pid = self.pairs.ids_of_repeated(fkey[:, :32])
         _add_traffic(self.pairs, pid, *traffic)
@@ -538,36 +538,10 @@ def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return head, np.cumsum(head) - 1, np.flatnonzero(head)
 
 
-def _add_tcp(
-    cols: dict[str, np.ndarray],
-    keys: np.ndarray,
-    rank: np.ndarray,
-    ts: np.ndarray,
-    flags: np.ndarray,
-    seq: np.ndarray,
-    ack: np.ndarray,
-    window: np.ndarray,
-    length: np.ndarray,
-) -> None:
-    """Resets, zero windows, the handshake RTT and the sequence analysis of TCP packets (in batch order).
-
-    `keys` are the sorted flow id * 2 + direction values, `rank` each packet's index into them.
-    """
-    key = keys[rank]
-    rst = (flags & TH_RST) != 0
-    if rst.any():
-        np.add.at(cols["tcp_resets"], key[rst] >> 1, 1)
-    zero = window == 0
-    if zero.any():
-        zero &= (flags & (TH_SYN | TH_FIN | TH_RST)) == 0
-        np.add.at(cols["tcp_zero_win"], key[zero] >> 1, 1)
-    syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
-    _handshake(cols, keys, rank, key >> 1, ts, flags, syn)
-    _Sequence(cols, keys, rank, ts, flags, seq, ack, window, length).run()
-
-
 class _Sequence:
-    """tshark's tcp_analyze_sequence_number() for one batch, on whole columns.
+    """TCP health of one batch's TCP packets, on whole columns: resets, zero windows, the handshake RTT
+    and tshark's tcp_analyze_sequence_number(). `keys` are the sorted flow id * 2 + direction values,
+    `rank` each packet's index into them; the other columns are in batch order.
 
     Packets are sorted stably per (flow, direction) for what one direction decides alone (a running
     maximum of seq + len seeded with the table's tcp_next, the previous segment's ack and window),
@@ -599,6 +573,7 @@ class _Sequence:
             order = np.arange(rank.size)
         self.order = order
         self.batch_rank = rank
+        self.batch_cols = (ts, flags, window)
         self.rank = rank[order]
         self.ts, self.flags, self.seq = ts[order], flags[order], seq[order]
         self.ack, self.window, self.length = ack[order], window[order].astype(np.int64), length[order].astype(np.int64)
@@ -626,6 +601,22 @@ class _Sequence:
         return np.where(before >= seg_start, before, -1)
 
     def run(self) -> None:
+        """Count everything into the flow table's columns."""
+        cols, keys = self.cols, self.keys
+        # Resets, zero windows and the handshake need no order.
+        key = keys[self.batch_rank]
+        ts, flags, window = self.batch_cols
+        rst = (flags & TH_RST) != 0
+        if rst.any():
+            np.add.at(cols["tcp_resets"], key[rst] >> 1, 1)
+        zero = (window == 0) & ((flags & (TH_SYN | TH_FIN | TH_RST)) == 0)
+        if zero.any():
+            np.add.at(cols["tcp_zero_win"], key[zero] >> 1, 1)
+        syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
+        _handshake(cols, keys, self.batch_rank, key >> 1, ts, flags, syn)
+        self._sequence()
+
+    def _sequence(self) -> None:
         cols, keys, rank = self.cols, self.keys, self.rank
         ts, flags, seq, ack, length = self.ts, self.flags, self.seq, self.ack, self.length
         k_fid, k_dir = keys >> 1, keys & 1
