@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual.css.scalar import Unit
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
@@ -48,6 +49,7 @@ class SnapTable(DataTable[Cell]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.spec = list(columns)
         self._shown: dict[str, tuple[Cell, ...]] = {}
+        self._widths = {col.key: col.width for col in self.spec if col.width is not None}
 
     def on_mount(self) -> None:
         for col in self.spec:
@@ -65,21 +67,37 @@ class SnapTable(DataTable[Cell]):
             if column.label != text:
                 column.label = text
                 changed = True
+            changed |= self._fit(col.key)
         if changed:
             self.refresh()
 
     def set_width(self, key: str, width: int) -> None:
         """Give a column a new fixed width."""
-        column = self.columns.get(ColumnKey(key))
-        if column is not None and column.width != width:
-            column.width = width
-            column.auto_width = False
-            self._require_update_dimensions = True
+        self._widths[key] = width
+        if self._fit(key):
             self.refresh()
 
+    def _fit(self, key: str) -> bool:
+        """Size a fixed-width column: its width, or its header's if wider (a sort arrow is not cut off)."""
+        column = self.columns.get(ColumnKey(key))
+        base = self._widths.get(key)
+        if column is None or base is None:
+            return False
+        width = max(base, column.label.cell_len)
+        if column.width == width and not column.auto_width:
+            return False
+        column.width = width
+        column.auto_width = False
+        self._require_update_dimensions = True
+        return True
+
     def capacity(self) -> int:
-        """How many rows fit on screen now (what is worth formatting)."""
-        height = self.scrollable_content_region.height - (self.header_height if self.show_header else 0)
+        """How many rows fit on screen now (what is worth formatting); an auto-height table: up to its max-height."""
+        header = self.header_height if self.show_header else 0
+        rule, most = self.styles.height, self.styles.max_height
+        if rule is not None and rule.is_auto and most is not None and most.unit == Unit.CELLS:
+            return max(1, int(most.value) - header)
+        height = self.scrollable_content_region.height - header
         return height if height > 0 else DEFAULT_CAPACITY
 
     def row_keys(self) -> list[str]:

@@ -112,7 +112,11 @@ class View(Vertical):
         key = self.sort_key
         if key is None or idx.size == 0:
             return idx[:top]
-        return order_rows(idx, self.key_values(key, frame, idx), key.descending != self.reverse, secondary, top)
+        descending = key.descending != self.reverse
+        values = self.key_values(key, frame, idx)
+        if values.dtype.kind == "f" and values.ndim == 1:  # NaN: nothing to show (a blank cell), last either way
+            values = np.where(np.isnan(values), -np.inf if descending else np.inf, values)
+        return order_rows(idx, values, descending, secondary, top)
 
     def show(self, frame: Frame) -> None:
         """Render the frame (only the rows that fit)."""
