@@ -34,6 +34,8 @@ from capture_backend.report import flow_rows
 from capture_backend.timemachine import TimeMachine
 from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import block_of, mixed_packets, wirelen, write_pcap
+from tests.test_latency import exchanges, nearest_rank
+from tests.test_tcp_health import all_frames
 from tui.app import RetrotapApp, SnapshotFeed
 from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.format import size
@@ -284,7 +286,22 @@ async def test_question_mark_lists_every_binding(engine: FileEngine) -> None:
         text = screen_text(app)
         for key, what in app.key_help():
             assert f"{key}   {what}" in text
-        assert {b.key for b in app.BINDINGS} >= {"1", "2", "3", "4", "5", "slash", "s", "S", "p", "f", "n", "q"}  # type: ignore[union-attr]
+        assert {b.key for b in app.BINDINGS} >= {
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "6",
+            "7",
+            "slash",
+            "s",
+            "S",
+            "p",
+            "f",
+            "n",
+            "q",
+        }  # type: ignore[union-attr]
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 
@@ -501,6 +518,136 @@ async def test_lab_addresses_stay_numeric_without_answers(tmp_path: Path) -> Non
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n", "2")
         assert column(app, "hosts-table", "pair")[0].split() == [IP4_A, "=>", IP4_B]
+
+
+# --- TCP health and application latency: tests/test_tcp_health.py's sessions (their tshark-checked
+# figures) and tests/test_latency.py's DNS, HTTP and MySQL exchanges, in one capture
+DNS_V4_MS = [2, 4, 6, 8, 10, 12.5, 200, 1230]  # test_latency.exchanges(): 10.7.0.53
+DNS_V6_MS = [3]  # 2001:db8:7::53
+
+
+@pytest.fixture(scope="module")
+def health_pcap(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("health") / "health.pcap"
+    write_pcap(path, sorted(exchanges() + all_frames(), key=lambda f: f.ts_ns), nanosecond=True)
+    return str(path)
+
+
+@pytest.fixture
+def health_engine(health_pcap: str) -> Iterator[FileEngine]:
+    eng = read_all(health_pcap)
+    yield eng
+    eng.close()
+
+
+@sync
+async def test_latency_view_per_service_server_and_the_slowest(health_engine: FileEngine) -> None:
+    dns = DNS_V4_MS + DNS_V6_MS
+    # Nearest rank over 2, 3, 4, 6, 8, 10, 12.5, 200, 1230: the 5th and the 9th.
+    assert (nearest_rank(dns, 0.5), nearest_rank(dns, 0.95)) == (8, 1230)
+    app = make_app(health_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        assert app.query_one(ContentSwitcher).current == "latency"
+        assert app.query_one("#tab-7").has_class("-active")
+        text = screen_text(app)
+        assert "14 exchanges (request → first response packet), 0 requests unanswered" in text
+        services = cells(app, "latency-services")
+        assert services == [  # by exchanges; the tie (2 and 2) by row
+            ["dns", "udp/53", "9", "8.00", "1,230", "1,230", "163.9"],  # mean 1475.5 / 9
+            ["mysql", "tcp/3306", "2", "1.50", "300.0", "300.0", "150.8"],
+            ["http", "tcp/80", "2", "30.0", "99.0", "99.0", "64.5"],
+            ["http", "tcp/8080", "1", "7.00", "7.00", "7.00", "7.00"],
+        ]
+        servers = {(r[0], r[1], r[2]): r[3:] for r in cells(app, "latency-servers")}
+        assert servers == {
+            ("dns", "10.7.0.53", "udp/53"): ["8", "8.00", "1,230", "1,230", "184.1"],  # mean 1472.5 / 8
+            ("mysql", "10.7.0.33", "tcp/3306"): ["2", "1.50", "300.0", "300.0", "150.8"],
+            ("http", "10.7.0.80", "tcp/80"): ["2", "30.0", "99.0", "99.0", "64.5"],
+            ("http", "2001:db8:7::80", "tcp/8080"): ["1", "7.00", "7.00", "7.00", "7.00"],
+            ("dns", "2001:db8:7::53", "udp/53"): ["1", "3.00", "3.00", "3.00", "3.00"],
+        }
+        slowest = cells(app, "latency-slowest")
+        assert len(slowest) == 14
+        assert slowest[:5] == [
+            ["dns", "1,230", "22:13:21.250", "10.7.0.1", "10.7.0.53:53", "slow.example A"],
+            ["mysql", "300.0", "22:13:20.310", "10.7.0.1", "10.7.0.33:3306", "SELECT * FROM orders WHERE total > 100"],
+            ["dns", "200.0", "22:13:28.200", "10.7.0.1", "10.7.0.53:53", "again.example A"],
+            ["http", "99.0", "22:13:20.140", "10.7.0.1", "10.7.0.80:80", "HEAD /x HTTP/1.1"],
+            ["http", "30.0", "22:13:20.035", "10.7.0.1", "10.7.0.80:80", "GET /index.html HTTP/1.1"],
+        ]
+        assert ["http", "7.00", "22:13:20.019", "2001:db8:7::1", "[2001:db8:7::80]:8080", "GET /v6 HTTP/1.1"] in slowest
+        assert slowest[-1] == ["mysql", "1.50", "22:13:20.321", "10.7.0.1", "10.7.0.33:3306", "SELECT 1"]
+        assert "SELECT * FROM orders WHERE total > 100" in screen_text(app)
+
+
+@sync
+async def test_latency_view_sorts_with_s_and_filters_with_slash(health_engine: FileEngine) -> None:
+    app = make_app(health_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7", "s")
+        assert app.view.sort_key.column == "p50"  # type: ignore[union-attr]
+        assert column(app, "latency-services", "port") == ["tcp/80", "udp/53", "tcp/8080", "tcp/3306"]
+        assert column(app, "latency-services", "p50") == ["30.0", "8.00", "7.00", "1.50"]
+        assert "p50 ms ▼" in screen_text(app) and "sort p50 ▼" in screen_text(app)
+        await pilot.press("S")
+        assert column(app, "latency-servers", "p50") == ["1.50", "3.00", "7.00", "8.00", "30.0"]
+        await pilot.press("s", "s", "s")  # p95, max, mean (largest first again)
+        assert app.view.sort_key.column == "mean"  # type: ignore[union-attr]
+        assert column(app, "latency-servers", "server") == [
+            "10.7.0.53",
+            "10.7.0.33",
+            "10.7.0.80",
+            "2001:db8:7::80",
+            "2001:db8:7::53",
+        ]
+        # A kind: DNS rows only, in all three tables.
+        await pilot.press("slash", *"dns", "enter")
+        assert column(app, "latency-services", "port") == ["udp/53"]
+        assert column(app, "latency-servers", "server") == ["10.7.0.53", "2001:db8:7::53"]
+        assert set(column(app, "latency-slowest", "kind")) == {"dns"}
+        assert len(cells(app, "latency-slowest")) == 9
+        # An address: its server, and the exchanges it took part in; services have no address to narrow by.
+        await pilot.press("slash", *["backspace"] * 3, *"10.7.0.80", "enter")
+        assert column(app, "latency-servers", "server") == ["10.7.0.80"]
+        assert column(app, "latency-slowest", "request") == ["HEAD /x HTTP/1.1", "GET /index.html HTTP/1.1"]
+        assert len(cells(app, "latency-services")) == 4
+        # A port and a protocol.
+        await pilot.press("slash", *["backspace"] * 9, *"tcp 8080", "enter")
+        assert cells(app, "latency-services") == [["http", "tcp/8080", "1", "7.00", "7.00", "7.00", "7.00"]]
+        assert column(app, "latency-slowest", "request") == ["GET /v6 HTTP/1.1"]
+
+
+@sync
+async def test_latency_view_says_what_it_measures_when_nothing_was_timed(tmp_path: Path) -> None:
+    path = tmp_path / "tcp.pcap"
+    write_pcap(path, all_frames(), nanosecond=True)
+    eng = read_all(str(path))
+    app = make_app(eng)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        text = " ".join(screen_text(app).split())
+        assert "No exchange timed yet." in text
+        assert "DNS over UDP and TCP port 53, HTTP/1.x on any TCP port, MySQL COM_QUERY on port 3306" in text
+        for table in ("latency-services", "latency-servers", "latency-slowest"):
+            assert cells(app, table) == []
+    eng.close()
+
+
+@sync
+async def test_W_on_a_latency_server_writes_that_hosts_packets(health_pcap: str, tmp_path: Path) -> None:
+    app, eng = tm_app(health_pcap, tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("7")
+        assert cells(app, "latency-servers")[0][:2] == ["dns", "10.7.0.53"]
+        await pilot.press("W")
+        saved = await wait_saved(app, pilot)
+        assert "[host 10.7.0.53]" in saved
+        server = bytes([10, 7, 0, 53])
+        frames = sorted(exchanges() + all_frames(), key=lambda f: f.ts_ns)
+        wanted = [f.data for f in frames if server in (f.data[26:30], f.data[30:34])]  # IPv4 source, destination
+        assert len(wanted) == 20 and packets_in(saved.split(" (")[0]) == wanted
+    eng.close()
 
 
 # --- live: the real `retrotap` in tmux, capturing in the netns lab

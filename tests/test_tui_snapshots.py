@@ -1,4 +1,4 @@
-"""SVG snapshots of the five views at 120×40, from tests/pcapgen's capture with a fixed clock.
+"""SVG snapshots of the views (all but Processes) at 160×40, from tests/pcapgen's capture with a fixed clock.
 
 Update the baselines after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update
 """
@@ -22,7 +22,7 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, tuple[Snapsh
     return path, demo_snapshots(path)
 
 
-@pytest.mark.parametrize("view", range(1, len(VIEWS) + 1), ids=VIEWS)
+@pytest.mark.parametrize("view", list(VIEWS.values()), ids=list(VIEWS))
 def test_view(
     snap_compare: Callable[..., bool], capture: tuple[str, tuple[Snapshot, Snapshot]], view: int
 ) -> None:

@@ -1,4 +1,4 @@
-"""The live dashboard (`retrotap` with no subcommand): five views over the capture engine's snapshots.
+"""The live dashboard (`retrotap` with no subcommand): seven views over the capture engine's snapshots.
 
 The capture thread publishes an immutable Snapshot a few times a second; the app pulls it at the
 refresh rate and formats only the rows the active view can show. Rare engine events arrive as
@@ -42,6 +42,7 @@ from tui.widgets.help import HelpScreen
 from tui.widgets.hosts import HostsView
 from tui.widgets.inspector import InspectorScreen, file_job, selection_job
 from tui.widgets.interfaces import InterfacesView
+from tui.widgets.latency import LatencyView
 from tui.widgets.names import Lookup, NameResolver
 from tui.widgets.ports import PortsView
 from tui.widgets.processes import ProcessesView
@@ -50,8 +51,8 @@ from tui.widgets.query import Query
 from tui.widgets.status import StatusBar, ViewBar
 from tui.widgets.view import Frame, View
 
-VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes")
-VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes")
+VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
+VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
 
 
@@ -122,18 +123,19 @@ class EngineNotice(Message):
 
 
 class RetrotapApp(App[int]):
-    """Five views over the engine's snapshots: Interfaces, Hosts, Ports, Flows, Drops."""
+    """Seven views over the engine's snapshots: Interfaces, Hosts, Ports, Flows, Drops, Processes, Latency."""
 
     CSS_PATH = "app.tcss"
     TITLE = "retrotap"
     ENABLE_COMMAND_PALETTE = True
-    BINDINGS = [
-        Binding("1", "view(1)", "Interfaces"),
-        Binding("2", "view(2)", "Hosts"),
-        Binding("3", "view(3)", "Ports"),
-        Binding("4", "view(4)", "Flows"),
-        Binding("5", "view(5)", "Drops"),
-        Binding("6", "view(6)", "Processes"),
+    BINDINGS = [  # the view keys are on the view bar, not in the footer
+        Binding("1", "view(1)", "Interfaces", show=False),
+        Binding("2", "view(2)", "Hosts", show=False),
+        Binding("3", "view(3)", "Ports", show=False),
+        Binding("4", "view(4)", "Flows", show=False),
+        Binding("5", "view(5)", "Drops", show=False),
+        Binding("6", "view(6)", "Processes", show=False),
+        Binding("7", "view(7)", "Latency", show=False),
         Binding("slash", "text_filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Rev", key_display="S"),
@@ -154,9 +156,10 @@ class RetrotapApp(App[int]):
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
         "view(2)": "Hosts: host pairs with 2 s / 10 s / 40 s averages (iftop)",
         "view(3)": "Ports: per protocol and service port",
-        "view(4)": "Flows: 5-tuples, both directions (Enter: details)",
+        "view(4)": "Flows: 5-tuples, TCP health, latency (Enter: details)",
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
         "view(6)": "Processes: traffic per local process (this namespace)",
+        "view(7)": "Latency: DNS/HTTP/MySQL response times, slowest requests",
         "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
@@ -176,6 +179,8 @@ class RetrotapApp(App[int]):
     EXTRA_KEYS = [
         ("Enter", "Flows: details of the selected flow"),
         ("↑ ↓ PgUp PgDn", "Move in the table"),
+        ("← →", "Scroll a wide table sideways"),
+        ("Tab", "Latency: the next table (services, servers, slowest)"),
         ("Escape", "Close a panel or prompt"),
         ("Ctrl+P", "Command palette: every action by name"),
     ]
@@ -231,6 +236,7 @@ class RetrotapApp(App[int]):
             yield FlowsView(id="flows")
             yield DropsView(id="drops")
             yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY, id="processes")
+            yield LatencyView(id="latency")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)
 
@@ -339,7 +345,7 @@ class RetrotapApp(App[int]):
 
     # --- actions
     def action_view(self, index: int) -> None:
-        """Show view number index (1-5)."""
+        """Show view number index (1-7)."""
         self.active = index
         self.query_one(ContentSwitcher).current = VIEW_IDS[index - 1]
         self.query_one(ViewBar).activate(index)
@@ -438,14 +444,14 @@ class RetrotapApp(App[int]):
             self._write_snapshot(*picked)
 
     def _selected(self) -> tuple[Selector, str] | None:
-        """The selector of the row under the cursor (views 2, 3, 4), or None after saying what to do."""
+        """The selector of the row under the cursor (views 2, 3, 4, 7), or None after saying what to do."""
         table = self.view.table
         picked = None
         if table.row_count:
             row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
             picked = selection_of(str(row_key))
         if picked is None:
-            self.notify("select a flow, host pair, host or port first (views 2, 3, 4)", severity="warning")
+            self.notify("select a flow, host pair, host or port first (views 2, 3, 4, 7)", severity="warning")
         return picked
 
     def action_inspect(self) -> None:

@@ -19,8 +19,9 @@ from tui.app import RetrotapApp, SnapshotFeed
 
 T0 = 1_700_000_000.0  # the test capture's first packet (2023-11-14 22:13:20 UTC)
 FIXED_CLOCK = T0 + 60.0
-VIEWS = ("interfaces", "hosts", "ports", "flows", "drops")
-SIZE = (120, 40)
+# View name → its key. Not 6 (Processes): a file's traffic has no local processes.
+VIEWS = {"interfaces": 1, "hosts": 2, "ports": 3, "flows": 4, "drops": 5, "latency": 7}
+SIZE = (160, 40)  # the Flows view's columns fit
 PCAP_NAME = "capture.pcap"
 
 
@@ -57,7 +58,7 @@ async def show_view(pilot: Pilot[int], feed: SnapshotFeed, final: Snapshot, view
 async def _shoot(pcap: str, out_dir: Path) -> list[Path]:
     snaps = demo_snapshots(pcap)
     written = []
-    for n, view in enumerate(VIEWS, 1):
+    for view, n in VIEWS.items():
         app, feed = demo_app(pcap, snaps)
         async with app.run_test(size=SIZE) as pilot:
             await show_view(pilot, feed, snaps[1], n)

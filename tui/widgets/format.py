@@ -28,6 +28,17 @@ def count(n: float | None) -> str:
     return DASH if n is None else f"{int(n):,}"
 
 
+def ms(value: float | None) -> str:
+    """Milliseconds to about three significant digits: '0.05', '8.00', '12.5', '1,230'."""
+    if value is None:
+        return DASH
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 999.95:
+        return f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
 def per_second(n: float | None) -> str:
     """An event rate ('12.5/s')."""
     return DASH if n is None else f"{n:,.1f}/s"

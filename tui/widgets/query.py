@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from capture_backend.counters import TableSnapshot
+from capture_backend.latency import DNS_PORT, KIND_DNS, KIND_NAMES, Exchange
 from capture_backend.services import PROTO_NAMES, service_table
 
 V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
 PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
+KIND_NUMBERS = {name: num for num, name in KIND_NAMES.items()}  # application latency: dns, http, mysql
 DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")
 Network = tuple[np.ndarray, np.ndarray]  # 16-byte key of the network, 16-byte mask
 
@@ -36,6 +38,7 @@ class Term:
     networks: list[Network] = field(default_factory=list)
     ports: set[int] = field(default_factory=set)
     protos: set[int] = field(default_factory=set)
+    kinds: set[int] = field(default_factory=set)  # exchange kinds (Latency view)
 
 
 def _term(word: str, names: Mapping[str, str]) -> Term | None:
@@ -61,10 +64,14 @@ def _term(word: str, names: Mapping[str, str]) -> Term | None:
     except ValueError:
         pass
     term.ports |= {port for (_, port), svc in service_table().items() if svc == low}
+    if low in KIND_NUMBERS:  # 'dns': DNS exchanges, and port 53 where rows have no kind
+        term.kinds.add(KIND_NUMBERS[low])
+        if KIND_NUMBERS[low] == KIND_DNS:
+            term.ports.add(DNS_PORT)
     for addr, name in names.items():
         if low in name.lower():
             term.networks.append(_network(ipaddress.ip_network(addr)))
-    return term if term.ports or term.networks else None
+    return term if term.ports or term.networks or term.kinds else None
 
 
 @dataclass
@@ -91,13 +98,22 @@ class Query:
         return bool(self.text)
 
     def _mask(
-        self, n: int, addrs: Sequence[np.ndarray], ports: Sequence[np.ndarray], proto: np.ndarray | None
+        self,
+        n: int,
+        addrs: Sequence[np.ndarray],
+        ports: Sequence[np.ndarray],
+        proto: np.ndarray | None,
+        kinds: np.ndarray | None = None,
     ) -> np.ndarray:
         out = np.full(n, not self.unknown)
         for term in self.terms:
             if (term.networks and not addrs) or (term.ports and not ports) or (term.protos and proto is None):
                 continue  # the word is about something these rows do not have: it does not narrow them
+            if term.kinds and kinds is None and not (term.networks or term.ports or term.protos):
+                continue
             hit = np.zeros(n, bool)
+            if term.kinds and kinds is not None:
+                hit |= np.isin(kinds, np.fromiter(term.kinds, np.int64))
             for key, mask in term.networks:
                 for a in addrs:
                     hit |= ((a & mask) == key).all(axis=1)
@@ -128,3 +144,26 @@ class Query:
         """Rows of the port table that match."""
         k = t.keys
         return self._mask(len(t), [], [k[:, 1].astype(np.int64) << 8 | k[:, 2]], k[:, 0].astype(np.int64))
+
+    def services(self, t: TableSnapshot) -> np.ndarray:
+        """Rows of the latency per-service table (IP protocol, port, kind) that match."""
+        k = t.keys
+        port = k[:, 1].astype(np.int64) << 8 | k[:, 2]
+        return self._mask(len(t), [], [port], k[:, 0].astype(np.int64), k[:, 3].astype(np.int64))
+
+    def servers(self, t: TableSnapshot) -> np.ndarray:
+        """Rows of the latency per-server table (address, IP protocol, port, kind) that match."""
+        k = t.keys
+        port = k[:, 17].astype(np.int64) << 8 | k[:, 18]
+        return self._mask(len(t), [k[:, :16]], [port], k[:, 16].astype(np.int64), k[:, 19].astype(np.int64))
+
+    def exchanges(self, items: Sequence[Exchange]) -> np.ndarray:
+        """Which of these exchanges match (client, server, server port, kind; they carry no IP protocol)."""
+        n = len(items)
+        if n == 0:
+            return np.zeros(0, bool)
+        client = np.frombuffer(b"".join(x.client for x in items), np.uint8).reshape(n, 16)
+        server = np.frombuffer(b"".join(x.server for x in items), np.uint8).reshape(n, 16)
+        port = np.array([x.port for x in items], np.int64)
+        kinds = np.array([KIND_NUMBERS.get(x.kind, 0) for x in items], np.int64)
+        return self._mask(n, [client, server], [port], None, kinds)
