@@ -35,6 +35,7 @@ from capture_backend.timemachine import TimeMachine
 from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import block_of, mixed_packets, wirelen, write_pcap
 from tests.test_latency import exchanges, nearest_rank
+from tests.test_tcp_health import EXPECTED as TCP_EXPECTED
 from tests.test_tcp_health import all_frames
 from tui.app import RetrotapApp, SnapshotFeed
 from tui.widgets.flow_detail import FlowDetail
@@ -524,6 +525,7 @@ async def test_lab_addresses_stay_numeric_without_answers(tmp_path: Path) -> Non
 # figures) and tests/test_latency.py's DNS, HTTP and MySQL exchanges, in one capture
 DNS_V4_MS = [2, 4, 6, 8, 10, 12.5, 200, 1230]  # test_latency.exchanges(): 10.7.0.53
 DNS_V6_MS = [3]  # 2001:db8:7::53
+FlowKey = tuple[str, str, int, str, int]
 
 
 @pytest.fixture(scope="module")
@@ -538,6 +540,166 @@ def health_engine(health_pcap: str) -> Iterator[FileEngine]:
     eng = read_all(health_pcap)
     yield eng
     eng.close()
+
+
+def flow_cells(app: RetrotapApp) -> dict[FlowKey, dict[str, str]]:
+    """The Flows table by (proto, client, client port, server, port): column key → cell text."""
+    table = app.query_one("#flows-table", SnapTable)
+    keys = [c.key for c in table.spec]
+    out = {}
+    for row in cells(app, "flows-table"):
+        by = dict(zip(keys, row, strict=True))
+        out[(by["proto"], by["src"], int(by["sport"]), by["dst"], int(by["dport"]))] = by
+    return out
+
+
+def rtt_text(ms: float | None) -> str:
+    """How the RTT and Lat columns write milliseconds: three significant digits, blank when unknown."""
+    if ms is None:
+        return ""
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:,.0f}"
+
+
+async def sort_by(pilot: Any, view: Any, column: str) -> None:
+    for _ in range(len(view.sort_keys)):
+        if view.sort_key.column == column:
+            return
+        await pilot.press("s")
+    raise AssertionError(f"no sort key {column}")
+
+
+@sync
+async def test_flows_show_tcp_health_and_latency_per_flow(health_engine: FileEngine) -> None:
+    app = make_app(health_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        flows = flow_cells(app)
+        assert len(flows) == len(health_engine.snapshot.flows) == len(TCP_EXPECTED) + 10  # + the exchanges
+        for (client, cport, server, sport), (retr, ooo, dup, _, _, rtt) in TCP_EXPECTED.items():
+            row = flows[("tcp", client, cport, server, sport)]
+            assert (row["retrans"], row["ooo"], row["dupack"], row["rtt"]) == (
+                str(retr),
+                str(ooo),
+                str(dup),
+                rtt_text(rtt),
+            )
+            assert row["lat"] == ""  # no application exchange in these sessions
+        # Literally, for two of them: fast retransmission after three duplicate ACKs; reordering, no handshake.
+        f = flows[("tcp", "10.9.0.6", 40006, "192.0.2.13", 80)]
+        assert (f["retrans"], f["ooo"], f["dupack"], f["rtt"]) == ("2", "0", "3", "10.0")
+        e = flows[("tcp", "10.9.0.5", 40005, "192.0.2.12", 80)]
+        assert (e["retrans"], e["ooo"], e["rtt"]) == ("1", "1", "")
+        # Application latency: the mean of each flow's exchanges; TCP columns blank for UDP.
+        http = flows[("tcp", "10.7.0.1", 41000, "10.7.0.80", 80)]
+        assert (http["retrans"], http["rtt"], http["lat"]) == ("0", "2.00", "64.5")
+        mysql = flows[("tcp", "10.7.0.1", 42000, "10.7.0.33", 3306)]
+        assert (mysql["rtt"], mysql["lat"]) == ("1.00", "150.8")
+        assert flows[("tcp", "2001:db8:7::1", 41001, "2001:db8:7::80", 8080)]["lat"] == "7.00"
+        dns = {
+            cport: flows[("udp", c, cport, s, 53)]
+            for c, cport, s in (
+                ("10.7.0.1", 33001, "10.7.0.53"),
+                ("10.7.0.1", 33002, "10.7.0.53"),
+                ("10.7.0.1", 33003, "10.7.0.53"),
+                ("10.7.0.3", 33006, "10.7.0.53"),
+                ("2001:db8:7::1", 33005, "2001:db8:7::53"),
+            )
+        }
+        assert {p: r["lat"] for p, r in dns.items()} == {
+            33001: "12.5",  # one exchange of 12.5 ms
+            33002: "1,230",  # the re-sent query: timed from the first
+            33003: "",  # never answered
+            33006: "6.00",  # 2, 4, 6, 8, 10 ms
+            33005: "3.00",
+        }
+        for r in dns.values():
+            assert (r["retrans"], r["ooo"], r["dupack"], r["rtt"]) == ("", "", "", "")
+
+
+@sync
+async def test_s_sorts_flows_by_health_and_latency_blanks_last(health_engine: FileEngine) -> None:
+    app = make_app(health_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        view = app.query_one("#flows")
+        await sort_by(pilot, view, "retrans")
+        retr = column(app, "flows-table", "retrans")
+        tcp_retr = sorted((h[0] for h in TCP_EXPECTED.values()), reverse=True)
+        assert [int(r) for r in retr[: len(tcp_retr)]] == tcp_retr  # 2, 2, 2, 1, 1, 1, 0
+        assert retr[0] == "2" and "Retr ▼" in screen_text(app)
+        assert retr.count("") == 7 and set(retr[-7:]) == {""}  # the UDP flows (DNS): last
+        await pilot.press("s", "s")  # OOO, then DupAck
+        assert view.sort_key.column == "dupack"  # type: ignore[attr-defined]
+        assert column(app, "flows-table", "dupack")[:2] == ["3", "1"]
+        await pilot.press("s")
+        assert view.sort_key.column == "rtt"  # type: ignore[attr-defined]
+        measured = sorted((h[5] for h in TCP_EXPECTED.values() if h[5] is not None), reverse=True) + [2.0, 1.0, 1.0]
+        measured.sort(reverse=True)
+        rtts = column(app, "flows-table", "rtt")
+        assert rtts[: len(measured)] == [rtt_text(v) for v in measured]
+        assert rtts[0] == "50.0" and set(rtts[len(measured) :]) == {""}
+        await pilot.press("S")  # shortest first, the unmeasured still last
+        rtts = column(app, "flows-table", "rtt")
+        assert rtts[: len(measured)] == [rtt_text(v) for v in sorted(measured)]
+        assert rtts[0] == "1.00" and set(rtts[len(measured) :]) == {""}
+        assert "RTT ▲" in screen_text(app)
+        await pilot.press("s")
+        assert view.sort_key.column == "lat"  # type: ignore[attr-defined]
+        lat = column(app, "flows-table", "lat")
+        assert lat[:9] == ["1,230", "200.0", "150.8", "64.5", "12.5", "7.00", "6.00", "3.00", ""]
+
+
+def detail_line(text: str, label: str) -> str:
+    """The value after a label in the flow detail panel."""
+    found = re.search(rf"│\s+{re.escape(label)}  (.+?)\s*│", text)
+    assert found is not None, f"{label} not in the panel:\n{text}"
+    return found.group(1)
+
+
+@sync
+async def test_flow_detail_shows_tcp_health_and_application_latency(health_engine: FileEngine) -> None:
+    app = make_app(health_engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4", "slash", *"10.9.0.1", "enter", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, FlowDetail)
+        text = screen_text(app)
+        assert "tcp 10.9.0.1:40001 → 192.0.2.10:80" in text and "TCP health" in text
+        assert "Application latency" not in text
+        got = {
+            k: detail_line(text, k)
+            for k in ("Retransmissions", "Out-of-order", "Duplicate ACKs", "Zero windows", "Resets", "Handshake RTT")
+        }
+        assert got == {
+            "Retransmissions": "2",
+            "Out-of-order": "0",
+            "Duplicate ACKs": "0",
+            "Zero windows": "2",
+            "Resets": "1",
+            "Handshake RTT": "50.0 ms",
+        }
+        await pilot.press("escape", "slash", *["backspace"] * 8, *"10.9.0.4", "enter", "enter")
+        await pilot.pause()
+        text = screen_text(app)
+        assert detail_line(text, "Handshake RTT") == "not measured (handshake not seen)"
+        assert detail_line(text, "Duplicate ACKs") == "1"
+
+        await pilot.press("escape", "slash", *["backspace"] * 8, *"3306", "enter", "enter")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "tcp 10.7.0.1:42000 → 10.7.0.33:3306" in text
+        assert detail_line(text, "Exchanges") == "2 (request → first response packet)"
+        assert detail_line(text, "Mean") == "150.8 ms"  # (300 + 1.5) / 2
+        assert detail_line(text, "Max") == "300.0 ms"
+        assert detail_line(text, "Handshake RTT") == "1.00 ms"
+
+        await pilot.press("escape", "slash", *["backspace"] * 4, *"33006", "enter", "enter")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "udp 10.7.0.3:33006 → 10.7.0.53:53" in text
+        assert "TCP health" not in text and "Retransmissions" not in text
+        assert detail_line(text, "Exchanges") == "5 (request → first response packet)"
+        assert (detail_line(text, "Mean"), detail_line(text, "Max")) == ("6.00 ms", "10.0 ms")
 
 
 @sync

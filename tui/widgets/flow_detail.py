@@ -5,20 +5,23 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from capture_backend.counters import TableSnapshot
 from capture_backend.report import Row, flow_rows
 from capture_backend.services import service_name
-from tui.widgets.format import bits, count, duration, size
+from tui.widgets.format import bits, count, duration, ms, size
 from tui.widgets.view import Frame
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+LABEL_WIDTH = 15  # "Client → server", "Retransmissions"
 
 
 def find_flow(t: TableSnapshot, key: bytes) -> int:
@@ -45,11 +48,43 @@ def _endpoint(addr: str, port: int, proto: str, name: str) -> str:
     return f"{shown} port {port}" + (f" ({service})" if service else "")
 
 
-def detail_table(r: Row, frame: Frame) -> Table:
-    """The flow's figures as a two-column Rich table."""
+def _grid() -> Table:
+    """Label and value columns; the labels as wide in every section so the values line up."""
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", justify="right")
+    grid.add_column(style="bold", justify="right", min_width=LABEL_WIDTH)
     grid.add_column()
+    return grid
+
+
+def _section(title: str, grid: Table) -> list[RenderableType]:
+    return [Text(""), Text(title, style="bold underline"), grid]
+
+
+def tcp_table(tcp: Row) -> Table:
+    """A TCP flow's health, as tshark's tcp.analysis counts it."""
+    grid = _grid()
+    grid.add_row("Retransmissions", count(tcp["retransmissions"]))
+    grid.add_row("Out-of-order", count(tcp["out_of_order"]))
+    grid.add_row("Duplicate ACKs", count(tcp["duplicate_acks"]))
+    grid.add_row("Zero windows", count(tcp["zero_windows"]))
+    grid.add_row("Resets", count(tcp["resets"]))
+    rtt = tcp["handshake_rtt_ms"]
+    grid.add_row("Handshake RTT", "not measured (handshake not seen)" if rtt is None else f"{ms(rtt)} ms")
+    return grid
+
+
+def latency_table(lat: Row) -> Table:
+    """A flow's application exchanges (request → first response packet)."""
+    grid = _grid()
+    grid.add_row("Exchanges", f"{count(lat['exchanges'])} (request → first response packet)")
+    grid.add_row("Mean", f"{ms(lat['avg_ms'])} ms")
+    grid.add_row("Max", f"{ms(lat['max_ms'])} ms")
+    return grid
+
+
+def detail_table(r: Row, frame: Frame) -> Group:
+    """The flow's figures as two-column Rich tables: traffic, then TCP health and application latency."""
+    grid = _grid()
     grid.add_row("Protocol", r["proto"])
     grid.add_row("Client", _endpoint(r["src"], r["sport"], r["proto"], frame.name(r["src"])))
     grid.add_row("Server", _endpoint(r["dst"], r["dport"], r["proto"], frame.name(r["dst"])))
@@ -61,9 +96,14 @@ def detail_table(r: Row, frame: Frame) -> Table:
     grid.add_row("Last packet", _stamp(r["last"]))
     grid.add_row("Age", duration(r["age"]))
     grid.add_row("Idle", duration(max(0.0, frame.snap.now_ns / 1e9 - r["last"])))
+    parts: list[RenderableType] = [grid]
     if r["proto"] == "tcp":
         grid.add_row("TCP flags seen", r["tcp_flags"] or "none")
-    return grid
+    if "tcp" in r:
+        parts += _section("TCP health", tcp_table(r["tcp"]))
+    if "latency" in r:
+        parts += _section("Application latency", latency_table(r["latency"]))
+    return Group(*parts)
 
 
 class FlowDetail(ModalScreen[None]):
@@ -79,7 +119,7 @@ class FlowDetail(ModalScreen[None]):
         self.key = key
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="flow-detail"):
+        with VerticalScroll(id="flow-detail"):
             yield Label("Flow", id="flow-detail-title")
             yield Static(id="flow-detail-body")
 

@@ -1,4 +1,5 @@
-"""View 4, Flows: 5-tuples with both directions, rate, age and TCP flags; sortable, filterable, Enter for detail."""
+"""View 4, Flows: 5-tuples with both directions, rate, age, TCP flags and health, application latency;
+sortable, filterable, Enter for detail."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from capture_backend.counters import TableSnapshot
+from capture_backend.decode import IPPROTO_TCP
 from capture_backend.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
-from tui.widgets.format import bits, count, duration, right, size
+from tui.widgets.format import bits, count, duration, ms, right, short_count, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
 
@@ -26,6 +28,11 @@ COLUMNS = (
     Column("pkts_in", "Pkts ←", 7, numeric=True),
     Column("age", "Age", 6, numeric=True),
     Column("flags", "Flags", 5),
+    Column("retrans", "Retr", 4, numeric=True),
+    Column("ooo", "OOO", 4, numeric=True),
+    Column("dupack", "DupAck", 6, numeric=True),
+    Column("rtt", "RTT", 5, numeric=True),
+    Column("lat", "Lat", 5, numeric=True),
 )
 
 
@@ -62,6 +69,29 @@ def _rate(f: Frame, idx: np.ndarray) -> np.ndarray:
     return table_rates(f.snap.flows, f.prev.flows, seconds, "bytes", idx).sum(axis=1)
 
 
+def _tcp(col: str) -> KeyFn:
+    """A TCP health count; NaN (a blank, sorted last) for flows that are not TCP."""
+
+    def values(f: Frame, idx: np.ndarray) -> np.ndarray:
+        t = f.snap.flows
+        return np.where(t.keys[idx, 36] == IPPROTO_TCP, t.cols[col][idx], np.nan)
+
+    return values
+
+
+def _rtt(f: Frame, idx: np.ndarray) -> np.ndarray:
+    """Handshake RTT in ns; NaN when not measured (or not TCP)."""
+    irtt = f.snap.flows.cols["tcp_irtt"][idx]
+    return np.where(irtt >= 0, irtt, np.nan)
+
+
+def _latency(f: Frame, idx: np.ndarray) -> np.ndarray:
+    """Mean application latency in ns; NaN for flows without exchanges."""
+    c = f.snap.flows.cols
+    n = c["app_count"][idx]
+    return np.where(n > 0, c["app_sum"][idx] / np.maximum(n, 1), np.nan)
+
+
 def total_bytes(t: TableSnapshot, idx: np.ndarray) -> np.ndarray:
     """Both directions' bytes of the rows idx."""
     return t.cols["bytes"][idx].sum(axis=1)
@@ -81,8 +111,24 @@ SORT_KEYS = (  # the default, then the columns left to right
     SortKey("pkts_in", _directed("packets", False)),
     SortKey("age", lambda f, i: f.snap.now_ns - f.snap.flows.cols["first"][i]),
     SortKey("flags", lambda f, i: f.snap.flows.cols["tcp_flags"][i], descending=False),
+    SortKey("retrans", _tcp("tcp_retrans")),
+    SortKey("ooo", _tcp("tcp_ooo")),
+    SortKey("dupack", _tcp("tcp_dupack")),
+    SortKey("rtt", _rtt),
+    SortKey("lat", _latency),
 )
-SORT_NAMES = {"total": "bytes both ways"} | {c.key: c.label for c in COLUMNS}
+SORT_NAMES = {c.key: c.label for c in COLUMNS} | {
+    "total": "bytes both ways",
+    "retrans": "retransmissions",
+    "ooo": "out-of-order",
+    "dupack": "duplicate ACKs",
+    "rtt": "handshake RTT",
+    "lat": "application latency",
+}
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else ms(value)
 
 
 class FlowsView(View):
@@ -122,6 +168,7 @@ class FlowsView(View):
             key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
             self.keys[key] = t.keys[i].tobytes()
             ports = r["proto"] in ("tcp", "udp", "sctp")
+            tcp, lat = r.get("tcp"), r.get("latency")
             rows.append(
                 (
                     key,
@@ -138,6 +185,11 @@ class FlowsView(View):
                         right(count(r["dst_to_src_packets"])),
                         right(duration(r["age"])),
                         r["tcp_flags"],
+                        right(short_count(tcp["retransmissions"]) if tcp else ""),
+                        right(short_count(tcp["out_of_order"]) if tcp else ""),
+                        right(short_count(tcp["duplicate_acks"]) if tcp else ""),
+                        right(_ms(tcp["handshake_rtt_ms"]) if tcp else ""),
+                        right(_ms(lat["avg_ms"]) if lat else ""),
                     ],
                 )
             )

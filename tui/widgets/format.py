@@ -28,6 +28,17 @@ def count(n: float | None) -> str:
     return DASH if n is None else f"{int(n):,}"
 
 
+def short_count(n: float | None) -> str:
+    """A count for a narrow column: '42', '9999', '12k', '3.4M'."""
+    if n is None:
+        return DASH
+    if n < 10_000:
+        return str(int(n))
+    if n < 999_500:
+        return f"{n / 1000:.0f}k"
+    return f"{n / 1e6:.1f}M" if n < 99_950_000 else f"{n / 1e6:.0f}M"
+
+
 def ms(value: float | None) -> str:
     """Milliseconds to about three significant digits: '0.05', '8.00', '12.5', '1,230'."""
     if value is None:
