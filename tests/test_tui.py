@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import ipaddress
 import os
 import re
 import shutil
@@ -26,8 +27,10 @@ from scapy.packet import Packet
 from textual.widgets import ContentSwitcher
 
 from capture_backend.bpf import FilterError, compile_filter
+from capture_backend.counters import TableSnapshot
 from capture_backend.engine import EngineEvent
 from capture_backend.pcapfile import FileSource
+from capture_backend.processes import EMPTY_UNKNOWN, ProcessMapper, ProcessTable, ProcessTotals
 from capture_backend.recorder import file_name
 from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.report import flow_rows
@@ -810,6 +813,95 @@ async def test_W_on_a_latency_server_writes_that_hosts_packets(health_pcap: str,
         wanted = [f.data for f in frames if server in (f.data[26:30], f.data[30:34])]  # IPv4 source, destination
         assert len(wanted) == 20 and packets_in(saved.split(" (")[0]) == wanted
     eng.close()
+
+
+# --- the Flows view's Process column: a process table that owns two flows of the capture
+def flow_key(t: TableSnapshot, proto: int, a: str, aport: int, b: str, bport: int) -> bytes:
+    """The flow-table key of a conversation, whichever end the table stores first."""
+
+    def end(addr: str, port: int) -> tuple[bytes, bytes]:
+        ip = ipaddress.ip_address(addr)
+        return (bytes(10) + b"\xff\xff" + ip.packed if ip.version == 4 else ip.packed), port.to_bytes(2, "big")
+
+    (a16, ap), (b16, bp) = end(a, aport), end(b, bport)
+    held = {k.tobytes() for k in t.keys}
+    for key in (a16 + b16 + ap + bp + bytes([proto]), b16 + a16 + bp + ap + bytes([proto])):
+        key = key.ljust(t.keys.shape[1], b"\0")  # the table pads its keys
+        if key in held:
+            return key
+    raise AssertionError(f"no flow {a}:{aport} {b}:{bport} in the table")
+
+
+def fake_mapper(owners: dict[bytes, tuple[int, str]]) -> ProcessMapper:
+    """A mapper (never started) whose latest result owns these flows."""
+    mapper = ProcessMapper()
+    procs = tuple(ProcessTotals(pid, name, "root", 0, 0, 0, 0) for pid, name in owners.values())
+    mapper.result = ProcessTable(1, FIXED_CLOCK, procs, EMPTY_UNKNOWN, owners)
+    return mapper
+
+
+@sync
+async def test_flows_show_the_owning_process_sort_and_filter_by_it(engine: FileEngine, packets: list[Packet]) -> None:
+    dns = sorted(f for f in udp_flows(packets, 53) if f[0] == "10.1.0.1")
+    (c1, p1, s1, _), (c2, p2, s2, _) = dns[:2]
+    t = engine.snapshot.flows
+    dig, resolved = flow_key(t, 17, c1, p1, s1, 53), flow_key(t, 17, c2, p2, s2, 53)
+    app = RetrotapApp(
+        engine,  # type: ignore[arg-type]
+        clock=lambda: FIXED_CLOCK,
+        source="mixed.pcap",
+        processes=fake_mapper({dig: (4242, "dig"), resolved: (812, "systemd-resolved")}),
+    )
+    async with app.run_test(size=(200, 80)) as pilot:
+        await pilot.press("4", "slash", *"udp 53 10.1.0", "enter")
+        rows = flow_cells(app)
+        assert len(rows) == len({f for f in udp_flows(packets, 53) if f[0].startswith("10.1.0.")}) > 2
+        assert rows[("udp", c1, p1, s1, 53)]["process"] == "dig/4242"
+        assert rows[("udp", c2, p2, s2, 53)]["process"] == "systemd-res…/812"  # cut so the pid shows
+        others = [r["process"] for k, r in rows.items() if k[2] not in (p1, p2)]
+        assert others and set(others) == {""}
+        header = next(line for line in screen_text(app).splitlines() if "Proto" in line)
+        assert header.rstrip().endswith("Process")
+        assert "dig/4242" in screen_text(app) and "systemd-res…/812" in screen_text(app)
+
+        # Sorted by name (ascending), the flows without a process last either way.
+        await sort_by(pilot, app.view, "process")
+        shown = column(app, "flows-table", "process")
+        assert shown[:2] == ["dig/4242", "systemd-res…/812"] and set(shown[2:]) == {""}
+        assert "Process ▲" in screen_text(app) and "sort process name ▲" in screen_text(app)
+        await pilot.press("S")
+        shown = column(app, "flows-table", "process")
+        assert shown[:2] == ["systemd-res…/812", "dig/4242"] and set(shown[2:]) == {""}
+
+        # `/` matches the process name (any part of it, even the part the cell cuts off).
+        await pilot.press("slash", "ctrl+u", *"resolved", "enter")
+        assert [(r[1], int(r[2]), r[-1]) for r in cells(app, "flows-table")] == [(c2, p2, "systemd-res…/812")]
+        assert "1 of 1 flows" in screen_text(app)
+
+        # The detail panel names the process.
+        await pilot.press("slash", "ctrl+u", *"dig", "enter", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, FlowDetail)
+        text = screen_text(app)
+        assert f"udp {c1}:{p1} → {s1}:53" in text
+        assert detail_line(text, "Process") == "dig (pid 4242)"
+
+
+@sync
+async def test_a_file_has_no_processes_the_column_stays_blank(engine: FileEngine) -> None:
+    app = make_app(engine)  # as `retrotap -r`: no process mapper
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.press("4")
+        assert set(column(app, "flows-table", "process")) == {""}
+        await pilot.press("slash", *"dig", "enter")
+        assert cells(app, "flows-table") == []
+        assert "/dig (unknown: dig)" in screen_text(app)
+        await pilot.press("slash", "ctrl+u", *"udp 53 10.1.0.1", "enter", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, FlowDetail)
+        text = screen_text(app)
+        assert detail_line(text, "Server").endswith("port 53 (domain)")
+        assert re.search(r"│\s+Process  ", text) is None  # no line for it
 
 
 # --- live: the real `retrotap` in tmux, capturing in the netns lab

@@ -156,7 +156,7 @@ class RetrotapApp(App[int]):
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
         "view(2)": "Hosts: host pairs with 2 s / 10 s / 40 s averages (iftop)",
         "view(3)": "Ports: per protocol and service port",
-        "view(4)": "Flows: 5-tuples, TCP health, latency (Enter: details)",
+        "view(4)": "Flows: 5-tuples, TCP health, latency, process (Enter: details)",
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
         "view(6)": "Processes: traffic per local process (this namespace)",
         "view(7)": "Latency: DNS/HTTP/MySQL response times, slowest requests",
@@ -289,13 +289,16 @@ class RetrotapApp(App[int]):
     def frame(self) -> Frame:
         """What the views render from now."""
         known = self.names.known() if self.show_names else {}
+        processes = self.processes.result if self.processes is not None else None
+        owners = {name for _, name in processes.flow_owners.values()} if processes and self.text_query else ()
         return Frame(
             snap=self.snap,
             prev=self.prev,
             base=self.base,
             now=self.clock(),
-            query=Query.parse(self.text_query, known),
+            query=Query.parse(self.text_query, known, owners),
             name=self.names.name if self.show_names else str,
+            processes=processes,
         )
 
     def render_view(self) -> None:

@@ -83,11 +83,14 @@ def latency_table(lat: Row) -> Table:
 
 
 def detail_table(r: Row, frame: Frame) -> Group:
-    """The flow's figures as two-column Rich tables: traffic, then TCP health and application latency."""
+    """The flow's figures as two-column Rich tables: ends, local process, traffic, then TCP health and
+    application latency."""
     grid = _grid()
     grid.add_row("Protocol", r["proto"])
     grid.add_row("Client", _endpoint(r["src"], r["sport"], r["proto"], frame.name(r["src"])))
     grid.add_row("Server", _endpoint(r["dst"], r["dport"], r["proto"], frame.name(r["dst"])))
+    if "process" in r:  # a local end's socket: live capture only
+        grid.add_row("Process", f"{r['process']} (pid {r['pid']})")
     grid.add_row("Client → server", f"{count(r['src_to_dst_packets'])} packets, {size(r['src_to_dst_bytes'])}")
     grid.add_row("Server → client", f"{count(r['dst_to_src_packets'])} packets, {size(r['dst_to_src_bytes'])}")
     grid.add_row("Total", f"{count(r['packets'])} packets, {size(r['bytes'])}")
@@ -130,7 +133,7 @@ class FlowDetail(ModalScreen[None]):
         if i < 0:
             body.update("This flow is no longer in the flow table (idle timeout or eviction).")
             return
-        r = flow_rows(frame.snap, index=np.array([i]), prev=frame.prev, rates=True)[0]
+        r = flow_rows(frame.snap, index=np.array([i]), prev=frame.prev, rates=True, processes=frame.processes)[0]
         src, dst = frame.name(r["src"]), frame.name(r["dst"])
         if r["proto"] in PROTO_NUMBERS:
             src, dst = _with_port(src, r["sport"]), _with_port(dst, r["dport"])

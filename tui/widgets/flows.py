@@ -1,5 +1,5 @@
-"""View 4, Flows: 5-tuples with both directions, rate, age, TCP flags and health, application latency;
-sortable, filterable, Enter for detail."""
+"""View 4, Flows: 5-tuples with both directions, rate, age, TCP flags and health, application latency,
+the local process; sortable, filterable, Enter for detail."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from textual.widgets import DataTable
 
 from capture_backend.counters import TableSnapshot
 from capture_backend.decode import IPPROTO_TCP
-from capture_backend.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
+from capture_backend.report import flow_rows, flow_server_is_b, match_rows, snapshot_interval, table_rates
 from tui.widgets.format import bits, count, duration, ms, right, short_count, size
+from tui.widgets.query import owner_table
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
 
+PROCESS_WIDTH = 16
 COLUMNS = (
     Column("proto", "Proto", 5),
     Column("src", "Source"),
@@ -33,6 +35,7 @@ COLUMNS = (
     Column("dupack", "DupAck", 6, numeric=True),
     Column("rtt", "RTT", 5, numeric=True),
     Column("lat", "Lat", 5, numeric=True),
+    Column("process", "Process", PROCESS_WIDTH),
 )
 
 
@@ -92,6 +95,30 @@ def _latency(f: Frame, idx: np.ndarray) -> np.ndarray:
     return np.where(n > 0, c["app_sum"][idx] / np.maximum(n, 1), np.nan)
 
 
+def _process(f: Frame, idx: np.ndarray) -> np.ndarray:
+    """The rank of each row's process by name (then pid); NaN (a blank, sorted last) without one."""
+    out = np.full(idx.size, np.nan)
+    if f.processes is None or not f.processes.flow_owners or idx.size == 0:
+        return out
+    owners, who = owner_table(f.processes, f.snap.flows.keys.shape[1])
+    rank = np.empty(len(who))
+    rank[sorted(range(len(who)), key=lambda n: (who[n][1].lower(), who[n][0]))] = np.arange(len(who))
+    pos = match_rows(f.snap.flows, owners, idx)
+    known = pos >= 0
+    out[known] = rank[pos[known]]
+    return out
+
+
+def process_cell(pid: int | None, name: str | None, width: int = PROCESS_WIDTH) -> str:
+    """'name/pid', the name cut (…) so the pid always shows; blank without an owner."""
+    if pid is None or name is None:
+        return ""
+    tail = f"/{pid}"
+    if len(name) + len(tail) > width:
+        name = name[: max(1, width - len(tail) - 1)] + "…"
+    return name + tail
+
+
 def total_bytes(t: TableSnapshot, idx: np.ndarray) -> np.ndarray:
     """Both directions' bytes of the rows idx."""
     return t.cols["bytes"][idx].sum(axis=1)
@@ -116,6 +143,7 @@ SORT_KEYS = (  # the default, then the columns left to right
     SortKey("dupack", _tcp("tcp_dupack")),
     SortKey("rtt", _rtt),
     SortKey("lat", _latency),
+    SortKey("process", _process, descending=False),
 )
 SORT_NAMES = {c.key: c.label for c in COLUMNS} | {
     "total": "bytes both ways",
@@ -124,6 +152,7 @@ SORT_NAMES = {c.key: c.label for c in COLUMNS} | {
     "dupack": "duplicate ACKs",
     "rtt": "handshake RTT",
     "lat": "application latency",
+    "process": "process name",
 }
 
 
@@ -157,13 +186,13 @@ class FlowsView(View):
     def show(self, frame: Frame) -> None:
         t = frame.snap.flows
         table = self.table
-        idx = np.flatnonzero(frame.query.flows(t)) if frame.query else np.arange(len(t))
+        idx = np.flatnonzero(frame.query.flows(t, frame.processes)) if frame.query else np.arange(len(t))
         picked = self.pick(frame, idx, table.capacity(), total_bytes(t, idx))
         self.matched, self.shown = int(idx.size), int(picked.size)
         rows: list[tuple[str, list[Cell]]] = []
         self.keys = {}
         name = frame.name
-        shown = flow_rows(frame.snap, index=picked, prev=frame.prev, rates=True)
+        shown = flow_rows(frame.snap, index=picked, prev=frame.prev, rates=True, processes=frame.processes)
         for i, r in zip(picked.tolist(), shown, strict=True):
             key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
             self.keys[key] = t.keys[i].tobytes()
@@ -190,6 +219,7 @@ class FlowsView(View):
                         right(short_count(tcp["duplicate_acks"]) if tcp else ""),
                         right(_ms(tcp["handshake_rtt_ms"]) if tcp else ""),
                         right(_ms(lat["avg_ms"]) if lat else ""),
+                        process_cell(r.get("pid"), r.get("process")),
                     ],
                 )
             )

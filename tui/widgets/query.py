@@ -1,16 +1,18 @@
-"""The `/` text filter: host, network, port, service or protocol terms, matched on key columns."""
+"""The `/` text filter: host, network, port, service, protocol or process terms, matched on key columns."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from capture_backend.counters import TableSnapshot
 from capture_backend.latency import DNS_PORT, KIND_DNS, KIND_NAMES, Exchange
+from capture_backend.processes import ProcessTable
+from capture_backend.report import match_rows
 from capture_backend.services import PROTO_NAMES, service_table
 
 V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
@@ -18,6 +20,19 @@ PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
 KIND_NUMBERS = {name: num for num, name in KIND_NAMES.items()}  # application latency: dns, http, mysql
 DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")
 Network = tuple[np.ndarray, np.ndarray]  # 16-byte key of the network, 16-byte mask
+
+
+def owner_table(processes: ProcessTable, width: int, word: str = "") -> tuple[TableSnapshot, list[tuple[int, str]]]:
+    """The flows a process owns (only those whose name contains `word`, lower case) as a key table
+    for report.match_rows, and each row's (pid, name)."""
+    owned = [(k, o) for k, o in processes.flow_owners.items() if word in o[1].lower() and len(k) == width]
+    keys = np.frombuffer(b"".join(k for k, _ in owned), np.uint8).reshape(len(owned), width)
+    return TableSnapshot(keys, {}), [o for _, o in owned]
+
+
+def owned_rows(t: TableSnapshot, processes: ProcessTable, word: str) -> np.ndarray:
+    """Which rows of a flow table a process whose name contains `word` (lower case) owns."""
+    return match_rows(t, owner_table(processes, t.keys.shape[1], word)[0]) >= 0
 
 
 def _network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Network:
@@ -39,9 +54,10 @@ class Term:
     ports: set[int] = field(default_factory=set)
     protos: set[int] = field(default_factory=set)
     kinds: set[int] = field(default_factory=set)  # exchange kinds (Latency view)
+    process: str = ""  # part of a local process's name, lower case (Flows view)
 
 
-def _term(word: str, names: Mapping[str, str]) -> Term | None:
+def _term(word: str, names: Mapping[str, str], processes: Collection[str] = ()) -> Term | None:
     term = Term(word)
     low = word.lower()
     if low in PROTO_NUMBERS:
@@ -71,7 +87,9 @@ def _term(word: str, names: Mapping[str, str]) -> Term | None:
     for addr, name in names.items():
         if low in name.lower():
             term.networks.append(_network(ipaddress.ip_network(addr)))
-    return term if term.ports or term.networks or term.kinds else None
+    if any(low in name.lower() for name in processes):
+        term.process = low
+    return term if term.ports or term.networks or term.kinds or term.process else None
 
 
 @dataclass
@@ -83,11 +101,14 @@ class Query:
     unknown: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str, names: Mapping[str, str] | None = None) -> Query:
-        """Read the filter text; words it cannot place are listed in `unknown` (they match nothing)."""
+    def parse(cls, text: str, names: Mapping[str, str] | None = None, processes: Collection[str] = ()) -> Query:
+        """Read the filter text; words it cannot place are listed in `unknown` (they match nothing).
+
+        `names` are resolved host names by address, `processes` the names of local processes known.
+        """
         query = cls(text.strip())
         for word in text.split():
-            term = _term(word, names or {})
+            term = _term(word, names or {}, processes)
             if term is None:
                 query.unknown.append(word)
             else:
@@ -104,6 +125,7 @@ class Query:
         ports: Sequence[np.ndarray],
         proto: np.ndarray | None,
         kinds: np.ndarray | None = None,
+        owned: Callable[[str], np.ndarray] | None = None,
     ) -> np.ndarray:
         out = np.full(n, not self.unknown)
         for term in self.terms:
@@ -111,7 +133,11 @@ class Query:
                 continue  # the word is about something these rows do not have: it does not narrow them
             if term.kinds and kinds is None and not (term.networks or term.ports or term.protos):
                 continue
+            if term.process and owned is None and not (term.networks or term.ports or term.protos or term.kinds):
+                continue
             hit = np.zeros(n, bool)
+            if term.process and owned is not None:
+                hit |= owned(term.process)
             if term.kinds and kinds is not None:
                 hit |= np.isin(kinds, np.fromiter(term.kinds, np.int64))
             for key, mask in term.networks:
@@ -126,11 +152,12 @@ class Query:
             out &= hit
         return out
 
-    def flows(self, t: TableSnapshot) -> np.ndarray:
-        """Rows of the flow table that match."""
+    def flows(self, t: TableSnapshot, processes: ProcessTable | None = None) -> np.ndarray:
+        """Rows of the flow table that match (process words: the flows of those local processes)."""
         k = t.keys
         ports = [k[:, 32].astype(np.int64) << 8 | k[:, 33], k[:, 34].astype(np.int64) << 8 | k[:, 35]]
-        return self._mask(len(t), [k[:, :16], k[:, 16:32]], ports, k[:, 36].astype(np.int64))
+        owned = None if processes is None else lambda word: owned_rows(t, processes, word)
+        return self._mask(len(t), [k[:, :16], k[:, 16:32]], ports, k[:, 36].astype(np.int64), owned=owned)
 
     def pairs(self, t: TableSnapshot) -> np.ndarray:
         """Rows of the host-pair table that match."""

@@ -10,13 +10,15 @@ import numpy as np
 from textual.containers import Vertical
 
 from capture_backend.engine import Snapshot
+from capture_backend.processes import ProcessTable
 from tui.widgets.query import Query
 from tui.widgets.table import SnapTable
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One refresh's inputs: the snapshot shown, the one before it, the first one, and the view settings."""
+    """One refresh's inputs: the snapshot shown, the one before it, the first one, the view settings, and
+    the process mapper's latest result."""
 
     snap: Snapshot
     prev: Snapshot | None
@@ -24,6 +26,7 @@ class Frame:
     now: float
     query: Query = field(default_factory=Query)
     name: Callable[[str], str] = str  # address -> what to show (a resolved name when `n` is on)
+    processes: ProcessTable | None = None  # the local processes owning flows (None: not mapped, e.g. a file)
 
 
 KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
