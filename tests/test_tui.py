@@ -24,7 +24,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
-from textual.widgets import ContentSwitcher
+from textual.widgets import ContentSwitcher, DataTable
 
 from capture_backend.bpf import FilterError, compile_filter
 from capture_backend.counters import TableSnapshot
@@ -45,6 +45,8 @@ from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.format import size
 from tui.widgets.help import HelpScreen
 from tui.widgets.hosts import HostsView
+from tui.widgets.inspector import InspectorScreen
+from tui.widgets.pcap_picker import PcapPicker
 from tui.widgets.prompt import PromptBar
 from tui.widgets.table import SnapTable
 
@@ -91,9 +93,15 @@ def make_app(engine: object, resolver: dict[str, str] | None = None) -> Retrotap
     return RetrotapApp(engine, clock=lambda: FIXED_CLOCK, resolver=names.get, source="mixed.pcap")  # type: ignore[arg-type]
 
 
+def snap_table(app: RetrotapApp, table_id: str) -> SnapTable:
+    """A table of the screen on top (a picker), else of the dashboard under it."""
+    found = app.screen.query(f"#{table_id}")
+    return found.only_one(SnapTable) if found else app.query_one(f"#{table_id}", SnapTable)
+
+
 def cells(app: RetrotapApp, table_id: str) -> list[list[str]]:
     """The rows a table shows, top to bottom, as plain text."""
-    table = app.query_one(f"#{table_id}", SnapTable)
+    table = snap_table(app, table_id)
     out = []
     for row in table.ordered_rows:
         out.append([c.plain if isinstance(c, Text) else str(c) for c in table.get_row(row.key)])
@@ -102,7 +110,7 @@ def cells(app: RetrotapApp, table_id: str) -> list[list[str]]:
 
 def column(app: RetrotapApp, table_id: str, key: str) -> list[str]:
     """One column's cells, top to bottom."""
-    table = app.query_one(f"#{table_id}", SnapTable)
+    table = snap_table(app, table_id)
     index = [c.key for c in table.spec].index(key)
     return [row[index] for row in cells(app, table_id)]
 
@@ -902,6 +910,123 @@ async def test_a_file_has_no_processes_the_column_stays_blank(engine: FileEngine
         text = screen_text(app)
         assert detail_line(text, "Server").endswith("port 53 (domain)")
         assert re.search(r"│\s+Process  ", text) is None  # no line for it
+
+
+# --- I: a capture file of the snapshot or the recording directory, picked, then inspected
+T_FILES = 1_700_000_000  # 2023-11-14 22:13:20 UTC
+
+
+def small_pcap(path: Path, n: int, mtime: float) -> int:
+    """A pcap of n DNS-sized UDP frames, last modified at mtime; its size in bytes."""
+    frames = [
+        Ether() / IP(src="10.7.0.1", dst="10.7.0.53") / UDP(sport=40000 + i, dport=53) / (b"q" * i) for i in range(n)
+    ]
+    for i, f in enumerate(frames):
+        f.time = T_FILES + i
+    write_pcap(path, frames)
+    os.utime(path, (mtime, mtime))
+    return path.stat().st_size
+
+
+def picker_app(engine: FileEngine, snapshot_dir: Path, record_dir: Path) -> RetrotapApp:
+    return RetrotapApp(
+        engine,  # type: ignore[arg-type]
+        clock=lambda: FIXED_CLOCK,
+        source="mixed.pcap",
+        snapshot_dir=str(snapshot_dir),
+        record_dir=str(record_dir),
+    )
+
+
+async def inspected(app: RetrotapApp, pilot: Any) -> InspectorScreen:
+    """The inspector on screen once tshark has decoded the file."""
+    for _ in range(500):  # bounded: the worker thread posts Done
+        await pilot.pause(0.02)
+        screen = app.screen
+        if isinstance(screen, InspectorScreen) and screen.done:
+            await pilot.pause()
+            return screen
+    raise AssertionError("the inspector never finished decoding")
+
+
+@sync
+async def test_I_lists_the_capture_files_newest_first_and_inspects_the_one_picked(
+    engine: FileEngine, tmp_path: Path
+) -> None:
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    older, newer = snaps / "retrotap-eth0-20231114T221320Z.pcap", snaps / "retrotap-eth0-20231114T221420Z.pcap"
+    sizes = {older: small_pcap(older, 3, T_FILES), newer: small_pcap(newer, 5, T_FILES + 60)}
+    assert sizes[older] < sizes[newer] < 1000  # bytes, shown exactly
+    app = picker_app(engine, snaps, tmp_path / "no-recording")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("I")
+        await pilot.pause()
+        assert isinstance(app.screen, PcapPicker)
+        assert cells(app, "pcap-picker-table") == [
+            [newer.name, f"{sizes[newer]} B", "2023-11-14 22:14:20", str(snaps)],
+            [older.name, f"{sizes[older]} B", "2023-11-14 22:13:20", str(snaps)],
+        ]
+        text = screen_text(app)
+        assert "Inspect a capture file" in text and "Modified (UTC)" in text
+        assert f"{older.name}  " in text and f"{sizes[older]} B" in text
+
+        await pilot.press("down", "enter")
+        screen = await inspected(app, pilot)
+        assert (screen.what, screen.error) == (older.name, "")
+        text = screen_text(app)
+        assert f"Inspector: {older.name}" in text and "3 packets" in text
+        assert screen.query_one("#inspector-list", DataTable).row_count == 3
+        assert [p.length for p in screen.packets] == [42, 43, 44]  # Ether + IP + UDP + 0, 1, 2 bytes
+
+        await pilot.press("escape")  # back to the dashboard, not to the picker
+        await pilot.pause()
+        assert not isinstance(app.screen, (InspectorScreen, PcapPicker))
+        await pilot.press("I")
+        await pilot.pause()
+        assert isinstance(app.screen, PcapPicker)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, PcapPicker)
+        assert app.query_one(ContentSwitcher).current == "interfaces"
+
+
+@sync
+async def test_I_lists_the_recordings_closed_files_too(engine: FileEngine, tmp_path: Path) -> None:
+    snaps, rec = tmp_path / "snaps", tmp_path / "rec"
+    snaps.mkdir()
+    rec.mkdir()
+    snap = snaps / "retrotap-eth0-20231114T221320Z.pcap"
+    closed = rec / file_name("eth0", T_FILES * NS)
+    sizes = {snap: small_pcap(snap, 2, T_FILES + 30), closed: small_pcap(closed, 4, T_FILES + 90)}
+    small_pcap(rec / (file_name("eth0", (T_FILES + 60) * NS) + ".partial"), 1, T_FILES + 120)  # being written
+    (rec / "notes.txt").write_text("not a capture")
+    app = picker_app(engine, snaps, rec)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("I")
+        await pilot.pause()
+        assert cells(app, "pcap-picker-table") == [
+            [closed.name, f"{sizes[closed]} B", "2023-11-14 22:14:50", str(rec)],
+            [snap.name, f"{sizes[snap]} B", "2023-11-14 22:13:50", str(snaps)],
+        ]
+        await pilot.press("enter")
+        screen = await inspected(app, pilot)
+        assert screen.what == closed.name and "4 packets" in screen_text(app)
+
+
+@sync
+async def test_I_without_capture_files_says_so(
+    engine: FileEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # short relative paths: the whole message fits in the toast
+    Path("snaps").mkdir()
+    (Path("snaps") / "retrotap-eth0-20231114T221320Z.pcap.partial").write_bytes(b"")  # not a capture file yet
+    app = picker_app(engine, Path("snaps"), Path("rec"))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("I")
+        await pilot.pause()
+        assert not isinstance(app.screen, PcapPicker)
+        assert "no snapshot in snaps: press w or W first" in screen_text(app)
 
 
 # --- live: the real `retrotap` in tmux, capturing in the netns lab

@@ -44,6 +44,7 @@ from tui.widgets.inspector import InspectorScreen, file_job, selection_job
 from tui.widgets.interfaces import InterfacesView
 from tui.widgets.latency import LatencyView
 from tui.widgets.names import Lookup, NameResolver
+from tui.widgets.pcap_picker import PcapPicker, capture_files
 from tui.widgets.ports import PortsView
 from tui.widgets.processes import ProcessesView
 from tui.widgets.prompt import PromptBar
@@ -174,7 +175,7 @@ class RetrotapApp(App[int]):
         "snapshot": "Write the buffered past (time machine) to a pcap",
         "snapshot_selection": "Write only the selected flow, host pair, host or port to a pcap",
         "inspect": "Inspect the selected flow, host pair, host or port (tshark)",
-        "inspect_file": "Inspect the newest snapshot in --snapshot-dir (tshark)",
+        "inspect_file": "Pick a pcap (--snapshot-dir, --record-dir) to inspect (tshark)",
     }
     EXTRA_KEYS = [
         ("Enter", "Flows: details of the selected flow"),
@@ -459,7 +460,7 @@ class RetrotapApp(App[int]):
 
     def action_inspect(self) -> None:
         """Decode the selected row's packets from the time machine in the packet inspector."""
-        if isinstance(self.screen, InspectorScreen):
+        if isinstance(self.screen, (InspectorScreen, PcapPicker)):
             return
         if self.timemachine is None:
             self.notify("the time machine is off (--buffer-size 0)", severity="warning")
@@ -471,15 +472,19 @@ class RetrotapApp(App[int]):
             self.push_screen(InspectorScreen(what, job, self.inspect_limit))
 
     def action_inspect_file(self) -> None:
-        """Decode the newest snapshot pcap of the snapshot directory in the packet inspector."""
-        if isinstance(self.screen, InspectorScreen):
+        """Pick a capture file of the snapshot or recording directory, then decode it in the packet inspector."""
+        if isinstance(self.screen, (InspectorScreen, PcapPicker)):
             return
-        pcaps = sorted(Path(self.snapshot_dir).glob("retrotap-*.pcap"), key=lambda p: p.stat().st_mtime)
-        if not pcaps:
+        files = capture_files([self.snapshot_dir, self.record_dir])
+        if not files:
             self.notify(f"no snapshot in {self.snapshot_dir}: press w or W first", severity="warning")
             return
-        job = file_job(pcaps[-1], self.inspect_limit)
-        self.push_screen(InspectorScreen(pcaps[-1].name, job, self.inspect_limit))
+        self.push_screen(PcapPicker(files), self._inspect_picked)
+
+    def _inspect_picked(self, path: Path | None) -> None:
+        """Open the file picked (None: the picker was closed)."""
+        if path is not None:
+            self.push_screen(InspectorScreen(path.name, file_job(path, self.inspect_limit), self.inspect_limit))
 
     def _write_snapshot(self, select: Selector | None, what: str) -> None:
         tm = self.timemachine
