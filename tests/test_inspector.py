@@ -200,7 +200,7 @@ async def test_i_on_a_flow_lists_its_packets_tree_and_bytes(pcap_path: str, tmp_
 
 
 @sync
-async def test_I_inspects_the_newest_snapshot(pcap_path: str, tmp_path: Path) -> None:
+async def test_I_picks_the_newest_snapshot_first(pcap_path: str, tmp_path: Path) -> None:
     app, eng = tm_app(pcap_path, tmp_path)
     frames = mixed_frames()
     async with app.run_test(size=SIZE, notifications=True) as pilot:
@@ -209,7 +209,7 @@ async def test_I_inspects_the_newest_snapshot(pcap_path: str, tmp_path: Path) ->
         app.query_one("#flows-table", SnapTable).move_cursor(row=row)
         await pilot.press("W")
         saved = await wait_saved(app, pilot)
-        await pilot.press("I")
+        await pilot.press("I", "enter")  # the picker lists the newest file first
         screen = await wait_decoded(app, pilot)
         assert screen.what == Path(saved.split(" (")[0]).name
         assert [p.raw for p in screen.packets] == [frames[i].data for i in flow_frames(frames, a, ap, b, bp)]
