@@ -16,27 +16,23 @@ and `tcpdump -w /dev/null`.
 from __future__ import annotations
 
 import argparse
-import json
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 from bench.capture_bench import (
     SENDER_CORE,
     TOOL_CORE,
     Result,
+    burst_arguments,
     ip_checksum,
-    machine,
     make_tools,
+    print_report,
     run_tool,
-    runs_table,
-    summarise,
-    table,
 )
 from bench.common import need_root
-from tests.lab import REPO_ROOT, Lab, cleanup_stale
+from tests.lab import Lab, cleanup_stale
 
 ETH_IP = 14 + 20
 HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n"
@@ -108,13 +104,7 @@ def trafgen_tcp_config(lab: Lab, size: int, flows: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run retrotap with analysis on and off, and tcpdump, on the same TCP bursts; print the tables."""
     p = argparse.ArgumentParser(prog="python -m bench.analysis_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, nargs="+", default=[64])
-    p.add_argument("--count", type=int, default=2_000_000)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--flows", type=int, default=1024, help="templates, a multiple of 8 (default 1024)")
-    p.add_argument("--grace", type=float, default=1.5)
-    p.add_argument("--interval", type=float, default=1.0)
-    p.add_argument("--json", metavar="FILE")
+    burst_arguments(p, "templates, a multiple of 8 (default 1024)")
     args = p.parse_args(argv)
     if not 0 < args.count <= 50_000_000 or not 8 <= args.flows <= 4096 or args.flows % 8:
         p.error("--count must be in 1..50000000 and --flows a multiple of 8 in 8..4096")
@@ -138,15 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"# size {size} run {repeat} {label}: sent {r.sent:,} at {r.offered_pps:,.0f} pps, "
                           f"captured {r.captured}, drops {r.kernel_drops}, CPU {r.cpu_seconds:.3f} s "
                           f"({r.ns_per_packet:,.0f} ns/pkt)", file=sys.stderr, flush=True)
-    print(f"\nmachine: {machine()}")
-    print(f"tool on core {TOOL_CORE}, trafgen on core {SENDER_CORE}; {args.count:,} TCP/DNS frames per burst, "
-          f"{args.flows} templates\n")
-    print(runs_table(results) + "\n")
-    print(table(summarise(results)))
-    if args.json:
-        doc = {"bench": "analysis", "argv": sys.argv, "machine": machine(), "options": vars(args),
-               "cwd": str(REPO_ROOT), "runs": [dict(asdict(r), ns_per_packet=r.ns_per_packet) for r in results]}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print_report(results, f"tool on core {TOOL_CORE}, trafgen on core {SENDER_CORE}; {args.count:,} TCP/DNS frames "
+                 f"per burst, {args.flows} templates", "analysis", args)
     return 0
 
 

@@ -227,6 +227,31 @@ def retrotap_argv(interval: float, extra: Sequence[str]) -> Callable[[str], list
                           "--interval", str(interval), *extra]
 
 
+def burst_arguments(p: argparse.ArgumentParser, flows_help: str) -> None:
+    """The options every paired burst bench takes (sizes, count, repeats, flows, grace, interval, JSON)."""
+    p.add_argument("--size", type=int, nargs="+", default=[64])
+    p.add_argument("--count", type=int, default=2_000_000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--flows", type=int, default=1024, help=flows_help)
+    p.add_argument("--grace", type=float, default=1.5)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--json", metavar="FILE")
+
+
+def print_report(results: list[Result], heading: str, bench: str, args: argparse.Namespace,
+                 extra: dict[str, Any] | None = None) -> None:
+    """The machine, a heading, the per-run and summary tables; the JSON document if --json was given."""
+    print(f"\nmachine: {machine()}")
+    print(heading + "\n")
+    print(runs_table(results) + "\n")
+    print(table(summarise(results)))
+    if args.json:
+        doc = {"bench": bench, "argv": sys.argv, "machine": machine(), "options": vars(args),
+               "cwd": str(REPO_ROOT), "runs": [dict(asdict(r), ns_per_packet=r.ns_per_packet) for r in results],
+               **(extra or {})}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def make_tools(interval: float, retrotap_extra: Sequence[str]) -> dict[str, Tool]:
     """The three tools as the benchmark runs them."""
     return {

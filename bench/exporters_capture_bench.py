@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,15 @@ from bench.capture_bench import (
     Lines,
     Result,
     Tool,
-    machine,
+    burst_arguments,
     make_tools,
     pin,
+    print_report,
     run_tool,
-    runs_table,
-    summarise,
-    table,
     trafgen_config,
 )
 from bench.common import need_root
-from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
+from tests.lab import Lab, LabError, cleanup_stale
 
 METRICS_PORT = 19464
 IPFIX_PORT = 14739
@@ -138,13 +136,7 @@ def run_pair(lab: Lab, conf: Path, size: int, count: int, repeat: int, grace: fl
 def main(argv: Sequence[str] | None = None) -> int:
     """Run plain and exporting retrotap on the same bursts; print per-run and summary tables."""
     p = argparse.ArgumentParser(prog="python -m bench.exporters_capture_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=int, nargs="+", default=[64])
-    p.add_argument("--count", type=int, default=2_000_000)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--flows", type=int, default=1024, help="distinct UDP source ports (default 1024)")
-    p.add_argument("--grace", type=float, default=1.5)
-    p.add_argument("--interval", type=float, default=1.0)
-    p.add_argument("--json", metavar="FILE")
+    burst_arguments(p, "distinct UDP source ports (default 1024)")
     args = p.parse_args(argv)
     if not 0 < args.count <= 50_000_000 or not 1 <= args.flows <= 4096:
         p.error("--count must be in 1..50000000 and --flows in 1..4096")
@@ -166,16 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"captured {r.captured}, drops {r.kernel_drops}, CPU {r.cpu_seconds:.3f} s "
                           f"({r.ns_per_packet:,.0f} ns/pkt)" + (f" ({'; '.join(r.notes)})" if r.notes else ""),
                           file=sys.stderr, flush=True)
-    print(f"\nmachine: {machine()}")
-    print(f"retrotap on core {TOOL_CORE}, trafgen and the collector on core {SENDER_CORE}; {args.count:,} frames "
-          f"per burst, {args.flows} flows; exporters: {' '.join(EXPORTER_ARGS)}\n")
-    print(runs_table(results) + "\n")
-    print(table(summarise(results)))
-    if args.json:
-        doc = {"bench": "exporters_capture", "argv": sys.argv, "machine": machine(), "options": vars(args),
-               "cwd": str(REPO_ROOT), "runs": [dict(asdict(r), ns_per_packet=r.ns_per_packet) for r in results],
-               "collectors": collectors}
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print_report(results, f"retrotap on core {TOOL_CORE}, trafgen and the collector on core {SENDER_CORE}; "
+                 f"{args.count:,} frames per burst, {args.flows} flows; exporters: {' '.join(EXPORTER_ARGS)}",
+                 "exporters_capture", args, {"collectors": collectors})
     return 0
 
 
