@@ -15,7 +15,7 @@ from textual.widgets import Tree
 from capture_backend.inspect import TSHARK_MISSING, InspectorError, PacketView, decode_pcap, hexdump, inspect_packets
 from capture_backend.timemachine import TimeMachine, select_flow
 from tests.pcapgen import Frame, block_of, mixed_frames, write_pcap
-from tests.test_tui import SIZE, cells, screen_text, sync, tm_app, wait_saved
+from tests.test_tui import SIZE, cells, inspected, screen_text, sync, tm_app, wait_saved
 from tui.app import RetrotapApp
 from tui.widgets.inspector import InspectorScreen
 from tui.widgets.table import SnapTable
@@ -145,16 +145,6 @@ def test_hexdump() -> None:
 
 
 # --- the screen
-async def wait_decoded(app: RetrotapApp, pilot: Any) -> InspectorScreen:
-    for _ in range(1000):  # bounded: the worker posts Done
-        await pilot.pause(0.02)
-        screen = app.screen
-        if isinstance(screen, InspectorScreen) and screen.done:
-            await pilot.pause()
-            return screen
-    raise AssertionError("the inspector never finished decoding")
-
-
 def tcp_row(app: RetrotapApp) -> tuple[int, tuple[str, int, str, int]]:
     """The first TCP over IPv4 row of the Flows view and its ends."""
     for n, r in enumerate(cells(app, "flows-table")):
@@ -172,7 +162,7 @@ async def test_i_on_a_flow_lists_its_packets_tree_and_bytes(pcap_path: str, tmp_
         row, (a, ap, b, bp) = tcp_row(app)
         app.query_one("#flows-table", SnapTable).move_cursor(row=row)
         await pilot.press("i")
-        screen = await wait_decoded(app, pilot)
+        screen = await inspected(app, pilot)
         expected = flow_frames(frames, a, ap, b, bp)
         assert screen.error == ""
         assert [p.raw for p in screen.packets] == [frames[i].data for i in expected]
@@ -210,7 +200,7 @@ async def test_I_picks_the_newest_snapshot_first(pcap_path: str, tmp_path: Path)
         await pilot.press("W")
         saved = await wait_saved(app, pilot)
         await pilot.press("I", "enter")  # the picker lists the newest file first
-        screen = await wait_decoded(app, pilot)
+        screen = await inspected(app, pilot)
         assert screen.what == Path(saved.split(" (")[0]).name
         assert [p.raw for p in screen.packets] == [frames[i].data for i in flow_frames(frames, a, ap, b, bp)]
     eng.close()
@@ -227,7 +217,7 @@ async def test_i_without_tshark_says_how_to_get_it(
         row, _ = tcp_row(app)
         app.query_one("#flows-table", SnapTable).move_cursor(row=row)
         await pilot.press("i")
-        screen = await wait_decoded(app, pilot)
+        screen = await inspected(app, pilot)
         assert screen.error == TSHARK_MISSING
         assert TSHARK_MISSING in screen_text(app)
     eng.close()

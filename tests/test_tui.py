@@ -940,7 +940,7 @@ def picker_app(engine: FileEngine, snapshot_dir: Path, record_dir: Path) -> Retr
 
 async def inspected(app: RetrotapApp, pilot: Any) -> InspectorScreen:
     """The inspector on screen once tshark has decoded the file."""
-    for _ in range(500):  # bounded: the worker thread posts Done
+    for _ in range(1000):  # bounded (20 s): the worker thread posts Done
         await pilot.pause(0.02)
         screen = app.screen
         if isinstance(screen, InspectorScreen) and screen.done:
