@@ -1,4 +1,4 @@
-"""Pytest fixtures for live tests: the netns `lab` and the `live` marker."""
+"""Pytest fixtures for live tests: the netns `lab` (and `open_lab`, without the ingress drop) and the `live` marker."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from tests.lab import NS_PREFIX, Lab, cleanup_stale
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the `live` marker."""
-    config.addinivalue_line(
-        "markers", "live: needs root and network namespaces (uses the netns lab)"
-    )
+    config.addinivalue_line("markers", "live: needs root and network namespaces (uses the netns lab)")
 
 
 @functools.cache
@@ -30,9 +28,7 @@ def lab_unusable_reason() -> str | None:
             return f"live lab needs `{tool}` on PATH"
     probe = f"{NS_PREFIX}{os.getpid()}-probe"
     try:
-        added = subprocess.run(
-            ["ip", "netns", "add", probe], capture_output=True, text=True, timeout=10
-        )
+        added = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=10)
         if added.returncode != 0:
             return f"`ip netns add` unusable: {added.stderr.strip()}"
         subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10, check=True)
@@ -69,3 +65,10 @@ def lab() -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.destroy()
+
+
+@pytest.fixture
+def open_lab() -> Iterator[Lab]:
+    """A lab whose namespace a receives what b sends (no ingress drop), so a server there answers."""
+    with Lab(drop_ingress=False) as the_lab:
+        yield the_lab
