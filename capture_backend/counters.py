@@ -533,7 +533,7 @@ class Counters:
 def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heads (bool), segment number per row and first row per segment of a sorted key."""
     head = np.empty(key.size, bool)
-    head[0] = True
+    head[:1] = True
     np.not_equal(key[1:], key[:-1], out=head[1:])
     return head, np.cumsum(head) - 1, np.flatnonzero(head)
 
@@ -664,10 +664,8 @@ class _Sequence:
         to_dir[self.order] = idx
         f_order = to_dir[f_batch]
         f_fid, f_dir = fid[f_order], direction[f_order]
-        f_head = np.empty(m, bool)
-        f_head[:1] = True
-        np.not_equal(f_fid[1:], f_fid[:-1], out=f_head[1:])
-        f_start = np.maximum.accumulate(np.where(f_head, idx, 0))
+        _, f_seg, f_starts = _segments(f_fid)
+        f_start = f_starts[f_seg]
         last0 = np.maximum.accumulate(np.where(f_dir == 0, idx, -1))
         last1 = np.maximum.accumulate(np.where(f_dir == 1, idx, -1))
         f_rev = np.where(f_dir == 0, last1, last0)

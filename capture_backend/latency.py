@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend.counters import KeyTable, TableSnapshot, _group
+from capture_backend.counters import KeyTable, TableSnapshot, _segments
 from capture_backend.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames, key_bytes
 
 KIND_DNS, KIND_HTTP, KIND_MYSQL = 1, 2, 3
@@ -156,13 +156,6 @@ def _text(dec: Decoded, rows: np.ndarray, kind: np.ndarray) -> np.ndarray:
     return np.where(inside, text, 0).astype(np.uint8)
 
 
-def _segment_starts(key: np.ndarray) -> np.ndarray:
-    head = np.empty(key.size, bool)
-    head[:1] = True
-    np.not_equal(key[1:], key[:-1], out=head[1:])
-    return head
-
-
 def match(
     key: np.ndarray, request: np.ndarray, repeat: np.ndarray, ts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,7 +172,7 @@ def match(
     if n == 0:
         e = np.zeros(0, np.int64)
         return e, e, e
-    head = _segment_starts(key)
+    head = _segments(key)[0]
     prev_req = np.zeros(n, bool)
     prev_req[1:] = request[:-1] & ~head[1:]
     drop = np.zeros(n, bool)
@@ -212,11 +205,9 @@ def match(
 
 def _fifo(key: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = key.size
-    head = _segment_starts(key)
-    seg = np.cumsum(head) - 1
+    head, seg, starts = _segments(key)
     step = np.where(request, 1, -1)
     c = np.cumsum(step)
-    starts = np.flatnonzero(head)
     c = c - np.repeat(c[starts] - step[starts], np.diff(np.append(starts, n)))  # per key
     # Clamped at zero (an unsolicited response changes nothing): c - min(0, running min of c per key).
     offset = seg * (2 * n + 2)
@@ -237,11 +228,8 @@ def _fifo(key: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 def _rank_in_segment(seg: np.ndarray) -> np.ndarray:
     """0, 1, 2, ... within each run of equal values of a sorted array."""
-    if seg.size == 0:
-        return np.zeros(0, np.int64)
-    head = _segment_starts(seg)
-    idx = np.arange(seg.size)
-    return idx - np.maximum.accumulate(np.where(head, idx, 0))
+    _, run, starts = _segments(seg)
+    return np.arange(seg.size) - starts[run]
 
 
 DNS_TYPES = {
@@ -291,8 +279,7 @@ def _quantiles(rows: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndar
     # One sort of row << 36 | value (values stay below PENDING_TIMEOUT_NS < 2**36).
     packed = np.sort((rows.astype(np.int64) << 36) | values)
     r, v = packed >> 36, packed & ((1 << 36) - 1)
-    head = _segment_starts(r)
-    starts = np.flatnonzero(head)
+    starts = _segments(r)[2]
     count = np.diff(np.append(starts, r.size))
     ids = r[starts]
     p50[ids] = v[starts + np.ceil(0.50 * count).astype(np.int64) - 1]
@@ -321,7 +308,7 @@ class Latency:
         self.exchanges = 0
         self.unanswered = 0
         self.slowest: dict[int, list[Exchange]] = {k: [] for k in KIND_NAMES}
-        self._frozen: LatencySnapshot | None = None
+        self._frozen: tuple[TableSnapshot, TableSnapshot, tuple[Exchange, ...]] | None = None
 
     def add(self, dec: Decoded, flow_of: FlowOf, flow_first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match this batch's requests and responses; returns (flow row, latency ns) per exchange."""
@@ -331,8 +318,10 @@ class Latency:
             return e, e
         fid = flow_of(rows)
         ok = fid >= 0
-        if not ok.all():
+        if not ok.all():  # flows over the table's capacity: nothing to time them by
             rows, kind, request, dns_id, fid = rows[ok], kind[ok], request[ok], dns_id[ok], fid[ok]
+            if rows.size == 0:
+                return e, e
         key = (
             (fid.astype(np.uint64) << np.uint64(24))
             | (kind.astype(np.uint64) << np.uint64(16))
@@ -422,15 +411,8 @@ class Latency:
         server = key_bytes(dec.src_key[rows])
         skey = np.empty((m, 20), np.uint8)
         skey[:, :16], skey[:, 16], skey[:, 17:19], skey[:, 19] = server, proto, port, kind
-        # One table lookup per distinct server and service, not per exchange.
-        tail = (dec.proto[rows].astype(np.uint64) << np.uint64(24)) | (
-            dec.sport[rows].astype(np.uint64) << np.uint64(8)
-        )
-        tail |= kind.astype(np.uint64)
-        s_first, s_inv = _group(np.column_stack([dec.src_key[rows], tail]))
-        v_first, v_inv = _group(tail[:, None])
-        sid = self.servers.ids(skey[s_first])[s_inv]
-        vid = self.services.ids(np.ascontiguousarray(skey[v_first, 16:]))[v_inv]
+        sid = self.servers.ids_of_repeated(skey)
+        vid = self.services.ids_of_repeated(np.ascontiguousarray(skey[:, 16:]))
         for table, ids in ((self.servers, sid), (self.services, vid)):
             ok = ids >= 0
             c, i = table.cols, ids[ok]
@@ -449,8 +431,9 @@ class Latency:
             mine = np.flatnonzero(kind == k)
             kept = self.slowest[k]
             floor = kept[-1].latency_ns if len(kept) >= SLOWEST_KEPT else -1
+            mine = mine[lat[mine] > floor]  # usually none: the slowest are rare
             top = mine[np.argsort(-lat[mine], kind="stable")[:SLOWEST_KEPT]]
-            for j in top[lat[top] > floor].tolist():
+            for j in top.tolist():
                 kept.append(
                     Exchange(
                         KIND_NAMES[k],
@@ -466,17 +449,17 @@ class Latency:
             del kept[SLOWEST_KEPT:]
 
     def freeze(self) -> LatencySnapshot:
-        """Per-server and per-service tables with p50/p95 of the recent samples; cached until new exchanges."""
+        """Per-server and per-service tables with p50/p95 of the recent samples (made again only after
+        new exchanges), the slowest exchanges and the counts."""
         if self._frozen is None:
             slowest = sorted((x for kept in self.slowest.values() for x in kept), key=lambda x: -x.latency_ns)
-            self._frozen = LatencySnapshot(
-                servers=self._freeze(self.servers, self.s_server),
-                services=self._freeze(self.services, self.s_service),
-                slowest=tuple(slowest),
-                exchanges=self.exchanges,
-                unanswered=self.unanswered,
+            self._frozen = (
+                self._freeze(self.servers, self.s_server),
+                self._freeze(self.services, self.s_service),
+                tuple(slowest),
             )
-        return self._frozen
+        servers, services, slowest_ = self._frozen
+        return LatencySnapshot(servers, services, slowest_, self.exchanges, self.unanswered)
 
     def _freeze(self, table: KeyTable, sample_rows: np.ndarray) -> TableSnapshot:
         valid = sample_rows >= 0

@@ -324,3 +324,24 @@ def test_no_analysis_turns_tcp_health_and_latency_off(tmp_path: Path) -> None:
         (80, 8080, 3306)
     )
     assert on["totals"] == off["totals"]  # counting itself is the same
+
+
+def test_counts_stay_current_and_flows_over_capacity_are_skipped() -> None:
+    """The snapshot's unanswered count moves without new exchanges; rows without a flow row are left out."""
+    from capture_backend.counters import Counters
+
+    q = dns_frame(0, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", False)
+    a = dns_frame(2, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", True)
+    counters, lat = Counters(), Latency()
+    dec = decode(_block([q, a]))
+    counters.add(dec)
+    assert lat.add(dec, counters.flow_of, counters.flows.cols["first"])[1].tolist() == [2 * MS]
+    assert (lat.freeze().exchanges, lat.freeze().unanswered) == (1, 0)
+    for t_ms, answer in ((10, False), (40_000, True)):  # answered after the 30 s timeout
+        dec = decode(_block([dns_frame(t_ms, "10.7.0.1", "10.7.0.53", 33001, 2, "b.example", answer)]))
+        counters.add(dec)
+        lat.add(dec, counters.flow_of, counters.flows.cols["first"])
+    assert (lat.freeze().exchanges, lat.freeze().unanswered) == (1, 1)
+    dec = decode(_block([q, a]))
+    none = lat.add(dec, lambda rows: np.full(rows.size, -1, np.int64), counters.flows.cols["first"])
+    assert none[0].size == 0 and lat.freeze().exchanges == 1
