@@ -64,6 +64,10 @@ FLOW_COLUMNS: ColumnSpec = {
     "app_sum": (np.int64, (), 0),
     "app_max": (np.int64, (), 0),
 }
+# The flow columns only the capture thread reads (sequence analysis state): not copied into snapshots.
+FLOW_STATE = frozenset(
+    {"tcp_next", "tcp_next_t", "tcp_lastack", "tcp_last_t", "tcp_window", "tcp_dupacks", "tcp_ka", "tcp_syn"}
+)
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 
 
@@ -74,9 +78,16 @@ class KeyTable:
     """
 
     def __init__(
-        self, width: int, columns: ColumnSpec, capacity: int, history: bool = False, initial: int = 1024
+        self,
+        width: int,
+        columns: ColumnSpec,
+        capacity: int,
+        history: bool = False,
+        initial: int = 1024,
+        internal: frozenset[str] = frozenset(),
     ) -> None:
         self.width = width
+        self.internal = internal  # columns freeze() leaves out
         self.specs = dict(columns)
         if history:
             self.specs["peak"] = (np.uint64, (2,), 0)
@@ -223,7 +234,7 @@ class KeyTable:
     def freeze(self, now_sec: int) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept."""
         rows = np.flatnonzero(self.used)
-        cols = {name: col[rows] for name, col in self.cols.items()}
+        cols = {name: col[rows] for name, col in self.cols.items() if name not in self.internal}
         if self.history:
             age = now_sec - self.slot_sec  # 1 = the last completed second
             for done in np.flatnonzero((age >= 1) & ~self.slot_folded).tolist():
@@ -359,7 +370,7 @@ class Counters:
         self._batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # sel, group of each, group's flow
         known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
-        self.flows = KeyTable(40, FLOW_COLUMNS, lim.flows)
+        self.flows = KeyTable(40, FLOW_COLUMNS, lim.flows, internal=FLOW_STATE)
         self.pairs = KeyTable(32, TRAFFIC_COLUMNS, lim.pairs, history=True)
         self.hosts = KeyTable(16, TRAFFIC_COLUMNS, lim.hosts, history=True)
         self.ports = KeyTable(4, PORT_COLUMNS, lim.ports)

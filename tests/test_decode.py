@@ -34,7 +34,7 @@ from capture_backend.block import (
     LINKTYPE_RAW,
     Block,
 )
-from capture_backend.counters import NS, CounterLimits, Counters, KeyTable
+from capture_backend.counters import FLOW_STATE, NS, CounterLimits, Counters, KeyTable
 from capture_backend.decode import Decoded, decode
 from tests.pcapgen import block_of
 
@@ -506,6 +506,9 @@ def test_counters_per_flow_pair_and_host_both_directions() -> None:
         "app_sum": 0,
         "app_max": 0,
     }
+    # Snapshots carry what readers show, not the sequence analysis state.
+    snap_cols = set(c.flows.freeze(0).cols)
+    assert snap_cols == set(c.flows.cols) - FLOW_STATE and "tcp_retrans" in snap_cols and "tcp_next" not in snap_cols
     assert table_row(c.pairs, key(V4_A) + key(V4_B)) == {
         "packets": [2, 3],
         "bytes": [1700, 800],

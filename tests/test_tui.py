@@ -726,10 +726,10 @@ async def test_latency_view_per_service_server_and_the_slowest(health_engine: Fi
         text = screen_text(app)
         assert "14 exchanges (request → first response packet), 0 requests unanswered" in text
         services = cells(app, "latency-services")
-        assert services == [  # by exchanges; the tie (2 and 2) by row
+        assert services == [  # by exchanges; the tie (2 and 2) by row: the service answered first
             ["dns", "udp/53", "9", "8.00", "1,230", "1,230", "163.9"],  # mean 1475.5 / 9
-            ["mysql", "tcp/3306", "2", "1.50", "300.0", "300.0", "150.8"],
             ["http", "tcp/80", "2", "30.0", "99.0", "99.0", "64.5"],
+            ["mysql", "tcp/3306", "2", "1.50", "300.0", "300.0", "150.8"],
             ["http", "tcp/8080", "1", "7.00", "7.00", "7.00", "7.00"],
         ]
         servers = {(r[0], r[1], r[2]): r[3:] for r in cells(app, "latency-servers")}
