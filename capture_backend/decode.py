@@ -208,22 +208,6 @@ class _Frames:
             return words[:, 0].astype(np.int32)
         return (self.u8(off) << 8) | self.u8(off + 1)
 
-    def be64(self, off: np.ndarray, words: int) -> np.ndarray:
-        """`words` big-endian 64-bit words per frame at `off`, as (n, words) uint64."""
-        fast = self._aligned(off, ">u8", words)
-        if fast is not None:
-            return fast.astype(np.uint64)
-        idx = np.minimum((self.start + off)[:, None] + np.arange(8 * words), self.last)
-        return self.buf[idx].view(">u8").astype(np.uint64)
-
-    def be32(self, off: np.ndarray, words: int) -> np.ndarray:
-        """`words` big-endian 32-bit words per frame at `off`, as (n, words) uint64."""
-        fast = self._aligned(off, ">u4", words)
-        if fast is not None:
-            return fast.astype(np.uint64)
-        idx = np.minimum((self.start + off)[:, None] + np.arange(4 * words), self.last)
-        return self.buf[idx].view(">u4").astype(np.uint64)
-
 
 def _no_vlan(n: int) -> np.ndarray:
     return np.full(n, -1, np.int32)
@@ -324,9 +308,10 @@ def _ipv4(fr: _Frames, l3: np.ndarray) -> _Layer3:
 
 
 def _ipv6(fr: _Frames, l3: np.ndarray) -> _Layer3:
-    good = fr.has(l3, 40) & ((fr.u8(l3) >> 4) == 6)
+    head = fr.funnel(l3, 5)  # bytes 0..39: version, payload length, next header, addresses
+    good = fr.has(l3, 40) & ((head[:, 0] >> np.uint64(60)) == 6)
     m = l3.size
-    nh = np.where(good, fr.u8(l3 + 6), -1)
+    nh = np.where(good, ((head[:, 0] >> np.uint64(8)) & np.uint64(0xFF)).astype(np.int64), -1)
     off = l3 + 40
     later_fragment = np.zeros(m, bool)
     for _ in range(MAX_IPV6_EXT_HEADERS):
@@ -341,11 +326,10 @@ def _ipv6(fr: _Frames, l3: np.ndarray) -> _Layer3:
         hdr_len = fr.u8(off + 1) * EXT_MULT[code] + EXT_ADD[code]
         nh = np.where(is_ext, fr.u8(off), nh)
         off = np.where(is_ext, off + hdr_len, off)
-    addrs = fr.be64(l3 + 8, 4)
     l4 = np.where(good & ~later_fragment, off, -1)
     # A jumbogram's payload length 0 makes the TCP payload length negative: clamped to 0.
-    end = l3 + 40 + (fr.funnel(l3 + 4, 1)[:, 0] >> np.uint64(48)).astype(np.int64)
-    return _Layer3(good, np.where(good, nh, -1), l4, addrs[:, 0:2], addrs[:, 2:4], end)
+    end = l3 + 40 + ((head[:, 0] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64)
+    return _Layer3(good, np.where(good, nh, -1).astype(np.int32), l4, head[:, 1:3], head[:, 3:5], end)
 
 
 LAYER3_DECODERS = {ETHERTYPE_IPV4: _ipv4, ETHERTYPE_IPV6: _ipv6}
