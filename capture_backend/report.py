@@ -320,9 +320,10 @@ def flow_latency(t: TableSnapshot, i: int) -> Row:
     }
 
 
-def _latency_table(t: TableSnapshot, with_server: bool) -> list[Row]:
+def _latency_table(t: TableSnapshot, with_server: bool, top: int) -> list[Row]:
     rows = []
-    for i in np.argsort(-t.cols["count"], kind="stable").tolist():
+    order = np.argsort(-t.cols["count"], kind="stable")
+    for i in (order[:top] if top else order).tolist():
         key = t.keys[i].tobytes()
         tail = key[16:] if with_server else key
         count = int(t.cols["count"][i])
@@ -342,14 +343,15 @@ def _latency_table(t: TableSnapshot, with_server: bool) -> list[Row]:
     return rows
 
 
-def latency_rows(snap: Snapshot) -> Row:
-    """Application latency per service and per server (p50/p95 of the recent exchanges), and the slowest."""
+def latency_rows(snap: Snapshot, top: int = 0) -> Row:
+    """Application latency per service and per server (p50/p95 of the recent exchanges; the `top` with the
+    most exchanges, all when 0), and the slowest."""
     lat = snap.latency
     return {
         "exchanges": lat.exchanges,
         "unanswered": lat.unanswered,
-        "services": _latency_table(lat.services, False),
-        "servers": _latency_table(lat.servers, True),
+        "services": _latency_table(lat.services, False, top),
+        "servers": _latency_table(lat.servers, True, top),
         "slowest": [
             {
                 "kind": x.kind,
@@ -533,7 +535,7 @@ def record(snap: Snapshot, prev: Snapshot | None, top: int = 10, processes: Proc
         "ethertypes": _tallies(snap.ethertypes, "ethertype", lambda e: f"0x{e:04x}"),
         "vlans": _tallies(snap.vlans, "vlan", str),
         "flow_table": {"active": len(snap.flows), "evicted": snap.flows.evicted},
-        "latency": latency_rows(snap),
+        "latency": latency_rows(snap, top),
     }
     if processes is not None:
         rec["processes"] = process_rows(processes)

@@ -345,3 +345,12 @@ def test_counts_stay_current_and_flows_over_capacity_are_skipped() -> None:
     dec = decode(_block([q, a]))
     none = lat.add(dec, lambda rows: np.full(rows.size, -1, np.int64), counters.flows.cols["first"])
     assert none[0].size == 0 and lat.freeze().exchanges == 1
+
+
+def test_top_limits_latency_rows_to_the_busiest(tmp_path: Path) -> None:
+    path = tmp_path / "apps.pcap"
+    write_pcap(path, exchanges(), nanosecond=True)
+    lat = stats(path, "--top", "1")["latency"]
+    assert [(r["kind"], r["server"], r["exchanges"]) for r in lat["servers"]] == [("dns", "10.7.0.53", 8)]
+    assert [(r["kind"], r["port"], r["exchanges"]) for r in lat["services"]] == [("dns", 53, 9)]
+    assert lat["exchanges"] == 14 and len(lat["slowest"]) == 14
