@@ -16,12 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import psutil
 
+from capture_backend.counters import TableSnapshot
 from capture_backend.engine import Snapshot
 from capture_backend.report import table_growth
 
@@ -63,7 +65,38 @@ class ProcessTable:
         """The process of a flow key (its first local end), if known."""
         return self.flow_owners.get(key)
 
+    @cached_property
+    def owned(self) -> OwnedFlows:
+        """flow_owners as columns, built once per published table (the dashboard reads it every refresh)."""
+        items = [(k, o) for k, o in self.flow_owners.items() if len(k) == FLOW_KEY_WIDTH]
+        names = sorted({name for _, (_, name) in items}, key=str.lower)
+        name_id = {name: n for n, name in enumerate(names)}
+        keys = np.frombuffer(b"".join(k for k, _ in items), np.uint8).reshape(len(items), FLOW_KEY_WIDTH)
+        pid = np.array([o[0] for _, o in items], np.int64)
+        nid = np.array([name_id[o[1]] for _, o in items], np.int64)
+        rank = np.empty(len(items))
+        rank[np.lexsort((pid, nid))] = np.arange(len(items))
+        return OwnedFlows(TableSnapshot(keys, {}), pid, nid, tuple(names), rank)
 
+
+@dataclass(frozen=True)
+class OwnedFlows:
+    """The flows with a known local process: keys (a table for report.match_rows), each one's pid, name
+    (an index into names, which are sorted case-blind) and rank by (name, pid)."""
+
+    keys: TableSnapshot
+    pid: np.ndarray
+    name_id: np.ndarray
+    names: tuple[str, ...]
+    rank: np.ndarray
+
+    def named(self, word: str) -> np.ndarray:
+        """Which of the flows belong to a process whose name contains `word` (lower case)."""
+        hits = [n for n, name in enumerate(self.names) if word in name.lower()]
+        return np.isin(self.name_id, hits)
+
+
+FLOW_KEY_WIDTH = 40
 EMPTY_UNKNOWN = ProcessTotals(None, "unknown", "", 0, 0, 0, 0)
 EMPTY = ProcessTable(0, 0.0, (), EMPTY_UNKNOWN)
 
@@ -257,7 +290,7 @@ class ProcessMapper:
             grown_b, grown_p, new = flows.cols["bytes"], flows.cols["packets"], np.ones(len(flows), bool)
         else:
             grown_b, match = table_growth(flows, before, "bytes")
-            grown_p, _ = table_growth(flows, before, "packets")
+            grown_p, _ = table_growth(flows, before, "packets", match=match)
             new = match < 0
         active = np.flatnonzero(grown_p.sum(axis=1) > 0) if len(flows) else np.zeros(0, np.int64)
         keys = flows.keys

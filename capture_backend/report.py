@@ -110,11 +110,17 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
 
 
 def table_growth(
-    table: TableSnapshot, before: TableSnapshot, col: str = "bytes", rows: np.ndarray | None = None
+    table: TableSnapshot,
+    before: TableSnapshot,
+    col: str = "bytes",
+    rows: np.ndarray | None = None,
+    match: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Growth of a (rows, 2) column since `before` per direction (rows new since count from 0), and the match."""
+    """Growth of a (rows, 2) column since `before` per direction (rows new since count from 0), and the match
+    (computed unless a previous call's is given)."""
     cur = table.cols[col] if rows is None else table.cols[col][rows]
-    match = match_rows(table, before, rows)
+    if match is None:
+        match = match_rows(table, before, rows)
     old = np.where((match >= 0)[:, None], before.cols[col][np.maximum(match, 0)], 0) if len(before) else 0
     grown = cur - old
     return np.where(grown < 0, cur, grown), match  # evicted and seen again: all of it is new

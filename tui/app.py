@@ -291,7 +291,7 @@ class RetrotapApp(App[int]):
         """What the views render from now."""
         known = self.names.known() if self.show_names else {}
         processes = self.processes.result if self.processes is not None else None
-        owners = {name for _, name in processes.flow_owners.values()} if processes and self.text_query else ()
+        owners = processes.owned.names if processes and self.text_query else ()
         return Frame(
             snap=self.snap,
             prev=self.prev,

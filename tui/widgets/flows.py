@@ -12,7 +12,6 @@ from capture_backend.counters import TableSnapshot
 from capture_backend.decode import IPPROTO_TCP
 from capture_backend.report import flow_rows, flow_server_is_b, match_rows, snapshot_interval, table_rates
 from tui.widgets.format import bits, count, duration, ms, right, short_count, size
-from tui.widgets.query import owner_table
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
 
@@ -100,12 +99,10 @@ def _process(f: Frame, idx: np.ndarray) -> np.ndarray:
     out = np.full(idx.size, np.nan)
     if f.processes is None or not f.processes.flow_owners or idx.size == 0:
         return out
-    owners, who = owner_table(f.processes, f.snap.flows.keys.shape[1])
-    rank = np.empty(len(who))
-    rank[sorted(range(len(who)), key=lambda n: (who[n][1].lower(), who[n][0]))] = np.arange(len(who))
-    pos = match_rows(f.snap.flows, owners, idx)
+    owned = f.processes.owned
+    pos = match_rows(f.snap.flows, owned.keys, idx)
     known = pos >= 0
-    out[known] = rank[pos[known]]
+    out[known] = owned.rank[pos[known]]
     return out
 
 

@@ -22,17 +22,10 @@ DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")
 Network = tuple[np.ndarray, np.ndarray]  # 16-byte key of the network, 16-byte mask
 
 
-def owner_table(processes: ProcessTable, width: int, word: str = "") -> tuple[TableSnapshot, list[tuple[int, str]]]:
-    """The flows a process owns (only those whose name contains `word`, lower case) as a key table
-    for report.match_rows, and each row's (pid, name)."""
-    owned = [(k, o) for k, o in processes.flow_owners.items() if word in o[1].lower() and len(k) == width]
-    keys = np.frombuffer(b"".join(k for k, _ in owned), np.uint8).reshape(len(owned), width)
-    return TableSnapshot(keys, {}), [o for _, o in owned]
-
-
 def owned_rows(t: TableSnapshot, processes: ProcessTable, word: str) -> np.ndarray:
     """Which rows of a flow table a process whose name contains `word` (lower case) owns."""
-    return match_rows(t, owner_table(processes, t.keys.shape[1], word)[0]) >= 0
+    owned = processes.owned
+    return match_rows(t, TableSnapshot(owned.keys.keys[owned.named(word)], {})) >= 0
 
 
 def _network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Network:
