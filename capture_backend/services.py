@@ -8,6 +8,7 @@ import numpy as np
 
 SERVICES_PATH = "/etc/services"
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
+PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
 @lru_cache(maxsize=4)

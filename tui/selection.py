@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from capture_backend.services import PROTO_NAMES
+from capture_backend.services import PROTO_NUMBERS
 from capture_backend.timemachine import Selector, select_flow, select_host, select_pair, select_port
-
-PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 
 
 def _proto(name: str) -> int:

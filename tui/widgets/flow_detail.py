@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -15,12 +13,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from capture_backend.counters import TableSnapshot
+from capture_backend.decode import PORT_PROTOS
 from capture_backend.report import Row, flow_rows
-from capture_backend.services import service_name
-from tui.widgets.format import bits, count, duration, ms, size
+from capture_backend.services import PROTO_NUMBERS, service_name
+from tui.widgets.format import bits, count, duration, endpoint, ms, size, utc_stamp
 from tui.widgets.view import Frame
 
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 LABEL_WIDTH = 15  # "Client → server", "Retransmissions"
 
 
@@ -32,19 +30,12 @@ def find_flow(t: TableSnapshot, key: bytes) -> int:
     return int(hits[0]) if hits.size else -1
 
 
-def _with_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _stamp(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d} UTC"
-
-
 def _endpoint(addr: str, port: int, proto: str, name: str) -> str:
     shown = addr if name == addr else f"{name} ({addr})"
-    if proto not in PROTO_NUMBERS:
+    number = PROTO_NUMBERS.get(proto, -1)
+    if number not in PORT_PROTOS:
         return shown
-    service = service_name(PROTO_NUMBERS[proto], port)
+    service = service_name(number, port)
     return f"{shown} port {port}" + (f" ({service})" if service else "")
 
 
@@ -95,8 +86,8 @@ def detail_table(r: Row, frame: Frame) -> Group:
     grid.add_row("Server → client", f"{count(r['dst_to_src_packets'])} packets, {size(r['dst_to_src_bytes'])}")
     grid.add_row("Total", f"{count(r['packets'])} packets, {size(r['bytes'])}")
     grid.add_row("Rate", bits(r["bps"]))
-    grid.add_row("First packet", _stamp(r["first"]))
-    grid.add_row("Last packet", _stamp(r["last"]))
+    grid.add_row("First packet", utc_stamp(r["first"], millis=True) + " UTC")
+    grid.add_row("Last packet", utc_stamp(r["last"], millis=True) + " UTC")
     grid.add_row("Age", duration(r["age"]))
     grid.add_row("Idle", duration(max(0.0, frame.snap.now_ns / 1e9 - r["last"])))
     parts: list[RenderableType] = [grid]
@@ -135,7 +126,7 @@ class FlowDetail(ModalScreen[None]):
             return
         r = flow_rows(frame.snap, index=np.array([i]), prev=frame.prev, rates=True, processes=frame.processes)[0]
         src, dst = frame.name(r["src"]), frame.name(r["dst"])
-        if r["proto"] in PROTO_NUMBERS:
-            src, dst = _with_port(src, r["sport"]), _with_port(dst, r["dport"])
+        if PROTO_NUMBERS.get(r["proto"], -1) in PORT_PROTOS:
+            src, dst = endpoint(src, r["sport"]), endpoint(dst, r["dport"])
         self.query_one("#flow-detail-title", Label).update(f"{r['proto']} {src} → {dst}")
         body.update(detail_table(r, frame))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import humanize
 from rich.text import Text
 
@@ -83,3 +85,16 @@ def bar(value: float, top: float, width: int) -> str:
 def right(text: str) -> Text:
     """A right-aligned cell."""
     return Text(text, justify="right")
+
+
+def endpoint(host: str, port: int) -> str:
+    """host:port, with IPv6 addresses in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def utc_stamp(seconds: float, fmt: str = "%Y-%m-%d %H:%M:%S", millis: bool = False) -> str:
+    """A UTC time as text, optionally with milliseconds (cut, not rounded: rounded to the microsecond
+    first, so a float's .191999 of what was .192 still shows .192)."""
+    whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
+    text = time.strftime(fmt, time.gmtime(whole))
+    return f"{text}.{micros // 1000:03d}" if millis else text

@@ -20,7 +20,7 @@ from capture_backend.report import (
     snapshot_interval,
     table_rates,
 )
-from tui.widgets.format import DASH, bits, right, size
+from tui.widgets.format import DASH, bits, endpoint, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View
 
@@ -42,10 +42,6 @@ SORT_KEYS = tuple(SortKey(c, lambda f, i: np.zeros(i.size)) for c in ("10s", "2s
 
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _pair_text(left: str, arrow: str, right_: str, half: int) -> str:
@@ -132,7 +128,7 @@ class HostsView(View):
             rates = self._flow_rates(frame, picked)
             fwd = np.where(flow_server_is_b(frame.snap.flows, picked), 0, 1)
             for n, r in enumerate(flow_rows(frame.snap, index=picked)):
-                src, dst = _endpoint(name(r["src"]), r["sport"]), _endpoint(name(r["dst"]), r["dport"])
+                src, dst = endpoint(name(r["src"]), r["sport"]), endpoint(name(r["dst"]), r["dport"])
                 key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
                 ways = (("=>", fwd[n], r["src_to_dst_bytes"]), ("<=", 1 - fwd[n], r["dst_to_src_bytes"]))
                 for arrow, d, total in ways:

@@ -9,8 +9,6 @@ client and server of a slow exchange.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
@@ -21,7 +19,7 @@ from capture_backend.counters import TableSnapshot
 from capture_backend.latency import KIND_NAMES, SAMPLE_RING, Exchange
 from capture_backend.report import addr_str
 from capture_backend.services import proto_name
-from tui.widgets.format import count, ms, right
+from tui.widgets.format import count, endpoint, ms, right, utc_stamp
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View
 
@@ -73,14 +71,6 @@ def _figures(t: TableSnapshot, i: int) -> list[Cell]:
 def _printable(text: str) -> Text:
     """Request text from the wire as plain text (no markup, control characters shown as '·')."""
     return Text("".join(ch if ch.isprintable() else "·" for ch in text))
-
-
-def _endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _clock(time_ns: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(time_ns // 1_000_000_000)) + f".{time_ns // 1_000_000 % 1000:03d}"
 
 
 class LatencyView(View):
@@ -162,9 +152,9 @@ class LatencyView(View):
             cells: list[Cell] = [
                 x.kind,
                 right(ms(x.latency_ns / 1e6)),
-                _clock(x.time_ns),
+                utc_stamp(x.time_ns / 1e9, "%H:%M:%S", millis=True),
                 frame.name(client),
-                _endpoint(frame.name(server), x.port),
+                endpoint(frame.name(server), x.port),
                 _printable(x.request),
             ]
             rows.append((f"{client}|{server}|{n}", cells))  # W, i: the client and server

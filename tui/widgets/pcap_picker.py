@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
-from tui.widgets.format import right, size
+from tui.widgets.format import right, size, utc_stamp
 from tui.widgets.table import Cell, Column, SnapTable
 
 SUFFIXES = (".pcap", ".pcapng")  # a recording's open file is `<name>.pcap.partial`: not listed
@@ -61,11 +60,6 @@ def capture_files(directories: Iterable[str]) -> list[CaptureFile]:
     return sorted(found, key=lambda f: (-f.mtime, f.path.name))
 
 
-def stamp(seconds: float) -> str:
-    """A modification time as UTC, to the second."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
 class PcapPicker(ModalScreen[Path | None]):
     """The capture files, newest first; Enter picks the one under the cursor, Escape closes."""
 
@@ -83,7 +77,7 @@ class PcapPicker(ModalScreen[Path | None]):
 
     def on_mount(self) -> None:
         rows: list[tuple[str, list[Cell]]] = [
-            (str(f.path), [f.path.name, right(size(f.size)), stamp(f.mtime), f.directory]) for f in self.files
+            (str(f.path), [f.path.name, right(size(f.size)), utc_stamp(f.mtime), f.directory]) for f in self.files
         ]
         table = self.query_one(SnapTable)
         table.sync(rows)

@@ -13,10 +13,9 @@ from capture_backend.counters import TableSnapshot
 from capture_backend.latency import DNS_PORT, KIND_DNS, KIND_NAMES, Exchange
 from capture_backend.processes import ProcessTable
 from capture_backend.report import match_rows
-from capture_backend.services import PROTO_NAMES, service_table
+from capture_backend.services import PROTO_NUMBERS, service_table
 
 V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
-PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
 KIND_NUMBERS = {name: num for num, name in KIND_NAMES.items()}  # application latency: dns, http, mysql
 DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")
 Network = tuple[np.ndarray, np.ndarray]  # 16-byte key of the network, 16-byte mask
