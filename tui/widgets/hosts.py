@@ -37,7 +37,7 @@ COLUMNS = (
     Column("total", "Total", 10, numeric=True),
 )
 Line = tuple[str, tuple[str, str, str], list[str], float]
-SORT_KEYS = tuple(SortKey(c, lambda f, i: np.zeros(i.size)) for c in ("10s", "2s", "40s", "peak", "total"))
+SORT_KEYS = tuple(SortKey(c, None) for c in ("10s", "2s", "40s", "peak", "total"))  # values: _sort_values()
 
 
 def _fit(text: str, width: int) -> str:
@@ -88,7 +88,8 @@ class HostsView(View):
             return np.zeros((idx.size, 2))
         return table_rates(frame.snap.flows, frame.prev.flows, seconds, "bytes", idx) * 8
 
-    def key_values(self, key: SortKey, frame: Frame, idx: np.ndarray) -> np.ndarray:
+    def _sort_values(self, key: SortKey, frame: Frame, idx: np.ndarray) -> np.ndarray:
+        """The sort column's values for rows idx of the mode's table."""
         t = self._table(frame)
         col = key.column
         if self.mode == "ports":
@@ -108,7 +109,11 @@ class HostsView(View):
         mask = {"ports": q.flows, "pairs": q.pairs}.get(mode, q.hosts)(t) if q else None
         idx = np.flatnonzero(mask) if mask is not None else np.arange(len(t))
         lines_per_row = 1 if mode in ("source", "destination") else 2
-        picked = self.pick(frame, idx, max(1, table.capacity() // lines_per_row), t.cols["bytes"][idx].sum(axis=1))
+        key = self.sort_key
+        values = self._sort_values(key, frame, idx) if key is not None and idx.size else None
+        picked = self.pick(
+            frame, idx, max(1, table.capacity() // lines_per_row), t.cols["bytes"][idx].sum(axis=1), values
+        )
         rows = self._rows(frame, picked)
         labels = {c.key: self.sort_label(c.key, c.label) for c in COLUMNS}
         if mode == "ports":  # flows have one rate (since the last refresh): every rate sort uses it

@@ -40,7 +40,7 @@ SLOWEST_COLUMNS = (
     Column("server", "Server"),
     Column("request", "Request"),
 )
-SORT_KEYS = tuple(SortKey(c.key, lambda f, i: np.zeros(i.size)) for c in FIGURES)  # values: key_values()
+SORT_KEYS = tuple(SortKey(c.key, None) for c in FIGURES)  # of the services or the servers: figure_values()
 SORT_NAMES = {"exchanges": "exchanges", "p50": "p50", "p95": "p95", "max": "max", "mean": "mean"}
 EMPTY = (
     "No exchange timed yet. Timed: DNS over UDP and TCP port 53, HTTP/1.x on any TCP port, MySQL COM_QUERY "
@@ -80,10 +80,6 @@ class LatencyView(View):
     sort_keys = SORT_KEYS
     sort_names = SORT_NAMES
 
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self._sorting: TableSnapshot | None = None
-
     def compose(self) -> ComposeResult:
         yield Static(id="latency-summary")
         yield Label("Services", classes="latency-title")
@@ -101,14 +97,11 @@ class LatencyView(View):
             return focused
         return self.query_one("#latency-servers", SnapTable)
 
-    def key_values(self, key: SortKey, frame: Frame, idx: np.ndarray) -> np.ndarray:
-        assert self._sorting is not None
-        return figure_values(self._sorting, key.column, idx)
-
     def _pick(self, frame: Frame, t: TableSnapshot, mask: np.ndarray | None, top: int) -> np.ndarray:
         idx = np.flatnonzero(mask) if mask is not None else np.arange(len(t))
-        self._sorting = t
-        return self.pick(frame, idx, top, t.cols["count"][idx])
+        key = self.sort_key
+        values = figure_values(t, key.column, idx) if key is not None else None
+        return self.pick(frame, idx, top, t.cols["count"][idx], values)
 
     def show(self, frame: Frame) -> None:
         lat = frame.snap.latency

@@ -37,7 +37,7 @@ class SortKey:
     """A sortable column: its key, and the values of given rows (1-D numbers or 2-D bytes, like addresses)."""
 
     column: str
-    values: KeyFn
+    values: KeyFn | None  # None: the view passes the values to pick() itself
     descending: bool = True
 
 
@@ -106,17 +106,23 @@ class View(Vertical):
             return ""
         return f"{self.sort_names.get(key.column, key.column)} {'▼' if key.descending != self.reverse else '▲'}"
 
-    def key_values(self, key: SortKey, frame: Frame, idx: np.ndarray) -> np.ndarray:
-        """The sort values of rows idx."""
-        return key.values(frame, idx)
-
-    def pick(self, frame: Frame, idx: np.ndarray, top: int, secondary: np.ndarray | None = None) -> np.ndarray:
-        """The first `top` of the rows idx in the current sort order."""
+    def pick(
+        self,
+        frame: Frame,
+        idx: np.ndarray,
+        top: int,
+        secondary: np.ndarray | None = None,
+        values: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The first `top` of the rows idx in the current sort order (by the sort key's values of them,
+        or by `values` when the view has them)."""
         key = self.sort_key
         if key is None or idx.size == 0:
             return idx[:top]
         descending = key.descending != self.reverse
-        values = self.key_values(key, frame, idx)
+        if values is None:
+            assert key.values is not None
+            values = key.values(frame, idx)
         if values.dtype.kind == "f" and values.ndim == 1:  # NaN: nothing to show (a blank cell), last either way
             values = np.where(np.isnan(values), -np.inf if descending else np.inf, values)
         return order_rows(idx, values, descending, secondary, top)
