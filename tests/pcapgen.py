@@ -516,3 +516,10 @@ def block_of(
         vlan_tpid=None if vlan_tci is None else np.where(np.array(vlan_tci) != 0, 0x8100, 0).astype(np.uint16),
         vlan_valid=None if vlan_valid is None else np.array(vlan_valid, bool),
     )
+
+
+def block_of_frames(frames: Sequence[Frame], iface: str = "test0") -> Block:
+    """A Block of Frames with their own times and lengths on the wire."""
+    return block_of(
+        [f.data for f in frames], ts_ns=[f.ts_ns for f in frames], wirelen=[f.wirelen for f in frames], iface=iface
+    )

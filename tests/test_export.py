@@ -26,7 +26,7 @@ from capture_backend.export import (
 from capture_backend.index import INDEX_NAME, Index
 from capture_backend.recorder import Recorder, RecordOptions
 from tests.lab import REPO_ROOT
-from tests.pcapgen import T0_NS, block_of, mixed_frames, write_pcap, write_pcapng
+from tests.pcapgen import T0_NS, block_of, block_of_frames, mixed_frames, write_pcap, write_pcapng
 from tests.test_recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets
 
 NS = 1_000_000_000
@@ -235,7 +235,7 @@ def test_different_link_types_give_one_file_each(tmp_path: Path) -> None:
     ip_frames = [f for f in frames if f.data[12:14] == b"\x08\x00" and f.wirelen == len(f.data)][:50]
     rec = Recorder(RecordOptions(str(directory)), Log(), clock=lambda: T0_NS)
     rec.start()
-    rec.write(block_of([f.data for f in ip_frames], ts_ns=[f.ts_ns for f in ip_frames], iface="eth0"))
+    rec.write(block_of_frames(ip_frames, iface="eth0"))
     raw = [f.data[14:] for f in ip_frames]  # the same packets without their Ethernet header
     rec.write(block_of(raw, LINKTYPE_RAW, ts_ns=[f.ts_ns + 1 for f in ip_frames], iface="tun0"))
     rec.close()

@@ -14,7 +14,7 @@ from textual.widgets import Tree
 
 from capture_backend.inspect import TSHARK_MISSING, InspectorError, PacketView, decode_pcap, hexdump, inspect_packets
 from capture_backend.timemachine import TimeMachine, select_flow
-from tests.pcapgen import Frame, block_of, mixed_frames, write_pcap
+from tests.pcapgen import Frame, block_of_frames, mixed_frames, write_pcap
 from tests.test_tui import SIZE, cells, inspected, screen_text, sync, tm_app, wait_saved
 from tui.app import RetrotapApp
 from tui.widgets.inspector import InspectorScreen
@@ -57,13 +57,7 @@ def loaded() -> tuple[TimeMachine, tuple[Frame, ...]]:
     tm = TimeMachine(8 << 20, seconds=3600)
     for k in range(0, len(frames), 100):
         part = frames[k : k + 100]
-        tm.add(
-            block_of(
-                [f.data for f in part],
-                ts_ns=[f.ts_ns for f in part],
-                wirelen=[f.wirelen for f in part],
-            )
-        )
+        tm.add(block_of_frames(part))
     return tm, frames
 
 

@@ -16,7 +16,6 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from capture_backend.block import Block
 from capture_backend.decode import decode
 from capture_backend.latency import (
     KIND_DNS,
@@ -29,7 +28,7 @@ from capture_backend.latency import (
     match,
     request_text,
 )
-from tests.pcapgen import T0_NS, Frame, block_of, ether, write_pcap
+from tests.pcapgen import T0_NS, Frame, block_of_frames, ether, write_pcap
 from tests.test_accuracy import stats
 from tests.test_tcp_health import MS, Session
 
@@ -222,17 +221,13 @@ def test_one_packet_per_batch_gives_the_same_exchanges() -> None:
     assert whole[-1] == 1230 * MS
 
 
-def _block(frames: list[Frame]) -> Block:
-    return block_of([f.data for f in frames], ts_ns=[f.ts_ns for f in frames], wirelen=[f.wirelen for f in frames])
-
-
 def _run(batches: list[list[Frame]]) -> list[int]:
     from capture_backend.counters import Counters
 
     counters, lat = Counters(), Latency()
     got: list[int] = []
     for frames in batches:
-        dec = decode(_block(frames))
+        dec = decode(block_of_frames(frames))
         counters.add(dec)
         fid, ns = lat.add(dec, counters.flow_of, counters.flows.cols["first"])
         assert fid.size == ns.size
@@ -269,7 +264,7 @@ def test_classify_reads_only_what_was_captured() -> None:
     s.send(1, False, "A")  # 60-byte frame with padding, 0 payload bytes
     cut = Frame(s.frames[0].data[:56], s.frames[0].ts_ns, s.frames[0].wirelen)
     dns = dns_frame(2, "10.7.0.1", "10.7.0.53", 33001, 7, "a.example", False)
-    rows, kind, request, dns_id = classify(decode(_block([s.frames[0], s.frames[1], cut, dns])))
+    rows, kind, request, dns_id = classify(decode(block_of_frames([s.frames[0], s.frames[1], cut, dns])))
     assert rows.tolist() == [0, 3]
     assert kind.tolist() == [KIND_HTTP, KIND_DNS]
     assert request.tolist() == [True, True]
@@ -293,7 +288,7 @@ def test_unanswered_requests_time_out_and_stay_bounded(monkeypatch: pytest.Monke
     ]
     counters, lat = Counters(), Latency()
     for f in late:
-        dec = decode(_block([f]))
+        dec = decode(block_of_frames([f]))
         counters.add(dec)
         assert lat.add(dec, counters.flow_of, counters.flows.cols["first"])[0].size == 0
     assert (lat.freeze().exchanges, lat.freeze().unanswered) == (0, 1)
@@ -304,7 +299,7 @@ def test_unanswered_requests_time_out_and_stay_bounded(monkeypatch: pytest.Monke
     counters, lat = Counters(), lat_mod.Latency()
     matched: list[int] = []
     for batch in (queries[:5], queries[5:], answers):
-        dec = decode(_block(batch))
+        dec = decode(block_of_frames(batch))
         counters.add(dec)
         matched += lat.add(dec, counters.flow_of, counters.flows.cols["first"])[1].tolist()
     # The last 8 queries (ids 12..19) waited; each answered 100 ms - id ms + id ms later.
@@ -333,16 +328,16 @@ def test_counts_stay_current_and_flows_over_capacity_are_skipped() -> None:
     q = dns_frame(0, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", False)
     a = dns_frame(2, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", True)
     counters, lat = Counters(), Latency()
-    dec = decode(_block([q, a]))
+    dec = decode(block_of_frames([q, a]))
     counters.add(dec)
     assert lat.add(dec, counters.flow_of, counters.flows.cols["first"])[1].tolist() == [2 * MS]
     assert (lat.freeze().exchanges, lat.freeze().unanswered) == (1, 0)
     for t_ms, answer in ((10, False), (40_000, True)):  # answered after the 30 s timeout
-        dec = decode(_block([dns_frame(t_ms, "10.7.0.1", "10.7.0.53", 33001, 2, "b.example", answer)]))
+        dec = decode(block_of_frames([dns_frame(t_ms, "10.7.0.1", "10.7.0.53", 33001, 2, "b.example", answer)]))
         counters.add(dec)
         lat.add(dec, counters.flow_of, counters.flows.cols["first"])
     assert (lat.freeze().exchanges, lat.freeze().unanswered) == (1, 1)
-    dec = decode(_block([q, a]))
+    dec = decode(block_of_frames([q, a]))
     none = lat.add(dec, lambda rows: np.full(rows.size, -1, np.int64), counters.flows.cols["first"])
     assert none[0].size == 0 and lat.freeze().exchanges == 1
 

@@ -19,7 +19,7 @@ from scapy.packet import Raw
 from capture_backend.counters import Counters
 from capture_backend.decode import decode
 from capture_backend.report import addr_str, tcp_health
-from tests.pcapgen import T0_NS, Frame, block_of, ether, write_mixed, write_pcap
+from tests.pcapgen import T0_NS, Frame, block_of, block_of_frames, ether, write_mixed, write_pcap
 from tests.test_accuracy import run_retrotap
 
 TSHARK = shutil.which("tshark")
@@ -253,7 +253,7 @@ def counters_health(blocks: list[list[Frame]]) -> dict[Tuple5, Health]:
     """Feed the frames as the given blocks; per flow health, keyed like EXPECTED."""
     c = Counters()
     for frames in blocks:
-        c.add(decode(block_of([f.data for f in frames], ts_ns=[f.ts_ns for f in frames])))
+        c.add(decode(block_of_frames(frames)))
     snap = c.flows.freeze(0)
     out = {}
     for i in range(len(snap)):

@@ -350,13 +350,22 @@ async def test_valid_live_filter_rereads_with_it(pcap: str) -> None:
         assert "bpf: tcp port 443" in screen_text(app)
 
 
+async def open_detail(app: RetrotapApp, pilot: Any, query: str) -> str:
+    """Close a detail panel if one is open, filter the Flows view by `query`, open the first row's detail;
+    the screen's text."""
+    if isinstance(app.screen, FlowDetail):
+        await pilot.press("escape")
+    await pilot.press("4", "slash", "ctrl+u", *query, "enter", "enter")
+    await pilot.pause()
+    assert isinstance(app.screen, FlowDetail)
+    return screen_text(app)
+
+
 @sync
 async def test_enter_opens_the_selected_flows_detail(engine: FileEngine) -> None:
     app = make_app(engine)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("4", "slash", *"udp 53 10.1.0.1", "enter", "enter")
-        await pilot.pause()
-        assert isinstance(app.screen, FlowDetail)
+        await open_detail(app, pilot, "udp 53 10.1.0.1")
         client, cport, server, _ = (cells(app, "flows-table")[0][i] for i in (1, 2, 3, 4))
         text = screen_text(app)
         assert f"udp {client}:{cport} → {server}:53" in text
@@ -423,13 +432,10 @@ async def test_w_writes_the_buffered_past_and_shows_where(pcap: str, tmp_path: P
         saved = await wait_saved(app, pilot)
         path = saved.split(" (")[0]
         assert Path(path).parent == tmp_path and Path(path).name.startswith("retrotap-mixed.pcap-")
-        with FileSource(pcap) as src:
-            original = [
-                b.data[s : s + c].tobytes()
-                for b in src.blocks()
-                for s, c in zip(b.start.tolist(), b.caplen.tolist(), strict=True)
-            ]
+        original = packets_in(pcap)
         assert packets_in(path) == original
+        # A pcap: 24-byte header, then 16 bytes before each packet.
+        assert Path(path).stat().st_size == 24 + sum(16 + len(p) for p in original)
         assert f"({len(original)} packets" in saved
         assert f"saved {Path(path).name} ({len(original):,} pkts, {size(Path(path).stat().st_size)})" in screen_text(
             app
@@ -490,6 +496,7 @@ async def test_R_records_what_arrives_until_pressed_again(engine: FileEngine, tm
         assert app.recording is None
     files = sorted((tmp_path / "rec").glob("*.pcap"))
     assert [p.name for p in files] == [file_name("test0", t0)]
+    assert re.fullmatch(r"test0-\d{8}T\d{6}\.000000Z\.pcap", files[0].name)
     assert packets_in(str(files[0])) == sent
     assert not list((tmp_path / "rec").glob("*.partial"))
 
@@ -671,10 +678,7 @@ def detail_line(text: str, label: str) -> str:
 async def test_flow_detail_shows_tcp_health_and_application_latency(health_engine: FileEngine) -> None:
     app = make_app(health_engine)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("4", "slash", *"10.9.0.1", "enter", "enter")
-        await pilot.pause()
-        assert isinstance(app.screen, FlowDetail)
-        text = screen_text(app)
+        text = await open_detail(app, pilot, "10.9.0.1")
         assert "tcp 10.9.0.1:40001 → 192.0.2.10:80" in text and "TCP health" in text
         assert "Application latency" not in text
         got = {
@@ -689,24 +693,18 @@ async def test_flow_detail_shows_tcp_health_and_application_latency(health_engin
             "Resets": "1",
             "Handshake RTT": "50.0 ms",
         }
-        await pilot.press("escape", "slash", *["backspace"] * 8, *"10.9.0.4", "enter", "enter")
-        await pilot.pause()
-        text = screen_text(app)
+        text = await open_detail(app, pilot, "10.9.0.4")
         assert detail_line(text, "Handshake RTT") == "not measured (handshake not seen)"
         assert detail_line(text, "Duplicate ACKs") == "1"
 
-        await pilot.press("escape", "slash", *["backspace"] * 8, *"3306", "enter", "enter")
-        await pilot.pause()
-        text = screen_text(app)
+        text = await open_detail(app, pilot, "3306")
         assert "tcp 10.7.0.1:42000 → 10.7.0.33:3306" in text
         assert detail_line(text, "Exchanges") == "2 (request → first response packet)"
         assert detail_line(text, "Mean") == "150.8 ms"  # (300 + 1.5) / 2
         assert detail_line(text, "Max") == "300.0 ms"
         assert detail_line(text, "Handshake RTT") == "1.00 ms"
 
-        await pilot.press("escape", "slash", *["backspace"] * 4, *"33006", "enter", "enter")
-        await pilot.pause()
-        text = screen_text(app)
+        text = await open_detail(app, pilot, "33006")
         assert "udp 10.7.0.3:33006 → 10.7.0.53:53" in text
         assert "TCP health" not in text and "Retransmissions" not in text
         assert detail_line(text, "Exchanges") == "5 (request → first response packet)"
@@ -887,10 +885,7 @@ async def test_flows_show_the_owning_process_sort_and_filter_by_it(engine: FileE
         assert "1 of 1 flows" in screen_text(app)
 
         # The detail panel names the process.
-        await pilot.press("slash", "ctrl+u", *"dig", "enter", "enter")
-        await pilot.pause()
-        assert isinstance(app.screen, FlowDetail)
-        text = screen_text(app)
+        text = await open_detail(app, pilot, "dig")
         assert f"udp {c1}:{p1} → {s1}:53" in text
         assert detail_line(text, "Process") == "dig (pid 4242)"
 
@@ -904,10 +899,7 @@ async def test_a_file_has_no_processes_the_column_stays_blank(engine: FileEngine
         await pilot.press("slash", *"dig", "enter")
         assert cells(app, "flows-table") == []
         assert "/dig (unknown: dig)" in screen_text(app)
-        await pilot.press("slash", "ctrl+u", *"udp 53 10.1.0.1", "enter", "enter")
-        await pilot.pause()
-        assert isinstance(app.screen, FlowDetail)
-        text = screen_text(app)
+        text = await open_detail(app, pilot, "udp 53 10.1.0.1")
         assert detail_line(text, "Server").endswith("port 53 (domain)")
         assert re.search(r"│\s+Process  ", text) is None  # no line for it
 
