@@ -44,7 +44,8 @@ from bench.capture_bench import (
 )
 from bench.common import need_root, write_json
 from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.export import ExportOptions, export, parse_host
+from capture_backend.decode import address_key
+from capture_backend.export import ExportOptions, export
 from capture_backend.pcapfile import FileSource
 from capture_backend.recorder import Recorder, RecordOptions
 from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
@@ -326,7 +327,7 @@ def iso(ns: int) -> str:
 
 def in_process(hour: HourRecording, host: str, window: tuple[int, int] | None, out: Path, runs: int) -> float:
     """Best time of the export itself, without starting an interpreter (warm cache)."""
-    opts = ExportOptions(str(hour.directory), str(out), host=parse_host(host))
+    opts = ExportOptions(str(hour.directory), str(out), host=address_key(host))
     if window is not None:
         opts.from_ns, opts.to_ns = window
     best = float("inf")

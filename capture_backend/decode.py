@@ -6,6 +6,7 @@ captured bytes is masked out, so truncated or malformed frames become a flag, ne
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -113,6 +114,16 @@ class Decoded:
     def dst(self) -> np.ndarray:
         """Destination addresses as (n, 16) bytes."""
         return key_bytes(self.dst_key)
+
+
+def address_key(text: str) -> np.ndarray:
+    """An IPv4 or IPv6 address as the (2,) uint64 key the decoder gives (IPv4 as ::ffff:a.b.c.d)."""
+    try:
+        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+    n = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+    return np.array([n >> 64, n & ((1 << 64) - 1)], np.uint64)
 
 
 def key_bytes(key: np.ndarray) -> np.ndarray:

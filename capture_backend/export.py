@@ -8,7 +8,6 @@ one time-ordered pcap.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import sys
@@ -82,17 +81,6 @@ def parse_time(text: str, now: datetime | None = None) -> int:
     if dt.tzinfo is None:
         dt = dt.astimezone()
     return _ns(dt) + extra
-
-
-def parse_host(text: str) -> np.ndarray:
-    """An IPv4 or IPv6 address as the decoder's (2,) uint64 key (IPv4 as ::ffff:a.b.c.d)."""
-    try:
-        addr = ipaddress.ip_address(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
-    v6 = ipaddress.IPv6Address(f"::ffff:{addr}") if addr.version == 4 else addr
-    n = int(v6)
-    return np.array([n >> 64, n & ((1 << 64) - 1)], np.uint64)
 
 
 def iso(ns: int) -> str:

@@ -24,10 +24,10 @@ import numpy as np
 import psutil
 
 from capture_backend.counters import TableSnapshot
+from capture_backend.decode import address_key
 from capture_backend.engine import Snapshot
-from capture_backend.report import table_growth
+from capture_backend.report import V4_MAPPED, table_growth
 
-V4_MAPPED = bytes(10) + b"\xff\xff"
 PROTO_TCP, PROTO_UDP = 6, 17
 REFRESH_SECONDS = 1.0
 MIN_POKE_GAP = 0.05  # seconds between two refreshes asked for by unexplained flows
@@ -103,8 +103,7 @@ EMPTY = ProcessTable(0, 0.0, (), EMPTY_UNKNOWN)
 
 def addr_key(text: str) -> bytes:
     """The 16-byte key of an address (IPv4 as IPv4-mapped IPv6, as the flow table stores it)."""
-    ip = ipaddress.ip_address(text.split("%", 1)[0])
-    return V4_MAPPED + ip.packed if ip.version == 4 else ip.packed
+    return address_key(text).astype(">u8").tobytes()
 
 
 def _proto(sock_type: int) -> int | None:

@@ -7,7 +7,6 @@ copy spans out and check afterwards that the capture thread did not reuse the sp
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from capture_backend.block import Block
-from capture_backend.decode import Decoded, decode
+from capture_backend.decode import Decoded, address_key, decode
 from capture_backend.pcapfile import PcapWriter
 
 NS = 1_000_000_000
@@ -231,7 +230,7 @@ def write_snapshot(
 
 def select_host(addr: str) -> Selector:
     """Packets from or to one address."""
-    key = np.array(addr_key(addr), np.uint64)
+    key = address_key(addr)
 
     def mask(dec: Decoded) -> np.ndarray:
         return dec.ip & ((dec.src_key == key).all(axis=1) | (dec.dst_key == key).all(axis=1))
@@ -248,16 +247,9 @@ def select_port(proto: int, port: int) -> Selector:
     return mask
 
 
-def addr_key(text: str) -> tuple[int, int]:
-    """An address as the (hi, lo) key decode uses (IPv4 as ::ffff:a.b.c.d)."""
-    ip = ipaddress.ip_address(text)
-    value = int(ip) | (0xFFFF << 32) if ip.version == 4 else int(ip)
-    return value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
-
-
 def select_pair(a: str, b: str) -> Selector:
     """Packets between two addresses, either way."""
-    ka, kb = np.array(addr_key(a), np.uint64), np.array(addr_key(b), np.uint64)
+    ka, kb = address_key(a), address_key(b)
 
     def mask(dec: Decoded) -> np.ndarray:
         s, d = dec.src_key, dec.dst_key
@@ -271,7 +263,7 @@ def select_pair(a: str, b: str) -> Selector:
 def select_flow(proto: int, a: str, aport: int, b: str, bport: int) -> Selector:
     """Packets of one bidirectional 5-tuple."""
     between = select_pair(a, b)
-    ka = np.array(addr_key(a), np.uint64)
+    ka = address_key(a)
 
     def mask(dec: Decoded) -> np.ndarray:
         from_a = (dec.src_key == ka).all(axis=1)

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 from capture_backend.block import LINKTYPE_RAW
-from capture_backend.decode import HAS_PORTS, decode
+from capture_backend.decode import HAS_PORTS, address_key, decode
 from capture_backend.export import (
     ExportOptions,
     PcapRanges,
     TimeSpecError,
     export,
-    parse_host,
     parse_time,
 )
 from capture_backend.index import INDEX_NAME, Index
@@ -101,7 +100,7 @@ def test_host_port_window_equals_tcpdump(
     recording: Path, tmp_path: Path, host: str, port: int | None, expr: str
 ) -> None:
     out = tmp_path / "out.pcap"
-    opts = ExportOptions(str(recording), str(out), *WINDOW, host=parse_host(host), port=port)
+    opts = ExportOptions(str(recording), str(out), *WINDOW, host=address_key(host), port=port)
     res = export(opts, Log())
     want = in_window(tcpdump(recording.parent / "merged.pcap", vlan_aware(expr), tmp_path / "t.pcap"), WINDOW)
     got = read_back(out)
@@ -190,7 +189,7 @@ def test_files_without_index_rows_copied_in_and_a_corrupt_one(tmp_path: Path) ->
     )
     out = tmp_path / "out.pcap"
     log = Log()
-    export(ExportOptions(str(directory), str(out), host=parse_host("10.1.0.2")), log)
+    export(ExportOptions(str(directory), str(out), host=address_key("10.1.0.2")), log)
     assert (
         log.lines[:1] == [f"skipping a corrupt file: '{corrupt}': corrupt record at byte 24 (incl_len {0xFFFFFF})"]
         and len(log.lines) == 1

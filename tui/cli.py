@@ -13,7 +13,8 @@ import psutil
 
 from capture_backend.bpf import FilterError
 from capture_backend.counters import CounterLimits
-from capture_backend.export import ExportOptions, parse_host, parse_time, run_export
+from capture_backend.decode import address_key
+from capture_backend.export import ExportOptions, parse_time, run_export
 from capture_backend.exporters import DEFAULT_TOP, MAX_TOP, ExporterSettings
 from capture_backend.headless import RecordRun, StatsOptions, run_record, run_stats
 from capture_backend.netlink import InterfaceError, default_interface
@@ -290,7 +291,7 @@ def export_options(args: argparse.Namespace) -> ExportOptions:
     if opts.from_ns >= opts.to_ns:
         raise UsageError("--from must be before --to")
     if args.host:
-        opts.host = _checked(parse_host, "--host", args.host)
+        opts.host = _checked(address_key, "--host", args.host)
     if args.port:
         opts.port = _checked(int, "--port", args.port)
         if not 0 < opts.port < 65536:
