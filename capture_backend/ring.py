@@ -46,6 +46,56 @@ class RingStats:
     freezes: int = 0
 
 
+@dataclass(frozen=True)
+class BlockWalk:
+    """The packet headers of one ring block: absolute offsets, in order, all inside the block."""
+
+    offsets: np.ndarray  # int64 offsets of each tpacket3_hdr
+    first: int  # where the block's first packet starts
+    end: int  # where its used part ends (base + blk_len, never past the block)
+    lost: int  # packets num_pkts announced that could not be reached inside the block
+
+
+# A header must hold tpacket3_hdr and the sockaddr_ll after it.
+MIN_FRAME_HDR = L.SLL_OFFSET_IN_FRAME + L.SOCKADDR_LL.size
+
+
+def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
+    """Follow tp_next_offset through the block at byte `base` of a ring viewed as uint32 words.
+
+    Every offset is checked against the block's bounds before it is read, so a corrupt or
+    unexpected layout (a 64 KB GRO frame among small ACKs, a block at the end of the ring) never
+    reads outside the block: what cannot be reached is counted in ``lost``.
+    """
+    num = int(u32[(base + L.BLOCK_NUM_PKTS_OFFSET) >> 2])
+    first_rel = int(u32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2])
+    used = int(u32[(base + L.BLOCK_LEN_OFFSET) >> 2])
+    end = base + min(max(used, 0), block_size)
+    first = base + first_rel
+    last_hdr = end - MIN_FRAME_HDR  # the last offset where a whole header still fits
+    if num == 0 or first_rel < L.TPACKET_BLOCK_DESC.size or first & 3 or first > last_hdr:
+        return BlockWalk(np.zeros(0, np.int64), min(first, end), end, num)
+    if num > 8:
+        # Frames of one size (a flood, a bulk transfer) sit at a constant stride: check that in
+        # one gather, after making sure the whole guess lies inside the block.
+        stride = int(u32[first >> 2])
+        if stride >= MIN_FRAME_HDR and not stride & 3 and first + stride * (num - 1) <= last_hdr:
+            guess = first + stride * np.arange(num, dtype=np.int64)
+            if (u32[guess[:-1] >> 2] == stride).all():
+                return BlockWalk(guess, first, end, 0)
+    offsets = [0] * num
+    off = first
+    for i in range(num):
+        offsets[i] = off
+        if i == num - 1:
+            break
+        step = int(u32[off >> 2])
+        off += step
+        if step < MIN_FRAME_HDR or step & 3 or off > last_hdr:
+            return BlockWalk(np.array(offsets[: i + 1], np.int64), first, end, num - i - 1)
+    return BlockWalk(np.array(offsets, np.int64), first, end, 0)
+
+
 class Ring:
     """One interface's TPACKET_V3 ring. Not thread-safe: one capture thread owns it."""
 
@@ -56,6 +106,7 @@ class Ring:
         self.config = config
         self.linktype = RAW_LINKTYPES.get(arphrd, LINKTYPE_RAW)
         self.stats = RingStats()
+        self.walk_errors = 0  # frames a block announced but whose headers lay outside the block
         self._next = 0
         kind = socket.SOCK_RAW if arphrd in RAW_LINKTYPES or self.linktype == LINKTYPE_RAW else socket.SOCK_DGRAM
         try:
@@ -151,47 +202,33 @@ class Ring:
                 if not u32[status_word] & L.TP_STATUS_USER:
                     break
                 taken.append(status_word)
-                offsets.append(self._walk(base))
-                spans.append(
-                    (base + mv32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2], base + mv32[(base + L.BLOCK_LEN_OFFSET) >> 2])
-                )
+                walk = walk_block(u32, base, bs)
+                self.walk_errors += walk.lost
+                offsets.append(walk.offsets)
+                spans.append((walk.first, walk.end))
             if not taken:
                 return
             try:
                 hdr = offsets[0] if len(offsets) == 1 else np.concatenate(offsets)
-                yield self._batch(hdr, np.array(spans, np.int64))
+                ends = np.repeat(np.array([e for _, e in spans], np.int64), [len(o) for o in offsets])
+                yield self._batch(hdr, ends, np.array(spans, np.int64))
             finally:
                 for status_word in taken:
                     mv32[status_word] = L.TP_STATUS_KERNEL
                 self._next = (self._next + len(taken)) % self.block_nr
 
-    def _walk(self, base: int) -> np.ndarray:
-        """Offsets of the packet headers of the block at `base`, in order."""
-        mv32 = self.mv32
-        num = mv32[(base + L.BLOCK_NUM_PKTS_OFFSET) >> 2]
-        off = base + mv32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2]
-        if num > 8:
-            # Frames of one size (a flood, a bulk transfer) sit at a constant stride: check it at
-            # once instead of following tp_next_offset packet by packet.
-            stride = mv32[off >> 2]
-            guess = off + stride * np.arange(num, dtype=np.int64)
-            if stride and (self.u32[guess[:-1] >> 2] == stride).all():
-                return guess
-        offsets = [0] * num
-        for i in range(num):
-            offsets[i] = off
-            off += mv32[off >> 2]
-        return np.array(offsets, np.int64)
-
-    def _batch(self, hdr: np.ndarray, spans: np.ndarray) -> Block:
+    def _batch(self, hdr: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> Block:
         w = hdr >> 2
         u32 = self.u32
         status = u32[w + (L.TP_STATUS >> 2)]
         tci = u32[w + (L.TP_VLAN_TCI >> 2)]
+        start = hdr + self.u16[(hdr + L.TP_MAC) >> 1]
+        # A frame never reaches past its block's used length, whatever its header claims.
+        caplen = np.clip(np.minimum(u32[w + (L.TP_SNAPLEN >> 2)].astype(np.int64), ends - start), 0, None)
         return Block(
             data=self.buf,
-            start=hdr + self.u16[(hdr + L.TP_MAC) >> 1],
-            caplen=u32[w + (L.TP_SNAPLEN >> 2)].astype(np.int64),
+            start=np.minimum(start, ends),
+            caplen=caplen,
             wirelen=u32[w + (L.TP_LEN >> 2)].astype(np.int64),
             ts_ns=u32[w + (L.TP_SEC >> 2)].astype(np.int64) * 1_000_000_000 + u32[w + (L.TP_NSEC >> 2)],
             linktype=self.linktype,
