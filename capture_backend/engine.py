@@ -7,9 +7,12 @@ Rare events (capture failed, interface gone) go to an ``on_event`` callback.
 
 from __future__ import annotations
 
+import os
 import select
+import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,12 +24,14 @@ from capture_backend.decode import Decoded, decode
 from capture_backend.latency import EMPTY as EMPTY_LATENCY
 from capture_backend.latency import Latency, LatencySnapshot
 from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
-from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
+from capture_backend.ring import ARPHRD_LOOPBACK, RAW_LINKTYPES, CaptureError, Ring, RingConfig
 
 # Called on the capture thread with each batch and its decoded columns, before counting.
 BlockSink = Callable[[Block, Decoded], None]
 EventSink = Callable[["EngineEvent"], None]
 LINK_POLL_SECONDS = 1.0
+# A capture loop that keeps failing is restarted at most this often (seconds between restarts).
+RESTART_BACKOFF = (0.0, 0.1, 1.0)
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
 
 
@@ -52,6 +57,16 @@ class IfaceStatus:
     kernel_drops: int
     freezes: int
     link: LinkInfo | None
+    walk_errors: int = 0  # packets a ring block announced whose headers lay outside the block
+
+    @property
+    def link_packets(self) -> int | None:
+        """Packets the link counted that a capture on it can see: rx + tx, rx only on lo; None without link."""
+        if self.link is None:
+            return None
+        stats = self.link.stats
+        # On lo the ring keeps only the received copy of each packet (PACKET_IGNORE_OUTGOING).
+        return stats.rx_packets if self.link.arphrd == ARPHRD_LOOPBACK else stats.rx_packets + stats.tx_packets
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class Snapshot:
     capture_cpu: float  # seconds of CPU used by the capture thread
     links: Mapping[str, LinkInfo] = field(default_factory=dict)
     latency: LatencySnapshot = EMPTY_LATENCY
+    restarts: int = 0  # times the capture loop failed and was restarted on the same rings
+    last_error: str = ""  # the newest such failure, in full, with where its traceback was written
 
     @property
     def received(self) -> int:
@@ -130,7 +147,14 @@ class Counting:
             if fid.size:
                 c.add_latency(fid, lat)
 
-    def freeze(self, interfaces: tuple[IfaceStatus, ...], cpu: float, links: Mapping[str, LinkInfo]) -> Snapshot:
+    def freeze(
+        self,
+        interfaces: tuple[IfaceStatus, ...],
+        cpu: float,
+        links: Mapping[str, LinkInfo],
+        restarts: int = 0,
+        last_error: str = "",
+    ) -> Snapshot:
         """Build a Snapshot of the counters as they are now."""
         c = self.counters
         now = self.clock()
@@ -162,6 +186,8 @@ class Counting:
             latency=self.latency.freeze(),
             capture_cpu=cpu,
             links=MappingProxyType(dict(links)),
+            restarts=restarts,
+            last_error=last_error,
         )
 
 
@@ -174,6 +200,7 @@ class _Capture:
         self.state = "up"
         self.error = ""
         self.received = self.drops = self.freezes = 0
+        self.walk_errors_base = 0
         self._base = (0, 0, 0)  # totals of rings closed before (an interface removed and back)
 
     def fold_stats(self) -> None:
@@ -182,9 +209,14 @@ class _Capture:
             r, d, f = self._base
             self.received, self.drops, self.freezes = r + s.received, d + s.drops, f + s.freezes
 
+    @property
+    def walk_errors(self) -> int:
+        return self.walk_errors_base + (self.ring.walk_errors if self.ring is not None else 0)
+
     def close(self) -> None:
         if self.ring is not None:
             self.fold_stats()
+            self.walk_errors_base += self.ring.walk_errors
             self.ring.close()
             self.ring = None
             self._base = (self.received, self.drops, self.freezes)
@@ -205,8 +237,12 @@ class Engine:
         on_event: EventSink | None = None,
         block_sinks: Iterable[BlockSink] = (),
         links: LinkMonitor | None = None,
+        error_log: str | None = None,
     ) -> None:
         self.ring_config = ring
+        self.error_log = error_log or default_error_log()
+        self.restarts = 0
+        self.last_error = ""
         self.publish_interval = publish_interval
         self.on_event = on_event
         self.counting = Counting(limits, True, filter_expr, clock, block_sinks)
@@ -220,6 +256,7 @@ class Engine:
         self._rings_lock = threading.Lock()
         self._asked = threading.Event()
         self._answered = threading.Event()
+        self._drained = False
         self.snapshot = self._publish_now()
 
     # --- set-up, in the caller's thread so errors reach the CLI before anything starts
@@ -293,13 +330,24 @@ class Engine:
 
     # --- the capture thread
     def _run(self) -> None:
-        try:
-            self._loop()
-        except Exception as e:  # a bug: say so on screen and in the snapshot rather than die silently
-            for cap in self._captures:
-                cap.state, cap.error = "error", f"capture stopped: {type(e).__name__}: {e}"
-            self.snapshot = self._publish_now()
-            self._emit("error", "", f"capture stopped: {type(e).__name__}: {e}")
+        # A failure inside the loop (a bug, a surprise from the kernel) is reported in full and the
+        # loop restarts on the same rings: the blocks it held went back to the kernel on the way out.
+        failed_stopping = 0
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception as e:
+                self.restarts += 1
+                where = log_traceback(self.error_log, e)
+                self.last_error = f"capture error: {type(e).__name__}: {e} (restart {self.restarts}; {where})"
+                self.snapshot = self._publish_now()
+                self._emit("error", "", self.last_error)
+                pause = RESTART_BACKOFF[min(self.restarts, len(RESTART_BACKOFF)) - 1]
+                if self._stop.wait(pause):
+                    failed_stopping += 1
+                    if self._drained or failed_stopping > 2:
+                        return
 
     def _loop(self) -> None:
         poller = select.poll()
@@ -311,8 +359,10 @@ class Engine:
         next_publish = 0.0
         next_links = 0.0
         last_drain = 0.0
-        self.ready.set()
-        self._emit("ready", ",".join(c.name for c in self._captures), "capturing")
+        self._drained = False
+        if not self.ready.is_set():
+            self.ready.set()
+            self._emit("ready", ",".join(c.name for c in self._captures), "capturing")
         while not self._stop.is_set():
             for fd, ev in poller.poll(timeout_ms):
                 cap_ = by_fd.get(fd)
@@ -344,6 +394,7 @@ class Engine:
         while time.monotonic() < deadline:
             poller.poll(self.ring_config.block_timeout_ms)
             self._drain()
+        self._drained = True
         self._cpu = time.thread_time()
 
     def _drain(self) -> None:
@@ -351,8 +402,12 @@ class Engine:
         for cap in self._captures:
             if cap.ring is None:
                 continue
-            for block in cap.ring.batches():
-                add(block)
+            batches = cap.ring.batches()
+            try:
+                for block in batches:
+                    add(block)
+            finally:
+                batches.close()  # on an error too: the batch's blocks go back to the kernel now
 
     def _watch_links(self, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
         try:
@@ -406,10 +461,33 @@ class Engine:
                 kernel_drops=c.drops,
                 freezes=c.freezes,
                 link=self._link_info.get(c.name),
+                walk_errors=c.walk_errors,
             )
             for c in self._captures
         )
-        return self.counting.freeze(statuses, self._cpu, self._link_info)
+        return self.counting.freeze(statuses, self._cpu, self._link_info, self.restarts, self.last_error)
+
+
+def default_error_log() -> str:
+    """Where tracebacks of capture errors go: $XDG_STATE_HOME/retrotap/errors.log, else the temp dir."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "retrotap", "errors.log")
+
+
+def log_traceback(path: str, error: BaseException) -> str:
+    """Append the error's traceback to `path` (else to a file in the temp dir); say where it went."""
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n" + "".join(
+        traceback.format_exception(error)
+    )
+    for candidate in (path, os.path.join(tempfile.gettempdir(), "retrotap-errors.log")):
+        try:
+            os.makedirs(os.path.dirname(candidate) or ".", exist_ok=True)
+            with open(candidate, "a", encoding="utf-8") as fh:
+                fh.write(text)
+            return f"traceback in {candidate}"
+        except OSError:
+            continue
+    return "traceback not saved: no writable log file"
 
 
 def filter_blocks(blocks: Iterable[Block], filter_expr: str) -> Iterator[Block]:

@@ -16,7 +16,7 @@ import humanize
 import numpy as np
 
 from capture_backend.counters import NS, CounterLimits
-from capture_backend.engine import Counting, Engine, Snapshot, file_statuses, filter_blocks
+from capture_backend.engine import Counting, Engine, EngineEvent, Snapshot, file_statuses, filter_blocks
 from capture_backend.exporters import Exporters, ExporterSettings, recorder_counters, time_machine_counters
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.processes import ProcessMapper
@@ -178,6 +178,28 @@ class Snapshotter:
             self._thread.join()
 
 
+# Engine events a headless run prints on stderr as they happen.
+LOGGED_EVENTS = frozenset({"error", "iface-gone", "iface-down", "iface-up"})
+
+
+def event_logger(log: Callable[[str], None]) -> Callable[[EngineEvent], None]:
+    """An engine event callback that prints the events a person running headless must see."""
+
+    def on_event(event: EngineEvent) -> None:
+        if event.kind in LOGGED_EVENTS:
+            log(("error: " if event.kind == "error" else "") + event.message)
+
+    return on_event
+
+
+def capture_status(snap: Snapshot, log: Callable[[str], None]) -> int:
+    """Exit status of a live run: 1 (and a line saying why) when the capture loop had to be restarted."""
+    if not snap.restarts:
+        return 0
+    log(f"error: the capture loop failed {snap.restarts} time(s) and was restarted; last: {snap.last_error}")
+    return 1
+
+
 def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
     """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
     tm = TimeMachine(opts.buffer_size, opts.buffer_seconds) if opts.buffer_size else None
@@ -187,6 +209,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         ring=opts.ring,
         limits=opts.limits,
         block_sinks=[tm] if tm else [],
+        on_event=event_logger(log),
     )
     engine.open()
     exporters = Exporters(opts.exporters, lambda: engine.snapshot, log)
@@ -226,7 +249,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
                 engine.close()
                 if mapper is not None:
                     mapper.close()
-                return 0
+                break
     finally:
         if engine.running:  # stopped by a signal: drain the rings, then one last record
             engine.close()
@@ -241,7 +264,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         exporters.stop(engine.snapshot)
         if snapshots is not None:
             snapshots.join()
-    return 0
+    return capture_status(engine.snapshot, log)
 
 
 def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[Snapshot]:
@@ -340,7 +363,14 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
     if opts.read_file:
         return _record_file(opts, signals, logger)
     tm = TimeMachine(opts.buffer_size, opts.buffer_seconds)
-    engine = Engine(opts.interfaces, filter_expr=opts.filter_expr, ring=opts.ring, limits=opts.limits, block_sinks=[tm])
+    engine = Engine(
+        opts.interfaces,
+        filter_expr=opts.filter_expr,
+        ring=opts.ring,
+        limits=opts.limits,
+        block_sinks=[tm],
+        on_event=event_logger(logger),
+    )
     engine.open()
     recorder = Recorder(opts.record, logger)
     try:
@@ -379,8 +409,12 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
     if thread.error is not None:
         logger(f"error: {thread.error}")
     snap = engine.snapshot
-    logger(f"{recorder.stats.summary()}; captured {snap.packets} packets, kernel drops {snap.kernel_drops}")
-    return 1 if thread.error is not None else 0
+    logger(
+        f"{recorder.stats.summary()}; captured {snap.packets} packets, kernel drops {snap.kernel_drops}, "
+        f"capture restarts {snap.restarts}"
+    )
+    status = capture_status(snap, logger)
+    return 1 if thread.error is not None else status
 
 
 def _filter_note(expr: str) -> str:

@@ -24,7 +24,6 @@ from capture_backend.report import host_rows, port_rows
 PREFIX = "retrotap_"
 DEFAULT_PORT = 9477
 COVERAGE_WINDOW_S = 10.0
-ARPHRD_LOOPBACK = 772
 SnapshotSource = Callable[[], Snapshot]
 
 
@@ -34,31 +33,10 @@ _FAMILIES: Mapping[str, Callable[[str, str], Any]] = {
 }
 
 
-def _link_packets_rx_only(iface: IfaceStatus) -> int:
-    # On lo the ring keeps only the received copy of each packet (PACKET_IGNORE_OUTGOING).
-    assert iface.link is not None
-    return iface.link.stats.rx_packets
-
-
-def _link_packets_both(iface: IfaceStatus) -> int:
-    assert iface.link is not None
-    return iface.link.stats.rx_packets + iface.link.stats.tx_packets
-
-
-_LINK_PACKETS: Mapping[int, Callable[[IfaceStatus], int]] = {ARPHRD_LOOPBACK: _link_packets_rx_only}
-
-
-def link_packets(iface: IfaceStatus) -> int | None:
-    """Packets the link saw that a capture on it can see (rx + tx, rx only on lo); None without link counters."""
-    if iface.link is None:
-        return None
-    return _LINK_PACKETS.get(iface.link.arphrd, _link_packets_both)(iface)
-
-
 def coverage(now: IfaceStatus, before: IfaceStatus) -> float:
     """Captured ÷ packets the link (else the ring) counted between two readings; 1.0 when none passed."""
     captured = now.packets - before.packets
-    link_now, link_before = link_packets(now), link_packets(before)
+    link_now, link_before = now.link_packets, before.link_packets
     if link_now is not None and link_before is not None:
         seen = link_now - link_before
     else:
@@ -111,6 +89,7 @@ class SnapshotCollector(Collector):
             ("ring_packets_total", "Packets the kernel passed to the ring (tp_packets)", lambda i: i.received, True),
             ("kernel_drops_total", "Packets the kernel ring dropped (tp_drops)", lambda i: i.kernel_drops, True),
             ("ring_freezes_total", "Times the ring queue froze (tp_freeze_q_cnt)", lambda i: i.freezes, True),
+            ("ring_walk_errors_total", "Frames announced outside their ring block", lambda i: i.walk_errors, True),
         ]
         for suffix, doc, read, live_only in per_iface:
             if live_only and not snap.live:
@@ -138,6 +117,11 @@ class SnapshotCollector(Collector):
         )
         yield CounterMetricFamily(
             PREFIX + "capture_cpu_seconds", "CPU time of the capture thread", value=snap.capture_cpu
+        )
+        yield CounterMetricFamily(
+            PREFIX + "capture_restarts",
+            "Times the capture loop failed and was restarted (the error is in the log named on stderr)",
+            value=snap.restarts,
         )
         yield GaugeMetricFamily(
             PREFIX + "snapshot_timestamp_seconds",

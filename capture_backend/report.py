@@ -420,6 +420,7 @@ def interface_rows(snap: Snapshot, prev: Snapshot | None, with_captured: bool = 
             "received": iface.received,
             "kernel_drops": iface.kernel_drops,
             "freeze_count": iface.freezes,
+            "walk_errors": iface.walk_errors,
         }
         old_capture = before.get(iface.name)
         if with_captured and old_capture is not None and captured_seconds > 0:
@@ -463,6 +464,10 @@ def drop_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
         if snap.live:
             rows.append(row("kernel", "ring_drops", iface.name, iface.kernel_drops, getattr(old, "kernel_drops", None)))
             rows.append(row("kernel", "ring_freezes", iface.name, iface.freezes, getattr(old, "freezes", None)))
+            old_walk = getattr(old, "walk_errors", None)
+            rows.append(row("retrotap", "walk_errors", iface.name, iface.walk_errors, old_walk))
+    if snap.live:
+        rows.append(row("retrotap", "capture_restarts", "", snap.restarts, prev.restarts if prev is not None else None))
     p_malformed = prev.malformed if prev is not None else None
     rows.append(row("retrotap", "malformed", "", snap.malformed, p_malformed))
     for name in ("flows", "pairs", "hosts", "ports"):
@@ -476,31 +481,47 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def capture_health(snap: Snapshot, prev: Snapshot | None, base: Snapshot | None, now: float) -> Row:
-    """Coverage (captured ÷ received by the link, or by the ring) since prev and since base; own CPU; age."""
+    """Coverage since prev and since base, own CPU, snapshot age.
+
+    Two ratios, each of like with like: ``coverage`` is what retrotap counted ÷ what the ring received
+    (kernel drops are what it misses), ``ring_coverage`` is what the ring received ÷ what the links
+    counted, rx + tx (rx only on lo), as the ring sees both directions. A filter makes the second one
+    small on purpose. Packets still in flight between two readings never push either above 100 %.
+    """
     seconds = snap.time - prev.time if prev is not None else 0.0
 
-    def link_rx(s: Snapshot | None) -> int | None:
-        if s is None or not s.interfaces or any(i.link is None for i in s.interfaces):
+    def link_packets_of(s: Snapshot | None) -> int | None:
+        if s is None or not s.interfaces:
             return None
-        return sum(i.link.stats.rx_packets for i in s.interfaces if i.link is not None)
+        counts = [i.link_packets for i in s.interfaces]
+        return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
 
     def coverage(old: Snapshot | None) -> float | None:
         if old is None:
             return None
-        rx_now, rx_old = link_rx(snap), link_rx(old)
-        captured = snap.packets - old.packets
-        if rx_now is not None and rx_old is not None:
-            return _ratio(captured, rx_now - rx_old)
-        return _ratio(captured, snap.received - old.received)
+        ratio = _ratio(snap.packets - old.packets, snap.received - old.received)
+        return None if ratio is None else min(ratio, 1.0)
 
+    def ring_coverage(old: Snapshot | None) -> float | None:
+        now_link, old_link = link_packets_of(snap), link_packets_of(old)
+        if old is None or now_link is None or old_link is None:
+            return None
+        ratio = _ratio(snap.received - old.received, now_link - old_link)
+        return None if ratio is None else min(ratio, 1.0)
+
+    live = snap.live
     return {
         "captured": snap.packets,
         "received": snap.received,
-        "link_rx_packets": link_rx(snap),
-        "coverage": coverage(prev) if snap.live else None,
-        "coverage_since_start": coverage(base) if snap.live else None,
+        "link_packets": link_packets_of(snap),
+        "coverage": coverage(prev) if live else None,
+        "coverage_since_start": coverage(base) if live else None,
+        "ring_coverage": ring_coverage(prev) if live else None,
+        "ring_coverage_since_start": ring_coverage(base) if live else None,
         "cpu_percent": _ratio(100 * (snap.capture_cpu - prev.capture_cpu), seconds) if prev is not None else None,
         "snapshot_age": max(0.0, now - snap.time),
+        "restarts": snap.restarts,
+        "last_error": snap.last_error,
     }
 
 
@@ -551,5 +572,7 @@ def record(snap: Snapshot, prev: Snapshot | None, top: int = 10, processes: Proc
             "kernel_drops": snap.kernel_drops,
             "freeze_count": snap.freezes,
             "cpu_seconds": round(snap.capture_cpu, 6),
+            "restarts": snap.restarts,
+            "last_error": snap.last_error,
         }
     return rec

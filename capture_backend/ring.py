@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,7 +181,7 @@ class Ring:
         """Read and clear SO_ERROR (ENETDOWN when the link went down)."""
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
-    def batches(self, max_blocks: int = 4) -> Iterator[Block]:
+    def batches(self, max_blocks: int = 4) -> Generator[Block, None, None]:
         """Yield the packets of every block the kernel has handed over, several blocks at a time.
 
         Blocks are taken strictly in ring order; a batch is one Block whose data is the whole ring
@@ -196,19 +196,20 @@ class Ring:
             taken: list[int] = []
             offsets: list[np.ndarray] = []
             spans: list[tuple[int, int]] = []
-            while len(taken) < min(max_blocks, self.block_nr):
-                base = ((self._next + len(taken)) % self.block_nr) * bs
-                status_word = (base + L.BLOCK_STATUS_OFFSET) >> 2
-                if not u32[status_word] & L.TP_STATUS_USER:
-                    break
-                taken.append(status_word)
-                walk = walk_block(u32, base, bs)
-                self.walk_errors += walk.lost
-                offsets.append(walk.offsets)
-                spans.append((walk.first, walk.end))
-            if not taken:
-                return
+            # Whatever happens below (a consumer's exception included), the blocks taken go back.
             try:
+                while len(taken) < min(max_blocks, self.block_nr):
+                    base = ((self._next + len(taken)) % self.block_nr) * bs
+                    status_word = (base + L.BLOCK_STATUS_OFFSET) >> 2
+                    if not u32[status_word] & L.TP_STATUS_USER:
+                        break
+                    taken.append(status_word)
+                    walk = walk_block(u32, base, bs)
+                    self.walk_errors += walk.lost
+                    offsets.append(walk.offsets)
+                    spans.append((walk.first, walk.end))
+                if not taken:
+                    return
                 hdr = offsets[0] if len(offsets) == 1 else np.concatenate(offsets)
                 ends = np.repeat(np.array([e for _, e in spans], np.int64), [len(o) for o in offsets])
                 yield self._batch(hdr, ends, np.array(spans, np.int64))

@@ -34,6 +34,7 @@ from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
 from capture_backend.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
 from tui.selection import selection_of
+from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
 from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.flows import FlowsView
@@ -230,6 +231,7 @@ class RetrotapApp(App[int]):
     def compose(self) -> ComposeResult:
         yield ViewBar(VIEW_TITLES, id="viewbar")
         yield StatusBar(id="status")
+        yield ErrorBanner(id="error-banner")
         with ContentSwitcher(initial="interfaces", id="views"):
             yield InterfacesView(refresh=self.refresh_s, id="interfaces")
             yield HostsView(id="hosts")
@@ -305,6 +307,7 @@ class RetrotapApp(App[int]):
     def render_view(self) -> None:
         """Redraw the active view, the status line and an open flow detail."""
         frame = self.frame()
+        self.query_one(ErrorBanner).show(frame.snap)
         self.view.show(frame)
         self._status(frame)
         if isinstance(self.screen, FlowDetail):
@@ -625,4 +628,6 @@ def run_dashboard(
         running.stop(engine.snapshot)
         for note in notes:
             print(f"retrotap: {note}", file=sys.stderr)
-    return app.return_code or 0
+        for line in problems(engine.snapshot):
+            print(f"retrotap: error: {line}", file=sys.stderr)
+    return app.return_code or (1 if engine.snapshot.restarts else 0)

@@ -22,6 +22,8 @@ COUNTERS = {
     "ring_drops": "drops",
     "ring_freezes": "queue freezes",
     "malformed": "malformed packets",
+    "walk_errors": "unreadable ring frames",
+    "capture_restarts": "capture restarts",
     "flows_evicted": "flow-table evictions",
     "pairs_evicted": "pair-table evictions",
     "hosts_evicted": "host-table evictions",
@@ -51,9 +53,14 @@ class DropsView(View):
         lines = []
         if snap.live:
             lines.append(
-                f"Coverage (captured ÷ received): now {percent(_pct(h['coverage']))}, since start "
-                f"{percent(_pct(h['coverage_since_start']))}  (link rx {count(h['link_rx_packets'])}, "
-                f"ring {count(h['received'])}, captured {count(h['captured'])})"
+                f"Coverage (counted ÷ ring received): now {percent(_pct(h['coverage']))}, since start "
+                f"{percent(_pct(h['coverage_since_start']))}  (captured {count(h['captured'])}, "
+                f"ring {count(h['received'])})"
+            )
+            lines.append(
+                f"Ring ÷ link rx+tx: now {percent(_pct(h['ring_coverage']))}, since start "
+                f"{percent(_pct(h['ring_coverage_since_start']))}  (link {count(h['link_packets'])})"
+                + ("  — a filter is set: the ring receives only what it passes" if snap.filter else "")
             )
         else:
             lines.append(f"Coverage: a capture file, every packet in it is read ({count(h['captured'])} packets)")
