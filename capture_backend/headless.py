@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-import humanize
 import numpy as np
 
 from capture_backend.counters import NS, CounterLimits
@@ -21,7 +20,7 @@ from capture_backend.exporters import Exporters, ExporterSettings, recorder_coun
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.processes import ProcessMapper
 from capture_backend.recorder import Recorder, RecorderThread, RecordOptions
-from capture_backend.report import Row, record
+from capture_backend.report import Row, bits_text, record, size_text
 from capture_backend.ring import RingConfig
 from capture_backend.timemachine import TimeMachine, write_snapshot
 
@@ -50,10 +49,6 @@ class StatsOptions:
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
-
-
-def _bits(bps: float) -> str:
-    return humanize.naturalsize(bps, binary=False, format="%.1f").replace("Bytes", "b").replace("B", "b")
 
 
 class Output:
@@ -91,16 +86,16 @@ class Output:
         cap = rec.get("capture")
         drops = f"  kernel drops {cap['kernel_drops']}" if cap else ""
         w(f"# {stamp}  interval {rec['interval']:.2f}s  packets {tot['packets']}  ")
-        w(f"bytes {humanize.naturalsize(tot['bytes'])}  malformed {tot['malformed']}{drops}\n")
+        w(f"bytes {size_text(tot['bytes'])}  malformed {tot['malformed']}{drops}\n")
         w(f"{'':4}{'Host name (port/service if enabled)':<44}{'last 2s':>11}{'last 10s':>11}{'last 40s':>11}")
         w(f"{'cumulative':>12}\n")
         w("-" * 93 + "\n")
         for n, p in enumerate(rec["pairs"], 1):
             for arrow, addr, d, total in (("=>", p["a"], "a_to_b", p["a_to_b_bytes"]), ("<=", p["b"], "b_to_a", 0)):
                 bps = p[f"{d}_bps"]
-                cum = humanize.naturalsize(p[f"{d}_bytes"]) if total or d == "b_to_a" else ""
-                w(f"{n if arrow == '=>' else '':>3} {addr:<40}{arrow:>4}{_bits(bps['2s']):>11}{_bits(bps['10s']):>11}")
-                w(f"{_bits(bps['40s']):>11}{cum:>12}\n")
+                cum = size_text(p[f"{d}_bytes"]) if total or d == "b_to_a" else ""
+                rates = "".join(f"{bits_text(bps[w_]):>11}" for w_ in ("2s", "10s", "40s"))
+                w(f"{n if arrow == '=>' else '':>3} {addr:<40}{arrow:>4}{rates}{cum:>12}\n")
         w("-" * 93 + "\n")
         if rec["ports"]:
             w(
@@ -108,7 +103,7 @@ class Output:
                 + ", ".join(
                     f"{p['proto']}/{p['port']}"
                     + (f" ({p['service']})" if p["service"] else "")
-                    + f" {humanize.naturalsize(p['bytes'])}"
+                    + f" {size_text(p['bytes'])}"
                     for p in rec["ports"]
                 )
                 + "\n"

@@ -9,6 +9,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import humanize
 import numpy as np
 
 from capture_backend.counters import AVERAGE_WINDOWS, NS, TableSnapshot
@@ -48,6 +49,16 @@ def addr_str(key: bytes) -> str:
 def tcp_flags_str(flags: int) -> str:
     """TCP flags seen, as tcpdump's letters (e.g. 'FSPA')."""
     return "".join(letter for bit, letter in enumerate(TCP_FLAG_LETTERS) if flags >> bit & 1)
+
+
+def size_text(nbytes: float) -> str:
+    """Bytes in decimal units, always one decimal and one unit spelling ('753.0 B', '4.2 kB')."""
+    return humanize.naturalsize(nbytes, format="%.1f").replace("Bytes", "B").replace("Byte", "B")
+
+
+def bits_text(bps: float) -> str:
+    """Bits per second in the same units as size_text, without '/s' ('35.9 kb')."""
+    return size_text(bps).replace("B", "b")
 
 
 def per_second(cur: float, prev: float, seconds: float) -> float:

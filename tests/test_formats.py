@@ -93,3 +93,11 @@ def test_text_is_an_iftop_style_table(small_pcap: Path) -> None:
     assert lines[first + 1].split()[0:2] == ["10.0.0.2", "<="]
     assert lines[first].split()[-2:] == ["4.0", "kB"]
     assert "udp/53 (domain)" in out and "tcp/80 (http)" in out
+
+
+def test_text_writes_every_size_in_one_unit_spelling(small_pcap: Path) -> None:
+    out = stats(small_pcap, "--format", "text")
+    # 10 TCP packets of 54 bytes: 540 bytes, written "540 B" like "4.0 kB" beside it, never "540 Bytes".
+    assert "tcp/80 (http) 540 B" in out
+    assert "udp/53 (domain) 4.0 kB" in out
+    assert "Byte" not in out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-import humanize
 from rich.text import Text
+
+from capture_backend.report import bits_text, size_text
 
 DASH = "–"
 BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
@@ -15,14 +16,14 @@ def bits(bps: float | None) -> str:
     """A rate in bits per second ('35.9 kb/s'); a dash when unknown."""
     if bps is None:
         return DASH
-    return humanize.naturalsize(bps, format="%.1f").replace("Bytes", "b").replace("Byte", "b").replace("B", "b") + "/s"
+    return bits_text(bps) + "/s"
 
 
 def size(nbytes: float | None) -> str:
     """A total in bytes ('208.0 kB')."""
     if nbytes is None:
         return DASH
-    return humanize.naturalsize(nbytes, format="%.1f").replace("Bytes", "B").replace("Byte", "B")
+    return size_text(nbytes)
 
 
 def count(n: float | None) -> str:
