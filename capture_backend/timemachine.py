@@ -24,6 +24,9 @@ from capture_backend.pcapfile import PcapWriter
 
 NS = 1_000_000_000
 PAGE = 4096
+# The pool's pages are touched this far ahead of the writer: a quiet link keeps a small pool
+# resident, a busy one never copies into memory that has not been faulted in yet.
+TOUCH_AHEAD = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +65,9 @@ class TimeMachine:
     def __init__(self, size: int = 256 << 20, seconds: float = 60.0) -> None:
         self.size = size
         self.max_age_ns = int(seconds * NS)
-        self.pool = np.empty(size, np.uint8)
-        self.pool[::PAGE] = 0  # touch every page now: copies into fresh memory are ~3x slower
+        self.pool = np.empty(size, np.uint8)  # untouched pages cost address space, not memory
+        self.touched = 0  # pool[:touched] has been faulted in
+        self._touch(0)
         self.spans: deque[Span] = deque()
         self.stats = PoolStats()
         self.expired_seq = -1  # every span with seq <= this may have been overwritten
@@ -113,6 +117,8 @@ class TimeMachine:
         end = self._head + length
         while self.spans and self._overlaps(self.spans[0], self._head, end):
             self._expire()
+        if end + TOUCH_AHEAD > self.touched:
+            self._touch(end)
         self.pool[self._head : end] = block.data[lo:hi]
         kept = replace(part, data=_EMPTY, start=part.start - lo, pkttype=None, spans=None)
         self.spans.append(Span(self._seq, self._head, length, kept, self.kept_packets))
@@ -125,6 +131,13 @@ class TimeMachine:
         oldest_allowed = int(kept.ts_ns.max()) - self.max_age_ns
         while len(self.spans) > 1 and self.spans[0].last_ns < oldest_allowed:
             self._expire()
+
+    def _touch(self, upto: int) -> None:
+        """Fault in the pool's pages up to `upto` + TOUCH_AHEAD (copies into fresh pages are ~3x slower)."""
+        new = min(self.size, upto + 2 * TOUCH_AHEAD)
+        if new > self.touched:
+            self.pool[self.touched : new : PAGE] = 0
+            self.touched = new
 
     @staticmethod
     def _overlaps(span: Span, lo: int, hi: int) -> bool:

@@ -14,7 +14,7 @@ from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
 from capture_backend.decode import decode
 from capture_backend.pcapfile import FileSource
-from capture_backend.timemachine import TimeMachine, select_port, write_snapshot
+from capture_backend.timemachine import TOUCH_AHEAD, TimeMachine, select_port, write_snapshot
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import block_of
 
@@ -162,3 +162,25 @@ def test_a_wrap_expires_the_spans_left_at_the_end_of_the_pool() -> None:
     # 500@0 300@500 150@800 | wrap: 300@0 (expires 0) | 400@300 (expires 1) | wrap: 400@0 expires 2, 3, 4.
     assert [s.seq for s in held] == [5]
     assert tm.stats.packets == 1 and tm.stats.expired_packets == 5
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+def test_the_pool_is_resident_only_as_far_as_traffic_has_filled_it() -> None:
+    before = rss_bytes()
+    tm = TimeMachine(size=512 << 20, seconds=60)
+    # A quiet link: 512 MiB of pool, at most the touch-ahead window resident.
+    assert tm.touched == 2 * TOUCH_AHEAD
+    assert rss_bytes() - before < 3 * TOUCH_AHEAD
+    # 40 MiB of traffic: the touched part stays ahead of the writer and no further.
+    big = frames(200, size=1400)
+    for k in range(150):
+        tm.add(block_of(big, ts_ns=[T0 + k * 1000 + i for i in range(200)]))
+    written = tm.stats.bytes
+    assert written > 40 << 20
+    assert written + TOUCH_AHEAD <= tm.touched <= written + 2 * TOUCH_AHEAD + (1 << 20)
+    assert rss_bytes() - before < tm.touched + (32 << 20)
