@@ -1,36 +1,15 @@
 """Offline accuracy: `retrotap stats -r` on the mixed capture against tshark, capinfos and tcpdump.
 
-How tshark is made to count what retrotap counts (each a deliberate choice):
-
-* ``-n``: addresses and ports stay numeric, so table rows can be matched to retrotap's rows.
-* ``-o ip.defragment:FALSE -o ipv6.defragment:FALSE``: retrotap counts packets as they were on
-  the wire: every fragment is one packet between its two hosts, and only the first fragment
-  carries the transport ports. With reassembly on, tshark would hand the whole datagram (and its
-  conversation) to the frame that completes it. With it off, tshark's IPv4 tap sees every
-  fragment and its UDP/TCP taps see the first fragment, which is retrotap's model.
-* IPv6 non-first fragments: Wireshark queues its IPv6 tap at the end of the extension header
-  chain, which a non-first fragment never reaches (its payload goes to the data dissector), so
-  ``conv,ipv6`` leaves those frames out even with reassembly off. They did travel between the
-  two hosts, so retrotap counts them; the test adds them back from tshark's own per-frame
-  dissection (``ipv6.fraghdr.offset > 0``) before comparing.
-* Bytes: tshark 4.x prints conversation bytes with SI prefixes from 10000 on ("432 kB",
-  truncated), frames exactly. Frames are compared exactly; printed bytes are compared at the
-  precision printed; and exact bytes per direction come from tshark's per-frame fields
-  (frame.len of the frames in which tshark dissected the IP addresses / transport conversation).
-* Transport rows: retrotap keeps TCP/UDP/SCTP packets whose ports are unreadable (non-first
-  fragments, transport header cut by the snaplen) as a flow with ports 0; tshark has no row for
-  them. They are compared with tshark's frames that carry that protocol but no transport
-  conversation (no tcp.stream / udp.stream / sctp port), ICMP flows likewise.
+How tshark is made to count what retrotap counts is explained in tests/tshark.py, which holds the
+comparison (`check_against_tshark`) shared with the live scene tests.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +18,12 @@ from typing import Any
 import pytest
 
 from tests.pcapgen import NS, mixed_packets, ts_ns, write_mixed, write_pcap
+from tests.tshark import TSHARK, capinfos, check_against_tshark, tshark
 
-TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(
     TSHARK is None or shutil.which("capinfos") is None or shutil.which("tcpdump") is None,
     reason="needs tshark, capinfos and tcpdump",
 )
-TSHARK_PREFS = ["-n", "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE"]
-UNITS = {"bytes": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9}
-IPV6_EXT = {0, 43, 44, 51, 60, 135}
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-PORT_PROTOS = {"tcp", "udp", "sctp"}
 HOST = "10.1.0.3"  # a host of the mix, for `-f 'host X'`
 
 
@@ -75,232 +49,6 @@ def stats(path: Path, *extra: str) -> dict[str, Any]:
     assert len(lines) == 1
     rec: dict[str, Any] = json.loads(lines[0])
     return rec
-
-
-def tshark(path: Path, *args: str) -> str:
-    assert TSHARK is not None
-    proc = subprocess.run([TSHARK, "-r", str(path), *TSHARK_PREFS, *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-# -- tshark's conversation tables ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shown:
-    """A byte count as tshark printed it: exact below 10000, else truncated to an SI prefix."""
-
-    value: int
-    unit: str
-
-    def matches(self, exact: int) -> bool:
-        return exact // UNITS[self.unit] == self.value
-
-
-@dataclass(frozen=True)
-class ConvRow:
-    """One row of a `-z conv,...` table: A, B, and each direction ("->" is A to B, "<-" B to A)."""
-
-    a: str
-    b: str
-    a_to_b_frames: int
-    a_to_b_bytes: Shown
-    b_to_a_frames: int
-    b_to_a_bytes: Shown
-
-
-def parse_conv(text: str) -> dict[str, list[ConvRow]]:
-    """Tables by name ('IPv4', 'IPv6', 'TCP', 'UDP', 'SCTP') from `tshark -q -z conv,...` output."""
-    tables: dict[str, list[ConvRow]] = {}
-    rows: list[ConvRow] | None = None
-    for line in text.splitlines():
-        head = re.fullmatch(r"(\S+) Conversations", line.strip())
-        if head:
-            rows = tables.setdefault(head.group(1), [])
-            continue
-        if rows is None or "<->" not in line:
-            continue
-        # A <-> B | frames bytes unit (<-) | frames bytes unit (->) | total ... | start | duration
-        t = line.split()
-        assert t[1] == "<->" and len(t) == 14, line
-        rows.append(ConvRow(t[0], t[2], int(t[6]), Shown(int(t[7]), t[8]), int(t[3]), Shown(int(t[4]), t[5])))
-    return tables
-
-
-def endpoint(text: str) -> tuple[str, int]:
-    """'2001:db8::1:443' → ('2001:db8::1', 443): the port follows the last colon."""
-    addr, port = text.rsplit(":", 1)
-    return addr, int(port)
-
-
-# -- tshark's per-frame fields ------------------------------------------------------------------
-
-FIELDS = [
-    "frame.len",
-    "ip.src",
-    "ip.dst",
-    "ip.proto",
-    "ipv6.src",
-    "ipv6.dst",
-    "ipv6.nxt",
-    "ipv6.hopopts.nxt",
-    "ipv6.dstopts.nxt",
-    "ipv6.routing.nxt",
-    "ipv6.fraghdr.nxt",
-    "ipv6.fraghdr.offset",
-    "tcp.stream",
-    "udp.stream",
-    "sctp.srcport",
-]
-
-
-@dataclass(frozen=True)
-class Frame:
-    """What tshark dissected of one frame that has IP addresses."""
-
-    length: int
-    src: str
-    dst: str
-    proto: int  # upper-layer protocol after any IPv6 extension headers
-    v6_later_fragment: bool
-    in_transport_conv: bool  # tshark's TCP/UDP/SCTP conversation tap saw it
-
-
-def tshark_frames(path: Path) -> tuple[int, list[Frame]]:
-    """(number of frames, the frames in which tshark dissected IPv4 or IPv6 addresses)."""
-    out = tshark(
-        path, "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", *[a for f in FIELDS for a in ("-e", f)]
-    )
-    lines = out.splitlines()
-    frames = []
-    for line in lines:
-        v = dict(zip(FIELDS, line.split("\t"), strict=True))
-        assert all("," not in x for x in v.values()), f"more than one IP layer: {line}"  # no tunnels, no ICMP errors
-        src, dst = (v["ip.src"], v["ip.dst"]) if v["ip.src"] else (v["ipv6.src"], v["ipv6.dst"])
-        if not src or not dst:
-            continue
-        if v["ip.src"]:
-            proto = int(v["ip.proto"])
-        else:
-            chain = [v[f] for f in FIELDS if f.startswith("ipv6.") and f.endswith("nxt") and v[f]]
-            upper = [int(x) for x in chain if int(x) not in IPV6_EXT]
-            assert len(upper) == 1, line
-            proto = upper[0]
-        frames.append(
-            Frame(
-                length=int(v["frame.len"]),
-                src=src,
-                dst=dst,
-                proto=proto,
-                v6_later_fragment=bool(v["ipv6.fraghdr.offset"]) and int(v["ipv6.fraghdr.offset"]) > 0,
-                in_transport_conv=bool(v["tcp.stream"] or v["udp.stream"] or v["sctp.srcport"]),
-            )
-        )
-    return len(lines), frames
-
-
-def capinfos(path: Path) -> tuple[int, int]:
-    """(packets, bytes on the wire) as capinfos reports them."""
-    out = subprocess.run(["capinfos", "-M", "-c", "-d", str(path)], capture_output=True, text=True, check=True).stdout
-    packets = re.search(r"Number of packets:\s+(\d+)", out)
-    size = re.search(r"Data size:\s+(\d+) bytes", out)
-    assert packets and size, out
-    return int(packets.group(1)), int(size.group(1))
-
-
-# -- retrotap's rows, directional ---------------------------------------------------------------
-
-Dir = tuple[int, int]  # (packets, bytes)
-
-
-def pair_directions(rec: dict[str, Any]) -> dict[tuple[str, str], Dir]:
-    """(sender, receiver) → (packets, bytes) from retrotap's pair rows (directions with traffic only)."""
-    out: dict[tuple[str, str], Dir] = {}
-    for p in rec["pairs"]:
-        for frm, to, d in ((p["a"], p["b"], "a_to_b"), (p["b"], p["a"], "b_to_a")):
-            if p[f"{d}_packets"]:
-                assert (frm, to) not in out
-                out[(frm, to)] = (p[f"{d}_packets"], p[f"{d}_bytes"])
-    return out
-
-
-def flow_directions(rec: dict[str, Any]) -> dict[tuple[str, str, int, str, int], Dir]:
-    """(proto, src, sport, dst, dport) → (packets, bytes) from retrotap's flow rows."""
-    out: dict[tuple[str, str, int, str, int], Dir] = {}
-    for f in rec["flows"]:
-        for k, d in (
-            ((f["proto"], f["src"], f["sport"], f["dst"], f["dport"]), "src_to_dst"),
-            ((f["proto"], f["dst"], f["dport"], f["src"], f["sport"]), "dst_to_src"),
-        ):
-            if f[f"{d}_packets"]:
-                assert k not in out
-                out[k] = (f[f"{d}_packets"], f[f"{d}_bytes"])
-    return out
-
-
-def check_against_tshark(rec: dict[str, Any], path: Path) -> None:
-    """Every pair, every transport conversation and the totals of `rec` equal tshark's view of `path`."""
-    tables = parse_conv(
-        tshark(path, "-q", "-z", "conv,ip", "-z", "conv,ipv6", "-z", "conv,tcp", "-z", "conv,udp", "-z", "conv,sctp")
-    )
-    n_frames, frames = tshark_frames(path)
-
-    # Totals: every frame, IP or not, malformed or not, with its length on the wire.
-    assert (rec["totals"]["packets"], rec["totals"]["bytes"]) == capinfos(path)
-    assert rec["totals"]["packets"] == n_frames
-
-    # Host pairs, per direction: tshark's tables (+ IPv6 non-first fragments, see the module doc).
-    mine = pair_directions(rec)
-    later6: Counter[tuple[str, str]] = Counter((f.src, f.dst) for f in frames if f.v6_later_fragment)
-    exact_bytes: Counter[tuple[str, str]] = Counter()
-    exact_frames: Counter[tuple[str, str]] = Counter()
-    for f in frames:
-        exact_bytes[(f.src, f.dst)] += f.length
-        exact_frames[(f.src, f.dst)] += 1
-    table_frames: dict[tuple[str, str], int] = {}
-    for row in tables.get("IPv4", []) + tables.get("IPv6", []):
-        for frm, to, count, shown in (
-            (row.a, row.b, row.a_to_b_frames, row.a_to_b_bytes),
-            (row.b, row.a, row.b_to_a_frames, row.b_to_a_bytes),
-        ):
-            if count or later6[(frm, to)]:
-                table_frames[(frm, to)] = count + later6[(frm, to)]
-                assert (frm, to) in mine, (frm, to)
-                if not later6[(frm, to)]:
-                    assert shown.matches(mine[(frm, to)][1]), (frm, to, shown, mine[(frm, to)])
-    assert {k: v[0] for k, v in mine.items()} == table_frames
-    assert mine == {k: (exact_frames[k], exact_bytes[k]) for k in exact_frames}
-    assert len(mine) > 0
-
-    # Transport conversations with ports: the tables, per direction, bytes exact as printed.
-    flows = flow_directions(rec)
-    theirs: dict[tuple[str, str, int, str, int], Dir] = {}
-    for name, proto in (("TCP", "tcp"), ("UDP", "udp"), ("SCTP", "sctp")):
-        for row in tables.get(name, []):
-            (a, ap), (b, bp) = endpoint(row.a), endpoint(row.b)
-            for key, count, shown in (
-                ((proto, a, ap, b, bp), row.a_to_b_frames, row.a_to_b_bytes),
-                ((proto, b, bp, a, ap), row.b_to_a_frames, row.b_to_a_bytes),
-            ):
-                if count:
-                    assert shown.unit == "bytes", "a flow grew past tshark's exact range: keep flows small"
-                    assert key not in theirs, f"5-tuple reused: {key}"
-                    theirs[key] = (count, shown.value)
-    ported = {k: v for k, v in flows.items() if k[0] in PORT_PROTOS and (k[2] or k[4])}
-    assert ported == theirs
-    assert len(theirs) > 0
-
-    # Port-less rows: TCP/UDP/SCTP frames without a transport conversation in tshark, and ICMP.
-    portless: Counter[tuple[str, str, int, str, int]] = Counter()
-    portless_frames: Counter[tuple[str, str, int, str, int]] = Counter()
-    for f in frames:
-        name = PROTO_NAMES.get(f.proto, str(f.proto))
-        if name not in PORT_PROTOS or not f.in_transport_conv:
-            portless[(name, f.src, 0, f.dst, 0)] += f.length
-            portless_frames[(name, f.src, 0, f.dst, 0)] += 1
-    rest = {k: v for k, v in flows.items() if k not in ported}
-    assert rest == {k: (portless_frames[k], portless[k]) for k in portless}
 
 
 # -- the mixed capture, once per module ---------------------------------------------------------
