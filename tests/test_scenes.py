@@ -1,0 +1,358 @@
+"""Real traffic (tests/scenes.py) captured at once by `retrotap stats` and by tcpdump on veth a: retrotap's
+record equals tshark's reading of tcpdump's file, per host pair, per flow, in TCP health and in DNS/HTTP
+exchanges.
+
+Both captures start (and listen) before the scene and stop after it has quiesced (no open TCP
+connection, neighbour entries pinned) and tcpdump has had time to read its last ring block, so both
+see the same frames. Figures are compared only when neither capture lost a packet; a scene that
+drops is run again at a lower rate (`Scene.gentler()`), at most twice, and skipped if it still drops.
+
+Timestamps: each packet socket stamps its copy of a frame itself, when the kernel hands it over, so
+the two captures' times differ by up to several microseconds (one socket's copy of a 64 KB frame
+delays the other's stamp). tshark tells an out-of-order segment from a retransmission by whether it
+came within the handshake RTT (about 20 µs on a veth) of the highest one, so that split can differ
+between two correct captures of the same frames. retrotap's own frames, as its time machine writes
+them (SIGUSR1: its timestamps, its order), are therefore what its TCP health is compared with, class
+by class; that snapshot is first checked to hold exactly tcpdump's frames, byte for byte. Against
+tcpdump's file, TCP health is compared in what does not depend on timing: retransmissions and
+out-of-order segments together, duplicate ACKs, zero windows, resets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.scenes import Dns, Flood, Lossy, Mixed, Outcome, Scan, Scene, Web, quiesce
+from tests.tshark import (
+    HEALTH_FIELDS,
+    LATENCY_FIELDS,
+    Compared,
+    Dissection,
+    Flow,
+    check_against_tshark,
+    dissect,
+    retrotap_exchanges,
+    retrotap_health,
+    tshark_exchanges,
+    tshark_health,
+    tshark_services,
+)
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(
+        any(shutil.which(t) is None for t in ("tshark", "capinfos", "tcpdump", "trafgen", "curl", "dig", "ping")),
+        reason="needs tshark, capinfos, tcpdump, trafgen (netsniff-ng), curl, dig (dnsutils), ping (iputils-ping)",
+    ),
+]
+RETROTAP = [sys.executable, "-m", "tui.cli"]
+# libpcap asks TPACKET_V3 to hand over a block 1 s after its first frame (tcpdump's timeout): wait longer
+# than that after the last frame, or the frames of a block not yet handed over die with tcpdump.
+SETTLE_S = 1.5
+TCPDUMP_BUFFER_KIB = 131072
+RETRIES = 2
+EXTRA = [
+    *HEALTH_FIELDS.values(),
+    *LATENCY_FIELDS.values(),
+    "vlan.id",
+    "eth.type",
+    "vlan.etype",
+    "icmp.type",
+    "icmpv6.type",
+]
+
+
+@dataclass
+class Capture:
+    """One run of a scene under both captures."""
+
+    scene: Scene
+    outcome: Outcome
+    pcap: Path
+    records: list[dict[str, Any]]
+    stderr: str
+    returncode: int
+    tcpdump: dict[str, int]  # captured, received (by filter), dropped (by kernel)
+    snapshot: Path | None  # retrotap's time machine written at the end (None if it wrote none)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """retrotap's last record (after the signal: the whole scene)."""
+        return self.records[-1]
+
+    def unclean(self) -> str | None:
+        """Why the two captures cannot be compared (packets lost by either), or None."""
+        d, cap = self.tcpdump, self.last["capture"]
+        if d["dropped"] or d["captured"] != d["received"]:
+            return f"tcpdump: {d['received']} received, {d['captured']} captured, {d['dropped']} dropped by kernel"
+        if cap["kernel_drops"] or cap["received"] != self.last["totals"]["packets"]:
+            return f"retrotap: {cap['received']} received, {cap['kernel_drops']} dropped by kernel"
+        return None
+
+
+def tcpdump_counts(stderr: str) -> dict[str, int]:
+    """tcpdump's closing statistics."""
+    out = {}
+    for key, text in (("captured", "captured"), ("received", "received by filter"), ("dropped", "dropped by kernel")):
+        m = re.search(rf"^(\d+) packets? {text}$", stderr, re.M)
+        assert m, stderr
+        out[key] = int(m.group(1))
+    return out
+
+
+def capture(lab: Lab, scene: Scene, pcap: Path) -> Capture:
+    """Set the scene up, start tcpdump and retrotap on veth a, play the scene, quiesce, stop both."""
+    scene.setup(lab)
+    dump = lab.popen_a(
+        ["tcpdump", "-i", lab.veth_a, "-n", "-w", str(pcap), "-B", str(TCPDUMP_BUFFER_KIB)]
+        + ["--time-stamp-precision", "nano"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_output(dump, "listening on", timeout=20)
+    snapshots = pcap.parent / f"{pcap.stem}-snapshot"
+    snapshots.mkdir()
+    with open(pcap.with_suffix(".ndjson"), "w") as out:
+        stats = lab.popen_a(
+            [*RETROTAP, "stats", "-i", lab.veth_a, "--format", "json", "--top", "0"]
+            + ["--interval", str(scene.record_interval), "--snapshot-dir", str(snapshots)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+    wait_for_output(stats, "listening on", timeout=30)
+    outcome = scene.run(lab)
+    quiesce(lab)
+    time.sleep(SETTLE_S)
+    stats.send_signal(signal.SIGUSR1)
+    wrote = wait_for_output(stats, "snapshot:", timeout=60)
+    stats.send_signal(signal.SIGINT)
+    dump.send_signal(signal.SIGINT)
+    _, err = stats.communicate(timeout=120)
+    _, dump_err = dump.communicate(timeout=30)
+    records = [json.loads(line) for line in pcap.with_suffix(".ndjson").read_text().splitlines()]
+    assert records, err
+    written = sorted(snapshots.glob("*.pcap"))
+    assert len(written) <= 1, written
+    return Capture(
+        scene,
+        outcome,
+        pcap,
+        records,
+        wrote + err,
+        stats.returncode,
+        tcpdump_counts(dump_err),
+        written[0] if written else None,
+        lab.notes,
+    )
+
+
+def clean_capture(scene: Scene, tmp_path: Path) -> tuple[Capture, list[str]]:
+    """A capture of `scene` that lost nothing, trying gentler variants (a new lab each); skip if none."""
+    reasons: list[str] = []
+    attempt: Scene | None = scene
+    for n in range(RETRIES + 1):
+        if attempt is None:
+            break
+        with Lab(drop_ingress=False) as lab:
+            cap = capture(lab, attempt, tmp_path / f"{attempt.name}-{n}.pcap")
+        why = cap.unclean()
+        if why is None:
+            return cap, reasons
+        reasons.append(f"{attempt}: {why}")
+        attempt = attempt.gentler()
+    pytest.skip(f"{scene.name}: no capture without drops: " + "; ".join(reasons))
+
+
+PCAP_MAGIC = {0xA1B2C3D4: 1000, 0xA1B23C4D: 1}  # µs and ns pcap: ns per timestamp unit
+
+
+def read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
+    """(timestamp ns, original length, data) of every record of a classic pcap (either byte order)."""
+    data = path.read_bytes()
+    for order in "<>":
+        unit = PCAP_MAGIC.get(struct.unpack_from(f"{order}I", data)[0])
+        if unit is not None:
+            break
+    assert unit is not None, f"{path}: not a classic pcap"
+    out, at = [], 24
+    while at < len(data):
+        sec, frac, caplen, orig = struct.unpack_from(f"{order}IIII", data, at)
+        out.append((sec * 10**9 + frac * unit, orig, data[at + 16 : at + 16 + caplen]))
+        at += 16 + caplen
+    return out
+
+
+def untimed(health: dict[Flow, tuple[int, ...]]) -> dict[Flow, tuple[int, ...]]:
+    """TCP health without the split that depends on µs timing: retransmissions + out-of-order, then the rest."""
+    names = list(HEALTH_FIELDS)
+    r, o = names.index("retransmissions"), names.index("out_of_order")
+    return {k: (v[r] + v[o], *(x for i, x in enumerate(v) if i not in (r, o))) for k, v in health.items()}
+
+
+@dataclass
+class Figures:
+    """What a comparison covered, printed for the record (`pytest -s`)."""
+
+    packets: int
+    compared: Compared
+    health: Counter[str]
+    exchanges: Counter[str]
+    tcp_flows: int
+    same_order: bool  # retrotap's frames in tcpdump's order (else only the same multiset)
+
+
+def compare(cap: Capture) -> tuple[Figures, Dissection]:
+    """Everything retrotap's last record says that tshark can say of tcpdump's file, asserted equal."""
+    # The run itself: exit 0, no traceback, every interface up in every record.
+    assert cap.returncode == 0, cap.stderr
+    assert "Traceback" not in cap.stderr
+    for rec in cap.records:
+        assert [(i["state"], i["error"]) for i in rec["interfaces"]] == [("up", "")], rec["interfaces"]
+    rec = cap.last
+    ref = read_pcap(cap.pcap)
+    assert rec["totals"]["packets"] == len(ref) == cap.tcpdump["captured"] > 0
+
+    # retrotap's time machine holds exactly tcpdump's frames, byte for byte.
+    assert cap.snapshot is not None, cap.stderr
+    own = read_pcap(cap.snapshot)
+    assert Counter((n, d) for _, n, d in own) == Counter((n, d) for _, n, d in ref)
+    same_order = [(n, d) for _, n, d in own] == [(n, d) for _, n, d in ref]
+
+    # Totals, host pairs and flows per direction (packets, bytes) against tshark's tables of tcpdump's file.
+    seen = dissect(cap.pcap, extra=EXTRA)
+    compared = check_against_tshark(rec, cap.pcap, seen)
+
+    # Per IP protocol, per ethertype (after any VLAN tag) and per VLAN id: packets and bytes.
+    protos: Counter[int] = Counter()
+    proto_bytes: Counter[int] = Counter()
+    for f in seen.frames:
+        protos[f.proto] += 1
+        proto_bytes[f.proto] += f.length
+    assert {p["proto"]: (p["packets"], p["bytes"]) for p in rec["protocols"]} == {
+        k: (protos[k], proto_bytes[k]) for k in protos
+    }
+    for key, tally, of in (
+        ("ethertype", "ethertypes", lambda r: int(r["vlan.etype"] or r["eth.type"], 16)),
+        ("vlan", "vlans", lambda r: int(r["vlan.id"]) if r["vlan.id"] else None),
+    ):
+        packets: Counter[int] = Counter()
+        nbytes: Counter[int] = Counter()
+        for row in seen.rows:
+            k = of(row)
+            if k is not None:
+                packets[k] += 1
+                nbytes[k] += int(row["frame.len"])
+        assert {t[key]: (t["packets"], t["bytes"]) for t in rec[tally]} == {k: (packets[k], nbytes[k]) for k in packets}
+
+    # TCP health per flow (retransmissions, out-of-order, duplicate ACKs, zero windows, resets) and DNS/HTTP
+    # exchanges per flow and per service: class by class against tshark on retrotap's own frames ...
+    mine = dissect(cap.snapshot, extra=EXTRA)
+    theirs = tshark_health(mine.frames)
+    assert retrotap_health(rec) == theirs
+    timed = tshark_exchanges(mine.frames)
+    assert retrotap_exchanges(rec) == timed
+    services = {(s["kind"], s["proto"], s["port"]): s["exchanges"] for s in rec["latency"]["services"]}
+    assert services == dict(tshark_services(mine.frames))
+    assert rec["latency"]["exchanges"] == sum(timed.values())
+    # ... and against tshark on tcpdump's file, in what does not depend on timing.
+    assert tshark_exchanges(seen.frames) == timed
+    assert untimed(retrotap_health(rec)) == untimed(tshark_health(seen.frames))
+
+    health: Counter[str] = Counter()
+    for counts in theirs.values():
+        health.update(dict(zip(HEALTH_FIELDS, counts, strict=True)))
+    exchanges: Counter[str] = Counter()
+    for (kind, _), n in timed.items():
+        exchanges[kind] += n
+    figures = Figures(rec["totals"]["packets"], compared, health, exchanges, len(theirs), same_order)
+    print(f"\n{cap.scene}: {figures} tcpdump {cap.tcpdump} outcome {cap.outcome} notes {cap.notes}")
+    return figures, seen
+
+
+def frames_of(seen: Dissection, proto: str) -> Iterator[int]:
+    """Lengths of the frames of one upper protocol."""
+    return (f.length for f in seen.frames if f.proto_name == proto)
+
+
+def test_web(tmp_path: Path) -> None:
+    cap, _ = clean_capture(Web.short(), tmp_path)
+    figures, seen = compare(cap)
+    # Every request the clients made was answered and timed, once; GSO frames of up to 64 KB were captured.
+    assert figures.exchanges == {"http": cap.outcome["responses"]}
+    assert cap.outcome["status_404"] > 0 and cap.outcome["status_200"] > 0
+    assert max(frames_of(seen, "tcp")) > 10_000
+    assert figures.tcp_flows >= cap.outcome["status_404"]  # the server closes after each 404
+
+
+def test_dns(tmp_path: Path) -> None:
+    cap, _ = clean_capture(Dns.short(), tmp_path)
+    figures, _ = compare(cap)
+    answered = cap.outcome["udp_answered"] + cap.outcome["tcp_answered"] + cap.outcome["dig_answered"]
+    assert cap.outcome["udp_unanswered"] > 0 and cap.outcome["udp_resent"] > 0
+    # Each answered query once (a slow name's second answer too, if tshark times it: then retrotap must).
+    assert figures.exchanges["dns"] >= answered
+    assert figures.exchanges.keys() == {"dns"}
+
+
+def test_lossy(tmp_path: Path) -> None:
+    cap, _ = clean_capture(Lossy.short(), tmp_path)
+    figures, _ = compare(cap)
+    assert cap.outcome["complete"] == cap.outcome["connections"]
+    # The impairments did what they are there for (the figures themselves are tshark's = retrotap's).
+    assert min(figures.health["retransmissions"], figures.health["duplicate_acks"]) > 0
+    assert figures.health["out_of_order"] > 0
+    assert figures.health["zero_windows"] > 0
+
+
+def test_flood(tmp_path: Path) -> None:
+    cap, _ = clean_capture(Flood.short(), tmp_path)
+    figures, _ = compare(cap)
+    assert isinstance(cap.scene, Flood)
+    assert cap.outcome["sent"] == figures.packets == cap.scene.packets
+    # Every packet its own flow (bar random collisions of the 48 random bits of source address and ports).
+    udp = [f for f in cap.last["flows"] if f["proto"] == "udp"]
+    assert len(udp) > 0.99 * figures.packets
+
+
+def test_scan(tmp_path: Path) -> None:
+    cap, _ = clean_capture(Scan.short(), tmp_path)
+    figures, seen = compare(cap)
+    out = cap.outcome
+    # Every TCP probe refused by one RST, in its own flow; every UDP probe by an ICMP port unreachable.
+    assert out["tcp_refused"] == out["tcp_probes"] and out["tcp6_refused"] == out["tcp6_probes"]
+    assert figures.health["resets"] == out["tcp_probes"] + out["tcp6_probes"]
+    assert figures.tcp_flows == out["tcp_probes"] + out["tcp6_probes"]
+    unreachable = Counter(
+        f.proto_name for f in seen.frames if f.extra["icmp.type"] == "3" or f.extra["icmpv6.type"] == "1"
+    )
+    assert unreachable == {"icmp": out["udp_refused"], "icmpv6": out["udp6_refused"]}
+    assert out["udp_refused"] == out["udp_probes"] and out["udp6_refused"] == out["udp6_probes"]
+
+
+def test_mixed(tmp_path: Path) -> None:
+    cap, _ = clean_capture(Mixed.short(), tmp_path)
+    compare(cap)
+    out = cap.outcome
+    assert out["ping_replies"] == out["ping_sent"] and out["udp_echoed"] == out["udp_sent"]
+    assert [v["vlan"] for v in cap.last["vlans"]] == [42]
