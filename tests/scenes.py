@@ -105,10 +105,10 @@ def summed(outs: Sequence[str]) -> Outcome:
 
 
 def add_addresses(lab: Lab, side: str, addrs: Sequence[str], dev: str | None = None) -> None:
-    """Add addresses (with their prefix) to `side`'s veth (or `dev`); IPv6 ones without DAD."""
+    """Add addresses (with their prefix) to `side`'s veth (or `dev`), again harmlessly; IPv6 ones without DAD."""
     for addr in addrs:
         extra = ["nodad"] if ":" in addr else []
-        lab.exec(side, ["ip", "addr", "add", addr, "dev", dev or lab.veth(side), *extra])
+        lab.exec(side, ["ip", "addr", "replace", addr, "dev", dev or lab.veth(side), *extra])
 
 
 def sysctl(lab: Lab, side: str, **values: int) -> list[str]:
@@ -607,8 +607,8 @@ class Lossy(Scene):
 
     @classmethod
     def short(cls) -> Lossy:
-        """The CI variant: 3 connections of 4 MB, one of them to the slow reader."""
-        return cls(connections=3, megabytes=4, slow_every=3)
+        """The CI variant: 3 connections of 16 MB, one of them to the slow reader."""
+        return cls(connections=3, megabytes=16, slow_every=3)
 
     def gentler(self) -> Lossy | None:
         """One connection fewer at a time."""
@@ -743,7 +743,7 @@ class Flood(Scene):
     packets a second."""
 
     name: ClassVar[str] = "flood"
-    record_interval: ClassVar[float] = 5.0  # a record of every flow is large: few of them
+    record_interval: ClassVar[float] = 30.0  # a record of every flow takes seconds: only the last one
     packets: int = 100_000
     rate: int | None = None
     payload: int = 18
