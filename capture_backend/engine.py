@@ -30,6 +30,8 @@ from capture_backend.ring import ARPHRD_LOOPBACK, RAW_LINKTYPES, CaptureError, R
 BlockSink = Callable[[Block, Decoded], None]
 EventSink = Callable[["EngineEvent"], None]
 LINK_POLL_SECONDS = 1.0
+# A snapshot may take at most 1/PUBLISH_COST_FACTOR of the capture thread's time (it is published less often).
+PUBLISH_COST_FACTOR = 8
 # A capture loop that keeps failing is restarted at most this often (seconds between restarts).
 RESTART_BACKOFF = (0.0, 0.1, 1.0)
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
@@ -257,6 +259,7 @@ class Engine:
         self._asked = threading.Event()
         self._answered = threading.Event()
         self._drained = False
+        self.publish_cost = 0.0  # seconds the last snapshot took to build
         self.snapshot = self._publish_now()
 
     # --- set-up, in the caller's thread so errors reach the CLI before anything starts
@@ -380,13 +383,16 @@ class Engine:
                 self._watch_links(poller, by_fd)
             asked = self._asked.is_set()
             if now >= next_publish or asked:
-                next_publish = now + self.publish_interval
                 if asked:
                     self._asked.clear()
                 for cap in self._captures:
                     cap.fold_stats()
                 self._cpu = time.thread_time()
                 self.snapshot = self._publish_now()
+                # Large tables make a snapshot dear: publish less often rather than let it starve the ring.
+                cost = time.monotonic() - now
+                self.publish_cost = cost
+                next_publish = now + max(self.publish_interval, cost * PUBLISH_COST_FACTOR)
                 if asked:
                     self._answered.set()
         # Last drain: the kernel retires a partly filled block after its timeout.
