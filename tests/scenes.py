@@ -39,7 +39,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -54,12 +54,15 @@ ZONE = "scene.test"
 # ---- running programs in the lab ---------------------------------------------------------------
 
 
-def start(lab: Lab, side: str, args: Sequence[str], ready: str | None = None) -> subprocess.Popen[str]:
-    """Start a command in `side`'s namespace (stdout piped); wait for `ready` on its stdout if given."""
+def start(
+    lab: Lab, side: str, args: Sequence[str], ready: str | None = None, stdin: bool = False
+) -> subprocess.Popen[str]:
+    """Start a command in `side`'s namespace (stdout piped, stdin too if asked); wait for `ready` on its
+    stdout if given."""
     proc = lab.popen(
         side,
         list(args),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -124,10 +127,19 @@ def sysctl(lab: Lab, side: str, **values: int) -> list[str]:
 # ---- quiescing -------------------------------------------------------------------------------------
 
 
-def busy_tcp(lab: Lab, side: str) -> list[str]:
-    """`ss` lines of `side`'s TCP sockets that may still send: all but listeners and TIME-WAIT."""
+def busy_tcp(lab: Lab, side: str, idle: Sequence[str] = ("LISTEN", "TIME-WAIT")) -> list[str]:
+    """`ss` lines of `side`'s TCP sockets in other states than `idle` (by default: all that may still send)."""
     out = lab.exec(side, ["ss", "-Htan"]).stdout
-    return [line for line in out.splitlines() if line.split()[0] not in ("LISTEN", "TIME-WAIT")]
+    return [line for line in out.splitlines() if line.split()[0] not in idle]
+
+
+def wait_tcp(lab: Lab, idle: Sequence[str] = ("LISTEN", "TIME-WAIT"), timeout: float = 30.0) -> None:
+    """Wait until every TCP socket of both namespaces is in one of the `idle` states."""
+    deadline = time.monotonic() + timeout
+    while busy := busy_tcp(lab, "a", idle) + busy_tcp(lab, "b", idle):
+        if time.monotonic() > deadline:
+            raise LabError(f"TCP connections not idle ({', '.join(idle)}) after {timeout}s: {busy[:10]}")
+        time.sleep(0.05)
 
 
 def pin_neighbours(lab: Lab, side: str) -> int:
@@ -151,14 +163,7 @@ def pin_neighbours(lab: Lab, side: str) -> int:
 
 def quiesce(lab: Lab, timeout: float = 30.0) -> None:
     """Wait until no TCP connection is left open in either namespace, then pin the neighbour tables."""
-    deadline = time.monotonic() + timeout
-    while True:
-        busy = busy_tcp(lab, "a") + busy_tcp(lab, "b")
-        if not busy:
-            break
-        if time.monotonic() > deadline:
-            raise LabError(f"TCP connections still open after {timeout}s: {busy[:10]}")
-        time.sleep(0.05)
+    wait_tcp(lab, timeout=timeout)
     for side in ("a", "b"):
         pin_neighbours(lab, side)
 
@@ -585,37 +590,43 @@ class Lossy(Scene):
     uses what Debian's kernels and this one have: nftables and HTB):
 
     * loss after the capture point: nft on a's ingress (which runs after packet taps) drops `loss_permille`
-      of the data segments, and on b's ingress the same share of a's ACKs, so the capture sees segments
-      and ACKs that never arrive, then their retransmissions;
+      of the segments that carry data, and on b's ingress the same share of a's ACKs (never a SYN, FIN or
+      RST), so the capture sees segments and ACKs that never arrive, then their retransmissions;
     * reordering: nft on b's egress sends `reorder_percent` of the data segments, in runs of three
       (numgen inc), to a slow HTB class, so later segments overtake them by a few milliseconds;
-    * zero windows: one connection in `slow_every` goes to a sink port that stops reading for
-      `pause` s after its first `pause_after` bytes, with a small receive buffer.
+    * zero windows: the first connection goes to a sink port that stops reading for `pause` s after its
+      first `pause_after` bytes, with a small receive buffer;
+    * `preconnected` of the other connections are opened in `setup`, before the captures start (a capture
+      that begins mid-connection: no handshake, so tshark's out-of-order window is 3 ms, not the RTT).
     """
 
     name: ClassVar[str] = "lossy"
-    connections: int = 4
-    megabytes: int = 16  # per connection
+    connections: int = 6
+    preconnected: int = 3
+    megabytes: int = 32  # per connection
     loss_permille: int = 10
     reorder_percent: int = 3
     slow_rate: str = "200mbit"
-    slow_every: int = 4
     pause_after: int = 1_000_000
     pause: float = 0.5
     port: int = 5201
     timeout: float = 120.0
+    running: dict[str, subprocess.Popen[str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def short(cls) -> Lossy:
-        """The CI variant: 3 connections of 16 MB, one of them to the slow reader."""
-        return cls(connections=3, megabytes=16, slow_every=3)
+        """The CI variant: 4 connections of 16 MB: one to the slow reader, two opened before the captures."""
+        return cls(connections=4, preconnected=2, megabytes=16)
 
     def gentler(self) -> Lossy | None:
         """One connection fewer at a time."""
-        return replace(self, connections=self.connections - 1) if self.connections > 1 else None
+        if self.connections <= 1:
+            return None
+        fewer = self.connections - 1
+        return replace(self, connections=fewer, preconnected=min(self.preconnected, fewer - 1))
 
     def setup(self, lab: Lab) -> None:
-        """The sink in a, then the impairments on both sides."""
+        """The sink in a, the impairments on both sides, the sender in b with its early connections open."""
         program(lab, "a", "sink", lab.ip4_a, self.port, self.port + 1, self.pause_after, self.pause, ready=True)
         ports = f"{{ {self.port}, {self.port + 1} }}"
         lose = f"numgen random mod 1000 < {self.loss_permille} counter drop"
@@ -624,7 +635,7 @@ class Lossy(Scene):
             input=(
                 "table netdev lossy {\n"
                 f'  chain ingress {{ type filter hook ingress device "{lab.veth_a}" priority 0;\n'
-                f"    tcp dport {ports} tcp flags & (syn | fin | rst) == 0 {lose}\n  }}\n}}\n"
+                f"    tcp dport {ports} ip length > 100 {lose}\n  }}\n}}\n"
             ),
         )
         lab.exec_b(
@@ -638,33 +649,29 @@ class Lossy(Scene):
             ),
         )
         tc = ["tc", "-n", lab.ns_b]
+        htb = [*tc, "class", "add", "dev", lab.veth_b, "parent", "1:", "classid"]
         _run_all(
             [
                 [*tc, "qdisc", "add", "dev", lab.veth_b, "root", "handle", "1:", "htb", "default", "10"],
-                [*tc, "class", "add", "dev", lab.veth_b, "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"],
-                [
-                    *tc,
-                    "class",
-                    "add",
-                    "dev",
-                    lab.veth_b,
-                    "parent",
-                    "1:",
-                    "classid",
-                    "1:20",
-                    "htb",
-                    "rate",
-                    self.slow_rate,
-                    "ceil",
-                    self.slow_rate,
-                ],
+                [*htb, "1:10", "htb", "rate", "10gbit"],
+                [*htb, "1:20", "htb", "rate", self.slow_rate, "ceil", self.slow_rate],
             ]
         )
+        # The slow reader first, then the early connections (suffix '+'), then the others.
+        specs = [str(self.port + 1)] + [
+            f"{self.port}{'+' if i < self.preconnected else ''}" for i in range(self.connections - 1)
+        ]
+        size = self.megabytes * 1_000_000
+        self.running["source"] = start(lab, "b", [*PROGRAM, "source", lab.ip4_a, str(size), *specs], "ready", True)
+        # Nothing may still be on its way when the captures start (a handshake ACK lost, its SYN-ACK resent).
+        wait_tcp(lab, ("LISTEN", "TIME-WAIT", "ESTAB"))
 
     def run(self, lab: Lab) -> Outcome:
-        """All connections at once: `megabytes` each; what the sink acknowledged, summed."""
-        ports = [self.port + (i % self.slow_every == 0 if self.slow_every else 0) for i in range(self.connections)]
-        proc = program(lab, "b", "source", lab.ip4_a, self.megabytes * 1_000_000, *ports)
+        """Go: every connection at once, `megabytes` each; what the sink acknowledged, summed."""
+        proc = self.running.pop("source")
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()  # communicate() closes it
         return summed(finish([proc], self.timeout))
 
 
@@ -707,13 +714,17 @@ def sink(addr: str, port: int, slow_port: int, pause_after: int, pause: float) -
     threading.Event().wait()
 
 
-def source(dst: str, size: int, ports: Sequence[int]) -> Outcome:
-    """Send `size` bytes on one connection per port in `ports`, all at once; what the sink received."""
+def source(dst: str, size: int, specs: Sequence[str]) -> Outcome:
+    """Open the connections of `specs` ending in '+' (a port each), print 'ready', wait for a line on stdin,
+    then open the others and send `size` bytes on every connection at once; what the sink received."""
     block = random.Random(size).randbytes(1 << 18)
+    early = {i: socket.create_connection((dst, int(p[:-1])), timeout=60) for i, p in enumerate(specs) if p[-1] == "+"}
+    print("ready", flush=True)
+    sys.stdin.readline()
     got: list[int] = []
 
-    def one(port: int) -> None:
-        with socket.create_connection((dst, port), timeout=60) as c:
+    def one(i: int) -> None:
+        with early.pop(i, None) or socket.create_connection((dst, int(specs[i])), timeout=60) as c:
             left = size
             while left > 0:
                 n = min(left, len(block))
@@ -725,12 +736,12 @@ def source(dst: str, size: int, ports: Sequence[int]) -> Outcome:
                 reply += chunk
             got.append(int(reply.split()[1]))
 
-    threads = [threading.Thread(target=one, args=(p,)) for p in ports]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(specs))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(100)
-    return {"connections": len(ports), "delivered": sum(got), "complete": sum(g == size for g in got)}
+    return {"connections": len(specs), "delivered": sum(got), "complete": sum(g == size for g in got)}
 
 
 # -- 4. flood ------------------------------------------------------------------------------------------
@@ -1078,7 +1089,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif ns.program == "sink":
         sink(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]))
     elif ns.program == "source":
-        result = source(a[0], int(a[1]), [int(x) for x in a[2:]])
+        result = source(a[0], int(a[1]), a[2:])
     elif ns.program == "scan":
         result = scan(a[0], a[1], a[2], int(a[3]), int(a[4]))
     elif ns.program == "udp-echo":
