@@ -14,7 +14,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend.decode import HAS_PORTS, Decoded, key_bytes
+from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, key_bytes, pack_keys
+from capture_backend.contract import TableSnapshot as TableSnapshot
+from capture_backend.decode import HAS_PORTS, Decoded
 from capture_backend.services import known_ports
 
 NS = 1_000_000_000
@@ -254,18 +256,6 @@ class KeyTable:
         return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted)
 
 
-@dataclass(frozen=True)
-class TableSnapshot:
-    """Read-only rows of one table: keys (rows, width) and named columns."""
-
-    keys: np.ndarray
-    cols: Mapping[str, np.ndarray]
-    evicted: int = 0
-
-    def __len__(self) -> int:
-        return int(self.keys.shape[0])
-
-
 @dataclass
 class Tally:
     """Packets and bytes of one small, open-ended category (ethertype, protocol, VLAN, interface)."""
@@ -370,10 +360,10 @@ class Counters:
         self._batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # sel, group of each, group's flow
         known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
-        self.flows = KeyTable(40, FLOW_COLUMNS, lim.flows, internal=FLOW_STATE)
-        self.pairs = KeyTable(32, TRAFFIC_COLUMNS, lim.pairs, history=True)
-        self.hosts = KeyTable(16, TRAFFIC_COLUMNS, lim.hosts, history=True)
-        self.ports = KeyTable(4, PORT_COLUMNS, lim.ports)
+        self.flows = KeyTable(FLOW_KEY.itemsize, FLOW_COLUMNS, lim.flows, internal=FLOW_STATE)
+        self.pairs = KeyTable(PAIR_KEY.itemsize, TRAFFIC_COLUMNS, lim.pairs, history=True)
+        self.hosts = KeyTable(HOST_KEY.itemsize, TRAFFIC_COLUMNS, lim.hosts, history=True)
+        self.ports = KeyTable(PORT_KEY.itemsize, PORT_COLUMNS, lim.ports)
 
     def add(self, dec: Decoded) -> None:
         """Count one decoded block."""
@@ -441,11 +431,7 @@ class Counters:
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
         a_bytes, b_bytes = key_bytes(g_a), key_bytes(g_b)
-        fkey = np.zeros((g, 40), np.uint8)
-        fkey[:, 0:16], fkey[:, 16:32] = a_bytes, b_bytes
-        fkey[:, 32:34] = g_aport.astype(">u2").view(np.uint8).reshape(g, 2)
-        fkey[:, 34:36] = g_bport.astype(">u2").view(np.uint8).reshape(g, 2)
-        fkey[:, 36] = g_proto
+        fkey = pack_keys(FLOW_KEY, g, a=a_bytes, b=b_bytes, aport=g_aport, bport=g_bport, proto=g_proto)
         fid = self.flows.ids(fkey)
         self._batch = (sel, inv, fid)
         ok = fid >= 0
@@ -487,14 +473,14 @@ class Counters:
                     cut(tcp_len),
                 ).run()
 
-        pid = self.pairs.ids_of_repeated(fkey[:, :32])
+        pid = self.pairs.ids_of_repeated(pack_keys(PAIR_KEY, g, a=a_bytes, b=b_bytes))
         _add_traffic(self.pairs, pid, *traffic)
         _add_history(self.pairs, pid, g_sec, g_dir, g_bytes)
 
         # Hosts: the sender transmits (direction 0), the receiver receives (direction 1).
         sender = np.where((g_dir == 0)[:, None], a_bytes, b_bytes)
         receiver = np.where((g_dir == 0)[:, None], b_bytes, a_bytes)
-        hid = self.hosts.ids_of_repeated(np.concatenate([sender, receiver]))
+        hid = self.hosts.ids_of_repeated(pack_keys(HOST_KEY, 2 * g, addr=np.concatenate([sender, receiver])))
         both = (np.concatenate([np.zeros(g, np.int64), np.ones(g, np.int64)]),)
         doubled = [np.concatenate([x, x]) for x in (g_packets, g_bytes, g_first, g_last)]
         _add_traffic(self.hosts, hid, both[0], *doubled)
@@ -507,9 +493,7 @@ class Counters:
             ka, kb = known[g_aport], known[g_bport]
             low = np.minimum(g_aport, g_bport)
             service = np.where(ka & ~kb, g_aport, np.where(kb & ~ka, g_bport, low))
-            pkey = np.zeros((g, 4), np.uint8)
-            pkey[:, 0] = g_proto
-            pkey[:, 1:3] = service.astype(">u2").view(np.uint8).reshape(g, 2)
+            pkey = pack_keys(PORT_KEY, g, proto=g_proto, port=service)
             # Direction 0: towards the service port.
             to_service = np.where(g_dir == 0, g_bport == service, g_aport == service).astype(np.int64)
             sub = np.flatnonzero(has_ports)

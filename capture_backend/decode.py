@@ -6,7 +6,6 @@ captured bytes is masked out, so truncated or malformed frames become a flag, ne
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +22,9 @@ from capture_backend.block import (
     LINKTYPE_RAW,
     Block,
 )
+from capture_backend.contract import V4_MAPPED
+from capture_backend.contract import address_key as address_key
+from capture_backend.contract import key_bytes as key_bytes
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
@@ -114,21 +116,6 @@ class Decoded:
     def dst(self) -> np.ndarray:
         """Destination addresses as (n, 16) bytes."""
         return key_bytes(self.dst_key)
-
-
-def address_key(text: str) -> np.ndarray:
-    """An IPv4 or IPv6 address as the (2,) uint64 key the decoder gives (IPv4 as ::ffff:a.b.c.d)."""
-    try:
-        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
-    n = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
-    return np.array([n >> 64, n & ((1 << 64) - 1)], np.uint64)
-
-
-def key_bytes(key: np.ndarray) -> np.ndarray:
-    """(n, 2) uint64 address keys as (n, 16) bytes in network order."""
-    return np.ascontiguousarray(key, dtype=">u8").view(np.uint8).reshape(-1, 16)
 
 
 class _Frames:
@@ -286,7 +273,8 @@ LINK_DECODERS: dict[int, Callable[[_Frames, int], LinkFields]] = {
 }
 
 
-V4_MAPPED = np.uint64(0xFFFF_0000_0000)
+# The low word of an IPv4 address's key: ::ffff:0:0 | the address.
+V4_MAPPED_LOW = np.uint64(int.from_bytes(V4_MAPPED[8:], "big") << 32)
 
 
 @dataclass
@@ -310,8 +298,8 @@ def _ipv4(fr: _Frames, l3: np.ndarray) -> _Layer3:
     m = l3.size
     src = np.zeros((m, 2), np.uint64)
     dst = np.zeros((m, 2), np.uint64)
-    src[:, 1] = (head[:, 1] & np.uint64(0xFFFFFFFF)) | V4_MAPPED
-    dst[:, 1] = (head[:, 2] >> np.uint64(32)) | V4_MAPPED
+    src[:, 1] = (head[:, 1] & np.uint64(0xFFFFFFFF)) | V4_MAPPED_LOW
+    dst[:, 1] = (head[:, 2] >> np.uint64(32)) | V4_MAPPED_LOW
     l4 = np.where(good & ~later_fragment, l3 + ihl, -1)
     end = l3 + ((head[:, 0] >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
     proto = ((head[:, 1] >> np.uint64(48)) & np.uint64(0xFF)).astype(np.int32)

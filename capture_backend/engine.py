@@ -14,17 +14,19 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
-from capture_backend.counters import NS, CounterLimits, Counters, TableSnapshot, Tally
+from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo
+from capture_backend.contract import IfaceStatus as IfaceStatus
+from capture_backend.contract import Snapshot as Snapshot
+from capture_backend.counters import NS, CounterLimits, Counters, Tally
 from capture_backend.decode import Decoded, decode
-from capture_backend.latency import EMPTY as EMPTY_LATENCY
-from capture_backend.latency import Latency, LatencySnapshot
-from capture_backend.netlink import InterfaceError, LinkInfo, LinkMonitor
-from capture_backend.ring import ARPHRD_LOOPBACK, RAW_LINKTYPES, CaptureError, Ring, RingConfig
+from capture_backend.latency import Latency
+from capture_backend.netlink import InterfaceError, LinkMonitor
+from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 
 # Called on the capture thread with each batch and its decoded columns, before counting.
 BlockSink = Callable[[Block, Decoded], None]
@@ -44,73 +46,6 @@ class EngineEvent:
     kind: str
     iface: str
     message: str
-
-
-@dataclass(frozen=True)
-class IfaceStatus:
-    """One captured interface: state, what retrotap captured, the ring's and the link's counters."""
-
-    name: str
-    state: str  # 'up', 'down', 'gone', 'file'
-    error: str
-    packets: int
-    bytes: int
-    received: int
-    kernel_drops: int
-    freezes: int
-    link: LinkInfo | None
-    walk_errors: int = 0  # packets a ring block announced whose headers lay outside the block
-
-    @property
-    def link_packets(self) -> int | None:
-        """Packets the link counted that a capture on it can see: rx + tx, rx only on lo; None without link."""
-        if self.link is None:
-            return None
-        stats = self.link.stats
-        # On lo the ring keeps only the received copy of each packet (PACKET_IGNORE_OUTGOING).
-        return stats.rx_packets if self.link.arphrd == ARPHRD_LOOPBACK else stats.rx_packets + stats.tx_packets
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything the capture side knows at one moment; read-only."""
-
-    seq: int
-    time: float  # wall clock (the engine's clock) when published
-    started: float
-    now_ns: int  # the clock the 2/10/40 s windows are measured against
-    live: bool
-    filter: str
-    packets: int
-    bytes: int
-    malformed: int
-    first_ns: int
-    last_ns: int
-    ethertypes: Mapping[int, tuple[int, int]]
-    protocols: Mapping[int, tuple[int, int]]
-    vlans: Mapping[int, tuple[int, int]]
-    interfaces: tuple[IfaceStatus, ...]
-    flows: TableSnapshot
-    pairs: TableSnapshot
-    hosts: TableSnapshot
-    ports: TableSnapshot
-    capture_cpu: float  # seconds of CPU used by the capture thread
-    links: Mapping[str, LinkInfo] = field(default_factory=dict)
-    latency: LatencySnapshot = EMPTY_LATENCY
-    restarts: int = 0  # times the capture loop failed and was restarted on the same rings
-    last_error: str = ""  # the newest such failure, in full, with where its traceback was written
-
-    @property
-    def received(self) -> int:
-        return sum(i.received for i in self.interfaces)
-
-    @property
-    def kernel_drops(self) -> int:
-        return sum(i.kernel_drops for i in self.interfaces)
-
-    @property
-    def freezes(self) -> int:
-        return sum(i.freezes for i in self.interfaces)
 
 
 def _frozen_tallies(table: dict[int, Tally]) -> Mapping[int, tuple[int, int]]:
@@ -181,10 +116,10 @@ class Counting:
             protocols=_frozen_tallies(c.protocols),
             vlans=_frozen_tallies(c.vlans),
             interfaces=interfaces,
-            flows=c.flows.freeze(now_sec),
-            pairs=c.pairs.freeze(now_sec),
-            hosts=c.hosts.freeze(now_sec),
-            ports=c.ports.freeze(now_sec),
+            flows=c.flows.freeze(now_sec).with_layout(FLOW_KEY),
+            pairs=c.pairs.freeze(now_sec).with_layout(PAIR_KEY),
+            hosts=c.hosts.freeze(now_sec).with_layout(HOST_KEY),
+            ports=c.ports.freeze(now_sec).with_layout(PORT_KEY),
             latency=self.latency.freeze(),
             capture_cpu=cpu,
             links=MappingProxyType(dict(links)),

@@ -18,11 +18,23 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend.counters import KeyTable, TableSnapshot, _segments
-from capture_backend.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames, key_bytes
+from capture_backend.contract import (
+    EMPTY_LATENCY,
+    KIND_DNS,
+    KIND_HTTP,
+    KIND_MYSQL,
+    KIND_NAMES,
+    SERVER_KEY,
+    SERVICE_KEY,
+    Exchange,
+    LatencySnapshot,
+    TableSnapshot,
+    key_bytes,
+    pack_keys,
+)
+from capture_backend.counters import KeyTable, _segments
+from capture_backend.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames
 
-KIND_DNS, KIND_HTTP, KIND_MYSQL = 1, 2, 3
-KIND_NAMES = {KIND_DNS: "dns", KIND_HTTP: "http", KIND_MYSQL: "mysql"}
 DNS_PORT = 53
 MYSQL_PORT = 3306
 MYSQL_COM_QUERY = 0x03
@@ -41,7 +53,7 @@ PENDING_LIMIT = 65_536
 PENDING_TIMEOUT_NS = 30 * 1_000_000_000  # < 2**36: _quantiles packs a latency into 36 bits
 SAMPLE_RING = 65_536
 SLOWEST_KEPT = 10
-# server: address (16), IP protocol, port (2), kind; service: IP protocol, port (2), kind.
+# The tables' own columns (contract.LATENCY_TABLE_COLUMNS: these, then p50 and p95 at freeze time).
 LATENCY_COLUMNS = {
     "count": (np.int64, (), 0),
     "sum": (np.int64, (), 0),
@@ -52,30 +64,7 @@ LATENCY_COLUMNS = {
 REPEAT_FIFO, REPEAT_FIRST, REPEAT_NEWEST = 0, 1, 2
 KIND_REPEAT = np.array([REPEAT_FIFO, REPEAT_FIRST, REPEAT_NEWEST, REPEAT_NEWEST], np.int64)  # by kind
 FlowOf = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One slow request → response, for the list of the slowest."""
-
-    kind: str
-    latency_ns: int
-    time_ns: int  # of the response
-    client: bytes
-    server: bytes
-    port: int
-    request: str
-
-
-@dataclass(frozen=True)
-class LatencySnapshot:
-    """Latency per server and per service (count, sum, max, p50, p95 in ns) and the slowest exchanges."""
-
-    servers: TableSnapshot
-    services: TableSnapshot
-    slowest: tuple[Exchange, ...]
-    exchanges: int  # matched in all
-    unanswered: int  # requests dropped unanswered (timeout or over the pending limit)
+EMPTY = EMPTY_LATENCY  # the old name
 
 
 @dataclass
@@ -291,8 +280,8 @@ class Latency:
     """Request/response matching and latency tables; only the capture thread calls add() and freeze()."""
 
     def __init__(self, servers: int = 10_000) -> None:
-        self.servers = KeyTable(20, LATENCY_COLUMNS, servers)
-        self.services = KeyTable(4, LATENCY_COLUMNS, 4096)
+        self.servers = KeyTable(SERVER_KEY.itemsize, LATENCY_COLUMNS, servers)
+        self.services = KeyTable(SERVICE_KEY.itemsize, LATENCY_COLUMNS, 4096)
         # Unanswered requests sorted by key; their text lives in a pool of PENDING_LIMIT slots.
         self.p_key = np.zeros(0, np.uint64)
         self.p_ts = np.zeros(0, np.int64)
@@ -406,13 +395,10 @@ class Latency:
         """Count matched exchanges (their response rows) in the server and service tables."""
         m = rows.size
         self.exchanges += m
-        proto = dec.proto[rows].astype(np.uint8)
-        port = dec.sport[rows].astype(">u2").view(np.uint8).reshape(m, 2)
+        proto, port = dec.proto[rows], dec.sport[rows]
         server = key_bytes(dec.src_key[rows])
-        skey = np.empty((m, 20), np.uint8)
-        skey[:, :16], skey[:, 16], skey[:, 17:19], skey[:, 19] = server, proto, port, kind
-        sid = self.servers.ids_of_repeated(skey)
-        vid = self.services.ids_of_repeated(np.ascontiguousarray(skey[:, 16:]))
+        sid = self.servers.ids_of_repeated(pack_keys(SERVER_KEY, m, server=server, proto=proto, port=port, kind=kind))
+        vid = self.services.ids_of_repeated(pack_keys(SERVICE_KEY, m, proto=proto, port=port, kind=kind))
         for table, ids in ((self.servers, sid), (self.services, vid)):
             ok = ids >= 0
             c, i = table.cols, ids[ok]
@@ -454,14 +440,14 @@ class Latency:
         if self._frozen is None:
             slowest = sorted((x for kept in self.slowest.values() for x in kept), key=lambda x: -x.latency_ns)
             self._frozen = (
-                self._freeze(self.servers, self.s_server),
-                self._freeze(self.services, self.s_service),
+                self._freeze(self.servers, self.s_server, SERVER_KEY),
+                self._freeze(self.services, self.s_service, SERVICE_KEY),
                 tuple(slowest),
             )
         servers, services, slowest_ = self._frozen
         return LatencySnapshot(servers, services, slowest_, self.exchanges, self.unanswered)
 
-    def _freeze(self, table: KeyTable, sample_rows: np.ndarray) -> TableSnapshot:
+    def _freeze(self, table: KeyTable, sample_rows: np.ndarray, layout: np.dtype) -> TableSnapshot:
         valid = sample_rows >= 0
         valid[valid] = self.s_ts[valid] >= table.cols["first"][sample_rows[valid]]  # not a re-used row's
         p50, p95 = _quantiles(sample_rows[valid], self.s_value[valid], table.keys.shape[0])
@@ -471,13 +457,4 @@ class Latency:
         for name, col in (("p50", p50[rows]), ("p95", p95[rows])):
             col.flags.writeable = False
             cols[name] = col
-        return TableSnapshot(keys=snap.keys, cols=MappingProxyType(cols), evicted=snap.evicted)
-
-
-def _empty_table(width: int) -> TableSnapshot:
-    cols = {name: np.zeros(0, dtype) for name, (dtype, _, _) in LATENCY_COLUMNS.items()}
-    cols |= {"p50": np.zeros(0, np.int64), "p95": np.zeros(0, np.int64)}
-    return TableSnapshot(keys=np.zeros((0, width), np.uint8), cols=MappingProxyType(cols))
-
-
-EMPTY = LatencySnapshot(servers=_empty_table(20), services=_empty_table(4), slowest=(), exchanges=0, unanswered=0)
+        return TableSnapshot(keys=snap.keys, cols=MappingProxyType(cols), evicted=snap.evicted, layout=layout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -11,6 +10,8 @@ if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that cap
     from pyroute2 import IPRoute
 
 from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+from capture_backend.contract import LinkInfo as LinkInfo
+from capture_backend.contract import LinkStats as LinkStats
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -29,36 +30,6 @@ _LINKTYPE_BY_ARPHRD = {
 
 class InterfaceError(LookupError):
     """An interface that does not exist, or no default route to pick one from."""
-
-
-@dataclass(frozen=True)
-class LinkStats:
-    """Kernel counters of one link (IFLA_STATS64)."""
-
-    rx_bytes: int
-    tx_bytes: int
-    rx_packets: int
-    tx_packets: int
-    rx_errors: int
-    tx_errors: int
-    rx_dropped: int
-    tx_dropped: int
-    rx_missed: int
-    rx_fifo: int
-    tx_fifo: int
-
-
-@dataclass(frozen=True)
-class LinkInfo:
-    """One link: identity, state and counters."""
-
-    index: int
-    name: str
-    arphrd: int
-    up: bool
-    running: bool
-    operstate: str
-    stats: LinkStats
 
 
 def linktype_for_arphrd(arphrd: int) -> int:

@@ -1,0 +1,481 @@
+"""What the capture side publishes and every consumer (views, outputs, exporters) reads: one module.
+
+- Key layouts: each table's fixed-width byte key declared once as a NumPy structured dtype
+  (``FLOW_KEY``, ``PAIR_KEY``, ``HOST_KEY``, ``PORT_KEY``, ``SERVER_KEY``, ``SERVICE_KEY``). A
+  ``TableSnapshot`` carries its layout: read ``t.fields["aport"]`` (every row) or ``t.key(i)["proto"]``
+  (one row), never byte offsets. Writers build keys through the same dtypes (``pack_keys``).
+- Addresses: 16 bytes in network order, IPv4 as IPv4-mapped IPv6 (``V4_MAPPED`` prefix);
+  ``address_text``, ``address_key``/``address_bytes`` (parse), ``network_key``, ``is_v4``.
+- The published, immutable snapshot types: ``Snapshot`` (with ``IfaceStatus``, ``LinkInfo``,
+  ``LinkStats``, ``TableSnapshot``, ``LatencySnapshot``, ``Exchange``), the process mapper's
+  ``ProcessTable``, and ``Extra`` counters other parts register for /metrics.
+- Comparing two snapshots of a table: ``match_rows``, ``table_growth``.
+
+This module imports nothing else from retrotap, so any module may import it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from types import MappingProxyType
+
+import numpy as np
+
+# --- key layouts (network byte order, packed; `pad` bytes are zero)
+
+# A flow, direction-free: (a, aport) is the smaller endpoint.
+FLOW_KEY = np.dtype(
+    [("a", "u1", (16,)), ("b", "u1", (16,)), ("aport", ">u2"), ("bport", ">u2"), ("proto", "u1"), ("pad", "V3")]
+)
+# A host pair, a < b.
+PAIR_KEY = np.dtype([("a", "u1", (16,)), ("b", "u1", (16,))])
+# One host.
+HOST_KEY = np.dtype([("addr", "u1", (16,))])
+# A service port: the known (else the lower) port of a flow.
+PORT_KEY = np.dtype([("proto", "u1"), ("port", ">u2"), ("pad", "V1")])
+# Application latency per server (the responder's address and port) and kind of exchange.
+SERVER_KEY = np.dtype([("server", "u1", (16,)), ("proto", "u1"), ("port", ">u2"), ("kind", "u1")])
+# Application latency per service: SERVER_KEY without the server.
+SERVICE_KEY = np.dtype([("proto", "u1"), ("port", ">u2"), ("kind", "u1")])
+
+# The kinds of application exchange (SERVER_KEY, SERVICE_KEY "kind"; Exchange.kind by name).
+KIND_DNS, KIND_HTTP, KIND_MYSQL = 1, 2, 3
+KIND_NAMES = {KIND_DNS: "dns", KIND_HTTP: "http", KIND_MYSQL: "mysql"}
+
+
+def key_records(keys: np.ndarray, layout: np.dtype) -> np.ndarray:
+    """(n, layout.itemsize) uint8 keys as n records of `layout` (a view when keys are contiguous)."""
+    keys = np.ascontiguousarray(keys, np.uint8)
+    if keys.ndim != 2 or keys.shape[1] != layout.itemsize:
+        raise ValueError(f"keys of shape {keys.shape} are not {layout.itemsize}-byte keys")
+    return keys.view(layout).reshape(keys.shape[0])
+
+
+def pack_keys(layout: np.dtype, n: int, **values: np.ndarray | int) -> np.ndarray:
+    """n keys of `layout` from named values (fields left out are zero), as (n, itemsize) uint8."""
+    rec = np.zeros(n, layout)
+    for name, value in values.items():
+        rec[name] = value
+    return rec.view(np.uint8).reshape(n, layout.itemsize)
+
+
+# --- addresses (16 bytes, network order; IPv4 as ::ffff:a.b.c.d)
+
+V4_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of an IPv4 address's key
+_V4_PREFIX = np.frombuffer(V4_MAPPED, np.uint8)
+Network = tuple[np.ndarray, np.ndarray]  # the 16-byte key of a network, its 16-byte mask
+
+
+def address_text(addr: bytes | np.ndarray) -> str:
+    """Text of a 16-byte address (IPv4-mapped addresses print as IPv4)."""
+    raw = bytes(addr)
+    if raw.startswith(V4_MAPPED):
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def address_key(text: str) -> np.ndarray:
+    """An IPv4 or IPv6 address as the (2,) uint64 key the decoder gives (IPv4 as ::ffff:a.b.c.d)."""
+    try:
+        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+    n = int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+    return np.array([n >> 64, n & ((1 << 64) - 1)], np.uint64)
+
+
+def key_bytes(key: np.ndarray) -> np.ndarray:
+    """(n, 2) uint64 address keys (the decoder's form) as (n, 16) bytes in network order."""
+    return np.ascontiguousarray(key, dtype=">u8").view(np.uint8).reshape(-1, 16)
+
+
+def address_bytes(text: str) -> bytes:
+    """The 16 bytes of an address as the tables store it."""
+    return key_bytes(address_key(text)).tobytes()
+
+
+def network_key(net: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> Network:
+    """A network (or address) as its 16-byte key and mask: `(addr & mask) == key` for the addresses in it."""
+    if isinstance(net, str):
+        net = ipaddress.ip_network(net, strict=False)
+    key = np.frombuffer(net.network_address.packed, np.uint8)
+    mask = np.frombuffer(net.netmask.packed, np.uint8)
+    if isinstance(net, ipaddress.IPv4Network):
+        key = np.concatenate([_V4_PREFIX, key])
+        mask = np.concatenate([np.full(12, 0xFF, np.uint8), mask])
+    return key, mask
+
+
+def is_v4(addrs: np.ndarray) -> np.ndarray:
+    """Which of (n, 16) addresses are IPv4 (IPv4-mapped)."""
+    return (addrs[..., :12] == _V4_PREFIX).all(axis=-1)
+
+
+def ipv4_octets(addrs: np.ndarray) -> np.ndarray:
+    """The 4 bytes of IPv4 addresses (the last 4 of their 16)."""
+    return addrs[..., 12:]
+
+
+# --- table snapshots
+
+def _widths(layout: np.dtype) -> range:
+    """The widths keys of a layout may have: itemsize, or down to leaving out a trailing "pad" field."""
+    names = layout.names or ()
+    short = layout.itemsize - layout[names[-1]].itemsize if names and names[-1] == "pad" else layout.itemsize
+    return range(short, layout.itemsize + 1)
+
+
+def _layout_of_widths() -> dict[int, np.dtype]:
+    seen: dict[int, list[np.dtype]] = {}
+    for layout in (FLOW_KEY, PAIR_KEY, HOST_KEY, PORT_KEY, SERVER_KEY, SERVICE_KEY):
+        for width in _widths(layout):
+            seen.setdefault(width, []).append(layout)
+    return {width: layouts[0] for width, layouts in seen.items() if len(layouts) == 1}
+
+
+_LAYOUT_OF_WIDTH = _layout_of_widths()  # 4 bytes: a port or a service, told by the table's layout only
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """Read-only rows of one table: keys (rows, layout.itemsize) uint8, named columns, rows evicted so far.
+
+    `layout` names the key's fields; left out, it is the one layout of the keys' width (none for 4 bytes).
+    Keys built by hand may leave out the layout's trailing pad.
+    """
+
+    keys: np.ndarray
+    cols: Mapping[str, np.ndarray]
+    evicted: int = 0
+    layout: np.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None and self.keys.ndim == 2:
+            object.__setattr__(self, "layout", _LAYOUT_OF_WIDTH.get(self.keys.shape[1]))
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @cached_property
+    def fields(self) -> np.ndarray:
+        """Every row's key as a record of the layout: ``t.fields["aport"]``, ``t.fields["a"]`` (rows, 16)."""
+        if self.layout is None:
+            raise TypeError(f"a table of {self.keys.shape[1]}-byte keys without a layout")
+        keys, missing = self.keys, self.layout.itemsize - self.keys.shape[1]
+        if missing > 0:
+            keys = np.pad(keys, ((0, 0), (0, missing)))
+        return key_records(keys, self.layout)
+
+    def key(self, i: int) -> np.void:
+        """Row i's key as one record: ``t.key(i)["proto"]``."""
+        rec: np.void = self.fields[i]
+        return rec
+
+    def key_bytes(self, i: int) -> bytes:
+        """Row i's key as bytes (a dict key, the flow a selection names)."""
+        return self.keys[i].tobytes()
+
+    def with_layout(self, layout: np.dtype) -> TableSnapshot:
+        """The same rows with their key layout named."""
+        if self.keys.shape[1] not in _widths(layout):
+            raise ValueError(f"{self.keys.shape[1]}-byte keys do not have a {layout.itemsize}-byte layout")
+        return replace(self, layout=layout)
+
+
+def _key_hash(keys: np.ndarray) -> np.ndarray:
+    """One uint64 per key row (keys: uint8 rows, any width)."""
+    n, width = keys.shape
+    words = -(-width // 8)
+    padded = np.zeros((n, words * 8), np.uint8)
+    padded[:, :width] = keys
+    h = np.zeros(n, np.uint64)
+    for w in padded.view("<u8").T:
+        h ^= w
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | None = None) -> np.ndarray:
+    """For each row of table (or each of `rows`), the row with the same key in before, or -1."""
+    keys = table.keys if rows is None else table.keys[rows]
+    out = np.full(keys.shape[0], -1, np.int64)
+    if keys.shape[0] == 0 or len(before) == 0:
+        return out
+    hb, hc = _key_hash(before.keys), _key_hash(keys)
+    if hc.size <= 256 and hc.size * 64 < hb.size:  # the visible rows only: one scan each beats a sort
+        cand = np.zeros(hc.size, np.int64)
+        for j, h in enumerate(hc):
+            hit = np.flatnonzero(hb == h)
+            if hit.size:
+                cand[j] = hit[0]
+    else:
+        order = np.argsort(hb, kind="stable")
+        sorted_hb = hb[order]
+        cand = order[np.clip(np.searchsorted(sorted_hb, hc), 0, sorted_hb.size - 1)]
+    same = (before.keys[cand] == keys).all(axis=1)
+    out[same] = cand[same]
+    return out
+
+
+def table_growth(
+    table: TableSnapshot,
+    before: TableSnapshot,
+    col: str = "bytes",
+    rows: np.ndarray | None = None,
+    match: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Growth of a (rows, 2) column since `before` per direction (rows new since count from 0), and the match
+    (computed unless a previous call's is given)."""
+    cur = table.cols[col] if rows is None else table.cols[col][rows]
+    if match is None:
+        match = match_rows(table, before, rows)
+    old = np.where((match >= 0)[:, None], before.cols[col][np.maximum(match, 0)], 0) if len(before) else 0
+    grown = cur - old
+    return np.where(grown < 0, cur, grown), match  # evicted and seen again: all of it is new
+
+
+def empty_table(layout: np.dtype, columns: Mapping[str, np.dtype | type]) -> TableSnapshot:
+    """A table snapshot without rows."""
+    cols = {name: np.zeros(0, dtype) for name, dtype in columns.items()}
+    return TableSnapshot(np.zeros((0, layout.itemsize), np.uint8), MappingProxyType(cols), layout=layout)
+
+
+# --- links and interfaces
+
+ARPHRD_LOOPBACK = 772  # if_arp.h: LinkInfo.arphrd of lo
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Kernel counters of one link (IFLA_STATS64)."""
+
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    rx_errors: int
+    tx_errors: int
+    rx_dropped: int
+    tx_dropped: int
+    rx_missed: int
+    rx_fifo: int
+    tx_fifo: int
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """One link: identity, state and counters."""
+
+    index: int
+    name: str
+    arphrd: int
+    up: bool
+    running: bool
+    operstate: str
+    stats: LinkStats
+
+
+@dataclass(frozen=True)
+class IfaceStatus:
+    """One captured interface: state, what retrotap captured, the ring's and the link's counters."""
+
+    name: str
+    state: str  # 'up', 'down', 'gone', 'file'
+    error: str
+    packets: int
+    bytes: int
+    received: int
+    kernel_drops: int
+    freezes: int
+    link: LinkInfo | None
+    walk_errors: int = 0  # packets a ring block announced whose headers lay outside the block
+
+    @property
+    def link_packets(self) -> int | None:
+        """Packets the link counted that a capture on it can see: rx + tx, rx only on lo; None without link."""
+        if self.link is None:
+            return None
+        stats = self.link.stats
+        # On lo the ring keeps only the received copy of each packet (PACKET_IGNORE_OUTGOING).
+        return stats.rx_packets if self.link.arphrd == ARPHRD_LOOPBACK else stats.rx_packets + stats.tx_packets
+
+
+# --- application latency
+
+# The columns of the per-server and per-service tables: count, sum, max, first, last, p50, p95 (ns).
+LATENCY_TABLE_COLUMNS = ("count", "sum", "max", "first", "last", "p50", "p95")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One slow request → response, for the list of the slowest."""
+
+    kind: str
+    latency_ns: int
+    time_ns: int  # of the response
+    client: bytes
+    server: bytes
+    port: int
+    request: str
+
+
+@dataclass(frozen=True)
+class LatencySnapshot:
+    """Latency per server (SERVER_KEY) and per service (SERVICE_KEY): count, sum, max, p50, p95 in ns; and the
+    slowest exchanges."""
+
+    servers: TableSnapshot
+    services: TableSnapshot
+    slowest: tuple[Exchange, ...]
+    exchanges: int  # matched in all
+    unanswered: int  # requests dropped unanswered (timeout or over the pending limit)
+
+
+def _empty_latency_table(layout: np.dtype) -> TableSnapshot:
+    return empty_table(layout, dict.fromkeys(LATENCY_TABLE_COLUMNS, np.int64))
+
+
+EMPTY_LATENCY = LatencySnapshot(
+    servers=_empty_latency_table(SERVER_KEY),
+    services=_empty_latency_table(SERVICE_KEY),
+    slowest=(),
+    exchanges=0,
+    unanswered=0,
+)
+
+
+# --- the snapshot
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the capture side knows at one moment; read-only.
+
+    Tables: flows (FLOW_KEY), pairs (PAIR_KEY), hosts (HOST_KEY), ports (PORT_KEY), latency.
+    """
+
+    seq: int
+    time: float  # wall clock (the engine's clock) when published
+    started: float
+    now_ns: int  # the clock the 2/10/40 s windows are measured against
+    live: bool
+    filter: str
+    packets: int
+    bytes: int
+    malformed: int
+    first_ns: int
+    last_ns: int
+    ethertypes: Mapping[int, tuple[int, int]]
+    protocols: Mapping[int, tuple[int, int]]
+    vlans: Mapping[int, tuple[int, int]]
+    interfaces: tuple[IfaceStatus, ...]
+    flows: TableSnapshot
+    pairs: TableSnapshot
+    hosts: TableSnapshot
+    ports: TableSnapshot
+    capture_cpu: float  # seconds of CPU used by the capture thread
+    links: Mapping[str, LinkInfo] = field(default_factory=dict)
+    latency: LatencySnapshot = EMPTY_LATENCY
+    restarts: int = 0  # times the capture loop failed and was restarted on the same rings
+    last_error: str = ""  # the newest such failure, in full, with where its traceback was written
+
+    @property
+    def received(self) -> int:
+        return sum(i.received for i in self.interfaces)
+
+    @property
+    def kernel_drops(self) -> int:
+        return sum(i.kernel_drops for i in self.interfaces)
+
+    @property
+    def freezes(self) -> int:
+        return sum(i.freezes for i in self.interfaces)
+
+
+# --- processes
+
+PROCESS_NOTE = "sockets of other network namespaces cannot be mapped"
+
+
+@dataclass(frozen=True)
+class ProcessTotals:
+    """One process's traffic so far (pid None: the unknown entry)."""
+
+    pid: int | None
+    name: str
+    user: str
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    exited: bool = False
+
+
+@dataclass(frozen=True)
+class OwnedFlows:
+    """The flows with a known local process: keys (a table for match_rows), each one's pid, name
+    (an index into names, which are sorted case-blind) and rank by (name, pid)."""
+
+    keys: TableSnapshot
+    pid: np.ndarray
+    name_id: np.ndarray
+    names: tuple[str, ...]
+    rank: np.ndarray
+
+    def named(self, word: str) -> np.ndarray:
+        """Which of the flows belong to a process whose name contains `word` (lower case)."""
+        hits = [n for n, name in enumerate(self.names) if word in name.lower()]
+        return np.isin(self.name_id, hits)
+
+
+@dataclass(frozen=True)
+class ProcessTable:
+    """What the process mapper published: per-process totals as of one snapshot, and each attributed flow's
+    owner (by its FLOW_KEY bytes)."""
+
+    seq: int  # of the snapshot attributed (0: none yet)
+    time: float  # that snapshot's time
+    processes: tuple[ProcessTotals, ...]
+    unknown: ProcessTotals
+    flow_owners: Mapping[bytes, tuple[int, str]] = field(default_factory=dict)  # flow key -> (pid, name)
+
+    def owner(self, key: bytes) -> tuple[int, str] | None:
+        """The process of a flow key (its first local end), if known."""
+        return self.flow_owners.get(key)
+
+    @cached_property
+    def owned(self) -> OwnedFlows:
+        """flow_owners as columns, built once per published table (the dashboard reads it every refresh)."""
+        width = FLOW_KEY.itemsize
+        items = [(k, o) for k, o in self.flow_owners.items() if len(k) == width]
+        names = sorted({name for _, (_, name) in items}, key=str.lower)
+        name_id = {name: n for n, name in enumerate(names)}
+        keys = np.frombuffer(b"".join(k for k, _ in items), np.uint8).reshape(len(items), width)
+        pid = np.array([o[0] for _, o in items], np.int64)
+        nid = np.array([name_id[o[1]] for _, o in items], np.int64)
+        rank = np.empty(len(items))
+        rank[np.lexsort((pid, nid))] = np.arange(len(items))
+        return OwnedFlows(TableSnapshot(keys, {}, layout=FLOW_KEY), pid, nid, tuple(names), rank)
+
+
+EMPTY_UNKNOWN = ProcessTotals(None, "unknown", "", 0, 0, 0, 0)
+EMPTY_PROCESSES = ProcessTable(0, 0.0, (), EMPTY_UNKNOWN)
+
+
+# --- counters other parts register for /metrics (time machine, recorder, IPFIX)
+
+DEFAULT_TOP = 20  # hosts and ports /metrics labels by default
+MAX_TOP = 1000  # label cardinality cap: at most this many hosts and this many ports
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A counter or gauge another part of retrotap registers (time machine, recorder, IPFIX)."""
+
+    help: str
+    read: Callable[[], float]
+    kind: str = "counter"  # or "gauge"
