@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from capture_backend.engine import Snapshot
+from capture_backend.contract import DEFAULT_TOP as DEFAULT_TOP
+from capture_backend.contract import MAX_TOP as MAX_TOP
+from capture_backend.contract import Extra as Extra
+from capture_backend.contract import Snapshot
 from capture_backend.ipfix import FlowExporter, resolve
 from capture_backend.recorder import RecordStats
 from capture_backend.timemachine import TimeMachine
@@ -19,17 +22,6 @@ if TYPE_CHECKING:  # prometheus_client is imported only when /metrics is asked f
     from capture_backend.metrics import MetricsServer
 
 Log = Callable[[str], None]
-DEFAULT_TOP = 20
-MAX_TOP = 1000  # label cardinality cap: at most this many hosts and this many ports
-
-
-@dataclass(frozen=True)
-class Extra:
-    """A counter or gauge another part of retrotap registers (time machine, recorder, IPFIX)."""
-
-    help: str
-    read: Callable[[], float]
-    kind: str = "counter"  # or "gauge"
 
 
 @dataclass

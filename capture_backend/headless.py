@@ -14,8 +14,9 @@ from typing import TextIO
 
 import numpy as np
 
+from capture_backend.contract import Snapshot
 from capture_backend.counters import NS, CounterLimits
-from capture_backend.engine import Counting, Engine, EngineEvent, Snapshot, file_statuses, filter_blocks
+from capture_backend.engine import Counting, Engine, EngineEvent, file_statuses, filter_blocks
 from capture_backend.exporters import Exporters, ExporterSettings, recorder_counters, time_machine_counters
 from capture_backend.pcapfile import CaptureFileError, FileSource
 from capture_backend.processes import ProcessMapper

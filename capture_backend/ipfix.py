@@ -24,9 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from capture_backend.counters import NS, TableSnapshot
-from capture_backend.engine import Snapshot
-from capture_backend.report import V4_MAPPED, match_rows
+from capture_backend.contract import FLOW_KEY, Snapshot, TableSnapshot, ipv4_octets, is_v4, key_records, match_rows
+from capture_backend.counters import NS
 
 IPFIX_VERSION = 10
 TEMPLATE_SET_ID = 2
@@ -191,7 +190,8 @@ class Encoder:
 
 @dataclass(frozen=True)
 class Finished:
-    """Flow rows whose counts are due: keys (k, 40), per-direction deltas, record start/end (ns), flags, reason."""
+    """Flow rows whose counts are due: FLOW_KEY keys (k, 40), per-direction deltas, record start/end (ns), flags,
+    reason."""
 
     keys: np.ndarray
     packets: np.ndarray
@@ -220,7 +220,7 @@ class FlowTracker:
     def __init__(self, idle_s: float, active_s: float) -> None:
         self.idle_ns = int(idle_s * NS)
         self.active_ns = int(active_s * NS)
-        self.keys = np.zeros((0, 40), np.uint8)
+        self.keys = np.zeros((0, FLOW_KEY.itemsize), np.uint8)
         self.first = np.zeros(0, np.int64)
         self.last = np.zeros(0, np.int64)
         self.flags = np.zeros(0, np.uint8)
@@ -252,7 +252,7 @@ class FlowTracker:
             free = np.ones(self.keys.shape[0], bool)
             free[in_place] = False
             cand = np.flatnonzero(free)
-            found = match_rows(t, TableSnapshot(self.keys[cand], {}), rest)
+            found = match_rows(t, TableSnapshot(self.keys[cand], {}, layout=FLOW_KEY), rest)
             match[rest[found >= 0]] = cand[found[found >= 0]]
         return match
 
@@ -327,21 +327,22 @@ class FlowTracker:
         )
 
 
-def _fill(dtype: np.dtype, rows: Finished, sel: np.ndarray, d: np.ndarray, ifindex: int, width: int) -> bytes:
-    """Data Records of the rows `sel`, direction d of each (0: a sent), addresses `width` octets."""
-    keys = rows.keys[sel]
+def _fill(dtype: np.dtype, rows: Finished, sel: np.ndarray, d: np.ndarray, ifindex: int, v4: bool) -> bytes:
+    """Data Records of the rows `sel`, direction d of each (0: a sent), IPv4 (4 octets) or IPv6 addresses."""
+    keys = key_records(rows.keys[sel], FLOW_KEY)
     out = np.zeros(sel.size, dtype)
     names = dtype.names
     assert names is not None
-    a, b = keys[:, 16 - width : 16], keys[:, 32 - width : 32]
-    aport = keys[:, 32].astype(np.uint16) << 8 | keys[:, 33]
-    bport = keys[:, 34].astype(np.uint16) << 8 | keys[:, 35]
+    a, b = keys["a"], keys["b"]
+    if v4:
+        a, b = ipv4_octets(a), ipv4_octets(b)
+    aport, bport = keys["aport"], keys["bport"]
     rev = d == 1
     out[names[0]] = np.where(rev[:, None], b, a)
     out[names[1]] = np.where(rev[:, None], a, b)
     out["sourceTransportPort"] = np.where(rev, bport, aport)
     out["destinationTransportPort"] = np.where(rev, aport, bport)
-    out["protocolIdentifier"] = keys[:, 36]
+    out["protocolIdentifier"] = keys["proto"]
     out["tcpControlBits"] = rows.tcp_flags[sel]
     out["ingressInterface"] = ifindex
     out["octetDeltaCount"] = rows.bytes[sel, d]
@@ -359,14 +360,14 @@ def flow_records(rows: Finished, ifindex: int = 0) -> list[tuple[int, bytes, int
     a_sent, b_sent = np.flatnonzero(rows.packets[:, 0] > 0), np.flatnonzero(rows.packets[:, 1] > 0)
     sel = np.concatenate([a_sent, b_sent])
     d = np.repeat(np.array([0, 1]), [a_sent.size, b_sent.size])
-    v4 = (rows.keys[sel, :12] == np.frombuffer(V4_MAPPED, np.uint8)).all(axis=1)
+    v4 = is_v4(key_records(rows.keys[sel], FLOW_KEY)["a"])
     runs = []
-    for template_id, dtype, mask, width in (
-        (FLOW_IPV4_TEMPLATE_ID, FLOW_IPV4_DTYPE, v4, 4),
-        (FLOW_IPV6_TEMPLATE_ID, FLOW_IPV6_DTYPE, ~v4, 16),
+    for template_id, dtype, mask, ipv4 in (
+        (FLOW_IPV4_TEMPLATE_ID, FLOW_IPV4_DTYPE, v4, True),
+        (FLOW_IPV6_TEMPLATE_ID, FLOW_IPV6_DTYPE, ~v4, False),
     ):
         if mask.any():
-            runs.append((template_id, _fill(dtype, rows, sel[mask], d[mask], ifindex, width), dtype.itemsize))
+            runs.append((template_id, _fill(dtype, rows, sel[mask], d[mask], ifindex, ipv4), dtype.itemsize))
     return runs
 
 

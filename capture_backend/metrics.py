@@ -17,8 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from capture_backend.engine import IfaceStatus, Snapshot
-from capture_backend.exporters import DEFAULT_TOP, MAX_TOP, Extra
+from capture_backend.contract import DEFAULT_TOP, MAX_TOP, Extra, IfaceStatus, Snapshot
 from capture_backend.report import host_rows, port_rows
 
 PREFIX = "retrotap_"

@@ -16,94 +16,44 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import psutil
 
-from capture_backend.counters import TableSnapshot
-from capture_backend.decode import address_key
-from capture_backend.engine import Snapshot
-from capture_backend.report import V4_MAPPED, table_growth
+from capture_backend.contract import (
+    EMPTY_PROCESSES,
+    FLOW_KEY,
+    PROCESS_NOTE,
+    V4_MAPPED,
+    Snapshot,
+    TableSnapshot,
+    address_bytes,
+    table_growth,
+)
+from capture_backend.contract import EMPTY_UNKNOWN as EMPTY_UNKNOWN
+from capture_backend.contract import OwnedFlows as OwnedFlows
+from capture_backend.contract import ProcessTable as ProcessTable
+from capture_backend.contract import ProcessTotals as ProcessTotals
 
 PROTO_TCP, PROTO_UDP = 6, 17
 REFRESH_SECONDS = 1.0
 MIN_POKE_GAP = 0.05  # seconds between two refreshes asked for by unexplained flows
-NOTE = "sockets of other network namespaces cannot be mapped"
 
 Conns = Callable[[], Iterable[Any]]  # psutil.net_connections-like rows: type, laddr, raddr, pid
 Owner = tuple[int, str, str]  # pid, name, user
+Ends = tuple[int, bytes, int, bytes, int]  # a flow's proto, a, aport, b, bport
+FLOW_KEY_WIDTH = FLOW_KEY.itemsize
+EMPTY = EMPTY_PROCESSES  # the old name
+NOTE = PROCESS_NOTE  # the old name
 
 
-@dataclass(frozen=True)
-class ProcessTotals:
-    """One process's traffic so far (pid None: the unknown entry)."""
-
-    pid: int | None
-    name: str
-    user: str
-    rx_bytes: int
-    tx_bytes: int
-    rx_packets: int
-    tx_packets: int
-    exited: bool = False
-
-
-@dataclass(frozen=True)
-class ProcessTable:
-    """What the mapper published: per-process totals as of one snapshot, and each attributed flow's owner."""
-
-    seq: int  # of the snapshot attributed (0: none yet)
-    time: float  # that snapshot's time
-    processes: tuple[ProcessTotals, ...]
-    unknown: ProcessTotals
-    flow_owners: Mapping[bytes, tuple[int, str]] = field(default_factory=dict)  # flow key -> (pid, name)
-
-    def owner(self, key: bytes) -> tuple[int, str] | None:
-        """The process of a flow key (its first local end), if known."""
-        return self.flow_owners.get(key)
-
-    @cached_property
-    def owned(self) -> OwnedFlows:
-        """flow_owners as columns, built once per published table (the dashboard reads it every refresh)."""
-        items = [(k, o) for k, o in self.flow_owners.items() if len(k) == FLOW_KEY_WIDTH]
-        names = sorted({name for _, (_, name) in items}, key=str.lower)
-        name_id = {name: n for n, name in enumerate(names)}
-        keys = np.frombuffer(b"".join(k for k, _ in items), np.uint8).reshape(len(items), FLOW_KEY_WIDTH)
-        pid = np.array([o[0] for _, o in items], np.int64)
-        nid = np.array([name_id[o[1]] for _, o in items], np.int64)
-        rank = np.empty(len(items))
-        rank[np.lexsort((pid, nid))] = np.arange(len(items))
-        return OwnedFlows(TableSnapshot(keys, {}), pid, nid, tuple(names), rank)
-
-
-@dataclass(frozen=True)
-class OwnedFlows:
-    """The flows with a known local process: keys (a table for report.match_rows), each one's pid, name
-    (an index into names, which are sorted case-blind) and rank by (name, pid)."""
-
-    keys: TableSnapshot
-    pid: np.ndarray
-    name_id: np.ndarray
-    names: tuple[str, ...]
-    rank: np.ndarray
-
-    def named(self, word: str) -> np.ndarray:
-        """Which of the flows belong to a process whose name contains `word` (lower case)."""
-        hits = [n for n, name in enumerate(self.names) if word in name.lower()]
-        return np.isin(self.name_id, hits)
-
-
-FLOW_KEY_WIDTH = 40
-EMPTY_UNKNOWN = ProcessTotals(None, "unknown", "", 0, 0, 0, 0)
-EMPTY = ProcessTable(0, 0.0, (), EMPTY_UNKNOWN)
-
-
-def addr_key(text: str) -> bytes:
-    """The 16-byte key of an address (IPv4 as IPv4-mapped IPv6, as the flow table stores it)."""
-    return address_key(text).astype(">u8").tobytes()
+def flow_ends(flows: TableSnapshot, rows: list[int]) -> list[Ends]:
+    """(proto, a, aport, b, bport) of flow rows, addresses as 16 bytes."""
+    f = flows.fields[rows]
+    cols = (f["proto"].tolist(), map(bytes, f["a"]), f["aport"].tolist(), map(bytes, f["b"]), f["bport"].tolist())
+    return list(zip(*cols, strict=True))
 
 
 def _proto(sock_type: int) -> int | None:
@@ -247,11 +197,11 @@ class ProcessMapper:
                 for version in (4, 6) if ip.version == 6 else (4,):
                     wild.setdefault((proto, port, version), pid)
                 continue
-            local = addr_key(host)
+            local = address_bytes(host)
             bound.setdefault((proto, local, port), pid)
             if c.raddr:
-                connected[(proto, local, port, addr_key(c.raddr[0]), int(c.raddr[1]))] = pid
-        self._local = {addr_key(a) for a in self.local_addrs()}
+                connected[(proto, local, port, address_bytes(c.raddr[0]), int(c.raddr[1]))] = pid
+        self._local = {address_bytes(a) for a in self.local_addrs()}
         self._connected, self._bound, self._wild = connected, bound, wild
         present = set(bound.values()) | set(wild.values()) | set(connected.values())
         for counted, acc in self._accs.items():
@@ -266,16 +216,14 @@ class ProcessMapper:
         if pid is None:
             pid = self._bound.get((proto, addr, port))
         if pid is None and addr in self._local:
-            v4 = addr[:12] == V4_MAPPED
+            v4 = addr.startswith(V4_MAPPED)
             pid = self._wild.get((proto, port, 4 if v4 else 6))
         return pid
 
-    def _attribute(self, key: bytes) -> tuple[int | None, int | None]:
-        proto = key[36]
+    def _attribute(self, ends: Ends) -> tuple[int | None, int | None]:
+        proto, a, aport, b, bport = ends
         if proto not in (PROTO_TCP, PROTO_UDP):
             return None, None
-        a, b = key[:16], key[16:32]
-        aport, bport = int.from_bytes(key[32:34], "big"), int.from_bytes(key[34:36], "big")
         return self._side(proto, a, aport, b, bport), self._side(proto, b, bport, a, aport)
 
     # --- the counting
@@ -292,30 +240,32 @@ class ProcessMapper:
             grown_p, _ = table_growth(flows, before, "packets", match=match)
             new = match < 0
         active = np.flatnonzero(grown_p.sum(axis=1) > 0) if len(flows) else np.zeros(0, np.int64)
-        keys = flows.keys
-        unseen = [i for i in np.flatnonzero(new).tolist() if keys[i].tobytes() not in self._owners]
+        unseen = [i for i in np.flatnonzero(new).tolist() if flows.key_bytes(i) not in self._owners]
         if unseen and self.clock() - self._refreshed >= MIN_POKE_GAP:
-            if not all(self._attribute(keys[i].tobytes()) != (None, None) for i in unseen):
+            if not all(self._attribute(e) != (None, None) for e in flow_ends(flows, unseen)):
                 self.refresh()  # new flows no socket explains yet: the socket may still be there
+        rows = active.tolist()
+        row_keys = [flows.key_bytes(i) for i in rows]
+        owned = [self._owners.get(key) for key in row_keys]
+        todo = [n for n, owners in enumerate(owned) if owners is None or owners == (None, None)]
         changed = False
-        for i in active.tolist():
-            key = keys[i].tobytes()
-            owners = self._owners.get(key)
-            if owners is None or owners == (None, None):
-                owners = self._attribute(key)
-                if owners != self._owners.get(key):
-                    self._owners[key] = owners
-                    changed = True
+        for n, ends in zip(todo, flow_ends(flows, [rows[n] for n in todo]), strict=True):
+            found = self._attribute(ends)
+            if found != owned[n]:
+                self._owners[row_keys[n]] = found
+                changed = True
+            owned[n] = found
+        for i, sides in zip(rows, owned, strict=True):
             b0, b1 = int(grown_b[i, 0]), int(grown_b[i, 1])
             p0, p1 = int(grown_p[i, 0]), int(grown_p[i, 1])
-            if owners == (None, None):
+            if sides is None or sides == (None, None):
                 self._accs[None].counts += (b0 + b1, 0, p0 + p1, 0)
                 continue
-            for pid, rx_b, tx_b, rx_p, tx_p in ((owners[0], b1, b0, p1, p0), (owners[1], b0, b1, p0, p1)):
+            for pid, rx_b, tx_b, rx_p, tx_p in ((sides[0], b1, b0, p1, p0), (sides[1], b0, b1, p0, p1)):
                 if pid is not None:
                     self._acc(pid).counts += (rx_b, tx_b, rx_p, tx_p)
         if len(self._owners) > 2 * len(flows) + 1024:  # forget flows the table no longer holds
-            held = {keys[i].tobytes() for i in range(len(flows))}
+            held = {flows.key_bytes(i) for i in range(len(flows))}
             self._owners = {k: v for k, v in self._owners.items() if k in held}
             changed = True
         self._last = snap

@@ -5,24 +5,28 @@ Only the rows that are shown are turned into Python objects: sorting happens on 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import humanize
 import numpy as np
 
-from capture_backend.counters import AVERAGE_WINDOWS, NS, TableSnapshot
+from capture_backend.contract import (
+    KIND_NAMES,
+    ProcessTable,
+    ProcessTotals,
+    Snapshot,
+    TableSnapshot,
+    address_text,
+)
+from capture_backend.contract import match_rows as match_rows
+from capture_backend.contract import table_growth as table_growth
+from capture_backend.counters import AVERAGE_WINDOWS, NS
 from capture_backend.decode import IPPROTO_TCP
-from capture_backend.engine import Snapshot
-from capture_backend.latency import KIND_NAMES
 from capture_backend.services import known_ports, proto_name, service_name
 
-if TYPE_CHECKING:
-    from capture_backend.processes import ProcessTable, ProcessTotals
-
 Row = dict[str, Any]
-V4_MAPPED = bytes(10) + b"\xff\xff"
+addr_str = address_text  # the old name
 TCP_FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) to bit 7 (CWR), as tcpdump names them
 LINK_FIELDS = (
     "rx_bytes",
@@ -37,13 +41,6 @@ LINK_FIELDS = (
     "rx_fifo",
     "tx_fifo",
 )
-
-
-def addr_str(key: bytes) -> str:
-    """Text form of a 16-byte address key (IPv4-mapped keys print as IPv4)."""
-    if key[:12] == V4_MAPPED:
-        return str(ipaddress.IPv4Address(key[12:]))
-    return str(ipaddress.IPv6Address(key))
 
 
 def tcp_flags_str(flags: int) -> str:
@@ -84,59 +81,6 @@ def snapshot_interval(snap: Snapshot, prev: Snapshot | None) -> float:
     return (snap.last_ns - prev.last_ns) / NS
 
 
-def _key_hash(keys: np.ndarray) -> np.ndarray:
-    """One uint64 per key row (keys: uint8 rows, any width)."""
-    n, width = keys.shape
-    words = -(-width // 8)
-    padded = np.zeros((n, words * 8), np.uint8)
-    padded[:, :width] = keys
-    h = np.zeros(n, np.uint64)
-    for w in padded.view("<u8").T:
-        h ^= w
-        h *= np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
-    return h
-
-
-def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | None = None) -> np.ndarray:
-    """For each row of table (or each of `rows`), the row with the same key in before, or -1."""
-    keys = table.keys if rows is None else table.keys[rows]
-    out = np.full(keys.shape[0], -1, np.int64)
-    if keys.shape[0] == 0 or len(before) == 0:
-        return out
-    hb, hc = _key_hash(before.keys), _key_hash(keys)
-    if hc.size <= 256 and hc.size * 64 < hb.size:  # the visible rows only: one scan each beats a sort
-        cand = np.zeros(hc.size, np.int64)
-        for j, h in enumerate(hc):
-            hit = np.flatnonzero(hb == h)
-            if hit.size:
-                cand[j] = hit[0]
-    else:
-        order = np.argsort(hb, kind="stable")
-        sorted_hb = hb[order]
-        cand = order[np.clip(np.searchsorted(sorted_hb, hc), 0, sorted_hb.size - 1)]
-    same = (before.keys[cand] == keys).all(axis=1)
-    out[same] = cand[same]
-    return out
-
-
-def table_growth(
-    table: TableSnapshot,
-    before: TableSnapshot,
-    col: str = "bytes",
-    rows: np.ndarray | None = None,
-    match: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Growth of a (rows, 2) column since `before` per direction (rows new since count from 0), and the match
-    (computed unless a previous call's is given)."""
-    cur = table.cols[col] if rows is None else table.cols[col][rows]
-    if match is None:
-        match = match_rows(table, before, rows)
-    old = np.where((match >= 0)[:, None], before.cols[col][np.maximum(match, 0)], 0) if len(before) else 0
-    grown = cur - old
-    return np.where(grown < 0, cur, grown), match  # evicted and seen again: all of it is new
-
-
 def table_rates(
     table: TableSnapshot, before: TableSnapshot, seconds: float, col: str = "bytes", rows: np.ndarray | None = None
 ) -> np.ndarray:
@@ -163,11 +107,12 @@ def host_rows(snap: Snapshot, top: int = 10, index: np.ndarray | None = None) ->
     """Hosts by bytes sent and received (or the rows at `index`, in that order)."""
     t = snap.hosts
     rows = []
+    addr = t.fields["addr"]
     for i in _pick(t, top, index).tolist():
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
         rows.append(
             {
-                "addr": addr_str(t.keys[i].tobytes()),
+                "addr": address_text(addr[i]),
                 "tx_bytes": int(by[0]),
                 "rx_bytes": int(by[1]),
                 "tx_packets": int(pk[0]),
@@ -186,13 +131,13 @@ def pair_rows(snap: Snapshot, top: int = 10, index: np.ndarray | None = None) ->
     """Host pairs (a < b), each direction's bytes and iftop's averages."""
     t = snap.pairs
     rows = []
+    a, b = t.fields["a"], t.fields["b"]
     for i in _pick(t, top, index).tolist():
-        key = t.keys[i].tobytes()
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
         rows.append(
             {
-                "a": addr_str(key[:16]),
-                "b": addr_str(key[16:]),
+                "a": address_text(a[i]),
+                "b": address_text(b[i]),
                 "packets": int(pk.sum()),
                 "bytes": int(by.sum()),
                 "a_to_b_packets": int(pk[0]),
@@ -223,9 +168,9 @@ def port_rows(
     if rates and prev is not None and seconds > 0:
         bps = table_rates(t, prev.ports, seconds, "bytes", picked).sum(axis=1) * 8
         pps = table_rates(t, prev.ports, seconds, "packets", picked).sum(axis=1)
+    keys = t.fields[picked]
     for n, i in enumerate(picked.tolist()):
-        key = t.keys[i].tobytes()
-        proto, port = key[0], int.from_bytes(key[1:3], "big")
+        proto, port = int(keys["proto"][n]), int(keys["port"][n])
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
         rows.append(
             {
@@ -246,10 +191,9 @@ def port_rows(
 
 def flow_server_is_b(t: TableSnapshot, index: np.ndarray) -> np.ndarray:
     """Per flow row: b is the server (the only well-known port, else the side that did not send first)."""
-    k = t.keys[index]
+    k = t.fields[index]
     known = known_ports()
-    ka = known[k[:, 32].astype(np.int64) << 8 | k[:, 33]]
-    kb = known[k[:, 34].astype(np.int64) << 8 | k[:, 35]]
+    ka, kb = known[k["aport"]], known[k["bport"]]
     return np.where(ka != kb, kb, t.cols["origin"][index] == 0)
 
 
@@ -274,17 +218,18 @@ def flow_rows(
     bps = None
     if rates and prev is not None and seconds > 0:
         bps = table_rates(t, prev.flows, seconds, "bytes", picked).sum(axis=1) * 8
+    keys = t.fields[picked]
     for n, i in enumerate(picked.tolist()):
-        key = t.keys[i].tobytes()
-        a, b = addr_str(key[:16]), addr_str(key[16:32])
-        aport, bport = int.from_bytes(key[32:34], "big"), int.from_bytes(key[34:36], "big")
+        k = keys[n]
+        a, b = address_text(k["a"]), address_text(k["b"])
+        aport, bport, proto = int(k["aport"]), int(k["bport"]), int(k["proto"])
         pk, by = t.cols["packets"][i], t.cols["bytes"][i]
         b_is_server = server_is_b[n]
         fwd, rev = (0, 1) if b_is_server else (1, 0)
         src, sport, dst, dport = (a, aport, b, bport) if b_is_server else (b, bport, a, aport)
         rows.append(
             {
-                "proto": proto_name(key[36]),
+                "proto": proto_name(proto),
                 "src": src,
                 "sport": sport,
                 "dst": dst,
@@ -300,14 +245,14 @@ def flow_rows(
                 "tcp_flags": tcp_flags_str(int(t.cols["tcp_flags"][i])),
             }
         )
-        if key[36] == IPPROTO_TCP and "tcp_retrans" in t.cols:
+        if proto == IPPROTO_TCP and "tcp_retrans" in t.cols:
             rows[-1]["tcp"] = tcp_health(t, i)
         if "app_count" in t.cols and t.cols["app_count"][i] > 0:
             rows[-1]["latency"] = flow_latency(t, i)
         if rates:
             rows[-1]["bps"] = None if bps is None else float(bps[n])
             rows[-1]["age"] = max(0.0, (snap.now_ns - int(t.cols["first"][i])) / NS)
-        owner = processes.owner(key) if processes is not None else None
+        owner = processes.owner(t.key_bytes(i)) if processes is not None else None
         if owner is not None:
             rows[-1]["pid"], rows[-1]["process"] = owner
     return rows
@@ -338,18 +283,19 @@ def flow_latency(t: TableSnapshot, i: int) -> Row:
 
 
 def _latency_table(t: TableSnapshot, with_server: bool, top: int) -> list[Row]:
+    """Rows of the per-server (SERVER_KEY, with_server) or per-service (SERVICE_KEY) table."""
     rows = []
     order = np.argsort(-t.cols["count"], kind="stable")
     for i in (order[:top] if top else order).tolist():
-        key = t.keys[i].tobytes()
-        tail = key[16:] if with_server else key
+        k = t.key(i)
+        kind = int(k["kind"])
         count = int(t.cols["count"][i])
-        row: Row = {"kind": KIND_NAMES.get(tail[3], str(tail[3]))}
+        row: Row = {"kind": KIND_NAMES.get(kind, str(kind))}
         if with_server:
-            row["server"] = addr_str(key[:16])
+            row["server"] = address_text(k["server"])
         row |= {
-            "proto": proto_name(tail[0]),
-            "port": int.from_bytes(tail[1:3], "big"),
+            "proto": proto_name(int(k["proto"])),
+            "port": int(k["port"]),
             "exchanges": count,
             "avg_ms": int(t.cols["sum"][i]) / count / 1e6,
             "p50_ms": int(t.cols["p50"][i]) / 1e6,
@@ -374,8 +320,8 @@ def latency_rows(snap: Snapshot, top: int = 0) -> Row:
                 "kind": x.kind,
                 "ms": x.latency_ns / 1e6,
                 "time": x.time_ns / NS,
-                "client": addr_str(x.client),
-                "server": addr_str(x.server),
+                "client": address_text(x.client),
+                "server": address_text(x.server),
                 "port": x.port,
                 "request": x.request,
             }
