@@ -24,11 +24,12 @@ from textual.widgets import ContentSwitcher, Footer
 
 from capture_backend.block import LINKTYPE_ETHERNET
 from capture_backend.bpf import FilterError, compile_filter
+from capture_backend.contract import EMPTY_PROCESSES, Snapshot
 from capture_backend.counters import CounterLimits
-from capture_backend.engine import Engine, EngineEvent, EventSink, Snapshot
+from capture_backend.engine import Engine, EngineEvent, EventSink
 from capture_backend.exporters import Exporters, ExporterSettings
 from capture_backend.inspect import DEFAULT_LIMIT
-from capture_backend.processes import EMPTY, ProcessMapper
+from capture_backend.processes import ProcessMapper
 from capture_backend.recorder import Recorder, RecordError, RecorderThread, RecordOptions
 from capture_backend.replay import FileEngine
 from capture_backend.ring import RingConfig
@@ -238,7 +239,7 @@ class RetrotapApp(App[int]):
             yield PortsView(id="ports")
             yield FlowsView(id="flows")
             yield DropsView(id="drops")
-            yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY, id="processes")
+            yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY_PROCESSES, id="processes")
             yield LatencyView(id="latency")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
-from capture_backend.engine import Snapshot
+from capture_backend.contract import Snapshot
 from capture_backend.replay import file_snapshots
 from tui.app import RetrotapApp, SnapshotFeed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from capture_backend.engine import Snapshot
+from capture_backend.contract import Snapshot
 
 
 def problems(snap: Snapshot) -> list[str]:

@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from capture_backend.counters import TableSnapshot
+from capture_backend.contract import TableSnapshot
 from capture_backend.decode import PORT_PROTOS
 from capture_backend.report import Row, flow_rows
 from capture_backend.services import PROTO_NUMBERS, service_name

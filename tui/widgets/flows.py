@@ -8,9 +8,9 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import DataTable
 
-from capture_backend.counters import TableSnapshot
+from capture_backend.contract import TableSnapshot, match_rows
 from capture_backend.decode import IPPROTO_TCP
-from capture_backend.report import flow_rows, flow_server_is_b, match_rows, snapshot_interval, table_rates
+from capture_backend.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
 from tui.widgets.format import bits, count, duration, ms, right, short_count, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
@@ -38,20 +38,17 @@ COLUMNS = (
 )
 
 
-def _port(k: np.ndarray, col: int) -> np.ndarray:
-    return k[:, col].astype(np.int64) << 8 | k[:, col + 1]
-
-
 def _ends(f: Frame, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per row: client address, client port, server address, server port (as flow_rows shows them), and fwd dir."""
     t = f.snap.flows
-    k = t.keys[idx]
+    k = t.fields[idx]
     b_server = flow_server_is_b(t, idx)
-    a, b = k[:, :16], k[:, 16:32]
+    a, b = k["a"], k["b"]
+    aport, bport = k["aport"].astype(np.int64), k["bport"].astype(np.int64)
     src = np.where(b_server[:, None], a, b)
     dst = np.where(b_server[:, None], b, a)
-    sport = np.where(b_server, _port(k, 32), _port(k, 34))
-    dport = np.where(b_server, _port(k, 34), _port(k, 32))
+    sport = np.where(b_server, aport, bport)
+    dport = np.where(b_server, bport, aport)
     return src, sport, dst, dport, np.where(b_server, 0, 1)
 
 
@@ -76,7 +73,7 @@ def _tcp(col: str) -> KeyFn:
 
     def values(f: Frame, idx: np.ndarray) -> np.ndarray:
         t = f.snap.flows
-        return np.where(t.keys[idx, 36] == IPPROTO_TCP, t.cols[col][idx], np.nan)
+        return np.where(t.fields["proto"][idx] == IPPROTO_TCP, t.cols[col][idx], np.nan)
 
     return values
 
@@ -123,7 +120,7 @@ def total_bytes(t: TableSnapshot, idx: np.ndarray) -> np.ndarray:
 
 SORT_KEYS = (  # the default, then the columns left to right
     SortKey("total", lambda f, i: total_bytes(f.snap.flows, i)),
-    SortKey("proto", lambda f, i: f.snap.flows.keys[i, 36], descending=False),
+    SortKey("proto", lambda f, i: f.snap.flows.fields["proto"][i], descending=False),
     SortKey("src", lambda f, i: _ends(f, i)[0], descending=False),
     SortKey("sport", lambda f, i: _ends(f, i)[1], descending=False),
     SortKey("dst", lambda f, i: _ends(f, i)[2], descending=False),
@@ -192,7 +189,7 @@ class FlowsView(View):
         shown = flow_rows(frame.snap, index=picked, prev=frame.prev, rates=True, processes=frame.processes)
         for i, r in zip(picked.tolist(), shown, strict=True):
             key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
-            self.keys[key] = t.keys[i].tobytes()
+            self.keys[key] = t.key_bytes(i)
             ports = r["proto"] in ("tcp", "udp", "sctp")
             tcp, lat = r.get("tcp"), r.get("latency")
             rows.append(

@@ -11,7 +11,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 
-from capture_backend.counters import TableSnapshot
+from capture_backend.contract import TableSnapshot
 from capture_backend.report import (
     flow_rows,
     flow_server_is_b,

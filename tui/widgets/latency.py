@@ -15,9 +15,8 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
-from capture_backend.counters import TableSnapshot
-from capture_backend.latency import KIND_NAMES, SAMPLE_RING, Exchange
-from capture_backend.report import addr_str
+from capture_backend.contract import KIND_NAMES, Exchange, TableSnapshot, address_text
+from capture_backend.latency import SAMPLE_RING
 from capture_backend.services import proto_name
 from tui.widgets.format import count, endpoint, ms, right, utc_stamp
 from tui.widgets.table import Cell, Column, SnapTable
@@ -118,20 +117,21 @@ class LatencyView(View):
         t = lat.services
         rows: list[tuple[str, list[Cell]]] = []
         for i in self._pick(frame, t, q.services(t) if q else None, services.capacity()).tolist():
-            k = t.keys[i]
-            where = f"{proto_name(int(k[0]))}/{int(k[1]) << 8 | int(k[2])}"
-            key = where if all(r[0] != where for r in rows) else f"{where}/{k[3]}"  # udp/53: W, i take the port
-            rows.append((key, [KIND_NAMES.get(int(k[3]), str(k[3])), where, *_figures(t, i)]))
+            k = t.key(i)
+            number = int(k["kind"])
+            where = f"{proto_name(int(k['proto']))}/{int(k['port'])}"
+            key = where if all(r[0] != where for r in rows) else f"{where}/{number}"  # udp/53: W, i take the port
+            rows.append((key, [KIND_NAMES.get(number, str(number)), where, *_figures(t, i)]))
         self._sync(services, SERVICE_COLUMNS, rows)
 
         servers = self.query_one("#latency-servers", SnapTable)
         t = lat.servers
         rows = []
         for i in self._pick(frame, t, q.servers(t) if q else None, servers.capacity()).tolist():
-            k = t.keys[i]
-            addr = addr_str(k[:16].tobytes())
-            kind = KIND_NAMES.get(int(k[19]), str(k[19]))
-            where = f"{proto_name(int(k[16]))}/{int(k[17]) << 8 | int(k[18])}"
+            k = t.key(i)
+            addr = address_text(k["server"])
+            kind = KIND_NAMES.get(int(k["kind"]), str(k["kind"]))
+            where = f"{proto_name(int(k['proto']))}/{int(k['port'])}"
             rows.append((f"{addr}|{kind} {where}", [kind, frame.name(addr), where, *_figures(t, i)]))
         self._sync(servers, SERVER_COLUMNS, rows)
 
@@ -141,7 +141,7 @@ class LatencyView(View):
             shown = [x for x, hit in zip(shown, q.exchanges(shown).tolist(), strict=True) if hit]
         rows = []
         for n, x in enumerate(shown[: slowest.capacity()]):
-            client, server = addr_str(x.client), addr_str(x.server)
+            client, server = address_text(x.client), address_text(x.server)
             cells: list[Cell] = [
                 x.kind,
                 right(ms(x.latency_ns / 1e6)),

@@ -36,8 +36,8 @@ def _rate(col: str) -> SortKey:
 
 SORT_KEYS = (  # the default, then the columns left to right
     SortKey("total", lambda f, i: f.snap.ports.cols["bytes"][i].sum(axis=1)),
-    SortKey("proto", lambda f, i: f.snap.ports.keys[i, 0], descending=False),
-    SortKey("port", lambda f, i: f.snap.ports.keys[i, 1].astype(np.int64) << 8 | f.snap.ports.keys[i, 2], False),
+    SortKey("proto", lambda f, i: f.snap.ports.fields["proto"][i], descending=False),
+    SortKey("port", lambda f, i: f.snap.ports.fields["port"][i].astype(np.int64), False),
     _rate("bytes"),
     _rate("packets"),
     SortKey("to_port", lambda f, i: f.snap.ports.cols["bytes"][i, 0]),

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from capture_backend.processes import NOTE, ProcessTable
+from capture_backend.contract import PROCESS_NOTE, ProcessTable
 from capture_backend.report import process_rows
 from tui.widgets.format import DASH, bits, count, right, size
 from tui.widgets.table import Cell, Column, SnapTable
@@ -39,7 +39,7 @@ class ProcessesView(View):
         self._before: ProcessTable | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(f"Note: {NOTE}.", id="processes-note")
+        yield Static(f"Note: {PROCESS_NOTE}.", id="processes-note")
         yield SnapTable(COLUMNS, id="processes-table")
 
     def show(self, frame: Frame) -> None:

@@ -9,32 +9,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from capture_backend.counters import TableSnapshot
-from capture_backend.latency import DNS_PORT, KIND_DNS, KIND_NAMES, Exchange
-from capture_backend.processes import ProcessTable
-from capture_backend.report import match_rows
+from capture_backend.contract import (
+    FLOW_KEY,
+    KIND_DNS,
+    KIND_NAMES,
+    Exchange,
+    Network,
+    ProcessTable,
+    TableSnapshot,
+    match_rows,
+    network_key,
+)
+from capture_backend.latency import DNS_PORT
 from capture_backend.services import PROTO_NUMBERS, service_table
 
-V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)
 KIND_NUMBERS = {name: num for num, name in KIND_NAMES.items()}  # application latency: dns, http, mysql
 DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")
-Network = tuple[np.ndarray, np.ndarray]  # 16-byte key of the network, 16-byte mask
 
 
 def owned_rows(t: TableSnapshot, processes: ProcessTable, word: str) -> np.ndarray:
     """Which rows of a flow table a process whose name contains `word` (lower case) owns."""
     owned = processes.owned
-    return match_rows(t, TableSnapshot(owned.keys.keys[owned.named(word)], {})) >= 0
-
-
-def _network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Network:
-    if isinstance(net, ipaddress.IPv4Network):
-        key = np.concatenate([V4_MAPPED, np.frombuffer(net.network_address.packed, np.uint8)])
-        mask = np.concatenate([np.full(12, 0xFF, np.uint8), np.frombuffer(net.netmask.packed, np.uint8)])
-    else:
-        key = np.frombuffer(net.network_address.packed, np.uint8)
-        mask = np.frombuffer(net.netmask.packed, np.uint8)
-    return key, mask
+    return match_rows(t, TableSnapshot(owned.keys.keys[owned.named(word)], {}, layout=FLOW_KEY)) >= 0
 
 
 @dataclass
@@ -64,10 +60,10 @@ def _term(word: str, names: Mapping[str, str], processes: Collection[str] = ()) 
         octets = [o for o in word.rstrip(".").split(".")]
         if all(int(o) < 256 for o in octets):
             prefix = ".".join(octets + ["0"] * (4 - len(octets)))
-            term.networks.append(_network(ipaddress.IPv4Network(f"{prefix}/{8 * len(octets)}")))
+            term.networks.append(network_key(ipaddress.IPv4Network(f"{prefix}/{8 * len(octets)}")))
             return term
     try:
-        term.networks.append(_network(ipaddress.ip_network(word, strict=False)))
+        term.networks.append(network_key(ipaddress.ip_network(word, strict=False)))
         return term
     except ValueError:
         pass
@@ -78,7 +74,7 @@ def _term(word: str, names: Mapping[str, str], processes: Collection[str] = ()) 
             term.ports.add(DNS_PORT)
     for addr, name in names.items():
         if low in name.lower():
-            term.networks.append(_network(ipaddress.ip_network(addr)))
+            term.networks.append(network_key(ipaddress.ip_network(addr)))
     if any(low in name.lower() for name in processes):
         term.process = low
     return term if term.ports or term.networks or term.kinds or term.process else None
@@ -146,35 +142,35 @@ class Query:
 
     def flows(self, t: TableSnapshot, processes: ProcessTable | None = None) -> np.ndarray:
         """Rows of the flow table that match (process words: the flows of those local processes)."""
-        k = t.keys
-        ports = [k[:, 32].astype(np.int64) << 8 | k[:, 33], k[:, 34].astype(np.int64) << 8 | k[:, 35]]
+        k = t.fields
+        ports = [k["aport"].astype(np.int64), k["bport"].astype(np.int64)]
         owned = None if processes is None else lambda word: owned_rows(t, processes, word)
-        return self._mask(len(t), [k[:, :16], k[:, 16:32]], ports, k[:, 36].astype(np.int64), owned=owned)
+        return self._mask(len(t), [k["a"], k["b"]], ports, k["proto"].astype(np.int64), owned=owned)
 
     def pairs(self, t: TableSnapshot) -> np.ndarray:
         """Rows of the host-pair table that match."""
-        return self._mask(len(t), [t.keys[:, :16], t.keys[:, 16:32]], [], None)
+        return self._mask(len(t), [t.fields["a"], t.fields["b"]], [], None)
 
     def hosts(self, t: TableSnapshot) -> np.ndarray:
         """Rows of the host table that match."""
-        return self._mask(len(t), [t.keys[:, :16]], [], None)
+        return self._mask(len(t), [t.fields["addr"]], [], None)
 
     def ports(self, t: TableSnapshot) -> np.ndarray:
         """Rows of the port table that match."""
-        k = t.keys
-        return self._mask(len(t), [], [k[:, 1].astype(np.int64) << 8 | k[:, 2]], k[:, 0].astype(np.int64))
+        k = t.fields
+        return self._mask(len(t), [], [k["port"].astype(np.int64)], k["proto"].astype(np.int64))
 
     def services(self, t: TableSnapshot) -> np.ndarray:
         """Rows of the latency per-service table (IP protocol, port, kind) that match."""
-        k = t.keys
-        port = k[:, 1].astype(np.int64) << 8 | k[:, 2]
-        return self._mask(len(t), [], [port], k[:, 0].astype(np.int64), k[:, 3].astype(np.int64))
+        k = t.fields
+        port, proto, kind = (k[name].astype(np.int64) for name in ("port", "proto", "kind"))
+        return self._mask(len(t), [], [port], proto, kind)
 
     def servers(self, t: TableSnapshot) -> np.ndarray:
         """Rows of the latency per-server table (address, IP protocol, port, kind) that match."""
-        k = t.keys
-        port = k[:, 17].astype(np.int64) << 8 | k[:, 18]
-        return self._mask(len(t), [k[:, :16]], [port], k[:, 16].astype(np.int64), k[:, 19].astype(np.int64))
+        k = t.fields
+        port, proto, kind = (k[name].astype(np.int64) for name in ("port", "proto", "kind"))
+        return self._mask(len(t), [k["server"]], [port], proto, kind)
 
     def exchanges(self, items: Sequence[Exchange]) -> np.ndarray:
         """Which of these exchanges match (client, server, server port, kind; they carry no IP protocol)."""

@@ -9,8 +9,7 @@ from typing import ClassVar
 import numpy as np
 from textual.containers import Vertical
 
-from capture_backend.engine import Snapshot
-from capture_backend.processes import ProcessTable
+from capture_backend.contract import ProcessTable, Snapshot
 from tui.widgets.query import Query
 from tui.widgets.table import SnapTable
 
