@@ -592,8 +592,8 @@ class Lossy(Scene):
     * loss after the capture point: nft on a's ingress (which runs after packet taps) drops `loss_permille`
       of the segments that carry data, and on b's ingress the same share of a's ACKs (never a SYN, FIN or
       RST), so the capture sees segments and ACKs that never arrive, then their retransmissions;
-    * reordering: nft on b's egress sends `reorder_percent` of the data segments, in runs of three
-      (numgen inc), to a slow HTB class, so later segments overtake them by a few milliseconds;
+    * reordering: nft on b's output sends `reorder_percent` of the data segments, in runs of three
+      (numgen inc), to a slow HTB class on b's veth, so later segments overtake them by a few milliseconds;
     * zero windows: the first connection goes to a sink port that stops reading for `pause` s after its
       first `pause_after` bytes, with a small receive buffer;
     * `preconnected` of the other connections are opened in `setup`, before the captures start (a capture
@@ -611,7 +611,7 @@ class Lossy(Scene):
     pause: float = 0.5
     port: int = 5201
     timeout: float = 120.0
-    running: dict[str, subprocess.Popen[str]] = field(default_factory=dict, repr=False, compare=False)
+    running: dict[str, subprocess.Popen[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def short(cls) -> Lossy:
@@ -643,8 +643,9 @@ class Lossy(Scene):
             input=(
                 "table netdev lossy {\n"
                 f'  chain ingress {{ type filter hook ingress device "{lab.veth_b}" priority 0;\n'
-                f"    tcp sport {ports} tcp flags & (syn | fin | rst) == 0 {lose}\n  }}\n"
-                f'  chain egress {{ type filter hook egress device "{lab.veth_b}" priority 0;\n'
+                f"    tcp sport {ports} tcp flags & (syn | fin | rst) == 0 {lose}\n  }}\n}}\n"
+                # The class HTB puts a packet in is its priority, set here (netdev egress is only 5.16+).
+                "table inet lossy {\n  chain output { type filter hook output priority 0;\n"
                 f"    tcp dport {ports} numgen inc mod 100 < {self.reorder_percent} meta priority set 1:20\n  }}\n}}\n"
             ),
         )
@@ -657,18 +658,23 @@ class Lossy(Scene):
                 [*htb, "1:20", "htb", "rate", self.slow_rate, "ceil", self.slow_rate],
             ]
         )
+        self.running["source"] = self.sender(lab)
+        # Nothing may still be on its way when the captures start (a handshake ACK lost, its SYN-ACK resent).
+        wait_tcp(lab, ("LISTEN", "TIME-WAIT", "ESTAB"))
+
+    def sender(self, lab: Lab) -> subprocess.Popen[str]:
+        """The sender in b, its early connections open, waiting for a line on stdin."""
         # The slow reader first, then the early connections (suffix '+'), then the others.
         specs = [str(self.port + 1)] + [
             f"{self.port}{'+' if i < self.preconnected else ''}" for i in range(self.connections - 1)
         ]
-        size = self.megabytes * 1_000_000
-        self.running["source"] = start(lab, "b", [*PROGRAM, "source", lab.ip4_a, str(size), *specs], "ready", True)
-        # Nothing may still be on its way when the captures start (a handshake ACK lost, its SYN-ACK resent).
-        wait_tcp(lab, ("LISTEN", "TIME-WAIT", "ESTAB"))
+        size = str(self.megabytes * 1_000_000)
+        return start(lab, "b", [*PROGRAM, "source", lab.ip4_a, size, *specs], "ready", stdin=True)
 
     def run(self, lab: Lab) -> Outcome:
-        """Go: every connection at once, `megabytes` each; what the sink acknowledged, summed."""
-        proc = self.running.pop("source")
+        """Go: every connection at once, `megabytes` each; what the sink acknowledged, summed. (A run after
+        the first in the same lab opens its early connections itself.)"""
+        proc = self.running.pop("source", None) or self.sender(lab)
         assert proc.stdin is not None
         proc.stdin.write("go\n")
         proc.stdin.flush()  # communicate() closes it
@@ -791,9 +797,10 @@ class Flood(Scene):
 @dataclass(frozen=True)
 class Scan(Scene):
     """One host in b probes a's closed ports: TCP connect() to ports 1..tcp_ports (each a SYN answered by
-    a RST), UDP datagrams to ports 1..udp_ports (each answered by an ICMP port unreachable: a's ICMP rate
-    limits are lifted), the same over IPv6 for the first tcp6_ports / udp6_ports; `window` probes in
-    flight."""
+    a RST), UDP datagrams to ports 1..udp_ports (each answered by an ICMP port unreachable), the same over
+    IPv6 for the first tcp6_ports / udp6_ports; `window` probes in flight. a's per-destination ICMP rate
+    limits are lifted; the host-wide one (1000 a second, bursts of 50) is per namespace only on recent
+    kernels, so UDP probes go at `udp_rate` a second, below it."""
 
     name: ClassVar[str] = "scan"
     tcp_ports: int = 10_000
@@ -801,6 +808,7 @@ class Scan(Scene):
     tcp6_ports: int = 2_000
     udp6_ports: int = 500
     window: int = 128
+    udp_rate: int = 500
 
     @classmethod
     def short(cls) -> Scan:
@@ -808,8 +816,8 @@ class Scan(Scene):
         return cls(tcp_ports=3000, udp_ports=600, tcp6_ports=500, udp6_ports=200)
 
     def gentler(self) -> Scan | None:
-        """A quarter as many probes in flight."""
-        return replace(self, window=self.window // 4) if self.window >= 8 else None
+        """A quarter as many probes in flight, UDP at half the rate."""
+        return replace(self, window=self.window // 4, udp_rate=self.udp_rate // 2) if self.window >= 8 else None
 
     def setup(self, lab: Lab) -> None:
         """No ICMP rate limits in a (what the kernel refuses to change is noted in `lab.notes`)."""
@@ -835,14 +843,16 @@ class Scan(Scene):
             ("udp", lab.ip6_a, lab.ip6_b, self.udp6_ports),
         ):
             v = "6" if ":" in target else ""
-            res = summed(finish([program(lab, "b", "scan", proto, target, src, n, self.window)], 120))
+            rate = self.udp_rate if proto == "udp" else 0
+            res = summed(finish([program(lab, "b", "scan", proto, target, src, n, self.window, rate)], 120))
             out.update({f"{proto}{v}_{k}": val for k, val in res.items()})
         return dict(out)
 
 
-def scan(proto: str, target: str, src: str, ports: int, window: int, timeout: float = 2.0) -> Outcome:
-    """Probe ports 1..ports of `target` (`window` at a time): TCP connect() or a UDP datagram on a
-    connected socket; count refused (RST / ICMP port unreachable), open and silent ports."""
+def scan(proto: str, target: str, src: str, ports: int, window: int, rate: float = 0, timeout: float = 2.0) -> Outcome:
+    """Probe ports 1..ports of `target` (`window` at a time, at most `rate` a second if given): TCP connect()
+    or a UDP datagram on a connected socket; count refused (RST / ICMP port unreachable), open and silent
+    ports."""
     family = socket.AF_INET6 if ":" in target else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sel = selectors.DefaultSelector()
@@ -850,6 +860,7 @@ def scan(proto: str, target: str, src: str, ports: int, window: int, timeout: fl
     todo = list(range(1, ports + 1))
     started: dict[socket.socket, float] = {}
     deadline = time.monotonic() + 60
+    next_at = time.monotonic()
 
     def close(s: socket.socket, result: str) -> None:
         sel.unregister(s)
@@ -858,7 +869,8 @@ def scan(proto: str, target: str, src: str, ports: int, window: int, timeout: fl
         out[result] += 1
 
     while (todo or started) and time.monotonic() < deadline:
-        while todo and len(started) < window:
+        while todo and len(started) < window and time.monotonic() >= next_at:
+            next_at += 1 / rate if rate else 0
             s = socket.socket(family, kind)
             s.setblocking(False)
             s.bind((src, 0))
@@ -875,7 +887,7 @@ def scan(proto: str, target: str, src: str, ports: int, window: int, timeout: fl
                 s.send(b"probe")
                 sel.register(s, selectors.EVENT_READ)
             started[s] = time.monotonic()
-        for key, _ in sel.select(0.05):
+        for key, _ in sel.select(min(0.05, max(0.0, next_at - time.monotonic()))):
             ready = key.fileobj
             assert isinstance(ready, socket.socket)
             if proto == "tcp":
@@ -1071,7 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("dns-client").add_argument("args", nargs=7)
     sub.add_parser("sink").add_argument("args", nargs=5)
     sub.add_parser("source").add_argument("args", nargs="+")
-    sub.add_parser("scan").add_argument("args", nargs=5)
+    sub.add_parser("scan").add_argument("args", nargs=6)
     sub.add_parser("udp-echo").add_argument("args", nargs="+")
     sub.add_parser("udp-client").add_argument("args", nargs=3)
     sub.add_parser("vlan-tagger").add_argument("args", nargs=3)
@@ -1091,7 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif ns.program == "source":
         result = source(a[0], int(a[1]), a[2:])
     elif ns.program == "scan":
-        result = scan(a[0], a[1], a[2], int(a[3]), int(a[4]))
+        result = scan(a[0], a[1], a[2], int(a[3]), int(a[4]), float(a[5]))
     elif ns.program == "udp-echo":
         udp_echo(int(a[0]), a[1:])
     elif ns.program == "udp-client":
