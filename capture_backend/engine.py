@@ -36,6 +36,7 @@ LINK_POLL_SECONDS = 1.0
 PUBLISH_COST_FACTOR = 8
 # A capture loop that keeps failing is restarted at most this often (seconds between restarts).
 RESTART_BACKOFF = (0.0, 0.1, 1.0)
+SMALL_RING_BLOCKS = 16
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
 
 
@@ -195,6 +196,8 @@ class Engine:
         self._answered = threading.Event()
         self._drained = False
         self.publish_cost = 0.0  # seconds the last snapshot took to build
+        # Waiting for blocks to gather pays only when the ring has room to wait: a small one is drained at once.
+        self._drain_interval = MIN_DRAIN_INTERVAL if ring.block_nr >= SMALL_RING_BLOCKS else 0.0
         self.snapshot = self._publish_now()
 
     # --- set-up, in the caller's thread so errors reach the CLI before anything starts
@@ -307,7 +310,7 @@ class Engine:
                 if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
                     cap_.ring.pending_error()
             # Let a few blocks gather: fixed costs are paid per batch, and the ring holds plenty.
-            pause = last_drain + MIN_DRAIN_INTERVAL - time.monotonic()
+            pause = last_drain + self._drain_interval - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
             last_drain = time.monotonic()
