@@ -1,0 +1,69 @@
+"""The time machine asked for a pcap (SIGUSR1) in the middle of real traffic: the file holds exactly the frames
+tcpdump captured from the start up to the snapshot's last frame, byte for byte."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.captures import SETTLE_S, read_pcap, start_tcpdump, stop_tcpdump
+from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.scenes import Lossy, Outcome, Web, quiesce
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(any(shutil.which(t) is None for t in ("tcpdump", "curl")), reason="needs tcpdump and curl"),
+]
+
+
+@pytest.mark.parametrize("scene", [Web.short(), replace(Lossy.short(), megabytes=64)], ids=["web", "lossy"])
+def test_a_snapshot_in_mid_scene_holds_tcpdumps_frames_up_to_that_moment(scene: Web | Lossy, tmp_path: Path) -> None:
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    with Lab(drop_ingress=False) as lab:
+        scene.setup(lab)
+        dump = start_tcpdump(lab, tmp_path / "tcpdump.pcap")
+        stats = lab.popen_a(
+            [sys.executable, "-m", "tui.cli", "stats", "-i", lab.veth_a, "--format", "json", "--top", "0"]
+            + ["--snapshot-dir", str(snaps)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        wait_for_output(stats, "listening on", timeout=30)
+        outcome: list[Outcome] = []
+        traffic = threading.Thread(target=lambda: outcome.append(scene.run(lab)), daemon=True)
+        traffic.start()
+        time.sleep(1.5)
+        assert traffic.is_alive(), "the scene ended before the snapshot: make it longer"
+        stats.send_signal(signal.SIGUSR1)
+        wrote = wait_for_output(stats, "snapshot:", timeout=60)
+        traffic.join(120)
+        assert outcome, "the scene did not finish"
+        quiesce(lab)
+        time.sleep(SETTLE_S)
+        stats.send_signal(signal.SIGINT)
+        _, err = stats.communicate(timeout=60)
+        counts = stop_tcpdump(dump)
+    assert stats.returncode == 0 and "Traceback" not in err, err
+    if counts["dropped"]:
+        pytest.skip(f"tcpdump dropped {counts['dropped']}")
+    (path,) = snaps.glob("*.pcap")
+    own = [(n, d) for _, n, d in read_pcap(path)]
+    ref = [(n, d) for _, n, d in read_pcap(tmp_path / "tcpdump.pcap")]
+    # Mid-scene: some of the traffic, not all of it ...
+    assert 0 < len(own) < len(ref), wrote
+    # ... and exactly tcpdump's frames from the first to the snapshot's last one.
+    assert own == ref[: len(own)] or Counter(own) == Counter(ref[: len(own)])
+    print(f"\n{scene}: snapshot {len(own)} of {len(ref)} frames ({wrote.strip()})")
