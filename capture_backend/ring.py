@@ -83,16 +83,17 @@ def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
             guess = first + stride * np.arange(num, dtype=np.int64)
             if (u32[guess[:-1] >> 2] == stride).all():
                 return BlockWalk(guess, first, end, 0)
-    offsets = [0] * num
+    # Grown as the walk goes: num_pkts is only a claim (up to 2**32 - 1), the block bounds the walk.
+    offsets: list[int] = []
     off = first
     for i in range(num):
-        offsets[i] = off
+        offsets.append(off)
         if i == num - 1:
             break
         step = int(u32[off >> 2])
         off += step
         if step < MIN_FRAME_HDR or step & 3 or off > last_hdr:
-            return BlockWalk(np.array(offsets[: i + 1], np.int64), first, end, num - i - 1)
+            return BlockWalk(np.array(offsets, np.int64), first, end, num - i - 1)
     return BlockWalk(np.array(offsets, np.int64), first, end, 0)
 
 
