@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.pcapgen import write_mixed
@@ -88,6 +90,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+    try:  # whatever of its process group outlived it (a test that failed)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def png_colours(data: bytes, limit: int = 64) -> int:
@@ -178,7 +184,8 @@ def pcap(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def web_server(pcap: Path, tmp_path: Path) -> Iterator[int]:
+def web_process(pcap: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`retrotap web -r mixed.pcap` on a free loopback port: the process and the port."""
     port = _free_port()
     log = open(tmp_path / "web.log", "wb")  # closed in the finally below
     proc = subprocess.Popen(
@@ -192,10 +199,15 @@ def web_server(pcap: Path, tmp_path: Path) -> Iterator[int]:
     )
     try:
         _wait_port(port, proc, timeout=30)
-        yield port
+        yield proc, port
     finally:
         _stop(proc)
         log.close()
+
+
+@pytest.fixture
+def web_server(web_process: tuple[subprocess.Popen[bytes], int]) -> int:
+    return web_process[1]
 
 
 @pytest.fixture
@@ -305,3 +317,154 @@ def test_bad_option_is_one_line_before_serving(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == "retrotap: error: cannot open '/nonexistent': No such file or directory\n"
+
+
+class TabClient:
+    """A browser tab over the websocket alone: reads everything (answering pings) and keeps the close message."""
+
+    def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
+        self.http, self.port = http, port
+        self.screen = b""
+        self.closed: aiohttp.WSMessage | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def open(self, timeout: float = 60) -> None:
+        """Connect and wait (bounded) until the dashboard has drawn its view bar."""
+        self.ws = await self.http.ws_connect(f"http://127.0.0.1:{self.port}/ws?width=100&height=30")
+        self.reader = asyncio.create_task(self._read(self.ws))
+        deadline = time.monotonic() + timeout
+        while b"Interfaces" not in self.screen:
+            assert self.closed is None, f"the tab closed: {self.closed}"
+            assert time.monotonic() < deadline, f"no dashboard within {timeout} s: {self.screen[-500:]!r}"
+            await asyncio.sleep(0.1)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                self.screen += msg.data
+            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                self.closed = msg
+                return
+
+    async def close(self) -> None:
+        assert self.ws is not None and self.reader is not None
+        await self.ws.close()
+        await asyncio.wait_for(self.reader, 30)
+
+
+def _gone(proc: psutil.Process) -> bool:
+    """Exited (a zombie not yet reaped counts: it runs nothing)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait (bounded) until every process has exited; those still running."""
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in procs if not _gone(p)]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return left
+
+
+def _tab_processes(server: psutil.Process) -> list[psutil.Process]:
+    """The server's live descendants: each tab's dashboard process and nothing else (no shell between)."""
+    return [p for p in server.children(recursive=True) if not _gone(p)]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_tabs_end_with_their_connection_and_with_the_server(
+    web_process: tuple[subprocess.Popen[bytes], int], stop_signal: signal.Signals
+) -> None:
+    proc, port = web_process
+    server = psutil.Process(proc.pid)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as http:
+            first, second = TabClient(http, port), TabClient(http, port)
+            await first.open()
+            first_process = _tab_processes(server)
+            await second.open()
+            tabs = _tab_processes(server)
+            assert len(first_process) == 1 and len(tabs) == 2, [p.cmdline() for p in tabs]
+            for tab in tabs:
+                assert tab.cmdline()[1:3] == ["-m", "tui.cli"] and tab.cmdline()[3].endswith("/mixed.pcap")
+            (second_process,) = [p for p in tabs if p.pid != first_process[0].pid]
+
+            # (i) the first tab's connection closes: its process ends, the other tab's goes on
+            await first.close()
+            assert await _wait_gone(first_process, timeout=20) == []
+            assert not _gone(second_process)
+            assert _tab_processes(server) == [second_process]
+
+            # (ii) the server is told to stop while the second tab is still open: every process ends with it
+            os.kill(proc.pid, stop_signal)
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+            assert await _wait_gone([second_process], timeout=0) == []  # gone before the server, not after
+            assert second.reader is not None
+            await asyncio.wait_for(second.reader, 10)
+            assert second.closed is not None
+            assert (second.closed.type, second.closed.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+
+    asyncio.run(scenario())
+
+
+def test_tab_ends_when_the_server_dies(web_process: tuple[subprocess.Popen[bytes], int]) -> None:
+    """A server killed without a word (SIGKILL): the tab's process sees its input pipe close and exits."""
+    proc, port = web_process
+    server = psutil.Process(proc.pid)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as http:
+            tab = TabClient(http, port)
+            await tab.open()
+            tabs = _tab_processes(server)
+            assert len(tabs) == 1
+            os.kill(proc.pid, signal.SIGKILL)
+            assert await _wait_gone(tabs, timeout=30) == []
+
+    asyncio.run(scenario())
+
+
+WEDGED_APP = """
+import sys, time
+from textual.app import App
+
+class Wedged(App[None]):
+    def on_mount(self) -> None:
+        sys.__stderr__.write("wedged\\n")
+        sys.__stderr__.flush()
+        time.sleep(300)  # the event loop never runs again
+
+Wedged().run()
+"""
+
+
+def test_tab_exits_on_sigterm_with_a_wedged_event_loop(tmp_path: Path) -> None:
+    """SIGTERM ends a tab's process even when its event loop is stuck: a hard exit (status 1) after the grace."""
+    script = tmp_path / "wedged.py"
+    script.write_text(WEDGED_APP)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TEXTUAL_DRIVER": "tui.web:TabDriver"},
+        stdin=subprocess.PIPE,  # kept open: not the end of input that ends it here
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        err, deadline = b"", time.monotonic() + 60
+        while b"wedged\n" not in err:
+            assert proc.poll() is None, err
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"the app did not mount within 60 s: {err!r}"
+            if select.select([proc.stderr], [], [], remaining)[0]:
+                err += os.read(proc.stderr.fileno(), 4096)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
