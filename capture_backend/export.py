@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -53,20 +53,21 @@ def _ns(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(microseconds=1) * 1000
 
 
+def _wall(clock: re.Match[str], day: date) -> int:
+    """HH:MM[:SS[.frac]] on a local calendar day → ns."""
+    hh, mm, ss, frac = clock.groups()
+    when = datetime(day.year, day.month, day.day, int(hh), int(mm), int(ss or 0)).astimezone()
+    return _ns(when) + int((frac or "0").ljust(9, "0"))
+
+
 def parse_time(text: str, now: datetime | None = None) -> int:
-    """ISO 8601 (no zone: local time) or HH:MM[:SS[.frac]] today (yesterday if that is in the future) → ns."""
+    """ISO 8601 (no zone: local time) or HH:MM[:SS[.frac]] today (local, even if later than now) → ns."""
     t = text.strip()
     now = now or datetime.now().astimezone()
     m = _CLOCK_TIME.fullmatch(t)
     try:
         if m is not None:
-            hh, mm, ss, frac = m.groups()
-            local = now.astimezone()
-            wall = datetime(local.year, local.month, local.day, int(hh), int(mm), int(ss or 0))
-            when = wall.astimezone()
-            if when > now:
-                when = (wall - timedelta(days=1)).astimezone()
-            return _ns(when) + int((frac or "0").ljust(9, "0"))
+            return _wall(m, now.astimezone().date())
         extra = 0
         f = _FRACTION.search(t)
         if f is not None:
@@ -81,6 +82,46 @@ def parse_time(text: str, now: datetime | None = None) -> int:
     if dt.tzinfo is None:
         dt = dt.astimezone()
     return _ns(dt) + extra
+
+
+def time_window(start: str | None, end: str | None, now: datetime | None = None) -> tuple[int, int]:
+    """--from/--to → the [from, to) window in ns; TimeSpecError (one line, naming the option) if unusable.
+
+    HH:MM[:SS] is local time today, as journalctl's --since/--until read it, with two exceptions: a
+    --from later than now is yesterday's (a window cannot start in the future: at 00:30, --from 23:00 is
+    last night's), and a --to after a clock-time --from is the first such time after it (at 00:30,
+    --from 23:00 --to 23:59 is last night's hour). A window that ends later than now ends now.
+    """
+    now = now or datetime.now().astimezone()
+    now_ns = _ns(now)
+    from_ns, to_ns = 0, END_OF_TIME
+    day = now.astimezone().date()
+    start_clock = _CLOCK_TIME.fullmatch(start.strip()) if start else None
+    if start:
+        from_ns = _option_time("--from", start, now)
+        if start_clock is not None and from_ns > now_ns:
+            day -= timedelta(days=1)
+            from_ns = _wall(start_clock, day)
+    if end:
+        end_clock = _CLOCK_TIME.fullmatch(end.strip())
+        to_ns = _option_time("--to", end, now)
+        if end_clock is not None and start_clock is not None:
+            to_ns = _wall(end_clock, day)
+            if to_ns <= from_ns:
+                to_ns = _wall(end_clock, day + timedelta(days=1))
+        to_ns = min(to_ns, now_ns)
+    if start and from_ns > now_ns:
+        raise TimeSpecError(f"--from {start}: later than now")
+    if from_ns >= to_ns:
+        raise TimeSpecError("--from must be before --to")
+    return from_ns, to_ns
+
+
+def _option_time(option: str, text: str, now: datetime) -> int:
+    try:
+        return parse_time(text, now)
+    except TimeSpecError as e:
+        raise TimeSpecError(f"{option}: {e}") from None
 
 
 def iso(ns: int) -> str:

@@ -16,6 +16,7 @@ import pytest
 from capture_backend.block import LINKTYPE_RAW
 from capture_backend.decode import HAS_PORTS, address_key, decode
 from capture_backend.export import (
+    END_OF_TIME,
     ExportOptions,
     PcapRanges,
     TimeSpecError,
@@ -27,6 +28,7 @@ from capture_backend.recorder import Recorder, RecordOptions
 from tests.lab import REPO_ROOT
 from tests.pcapgen import T0_NS, block_of, block_of_frames, mixed_frames, write_pcap, write_pcapng
 from tests.test_recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets
+from tui.cli import UsageError, build_parser, export_options
 
 NS = 1_000_000_000
 WINDOW = (T0_NS + 12_300_000_000, T0_NS + 41_700_000_000)
@@ -285,13 +287,55 @@ def test_time_specs(berlin: None) -> None:
     assert parse_time("2026-11-23T18:02:00") == utc_1702  # no zone: local time
     assert parse_time("2026-11-23 18:02:00.123456789") == utc_1702 + 123_456_789
     assert parse_time("2026-11-23T17:02Z") == utc_1702
-    assert parse_time("18:02", now) == utc_1702 - 86400 * NS  # later than now today: yesterday's
+    assert parse_time("18:02", now) == utc_1702  # later than now: still today (time_window decides on windows)
     assert parse_time("17:02", now) == utc_1702 - 3600 * NS  # earlier today
     assert parse_time("17:02:30.5", now) == utc_1702 - 3600 * NS + 30_500_000_000
-    assert parse_time("17:06", now) == utc_1702 - 3600 * NS + 4 * 60 * NS - 86400 * NS  # later today: yesterday
+    assert parse_time("17:06", now) == utc_1702 - 3600 * NS + 4 * 60 * NS
     for bad in ("17:99", "yesterday", "", "2026-13-01T00:00:00"):
         with pytest.raises(TimeSpecError):
             parse_time(bad, now)
+
+
+def _at(day: int, hour: int, minute: int) -> int:
+    """Local wall time in November 2026 → ns."""
+    return int(datetime(2026, 11, day, hour, minute).astimezone().timestamp()) * NS
+
+
+def _window(directory: Path, now: datetime, *times: str) -> tuple[int, int]:
+    """The window `retrotap export DIR -w x.pcap TIMES...` reads at the wall time `now`."""
+    args = build_parser().parse_args(["export", str(directory), "-w", "x.pcap", *times])
+    opts = export_options(args, now=now)
+    return opts.from_ns, opts.to_ns
+
+
+def test_clock_times_are_today_unless_the_window_would_start_later_than_now(berlin: None, tmp_path: Path) -> None:
+    at_2330 = datetime(2026, 11, 23, 23, 30).astimezone()
+    at_0030 = datetime(2026, 11, 24, 0, 30).astimezone()
+    # At 23:30, 23:00-23:59 is tonight's, up to now: a --to later than now stays today and ends the window now.
+    assert _window(tmp_path, at_2330, "--from", "23:00", "--to", "23:59") == (_at(23, 23, 0), _at(23, 23, 30))
+    assert _window(tmp_path, at_2330, "--from", "23:00") == (_at(23, 23, 0), END_OF_TIME)
+    assert _window(tmp_path, at_2330, "--to", "23:59") == (0, _at(23, 23, 30))
+    assert _window(tmp_path, at_2330, "--from", "22:00", "--to", "23:15") == (_at(23, 22, 0), _at(23, 23, 15))
+    assert _window(tmp_path, at_2330, "--from", "22:00", "--to", "01:00") == (_at(23, 22, 0), _at(23, 23, 30))
+    # At 00:30 a --from of 23:00 today would start in the future: it is last night's, and so is its --to.
+    assert _window(tmp_path, at_0030, "--from", "23:00") == (_at(23, 23, 0), END_OF_TIME)
+    assert _window(tmp_path, at_0030, "--from", "23:00", "--to", "23:59") == (_at(23, 23, 0), _at(23, 23, 59))
+    assert _window(tmp_path, at_0030, "--from", "23:00", "--to", "00:15") == (_at(23, 23, 0), _at(24, 0, 15))
+    assert _window(tmp_path, at_0030, "--from", "23:00", "--to", "01:00") == (_at(23, 23, 0), _at(24, 0, 30))
+    assert _window(tmp_path, at_0030, "--from", "00:10") == (_at(24, 0, 10), END_OF_TIME)
+    assert _window(tmp_path, at_0030, "--to", "00:15") == (0, _at(24, 0, 15))
+    assert _window(tmp_path, at_0030, "--to", "23:00") == (0, _at(24, 0, 30))  # --to alone: today's, so now
+    # ISO times are taken as written.
+    iso_window = ("--from", "2026-11-23T22:00:00", "--to", "2026-11-23T23:00:00")
+    assert _window(tmp_path, at_0030, *iso_window) == (_at(23, 22, 0), _at(23, 23, 0))
+    for times, message in [
+        (("--from", "2026-11-23T23:10:00", "--to", "2026-11-23T23:05:00"), "--from must be before --to"),
+        (("--from", "2026-11-24T01:00:00"), "--from 2026-11-24T01:00:00: later than now"),
+        (("--to", "25:00"), "--to: '25:00' is not a time"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            _window(tmp_path, at_0030, *times)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -301,6 +345,7 @@ def test_time_specs(berlin: None) -> None:
         (["{dir}"], "export needs -w FILE (or --list)"),
         (["{dir}", "-w", "x.pcap", "--from", "noon"], "--from: 'noon' is not a time"),
         (["{dir}", "-w", "x.pcap", "--from", "2026-01-02", "--to", "2026-01-01"], "--from must be before --to"),
+        (["{dir}", "-w", "x.pcap", "--from", "2999-01-01T00:00"], "--from 2999-01-01T00:00: later than now"),
         (["{dir}", "-w", "x.pcap", "--host", "nohost"], "--host: 'nohost' is not an IPv4 or IPv6 address"),
         (["{dir}", "-w", "x.pcap", "--port", "70000"], "--port 70000: must be from 1 to 65535"),
         (["{dir}", "-w", "x.pcap", "-f", "port 1", "--host", "10.0.0.1"], "use either -f BPF or --host/--port"),

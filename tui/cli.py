@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 import psutil
@@ -14,7 +15,7 @@ import psutil
 from capture_backend.bpf import FilterError
 from capture_backend.counters import CounterLimits
 from capture_backend.decode import address_key
-from capture_backend.export import ExportOptions, parse_time, run_export
+from capture_backend.export import ExportOptions, TimeSpecError, run_export, time_window
 from capture_backend.exporters import DEFAULT_TOP, MAX_TOP, ExporterSettings
 from capture_backend.headless import RecordRun, StatsOptions, run_record, run_stats
 from capture_backend.netlink import InterfaceError, default_interface
@@ -180,8 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp = sub.add_parser("export", help="packets of a time window (and host/port or filter) from a recording")
     exp.add_argument("directory", metavar="DIR", help="the directory `retrotap record` wrote")
-    exp.add_argument("--from", dest="from_time", metavar="TIME", help="ISO 8601 or HH:MM[:SS] (local); inclusive")
-    exp.add_argument("--to", dest="to_time", metavar="TIME", help="ISO 8601 or HH:MM[:SS] (local); exclusive")
+    exp.add_argument(
+        "--from",
+        dest="from_time",
+        metavar="TIME",
+        help="ISO 8601 or HH:MM[:SS] local time today (yesterday's if later than now); inclusive",
+    )
+    exp.add_argument(
+        "--to",
+        dest="to_time",
+        metavar="TIME",
+        help="ISO 8601 or HH:MM[:SS] local time today (after a clock-time --from: the first such time after it); "
+        "exclusive; a time later than now means now",
+    )
     exp.add_argument("-f", "--filter", default="", metavar="BPF", help="tcpdump filter")
     exp.add_argument("--host", metavar="ADDR", help="packets from or to this IPv4/IPv6 address")
     exp.add_argument("--port", metavar="PORT", help="TCP, UDP or SCTP packets with this port on either side")
@@ -275,8 +287,8 @@ def record_run(args: argparse.Namespace) -> RecordRun:
     )
 
 
-def export_options(args: argparse.Namespace) -> ExportOptions:
-    """ExportOptions from parsed arguments; UsageError on bad values."""
+def export_options(args: argparse.Namespace, now: datetime | None = None) -> ExportOptions:
+    """ExportOptions from parsed arguments, clock times read at `now` (default: the clock); UsageError on bad values."""
     if not os.path.isdir(args.directory):
         raise UsageError(f"{args.directory!r}: no such directory")
     if not args.list and not args.output:
@@ -284,12 +296,10 @@ def export_options(args: argparse.Namespace) -> ExportOptions:
     if args.filter.strip() and (args.host or args.port):
         raise UsageError("use either -f BPF or --host/--port, not both")
     opts = ExportOptions(directory=args.directory, output=args.output or "", bpf=args.filter)
-    if args.from_time:
-        opts.from_ns = _checked(parse_time, "--from", args.from_time)
-    if args.to_time:
-        opts.to_ns = _checked(parse_time, "--to", args.to_time)
-    if opts.from_ns >= opts.to_ns:
-        raise UsageError("--from must be before --to")
+    try:
+        opts.from_ns, opts.to_ns = time_window(args.from_time, args.to_time, now)
+    except TimeSpecError as e:
+        raise UsageError(str(e)) from None
     if args.host:
         opts.host = _checked(address_key, "--host", args.host)
     if args.port:
