@@ -92,7 +92,7 @@ def test_dashboard_stays_live_and_shows_the_top_pair_and_port(name: str, tmp_pat
                 watcher.join(10)
             counts = stop_tcpdump(dump)
             # Live all along: every look at the status line found a fresh snapshot.
-            assert len(seen) >= 8 and max(seen) < MAX_AGE_S, seen
+            assert len(seen) >= 3 and max(seen) < MAX_AGE_S, seen
             if name == "flood":  # every packet its own pair: no single top pair to name
                 return
             assert counts["dropped"] == 0, counts
