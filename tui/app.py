@@ -307,8 +307,11 @@ class RetrotapApp(App[int]):
 
     def render_view(self) -> None:
         """Redraw the active view, the status line and an open flow detail."""
+        banners = self.query(ErrorBanner)
+        if not banners:  # a refresh timer firing while the app is being torn down
+            return
         frame = self.frame()
-        self.query_one(ErrorBanner).show(frame.snap)
+        banners.first().show(frame.snap)
         self.view.show(frame)
         self._status(frame)
         if isinstance(self.screen, FlowDetail):
