@@ -411,7 +411,8 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
     decoder, the addresses of an IP header cut short are read from the buffer (0 past its end)."""
     cdef Py_ssize_t n = start.shape[0]
     cdef Py_ssize_t size = buf.shape[0]
-    cdef Py_ssize_t i, k
+    cdef Py_ssize_t i
+    cdef int _k
     cdef const uint8_t* b
     cdef const uint8_t* f
     cdef int64_t s, c, l3, l4, off, ip_end, hdr, doff, l7len, end
@@ -448,7 +449,7 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
                 l3 = 14
                 if ok:
                     et = _u16(f + 12)
-                    for k in range(2):
+                    for _k in range(2):
                         if et != 0x8100 and et != 0x88A8 and et != 0x9100:
                             break
                         if l3 + 4 > c:
@@ -518,7 +519,7 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
                 nh = f[l3 + 6]
                 off = l3 + 40
                 later = False
-                for k in range(8):
+                for _k in range(8):
                     if EXT_ADD[nh] == 0:
                         break
                     if off + 8 > c:
