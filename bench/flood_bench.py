@@ -14,7 +14,8 @@ tp_mac = 82 of each 16-byte aligned slot) are decoded and counted (`decode()` th
 * flood 64 B: every frame a new random source address and source port (trafgen's `drnd()`), so every
   frame is a new flow, host pair and source host; the tables fill up and evict.
 
-Only decode + add are timed (the frames of the next batch are written in between, untimed). Each
+Only decode + add are timed (the frames of the next batch are written in between, untimed);
+`--decode-only` times decode() alone. Each
 scenario runs `--repeat` times in a fresh Counters; min and median ns per packet are printed. The
 flood's table sizes and eviction counts are printed too (the tables must stay bounded).
 """
@@ -66,7 +67,7 @@ def put_be(buf: np.ndarray, pos: np.ndarray, values: np.ndarray, nbytes: int) ->
         buf[pos + k] = (values >> (8 * (nbytes - 1 - k))) & 0xFF
 
 
-def run(scenario: str, packets: int, seed: int) -> dict[str, Any]:
+def run(scenario: str, packets: int, seed: int, decode_only: bool = False) -> dict[str, Any]:
     """One run of a scenario in a fresh Counters; returns ns/packet and the tables' state."""
     from capture_backend.block import LINKTYPE_ETHERNET, Block
     from capture_backend.counters import CounterLimits, Counters
@@ -92,10 +93,13 @@ def run(scenario: str, packets: int, seed: int) -> dict[str, Any]:
         ts = START_NS + (done + np.arange(n, dtype=np.int64)) * STEP_NS
         block = Block(buf, start[:n], caplen[:n], caplen[:n].copy(), ts, LINKTYPE_ETHERNET, "bench0")
         t0 = time.perf_counter_ns()
-        counters.add(decode(block))
+        if decode_only:
+            decode(block)
+        else:
+            counters.add(decode(block))
         busy += time.perf_counter_ns() - t0
         done += n
-    assert counters.packets == packets
+    assert counters.packets == (0 if decode_only else packets)
     return {
         "ns_per_packet": busy / packets,
         "flows": len(counters.flows),
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packets", type=int, default=2_000_000, help="frames per run (default 2000000)")
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     p.add_argument("--scenarios", default="steady-64,steady-1400,flood-64")
+    p.add_argument("--decode-only", action="store_true", help="time decode() alone, not Counters.add")
     p.add_argument("--code", metavar="DIR", help="import capture_backend from this checkout instead")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
     args = p.parse_args(argv)
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
           "| hosts (evicted) |")
     print("|---|---|---|---|---|---|---|")
     for scenario in args.scenarios.split(","):
-        runs = [run(scenario, args.packets, seed) for seed in range(args.repeat)]
+        runs = [run(scenario, args.packets, seed, args.decode_only) for seed in range(args.repeat)]
         ns = [r["ns_per_packet"] for r in runs]
         last = runs[-1]
         results[scenario] = {"ns_per_packet": ns, "tables": last}
