@@ -275,8 +275,9 @@ def decode(block: Block) -> Decoded:
     l7_start = np.full(n, -1, np.int64)
     l7_cap = np.zeros(n, np.int64)
     data = block.data if block.data.flags.c_contiguous else np.ascontiguousarray(block.data)
+    linktype = block.linktype if 0 <= block.linktype < 1 << 31 else -1  # any other: unknown
     _native.decode_frames(
-        data.view(np.uint8), start, caplen, wirelen, block.linktype,
+        data.view(np.uint8), start, caplen, wirelen, linktype,
         et, vlan, ip.view(np.uint8), src, dst, proto, sport, dport, flags, malformed.view(np.uint8),
         seq, ack, window, tcp_len, l7_start, l7_cap,
     )  # fmt: skip

@@ -190,3 +190,9 @@ def test_walk_block_refuses_a_block_outside_the_ring() -> None:
     ring[L.BLOCK_LEN_OFFSET >> 2] = BLOCK
     with pytest.raises(ValueError):
         _native.walk_block(ring, BLOCK, BLOCK, 1, 48, BLOCK, 48, MIN_FRAME_HDR, np.empty(1, np.int64))
+
+
+def test_link_type_out_of_range_is_unknown() -> None:
+    for linktype in (-1, 1 << 31, 1 << 40):
+        d = decode(block_of([bytes(60)], linktype))
+        assert d.malformed.tolist() == [True] and d.ethertype.tolist() == [0]
