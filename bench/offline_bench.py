@@ -3,11 +3,13 @@
 Run from the repository root::
 
     python -m bench.offline_bench --packets 5000000
+    python -m bench.offline_bench --traffic flood --packets 1000000
 
 The pcap (classic, microsecond, Ethernet) is written in a temporary directory in a few seconds with
 NumPy: a few hundred distinct IPv4 TCP/UDP template frames (150 bidirectional conversations, an
-IMIX-like size mix) repeated with increasing timestamps.  Both tools read it pinned to the same core;
-the file is deleted at the end.  No network is touched.
+IMIX-like size mix) repeated with increasing timestamps; or, with ``--traffic flood``, 64-byte UDP
+frames each from a new random source address and port (every packet a new flow and host pair).
+Both tools read it pinned to the same core; the file is deleted at the end.  No network is touched.
 """
 
 from __future__ import annotations
@@ -145,6 +147,33 @@ def write_frames_pcap(path: Path, frames: Sequence[bytes], packets: int, step_us
         return fh.tell()
 
 
+def write_flood_pcap(path: Path, packets: int, seed: int = 0, step_us: int = 1) -> int:
+    """Write `packets` 64-byte UDP frames to 198.18.0.1:9, each from a random source address and port
+    (trafgen's drnd()): every packet a new flow, host pair and source host. Returns the file's size."""
+    frame = np.frombuffer(ipv4_frame(bytes(4), bytes([198, 18, 0, 1]), 17, 0, 9, 64), np.uint8)
+    rec = RECORD_HEADER.size + frame.size
+    rng = np.random.default_rng(seed)
+    chunk_n = 65_536
+    chunk = np.zeros((chunk_n, rec), np.uint8)
+    chunk[:, RECORD_HEADER.size :] = frame
+    chunk[:, 8:16] = np.frombuffer(struct.pack("<II", frame.size, frame.size), np.uint8)
+    with open(path, "wb") as fh:
+        fh.write(PCAP_HEADER)
+        written = 0
+        while written < packets:
+            n = min(chunk_n, packets - written)
+            ts = START_US + (written + np.arange(chunk_n, dtype=np.int64)) * step_us
+            words = chunk[:, :8].view("<u4")
+            words[:, 0], words[:, 1] = ts // 1_000_000, ts % 1_000_000
+            src = rng.integers(0, 1 << 32, chunk_n, dtype=np.uint64).astype(">u4")
+            chunk[:, RECORD_HEADER.size + 26 : RECORD_HEADER.size + 30] = src.view(np.uint8).reshape(chunk_n, 4)
+            sport = rng.integers(1, 1 << 16, chunk_n, dtype=np.uint64).astype(">u2")
+            chunk[:, RECORD_HEADER.size + 34 : RECORD_HEADER.size + 36] = sport.view(np.uint8).reshape(chunk_n, 2)
+            fh.write(chunk[:n].tobytes())
+            written += n
+        return fh.tell()
+
+
 @dataclass
 class Measured:
     """One command's exit status, wall and CPU time, peak RSS and output."""
@@ -258,10 +287,10 @@ def bench_retrotap(path: Path, packets: int, size: int, timeout: float) -> ToolR
     return _tool_run("retrotap", m, packets, size, busy, convs)
 
 
-def bench_tshark(path: Path, packets: int, size: int, timeout: float) -> ToolRun:
-    """Time tshark's IPv4/TCP/UDP conversation statistics on `path`."""
-    argv = [*pin(CORE), "tshark", "-r", str(path), "-q", "-z", "conv,ip", "-z", "conv,tcp",
-            "-z", "conv,udp"]
+def bench_tshark(path: Path, packets: int, size: int, timeout: float, flood: bool = False) -> ToolRun:
+    """Time tshark's IPv4/TCP/UDP conversation statistics on `path` (IPv4 only for a flood)."""
+    tables = ["conv,ip"] if flood else ["conv,ip", "conv,tcp", "conv,udp"]
+    argv = [*pin(CORE), "tshark", "-r", str(path), "-q", *(a for t in tables for a in ("-z", t))]
     busy = core_busy(int(CORE))
     m = run_measured(argv, timeout)
     busy = core_busy(int(CORE)) - busy
@@ -274,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Generate the pcap, time both tools, print the table."""
     p = argparse.ArgumentParser(prog="python -m bench.offline_bench", description=__doc__.split("\n")[0])
     p.add_argument("--packets", type=int, default=5_000_000, help="packets in the pcap (default 5000000)")
+    p.add_argument("--traffic", choices=("imix", "flood"), default="imix",
+                   help="imix: 150 conversations (default); flood: every packet a new flow and host pair")
     p.add_argument("--tshark-packets", type=int, default=0,
                    help="run tshark on a file of only this many packets and extrapolate (default: the full file)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each tool; the median is reported")
@@ -286,25 +317,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.packets < 1 or args.tshark_packets < 0 or args.tshark_packets > args.packets:
         p.error("need 1 <= --packets and 0 <= --tshark-packets <= --packets")
     exit_on_sigterm()
+    flood = args.traffic == "flood"
     frames = templates()
+
+    def write(path: Path, packets: int) -> int:
+        return write_flood_pcap(path, packets) if flood else write_frames_pcap(path, frames, packets)
+
     results: list[ToolRun] = []
     with tempfile.TemporaryDirectory(prefix="retrotap-offline-", dir=args.tmpdir) as tmp:
         path = Path(tmp) / "bench.pcap"
         t0 = time.monotonic()
-        size = write_frames_pcap(path, frames, args.packets)
+        size = write(path, args.packets)
         gen = time.monotonic() - t0
-        print(f"# wrote {args.packets:,} packets, {size / 2**20:,.0f} MiB, {len(frames)} distinct frames "
-              f"in {gen:.1f} s", file=sys.stderr, flush=True)
+        kind = "every packet a new flow" if flood else f"{len(frames)} distinct frames"
+        print(f"# wrote {args.packets:,} packets, {size / 2**20:,.0f} MiB, {kind} in {gen:.1f} s",
+              file=sys.stderr, flush=True)
         tshark_path, tshark_n, tshark_size = path, args.packets, size
         if args.tshark_packets and args.tshark_packets < args.packets:
             tshark_path, tshark_n = Path(tmp) / "prefix.pcap", args.tshark_packets
-            tshark_size = write_frames_pcap(tshark_path, frames, tshark_n)
+            tshark_size = write(tshark_path, tshark_n)
         for _ in range(args.repeat):
             for name in ("retrotap", "tshark"):
                 if name == "retrotap":
                     run = bench_retrotap(path, args.packets, size, args.timeout)
                 else:
-                    run = bench_tshark(tshark_path, tshark_n, tshark_size, args.timeout)
+                    run = bench_tshark(tshark_path, tshark_n, tshark_size, args.timeout, flood)
                 results.append(run)
                 print(f"# {name}: {run.packets:,} packets in {run.wall_seconds:.2f} s = {run.pps:,.0f} packets/s, "
                       f"CPU {run.cpu_seconds:.2f} s, max RSS {run.max_rss_mib:,.0f} MiB, {run.conversations}, "
@@ -332,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.packets / ts.pps:.1f} s" + (" (extrapolated)" if extrapolated else ""))
     if args.json:
         doc = {"bench": "offline", "argv": sys.argv, "machine": machine(), "packets": args.packets,
-               "file_bytes": size, "distinct_frames": len(frames), "generate_seconds": gen,
+               "file_bytes": size, "traffic": args.traffic,
+               "distinct_frames": args.packets if flood else len(frames), "generate_seconds": gen,
                "runs": [asdict(r) for r in results], "retrotap_pps": rt.pps, "tshark_pps": ts.pps,
                "retrotap_cpu_pps": rt.cpu_pps, "tshark_cpu_pps": ts.cpu_pps,
                "tshark_extrapolated": extrapolated, "speedup": ratio, "speedup_per_cpu_second": cpu_ratio}

@@ -2,8 +2,9 @@
 
 Packets are grouped once per block (hash of the directional 5-tuple and second, then np.unique);
 every table is then updated per *distinct group*, never per packet. Rows live in NumPy columns
-addressed through one dict lookup per distinct key; the tables are bounded (capacity + idle
-timeout, oldest evicted first, evictions counted).
+addressed through a compiled open-addressing index (analysis._native.KeyIndex, one nogil pass per
+batch of keys); the tables are bounded (capacity + idle timeout, oldest evicted first, evictions
+counted).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from capture_backend.analysis._native import KeyIndex
 from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, key_bytes, pack_keys
 from capture_backend.contract import TableSnapshot as TableSnapshot
 from capture_backend.decode import HAS_PORTS, Decoded
@@ -98,9 +100,6 @@ class KeyTable:
         self.slot_sec = np.full(HISTORY_SECONDS, -1, np.int64)
         self.slot_folded = np.zeros(HISTORY_SECONDS, bool)  # already folded into "peak"
         self.capacity = capacity
-        self.index: dict[bytes, int] = {}
-        self.free: list[int] = []
-        self.high = 0
         self.evicted = 0
         size = max(1, min(initial, capacity))
         self.keys = np.zeros((size, width), np.uint8)
@@ -109,9 +108,16 @@ class KeyTable:
             name: np.full((size, *shape), fill, dtype) for name, (dtype, shape, fill) in self.specs.items()
         }
         self.hist = np.zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
+        # Key → row (`key_bytes in index`, `index[key_bytes]`), the free rows and the high-water mark.
+        self.index = KeyIndex(width, capacity, self.keys, self.used)
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def high(self) -> int:
+        """Rows ever handed out: every used row is below it."""
+        return self.index.high
 
     def _grow(self) -> None:
         old = self.keys.shape[0]
@@ -121,26 +127,17 @@ class KeyTable:
         for name, (dtype, shape, fill) in self.specs.items():
             self.cols[name] = np.concatenate([self.cols[name], np.full((new - old, *shape), fill, dtype)])
         self.hist = np.concatenate([self.hist, np.zeros((self.hist.shape[0], new - old, 2), np.uint64)], axis=1)
-
-    def _alloc(self) -> int:
-        if self.free:
-            return self.free.pop()
-        if self.high == self.keys.shape[0]:
-            self._grow()
-        self.high += 1
-        return self.high - 1
+        self.index.bind(self.keys, self.used)
 
     def remove(self, ids: np.ndarray) -> None:
-        """Drop rows (their keys become unknown, their cells reset)."""
+        """Drop rows (their keys become unknown, their cells reset; the last of `ids` is reused first)."""
         if ids.size == 0:
             return
-        for key in self.keys[ids]:
-            del self.index[key.tobytes()]
+        self.index.remove(np.ascontiguousarray(ids, dtype=np.int64))
         self.used[ids] = False
         for name, (_, _, fill) in self.specs.items():
             self.cols[name][ids] = fill
         self.hist[:, ids, :] = 0
-        self.free.extend(int(i) for i in ids)
 
     def evict_oldest(self, count: int, keep: np.ndarray) -> None:
         """Evict `count` rows with the oldest `last` seen, never those in `keep`."""
@@ -163,37 +160,29 @@ class KeyTable:
         return int(idle.size)
 
     def ids(self, keys: np.ndarray) -> np.ndarray:
-        """Row id of each key (m, width), creating rows for new keys; -1 when over capacity."""
+        """Row id of each key (m, width), creating rows for new keys; -1 when over capacity.
+
+        When the new keys (a repeated one counted each time) would take the table past its
+        capacity, the oldest rows not looked up here are evicted first: the excess plus 1/16 of
+        the capacity, so that a flood evicts in bulk rather than at every batch.
+        """
         m = keys.shape[0]
-        raw = np.ascontiguousarray(keys).tobytes()
-        w = self.width
+        keys = np.ascontiguousarray(keys, dtype=np.uint8)
         out = np.empty(m, np.int64)
-        missing: list[int] = []
-        get = self.index.get
-        for i in range(m):
-            row = get(raw[i * w : (i + 1) * w], -1)
-            out[i] = row
-            if row < 0:
-                missing.append(i)
+        hashes = np.empty(m, np.uint64)
+        missing = self.index.lookup(keys, out, hashes)
         if not missing:
             return out
-        overflow = len(self.index) + len(missing) - self.capacity
+        overflow = len(self.index) + missing - self.capacity
         if overflow > 0:
             self.evict_oldest(overflow + self.capacity // 16, out[out >= 0])
-        for i in missing:
-            key = raw[i * w : (i + 1) * w]
-            row = self.index.get(key, -1)  # the same key may repeat within `keys`
-            if row < 0:
-                if len(self.index) >= self.capacity:
-                    self.evicted += 1
-                    out[i] = -1
-                    continue
-                row = self._alloc()
-                self.index[key] = row
-                self.keys[row] = keys[i]
-                self.used[row] = True
-            out[i] = row
-        return out
+        start = 0
+        while True:
+            start, over = self.index.insert(keys, out, hashes, start)
+            self.evicted += over
+            if start >= m:
+                return out
+            self._grow()  # the rows handed out so far reached the arrays' length
 
     def ids_of_repeated(self, keys: np.ndarray) -> np.ndarray:
         """ids() for keys that repeat a lot (pairs, hosts, ports of many flows): one lookup per distinct key."""

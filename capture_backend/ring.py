@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capture_backend import layouts as L
+from capture_backend.analysis import _native
 from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.bpf import BpfProgram, attach
 
@@ -61,7 +62,8 @@ MIN_FRAME_HDR = L.SLL_OFFSET_IN_FRAME + L.SOCKADDR_LL.size
 
 
 def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
-    """Follow tp_next_offset through the block at byte `base` of a ring viewed as uint32 words.
+    """Follow tp_next_offset frame by frame through the block at byte `base` of a ring viewed as
+    uint32 words (compiled: analysis._native.walk_block, the GIL released).
 
     Every offset is checked against the block's bounds before it is read, so a corrupt or
     unexpected layout (a 64 KB GRO frame among small ACKs, a block at the end of the ring) never
@@ -70,31 +72,12 @@ def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
     num = int(u32[(base + L.BLOCK_NUM_PKTS_OFFSET) >> 2])
     first_rel = int(u32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2])
     used = int(u32[(base + L.BLOCK_LEN_OFFSET) >> 2])
-    end = base + min(max(used, 0), block_size)
-    first = base + first_rel
-    last_hdr = end - MIN_FRAME_HDR  # the last offset where a whole header still fits
-    if num == 0 or first_rel < L.TPACKET_BLOCK_DESC.size or first & 3 or first > last_hdr:
-        return BlockWalk(np.zeros(0, np.int64), min(first, end), end, num)
-    if num > 8:
-        # Frames of one size (a flood, a bulk transfer) sit at a constant stride: check that in
-        # one gather, after making sure the whole guess lies inside the block.
-        stride = int(u32[first >> 2])
-        if stride >= MIN_FRAME_HDR and not stride & 3 and first + stride * (num - 1) <= last_hdr:
-            guess = first + stride * np.arange(num, dtype=np.int64)
-            if (u32[guess[:-1] >> 2] == stride).all():
-                return BlockWalk(guess, first, end, 0)
-    # Grown as the walk goes: num_pkts is only a claim (up to 2**32 - 1), the block bounds the walk.
-    offsets: list[int] = []
-    off = first
-    for i in range(num):
-        offsets.append(off)
-        if i == num - 1:
-            break
-        step = int(u32[off >> 2])
-        off += step
-        if step < MIN_FRAME_HDR or step & 3 or off > last_hdr:
-            return BlockWalk(np.array(offsets, np.int64), first, end, num - i - 1)
-    return BlockWalk(np.array(offsets, np.int64), first, end, 0)
+    # No more headers fit in a block than this, whatever num_pkts claims.
+    out = np.empty(min(num, block_size // MIN_FRAME_HDR + 1), np.int64)
+    count, first, end, lost = _native.walk_block(
+        u32, base, block_size, num, first_rel, used, L.TPACKET_BLOCK_DESC.size, MIN_FRAME_HDR, out
+    )
+    return BlockWalk(out[:count], first, end, lost)
 
 
 class Ring:

@@ -1,0 +1,60 @@
+"""Type stub of the compiled module (_native.pyx)."""
+
+import numpy as np
+
+class KeyIndex:
+    width: int
+    capacity: int
+    high: int
+    count: int
+    def __init__(self, width: int, capacity: int, keys: np.ndarray, used: np.ndarray) -> None: ...
+    def bind(self, keys: np.ndarray, used: np.ndarray) -> None: ...
+    def lookup(self, keys: np.ndarray, out: np.ndarray, hashes: np.ndarray) -> int: ...
+    def insert(self, keys: np.ndarray, out: np.ndarray, hashes: np.ndarray, start: int) -> tuple[int, int]: ...
+    def remove(self, rows: np.ndarray) -> None: ...
+    def free_rows(self) -> np.ndarray: ...
+    @property
+    def slot_count(self) -> int: ...
+    def max_probe(self) -> int: ...
+    def get(self, key: bytes, default: int | None = None) -> int | None: ...
+    def __getitem__(self, key: bytes) -> int: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __len__(self) -> int: ...
+
+def walk_block(
+    u32: np.ndarray,
+    base: int,
+    block_size: int,
+    num_pkts: int,
+    first_rel: int,
+    used: int,
+    min_first: int,
+    min_hdr: int,
+    out: np.ndarray,
+) -> tuple[int, int, int, int]: ...
+def _init_tables(
+    l4_need: list[int], has_ports: list[bool], ext_mult: list[int], ext_add: list[int], null_family: list[int]
+) -> None: ...
+def decode_frames(
+    buf: np.ndarray,
+    start: np.ndarray,
+    caplen: np.ndarray,
+    wirelen: np.ndarray,
+    linktype: int,
+    ethertype: np.ndarray,
+    vlan: np.ndarray,
+    ip: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    proto: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    tcp_flags: np.ndarray,
+    malformed: np.ndarray,
+    tcp_seq: np.ndarray,
+    tcp_ack: np.ndarray,
+    tcp_window: np.ndarray,
+    tcp_len: np.ndarray,
+    l7_start: np.ndarray,
+    l7_cap: np.ndarray,
+) -> None: ...

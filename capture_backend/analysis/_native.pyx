@@ -1,0 +1,570 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled kernels of the hot path.
+
+KeyIndex: an open-addressing hash index (linear probing, backward-shift deletion, load factor at
+most 0.5) from fixed-width byte keys to the rows of a counters.KeyTable. The key bytes stay in the
+table's own `keys` rows (no second copy); a slot is one 64-bit word, the key hash's low 32 bits
+(they also give the slot the key starts probing from) above row + 1 (0: empty), so a probe reads
+8 bytes per slot and a key row only when the hashes match. The slot array grows with the table's
+row arrays (at least twice their length), so a table of a few hundred flows stays in L1/L2.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawRealloc
+
+import numpy as np
+
+cdef uint64_t EMPTY = 0
+cdef uint64_t LOW32 = 0xFFFFFFFFULL
+
+
+cdef inline uint64_t _load64(const uint8_t* p) noexcept nogil:
+    cdef uint64_t w
+    memcpy(&w, p, 8)
+    return w
+
+
+cdef inline uint64_t _hash(const uint8_t* p, Py_ssize_t width) noexcept nogil:
+    """64-bit hash of `width` bytes: multiply-xorshift per 8-byte word, murmur3's finaliser."""
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ <uint64_t>width
+    cdef uint64_t w
+    cdef Py_ssize_t j = 0
+    while j + 8 <= width:
+        h = (h ^ _load64(p + j)) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 29
+        j += 8
+    if j < width:
+        w = 0
+        memcpy(&w, p + j, width - j)
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 29
+    h ^= h >> 33
+    h *= 0xFF51AFD7ED558CCDULL
+    h ^= h >> 33
+    h *= 0xC4CEB9FE1A85EC53ULL
+    h ^= h >> 33
+    return h
+
+
+cdef inline bint _equal(const uint8_t* a, const uint8_t* b, Py_ssize_t width) noexcept nogil:
+    cdef Py_ssize_t j = 0
+    while j + 8 <= width:
+        if _load64(a + j) != _load64(b + j):
+            return False
+        j += 8
+    return j == width or memcmp(a + j, b + j, width - j) == 0
+
+
+cdef class KeyIndex:
+    """Row of each key among a table's key rows; rows are handed out from a free stack, then from
+    the high-water mark. Only one thread may use an index at a time (the capture thread)."""
+
+    cdef uint64_t* slots
+    cdef uint64_t mask
+    cdef int64_t* free_stack
+    cdef Py_ssize_t nfree
+    cdef Py_ssize_t rows
+    cdef uint8_t* kp
+    cdef uint8_t* up
+    cdef object _keys
+    cdef object _used
+    cdef readonly Py_ssize_t width
+    cdef readonly Py_ssize_t capacity
+    cdef readonly Py_ssize_t high
+    cdef readonly Py_ssize_t count
+
+    def __cinit__(self, Py_ssize_t width, Py_ssize_t capacity, keys, used):
+        if width <= 0 or capacity <= 0 or <uint64_t>capacity >= LOW32:
+            raise ValueError("width and capacity must be positive (capacity < 2**32 - 1)")
+        self.width = width
+        self.capacity = capacity
+        self.slots = NULL
+        self.mask = 0
+        self.free_stack = NULL
+        self.nfree = 0
+        self.rows = 0
+        self.high = 0
+        self.count = 0
+        self.bind(keys, used)
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.slots)
+        PyMem_RawFree(self.free_stack)
+
+    def bind(self, keys, used) -> None:
+        """Use the table's (rows, width) uint8 key array and its (rows,) bool `used` array: called
+        again whenever the table reallocates them (rows only ever grow, the old rows copied)."""
+        cdef uint8_t[:, ::1] k = keys
+        cdef uint8_t[::1] u = np.asarray(used).view(np.uint8)
+        cdef Py_ssize_t rows = k.shape[0]
+        if k.shape[1] != self.width or u.shape[0] != rows or rows < self.rows or rows == 0:
+            raise ValueError("keys must be (rows, width) uint8 with rows >= the bound rows, used (rows,)")
+        cdef uint64_t want = 16
+        while want < <uint64_t>(2 * rows):
+            want <<= 1
+        if self.slots == NULL or want > self.mask + 1:
+            self._rehash(want)
+        cdef int64_t* stack = <int64_t*>PyMem_RawRealloc(self.free_stack, rows * sizeof(int64_t))
+        if stack == NULL:
+            raise MemoryError()
+        self.free_stack = stack
+        self._keys, self._used = keys, u
+        self.kp = &k[0, 0]
+        self.up = &u[0]
+        self.rows = rows
+
+    cdef int _rehash(self, uint64_t size) except -1:
+        cdef uint64_t* new = <uint64_t*>PyMem_RawCalloc(size, sizeof(uint64_t))
+        if new == NULL:
+            raise MemoryError()
+        cdef uint64_t new_mask = size - 1
+        cdef uint64_t i, j, s
+        if self.slots != NULL:
+            for i in range(self.mask + 1):
+                s = self.slots[i]
+                if s != EMPTY:
+                    j = (s >> 32) & new_mask
+                    while new[j] != EMPTY:
+                        j = (j + 1) & new_mask
+                    new[j] = s
+            PyMem_RawFree(self.slots)
+        self.slots = new
+        self.mask = new_mask
+        return 0
+
+    cdef inline int64_t _find(self, const uint8_t* key, uint64_t h) noexcept nogil:
+        cdef uint64_t i = h & self.mask
+        cdef uint64_t s
+        cdef uint64_t tag = h & LOW32
+        cdef int64_t row
+        while True:
+            s = self.slots[i]
+            if s == EMPTY:
+                return -1
+            if (s >> 32) == tag:
+                row = <int64_t>(s & LOW32) - 1
+                if _equal(self.kp + row * self.width, key, self.width):
+                    return row
+            i = (i + 1) & self.mask
+
+    cdef inline void _place(self, uint64_t h, int64_t row) noexcept nogil:
+        cdef uint64_t i = h & self.mask
+        while self.slots[i] != EMPTY:
+            i = (i + 1) & self.mask
+        self.slots[i] = ((h & LOW32) << 32) | <uint64_t>(row + 1)
+
+    cdef bint _delete(self, int64_t row) noexcept nogil:
+        """Take `row` out of the index (backward-shift deletion); False when it is not in it."""
+        cdef uint64_t h = _hash(self.kp + row * self.width, self.width)
+        cdef uint64_t want = ((h & LOW32) << 32) | <uint64_t>(row + 1)
+        cdef uint64_t i = h & self.mask
+        cdef uint64_t j, s, home
+        while True:
+            s = self.slots[i]
+            if s == EMPTY:
+                return False
+            if s == want:
+                break
+            i = (i + 1) & self.mask
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            s = self.slots[j]
+            if s == EMPTY:
+                break
+            home = (s >> 32) & self.mask
+            # The entry at j may fill the hole at i when its home is not in (i, j] (cyclically).
+            if ((j - home) & self.mask) >= ((j - i) & self.mask):
+                self.slots[i] = s
+                i = j
+        self.slots[i] = EMPTY
+        return True
+
+    def lookup(self, const uint8_t[:, ::1] keys, int64_t[::1] out, uint64_t[::1] hashes) -> int:
+        """Fill out[i] with the row of keys[i] (-1: unknown) and hashes[i] with its hash; returns how
+        many positions are unknown (a key repeated in `keys` counts each time)."""
+        cdef Py_ssize_t m = keys.shape[0]
+        cdef Py_ssize_t i, missing = 0
+        cdef Py_ssize_t w = self.width
+        cdef uint64_t h
+        cdef int64_t row
+        if keys.shape[1] != w or out.shape[0] != m or hashes.shape[0] != m:
+            raise ValueError("keys must be (m, width) uint8, out (m,) int64 and hashes (m,) uint64")
+        if m == 0:
+            return 0
+        cdef const uint8_t* kb = &keys[0, 0]
+        with nogil:
+            for i in range(m):
+                h = _hash(kb + i * w, w)
+                hashes[i] = h
+                row = self._find(kb + i * w, h)
+                out[i] = row
+                if row < 0:
+                    missing += 1
+        return missing
+
+    def insert(self, const uint8_t[:, ::1] keys, int64_t[::1] out, const uint64_t[::1] hashes, Py_ssize_t start):
+        """Give a row to every key from position `start` on whose out[i] is -1, in order: the row of
+        an equal key inserted before it, else a free row, else -1 when `capacity` keys are indexed
+        already. Returns (stop, over): stop < m when the table must grow its rows first (call again
+        from `stop` after bind()), over the keys left at -1 for want of capacity."""
+        cdef Py_ssize_t m = keys.shape[0]
+        cdef Py_ssize_t i, stop = m, over = 0
+        cdef Py_ssize_t w = self.width
+        cdef const uint8_t* key
+        cdef uint64_t h
+        cdef int64_t row
+        if keys.shape[1] != w or out.shape[0] != m or hashes.shape[0] != m:
+            raise ValueError("keys must be (m, width) uint8, out (m,) int64 and hashes (m,) uint64")
+        if start < 0 or start >= m:
+            return m, 0
+        cdef const uint8_t* kb = &keys[0, 0]
+        with nogil:
+            for i in range(start, m):
+                if out[i] >= 0:
+                    continue
+                key = kb + i * w
+                h = hashes[i]
+                row = self._find(key, h)
+                if row < 0:
+                    if self.count >= self.capacity:
+                        over += 1
+                        continue
+                    if self.nfree > 0:
+                        self.nfree -= 1
+                        row = self.free_stack[self.nfree]
+                    elif self.high < self.rows:
+                        row = self.high
+                        self.high += 1
+                    else:
+                        stop = i
+                        break
+                    memcpy(self.kp + row * w, key, w)
+                    self.up[row] = 1
+                    self._place(h, row)
+                    self.count += 1
+                out[i] = row
+        return stop, over
+
+    def remove(self, const int64_t[::1] rows) -> None:
+        """Take rows out of the index; they go on the free stack in order (the last is reused first).
+        KeyError (after the others are removed) when a row is not indexed."""
+        cdef Py_ssize_t n = rows.shape[0]
+        cdef Py_ssize_t i, bad = -1
+        cdef int64_t row
+        with nogil:
+            for i in range(n):
+                row = rows[i]
+                if row < 0 or row >= self.high or not self._delete(row):
+                    bad = i
+                    continue
+                self.count -= 1
+                self.free_stack[self.nfree] = row
+                self.nfree += 1
+        if bad >= 0:
+            raise KeyError(f"row {rows[bad]} is not in the index")
+
+    def free_rows(self):
+        """The free stack, bottom first (a copy)."""
+        out = np.empty(self.nfree, np.int64)
+        cdef int64_t[::1] o = out
+        cdef Py_ssize_t i
+        for i in range(self.nfree):
+            o[i] = self.free_stack[i]
+        return out
+
+    @property
+    def slot_count(self) -> int:
+        return self.mask + 1
+
+    def max_probe(self) -> int:
+        """The longest distance of an entry from its home slot (a health check for tests)."""
+        cdef uint64_t i, s, worst = 0
+        for i in range(self.mask + 1):
+            s = self.slots[i]
+            if s != EMPTY and ((i - ((s >> 32) & self.mask)) & self.mask) > worst:
+                worst = (i - ((s >> 32) & self.mask)) & self.mask
+        return worst
+
+    cdef int64_t _get(self, key) except -2:
+        cdef const uint8_t[::1] b
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            return -1
+        b = key
+        if b.shape[0] != self.width:
+            return -1
+        return self._find(&b[0], _hash(&b[0], self.width))
+
+    def get(self, key, default=None):
+        """The row of one key (bytes of the table's width), else `default`."""
+        cdef int64_t row = self._get(key)
+        return default if row < 0 else row
+
+    def __getitem__(self, key) -> int:
+        cdef int64_t row = self._get(key)
+        if row < 0:
+            raise KeyError(key)
+        return row
+
+    def __contains__(self, key) -> bool:
+        return self._get(key) >= 0
+
+    def __len__(self) -> int:
+        return self.count
+
+
+# -- Ring walk ---------------------------------------------------------------------------------------
+
+def walk_block(const uint32_t[::1] u32, Py_ssize_t base, Py_ssize_t block_size, Py_ssize_t num_pkts,
+               Py_ssize_t first_rel, Py_ssize_t used, Py_ssize_t min_first, Py_ssize_t min_hdr,
+               int64_t[::1] out):
+    """Follow tp_next_offset frame by frame through the ring block at byte `base` (`u32`: the ring
+    as 32-bit words; the block descriptor's num_pkts, offset_to_first_pkt and blk_len given), every
+    offset checked against the block's bounds before it is read. Writes the frames' header offsets
+    to out[:count] and returns (count, first, end, lost) as ring.walk_block."""
+    cdef Py_ssize_t end = base + min(max(used, 0), block_size)
+    cdef Py_ssize_t first = base + first_rel
+    cdef Py_ssize_t last_hdr = end - min_hdr
+    cdef Py_ssize_t off, step, i, count = 0
+    cdef Py_ssize_t todo = min(num_pkts, out.shape[0])
+    if min_hdr < 4 or base < 0 or end > 4 * u32.shape[0]:
+        raise ValueError("the block must lie inside the ring")
+    if num_pkts <= 0 or first_rel < min_first or first & 3 or first > last_hdr:
+        return 0, min(first, end), end, max(num_pkts, 0)
+    off = first
+    with nogil:
+        for i in range(todo):
+            out[i] = off
+            count = i + 1
+            if i == num_pkts - 1:
+                break
+            step = u32[off >> 2]
+            off += step
+            if step < min_hdr or step & 3 or off > last_hdr:
+                break
+    return count, first, end, num_pkts - count
+
+
+# -- Decode ------------------------------------------------------------------------------------------
+
+cdef int LT_NULL = 0
+cdef int LT_ETHERNET = 1
+cdef int LT_RAW = 101
+cdef int LT_LOOP = 108
+cdef int LT_SLL = 113
+cdef int LT_IPV4 = 228
+cdef int LT_IPV6 = 229
+cdef int LT_SLL2 = 276
+cdef uint64_t V4_MAPPED = 0xFFFF00000000ULL
+
+# By protocol / extension header code (0..255): smallest L4 header read, ports, IPv6 extension
+# header length = byte 1 * mult + add (0 when the code is not an extension header).
+cdef int L4_NEED[256]
+cdef bint HAS_PORTS[256]
+cdef int EXT_MULT[256]
+cdef int EXT_ADD[256]
+cdef int NULL_FAMILY[64]
+
+
+def _init_tables(l4_need, has_ports, ext_mult, ext_add, null_family) -> None:
+    """Fill the lookup tables from decode.py's (one definition of each protocol constant)."""
+    cdef int i
+    for i in range(256):
+        L4_NEED[i] = l4_need[i]
+        HAS_PORTS[i] = has_ports[i]
+        EXT_MULT[i] = ext_mult[i]
+        EXT_ADD[i] = ext_add[i]
+    for i in range(64):
+        NULL_FAMILY[i] = null_family[i]
+
+
+cdef inline uint64_t _be(const uint8_t* buf, Py_ssize_t size, Py_ssize_t pos, int nbytes) noexcept nogil:
+    """`nbytes` (<= 8) big-endian bytes at `pos`; bytes past the buffer read as 0."""
+    cdef uint64_t v = 0
+    cdef int k
+    if pos >= 0 and pos + nbytes <= size:
+        for k in range(nbytes):
+            v = (v << 8) | buf[pos + k]
+        return v
+    for k in range(nbytes):
+        v = v << 8
+        if 0 <= pos + k < size:
+            v |= buf[pos + k]
+    return v
+
+
+cdef inline int _u16(const uint8_t* p) noexcept nogil:
+    return (p[0] << 8) | p[1]
+
+
+def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_t[::1] caplen,
+                  const int64_t[::1] wirelen, int linktype,
+                  int32_t[::1] ethertype, int32_t[::1] vlan, uint8_t[::1] ip, uint64_t[:, ::1] src,
+                  uint64_t[:, ::1] dst, int32_t[::1] proto, int32_t[::1] sport, int32_t[::1] dport,
+                  uint8_t[::1] tcp_flags, uint8_t[::1] malformed, int64_t[::1] tcp_seq, int64_t[::1] tcp_ack,
+                  int32_t[::1] tcp_window, int32_t[::1] tcp_len, int64_t[::1] l7_start,
+                  int64_t[::1] l7_cap) -> None:
+    """decode.decode()'s columns for every frame, in one pass without the GIL. The output arrays must
+    come initialised as decode() initialises them (vlan -1, proto -1, tcp_window -1, tcp_len -1,
+    l7_start -1, the others 0). Reads are bounds-checked against each frame's caplen; as in the NumPy
+    decoder, the addresses of an IP header cut short are read from the buffer (0 past its end)."""
+    cdef Py_ssize_t n = start.shape[0]
+    cdef Py_ssize_t size = buf.shape[0]
+    cdef Py_ssize_t i
+    cdef int _k
+    cdef const uint8_t* b
+    cdef const uint8_t* f
+    cdef int64_t s, c, l3, l4, off, ip_end, hdr, doff, l7len, end
+    cdef int et, ihl, vihl, nh, p, need, family
+    cdef bint ok, good, later, whole
+    cdef int32_t be32, le32
+    if (caplen.shape[0] != n or wirelen.shape[0] != n or ethertype.shape[0] != n or vlan.shape[0] != n
+            or ip.shape[0] != n or src.shape[0] != n or dst.shape[0] != n or proto.shape[0] != n
+            or sport.shape[0] != n or dport.shape[0] != n or tcp_flags.shape[0] != n or malformed.shape[0] != n
+            or tcp_seq.shape[0] != n or tcp_ack.shape[0] != n or tcp_window.shape[0] != n
+            or tcp_len.shape[0] != n or l7_start.shape[0] != n or l7_cap.shape[0] != n
+            or src.shape[1] != 2 or dst.shape[1] != 2):
+        raise ValueError("every column must have one row per frame")
+    if n == 0:
+        return
+    b = &buf[0] if size else NULL
+    with nogil:
+        for i in range(n):
+            s = start[i]
+            c = caplen[i]
+            # Reads of the frame are of bytes [s, s + c) only, each checked first against c; a frame
+            # that claims to reach past the buffer is cut at its end.
+            if s < 0 or c < 0 or s >= size:
+                c = 0
+            elif c > size - s:
+                c = size - s
+            f = b + s if c > 0 else b
+            # Link layer: ok (header readable), l3 offset, ethertype, outer VLAN id.
+            et = 0
+            l3 = 0
+            ok = False
+            if linktype == LT_ETHERNET:
+                ok = c >= 14
+                l3 = 14
+                if ok:
+                    et = _u16(f + 12)
+                    for _k in range(2):
+                        if et != 0x8100 and et != 0x88A8 and et != 0x9100:
+                            break
+                        if l3 + 4 > c:
+                            ok = False
+                            break
+                        if vlan[i] < 0:
+                            vlan[i] = _u16(f + l3) & 0xFFF
+                        et = _u16(f + l3 + 2)
+                        l3 += 4
+            elif linktype == LT_RAW or linktype == LT_IPV4 or linktype == LT_IPV6:
+                ok = c >= 1
+                if ok:
+                    et = 0x0800 if (f[0] >> 4) == 4 else (0x86DD if (f[0] >> 4) == 6 else 0)
+            elif linktype == LT_SLL:
+                ok = c >= 16
+                l3 = 16
+                if ok:
+                    et = _u16(f + 14)
+            elif linktype == LT_SLL2:
+                ok = c >= 20
+                l3 = 20
+                if ok:
+                    et = _u16(f)
+            elif linktype == LT_NULL or linktype == LT_LOOP:
+                ok = c >= 4
+                l3 = 4
+                if ok:
+                    be32 = <int32_t>((<uint32_t>f[0] << 24) | (<uint32_t>f[1] << 16) | (<uint32_t>f[2] << 8) | f[3])
+                    le32 = <int32_t>((<uint32_t>f[3] << 24) | (<uint32_t>f[2] << 16) | (<uint32_t>f[1] << 8) | f[0])
+                    # LINKTYPE_NULL is in the writer's byte order: a family fits in the low 16 bits of the right one.
+                    family = be32 if linktype == LT_LOOP or le32 > 0xFFFF else le32
+                    et = NULL_FAMILY[family] if 0 <= family < 64 else 0
+            if not ok:
+                et = 0
+            ethertype[i] = et
+            malformed[i] = not ok
+            if not ok or (et != 0x0800 and et != 0x86DD):
+                continue
+            # Network layer.
+            ip_end = 0
+            if et == 0x0800:
+                good = l3 + 20 <= c
+                if good:
+                    vihl = f[l3]
+                    ihl = (vihl & 0xF) * 4
+                    good = (vihl >> 4) == 4 and ihl >= 20 and l3 + ihl <= c
+                src[i, 1] = (_be(b, size, s + l3 + 12, 4)) | V4_MAPPED
+                dst[i, 1] = (_be(b, size, s + l3 + 16, 4)) | V4_MAPPED
+                if not good:
+                    malformed[i] = 1
+                    continue
+                later = (_u16(f + l3 + 6) & 0x1FFF) != 0
+                p = f[l3 + 9]
+                l4 = -1 if later else l3 + ihl
+                ip_end = l3 + _u16(f + l3 + 2)
+            else:
+                good = l3 + 40 <= c
+                if good:
+                    good = (f[l3] >> 4) == 6
+                src[i, 0] = _be(b, size, s + l3 + 8, 8)
+                src[i, 1] = _be(b, size, s + l3 + 16, 8)
+                dst[i, 0] = _be(b, size, s + l3 + 24, 8)
+                dst[i, 1] = _be(b, size, s + l3 + 32, 8)
+                if not good:
+                    malformed[i] = 1
+                    continue
+                nh = f[l3 + 6]
+                off = l3 + 40
+                later = False
+                for _k in range(8):
+                    if EXT_ADD[nh] == 0:
+                        break
+                    if off + 8 > c:
+                        good = False
+                        break
+                    if nh == 44 and (_u16(f + off + 2) >> 3) != 0:
+                        later = True
+                    hdr = f[off + 1] * EXT_MULT[nh] + EXT_ADD[nh]
+                    nh = f[off]
+                    off += hdr
+                if not good:
+                    malformed[i] = 1
+                    continue
+                p = nh
+                l4 = -1 if later else off
+                ip_end = l3 + 40 + _u16(f + l3 + 4)
+            ip[i] = 1
+            proto[i] = p
+            if l4 < 0:
+                continue
+            # Transport layer. The IP length never counts bytes the frame did not carry on the wire.
+            if ip_end > wirelen[i]:
+                ip_end = wirelen[i]
+            need = L4_NEED[p]
+            whole = l4 + 1 <= c and l4 + need <= c
+            if not whole:
+                if need > 0:
+                    malformed[i] = 1
+                continue
+            if HAS_PORTS[p]:
+                sport[i] = _u16(f + l4)
+                dport[i] = _u16(f + l4 + 2)
+            l7len = -1
+            if p == 6:
+                tcp_flags[i] = f[l4 + 13]
+                tcp_seq[i] = (<int64_t>_u16(f + l4 + 4) << 16) | _u16(f + l4 + 6)
+                tcp_ack[i] = (<int64_t>_u16(f + l4 + 8) << 16) | _u16(f + l4 + 10)
+                tcp_window[i] = _u16(f + l4 + 14)
+                doff = (f[l4 + 12] >> 4) * 4
+                l7len = max(ip_end - l4 - doff, 0)
+                tcp_len[i] = <int32_t>l7len
+                l7_start[i] = s + l4 + doff
+            elif p == 17:
+                l7len = max(ip_end - l4 - 8, 0)
+                l7_start[i] = s + l4 + 8
+            if l7len >= 0:
+                end = s + c - l7_start[i]
+                l7_cap[i] = 0 if end < 0 else min(end, l7len)
