@@ -3,9 +3,11 @@ record equals tshark's reading of tcpdump's file, per host pair, per flow, in TC
 exchanges.
 
 Both captures start (and listen) before the scene and stop after it has quiesced (no open TCP
-connection, neighbour entries pinned) and tcpdump has had time to read its last ring block, so both
-see the same frames. Figures are compared only when neither capture lost a packet; a scene that
-drops is run again at a lower rate (`Scene.gentler()`), at most twice, and skipped if it still drops.
+connection, neighbour entries pinned), tcpdump once it has had time to read its last ring block,
+retrotap once it has counted as many packets as tcpdump captured, so both see the same frames.
+Figures are compared only when neither capture lost a packet; a scene that drops is run again at a
+lower rate (`Scene.gentler()`), at most twice, and skipped if it still drops. retrotap's time machine
+keeps 60 s: a scene must not last longer.
 
 Timestamps: each packet socket stamps its copy of a frame itself, when the kernel hands it over, so
 the two captures' times differ by up to several microseconds (one socket's copy of a 64 KB frame
@@ -145,12 +147,12 @@ def capture(lab: Lab, scene: Scene, pcap: Path) -> Capture:
     outcome = scene.run(lab)
     quiesce(lab)
     time.sleep(SETTLE_S)
-    stats.send_signal(signal.SIGUSR1)
-    wrote = wait_for_output(stats, "snapshot:", timeout=60)
-    stats.send_signal(signal.SIGINT)
     dump.send_signal(signal.SIGINT)
-    _, err = stats.communicate(timeout=120)
     _, dump_err = dump.communicate(timeout=30)
+    counts = tcpdump_counts(dump_err)
+    wrote = snapshot_of(stats, counts["captured"])
+    stats.send_signal(signal.SIGINT)
+    _, err = stats.communicate(timeout=120)
     records = [json.loads(line) for line in pcap.with_suffix(".ndjson").read_text().splitlines()]
     assert records, err
     written = sorted(snapshots.glob("*.pcap"))
@@ -162,10 +164,31 @@ def capture(lab: Lab, scene: Scene, pcap: Path) -> Capture:
         records,
         wrote + err,
         stats.returncode,
-        tcpdump_counts(dump_err),
+        counts,
         written[0] if written else None,
         lab.notes,
     )
+
+
+def snapshot_of(stats: subprocess.Popen[str], packets: int, timeout: float = 60.0) -> str:
+    """Have retrotap write its time machine (SIGUSR1) once it holds `packets` packets; its log line.
+
+    A burst of new flows is counted more slowly than it arrives (the ring holds the backlog): until
+    retrotap has caught up, a snapshot holds fewer packets than tcpdump captured, so it is written again
+    (the earlier file removed) while the count grows, until it holds them all, stops growing (retrotap
+    lost some: the comparison says so) or `timeout` s have passed.
+    """
+    deadline = time.monotonic() + timeout
+    held = -1
+    while True:
+        stats.send_signal(signal.SIGUSR1)
+        line = wait_for_output(stats, "snapshot:", timeout=timeout)
+        m = re.search(r"snapshot: (\S+) \((\d+) packets", line)
+        if m is None or int(m.group(2)) >= packets or int(m.group(2)) == held or time.monotonic() > deadline:
+            return line
+        held = int(m.group(2))
+        Path(m.group(1)).unlink()
+        time.sleep(1.0)
 
 
 def clean_capture(scene: Scene, tmp_path: Path) -> Capture:
