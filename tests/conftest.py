@@ -12,6 +12,9 @@ import pytest
 
 from tests.lab import NS_PREFIX, Lab, cleanup_stale
 
+# Shared comparison helpers assert too: let pytest show the values when they fail.
+pytest.register_assert_rewrite("tests.tshark")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the `live` marker."""

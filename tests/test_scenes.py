@@ -17,7 +17,9 @@ between two correct captures of the same frames. retrotap's own frames, as its t
 them (SIGUSR1: its timestamps, its order), are therefore what its TCP health is compared with, class
 by class; that snapshot is first checked to hold exactly tcpdump's frames, byte for byte. Against
 tcpdump's file, TCP health is compared in what does not depend on timing: retransmissions and
-out-of-order segments together, duplicate ACKs, zero windows, resets.
+out-of-order segments together, duplicate ACKs, zero windows, resets; for the flows whose segments
+both captures hold in the same order (frames that reach the taps on two CPUs at once can be queued in
+the two rings in opposite orders).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from tests.tshark import (
     Compared,
     Dissection,
     Flow,
+    Frame,
+    canonical,
     check_against_tshark,
     dissect,
     retrotap_exchanges,
@@ -68,6 +72,8 @@ RETROTAP = [sys.executable, "-m", "tui.cli"]
 SETTLE_S = 1.5
 TCPDUMP_BUFFER_KIB = 131072
 RETRIES = 2
+# What tells a flow's TCP segments apart: to see whether two captures hold them in the same order.
+SEGMENT = ["tcp.seq_raw", "tcp.ack_raw", "tcp.len", "tcp.flags", "tcp.window_size_value", "ip.id"]
 EXTRA = [
     *HEALTH_FIELDS.values(),
     *LATENCY_FIELDS.values(),
@@ -76,6 +82,7 @@ EXTRA = [
     "vlan.etype",
     "icmp.type",
     "icmpv6.type",
+    *SEGMENT,
 ]
 
 
@@ -241,6 +248,15 @@ def only_tcp_and_dns(path: Path) -> Path:
     return out
 
 
+def segments(frames: list[Frame]) -> dict[Flow, list[tuple[str, ...]]]:
+    """Each TCP flow's segments in capture order."""
+    out: dict[Flow, list[tuple[str, ...]]] = {}
+    for f in frames:
+        if f.proto_name == "tcp" and f.in_transport_conv:
+            out.setdefault(canonical(*f.key), []).append((f.src, *(f.extra[k] for k in SEGMENT)))
+    return out
+
+
 def untimed(health: dict[Flow, tuple[int, ...]]) -> dict[Flow, tuple[int, ...]]:
     """TCP health without the split that depends on µs timing: retransmissions + out-of-order, then the rest."""
     names = list(HEALTH_FIELDS)
@@ -257,7 +273,7 @@ class Figures:
     health: Counter[str]
     exchanges: Counter[str]
     tcp_flows: int
-    same_order: bool  # retrotap's frames in tcpdump's order (else only the same multiset)
+    reordered: int  # TCP flows whose segments retrotap and tcpdump received in different orders
 
 
 def compare(cap: Capture) -> tuple[Figures, Dissection]:
@@ -275,7 +291,6 @@ def compare(cap: Capture) -> tuple[Figures, Dissection]:
     assert cap.snapshot is not None, cap.stderr
     own = read_pcap(cap.snapshot)
     assert Counter((n, d) for _, n, d in own) == Counter((n, d) for _, n, d in ref)
-    same_order = [(n, d) for _, n, d in own] == [(n, d) for _, n, d in ref]
 
     # Totals, host pairs and flows per direction (packets, bytes) against tshark's tables of tcpdump's file.
     seen = dissect(cap.pcap, extra=EXTRA)
@@ -313,9 +328,17 @@ def compare(cap: Capture) -> tuple[Figures, Dissection]:
     services = {(s["kind"], s["proto"], s["port"]): s["exchanges"] for s in rec["latency"]["services"]}
     assert services == dict(tshark_services(mine.frames))
     assert rec["latency"]["exchanges"] == sum(timed.values())
-    # ... and against tshark on tcpdump's file, in what does not depend on timing.
+    # ... and against tshark on tcpdump's file, in what does not depend on timing, for every flow whose
+    # segments both sockets received in the same order: two segments that reach the taps on two CPUs at
+    # once can land in the two rings in opposite orders, and then tshark's reading of tcpdump's order
+    # rightly differs (seen: 1 flow in 6 of a 6 x 32 MB transfer).
     assert tshark_exchanges(seen.frames) == timed
-    assert untimed(retrotap_health(rec)) == untimed(tshark_health(seen.frames))
+    ours, ref_order = segments(mine.frames), segments(seen.frames)
+    same = {k for k, v in ref_order.items() if ours.get(k) == v}
+    assert ours.keys() == ref_order.keys()
+    assert {k: v for k, v in untimed(retrotap_health(rec)).items() if k in same} == {
+        k: v for k, v in untimed(tshark_health(seen.frames)).items() if k in same
+    }
 
     health: Counter[str] = Counter()
     for counts in theirs.values():
@@ -323,7 +346,7 @@ def compare(cap: Capture) -> tuple[Figures, Dissection]:
     exchanges: Counter[str] = Counter()
     for (kind, _), n in timed.items():
         exchanges[kind] += n
-    figures = Figures(rec["totals"]["packets"], compared, health, exchanges, len(theirs), same_order)
+    figures = Figures(rec["totals"]["packets"], compared, health, exchanges, len(theirs), len(ours) - len(same))
     print(f"\n{cap.scene}: {figures} tcpdump {cap.tcpdump} outcome {cap.outcome} notes {cap.notes}", end="")
     print(f" retried after: {cap.retried}" if cap.retried else "")
     return figures, seen
