@@ -289,7 +289,7 @@ class Web(Scene):
 class _QuietHandler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive (Content-Length on every response)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         """No log lines."""
 
 
