@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capture_backend.counters import NS, CounterLimits  # noqa: E402
-from capture_backend.decode import Decoded  # noqa: E402
+from capture_backend.analysis.decode import Decoded  # noqa: E402
+from capture_backend.analysis.tables import NS, CounterLimits  # noqa: E402
 from capture_backend.engine import Counting, IfaceStatus, Snapshot  # noqa: E402
 from tui.app import RetrotapApp, SnapshotFeed  # noqa: E402
 

@@ -25,11 +25,11 @@ from dataclasses import replace
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.counters import NS, CounterLimits, TableSnapshot
+from capture_backend.analysis.tables import NS, CounterLimits, TableSnapshot
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.engine import Counting, Snapshot, file_statuses
-from capture_backend.ipfix import Encoder, FlowTracker, flow_records
-from capture_backend.metrics import SnapshotCollector
+from capture_backend.exporters.ipfix import Encoder, FlowTracker, flow_records
+from capture_backend.exporters.metrics import SnapshotCollector
 
 T0_NS = 1_700_000_000 * NS
 FRAME = bytes.fromhex(

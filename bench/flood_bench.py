@@ -69,9 +69,9 @@ def put_be(buf: np.ndarray, pos: np.ndarray, values: np.ndarray, nbytes: int) ->
 
 def run(scenario: str, packets: int, seed: int, decode_only: bool = False) -> dict[str, Any]:
     """One run of a scenario in a fresh Counters; returns ns/packet and the tables' state."""
-    from capture_backend.block import LINKTYPE_ETHERNET, Block
-    from capture_backend.counters import CounterLimits, Counters
-    from capture_backend.decode import decode
+    from capture_backend.analysis.decode import decode
+    from capture_backend.analysis.tables import CounterLimits, Counters
+    from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 
     size = 1400 if scenario == "steady-1400" else 64
     buf, start = template_batch(size)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     where = os.path.dirname(os.path.abspath(capture_backend.__file__))
     try:
-        from capture_backend.analysis import _native
+        from capture_backend import _native
 
         compiled = _native.__file__
     except ImportError:

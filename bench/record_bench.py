@@ -43,11 +43,11 @@ from bench.capture_bench import (
     trafgen_config,
 )
 from bench.common import need_root, write_json
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.decode import address_key
-from capture_backend.export import ExportOptions, export
-from capture_backend.pcapfile import FileSource
-from capture_backend.recorder import Recorder, RecordOptions
+from capture_backend.analysis.decode import address_key
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.pcapfile import FileSource
+from capture_backend.rewind.export import ExportOptions, export
+from capture_backend.rewind.recorder import Recorder, RecordOptions
 from tests.lab import REPO_ROOT, Lab, LabError, cleanup_stale
 
 NS = 1_000_000_000

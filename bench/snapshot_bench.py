@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.pcapfile import FileSource
-from capture_backend.timemachine import TimeMachine, write_snapshot
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.pcapfile import FileSource
+from capture_backend.rewind.timemachine import TimeMachine, write_snapshot
 
 NS = 1_000_000_000
 BLOCK = 1 << 20

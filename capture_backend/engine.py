@@ -17,16 +17,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
-from capture_backend.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
+from capture_backend.analysis.decode import Decoded, decode
+from capture_backend.analysis.latency import Latency
+from capture_backend.analysis.tables import NS, CounterLimits, Counters, Tally
+from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
+from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
+from capture_backend.capture.netlink import InterfaceError, LinkMonitor
+from capture_backend.capture.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo
 from capture_backend.contract import IfaceStatus as IfaceStatus
 from capture_backend.contract import Snapshot as Snapshot
-from capture_backend.counters import NS, CounterLimits, Counters, Tally
-from capture_backend.decode import Decoded, decode
-from capture_backend.latency import Latency
-from capture_backend.netlink import InterfaceError, LinkMonitor
-from capture_backend.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 
 # Called on the capture thread with each batch and its decoded columns, before counting.
 BlockSink = Callable[[Block, Decoded], None]

@@ -14,16 +14,16 @@ from typing import TextIO
 
 import numpy as np
 
+from capture_backend.analysis.processes import ProcessMapper
+from capture_backend.analysis.tables import NS, CounterLimits
+from capture_backend.capture.pcapfile import CaptureFileError, FileSource
+from capture_backend.capture.ring import RingConfig
 from capture_backend.contract import Snapshot
-from capture_backend.counters import NS, CounterLimits
 from capture_backend.engine import Counting, Engine, EngineEvent, file_statuses, filter_blocks
-from capture_backend.exporters import Exporters, ExporterSettings, recorder_counters, time_machine_counters
-from capture_backend.pcapfile import CaptureFileError, FileSource
-from capture_backend.processes import ProcessMapper
-from capture_backend.recorder import Recorder, RecorderThread, RecordOptions
-from capture_backend.report import Row, bits_text, record, size_text
-from capture_backend.ring import RingConfig
-from capture_backend.timemachine import TimeMachine, write_snapshot
+from capture_backend.exporters.base import Exporters, ExporterSettings, recorder_counters, time_machine_counters
+from capture_backend.output.report import Row, bits_text, record, size_text
+from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions
+from capture_backend.rewind.timemachine import TimeMachine, write_snapshot
 
 CSV_COLUMNS = (
     "kind time name state addr a b proto port service src sport dst dport packets bytes malformed "

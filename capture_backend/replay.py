@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.bpf import compile_filter
-from capture_backend.counters import NS, CounterLimits
+from capture_backend.analysis.tables import NS, CounterLimits
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.bpf import compile_filter
+from capture_backend.capture.pcapfile import CaptureFileError, FileSource
 from capture_backend.engine import (
     BlockSink,
     Counting,
@@ -24,7 +25,6 @@ from capture_backend.engine import (
     file_statuses,
     read_file_blocks,
 )
-from capture_backend.pcapfile import CaptureFileError, FileSource
 
 
 def split_at_steps(blocks: Iterable[Block], step_ns: int) -> Iterator[Block]:

@@ -12,18 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capture_backend.block import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_LOOP,
-    LINKTYPE_NULL,
-    LINKTYPE_RAW,
-    Block,
-)
-from capture_backend.decode import (
+from capture_backend.analysis.decode import (
     ETHERTYPE_IPV4,
     ETHERTYPE_IPV6,
     EXT_ADD,
@@ -41,6 +30,17 @@ from capture_backend.decode import (
     Decoded,
     _empty,
     _Frames,
+)
+from capture_backend.capture.block import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    Block,
 )
 
 # A link decoder returns, per frame: link header readable, L3 offset, ethertype, outer VLAN id.

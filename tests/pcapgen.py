@@ -35,7 +35,7 @@ from scapy.layers.sctp import SCTP, SCTPChunkData, SCTPChunkInit, SCTPChunkInitA
 from scapy.packet import Packet, Raw
 from scapy.utils import EDecimal, RawPcapWriter
 
-from capture_backend.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 
 NS = 1_000_000_000
 T0_NS = 1_700_000_000 * NS  # first packet's time

@@ -1,4 +1,4 @@
-"""capture_backend.bpf against tcpdump's compiler, hand-built frames and a real AF_PACKET socket."""
+"""capture_backend.capture.bpf against tcpdump's compiler, hand-built frames and a real AF_PACKET socket."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.utils import rdpcap, wrpcap
 
-from capture_backend.block import (
+from capture_backend.capture.block import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_RAW,
     Block,
 )
-from capture_backend.bpf import (
+from capture_backend.capture.bpf import (
     BpfProgram,
     FilterError,
     OfflineFilter,
@@ -212,7 +212,7 @@ def netns() -> Iterator[str]:
 # an Ethernet SOCK_RAW socket, "cooked" a SOCK_DGRAM one (frames start at the IP header).
 CHILD = r"""
 import json, socket, struct, sys
-from capture_backend.bpf import attach, compile_filter, detach
+from capture_backend.capture.bpf import attach, compile_filter, detach
 
 cooked = sys.argv[1] == "cooked"
 linktype, l2 = (113, 0) if cooked else (1, 14)

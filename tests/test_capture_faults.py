@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from scapy.all import IP, UDP, Ether, raw
 
-from capture_backend.counters import CounterLimits
+from capture_backend.analysis.tables import CounterLimits
+from capture_backend.capture.netlink import LinkInfo, LinkStats
 from capture_backend.engine import Counting, IfaceStatus, Snapshot
-from capture_backend.netlink import LinkInfo, LinkStats
-from capture_backend.report import capture_health
+from capture_backend.output.report import capture_health
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tui.app import RetrotapApp, SnapshotFeed
 
@@ -26,7 +26,7 @@ from tui.app import RetrotapApp, SnapshotFeed
 FAULTY_RETROTAP = """
 import sys
 from capture_backend import engine
-from capture_backend.decode import decode
+from capture_backend.analysis.decode import decode
 original = engine.Counting.add
 def add(self, block):
     if (decode(block).dport == 5002).any():

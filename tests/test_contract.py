@@ -13,7 +13,11 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
-from capture_backend import contract, decode, engine, latency, netlink, processes, report
+from capture_backend import contract, engine
+from capture_backend.analysis import decode, latency, processes
+from capture_backend.analysis.latency import Latency
+from capture_backend.analysis.tables import CounterLimits, Counters
+from capture_backend.capture import netlink
 from capture_backend.contract import (
     FLOW_KEY,
     HOST_KEY,
@@ -32,9 +36,8 @@ from capture_backend.contract import (
     network_key,
     pack_keys,
 )
-from capture_backend.counters import CounterLimits, Counters
 from capture_backend.engine import Counting
-from capture_backend.latency import Latency
+from capture_backend.output import report
 from tests.pcapgen import T0_NS, Frame, block_of_frames, ether
 
 MS = 1_000_000
@@ -185,24 +188,33 @@ def test_the_published_types_are_one_wherever_imported() -> None:
     assert processes.ProcessTable is contract.ProcessTable and processes.NOTE == contract.PROCESS_NOTE
     assert report.match_rows is contract.match_rows and report.addr_str is contract.address_text
     assert decode.address_key is contract.address_key
-    from capture_backend import counters, exporters
+    from capture_backend.analysis import tables as counters
+    from capture_backend.exporters import base as exporters
 
     assert counters.TableSnapshot is contract.TableSnapshot and exporters.Extra is contract.Extra
 
 
+def _module(package: Path, f: Path) -> str:
+    parts = [package.name, *f.relative_to(package).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _imports(package: Path) -> dict[str, set[str]]:
-    """Each module of a package and the package's modules it imports (anywhere: top level, functions,
-    TYPE_CHECKING)."""
-    names = {f"{package.name}.{f.stem}" for f in package.glob("*.py")}
+    """Each module of a package (subpackages included) and the package's modules it imports (anywhere: top
+    level, functions, TYPE_CHECKING)."""
+    files = sorted(package.rglob("*.py"))
+    names = {_module(package, f) for f in files}
     out: dict[str, set[str]] = {}
-    for f in package.glob("*.py"):
+    for f in files:
+        me = _module(package, f)
         found: set[str] = set()
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
-        out[f"{package.name}.{f.stem}"] = (found & names) - {f"{package.name}.{f.stem}"}
+        # A subpackage's __init__ is not a cycle with its own modules' imports of it.
+        out[me] = (found & names) - {me} - {n for n in names if me.startswith(n + ".")}
     return out
 
 

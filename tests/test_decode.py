@@ -22,8 +22,10 @@ from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ethe
 from scapy.layers.sctp import SCTP, SCTPChunkInit
 from scapy.packet import Packet, Raw
 
-import capture_backend.counters as counters_mod
-from capture_backend.block import (
+import capture_backend.analysis.tables as counters_mod
+from capture_backend.analysis.decode import Decoded, decode
+from capture_backend.analysis.tables import FLOW_STATE, NS, CounterLimits, Counters, KeyTable
+from capture_backend.capture.block import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -34,8 +36,6 @@ from capture_backend.block import (
     LINKTYPE_RAW,
     Block,
 )
-from capture_backend.counters import FLOW_STATE, NS, CounterLimits, Counters, KeyTable
-from capture_backend.decode import Decoded, decode
 from tests.pcapgen import block_of
 
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"

@@ -13,7 +13,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture_backend.block import (
+from capture_backend.analysis.decode import Decoded, decode
+from capture_backend.analysis.tables import CounterLimits, Counters
+from capture_backend.capture.block import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -24,8 +26,6 @@ from capture_backend.block import (
     LINKTYPE_RAW,
     Block,
 )
-from capture_backend.counters import CounterLimits, Counters
-from capture_backend.decode import Decoded, decode
 from tests.pcapgen import block_of, mixed_frames
 
 LINKTYPES = [

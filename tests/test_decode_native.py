@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture_backend import layouts as L
-from capture_backend.analysis import _native
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.decode import Decoded, decode
-from capture_backend.pcapfile import FileSource
-from capture_backend.ring import MIN_FRAME_HDR, BlockWalk, walk_block
+from capture_backend import _native
+from capture_backend.analysis.decode import Decoded, decode
+from capture_backend.capture import layouts as L
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.pcapfile import FileSource
+from capture_backend.capture.ring import MIN_FRAME_HDR, BlockWalk, walk_block
 from tests.decode_reference import decode_reference
 from tests.pcapgen import block_of, mixed_frames, write_mixed
 from tests.test_decode_fuzz import LINKTYPES, blocks, frames_for, reframe

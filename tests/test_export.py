@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from capture_backend.block import LINKTYPE_RAW
-from capture_backend.decode import HAS_PORTS, address_key, decode
-from capture_backend.export import (
+from capture_backend.analysis.decode import HAS_PORTS, address_key, decode
+from capture_backend.capture.block import LINKTYPE_RAW
+from capture_backend.rewind.export import (
     END_OF_TIME,
     ExportOptions,
     PcapRanges,
@@ -23,8 +23,8 @@ from capture_backend.export import (
     export,
     parse_time,
 )
-from capture_backend.index import INDEX_NAME, Index
-from capture_backend.recorder import Recorder, RecordOptions
+from capture_backend.rewind.index import INDEX_NAME, Index
+from capture_backend.rewind.recorder import Recorder, RecordOptions
 from tests.lab import REPO_ROOT
 from tests.pcapgen import T0_NS, block_of, block_of_frames, mixed_frames, write_pcap, write_pcapng
 from tests.test_recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets

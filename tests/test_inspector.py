@@ -12,8 +12,15 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from textual.widgets import Tree
 
-from capture_backend.inspect import TSHARK_MISSING, InspectorError, PacketView, decode_pcap, hexdump, inspect_packets
-from capture_backend.timemachine import TimeMachine, select_flow
+from capture_backend.rewind.inspect import (
+    TSHARK_MISSING,
+    InspectorError,
+    PacketView,
+    decode_pcap,
+    hexdump,
+    inspect_packets,
+)
+from capture_backend.rewind.timemachine import TimeMachine, select_flow
 from tests.pcapgen import Frame, block_of_frames, mixed_frames, write_pcap
 from tests.test_tui import SIZE, cells, inspected, screen_text, sync, tm_app, wait_saved
 from tui.app import RetrotapApp
@@ -204,7 +211,7 @@ async def test_I_picks_the_newest_snapshot_first(pcap_path: str, tmp_path: Path)
 async def test_i_without_tshark_says_how_to_get_it(
     pcap_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("capture_backend.inspect.shutil.which", lambda name: None)
+    monkeypatch.setattr("capture_backend.rewind.inspect.shutil.which", lambda name: None)
     app, eng = tm_app(pcap_path, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")

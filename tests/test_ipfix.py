@@ -27,9 +27,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from capture_backend.counters import NS, CounterLimits
+from capture_backend.analysis.services import proto_name
+from capture_backend.analysis.tables import NS, CounterLimits
 from capture_backend.engine import Counting, Snapshot, file_statuses
-from capture_backend.ipfix import (
+from capture_backend.exporters.ipfix import (
     ACTIVE_TIMEOUT,
     FIELD_SPECIFIER,
     FLOW_IPV4_FIELDS,
@@ -54,7 +55,6 @@ from capture_backend.ipfix import (
     FlowTracker,
     flow_records,
 )
-from capture_backend.services import proto_name
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import T0_NS, block_of, write_mixed
 from tests.test_accuracy import retrotap_cmd

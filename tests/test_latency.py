@@ -16,8 +16,8 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from capture_backend.decode import decode
-from capture_backend.latency import (
+from capture_backend.analysis.decode import decode
+from capture_backend.analysis.latency import (
     KIND_DNS,
     KIND_HTTP,
     REPEAT_FIFO,
@@ -222,7 +222,7 @@ def test_one_packet_per_batch_gives_the_same_exchanges() -> None:
 
 
 def _run(batches: list[list[Frame]]) -> list[int]:
-    from capture_backend.counters import Counters
+    from capture_backend.analysis.tables import Counters
 
     counters, lat = Counters(), Latency()
     got: list[int] = []
@@ -279,8 +279,8 @@ def test_request_text() -> None:
 
 def test_unanswered_requests_time_out_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A response after 30 s answers nothing; past the pending limit the oldest requests go, counted."""
-    from capture_backend import latency as lat_mod
-    from capture_backend.counters import Counters
+    from capture_backend.analysis import latency as lat_mod
+    from capture_backend.analysis.tables import Counters
 
     late = [
         dns_frame(0, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", False),
@@ -323,7 +323,7 @@ def test_no_analysis_turns_tcp_health_and_latency_off(tmp_path: Path) -> None:
 
 def test_counts_stay_current_and_flows_over_capacity_are_skipped() -> None:
     """The snapshot's unanswered count moves without new exchanges; rows without a flow row are left out."""
-    from capture_backend.counters import Counters
+    from capture_backend.analysis.tables import Counters
 
     q = dns_frame(0, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", False)
     a = dns_frame(2, "10.7.0.1", "10.7.0.53", 33001, 1, "a.example", True)

@@ -22,15 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from capture_backend.capture.netlink import LinkInfo, LinkStats
 from capture_backend.engine import IfaceStatus
-from capture_backend.metrics import (
+from capture_backend.exporters.metrics import (
     Extra,
     MetricsServer,
     SnapshotCollector,
     coverage,
     exposure_warning,
 )
-from capture_backend.netlink import LinkInfo, LinkStats
 from capture_backend.replay import FileEngine
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import write_mixed

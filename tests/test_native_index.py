@@ -1,4 +1,4 @@
-"""The compiled key index (analysis._native.KeyIndex) behind KeyTable, against the dict it replaced.
+"""The compiled key index (_native.KeyIndex) behind KeyTable, against the dict it replaced.
 
 `DictTable` below is KeyTable's row bookkeeping as it was before the index was compiled (a Python
 dict from key bytes to row, a free list, a high-water mark, growth by doubling): random batches of
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture_backend.analysis._native import KeyIndex
-from capture_backend.counters import INT64_MAX, KeyTable
+from capture_backend._native import KeyIndex
+from capture_backend.analysis.tables import INT64_MAX, KeyTable
 
 LAST = {"last": (np.int64, (), 0)}
 

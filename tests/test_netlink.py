@@ -1,4 +1,4 @@
-"""capture_backend.netlink on a veth pair between two namespaces the test creates."""
+"""capture_backend.capture.netlink on a veth pair between two namespaces the test creates."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute
 
-from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
-from capture_backend.netlink import (
+from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+from capture_backend.capture.netlink import (
     InterfaceError,
     LinkMonitor,
     default_interface,

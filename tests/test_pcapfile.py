@@ -19,8 +19,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import EDecimal, PcapNgWriter, rdpcap, wrpcap
 
-from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
-from capture_backend.pcapfile import CaptureFileError, FileSource, PcapWriter
+from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
+from capture_backend.capture.pcapfile import CaptureFileError, FileSource, PcapWriter
 
 NS = 1_000_000_000
 T0 = 1_700_000_000

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from capture_backend.counters import CounterLimits, TableSnapshot
+from capture_backend.analysis.processes import NOTE, ProcessMapper, ProcessTable
+from capture_backend.analysis.tables import CounterLimits, TableSnapshot
 from capture_backend.engine import Counting, Snapshot
-from capture_backend.processes import NOTE, ProcessMapper, ProcessTable
-from capture_backend.report import process_rows, record
+from capture_backend.output.report import process_rows, record
 from tests.lab import Lab, wait_for_output
 from tests.test_live import records, start_stats, stop, udp
 from tests.test_tui import cells, screen_text

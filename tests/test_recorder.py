@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from scapy.all import IP, UDP, Ether, raw
 
-from capture_backend.block import Block
-from capture_backend.index import INDEX_NAME
-from capture_backend.pcapfile import FileSource, PcapWriter
-from capture_backend.recorder import Recorder, RecorderThread, RecordOptions, file_name
-from capture_backend.timemachine import TimeMachine
+from capture_backend.capture.block import Block
+from capture_backend.capture.pcapfile import FileSource, PcapWriter
+from capture_backend.rewind.index import INDEX_NAME
+from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions, file_name
+from capture_backend.rewind.timemachine import TimeMachine
 from tests.lab import REPO_ROOT, Lab
 from tests.pcapgen import block_of
 

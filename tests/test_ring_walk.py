@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capture_backend import layouts as L
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.ring import MIN_FRAME_HDR, BlockWalk, Ring, RingConfig, walk_block
+from capture_backend.capture import layouts as L
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.ring import MIN_FRAME_HDR, BlockWalk, Ring, RingConfig, walk_block
 
 BLK_HDR_LEN = L.TPACKET_BLOCK_DESC.size  # 48: offset_to_priv, and offset_to_first_pkt without a private area
 V3_ALIGNMENT = 8  # the kernel's TOTAL_PKT_LEN_INCL_ALIGN: tp_next_offset and blk_len grow by ALIGN(len, 8)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from capture_backend.services import known_ports
+from capture_backend.analysis.services import known_ports
 from tests.captures import SETTLE_S, start_tcpdump, stop_tcpdump
 from tests.lab import Lab
 from tests.scenes import Dns, Flood, Lossy, Mixed, Scan, Scene, Web, quiesce

@@ -16,9 +16,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from capture_backend.counters import Counters
-from capture_backend.decode import decode
-from capture_backend.report import addr_str, tcp_health
+from capture_backend.analysis.decode import decode
+from capture_backend.analysis.tables import Counters
+from capture_backend.output.report import addr_str, tcp_health
 from tests.pcapgen import T0_NS, Frame, block_of, block_of_frames, ether, write_mixed, write_pcap
 from tests.test_accuracy import run_retrotap
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
-from capture_backend.decode import decode
-from capture_backend.pcapfile import FileSource
-from capture_backend.timemachine import TOUCH_AHEAD, TimeMachine, select_port, write_snapshot
+from capture_backend.analysis.decode import decode
+from capture_backend.capture.pcapfile import FileSource
+from capture_backend.rewind.timemachine import TOUCH_AHEAD, TimeMachine, select_port, write_snapshot
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import block_of
 

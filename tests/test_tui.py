@@ -25,15 +25,15 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from textual.widgets import ContentSwitcher, DataTable
 
-from capture_backend.bpf import FilterError, compile_filter
-from capture_backend.counters import TableSnapshot
+from capture_backend.analysis.processes import EMPTY_UNKNOWN, ProcessMapper, ProcessTable, ProcessTotals
+from capture_backend.analysis.tables import TableSnapshot
+from capture_backend.capture.bpf import FilterError, compile_filter
+from capture_backend.capture.pcapfile import FileSource
 from capture_backend.engine import EngineEvent
-from capture_backend.pcapfile import FileSource
-from capture_backend.processes import EMPTY_UNKNOWN, ProcessMapper, ProcessTable, ProcessTotals
-from capture_backend.recorder import file_name
+from capture_backend.output.report import flow_rows
 from capture_backend.replay import FileEngine, file_snapshots
-from capture_backend.report import flow_rows
-from capture_backend.timemachine import TimeMachine
+from capture_backend.rewind.recorder import file_name
+from capture_backend.rewind.timemachine import TimeMachine
 from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import block_of, mixed_packets, wirelen, write_pcap
 from tests.test_latency import exchanges, nearest_rank

@@ -22,18 +22,18 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer
 
-from capture_backend.block import LINKTYPE_ETHERNET
-from capture_backend.bpf import FilterError, compile_filter
+from capture_backend.analysis.processes import ProcessMapper
+from capture_backend.analysis.tables import CounterLimits
+from capture_backend.capture.block import LINKTYPE_ETHERNET
+from capture_backend.capture.bpf import FilterError, compile_filter
+from capture_backend.capture.ring import RingConfig
 from capture_backend.contract import EMPTY_PROCESSES, Snapshot
-from capture_backend.counters import CounterLimits
 from capture_backend.engine import Engine, EngineEvent, EventSink
-from capture_backend.exporters import Exporters, ExporterSettings
-from capture_backend.inspect import DEFAULT_LIMIT
-from capture_backend.processes import ProcessMapper
-from capture_backend.recorder import Recorder, RecordError, RecorderThread, RecordOptions
+from capture_backend.exporters.base import Exporters, ExporterSettings
 from capture_backend.replay import FileEngine
-from capture_backend.ring import RingConfig
-from capture_backend.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
+from capture_backend.rewind.inspect import DEFAULT_LIMIT
+from capture_backend.rewind.recorder import Recorder, RecordError, RecorderThread, RecordOptions
+from capture_backend.rewind.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
 from tui.selection import selection_of
 from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView

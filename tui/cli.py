@@ -12,16 +12,16 @@ from typing import TypeVar
 
 import psutil
 
-from capture_backend.bpf import FilterError
-from capture_backend.counters import CounterLimits
-from capture_backend.decode import address_key
-from capture_backend.export import ExportOptions, TimeSpecError, run_export, time_window
-from capture_backend.exporters import DEFAULT_TOP, MAX_TOP, ExporterSettings
+from capture_backend.analysis.decode import address_key
+from capture_backend.analysis.tables import CounterLimits
+from capture_backend.capture.bpf import FilterError
+from capture_backend.capture.netlink import InterfaceError, default_interface
+from capture_backend.capture.pcapfile import CaptureFileError
+from capture_backend.capture.ring import CaptureError, RingConfig
+from capture_backend.exporters.base import DEFAULT_TOP, MAX_TOP, ExporterSettings
 from capture_backend.headless import RecordRun, StatsOptions, run_record, run_stats
-from capture_backend.netlink import InterfaceError, default_interface
-from capture_backend.pcapfile import CaptureFileError
-from capture_backend.recorder import RecordError, RecordOptions
-from capture_backend.ring import CaptureError, RingConfig
+from capture_backend.rewind.export import ExportOptions, TimeSpecError, run_export, time_window
+from capture_backend.rewind.recorder import RecordError, RecordOptions
 
 USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, RecordError, PermissionError, OSError)
 SUBCOMMANDS = ("stats", "record", "export", "web")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from capture_backend.services import PROTO_NUMBERS
-from capture_backend.timemachine import Selector, select_flow, select_host, select_pair, select_port
+from capture_backend.analysis.services import PROTO_NUMBERS
+from capture_backend.rewind.timemachine import Selector, select_flow, select_host, select_pair, select_port
 
 
 def _proto(name: str) -> int:

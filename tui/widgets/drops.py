@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from capture_backend.report import capture_health, drop_rows
+from capture_backend.output.report import capture_health, drop_rows
 from tui.widgets.format import DASH, count, duration, per_second, percent, right
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, View

@@ -6,7 +6,7 @@ import time
 
 from rich.text import Text
 
-from capture_backend.report import bits_text, size_text
+from capture_backend.output.report import bits_text, size_text
 
 DASH = "–"
 BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 
 from capture_backend.contract import TableSnapshot
-from capture_backend.report import (
+from capture_backend.output.report import (
     flow_rows,
     flow_server_is_b,
     host_rows,

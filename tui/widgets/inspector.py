@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from capture_backend.inspect import (
+from capture_backend.rewind.inspect import (
     DEFAULT_LIMIT,
     InspectorError,
     Node,
@@ -28,7 +28,7 @@ from capture_backend.inspect import (
     hexdump,
     inspect_packets,
 )
-from capture_backend.timemachine import Selector, TimeMachine
+from capture_backend.rewind.timemachine import Selector, TimeMachine
 
 # What the worker runs: given a progress callback (packets decoded so far), the decoded packets.
 Job = Callable[[Callable[[int], None]], list[PacketView]]

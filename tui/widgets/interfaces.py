@@ -10,7 +10,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Label, Sparkline
 
 from capture_backend.contract import Snapshot
-from capture_backend.report import Row, interface_rows
+from capture_backend.output.report import Row, interface_rows
 from tui.widgets.format import DASH, bits, count, per_second, right
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, View

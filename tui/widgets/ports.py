@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from textual.app import ComposeResult
 
-from capture_backend.report import port_rows, snapshot_interval, table_rates
+from capture_backend.output.report import port_rows, snapshot_interval, table_rates
 from tui.widgets.format import bits, count, per_second, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View

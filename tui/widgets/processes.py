@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.widgets import Static
 
 from capture_backend.contract import PROCESS_NOTE, ProcessTable
-from capture_backend.report import process_rows
+from capture_backend.output.report import process_rows
 from tui.widgets.format import DASH, bits, count, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, View

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from capture_backend.analysis.latency import DNS_PORT
+from capture_backend.analysis.services import PROTO_NUMBERS, service_table
 from capture_backend.contract import (
     FLOW_KEY,
     KIND_DNS,
@@ -20,8 +22,6 @@ from capture_backend.contract import (
     match_rows,
     network_key,
 )
-from capture_backend.latency import DNS_PORT
-from capture_backend.services import PROTO_NUMBERS, service_table
 
 KIND_NUMBERS = {name: num for num, name in KIND_NAMES.items()}  # application latency: dns, http, mysql
 DOTTED_PREFIX = re.compile(r"^\d{1,3}(\.\d{1,3}){0,2}\.?$")

@@ -14,12 +14,12 @@ from capture_backend.contract import DEFAULT_TOP as DEFAULT_TOP
 from capture_backend.contract import MAX_TOP as MAX_TOP
 from capture_backend.contract import Extra as Extra
 from capture_backend.contract import Snapshot
-from capture_backend.ipfix import FlowExporter, resolve
-from capture_backend.recorder import RecordStats
-from capture_backend.timemachine import TimeMachine
+from capture_backend.exporters.ipfix import FlowExporter, resolve
+from capture_backend.rewind.recorder import RecordStats
+from capture_backend.rewind.timemachine import TimeMachine
 
 if TYPE_CHECKING:  # prometheus_client is imported only when /metrics is asked for
-    from capture_backend.metrics import MetricsServer
+    from capture_backend.exporters.metrics import MetricsServer
 
 Log = Callable[[str], None]
 
@@ -73,7 +73,7 @@ class Exporters:
             self.extra["ipfix_flow_records_total"] = Extra("IPFIX flow records sent", lambda: ipfix.encoder.records)
             self.extra["ipfix_send_errors_total"] = Extra("IPFIX messages not sent", lambda: ipfix.send_errors)
         if s.metrics is not None:
-            from capture_backend.metrics import MetricsServer, SnapshotCollector, exposure_warning
+            from capture_backend.exporters.metrics import MetricsServer, SnapshotCollector, exposure_warning
 
             host, port = s.metrics
             warning = exposure_warning(host, port)

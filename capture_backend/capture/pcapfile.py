@@ -15,8 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from capture_backend import layouts as lay
-from capture_backend.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture import layouts as lay
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 
 MAX_RECORD_BYTES = 256 << 20
 SNAPLEN_SLACK = 65536  # incl_len may exceed 4 x snaplen by this much before it counts as corrupt

@@ -20,12 +20,12 @@ from typing import TextIO
 
 import numpy as np
 
-from capture_backend import layouts as lay
-from capture_backend.block import LINKTYPE_ETHERNET, Block
-from capture_backend.bpf import OfflineFilter
-from capture_backend.decode import PORT_PROTOS, decode
-from capture_backend.index import Chunk, FileInfo, Index, sync
-from capture_backend.pcapfile import MAX_RECORD_BYTES, SNAPLEN_SLACK, CaptureFileError, FileSource, PcapWriter
+from capture_backend.analysis.decode import PORT_PROTOS, decode
+from capture_backend.capture import layouts as lay
+from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.capture.bpf import OfflineFilter
+from capture_backend.capture.pcapfile import MAX_RECORD_BYTES, SNAPLEN_SLACK, CaptureFileError, FileSource, PcapWriter
+from capture_backend.rewind.index import Chunk, FileInfo, Index, sync
 
 NS = 1_000_000_000
 END_OF_TIME = (1 << 63) - 1

@@ -18,6 +18,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from capture_backend.analysis.columns import segments
+from capture_backend.analysis.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames
+from capture_backend.analysis.tables import KeyTable
 from capture_backend.contract import (
     EMPTY_LATENCY,
     KIND_DNS,
@@ -32,8 +35,6 @@ from capture_backend.contract import (
     key_bytes,
     pack_keys,
 )
-from capture_backend.counters import KeyTable, _segments
-from capture_backend.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames
 
 DNS_PORT = 53
 MYSQL_PORT = 3306
@@ -161,7 +162,7 @@ def match(
     if n == 0:
         e = np.zeros(0, np.int64)
         return e, e, e
-    head = _segments(key)[0]
+    head = segments(key)[0]
     prev_req = np.zeros(n, bool)
     prev_req[1:] = request[:-1] & ~head[1:]
     drop = np.zeros(n, bool)
@@ -194,7 +195,7 @@ def match(
 
 def _fifo(key: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = key.size
-    head, seg, starts = _segments(key)
+    head, seg, starts = segments(key)
     step = np.where(request, 1, -1)
     c = np.cumsum(step)
     c = c - np.repeat(c[starts] - step[starts], np.diff(np.append(starts, n)))  # per key
@@ -217,7 +218,7 @@ def _fifo(key: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 def _rank_in_segment(seg: np.ndarray) -> np.ndarray:
     """0, 1, 2, ... within each run of equal values of a sorted array."""
-    _, run, starts = _segments(seg)
+    _, run, starts = segments(seg)
     return np.arange(seg.size) - starts[run]
 
 
@@ -268,7 +269,7 @@ def _quantiles(rows: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndar
     # One sort of row << 36 | value (values stay below PENDING_TIMEOUT_NS < 2**36).
     packed = np.sort((rows.astype(np.int64) << 36) | values)
     r, v = packed >> 36, packed & ((1 << 36) - 1)
-    starts = _segments(r)[2]
+    starts = segments(r)[2]
     count = np.diff(np.append(starts, r.size))
     ids = r[starts]
     p50[ids] = v[starts + np.ceil(0.50 * count).astype(np.int64) - 1]

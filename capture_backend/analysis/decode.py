@@ -1,6 +1,6 @@
 """Turn one Block into columns (NumPy arrays, one row per packet): no Python object per packet.
 
-The frames are walked once in compiled code (analysis._native.decode_frames, the GIL released): every
+The frames are walked once in compiled code (_native.decode_frames, the GIL released): every
 link type below, up to two VLAN tags, IPv4 with options and fragments, IPv6 with extension headers,
 TCP/UDP/SCTP/ICMP. Every read is checked against the frame's captured bytes, so truncated or
 malformed frames become a flag, never an exception. The NumPy decoder this replaced is kept as the
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capture_backend.analysis import _native
-from capture_backend.block import (
+from capture_backend import _native
+from capture_backend.capture.block import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,

@@ -18,9 +18,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from capture_backend.block import Block
-from capture_backend.decode import Decoded, address_key, decode
-from capture_backend.pcapfile import PcapWriter
+from capture_backend.analysis.decode import Decoded, address_key, decode
+from capture_backend.capture.block import Block
+from capture_backend.capture.pcapfile import PcapWriter
 
 NS = 1_000_000_000
 PAGE = 4096

@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from capture_backend import layouts as lay
-from capture_backend.decode import HAS_PORTS, Decoded, decode, key_bytes
-from capture_backend.pcapfile import CaptureFileError, FileSource
+from capture_backend.analysis.decode import HAS_PORTS, Decoded, decode, key_bytes
+from capture_backend.capture import layouts as lay
+from capture_backend.capture.pcapfile import CaptureFileError, FileSource
 
 INDEX_NAME = "retrotap-index.sqlite"
 CHUNK_BYTES = 256 << 10

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that capture pay for it
     from pyroute2 import IPRoute
 
-from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 from capture_backend.contract import LinkInfo as LinkInfo
 from capture_backend.contract import LinkStats as LinkStats
 

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from capture_backend.contract import DEFAULT_TOP, MAX_TOP, Extra, IfaceStatus, Snapshot
-from capture_backend.report import host_rows, port_rows
+from capture_backend.output.report import host_rows, port_rows
 
 PREFIX = "retrotap_"
 DEFAULT_PORT = 9477

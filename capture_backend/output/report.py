@@ -11,6 +11,9 @@ from typing import Any
 import humanize
 import numpy as np
 
+from capture_backend.analysis.decode import IPPROTO_TCP
+from capture_backend.analysis.services import known_ports, proto_name, service_name
+from capture_backend.analysis.tables import AVERAGE_WINDOWS, NS
 from capture_backend.contract import (
     KIND_NAMES,
     ProcessTable,
@@ -21,9 +24,6 @@ from capture_backend.contract import (
 )
 from capture_backend.contract import match_rows as match_rows
 from capture_backend.contract import table_growth as table_growth
-from capture_backend.counters import AVERAGE_WINDOWS, NS
-from capture_backend.decode import IPPROTO_TCP
-from capture_backend.services import known_ports, proto_name, service_name
 
 Row = dict[str, Any]
 addr_str = address_text  # the old name

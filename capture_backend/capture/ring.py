@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capture_backend import layouts as L
-from capture_backend.analysis import _native
-from capture_backend.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
-from capture_backend.bpf import BpfProgram, attach
+from capture_backend import _native
+from capture_backend.capture import layouts as L
+from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
+from capture_backend.capture.bpf import BpfProgram, attach
 
 ARPHRD_LOOPBACK = 772
 ARPHRD_ETHER = 1
@@ -63,7 +63,7 @@ MIN_FRAME_HDR = L.SLL_OFFSET_IN_FRAME + L.SOCKADDR_LL.size
 
 def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
     """Follow tp_next_offset frame by frame through the block at byte `base` of a ring viewed as
-    uint32 words (compiled: analysis._native.walk_block, the GIL released).
+    uint32 words (compiled: _native.walk_block, the GIL released).
 
     Every offset is checked against the block's bounds before it is read, so a corrupt or
     unexpected layout (a 64 KB GRO frame among small ACKs, a block at the end of the ring) never

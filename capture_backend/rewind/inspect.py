@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from capture_backend.block import Block
-from capture_backend.decode import decode
-from capture_backend.pcapfile import FileSource, PcapWriter
-from capture_backend.timemachine import Selector, TimeMachine
+from capture_backend.analysis.decode import decode
+from capture_backend.capture.block import Block
+from capture_backend.capture.pcapfile import FileSource, PcapWriter
+from capture_backend.rewind.timemachine import Selector, TimeMachine
 
 DEFAULT_LIMIT = 2000
 TSHARK_TIMEOUT_S = 120

@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from capture_backend.analysis.tables import NS
 from capture_backend.contract import FLOW_KEY, Snapshot, TableSnapshot, ipv4_octets, is_v4, key_records, match_rows
-from capture_backend.counters import NS
 
 IPFIX_VERSION = 10
 TEMPLATE_SET_ID = 2

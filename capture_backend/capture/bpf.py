@@ -11,8 +11,8 @@ from functools import cache
 
 import numpy as np
 
-from capture_backend.block import LINKTYPE_LINUX_SLL, Block
-from capture_backend.layouts import (
+from capture_backend.capture.block import LINKTYPE_LINUX_SLL, Block
+from capture_backend.capture.layouts import (
     SO_ATTACH_FILTER,
     SO_DETACH_FILTER,
     SOCK_FILTER,

@@ -21,10 +21,11 @@ from typing import BinaryIO, cast
 
 import numpy as np
 
-from capture_backend import layouts as lay
-from capture_backend.block import Block
-from capture_backend.decode import decode
-from capture_backend.index import (
+from capture_backend.analysis.decode import decode
+from capture_backend.capture import layouts as lay
+from capture_backend.capture.block import Block
+from capture_backend.capture.pcapfile import CaptureFileError, PcapWriter
+from capture_backend.rewind.index import (
     CHUNK_BYTES,
     PARTIAL_SUFFIX,
     RECORDING_NAME,
@@ -36,8 +37,7 @@ from capture_backend.index import (
     record_offsets,
     scan_file,
 )
-from capture_backend.pcapfile import CaptureFileError, PcapWriter
-from capture_backend.timemachine import TimeMachine
+from capture_backend.rewind.timemachine import TimeMachine
 
 NS = 1_000_000_000
 LOCK_NAME = "retrotap-record.lock"

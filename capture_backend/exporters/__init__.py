@@ -1,0 +1,1 @@
+"""Fleet outputs fed by snapshots: Prometheus metrics and IPFIX flows (one base)."""

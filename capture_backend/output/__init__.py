@@ -1,0 +1,1 @@
+"""Snapshots as rows for people and scripts: stats text, NDJSON and CSV."""

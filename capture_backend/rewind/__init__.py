@@ -1,0 +1,1 @@
+"""The past: the time machine, rolling recordings, their index, export and inspection."""
