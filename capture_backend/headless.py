@@ -14,16 +14,15 @@ from typing import TextIO
 
 import numpy as np
 
-from capture_backend.analysis.processes import ProcessMapper
 from capture_backend.analysis.tables import NS, CounterLimits
 from capture_backend.capture.pcapfile import CaptureFileError, FileSource
 from capture_backend.capture.ring import RingConfig
 from capture_backend.contract import Snapshot
 from capture_backend.engine import Counting, Engine, EngineEvent, file_statuses, filter_blocks
-from capture_backend.exporters.base import Exporters, ExporterSettings, recorder_counters, time_machine_counters
+from capture_backend.exporters.base import Exporters, ExporterSettings
 from capture_backend.output.report import Row, bits_text, record, size_text
-from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions
-from capture_backend.rewind.timemachine import TimeMachine, write_snapshot
+from capture_backend.rewind.recorder import Recorder, RecordOptions
+from capture_backend.run import PcapSaver, Run, RunOptions, SaveDone
 
 CSV_COLUMNS = (
     "kind time name state addr a b proto port service src sport dst dport packets bytes malformed "
@@ -147,33 +146,6 @@ class Signals:
         self.wake.set()
 
 
-class Snapshotter:
-    """Writes time machine snapshots on their own thread, one at a time, and logs the result."""
-
-    def __init__(self, tm: TimeMachine, directory: str, log: Callable[[str], None]) -> None:
-        self.tm = tm
-        self.directory = directory
-        self.log = log
-        self._thread: threading.Thread | None = None
-
-    def request(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self.log("snapshot: one is already being written")
-            return
-        self._thread = threading.Thread(target=self._write, name="retrotap-snapshot", daemon=True)
-        self._thread.start()
-
-    def _write(self) -> None:
-        try:
-            self.log(write_snapshot(self.tm, self.directory).summary())
-        except OSError as e:
-            self.log(f"snapshot failed: {e.strerror or e}: {getattr(e, 'filename', '') or self.directory}")
-
-    def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-
 # Engine events a headless run prints on stderr as they happen.
 LOGGED_EVENTS = frozenset({"error", "iface-gone", "iface-down", "iface-up"})
 
@@ -196,71 +168,73 @@ def capture_status(snap: Snapshot, log: Callable[[str], None]) -> int:
     return 1
 
 
-def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
-    """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
-    tm = TimeMachine(opts.buffer_size, opts.buffer_seconds) if opts.buffer_size else None
-    engine = Engine(
-        opts.interfaces,
+def _run_options(opts: StatsOptions | RecordRun, processes: bool, record: RecordOptions | None) -> RunOptions:
+    return RunOptions(
+        interfaces=opts.interfaces,
         filter_expr=opts.filter_expr,
         ring=opts.ring,
         limits=opts.limits,
-        block_sinks=[tm] if tm else [],
-        on_event=event_logger(log),
+        buffer_size=opts.buffer_size,
+        buffer_seconds=opts.buffer_seconds,
+        snapshot_dir=opts.snapshot_dir,
+        exporters=opts.exporters,
+        processes=processes,
+        record=record,
     )
-    engine.open()
-    exporters = Exporters(opts.exporters, lambda: engine.snapshot, log)
-    if tm is not None:
-        exporters.extra.update(time_machine_counters(tm))
-    exporters.start()
-    snapshots = Snapshotter(tm, opts.snapshot_dir, log) if tm is not None else None
+
+
+def _save_logger(log: Callable[[str], None]) -> SaveDone:
+    return lambda line, failed, result: log(line)
+
+
+def _save_pcap(run: Run, saver: PcapSaver | None, log: Callable[[str], None]) -> None:
+    """SIGUSR1: write the time machine to a pcap (off the main and capture threads)."""
+    if saver is None:
+        log("snapshot: the time machine is off (--buffer-size 0)")
+    elif not saver.request():
+        log("snapshot: one is already being written")
+
+
+def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
+    """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
     # Reading the socket table costs ~10 ms of interpreter time a second (more with many processes):
     # only the JSON output shows processes, so only it pays for them.
-    mapper = ProcessMapper(lambda: engine.snapshot) if opts.fmt == "json" else None
-    engine.start()
-    if mapper is not None:
-        mapper.start()
-    engine.ready.wait(10)
-    log(f"listening on {', '.join(opts.interfaces)}" + (f" (filter: {opts.filter_expr})" if opts.filter_expr else ""))
-    interval = opts.interval or 1.0
-    prev: Snapshot | None = None
-    written = 0
-    next_at = time.monotonic() + interval
-    try:
-        while not signals.stop:
+    run = Run(_run_options(opts, opts.fmt == "json", None), log, on_event=event_logger(log))
+    saver = run.pcap_saver(_save_logger(log))
+    engine = run.engine
+    assert isinstance(engine, Engine)
+    with run:
+        run.start()
+        engine.ready.wait(10)
+        log(f"listening on {', '.join(opts.interfaces)}" + _filter_note(opts.filter_expr))
+        interval = opts.interval or 1.0
+        prev: Snapshot | None = None
+        written = 0
+        next_at = time.monotonic() + interval
+        while not signals.stop and not (opts.count and written >= opts.count):
             if signals.wake.wait(max(0.0, next_at - time.monotonic())):
                 signals.wake.clear()
                 if signals.snapshot:
                     signals.snapshot = False
-                    if snapshots is None:
-                        log("snapshot: the time machine is off (--buffer-size 0)")
-                    else:
-                        snapshots.request()
+                    _save_pcap(run, saver, log)
                 continue
             next_at += interval
             snap = engine.fresh_snapshot()
-            out.write(record(snap, prev, opts.top, mapper.result if mapper is not None else None))
+            out.write(record(snap, prev, opts.top, run.mapper.result if run.mapper is not None else None))
             prev = snap
             written += 1
-            if opts.count and written >= opts.count:
-                engine.close()
-                if mapper is not None:
-                    mapper.close()
-                break
-    finally:
-        if engine.running:  # stopped by a signal: drain the rings, then one last record
-            engine.close()
+        stopped = signals.stop
+        engine.close()  # drain the rings
+        if stopped:  # by a signal: one last record, processes attributed with a fresh socket table
             final = None
-            if mapper is not None:
-                mapper.close()  # then attribute the final snapshot here, with a fresh socket table
-                mapper.refresh()
-                final = mapper.update(engine.snapshot)
-            out.write(record(engine.snapshot, prev, opts.top, final))
-        if mapper is not None:
-            mapper.close()
-        exporters.stop(engine.snapshot)
-        if snapshots is not None:
-            snapshots.join()
-    return capture_status(engine.snapshot, log)
+            if run.mapper is not None:
+                run.mapper.close()
+                run.mapper.refresh()
+                final = run.mapper.update(run.snapshot)
+            out.write(record(run.snapshot, prev, opts.top, final))
+    if saver is not None:
+        saver.join()
+    return capture_status(run.snapshot, log)
 
 
 def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[Snapshot]:
@@ -358,59 +332,34 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
     signals.install()
     if opts.read_file:
         return _record_file(opts, signals, logger)
-    tm = TimeMachine(opts.buffer_size, opts.buffer_seconds)
-    engine = Engine(
-        opts.interfaces,
-        filter_expr=opts.filter_expr,
-        ring=opts.ring,
-        limits=opts.limits,
-        block_sinks=[tm],
-        on_event=event_logger(logger),
-    )
-    engine.open()
-    recorder = Recorder(opts.record, logger)
-    try:
-        recorder.start()
-    except BaseException:
-        engine.close()
-        raise
-    exporters = Exporters(opts.exporters, lambda: engine.snapshot, logger)
-    exporters.extra.update(time_machine_counters(tm) | recorder_counters(recorder.stats))
-    try:
-        exporters.start()
-    except BaseException:
-        recorder.close()
-        engine.close()
-        raise
-    thread = RecorderThread(tm, recorder, on_error=lambda _: signals.wake.set())
-    snapshots = Snapshotter(tm, opts.snapshot_dir, logger)
-    thread.start()
-    engine.start()
-    engine.ready.wait(10)
-    names = ", ".join(opts.interfaces)
-    logger(f"listening on {names}, recording to {opts.record.directory}" + _filter_note(opts.filter_expr))
-    try:
+    run = Run(_run_options(opts, False, opts.record), logger, on_event=event_logger(logger))
+    saver = run.pcap_saver(_save_logger(logger))
+    with run:
+        recorder, thread = run.recording or (None, None)
+        assert recorder is not None and thread is not None
+        thread.on_error = lambda _: signals.wake.set()
+        run.start()
+        run.engine.ready.wait(10)
+        names = ", ".join(opts.interfaces)
+        logger(f"listening on {names}, recording to {opts.record.directory}" + _filter_note(opts.filter_expr))
         while not signals.stop and thread.error is None:
             if signals.wake.wait(1.0):
                 signals.wake.clear()
                 if signals.snapshot:
                     signals.snapshot = False
-                    snapshots.request()
-    finally:
-        engine.close()  # drains the rings into the pool
-        thread.stop()  # writes what the pool still holds
-        recorder.close()
-        exporters.stop(engine.snapshot)
-        snapshots.join()
-    if thread.error is not None:
-        logger(f"error: {thread.error}")
-    snap = engine.snapshot
+                    _save_pcap(run, saver, logger)
+        error = thread.error
+    if saver is not None:
+        saver.join()
+    if error is not None:
+        logger(f"error: {error}")
+    snap = run.snapshot
     logger(
         f"{recorder.stats.summary()}; captured {snap.packets} packets, kernel drops {snap.kernel_drops}, "
         f"capture restarts {snap.restarts}"
     )
     status = capture_status(snap, logger)
-    return 1 if thread.error is not None else status
+    return 1 if error is not None else status
 
 
 def _filter_note(expr: str) -> str:

@@ -480,20 +480,20 @@ async def test_R_records_what_arrives_until_pressed_again(engine: FileEngine, tm
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await pilot.press("R")
         await pilot.pause()
-        assert app.recording is not None
+        assert app.capture_run.recording is not None
         # Packet times near the clock the recorder closes minute files by, 30 s ahead: no boundary while we test.
         t0 = (time.time_ns() // NS + 30) * NS
         tm.add(block_of(sent[:25], ts_ns=[t0 + i for i in range(25)]))
         tm.add(block_of(sent[25:], ts_ns=[t0 + 25 + i for i in range(15)]))
         for _ in range(200):
             await pilot.pause(0.02)
-            if app.recording[0].stats.packets == 40:
+            if app.capture_run.recording[0].stats.packets == 40:
                 break
         app.render_view()
         assert "REC " in screen_text(app)
         await pilot.press("R")
         await pilot.pause()
-        assert app.recording is None
+        assert app.capture_run.recording is None
     files = sorted((tmp_path / "rec").glob("*.pcap"))
     assert [p.name for p in files] == [file_name("test0", t0)]
     assert re.fullmatch(r"test0-\d{8}T\d{6}\.000000Z\.pcap", files[0].name)

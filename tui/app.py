@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,12 +27,12 @@ from capture_backend.capture.block import LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import FilterError, compile_filter
 from capture_backend.capture.ring import RingConfig
 from capture_backend.contract import EMPTY_PROCESSES, Snapshot
-from capture_backend.engine import Engine, EngineEvent, EventSink
-from capture_backend.exporters.base import Exporters, ExporterSettings
-from capture_backend.replay import FileEngine
+from capture_backend.engine import EngineEvent, EventSink
+from capture_backend.exporters.base import ExporterSettings
 from capture_backend.rewind.inspect import DEFAULT_LIMIT
-from capture_backend.rewind.recorder import Recorder, RecordError, RecorderThread, RecordOptions
-from capture_backend.rewind.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
+from capture_backend.rewind.recorder import RecordError, RecordOptions
+from capture_backend.rewind.timemachine import Selector, SnapshotResult, TimeMachine
+from capture_backend.run import Run, RunOptions
 from tui.selection import selection_of
 from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
@@ -201,18 +200,22 @@ class RetrotapApp(App[int]):
         record_dir: str = "retrotap-recording",
         inspect_limit: int = DEFAULT_LIMIT,
         processes: ProcessMapper | None = None,
+        run: Run | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
-        self.processes = processes
-        self.timemachine = timemachine
+        # The run owns the capture's parts and stops them; a test's parts get a run around them.
+        self.capture_run = run or Run.around(engine, self._recorder_line, timemachine=timemachine, mapper=processes)
+        self.processes = self.capture_run.mapper
+        self.timemachine = self.capture_run.timemachine
         self.snapshot_dir = snapshot_dir
         self.record_dir = record_dir
         self.inspect_limit = inspect_limit
-        self.recording: tuple[Recorder, RecorderThread] | None = None
         self.last_snapshot = ""
         self._saved_note = ""
-        self._writing = False
+        self._saver = self.capture_run.pcap_saver(self._pcap_saved)
+        if self._saver is not None:
+            self._saver.directory = snapshot_dir
         self.clock = clock
         self.refresh_s = refresh_s if refresh_s > 0 else 1.0
         self.names = NameResolver(resolver) if resolver is not None else NameResolver()
@@ -258,17 +261,10 @@ class RetrotapApp(App[int]):
         self.close_engine()
 
     def close_engine(self) -> None:
-        """Stop the engine, then a recording (it writes what the pool still holds), and the name worker (once)."""
+        """Stop the run (engine, then a recording, the process mapper, exporters) and the name worker, once."""
         if not self._closed:
             self._closed = True
-            self.engine.close()
-            if self.processes is not None:
-                self.processes.close()
-            if self.recording is not None:
-                recorder, thread = self.recording
-                self.recording = None
-                thread.stop()
-                recorder.close()
+            self.capture_run.close()
             self.names.close()
 
     # --- the refresh: pull the newest snapshot, render the active view
@@ -338,8 +334,8 @@ class RetrotapApp(App[int]):
         parts.append(f"age {duration(max(0.0, frame.now - snap.time))}")
         if self.last_snapshot:
             parts.append(f"saved {self._saved_note}")
-        if self.recording is not None:
-            stats = self.recording[0].stats
+        if self.capture_run.recording is not None:
+            stats = self.capture_run.recording[0].stats
             parts.append(f"REC {self.record_dir} {count(stats.packets)} pkts {size(stats.bytes)}")
         self.query_one(StatusBar).show(" │ ".join(parts), self.paused, self.show_names)
 
@@ -402,24 +398,19 @@ class RetrotapApp(App[int]):
 
     def action_record(self) -> None:
         """Start recording every packet from now on to rotating pcap files, or stop it."""
-        if self.recording is not None:
+        if self.capture_run.recording is not None:
             self._stop_recording()
-            return
-        tm = self.timemachine
-        if tm is None:
-            self.notify("recording needs the time machine (--buffer-size 0 turns it off)", severity="warning")
             return
         try:
             os.makedirs(self.record_dir, mode=0o700, exist_ok=True)
-            recorder = Recorder(RecordOptions(self.record_dir), self._recorder_line)
-            recorder.start()
+            options = RecordOptions(self.record_dir)
+            self.capture_run.start_recording(options, self._recorder_failed, log=self._recorder_line)
+        except ValueError as e:
+            self.notify(str(e), severity="warning")
+            return
         except (RecordError, OSError) as e:
             self.notify(f"cannot record: {e}", severity="error")
             return
-        thread = RecorderThread(tm, recorder, on_error=self._recorder_failed)
-        thread.skip_to_now()
-        thread.start()
-        self.recording = (recorder, thread)
         self.notify(f"recording to {self.record_dir}", timeout=4)
         self.render_view()
 
@@ -430,12 +421,9 @@ class RetrotapApp(App[int]):
         self.post_message(RecorderNote(line, failed=True))
 
     def _stop_recording(self) -> None:
-        if self.recording is None:
+        recorder = self.capture_run.stop_recording()
+        if recorder is None:
             return
-        recorder, thread = self.recording
-        self.recording = None
-        thread.stop()
-        recorder.close()
         self.notify(recorder.stats.summary(), timeout=8)
         self.render_view()
 
@@ -494,28 +482,15 @@ class RetrotapApp(App[int]):
             self.push_screen(InspectorScreen(path.name, file_job(path, self.inspect_limit), self.inspect_limit))
 
     def _write_snapshot(self, select: Selector | None, what: str) -> None:
-        tm = self.timemachine
-        if tm is None:
+        if self._saver is None:
             self.notify("the time machine is off (--buffer-size 0)", severity="warning")
-            return
-        if self._writing:
+        elif not self._saver.request(select, what):
             self.notify("a snapshot is already being written", severity="warning")
-            return
-        self._writing = True
 
-        def write() -> None:
-            try:
-                result = write_snapshot(tm, self.snapshot_dir, select=select)
-                self.post_message(SnapshotWritten(result.summary() + (f" [{what}]" if what else ""), False, result))
-            except OSError as e:
-                self.post_message(SnapshotWritten(f"snapshot failed: {e.strerror or e}", True))
-            except Exception as e:  # never leave _writing set: the next w must work
-                self.post_message(SnapshotWritten(f"snapshot failed: {type(e).__name__}: {e}", True))
-
-        threading.Thread(target=write, name="retrotap-snapshot", daemon=True).start()
+    def _pcap_saved(self, line: str, failed: bool, result: SnapshotResult | None) -> None:
+        self.post_message(SnapshotWritten(line, failed, result))
 
     def on_snapshot_written(self, message: SnapshotWritten) -> None:
-        self._writing = False
         self.last_snapshot = message.text.removeprefix("snapshot: ")
         result = message.result
         if result is not None and result.paths:
@@ -598,40 +573,37 @@ def run_dashboard(
 ) -> int:
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
     limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis)
-    engine: Engine | FileEngine
-    mapper: ProcessMapper | None = None  # live only: a file's sockets are not this machine's
-    tm = TimeMachine(args.buffer_size, args.buffer_seconds) if args.buffer_size else None
-    sinks = [tm] if tm is not None else []
-    if args.read:
-        engine = FileEngine(
-            args.read, filter_expr=args.filter, limits=limits, realtime=args.realtime, block_sinks=sinks
-        )
-        source = Path(args.read).name
-    else:
-        engine = Engine(interfaces, filter_expr=args.filter, ring=ring, limits=limits, block_sinks=sinks)
-        source = ",".join(interfaces)
-        mapper = ProcessMapper(lambda: engine.snapshot)
-    engine.open()
     notes: list[str] = []  # exporters' messages, printed once the screen is gone
-    running = Exporters(exporters or ExporterSettings(), lambda: engine.snapshot, notes.append)
-    running.start()
+    opts = RunOptions(
+        interfaces=interfaces,
+        read_file=args.read,
+        realtime=args.realtime,
+        filter_expr=args.filter,
+        ring=ring,
+        limits=limits,
+        buffer_size=args.buffer_size,
+        buffer_seconds=args.buffer_seconds,
+        snapshot_dir=args.snapshot_dir,
+        exporters=exporters or ExporterSettings(),
+        processes=True,  # live only: a file's sockets are not this machine's
+    )
+    run = Run(opts, notes.append)
+    run.open()
     app = RetrotapApp(
-        engine,
+        run.engine,
         refresh_s=args.refresh or 1.0,
-        source=source,
-        timemachine=tm,
+        source=Path(args.read).name if args.read else ",".join(interfaces),
         snapshot_dir=args.snapshot_dir,
         record_dir=args.record_dir,
         inspect_limit=args.inspect_limit,
-        processes=mapper,
+        run=run,
     )
     try:
         app.run()
     finally:
         app.close_engine()
-        running.stop(engine.snapshot)
         for note in notes:
             print(f"retrotap: {note}", file=sys.stderr)
-        for line in problems(engine.snapshot):
+        for line in problems(run.snapshot):
             print(f"retrotap: error: {line}", file=sys.stderr)
-    return app.return_code or (1 if engine.snapshot.restarts else 0)
+    return app.return_code or run.exit_status

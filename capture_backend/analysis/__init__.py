@@ -1,5 +1,1 @@
-"""Per-packet analysis in compiled code (Cython, the GIL released in the loops).
-
-`_native` is built from `_native.pyx` when the package is installed (`pip install .` or `-e .`),
-or in place with `python3 setup.py build_ext --inplace`.
-"""
+"""What is made of the packets: decode, the bounded tables, TCP health, application latency, processes."""

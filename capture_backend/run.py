@@ -1,0 +1,239 @@
+"""One capture run for every front end (dashboard, stats, record, web).
+
+`Run` builds the packet source (a live `Engine` or a `FileEngine`), the time machine, the recorder,
+the exporters and the process mapper from one `RunOptions`, starts them, and stops them in one
+order: the engine first (a last drain of the rings into the pool), then the recorder (it writes
+what the pool still holds), the process mapper, and the exporters with the final snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
+
+from capture_backend.analysis.processes import ProcessMapper
+from capture_backend.analysis.tables import CounterLimits
+from capture_backend.capture.ring import RingConfig
+from capture_backend.contract import Snapshot
+from capture_backend.engine import Engine, EventSink
+from capture_backend.exporters.base import Exporters, ExporterSettings, recorder_counters, time_machine_counters
+from capture_backend.replay import FileEngine
+from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions
+from capture_backend.rewind.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
+
+Log = Callable[[str], None]
+
+
+class EngineLike(Protocol):
+    """What a run needs of its packet source (Engine, FileEngine, a test's snapshot feed)."""
+
+    snapshot: Snapshot
+
+    def close(self) -> None: ...
+# What a pcap save reports when it ends: its line, whether it failed, and the result when it did not.
+SaveDone = Callable[[str, bool, SnapshotResult | None], None]
+
+
+@dataclass
+class RunOptions:
+    """Everything a capture run is built from, whichever front end asks for it."""
+
+    interfaces: list[str] = field(default_factory=list)
+    read_file: str | None = None  # a capture file instead of live interfaces (the dashboard's -r)
+    realtime: bool = False  # replay the file at its own pace
+    filter_expr: str = ""
+    ring: RingConfig = field(default_factory=RingConfig)
+    limits: CounterLimits = field(default_factory=CounterLimits)
+    buffer_size: int = 256 << 20  # the time machine; 0: off
+    buffer_seconds: float = 60.0
+    snapshot_dir: str = "."
+    exporters: ExporterSettings = field(default_factory=ExporterSettings)
+    processes: bool = False  # map flows to local processes (live only)
+    record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
+
+
+class PcapSaver:
+    """Writes the time machine (or a selection of it) to a pcap on its own thread, one save at a time."""
+
+    def __init__(self, tm: TimeMachine, directory: str, done: SaveDone) -> None:
+        self.tm = tm
+        self.directory = directory
+        self.done = done
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def request(self, select: Selector | None = None, what: str = "") -> bool:
+        """Start a save; False (and nothing started) while one is still being written."""
+        if self.busy:
+            return False
+        self._thread = threading.Thread(target=self._save, args=(select, what), name="retrotap-pcap", daemon=True)
+        self._thread.start()
+        return True
+
+    def _save(self, select: Selector | None, what: str) -> None:
+        try:
+            result = write_snapshot(self.tm, self.directory, select=select)
+            self.done(result.summary() + (f" [{what}]" if what else ""), False, result)
+        except OSError as e:
+            where = getattr(e, "filename", "") or self.directory
+            self.done(f"snapshot failed: {e.strerror or e}: {where}", True, None)
+        except Exception as e:  # reported, never silent: the next save must still work
+            self.done(f"snapshot failed: {type(e).__name__}: {e}", True, None)
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+class Run:
+    """A capture run: `open()` (errors surface here, before anything starts), `start()`, `close()`.
+
+    Used as a context manager, `with Run(...) as run:` opens it and closes it on the way out.
+    """
+
+    def __init__(self, opts: RunOptions, log: Log, on_event: EventSink | None = None) -> None:
+        self.opts = opts
+        self.log = log
+        self.timemachine = TimeMachine(opts.buffer_size, opts.buffer_seconds) if opts.buffer_size else None
+        sinks = [self.timemachine] if self.timemachine is not None else []
+        self.engine: Engine | FileEngine
+        if opts.read_file:
+            self.engine = FileEngine(
+                opts.read_file,
+                filter_expr=opts.filter_expr,
+                limits=opts.limits,
+                realtime=opts.realtime,
+                block_sinks=sinks,
+            )
+        else:
+            self.engine = Engine(
+                opts.interfaces,
+                filter_expr=opts.filter_expr,
+                ring=opts.ring,
+                limits=opts.limits,
+                block_sinks=sinks,
+                on_event=on_event,
+            )
+        live = not opts.read_file
+        self.mapper = ProcessMapper(lambda: self.engine.snapshot) if opts.processes and live else None
+        self.exporters = Exporters(opts.exporters, lambda: self.engine.snapshot, log)
+        self.recording: tuple[Recorder, RecorderThread] | None = None
+        self._opened = self._started = self._closed = False
+
+    @classmethod
+    def around(
+        cls,
+        engine: Engine | FileEngine | EngineLike,
+        log: Log,
+        *,
+        timemachine: TimeMachine | None = None,
+        mapper: ProcessMapper | None = None,
+        snapshot_dir: str = ".",
+    ) -> Run:
+        """A run over parts built elsewhere (tests, screenshots: a snapshot feed instead of a capture)."""
+        run = cls.__new__(cls)
+        run.opts = RunOptions(snapshot_dir=snapshot_dir, buffer_size=0)
+        run.log = log
+        run.timemachine = timemachine
+        run.engine = engine  # type: ignore[assignment]
+        run.mapper = mapper
+        run.exporters = Exporters(ExporterSettings(), lambda: run.engine.snapshot, log)
+        run.recording = None
+        run._opened = run._started = run._closed = False
+        return run
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The newest published snapshot."""
+        return self.engine.snapshot
+
+    def open(self) -> None:
+        """Open the source (rings or file) and the recorder, start the exporters; nothing captures yet."""
+        self.engine.open()
+        self._opened = True
+        try:
+            if self.timemachine is not None:
+                self.exporters.extra.update(time_machine_counters(self.timemachine))
+            if self.opts.record is not None:
+                recorder = self.start_recording(self.opts.record, self.log, from_now=False)
+                self.exporters.extra.update(recorder_counters(recorder.stats))
+            self.exporters.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        """Start capturing (and mapping processes)."""
+        self._started = True
+        self.engine.start()
+        if self.mapper is not None:
+            self.mapper.start()
+
+    def start_recording(
+        self, options: RecordOptions, on_error: Log, *, from_now: bool = True, log: Log | None = None
+    ) -> Recorder:
+        """Record every packet the time machine gets to rotating files (from now on, or from its start)."""
+        if self.timemachine is None:
+            raise ValueError("recording needs the time machine (--buffer-size 0 turns it off)")
+        recorder = Recorder(options, log or self.log)
+        recorder.start()
+        thread = RecorderThread(self.timemachine, recorder, on_error=on_error)
+        if from_now:
+            thread.skip_to_now()
+        thread.start()
+        self.recording = (recorder, thread)
+        return recorder
+
+    def stop_recording(self) -> Recorder | None:
+        """Write what the pool still holds and close the files; the recorder, if one was running."""
+        if self.recording is None:
+            return None
+        recorder, thread = self.recording
+        self.recording = None
+        thread.stop()
+        recorder.close()
+        return recorder
+
+    @property
+    def recorder_error(self) -> str | None:
+        """Why the recorder thread stopped, if it did."""
+        return None if self.recording is None else self.recording[1].error
+
+    def pcap_saver(self, done: SaveDone) -> PcapSaver | None:
+        """A saver of the time machine to --snapshot-dir (None when the time machine is off)."""
+        if self.timemachine is None:
+            return None
+        return PcapSaver(self.timemachine, self.opts.snapshot_dir, done)
+
+    def close(self) -> None:
+        """Stop everything in order (once): engine, recorder, process mapper, exporters."""
+        if self._closed:
+            return
+        self._closed = True
+        self.engine.close()
+        recorder = self.stop_recording()
+        if recorder is not None:
+            self.last_recorder = recorder
+        if self.mapper is not None:
+            self.mapper.close()
+        self.exporters.stop(self.engine.snapshot)
+
+    @property
+    def exit_status(self) -> int:
+        """1 when the capture loop failed and had to be restarted, else 0."""
+        return 1 if self.engine.snapshot.restarts else 0
+
+    def __enter__(self) -> Run:
+        self.open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
