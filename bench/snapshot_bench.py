@@ -3,7 +3,7 @@
     python -m bench.snapshot_bench [--size-mib 256] [--frame 1400] [--dir /var/tmp]
 
 Fills a TimeMachine with ring-like 1 MiB blocks of UDP frames (made once, copied into the pool the
-way the capture thread does), then times write_snapshot of the whole buffer to --dir, and checks the
+way the capture thread does), then times save_pcap of the whole buffer to --dir, and checks the
 file's packet count by reading it back.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.capture.pcapfile import FileSource
-from capture_backend.rewind.timemachine import TimeMachine, write_snapshot
+from capture_backend.rewind.timemachine import TimeMachine, save_pcap
 
 NS = 1_000_000_000
 BLOCK = 1 << 20
@@ -77,7 +77,7 @@ def main() -> None:
         copy_s += time.perf_counter() - c
     with tempfile.TemporaryDirectory(dir=args.dir) as out:
         c = time.perf_counter()
-        res = write_snapshot(tm, out)
+        res = save_pcap(tm, out)
         took = time.perf_counter() - c
         size = os.path.getsize(res.paths[0])
         with FileSource(res.paths[0]) as src:

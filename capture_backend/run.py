@@ -22,7 +22,7 @@ from capture_backend.engine import Engine, EventSink
 from capture_backend.exporters.base import Exporters, ExporterSettings, recorder_counters, time_machine_counters
 from capture_backend.replay import FileEngine
 from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions
-from capture_backend.rewind.timemachine import Selector, SnapshotResult, TimeMachine, write_snapshot
+from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine, save_pcap
 
 Log = Callable[[str], None]
 
@@ -34,7 +34,7 @@ class EngineLike(Protocol):
 
     def close(self) -> None: ...
 # What a pcap save reports when it ends: its line, whether it failed, and the result when it did not.
-SaveDone = Callable[[str, bool, SnapshotResult | None], None]
+SaveDone = Callable[[str, bool, PcapSaveResult | None], None]
 
 
 @dataclass
@@ -78,7 +78,7 @@ class PcapSaver:
 
     def _save(self, select: Selector | None, what: str) -> None:
         try:
-            result = write_snapshot(self.tm, self.directory, select=select)
+            result = save_pcap(self.tm, self.directory, select=select)
             self.done(result.summary() + (f" [{what}]" if what else ""), False, result)
         except OSError as e:
             where = getattr(e, "filename", "") or self.directory

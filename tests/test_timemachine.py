@@ -14,7 +14,7 @@ from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
 from capture_backend.analysis.decode import decode
 from capture_backend.capture.pcapfile import FileSource
-from capture_backend.rewind.timemachine import TOUCH_AHEAD, TimeMachine, select_port, write_snapshot
+from capture_backend.rewind.timemachine import TOUCH_AHEAD, TimeMachine, save_pcap, select_port
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import block_of
 
@@ -46,14 +46,14 @@ def test_snapshot_holds_exactly_what_was_kept(tmp_path: Path) -> None:
     for k in range(3):  # three batches
         tm.add(block_of(sent[k * 10 : (k + 1) * 10], ts_ns=ts[k * 10 : (k + 1) * 10]))
     assert (tm.stats.packets, tm.stats.spans) == (30, 3)
-    res = write_snapshot(tm, tmp_path, now_ns=T0)
+    res = save_pcap(tm, tmp_path, now_ns=T0)
     assert res.packets == 30 and res.lost == 0
     assert [Path(p).name for p in res.paths] == ["retrotap-test0-20231114T221320.000000Z.pcap"]
     assert read_back(res.paths[0]) == [(t, f, len(f)) for t, f in zip(ts, sent, strict=True)]
     assert Path(res.paths[0]).stat().st_mode & 0o777 == 0o600
     # A selection keeps only its packets.
     tm.add(block_of(frames(5, port=53), ts_ns=[T0 + NS + i for i in range(5)]))
-    only = write_snapshot(tm, tmp_path / "", select=select_port(17, 53), now_ns=T0 + 1)
+    only = save_pcap(tm, tmp_path / "", select=select_port(17, 53), now_ns=T0 + 1)
     assert only.packets == 5
     assert {decode(b).dport[0] for b in FileSource(only.paths[0]).blocks()} == {53}
 

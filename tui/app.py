@@ -31,7 +31,7 @@ from capture_backend.engine import EngineEvent, EventSink
 from capture_backend.exporters.base import ExporterSettings
 from capture_backend.rewind.inspect import DEFAULT_LIMIT
 from capture_backend.rewind.recorder import RecordError, RecordOptions
-from capture_backend.rewind.timemachine import Selector, SnapshotResult, TimeMachine
+from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine
 from capture_backend.run import Run, RunOptions
 from tui.selection import selection_of
 from tui.widgets.banner import ErrorBanner, problems
@@ -58,10 +58,10 @@ VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "L
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
 
 
-class SnapshotWritten(Message):
+class PcapSaved(Message):
     """A time machine snapshot was written (or failed), posted from the writer thread."""
 
-    def __init__(self, text: str, failed: bool, result: SnapshotResult | None = None) -> None:
+    def __init__(self, text: str, failed: bool, result: PcapSaveResult | None = None) -> None:
         super().__init__()
         self.text = text
         self.failed = failed
@@ -487,10 +487,10 @@ class RetrotapApp(App[int]):
         elif not self._saver.request(select, what):
             self.notify("a snapshot is already being written", severity="warning")
 
-    def _pcap_saved(self, line: str, failed: bool, result: SnapshotResult | None) -> None:
-        self.post_message(SnapshotWritten(line, failed, result))
+    def _pcap_saved(self, line: str, failed: bool, result: PcapSaveResult | None) -> None:
+        self.post_message(PcapSaved(line, failed, result))
 
-    def on_snapshot_written(self, message: SnapshotWritten) -> None:
+    def on_pcap_saved(self, message: PcapSaved) -> None:
         self.last_snapshot = message.text.removeprefix("snapshot: ")
         result = message.result
         if result is not None and result.paths:

@@ -176,7 +176,7 @@ Selector = Callable[[Decoded], np.ndarray]
 
 
 @dataclass(frozen=True)
-class SnapshotResult:
+class PcapSaveResult:
     """What a snapshot wrote: one file per interface."""
 
     paths: tuple[str, ...]
@@ -199,17 +199,17 @@ def snapshot_name(directory: str | Path, iface: str, when_ns: int) -> Path:
     return Path(directory) / f"retrotap-{safe}-{stamp}.pcap"
 
 
-def write_snapshot(
+def save_pcap(
     tm: TimeMachine,
     directory: str | Path = ".",
     seconds: float | None = None,
     select: Selector | None = None,
     now_ns: int | None = None,
-) -> SnapshotResult:
+) -> PcapSaveResult:
     """Write the buffered past (the last `seconds`, default all of it) to one pcap per interface."""
     spans = tm.window()
     if not spans:
-        return SnapshotResult((), 0, 0, 0)
+        return PcapSaveResult((), 0, 0, 0)
     newest = max(s.last_ns for s in spans)
     since = newest - int(seconds * NS) if seconds is not None else 0
     spans = [s for s in spans if s.last_ns >= since]
@@ -238,7 +238,7 @@ def write_snapshot(
     finally:
         for _, _, opened in files.values():
             opened.close()
-    return SnapshotResult(tuple(str(p) for p, _, _ in files.values()), packets, nbytes, lost)
+    return PcapSaveResult(tuple(str(p) for p, _, _ in files.values()), packets, nbytes, lost)
 
 
 def select_host(addr: str) -> Selector:
