@@ -28,7 +28,7 @@ from capture_backend.rewind.recorder import Recorder, RecordOptions
 from tests.lab import REPO_ROOT
 from tests.pcapgen import T0_NS, block_of, block_of_frames, mixed_frames, write_pcap, write_pcapng
 from tests.test_recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets
-from tui.cli import UsageError, build_parser, export_options
+from tui.options import UsageError, build_parser, export_options
 
 NS = 1_000_000_000
 WINDOW = (T0_NS + 12_300_000_000, T0_NS + 41_700_000_000)

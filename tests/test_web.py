@@ -294,7 +294,7 @@ def test_bind_warning_names_the_flag() -> None:
 
 
 def test_command_is_the_dashboard_with_the_same_options() -> None:
-    from tui.cli import build_parser
+    from tui.options import build_parser
 
     args = build_parser().parse_args(
         ["web", "-r", "/tmp/a b.pcap", "--filter=-x; rm y", "--refresh", "0.5", "--realtime", "--bind", "9000"]

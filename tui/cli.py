@@ -1,312 +1,33 @@
-"""The `retrotap` command: the dashboard by default, `stats` for scripts."""
+"""`retrotap`: the dashboard, or one of the subcommands stats, record, export, web."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import TypeVar
 
-import psutil
-
-from capture_backend.analysis.decode import address_key
-from capture_backend.analysis.tables import CounterLimits
 from capture_backend.capture.bpf import FilterError
-from capture_backend.capture.netlink import InterfaceError, default_interface
+from capture_backend.capture.netlink import InterfaceError
 from capture_backend.capture.pcapfile import CaptureFileError
-from capture_backend.capture.ring import CaptureError, RingConfig
-from capture_backend.exporters.base import DEFAULT_TOP, MAX_TOP, ExporterSettings
-from capture_backend.headless import RecordRun, StatsOptions, run_record, run_stats
-from capture_backend.rewind.export import ExportOptions, TimeSpecError, run_export, time_window
-from capture_backend.rewind.recorder import RecordError, RecordOptions
+from capture_backend.capture.ring import CaptureError
+from capture_backend.headless import run_record, run_stats
+from capture_backend.rewind.export import run_export
+from capture_backend.rewind.recorder import RecordError
+from tui.options import (
+    UsageError,
+    build_parser,
+    check_memory,
+    export_options,
+    exporter_settings,
+    interfaces_of,
+    record_run,
+    ring_config,
+    snapshot_dir,
+    stats_options,
+)
 
 USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, RecordError, PermissionError, OSError)
-SUBCOMMANDS = ("stats", "record", "export", "web")
-
-
-T = TypeVar("T")
-
-
-class UsageError(Exception):
-    """A bad option value, reported in one line."""
-
-
-def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value > MAX_NUMBER:
-            raise argparse.ArgumentTypeError(f"{text!r} is too large")
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-        return value
-
-    return parse
-
-
-MAX_NUMBER = 1 << 50  # larger sizes, counts and durations are mistakes (and overflow nanoseconds)
-SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def _size(text: str) -> int:
-    """'256M', '1G', '4096' → bytes."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = t[-1:] if t[-1:] in SIZE_UNITS else ""
-    number = t[: len(t) - len(unit)]
-    try:
-        value = float(number)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 256M, 1G)") from None
-    if not math.isfinite(value) or value * SIZE_UNITS[unit] > MAX_NUMBER:
-        raise argparse.ArgumentTypeError(f"{text!r} is too large")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return int(value * SIZE_UNITS[unit])
-
-
-DURATION_UNITS = {"": 1, "S": 1, "M": 60, "H": 3600, "D": 86400, "W": 7 * 86400}
-
-
-def _duration(text: str) -> float:
-    """'30s', '1m', '2h', '7d', '90' (seconds) → seconds."""
-    t = text.strip().upper()
-    unit = t[-1:] if t[-1:].isalpha() else ""
-    try:
-        value = float(t[: len(t) - len(unit)]) * DURATION_UNITS[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 1m, 2h, 7d)") from None
-    if not math.isfinite(value) or value > MAX_NUMBER:
-        raise argparse.ArgumentTypeError(f"{text!r} is too large")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def _min_free(text: str) -> tuple[float, int]:
-    """'5%' → (0.05, 0); '2G' → (0.0, bytes)."""
-    t = text.strip()
-    if not t.endswith("%"):
-        return 0.0, _size(t)
-    try:
-        pct = float(t[:-1])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage or a size (e.g. 5%, 2G)") from None
-    if not 0 <= pct < 100:
-        raise argparse.ArgumentTypeError(f"{text!r} must be from 0% to below 100%")
-    return pct / 100, 0
-
-
-def _checked(parse: Callable[[str], T], option: str, text: str) -> T:
-    """A value parsed after argparse, so a bad one is one line (UsageError) rather than usage text."""
-    try:
-        return parse(text)
-    except (argparse.ArgumentTypeError, ValueError, OverflowError) as e:
-        raise UsageError(f"{option}: {e}") from None
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE", help="interface (repeatable)")
-    p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
-    p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
-    p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
-    p.add_argument("--ring-size", type=_positive(int), default=128, metavar="MiB", help="ring size (default 128)")
-    p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")
-    p.add_argument("--block-timeout", type=_positive(int), default=50, metavar="MS", help="block retire timeout")
-    p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
-    p.add_argument("--flow-idle", type=_positive(float), default=300.0, metavar="S", help="flow idle timeout")
-    p.add_argument(
-        "--no-analysis",
-        action="store_true",
-        help="skip TCP health and DNS/HTTP/MySQL latency (less CPU per packet)",
-    )
-    p.add_argument(
-        "--buffer-seconds", type=_positive(float), default=60.0, metavar="S", help="time machine: seconds kept"
-    )
-    p.add_argument(
-        "--buffer-size", type=_size, default=256 << 20, metavar="SIZE", help="time machine memory (256M; 0: off)"
-    )
-    p.add_argument("--snapshot-dir", default=".", metavar="DIR", help="where snapshots are written")
-    p.add_argument("--metrics", metavar="[ADDR:]PORT", help="serve Prometheus /metrics (ADDR: 127.0.0.1)")
-    p.add_argument(
-        "--metrics-top", type=_positive(int), default=DEFAULT_TOP, metavar="K", help="hosts and ports in /metrics"
-    )
-    p.add_argument("--ipfix", metavar="HOST:PORT", help="export finished flows to an IPFIX collector (UDP)")
-    p.add_argument("--sensor-id", type=_positive(int), default=0, metavar="N", help="IPFIX observation domain id")
-    p.add_argument("--ipfix-idle", type=_positive(float), default=15.0, metavar="S", help="flow idle timeout (15)")
-    p.add_argument("--ipfix-active", type=_positive(float), default=60.0, metavar="S", help="active timeout (60)")
-
-
-def _dashboard(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
-    p.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
-    p.add_argument(
-        "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
-    )
-    p.add_argument(
-        "--inspect-limit", type=_positive(int), default=2000, metavar="N", help="packets the inspector (i, I) decodes"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
-    parser = argparse.ArgumentParser(prog="retrotap", description="Live network traffic monitor with rewind.")
-    _dashboard(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
-    _common(stats)
-    stats.add_argument("--interval", type=_positive(float), metavar="S", help="seconds between records")
-    stats.add_argument("--count", type=_positive(int), default=0, metavar="N", help="stop after N records")
-    stats.add_argument("--top", type=_positive(int), default=10, metavar="N", help="rows per table (0: all)")
-    stats.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
-    rec = sub.add_parser("record", help="record to rotating, indexed pcap files in a directory")
-    _common(rec)
-    rec.add_argument("-w", "--write", dest="directory", required=True, metavar="DIR", help="where files go")
-    rec.add_argument("--rotate-size", default="100M", metavar="SIZE", help="new file at this size (100M; 0: off)")
-    rec.add_argument(
-        "--rotate-every", default="1m", metavar="DURATION", help="new file on each multiple of it, UTC (1m; 0: off)"
-    )
-    rec.add_argument("--keep-files", default="0", metavar="N", help="closed files kept per interface (0: all)")
-    rec.add_argument("--keep-age", default="0", metavar="DURATION", help="delete files older than this (0: never)")
-    rec.add_argument("--min-free", default="5%", metavar="PCT|SIZE", help="delete oldest files below this free space")
-    web = sub.add_parser("web", help="serve the dashboard to a browser (one dashboard per browser session)")
-    _dashboard(web)
-    web.add_argument(
-        "--bind", default="127.0.0.1:8000", metavar="[ADDR:]PORT", help="where to listen (default 127.0.0.1:8000)"
-    )
-    exp = sub.add_parser("export", help="packets of a time window (and host/port or filter) from a recording")
-    exp.add_argument("directory", metavar="DIR", help="the directory `retrotap record` wrote")
-    exp.add_argument(
-        "--from",
-        dest="from_time",
-        metavar="TIME",
-        help="ISO 8601 or HH:MM[:SS] local time today (yesterday's if later than now); inclusive",
-    )
-    exp.add_argument(
-        "--to",
-        dest="to_time",
-        metavar="TIME",
-        help="ISO 8601 or HH:MM[:SS] local time today (after a clock-time --from: the first such time after it); "
-        "exclusive; a time later than now means now",
-    )
-    exp.add_argument("-f", "--filter", default="", metavar="BPF", help="tcpdump filter")
-    exp.add_argument("--host", metavar="ADDR", help="packets from or to this IPv4/IPv6 address")
-    exp.add_argument("--port", metavar="PORT", help="TCP, UDP or SCTP packets with this port on either side")
-    exp.add_argument("-w", "--write", dest="output", metavar="FILE", help="the pcap to write")
-    exp.add_argument("--list", action="store_true", help="list the files with their time spans instead")
-    return parser
-
-
-def _ring(args: argparse.Namespace) -> RingConfig:
-    block = args.block_size * 1024
-    if block < 4096 or block & (block - 1):
-        raise UsageError(f"--block-size {args.block_size} KiB: must be a power of two of at least 4 KiB")
-    ring_bytes = args.ring_size << 20
-    if ring_bytes < 2 * block:
-        raise UsageError(f"--ring-size {args.ring_size} MiB: must hold at least two blocks")
-    if args.block_timeout < 1:
-        raise UsageError("--block-timeout must be at least 1 ms")
-    return RingConfig(
-        block_size=block, block_nr=ring_bytes // block, block_timeout_ms=args.block_timeout, promisc=not args.no_promisc
-    )
-
-
-def _interfaces(args: argparse.Namespace) -> list[str]:
-    if args.read:
-        if args.interface:
-            raise UsageError("-r and -i cannot be used together")
-        return []
-    return list(dict.fromkeys(args.interface)) or [default_interface()]
-
-
-def stats_options(args: argparse.Namespace) -> StatsOptions:
-    """StatsOptions from parsed arguments; UsageError on inconsistent values."""
-    if args.interval is not None and args.interval <= 0:
-        raise UsageError("--interval must be greater than 0")
-    return StatsOptions(
-        interfaces=_interfaces(args),
-        read_file=args.read,
-        filter_expr=args.filter,
-        interval=args.interval,
-        count=args.count,
-        top=args.top,
-        fmt=args.format,
-        promisc=not args.no_promisc,
-        ring=_ring(args),
-        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
-        buffer_size=args.buffer_size,
-        buffer_seconds=args.buffer_seconds,
-        snapshot_dir=_snapshot_dir(args.snapshot_dir),
-        exporters=exporter_settings(args),
-    )
-
-
-def record_run(args: argparse.Namespace) -> RecordRun:
-    """RecordRun from parsed arguments; UsageError on bad values."""
-    directory = args.directory
-    if not os.path.isdir(directory):
-        raise UsageError(f"-w {directory!r}: no such directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"-w {directory!r}: not writable")
-    if not args.buffer_size:
-        raise UsageError("record needs the time machine (--buffer-size greater than 0): it is the recorder's queue")
-    exporters = exporter_settings(args)
-    if args.read and (exporters.metrics or exporters.ipfix):
-        raise UsageError("--metrics and --ipfix follow live capture: record -r FILE has no snapshots to export")
-    keep_files = _checked(int, "--keep-files", args.keep_files)
-    if keep_files < 0:
-        raise UsageError("--keep-files must not be negative")
-    ratio, free_bytes = _checked(_min_free, "--min-free", args.min_free)
-    rotate_s = _checked(_duration, "--rotate-every", args.rotate_every)
-    if rotate_s and rotate_s < 1:
-        raise UsageError("--rotate-every must be at least 1s (or 0: off)")
-    return RecordRun(
-        record=RecordOptions(
-            directory=directory,
-            rotate_bytes=_checked(_size, "--rotate-size", args.rotate_size),
-            rotate_ns=int(rotate_s * 1e9),
-            keep_files=keep_files,
-            keep_age_ns=int(_checked(_duration, "--keep-age", args.keep_age) * 1e9),
-            min_free_ratio=ratio,
-            min_free_bytes=free_bytes,
-        ),
-        interfaces=_interfaces(args),
-        read_file=args.read,
-        filter_expr=args.filter,
-        ring=_ring(args),
-        limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
-        buffer_size=args.buffer_size,
-        buffer_seconds=args.buffer_seconds,
-        snapshot_dir=_snapshot_dir(args.snapshot_dir),
-        exporters=exporters,
-    )
-
-
-def export_options(args: argparse.Namespace, now: datetime | None = None) -> ExportOptions:
-    """ExportOptions from parsed arguments, clock times read at `now` (default: the clock); UsageError on bad values."""
-    if not os.path.isdir(args.directory):
-        raise UsageError(f"{args.directory!r}: no such directory")
-    if not args.list and not args.output:
-        raise UsageError("export needs -w FILE (or --list)")
-    if args.filter.strip() and (args.host or args.port):
-        raise UsageError("use either -f BPF or --host/--port, not both")
-    opts = ExportOptions(directory=args.directory, output=args.output or "", bpf=args.filter)
-    try:
-        opts.from_ns, opts.to_ns = time_window(args.from_time, args.to_time, now)
-    except TimeSpecError as e:
-        raise UsageError(str(e)) from None
-    if args.host:
-        opts.host = _checked(address_key, "--host", args.host)
-    if args.port:
-        opts.port = _checked(int, "--port", args.port)
-        if not 0 < opts.port < 65536:
-            raise UsageError(f"--port {args.port}: must be from 1 to 65535")
-    return opts
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -327,57 +48,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _endpoint(option: str, text: str) -> tuple[str, int]:
-    """'PORT', 'HOST:PORT' or '[IPV6]:PORT' → (host, port); the host is 127.0.0.1 when left out."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep:
-        host = "127.0.0.1"
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise UsageError(f"{option} {text!r}: write an IPv6 address in brackets, e.g. [::1]:{port_text}")
-    if not host:
-        raise UsageError(f"{option} {text!r}: no address before the ':'")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"{option} {text!r}: the port must be from 1 to 65535")
-    return host, int(port_text)
-
-
-def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
-    """ExporterSettings from parsed arguments; UsageError on bad values."""
-    if args.metrics_top > MAX_TOP:
-        raise UsageError(f"--metrics-top {args.metrics_top}: at most {MAX_TOP} (each is a label value)")
-    if args.sensor_id > 0xFFFFFFFF:
-        raise UsageError(f"--sensor-id {args.sensor_id}: must fit in 32 bits")
-    for option, value in (("--ipfix-idle", args.ipfix_idle), ("--ipfix-active", args.ipfix_active)):
-        if value <= 0:
-            raise UsageError(f"{option} must be greater than 0")
-    return ExporterSettings(
-        metrics=_endpoint("--metrics", args.metrics) if args.metrics else None,
-        metrics_top=args.metrics_top,
-        ipfix=_endpoint("--ipfix", args.ipfix) if args.ipfix else None,
-        sensor_id=args.sensor_id,
-        ipfix_idle=args.ipfix_idle,
-        ipfix_active=args.ipfix_active,
-    )
-
-
-def _snapshot_dir(path: str) -> str:
-    if not os.path.isdir(path):
-        raise UsageError(f"--snapshot-dir {path!r}: no such directory")
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"--snapshot-dir {path!r}: not writable")
-    return path
-
-
-def _check_memory(args: argparse.Namespace) -> None:
-    """Refuse a time machine larger than the memory there is (it is touched page by page at start)."""
-    size = getattr(args, "buffer_size", 0) or 0
-    available = psutil.virtual_memory().available
-    if size > available * 0.8:
-        raise UsageError(f"--buffer-size {size >> 20} MiB: only {available >> 20} MiB of memory is available")
-
-
 def _fail(message: str) -> int:
     print(f"retrotap: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -387,13 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn a user's mistake into one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        _check_memory(args)
+        check_memory(args)
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         from tui.app import run_dashboard
 
-        _snapshot_dir(args.snapshot_dir)
-        return run_dashboard(args, _interfaces(args), _ring(args), exporter_settings(args))
+        snapshot_dir(args.snapshot_dir)
+        return run_dashboard(args, interfaces_of(args), ring_config(args), exporter_settings(args))
     except UsageError as e:
         return _fail(str(e))
     except BrokenPipeError:
@@ -408,6 +78,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from tui.cli import main as package_main  # one module (one UsageError) under `python -m tui.cli` too
-
-    sys.exit(package_main())
+    sys.exit(main())

@@ -35,7 +35,7 @@ from textual_serve.server import Server, to_int
 
 from capture_backend.engine import Engine
 from capture_backend.replay import FileEngine
-from tui.cli import UsageError, _endpoint, _interfaces, _ring, _snapshot_dir, build_parser
+from tui.options import UsageError, build_parser, endpoint, interfaces_of, ring_config, snapshot_dir
 
 DEFAULT_BIND = "127.0.0.1:8000"
 LOOPBACK_NAMES = ("localhost",)
@@ -105,9 +105,9 @@ def check_dashboard(args: argparse.Namespace) -> None:
     for dest in PER_PROCESS_ONLY:
         if getattr(args, dest, None):
             raise UsageError(f"--{dest} is not available with web (each browser session runs its own dashboard)")
-    _snapshot_dir(args.snapshot_dir)
-    interfaces = _interfaces(args)
-    ring = _ring(args)
+    snapshot_dir(args.snapshot_dir)
+    interfaces = interfaces_of(args)
+    ring = ring_config(args)
     engine: Engine | FileEngine
     if args.read:
         engine = FileEngine(args.read, filter_expr=args.filter)
@@ -309,7 +309,7 @@ class DashboardServer(Server):
 
 def run_web(args: argparse.Namespace) -> int:
     """Check the dashboard's options, warn on a non-loopback bind, then serve until Ctrl+C."""
-    host, port = _endpoint("--bind", args.bind)
+    host, port = endpoint("--bind", args.bind)
     check_dashboard(args)
     warning = bind_warning(args.bind, host)
     if warning:
