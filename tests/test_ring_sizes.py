@@ -59,3 +59,31 @@ def test_ring_of_two_blocks_and_of_a_gibibyte(ring_mib: int, block_kib: int, tmp
     if ring_mib >= 1024:
         assert cap["kernel_drops"] == 0
     print(f"\nring {ring_mib} MiB: {cap['received']} received, {cap['kernel_drops']} dropped by the kernel")
+
+
+def test_jumbo_frames_are_counted_as_tcpdump_sees_them(tmp_path: Path) -> None:
+    with Lab(drop_ingress=False) as lab:
+        for side in ("a", "b"):
+            lab.exec(side, ["ip", "link", "set", "dev", lab.veth(side), "mtu", "9000"])
+        dump = start_tcpdump(lab, tmp_path / "tcpdump.pcap")
+        stats = lab.popen_a(
+            [sys.executable, "-m", "tui.cli", "stats", "-i", lab.veth_a, "--format", "json", "--top", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        wait_for_output(stats, "listening on", timeout=30)
+        # 8,972-byte pings fill a 9000-byte MTU exactly: 9,014-byte frames each way, unfragmented.
+        lab.exec_b(["ping", "-n", "-q", "-c", "20", "-i", "0.01", "-M", "do", "-s", "8972", lab.ip4_a], timeout=30)
+        time.sleep(SETTLE_S)
+        stats.send_signal(signal.SIGINT)
+        out, err = stats.communicate(timeout=60)
+        counts = stop_tcpdump(dump)
+    assert stats.returncode == 0 and "Traceback" not in err, err
+    last = json.loads(out.splitlines()[-1])
+    assert counts["dropped"] == 0 and last["capture"]["kernel_drops"] == 0
+    assert last["totals"]["packets"] == counts["captured"]
+    icmp = {p["name"]: (p["packets"], p["bytes"]) for p in last["protocols"]}
+    assert icmp["icmp"] == (40, 40 * 9014)
