@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from capture_backend.analysis.decode import Decoded, decode
 from capture_backend.analysis.latency import Latency
-from capture_backend.analysis.tables import NS, CounterLimits, Counters, Tally
+from capture_backend.analysis.tables import NS, CounterLimits, Counters, Tally, published_rtt
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.capture.netlink import InterfaceError, LinkMonitor
@@ -117,7 +117,7 @@ class Counting:
             protocols=_frozen_tallies(c.protocols),
             vlans=_frozen_tallies(c.vlans),
             interfaces=interfaces,
-            flows=c.flows.freeze(now_sec).with_layout(FLOW_KEY),
+            flows=c.flows.freeze(now_sec, published_rtt).with_layout(FLOW_KEY),
             pairs=c.pairs.freeze(now_sec).with_layout(PAIR_KEY),
             hosts=c.hosts.freeze(now_sec).with_layout(HOST_KEY),
             ports=c.ports.freeze(now_sec).with_layout(PORT_KEY),

@@ -218,10 +218,13 @@ class KeyTable:
             np.maximum(peak, self.hist[k, : self.high], out=peak)
             self.slot_folded[k] = True
 
-    def freeze(self, now_sec: int) -> TableSnapshot:
-        """An immutable copy of the used rows, with window averages when history is kept."""
+    def freeze(self, now_sec: int, derive: Callable[[dict[str, np.ndarray]], None] | None = None) -> TableSnapshot:
+        """An immutable copy of the used rows, with window averages when history is kept; `derive` may
+        rewrite the copied columns before they are frozen."""
         rows = np.flatnonzero(self.used)
         cols = {name: col[rows] for name, col in self.cols.items() if name not in self.internal}
+        if derive is not None:
+            derive(cols)
         if self.history:
             age = now_sec - self.slot_sec  # 1 = the last completed second
             for done in np.flatnonzero((age >= 1) & ~self.slot_folded).tolist():
@@ -508,6 +511,14 @@ class Counters:
         self.flows.evict_idle(now_ns - int(self.limits.flow_idle_s * NS))
         self.pairs.evict_idle(now_ns - int(self.limits.pair_idle_s * NS))
         self.hosts.evict_idle(now_ns - int(self.limits.pair_idle_s * NS))
+
+
+def published_rtt(cols: dict[str, np.ndarray]) -> None:
+    """Publish a flow's handshake RTT only once both directions were seen, as tshark shows
+    tcp.analysis.initial_rtt (a SYN then the same side's ACK, and nothing back, has none)."""
+    if "tcp_irtt" in cols:
+        both_ways = (cols["packets"] > 0).all(axis=1)
+        cols["tcp_irtt"] = np.where(both_ways, cols["tcp_irtt"], -1)
 
 
 def _add_traffic(
