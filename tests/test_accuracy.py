@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.cli import run_retrotap, stats
 from tests.pcapgen import NS, mixed_packets, ts_ns, write_mixed, write_pcap
 from tests.tshark import TSHARK, capinfos, check_against_tshark, tshark
 
@@ -25,30 +25,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs tshark, capinfos and tcpdump",
 )
 HOST = "10.1.0.3"  # a host of the mix, for `-f 'host X'`
-
-
-def retrotap_cmd() -> list[str]:
-    """The installed `retrotap` console script of this interpreter (else the module)."""
-    script = Path(sys.executable).parent / "retrotap"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("retrotap")
-    return [found] if found else [sys.executable, "-m", "tui.cli"]
-
-
-def run_retrotap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*retrotap_cmd(), *args], capture_output=True, text=True, timeout=120)
-
-
-def stats(path: Path, *extra: str) -> dict[str, Any]:
-    """The one JSON record of `retrotap stats -r path --format json --top 0`."""
-    proc = run_retrotap("stats", "-r", str(path), "--format", "json", "--top", "0", *extra)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1
-    rec: dict[str, Any] = json.loads(lines[0])
-    return rec
 
 
 # -- the mixed capture, once per module ---------------------------------------------------------

@@ -22,8 +22,8 @@ from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.capture.pcapfile import FileSource
 from capture_backend.capture.ring import MIN_FRAME_HDR, BlockWalk, walk_block
 from tests.decode_reference import decode_reference
+from tests.helpers.decode_fuzz import LINKTYPES, blocks, frames_for, reframe
 from tests.pcapgen import block_of, mixed_frames, write_mixed
-from tests.test_decode_fuzz import LINKTYPES, blocks, frames_for, reframe
 
 FIELDS = (
     "ts_ns", "wirelen", "ethertype", "vlan", "ip", "src_key", "dst_key", "proto", "sport", "dport", "tcp_flags",

@@ -25,9 +25,9 @@ from capture_backend.rewind.export import (
 )
 from capture_backend.rewind.index import INDEX_NAME, Index
 from capture_backend.rewind.recorder import Recorder, RecordOptions
+from tests.helpers.recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets
 from tests.lab import REPO_ROOT
 from tests.pcapgen import T0_NS, block_of, block_of_frames, mixed_frames, write_pcap, write_pcapng
-from tests.test_recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets
 from tui.options import UsageError, build_parser, export_options
 
 NS = 1_000_000_000

@@ -21,8 +21,8 @@ from capture_backend.rewind.inspect import (
     inspect_packets,
 )
 from capture_backend.rewind.timemachine import TimeMachine, select_flow
+from tests.helpers.tui import SIZE, cells, inspected, screen_text, sync, tm_app, wait_saved
 from tests.pcapgen import Frame, block_of_frames, mixed_frames, write_pcap
-from tests.test_tui import SIZE, cells, inspected, screen_text, sync, tm_app, wait_saved
 from tui.app import RetrotapApp
 from tui.widgets.inspector import InspectorScreen
 from tui.widgets.table import SnapTable

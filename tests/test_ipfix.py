@@ -55,10 +55,10 @@ from capture_backend.exporters.ipfix import (
     FlowTracker,
     flow_records,
 )
+from tests.helpers.cli import retrotap_cmd
+from tests.helpers.metrics import http_get, parse
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import T0_NS, block_of, write_mixed
-from tests.test_accuracy import retrotap_cmd
-from tests.test_metrics import http_get, parse
 
 NFCAPD, NFDUMP = shutil.which("nfcapd"), shutil.which("nfdump")
 needs_nfdump = pytest.mark.skipif(NFCAPD is None or NFDUMP is None, reason="needs nfcapd and nfdump (apt nfdump)")

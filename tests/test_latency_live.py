@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.latency import nearest_rank
+from tests.helpers.live import start_stats, stop
 from tests.lab import Lab, wait_for_output
-from tests.test_latency import nearest_rank
-from tests.test_live import start_stats, stop
 
 TSHARK = shutil.which("tshark")
 REQUESTS = 6

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
@@ -32,30 +31,12 @@ from capture_backend.exporters.metrics import (
     exposure_warning,
 )
 from capture_backend.replay import FileEngine
+from tests.helpers.cli import retrotap_cmd
+from tests.helpers.metrics import http_get, parse
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import write_mixed
-from tests.test_accuracy import retrotap_cmd
 
 PROMETHEUS = shutil.which("prometheus")
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never leave loopback via a proxy
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def http_get(url: str, timeout: float = 5.0) -> bytes:
-    assert url.startswith("http://127.0.0.1:")
-    with NO_PROXY.open(url, timeout=timeout) as resp:
-        body: bytes = resp.read()
-        return body
-
-
-def parse(text: str) -> Samples:
-    """Every sample of an exposition: (name, sorted labels) → value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def stats_json(path: Path) -> dict[str, Any]:

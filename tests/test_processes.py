@@ -19,9 +19,9 @@ from capture_backend.analysis.processes import NOTE, ProcessMapper, ProcessTable
 from capture_backend.analysis.tables import CounterLimits, TableSnapshot
 from capture_backend.engine import Counting, Snapshot
 from capture_backend.output.report import process_rows, record
+from tests.helpers.live import records, start_stats, stop, udp
+from tests.helpers.tui import cells, screen_text
 from tests.lab import Lab, wait_for_output
-from tests.test_live import records, start_stats, stop, udp
-from tests.test_tui import cells, screen_text
 from tui.app import RetrotapApp, SnapshotFeed
 
 TCP, UDP_P, ICMP = 6, 17, 1

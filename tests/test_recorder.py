@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,19 +18,17 @@ import pytest
 from scapy.all import IP, UDP, Ether, raw
 
 from capture_backend.capture.block import Block
-from capture_backend.capture.pcapfile import FileSource, PcapWriter
+from capture_backend.capture.pcapfile import PcapWriter
 from capture_backend.rewind.index import INDEX_NAME
 from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions, file_name
 from capture_backend.rewind.timemachine import TimeMachine
+from tests.helpers.recorder import RETROTAP, Log, Packet, read_back, recordings, tshark_packets
 from tests.lab import REPO_ROOT, Lab
 from tests.pcapgen import block_of
 
 NS = 1_000_000_000
 MINUTE = 60 * NS
 T0 = 1_700_000_000 * NS - 1_700_000_000 * NS % MINUTE + 45 * NS  # 45 s into a minute
-RETROTAP = [sys.executable, "-m", "tui.cli"]
-
-Packet = tuple[int, bytes, int]  # ts_ns, captured bytes, wire length
 
 
 def frames(n: int, size: Callable[[int], int] = lambda i: 100 + i % 400, src: str = "10.0.0.1") -> list[bytes]:
@@ -40,32 +37,6 @@ def frames(n: int, size: Callable[[int], int] = lambda i: 100 + i % 400, src: st
         raw(Ether() / IP(src=src, dst="10.0.0.2") / UDP(sport=1000 + i % 60000, dport=5000) / (b"r" * (size(i) - 42)))
         for i in range(n)
     ]
-
-
-def read_back(path: str | Path) -> list[Packet]:
-    out = []
-    with FileSource(str(path)) as src:
-        for b in src.blocks():
-            for i in range(len(b)):
-                s, c = int(b.start[i]), int(b.caplen[i])
-                out.append((int(b.ts_ns[i]), b.data[s : s + c].tobytes(), int(b.wirelen[i])))
-        assert src.truncated is None
-    return out
-
-
-def tshark_packets(path: str | Path) -> int:
-    """Packets tshark reads from the file; fails on any warning (a cut record, a bad header)."""
-    shark = subprocess.run(
-        ["tshark", "-r", str(path), "-T", "fields", "-e", "frame.number"], capture_output=True, text=True, timeout=60
-    )
-    warnings = [w for w in shark.stderr.splitlines() if "Running as user" not in w]  # tshark's note when root
-    assert shark.returncode == 0 and warnings == [], shark.stderr
-    return len(shark.stdout.splitlines())
-
-
-def recordings(directory: Path) -> list[Path]:
-    """Closed recording files, oldest first (names sort by time)."""
-    return sorted(directory.glob("*.pcap"))
 
 
 def all_packets(directory: Path) -> list[Packet]:
@@ -97,19 +68,6 @@ def check_index(directory: Path) -> None:
             assert spans[0][0] == 24 and spans[-1][1] == size
             assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
             assert sum(s[2] for s in spans) == packets
-
-
-class Log:
-    """Collects the recorder's lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, msg: str) -> None:
-        self.lines.append(msg)
-
-    def having(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 def feed(rec: Recorder, data: Sequence[bytes], ts: Sequence[int], per_block: int, iface: str = "eth0") -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import io
 import ipaddress
 import os
 import re
@@ -12,13 +9,11 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
-from rich.text import Text
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -34,11 +29,12 @@ from capture_backend.output.report import flow_rows
 from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.rewind.recorder import file_name
 from capture_backend.rewind.timemachine import TimeMachine
+from tests.helpers.latency import exchanges, nearest_rank
+from tests.helpers.tcp_health import EXPECTED as TCP_EXPECTED
+from tests.helpers.tcp_health import all_frames
+from tests.helpers.tui import FIXED_CLOCK, SIZE, cells, inspected, screen_text, snap_table, sync, tm_app, wait_saved
 from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import block_of, mixed_packets, wirelen, write_pcap
-from tests.test_latency import exchanges, nearest_rank
-from tests.test_tcp_health import EXPECTED as TCP_EXPECTED
-from tests.test_tcp_health import all_frames
 from tests.tmux import Tmux
 from tui.app import RetrotapApp, SnapshotFeed
 from tui.widgets.flow_detail import FlowDetail
@@ -50,20 +46,8 @@ from tui.widgets.pcap_picker import PcapPicker
 from tui.widgets.prompt import PromptBar
 from tui.widgets.table import SnapTable
 
-FIXED_CLOCK = 1_700_000_100.0
 NS = 1_000_000_000
-SIZE = (160, 50)
 BAD_FILTER = "port 99999999"
-
-
-def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in its own event loop (pytest sees the fixtures of the wrapped function)."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -93,34 +77,11 @@ def make_app(engine: object, resolver: dict[str, str] | None = None) -> Retrotap
     return RetrotapApp(engine, clock=lambda: FIXED_CLOCK, resolver=names.get, source="mixed.pcap")  # type: ignore[arg-type]
 
 
-def snap_table(app: RetrotapApp, table_id: str) -> SnapTable:
-    """A table of the screen on top (a picker), else of the dashboard under it."""
-    found = app.screen.query(f"#{table_id}")
-    return found.only_one(SnapTable) if found else app.query_one(f"#{table_id}", SnapTable)
-
-
-def cells(app: RetrotapApp, table_id: str) -> list[list[str]]:
-    """The rows a table shows, top to bottom, as plain text."""
-    table = snap_table(app, table_id)
-    out = []
-    for row in table.ordered_rows:
-        out.append([c.plain if isinstance(c, Text) else str(c) for c in table.get_row(row.key)])
-    return out
-
-
 def column(app: RetrotapApp, table_id: str, key: str) -> list[str]:
     """One column's cells, top to bottom."""
     table = snap_table(app, table_id)
     index = [c.key for c in table.spec].index(key)
     return [row[index] for row in cells(app, table_id)]
-
-
-def screen_text(app: RetrotapApp) -> str:
-    """Everything on the terminal, as text (what a user reads)."""
-    width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), record=True, legacy_windows=False)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
-    return console.export_text()
 
 
 # --- what the capture holds, computed with scapy (independently of the backend)
@@ -393,27 +354,6 @@ async def test_n_shows_names_once_the_resolver_answers(engine: FileEngine) -> No
         assert any(h.startswith("web2.example ") for h in hosts)
         assert not any(h.startswith("192.0.2.2 ") for h in hosts)
         assert any(h.startswith("192.0.2.1 ") for h in hosts)  # no answer: stays numeric
-
-
-def tm_app(pcap: str, snapshot_dir: Path) -> tuple[RetrotapApp, FileEngine]:
-    """An app over a file read through a time machine, snapshots going to snapshot_dir."""
-    tm = TimeMachine(8 << 20, seconds=3600)
-    eng = FileEngine(pcap, clock=lambda: FIXED_CLOCK, block_sinks=[tm])
-    eng.open()
-    eng.start()
-    assert eng.wait(30)
-    app = RetrotapApp(
-        eng, clock=lambda: FIXED_CLOCK, source="mixed.pcap", timemachine=tm, snapshot_dir=str(snapshot_dir)
-    )
-    return app, eng
-
-
-async def wait_saved(app: RetrotapApp, pilot: Any) -> str:
-    for _ in range(200):  # bounded: the writer thread posts a message when done
-        await pilot.pause(0.02)
-        if app.last_snapshot:
-            return app.last_snapshot
-    raise AssertionError("no snapshot written")
 
 
 def packets_in(path: str) -> list[bytes]:
@@ -928,17 +868,6 @@ def picker_app(engine: FileEngine, snapshot_dir: Path, record_dir: Path) -> Retr
         snapshot_dir=str(snapshot_dir),
         record_dir=str(record_dir),
     )
-
-
-async def inspected(app: RetrotapApp, pilot: Any) -> InspectorScreen:
-    """The inspector on screen once tshark has decoded the file."""
-    for _ in range(1000):  # bounded (20 s): the worker thread posts Done
-        await pilot.pause(0.02)
-        screen = app.screen
-        if isinstance(screen, InspectorScreen) and screen.done:
-            await pilot.pause()
-            return screen
-    raise AssertionError("the inspector never finished decoding")
 
 
 @sync
