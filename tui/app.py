@@ -33,7 +33,7 @@ from capture_backend.rewind.inspect import DEFAULT_LIMIT
 from capture_backend.rewind.recorder import RecordError, RecordOptions
 from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine
 from capture_backend.run import Run, RunOptions
-from tui.selection import selection_of
+from tui.selection import Selection
 from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
 from tui.widgets.flow_detail import FlowDetail
@@ -437,18 +437,14 @@ class RetrotapApp(App[int]):
         self._write_snapshot(None, "")
 
     def action_snapshot_selection(self) -> None:
-        """Write the packets of the row under the cursor (Hosts, Ports or Flows view)."""
+        """Write the packets of the row under the cursor (Hosts, Ports, Flows or Latency view)."""
         picked = self._selected()
         if picked is not None:
-            self._write_snapshot(*picked)
+            self._write_snapshot(picked.selector(), picked.describe())
 
-    def _selected(self) -> tuple[Selector, str] | None:
-        """The selector of the row under the cursor (views 2, 3, 4, 7), or None after saying what to do."""
-        table = self.view.table
-        picked = None
-        if table.row_count:
-            row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-            picked = selection_of(str(row_key))
+    def _selected(self) -> Selection | None:
+        """The selection of the row under the cursor (views 2, 3, 4, 7), or None after saying what to do."""
+        picked = self.view.selection()
         if picked is None:
             self.notify("select a flow, host pair, host or port first (views 2, 3, 4, 7)", severity="warning")
         return picked
@@ -462,9 +458,8 @@ class RetrotapApp(App[int]):
             return
         picked = self._selected()
         if picked is not None:
-            select, what = picked
-            job = selection_job(self.timemachine, select, self.inspect_limit)
-            self.push_screen(InspectorScreen(what, job, self.inspect_limit))
+            job = selection_job(self.timemachine, picked.selector(), self.inspect_limit)
+            self.push_screen(InspectorScreen(picked.describe(), job, self.inspect_limit))
 
     def action_inspect_file(self) -> None:
         """Pick a capture file of the snapshot or recording directory, then decode it in the packet inspector."""

@@ -1,41 +1,84 @@
-"""What `W` writes: the packets of the row under the cursor (a flow, a host pair, a host or a port)."""
+"""What `W` writes and `i` inspects: the row under the cursor as a typed selection (a flow, a host pair,
+a host or a port), given by the view that shows it. Views with nothing to select (Interfaces, Drops,
+Processes) give None."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from capture_backend.analysis.services import PROTO_NUMBERS
 from capture_backend.rewind.timemachine import Selector, select_flow, select_host, select_pair, select_port
 
 
-def _proto(name: str) -> int:
+def proto_number(name: str) -> int:
     """A protocol as the views show it: a name (tcp) or a number (47)."""
     return PROTO_NUMBERS[name] if name in PROTO_NUMBERS else int(name)
 
 
-def _flow(parts: list[str]) -> tuple[Selector, str]:
-    proto, src, sport, dst, dport = parts[:5]
-    return select_flow(_proto(proto), src, int(sport), dst, int(dport)), f"{proto} {src}:{sport} {dst}:{dport}"
+@dataclass(frozen=True)
+class FlowSelection:
+    """One bidirectional 5-tuple (Flows view, Hosts view with ports shown)."""
+
+    proto: str  # as the views show it: a name (tcp) or a number (47)
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    def selector(self) -> Selector:
+        """The time machine's mask of this flow's packets."""
+        return select_flow(proto_number(self.proto), self.src, self.sport, self.dst, self.dport)
+
+    def describe(self) -> str:
+        """The selection in words (the pcap's note, the inspector's title)."""
+        return f"{self.proto} {self.src}:{self.sport} {self.dst}:{self.dport}"
 
 
-def _pair(parts: list[str]) -> tuple[Selector, str]:
-    return select_pair(parts[0], parts[1]), f"{parts[0]} <=> {parts[1]}"
+@dataclass(frozen=True)
+class PairSelection:
+    """The packets between two addresses, either way (Hosts view pairs, Latency's slowest exchanges)."""
+
+    a: str
+    b: str
+
+    def selector(self) -> Selector:
+        """The time machine's mask of this pair's packets."""
+        return select_pair(self.a, self.b)
+
+    def describe(self) -> str:
+        """The selection in words (the pcap's note, the inspector's title)."""
+        return f"{self.a} <=> {self.b}"
 
 
-def _host(parts: list[str]) -> tuple[Selector, str]:
-    return select_host(parts[0]), f"host {parts[0]}"
+@dataclass(frozen=True)
+class HostSelection:
+    """The packets from or to one address (Hosts view by source or destination, Latency's servers)."""
+
+    addr: str
+
+    def selector(self) -> Selector:
+        """The time machine's mask of this host's packets."""
+        return select_host(self.addr)
+
+    def describe(self) -> str:
+        """The selection in words (the pcap's note, the inspector's title)."""
+        return f"host {self.addr}"
 
 
-# Row keys of the views, told apart by their number of '|'-separated fields.
-BY_FIELDS = {2: _host, 3: _pair, 5: _flow, 6: _flow}
+@dataclass(frozen=True)
+class PortSelection:
+    """The packets of one protocol with one port on either side (Ports view, Latency's services)."""
+
+    proto: str  # as the views show it: a name (udp) or a number
+    port: int
+
+    def selector(self) -> Selector:
+        """The time machine's mask of this port's packets."""
+        return select_port(proto_number(self.proto), self.port)
+
+    def describe(self) -> str:
+        """The selection in words (the pcap's note, the inspector's title)."""
+        return f"{self.proto} port {self.port}"
 
 
-def selection_of(row_key: str) -> tuple[Selector, str] | None:
-    """A selector and a description for a row key of the Hosts, Ports or Flows view."""
-    try:
-        if "|" not in row_key and "/" in row_key:  # Ports view: "udp/53"
-            proto, port = row_key.split("/", 1)
-            return select_port(_proto(proto), int(port)), f"{proto} port {port}"
-        parts = row_key.split("|")
-        make = BY_FIELDS.get(len(parts))
-        return make(parts) if make is not None else None
-    except (KeyError, ValueError):
-        return None
+Selection = FlowSelection | PairSelection | HostSelection | PortSelection

@@ -11,6 +11,7 @@ from textual.widgets import DataTable
 from capture_backend.analysis.decode import IPPROTO_TCP
 from capture_backend.contract import TableSnapshot, match_rows
 from capture_backend.output.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
+from tui.selection import FlowSelection
 from tui.widgets.format import bits, count, duration, ms, right, short_count, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
@@ -185,11 +186,13 @@ class FlowsView(View):
         self.matched, self.shown = int(idx.size), int(picked.size)
         rows: list[tuple[str, list[Cell]]] = []
         self.keys = {}
+        self.selections = {}
         name = frame.name
         shown = flow_rows(frame.snap, index=picked, prev=frame.prev, rates=True, processes=frame.processes)
         for i, r in zip(picked.tolist(), shown, strict=True):
             key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
             self.keys[key] = t.key_bytes(i)
+            self.selections[key] = FlowSelection(r["proto"], r["src"], int(r["sport"]), r["dst"], int(r["dport"]))
             ports = r["proto"] in ("tcp", "udp", "sctp")
             tcp, lat = r.get("tcp"), r.get("latency")
             rows.append(

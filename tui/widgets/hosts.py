@@ -20,6 +20,7 @@ from capture_backend.output.report import (
     snapshot_interval,
     table_rates,
 )
+from tui.selection import FlowSelection, HostSelection, PairSelection
 from tui.widgets.format import DASH, bits, endpoint, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View
@@ -128,6 +129,7 @@ class HostsView(View):
         name = frame.name
         sort_col = self.sort_key.column if self.sort_key else "10s"
         out: list[Line] = []
+        self.selections = {}
         mode = self.mode
         if mode == "ports":
             rates = self._flow_rates(frame, picked)
@@ -135,22 +137,26 @@ class HostsView(View):
             for n, r in enumerate(flow_rows(frame.snap, index=picked)):
                 src, dst = endpoint(name(r["src"]), r["sport"]), endpoint(name(r["dst"]), r["dport"])
                 key = f"{r['proto']}|{r['src']}|{r['sport']}|{r['dst']}|{r['dport']}"
+                flow = FlowSelection(r["proto"], r["src"], int(r["sport"]), r["dst"], int(r["dport"]))
                 ways = (("=>", fwd[n], r["src_to_dst_bytes"]), ("<=", 1 - fwd[n], r["dst_to_src_bytes"]))
                 for arrow, d, total in ways:
                     rate = float(rates[n, d])
                     text = (src, arrow, dst) if arrow == "=>" else ("", arrow, "")
                     value = float(total) if sort_col == "total" else rate
+                    self.selections[f"{key}|{arrow}"] = flow
                     out.append((f"{key}|{arrow}", text, [bits(rate), DASH, DASH, DASH, size(total)], value))
             return out
         if mode == "pairs":
             for r in pair_rows(frame.snap, index=picked):
                 key = f"{r['a']}|{r['b']}"
+                pair = PairSelection(r["a"], r["b"])
                 for arrow, d in (("=>", "a_to_b"), ("<=", "b_to_a")):
                     bps = r[f"{d}_bps"]
                     left, right_ = (name(r["a"]), name(r["b"])) if arrow == "=>" else ("", "")
                     total = r[f"{d}_bytes"]
                     value = float(total) if sort_col == "total" else bps[sort_col]
                     cells = [*(bits(bps[w]) for w in WINDOWS), bits(bps["peak"]), size(total)]
+                    self.selections[f"{key}|{arrow}"] = pair
                     out.append((f"{key}|{arrow}", (left, arrow, right_), cells, value))
             return out
         d = "tx" if mode == "source" else "rx"
@@ -161,6 +167,7 @@ class HostsView(View):
             total = r[f"{d}_bytes"]
             value = float(total) if sort_col == "total" else bps[sort_col]
             cells = [*(bits(bps[w]) for w in WINDOWS), bits(bps["peak"]), size(total)]
+            self.selections[f"{r['addr']}|{d}"] = HostSelection(r["addr"])
             out.append((f"{r['addr']}|{d}", text, cells, value))
         return out
 

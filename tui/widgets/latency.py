@@ -18,6 +18,7 @@ from textual.widgets import Label, Static
 from capture_backend.analysis.latency import SAMPLE_RING
 from capture_backend.analysis.services import proto_name
 from capture_backend.contract import KIND_NAMES, Exchange, TableSnapshot, address_text
+from tui.selection import HostSelection, PairSelection, PortSelection
 from tui.widgets.format import count, endpoint, ms, right, utc_stamp
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View
@@ -113,6 +114,7 @@ class LatencyView(View):
                 f"{count(lat.exchanges)} exchanges (request → first response packet), "
                 f"{count(lat.unanswered)} requests unanswered; p50, p95: the last {count(SAMPLE_RING)} exchanges"
             )
+        self.selections = {}  # the three tables' row keys differ in form: one map
         services = self.query_one("#latency-services", SnapTable)
         t = lat.services
         rows: list[tuple[str, list[Cell]]] = []
@@ -120,7 +122,8 @@ class LatencyView(View):
             k = t.key(i)
             number = int(k["kind"])
             where = f"{proto_name(int(k['proto']))}/{int(k['port'])}"
-            key = where if all(r[0] != where for r in rows) else f"{where}/{number}"  # udp/53: W, i take the port
+            key = where if all(r[0] != where for r in rows) else f"{where}/{number}"
+            self.selections[key] = PortSelection(proto_name(int(k["proto"])), int(k["port"]))
             rows.append((key, [KIND_NAMES.get(number, str(number)), where, *_figures(t, i)]))
         self._sync(services, SERVICE_COLUMNS, rows)
 
@@ -132,6 +135,7 @@ class LatencyView(View):
             addr = address_text(k["server"])
             kind = KIND_NAMES.get(int(k["kind"]), str(k["kind"]))
             where = f"{proto_name(int(k['proto']))}/{int(k['port'])}"
+            self.selections[f"{addr}|{kind} {where}"] = HostSelection(addr)
             rows.append((f"{addr}|{kind} {where}", [kind, frame.name(addr), where, *_figures(t, i)]))
         self._sync(servers, SERVER_COLUMNS, rows)
 
@@ -150,7 +154,8 @@ class LatencyView(View):
                 endpoint(frame.name(server), x.port),
                 _printable(x.request),
             ]
-            rows.append((f"{client}|{server}|{n}", cells))  # W, i: the client and server
+            self.selections[f"{client}|{server}|{n}"] = PairSelection(client, server)
+            rows.append((f"{client}|{server}|{n}", cells))
         slowest.sync(rows)
 
     def _sync(self, table: SnapTable, columns: tuple[Column, ...], rows: list[tuple[str, list[Cell]]]) -> None:

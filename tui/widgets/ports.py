@@ -6,6 +6,7 @@ import numpy as np
 from textual.app import ComposeResult
 
 from capture_backend.output.report import port_rows, snapshot_interval, table_rates
+from tui.selection import PortSelection
 from tui.widgets.format import bits, count, per_second, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View
@@ -62,10 +63,13 @@ class PortsView(View):
         idx = np.flatnonzero(frame.query.ports(t)) if frame.query else np.arange(len(t))
         picked = self.pick(frame, idx, table.capacity(), t.cols["bytes"][idx].sum(axis=1))
         rows: list[tuple[str, list[Cell]]] = []
+        self.selections = {}
         for n, r in enumerate(port_rows(frame.snap, index=picked, prev=frame.prev, rates=True), 1):
+            key = f"{r['proto']}/{r['port']}"
+            self.selections[key] = PortSelection(r["proto"], int(r["port"]))
             rows.append(
                 (
-                    f"{r['proto']}/{r['port']}",
+                    key,
                     [
                         str(n),
                         r["proto"],

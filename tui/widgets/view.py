@@ -10,6 +10,7 @@ import numpy as np
 from textual.containers import Vertical
 
 from capture_backend.contract import ProcessTable, Snapshot
+from tui.selection import Selection
 from tui.widgets.query import Query
 from tui.widgets.table import SnapTable
 
@@ -75,6 +76,7 @@ class View(Vertical):
         super().__init__(id=id)
         self.sort_index = 0
         self.reverse = False
+        self.selections: dict[str, Selection] = {}  # row key -> what W and i take (rebuilt by show())
 
     @property
     def sort_key(self) -> SortKey | None:
@@ -134,6 +136,15 @@ class View(Vertical):
     def table(self) -> SnapTable:
         """The view's main table."""
         return self.query_one(SnapTable)
+
+    def selection(self) -> Selection | None:
+        """What the row under the cursor selects (a flow, a host pair, a host or a port); None when the
+        table is empty or the view has nothing to select (Interfaces, Drops, Processes)."""
+        table = self.table
+        if not table.row_count:
+            return None
+        row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.selections.get(str(row_key))
 
     def focus_table(self) -> None:
         """Give the keyboard to the view's main table."""
