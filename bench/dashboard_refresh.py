@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from capture_backend.analysis.decode import Decoded  # noqa: E402
 from capture_backend.analysis.tables import NS, CounterLimits  # noqa: E402
 from capture_backend.engine import Counting, IfaceStatus, Snapshot  # noqa: E402
-from tui.app import RetrotapApp, SnapshotFeed  # noqa: E402
+from tui.app import RetrotapApp  # noqa: E402
+from tui.feed import SnapshotFeed  # noqa: E402
 
 T0 = 1_700_000_000
 V4 = np.array([0] * 10 + [0xFF, 0xFF], np.uint8)

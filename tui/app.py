@@ -23,8 +23,7 @@ from textual.widgets import ContentSwitcher, Footer
 
 from capture_backend.analysis.processes import ProcessMapper
 from capture_backend.analysis.tables import CounterLimits
-from capture_backend.capture.block import LINKTYPE_ETHERNET
-from capture_backend.capture.bpf import FilterError, compile_filter
+from capture_backend.capture.bpf import FilterError
 from capture_backend.capture.ring import RingConfig
 from capture_backend.contract import EMPTY_PROCESSES, Snapshot
 from capture_backend.engine import EngineEvent, EventSink
@@ -33,6 +32,7 @@ from capture_backend.rewind.inspect import DEFAULT_LIMIT
 from capture_backend.rewind.recorder import RecordError, RecordOptions
 from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine
 from capture_backend.run import Run, RunOptions
+from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
 from tui.selection import Selection
 from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
@@ -91,29 +91,6 @@ class EngineLike(Protocol):
     def close(self) -> None: ...
 
     def set_filter(self, expr: str) -> None: ...
-
-
-class SnapshotFeed:
-    """An engine stand-in that publishes whatever snapshot it is given (tests, screenshots)."""
-
-    def __init__(self, snapshot: Snapshot, linktype: int = LINKTYPE_ETHERNET) -> None:
-        self.snapshot = snapshot
-        self.linktype = linktype
-        self.filter = snapshot.filter
-        self.on_event: EventSink | None = None
-        self.running = True
-
-    def start(self) -> None:
-        """Nothing to start."""
-
-    def close(self) -> None:
-        """Nothing to stop."""
-
-    def set_filter(self, expr: str) -> None:
-        """Check the filter as the engines do (FilterError keeps the old one)."""
-        if expr.strip():
-            compile_filter(expr, self.linktype)
-        self.filter = expr
 
 
 class EngineNotice(Message):

@@ -15,7 +15,8 @@ from textual.pilot import Pilot
 
 from capture_backend.contract import Snapshot
 from capture_backend.replay import file_snapshots
-from tui.app import RetrotapApp, SnapshotFeed
+from tui.app import RetrotapApp
+from tui.feed import SnapshotFeed
 
 T0 = 1_700_000_000.0  # the test capture's first packet (2023-11-14 22:13:20 UTC)
 FIXED_CLOCK = T0 + 60.0
