@@ -10,6 +10,10 @@
   ``LinkStats``, ``TableSnapshot``, ``LatencySnapshot``, ``Exchange``), the process mapper's
   ``ProcessTable``, and ``Extra`` counters other parts register for /metrics.
 - Comparing two snapshots of a table: ``match_rows``, ``table_growth``.
+- Names of what the tables hold: IP protocol numbers (``IPPROTO_TCP``, ``PORT_PROTOS``), ``DNS_PORT``,
+  protocol and service names (``proto_name``, ``service_name``, ``service_table`` from /etc/services).
+- What the packet inspector shows: ``PacketView`` (with its protocol tree of ``Node``), ``InspectJob``,
+  ``InspectorError``, ``hexdump``, ``INSPECT_LIMIT``.
 
 This module imports nothing else from retrotap, so any module may import it.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 
 import numpy as np
@@ -44,6 +48,66 @@ SERVICE_KEY = np.dtype([("proto", "u1"), ("port", ">u2"), ("kind", "u1")])
 # The kinds of application exchange (SERVER_KEY, SERVICE_KEY "kind"; Exchange.kind by name).
 KIND_DNS, KIND_HTTP, KIND_MYSQL = 1, 2, 3
 KIND_NAMES = {KIND_DNS: "dns", KIND_HTTP: "http", KIND_MYSQL: "mysql"}
+
+# --- protocols, ports and services: the numbers in the keys, and their names
+
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
+IPPROTO_SCTP = 132
+PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)  # the protocols whose keys carry ports
+DNS_PORT = 53
+
+SERVICES_PATH = "/etc/services"
+PROTO_NAMES = {
+    IPPROTO_ICMP: "icmp",
+    IPPROTO_TCP: "tcp",
+    IPPROTO_UDP: "udp",
+    IPPROTO_ICMPV6: "icmpv6",
+    IPPROTO_SCTP: "sctp",
+}
+PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+
+
+@lru_cache(maxsize=4)
+def service_table(path: str = SERVICES_PATH) -> dict[tuple[str, int], str]:
+    """(protocol name, port) → service name, read once from /etc/services (netbase); empty when the
+    file is missing."""
+    table: dict[tuple[str, int], str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) < 2 or "/" not in fields[1]:
+                    continue
+                port, _, proto = fields[1].partition("/")
+                if port.isdigit():
+                    table.setdefault((proto, int(port)), fields[0])
+    except OSError:
+        pass
+    return table
+
+
+@lru_cache(maxsize=1)
+def known_ports() -> np.ndarray:
+    """Boolean array of 65536: a service name exists for this port (any protocol)."""
+    known = np.zeros(65536, bool)
+    for _, port in service_table():
+        if 0 <= port < 65536:
+            known[port] = True
+    return known
+
+
+def service_name(proto: int, port: int) -> str:
+    """The service name of a port, or '' when none is known."""
+    name = PROTO_NAMES.get(proto, "")
+    return service_table().get((name, port), "") if name else ""
+
+
+def proto_name(proto: int) -> str:
+    """Short name of an IP protocol number (its number when unknown)."""
+    return PROTO_NAMES.get(proto, str(proto))
 
 
 def key_records(keys: np.ndarray, layout: np.dtype) -> np.ndarray:
@@ -120,6 +184,7 @@ def ipv4_octets(addrs: np.ndarray) -> np.ndarray:
 
 
 # --- table snapshots
+
 
 def _widths(layout: np.dtype) -> range:
     """The widths keys of a layout may have: itemsize, or down to leaving out a trailing "pad" field."""
@@ -308,6 +373,7 @@ class IfaceStatus:
 
 # The columns of the per-server and per-service tables: count, sum, max, first, last, p50, p95 (ns).
 LATENCY_TABLE_COLUMNS = ("count", "sum", "max", "first", "last", "p50", "p95")
+SAMPLE_RING = 65_536  # p50 and p95 are nearest-rank quantiles of the last this many exchanges
 
 
 @dataclass(frozen=True)
@@ -479,3 +545,46 @@ class Extra:
     help: str
     read: Callable[[], float]
     kind: str = "counter"  # or "gauge"
+
+
+# --- the packet inspector: what tshark's decode of a pcap gives the views
+
+INSPECT_LIMIT = 2000  # packets decoded by default
+
+# A protocol tree node: its label and its children.
+Node = tuple[str, list["Node"]]
+
+
+class InspectorError(Exception):
+    """A one-line reason the inspector cannot show packets (no tshark, nothing selected, unreadable file)."""
+
+
+@dataclass(frozen=True)
+class PacketView:
+    """One decoded packet: the packet list's columns, the protocol tree and the bytes."""
+
+    number: int
+    time_ns: int
+    source: str
+    destination: str
+    protocol: str
+    length: int
+    info: str
+    tree: list[Node] = field(default_factory=list)
+    raw: bytes = b""
+
+
+# What the inspector's worker runs: given a progress callback (packets decoded so far), the decoded packets.
+InspectJob = Callable[[Callable[[int], None]], list[PacketView]]
+
+
+def hexdump(data: bytes, width: int = 16) -> str:
+    """Offset, hex bytes (two groups of eight) and printable ASCII, one line per ``width`` bytes."""
+    lines = []
+    for off in range(0, len(data), width):
+        chunk = data[off : off + width]
+        hexes = [f"{b:02x}" for b in chunk]
+        left, right = " ".join(hexes[:8]), " ".join(hexes[8:])
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{off:04x}  {left:<23}  {right:<23}  {text}")
+    return "\n".join(lines)

@@ -25,10 +25,10 @@ from capture_backend.analysis.processes import ProcessMapper
 from capture_backend.analysis.tables import CounterLimits
 from capture_backend.capture.bpf import FilterError
 from capture_backend.capture.ring import RingConfig
-from capture_backend.contract import EMPTY_PROCESSES, Snapshot
+from capture_backend.contract import EMPTY_PROCESSES, INSPECT_LIMIT, Snapshot
 from capture_backend.engine import EngineEvent, EventSink
 from capture_backend.exporters.base import ExporterSettings
-from capture_backend.rewind.inspect import DEFAULT_LIMIT
+from capture_backend.rewind.inspect import file_job, selection_job
 from capture_backend.rewind.recorder import RecordError, RecordOptions
 from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine
 from capture_backend.run import Run, RunOptions
@@ -41,7 +41,7 @@ from tui.widgets.flows import FlowsView
 from tui.widgets.format import count, duration, size
 from tui.widgets.help import HelpScreen
 from tui.widgets.hosts import HostsView
-from tui.widgets.inspector import InspectorScreen, file_job, selection_job
+from tui.widgets.inspector import InspectorScreen
 from tui.widgets.interfaces import InterfacesView
 from tui.widgets.latency import LatencyView
 from tui.widgets.names import Lookup, NameResolver
@@ -175,7 +175,7 @@ class RetrotapApp(App[int]):
         timemachine: TimeMachine | None = None,
         snapshot_dir: str = ".",
         record_dir: str = "retrotap-recording",
-        inspect_limit: int = DEFAULT_LIMIT,
+        inspect_limit: int = INSPECT_LIMIT,
         processes: ProcessMapper | None = None,
         run: Run | None = None,
     ) -> None:

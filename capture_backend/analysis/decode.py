@@ -25,6 +25,12 @@ from capture_backend.capture.block import (
     LINKTYPE_RAW,
     Block,
 )
+from capture_backend.contract import IPPROTO_ICMP as IPPROTO_ICMP
+from capture_backend.contract import IPPROTO_ICMPV6 as IPPROTO_ICMPV6
+from capture_backend.contract import IPPROTO_SCTP as IPPROTO_SCTP
+from capture_backend.contract import IPPROTO_TCP as IPPROTO_TCP
+from capture_backend.contract import IPPROTO_UDP as IPPROTO_UDP
+from capture_backend.contract import PORT_PROTOS as PORT_PROTOS
 from capture_backend.contract import V4_MAPPED
 from capture_backend.contract import address_key as address_key
 from capture_backend.contract import key_bytes as key_bytes
@@ -35,14 +41,8 @@ VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 MAX_VLAN_TAGS = 2
 MAX_IPV6_EXT_HEADERS = 8
 
-IPPROTO_ICMP = 1
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ICMPV6 = 58
-IPPROTO_SCTP = 132
 # Smallest L4 header that carries what we read (ports, TCP flags): shorter is malformed.
 L4_HEADER_LEN = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_SCTP: 12, IPPROTO_ICMP: 4, IPPROTO_ICMPV6: 4}
-PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 # IPv6 extension headers and how their length is encoded: (length byte multiplier, addend).
 IPV6_EXT_HOPOPTS, IPV6_EXT_ROUTING, IPV6_EXT_FRAGMENT, IPV6_EXT_AH, IPV6_EXT_DSTOPTS = 0, 43, 44, 51, 60
 IPV6_EXT_MOBILITY = 135

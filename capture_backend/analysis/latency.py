@@ -21,6 +21,7 @@ import numpy as np
 from capture_backend.analysis.columns import segments
 from capture_backend.analysis.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames
 from capture_backend.analysis.tables import KeyTable
+from capture_backend.contract import DNS_PORT as DNS_PORT
 from capture_backend.contract import (
     EMPTY_LATENCY,
     KIND_DNS,
@@ -35,8 +36,8 @@ from capture_backend.contract import (
     key_bytes,
     pack_keys,
 )
+from capture_backend.contract import SAMPLE_RING as SAMPLE_RING
 
-DNS_PORT = 53
 MYSQL_PORT = 3306
 MYSQL_COM_QUERY = 0x03
 # First four payload bytes of an HTTP/1.x request or response line.
@@ -52,7 +53,6 @@ TEXT_BYTES = 64  # of each request kept to name it (DNS question, HTTP request l
 DNS_RETRANSMIT_NS = 5 * 1_000_000_000  # tshark's dns.retransmission_timer
 PENDING_LIMIT = 65_536
 PENDING_TIMEOUT_NS = 30 * 1_000_000_000  # < 2**36: _quantiles packs a latency into 36 bits
-SAMPLE_RING = 65_536
 SLOWEST_KEPT = 10
 # The tables' own columns (contract.LATENCY_TABLE_COLUMNS: these, then p50 and p95 at freeze time).
 LATENCY_COLUMNS = {

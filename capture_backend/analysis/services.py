@@ -1,50 +1,11 @@
-"""Port → service name tables, read once from /etc/services (netbase)."""
+"""Port → service name tables (/etc/services): declared in the contract, where every consumer reads them."""
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-import numpy as np
-
-SERVICES_PATH = "/etc/services"
-PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
-
-
-@lru_cache(maxsize=4)
-def service_table(path: str = SERVICES_PATH) -> dict[tuple[str, int], str]:
-    """(protocol name, port) → service name; empty when the file is missing."""
-    table: dict[tuple[str, int], str] = {}
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) < 2 or "/" not in fields[1]:
-                    continue
-                port, _, proto = fields[1].partition("/")
-                if port.isdigit():
-                    table.setdefault((proto, int(port)), fields[0])
-    except OSError:
-        pass
-    return table
-
-
-@lru_cache(maxsize=1)
-def known_ports() -> np.ndarray:
-    """Boolean array of 65536: a service name exists for this port (any protocol)."""
-    known = np.zeros(65536, bool)
-    for _, port in service_table():
-        if 0 <= port < 65536:
-            known[port] = True
-    return known
-
-
-def service_name(proto: int, port: int) -> str:
-    """The service name of a port, or '' when none is known."""
-    name = PROTO_NAMES.get(proto, "")
-    return service_table().get((name, port), "") if name else ""
-
-
-def proto_name(proto: int) -> str:
-    """Short name of an IP protocol number (its number when unknown)."""
-    return PROTO_NAMES.get(proto, str(proto))
+from capture_backend.contract import PROTO_NAMES as PROTO_NAMES
+from capture_backend.contract import PROTO_NUMBERS as PROTO_NUMBERS
+from capture_backend.contract import SERVICES_PATH as SERVICES_PATH
+from capture_backend.contract import known_ports as known_ports
+from capture_backend.contract import proto_name as proto_name
+from capture_backend.contract import service_name as service_name
+from capture_backend.contract import service_table as service_table

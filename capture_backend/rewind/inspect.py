@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,14 @@ import numpy as np
 from capture_backend.analysis.decode import decode
 from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import FileSource, PcapWriter
+from capture_backend.contract import INSPECT_LIMIT, InspectJob
+from capture_backend.contract import InspectorError as InspectorError
+from capture_backend.contract import Node as Node
+from capture_backend.contract import PacketView as PacketView
+from capture_backend.contract import hexdump as hexdump
 from capture_backend.rewind.timemachine import Selector, TimeMachine
 
-DEFAULT_LIMIT = 2000
+DEFAULT_LIMIT = INSPECT_LIMIT
 TSHARK_TIMEOUT_S = 120
 TSHARK_MISSING = "tshark is not installed: apt-get install tshark"
 
@@ -44,28 +48,6 @@ LAYER_NAMES = {
     "dns": "Domain Name System",
     "data": "Data",
 }
-
-# A protocol tree node: its label and its children.
-Node = tuple[str, list["Node"]]
-
-
-class InspectorError(Exception):
-    """A one-line reason the inspector cannot show packets (no tshark, nothing selected, unreadable file)."""
-
-
-@dataclass(frozen=True)
-class PacketView:
-    """One decoded packet: the packet list's columns, the protocol tree and the bytes."""
-
-    number: int
-    time_ns: int
-    source: str
-    destination: str
-    protocol: str
-    length: int
-    info: str
-    tree: list[Node] = field(default_factory=list)
-    raw: bytes = b""
 
 
 def find_tshark(path: str | None = None) -> str:
@@ -322,13 +304,24 @@ def _info(fields: dict[str, dict[str, Any]], names: list[str]) -> str:
     return " / ".join(names)
 
 
-def hexdump(data: bytes, width: int = 16) -> str:
-    """Offset, hex bytes (two groups of eight) and printable ASCII, one line per ``width`` bytes."""
-    lines = []
-    for off in range(0, len(data), width):
-        chunk = data[off : off + width]
-        hexes = [f"{b:02x}" for b in chunk]
-        left, right = " ".join(hexes[:8]), " ".join(hexes[8:])
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        lines.append(f"{off:04x}  {left:<23}  {right:<23}  {text}")
-    return "\n".join(lines)
+def selection_job(tm: TimeMachine, select: Selector, limit: int = DEFAULT_LIMIT) -> InspectJob:
+    """Decode the last `limit` packets of a selection of the time machine (through a temporary pcap)."""
+
+    def job(progress: Callable[[int], None]) -> list[PacketView]:
+        find_tshark()  # before writing anything
+        path = inspect_packets(tm, select, limit)
+        try:
+            return decode_pcap(path, limit, progress=progress)
+        finally:
+            os.unlink(path)
+
+    return job
+
+
+def file_job(path: str | Path, limit: int = DEFAULT_LIMIT) -> InspectJob:
+    """Decode the first `limit` packets of a capture file."""
+
+    def job(progress: Callable[[int], None]) -> list[PacketView]:
+        return decode_pcap(path, limit, progress=progress)
+
+    return job

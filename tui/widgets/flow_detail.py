@@ -12,9 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from capture_backend.analysis.decode import PORT_PROTOS
-from capture_backend.analysis.services import PROTO_NUMBERS, service_name
-from capture_backend.contract import TableSnapshot
+from capture_backend.contract import PORT_PROTOS, PROTO_NUMBERS, TableSnapshot, service_name
 from capture_backend.output.report import Row, flow_rows
 from tui.widgets.format import bits, count, duration, endpoint, ms, size, utc_stamp
 from tui.widgets.view import Frame

@@ -8,8 +8,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.widgets import DataTable
 
-from capture_backend.analysis.decode import IPPROTO_TCP
-from capture_backend.contract import TableSnapshot, match_rows
+from capture_backend.contract import IPPROTO_TCP, TableSnapshot, match_rows
 from capture_backend.output.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
 from tui.selection import FlowSelection
 from tui.widgets.format import bits, count, duration, ms, right, short_count, size

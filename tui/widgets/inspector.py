@@ -5,10 +5,6 @@ tshark decodes in a worker thread; its progress and its result come back as mess
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,44 +14,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from capture_backend.rewind.inspect import (
-    DEFAULT_LIMIT,
-    InspectorError,
-    Node,
-    PacketView,
-    decode_pcap,
-    find_tshark,
-    hexdump,
-    inspect_packets,
-)
-from capture_backend.rewind.timemachine import Selector, TimeMachine
+from capture_backend.contract import INSPECT_LIMIT, InspectJob, InspectorError, Node, PacketView, hexdump
 
-# What the worker runs: given a progress callback (packets decoded so far), the decoded packets.
-Job = Callable[[Callable[[int], None]], list[PacketView]]
 COLUMNS = ("No.", "Time", "Source", "Destination", "Protocol", "Length", "Info")
-
-
-def selection_job(tm: TimeMachine, select: Selector, limit: int = DEFAULT_LIMIT) -> Job:
-    """Decode the last `limit` packets of a selection of the time machine (through a temporary pcap)."""
-
-    def job(progress: Callable[[int], None]) -> list[PacketView]:
-        find_tshark()  # before writing anything
-        path = inspect_packets(tm, select, limit)
-        try:
-            return decode_pcap(path, limit, progress=progress)
-        finally:
-            os.unlink(path)
-
-    return job
-
-
-def file_job(path: str | Path, limit: int = DEFAULT_LIMIT) -> Job:
-    """Decode the first `limit` packets of a capture file."""
-
-    def job(progress: Callable[[int], None]) -> list[PacketView]:
-        return decode_pcap(path, limit, progress=progress)
-
-    return job
 
 
 class InspectorScreen(Screen[None]):
@@ -78,7 +39,7 @@ class InspectorScreen(Screen[None]):
             self.packets = packets
             self.error = error
 
-    def __init__(self, title: str, job: Job, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, title: str, job: InspectJob, limit: int = INSPECT_LIMIT) -> None:
         super().__init__()
         self.what = title
         self.job = job

@@ -15,9 +15,7 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
-from capture_backend.analysis.latency import SAMPLE_RING
-from capture_backend.analysis.services import proto_name
-from capture_backend.contract import KIND_NAMES, Exchange, TableSnapshot, address_text
+from capture_backend.contract import KIND_NAMES, SAMPLE_RING, Exchange, TableSnapshot, address_text, proto_name
 from tui.selection import HostSelection, PairSelection, PortSelection
 from tui.widgets.format import count, endpoint, ms, right, utc_stamp
 from tui.widgets.table import Cell, Column, SnapTable

@@ -9,18 +9,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from capture_backend.analysis.latency import DNS_PORT
-from capture_backend.analysis.services import PROTO_NUMBERS, service_table
 from capture_backend.contract import (
+    DNS_PORT,
     FLOW_KEY,
     KIND_DNS,
     KIND_NAMES,
+    PROTO_NUMBERS,
     Exchange,
     Network,
     ProcessTable,
     TableSnapshot,
     match_rows,
     network_key,
+    service_table,
 )
 
 KIND_NUMBERS = {name: num for num, name in KIND_NAMES.items()}  # application latency: dns, http, mysql
