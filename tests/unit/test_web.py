@@ -27,7 +27,7 @@ import pytest
 from tests.pcapgen import write_mixed
 from tui.web import bind_warning, dashboard_command
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = (
     "--headless",

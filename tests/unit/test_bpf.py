@@ -34,7 +34,7 @@ from capture_backend.capture.bpf import (
     for_cooked_socket,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _seq = itertools.count()
 
 

@@ -1,6 +1,6 @@
 """SVG snapshots of the views (all but Processes) at 160×40, from tests/pcapgen's capture with a fixed clock.
 
-Update the baselines after an intended change: pytest tests/test_tui_snapshots.py --snapshot-update
+Update the baselines after an intended change: pytest tests/unit/test_tui_snapshots.py --snapshot-update
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Live tests: real traffic in the netns lab (root, `pytest.mark.live`)."""
