@@ -36,14 +36,14 @@ from typing import Any
 import psutil
 
 from bench.common import need_root, write_json
+from tests.captures import PCAP_MAGIC, SETTLE_S, read_pcap
 from tests.lab import REPO_ROOT, Lab, LabError, wait_for_output
 from tests.scenes import Dns, Flood, Lossy, Mixed, Scan, Scene, Web, quiesce
 from tests.tmux import Tmux
 
 RETROTAP = [sys.executable, "-m", "tui.cli"]
-SETTLE_S = 1.5  # libpcap hands a TPACKET_V3 block over 1 s after its first frame
 STATS_PORT, RECORD_PORT, IPFIX_PORT = 9481, 9482, 4739
-PCAP_UNIT = {0xA1B2C3D4: 1000, 0xA1B23C4D: 1}
+
 # The collector counts IPFIX datagrams and writes the count to a file every half second.
 COLLECTOR = """
 import socket, sys, time, threading
@@ -85,7 +85,7 @@ class PcapCounter:
                 head = fh.read(4)
                 if len(head) < 4:
                     return 0
-                self.order = "<" if struct.unpack("<I", head)[0] in PCAP_UNIT else ">"
+                self.order = "<" if struct.unpack("<I", head)[0] in PCAP_MAGIC else ">"
             fh.seek(self.offset)
             data = fh.read()
         at = 0
@@ -101,14 +101,7 @@ class PcapCounter:
 
 def frames(path: Path) -> list[tuple[int, bytes]]:
     """(original length, data) of every record of a classic pcap."""
-    data = path.read_bytes()
-    order = "<" if struct.unpack_from("<I", data)[0] in PCAP_UNIT else ">"
-    out, at = [], 24
-    while at + 16 <= len(data):
-        _, _, caplen, orig = struct.unpack_from(f"{order}IIII", data, at)
-        out.append((orig, data[at + 16 : at + 16 + caplen]))
-        at += 16 + caplen
-    return out
+    return [(orig, data) for _, orig, data in read_pcap(path)]
 
 
 class LastLine:
@@ -297,8 +290,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                         "metrics_packets": metric(stats_metrics, "retrotap_packets_total"),
                         "kernel_drops": rec["capture"]["kernel_drops"],
                         "record_kernel_drops": metric(rec_metrics, "retrotap_kernel_drops_total"),
-                        "restarts": rec["capture"]["restarts"]
-                        + metric(rec_metrics, "retrotap_capture_restarts_total"),
+                        "restarts": rec["capture"]["restarts"] + metric(rec_metrics, "retrotap_capture_restarts_total"),
                         "ipfix_datagrams": int(ipfix[0]),
                         "rss_mb": {k: round(v[0], 1) for k, v in samples.items()},
                         "cpu_ns_per_packet": {

@@ -6,9 +6,10 @@ import re
 import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
-from tests.lab import Lab, wait_for_output
+from tests.lab import REPO_ROOT, Lab, wait_for_output
 
 # libpcap asks TPACKET_V3 to hand over a block 1 s after its first frame (tcpdump's timeout): wait longer
 # than that after the last frame, or the frames of a block not yet handed over die with tcpdump.
@@ -62,3 +63,17 @@ def read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
         out.append((sec * 10**9 + frac * unit, orig, data[at + 16 : at + 16 + caplen]))
         at += 16 + caplen
     return out
+
+
+def start_retrotap(lab: Lab, *args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`retrotap ARGS` (from this checkout) in namespace a; returns once it is listening."""
+    proc = lab.popen_a(
+        [sys.executable, "-m", "tui.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    wait_for_output(proc, "listening on", timeout=30)
+    return proc

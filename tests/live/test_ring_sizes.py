@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.captures import SETTLE_S, start_tcpdump, stop_tcpdump
-from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.captures import SETTLE_S, start_retrotap, start_tcpdump, stop_tcpdump
+from tests.lab import Lab
 from tests.scenes import Web, quiesce
 
 pytestmark = [
@@ -30,16 +28,20 @@ def test_ring_of_two_blocks_and_of_a_gibibyte(ring_mib: int, block_kib: int, tmp
     with Lab(drop_ingress=False) as lab:
         scene.setup(lab)
         dump = start_tcpdump(lab, tmp_path / "tcpdump.pcap")
-        stats = lab.popen_a(
-            [sys.executable, "-m", "tui.cli", "stats", "-i", lab.veth_a, "--format", "json", "--top", "0"]
-            + ["--ring-size", str(ring_mib), "--block-size", str(block_kib)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO_ROOT,
+        stats = start_retrotap(
+            lab,
+            "stats",
+            "-i",
+            lab.veth_a,
+            "--format",
+            "json",
+            "--top",
+            "0",
+            "--ring-size",
+            str(ring_mib),
+            "--block-size",
+            str(block_kib),
         )
-        wait_for_output(stats, "listening on", timeout=30)
         scene.run(lab)
         quiesce(lab)
         time.sleep(SETTLE_S)
@@ -66,15 +68,7 @@ def test_jumbo_frames_are_counted_as_tcpdump_sees_them(tmp_path: Path) -> None:
         for side in ("a", "b"):
             lab.exec(side, ["ip", "link", "set", "dev", lab.veth(side), "mtu", "9000"])
         dump = start_tcpdump(lab, tmp_path / "tcpdump.pcap")
-        stats = lab.popen_a(
-            [sys.executable, "-m", "tui.cli", "stats", "-i", lab.veth_a, "--format", "json", "--top", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO_ROOT,
-        )
-        wait_for_output(stats, "listening on", timeout=30)
+        stats = start_retrotap(lab, "stats", "-i", lab.veth_a, "--format", "json", "--top", "0")
         # 8,972-byte pings fill a 9000-byte MTU exactly: 9,014-byte frames each way, unfragmented.
         lab.exec_b(["ping", "-n", "-q", "-c", "20", "-i", "0.01", "-M", "do", "-s", "8972", lab.ip4_a], timeout=30)
         time.sleep(SETTLE_S)

@@ -28,7 +28,6 @@ import json
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from tests.captures import SETTLE_S, read_pcap, start_tcpdump, stop_tcpdump
 from tests.lab import IP4_A, IP6_A, IP6_B, REPO_ROOT, Lab, wait_for_output
 from tests.scenes import Dns, Flood, Lossy, Mixed, Outcome, Scan, Scene, Web, quiesce
 from tests.tshark import (
@@ -67,10 +67,6 @@ pytestmark = [
     ),
 ]
 RETROTAP = [sys.executable, "-m", "tui.cli"]
-# libpcap asks TPACKET_V3 to hand over a block 1 s after its first frame (tcpdump's timeout): wait longer
-# than that after the last frame, or the frames of a block not yet handed over die with tcpdump.
-SETTLE_S = 1.5
-TCPDUMP_BUFFER_KIB = 131072
 RETRIES = 2
 # What tells a flow's TCP segments apart: to see whether two captures hold them in the same order.
 SEGMENT = ["tcp.seq_raw", "tcp.ack_raw", "tcp.len", "tcp.flags", "tcp.window_size_value", "ip.id"]
@@ -116,28 +112,10 @@ class Capture:
         return None
 
 
-def tcpdump_counts(stderr: str) -> dict[str, int]:
-    """tcpdump's closing statistics."""
-    out = {}
-    for key, text in (("captured", "captured"), ("received", "received by filter"), ("dropped", "dropped by kernel")):
-        m = re.search(rf"^(\d+) packets? {text}$", stderr, re.M)
-        assert m, stderr
-        out[key] = int(m.group(1))
-    return out
-
-
 def capture(lab: Lab, scene: Scene, pcap: Path) -> Capture:
     """Set the scene up, start tcpdump and retrotap on veth a, play the scene, quiesce, stop both."""
     scene.setup(lab)
-    dump = lab.popen_a(
-        ["tcpdump", "-i", lab.veth_a, "-n", "-w", str(pcap), "-B", str(TCPDUMP_BUFFER_KIB)]
-        + ["--time-stamp-precision", "nano"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_output(dump, "listening on", timeout=20)
+    dump = start_tcpdump(lab, pcap)
     snapshots = pcap.parent / f"{pcap.stem}-snapshot"
     snapshots.mkdir()
     with open(pcap.with_suffix(".ndjson"), "w") as out:
@@ -154,9 +132,7 @@ def capture(lab: Lab, scene: Scene, pcap: Path) -> Capture:
     outcome = scene.run(lab)
     quiesce(lab)
     time.sleep(SETTLE_S)
-    dump.send_signal(signal.SIGINT)
-    _, dump_err = dump.communicate(timeout=30)
-    counts = tcpdump_counts(dump_err)
+    counts = stop_tcpdump(dump)
     wrote = snapshot_of(stats, counts["captured"])
     stats.send_signal(signal.SIGINT)
     _, err = stats.communicate(timeout=120)
@@ -214,25 +190,6 @@ def clean_capture(scene: Scene, tmp_path: Path) -> Capture:
         reasons.append(f"{attempt}: {why}")
         attempt = attempt.gentler()
     pytest.skip(f"{scene.name}: no capture without drops: " + "; ".join(reasons))
-
-
-PCAP_MAGIC = {0xA1B2C3D4: 1000, 0xA1B23C4D: 1}  # µs and ns pcap: ns per timestamp unit
-
-
-def read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
-    """(timestamp ns, original length, data) of every record of a classic pcap (either byte order)."""
-    data = path.read_bytes()
-    for order in "<>":
-        unit = PCAP_MAGIC.get(struct.unpack_from(f"{order}I", data)[0])
-        if unit is not None:
-            break
-    assert unit is not None, f"{path}: not a classic pcap"
-    out, at = [], 24
-    while at < len(data):
-        sec, frac, caplen, orig = struct.unpack_from(f"{order}IIII", data, at)
-        out.append((sec * 10**9 + frac * unit, orig, data[at + 16 : at + 16 + caplen]))
-        at += 16 + caplen
-    return out
 
 
 # All that TCP health and DNS/HTTP exchanges depend on: tshark on these frames only analyses the same.

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.captures import SETTLE_S, read_pcap, start_tcpdump, stop_tcpdump
-from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.captures import SETTLE_S, read_pcap, start_retrotap, start_tcpdump, stop_tcpdump
+from tests.lab import REPO_ROOT, Lab
 from tests.scenes import Dns, Flood, Lossy, Mixed, Scan, Scene, Web, quiesce
 from tests.tshark import tshark
 
@@ -79,15 +79,9 @@ def record(lab: Lab, scene: Scene, work: Path) -> Recorded:
     directory = work / "recording"
     directory.mkdir()
     dump = start_tcpdump(lab, reference)
-    rec = lab.popen_a(
-        [*RETROTAP, "record", "-i", lab.veth_a, "-w", str(directory), "--rotate-size", "1M"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO_ROOT,
+    rec = start_retrotap(
+        lab, "record", "-i", lab.veth_a, "-w", str(directory), "--rotate-size", "1M", stdout=subprocess.DEVNULL
     )
-    wait_for_output(rec, "listening on", timeout=30)
     scene.run(lab)
     quiesce(lab)
     time.sleep(SETTLE_S)

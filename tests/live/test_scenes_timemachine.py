@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.captures import SETTLE_S, read_pcap, start_tcpdump, stop_tcpdump
-from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.captures import SETTLE_S, read_pcap, start_retrotap, start_tcpdump, stop_tcpdump
+from tests.lab import Lab, wait_for_output
 from tests.scenes import Lossy, Outcome, Web, quiesce
 
 EDGE_NS = 5_000_000
@@ -36,16 +35,19 @@ def test_a_snapshot_in_mid_scene_holds_tcpdumps_frames_up_to_that_moment(scene: 
     with Lab(drop_ingress=False) as lab:
         scene.setup(lab)
         dump = start_tcpdump(lab, tmp_path / "tcpdump.pcap")
-        stats = lab.popen_a(
-            [sys.executable, "-m", "tui.cli", "stats", "-i", lab.veth_a, "--format", "json", "--top", "0"]
-            + ["--snapshot-dir", str(snaps)],
-            stdin=subprocess.DEVNULL,
+        stats = start_retrotap(
+            lab,
+            "stats",
+            "-i",
+            lab.veth_a,
+            "--format",
+            "json",
+            "--top",
+            "0",
+            "--snapshot-dir",
+            str(snaps),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO_ROOT,
         )
-        wait_for_output(stats, "listening on", timeout=30)
         outcome: list[Outcome] = []
         traffic = threading.Thread(target=lambda: outcome.append(scene.run(lab)), daemon=True)
         traffic.start()
