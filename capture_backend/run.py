@@ -200,11 +200,6 @@ class Run:
         recorder.close()
         return recorder
 
-    @property
-    def recorder_error(self) -> str | None:
-        """Why the recorder thread stopped, if it did."""
-        return None if self.recording is None else self.recording[1].error
-
     def pcap_saver(self, done: SaveDone) -> PcapSaver | None:
         """A saver of the time machine to --snapshot-dir (None when the time machine is off)."""
         if self.timemachine is None:
@@ -217,9 +212,7 @@ class Run:
             return
         self._closed = True
         self.engine.close()
-        recorder = self.stop_recording()
-        if recorder is not None:
-            self.last_recorder = recorder
+        self.stop_recording()
         if self.mapper is not None:
             self.mapper.close()
         self.exporters.stop(self.engine.snapshot)

@@ -8,6 +8,7 @@ copy spans out and check afterwards that the capture thread did not reuse the sp
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import threading
@@ -72,7 +73,8 @@ class _Pager(threading.Thread):
 
     def __init__(self, tm: TimeMachine) -> None:
         super().__init__(name="retrotap-pager", daemon=True)
-        self.tm = weakref.ref(tm)  # the pager never keeps a time machine alive
+        self.tm = weakref.ref(tm)  # the pager never keeps a time machine alive ...
+        self.map = tm._map  # ... but keeps its memory mapped while it writes there
         self.cond = tm._paging
         self.base = tm.pool.ctypes.data
         self.size = tm.size
@@ -92,7 +94,9 @@ class _Pager(threading.Thread):
             del tm
             step = min(target, done + PAGER_STEP) - done
             if _LIBC.madvise(self.base + done, step, MADV_POPULATE_WRITE) != 0:
-                ctypes.memset(self.base + done, 0, step)  # older kernels: write the (still unused) pages
+                if ctypes.get_errno() != errno.EINVAL:
+                    return  # the writer faults the rest in itself (it sees this thread has ended)
+                ctypes.memset(self.base + done, 0, step)  # before Linux 5.14: write the (still unused) pages
             done += step
             with self.cond:
                 tm = self.tm()
@@ -115,7 +119,8 @@ class TimeMachine:
         self.touched = 0  # pool[:touched] has been faulted in (only the pager moves it)
         self._wanted = 0  # where the writer will write up to next
         self._paging = threading.Condition()
-        _Pager(self).start()
+        self._pager = _Pager(self)
+        self._pager.start()
         self.spans: deque[Span] = deque()
         self.stats = PoolStats()
         self.expired_seq = -1  # every span with seq <= this may have been overwritten
@@ -186,6 +191,10 @@ class TimeMachine:
             self._wanted = max(self._wanted, end)
             self._paging.notify_all()
             while self.touched < min(end, self.size):
+                if not self._pager.is_alive():  # it never dies quietly on us: fault the pages in here
+                    self.pool[self.touched : min(end, self.size) : PAGE] = 0
+                    self.touched = min(end, self.size)
+                    break
                 self._paging.wait(0.1)
 
     def wait_touched(self, upto: int, timeout: float = 10.0) -> bool:

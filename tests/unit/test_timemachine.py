@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -192,3 +193,19 @@ def test_the_pool_is_resident_only_as_far_as_traffic_has_filled_it() -> None:
     # The pool's bytes are what was kept: the pager never wrote over them.
     res = tm.spans[-1]
     assert bytes(tm.pool[res.offset : res.offset + 100]) == bytes(b"".join(big))[:100]
+
+
+def test_a_dead_pager_never_stalls_the_writer() -> None:
+    tm = TimeMachine(size=256 << 20, seconds=60)
+    assert tm.wait_touched(2 * TOUCH_AHEAD)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    tm._pager = dead  # as if the pager thread had died: nothing pages ahead any more
+    big = frames(200, size=1400)
+    for k in range(200):
+        tm.add(block_of(big, ts_ns=[T0 + k * 1000 + i for i in range(200)]))
+    assert tm.stats.packets == 200 * 200
+    assert tm.touched >= tm.stats.bytes > 2 * TOUCH_AHEAD
+    last = tm.spans[-1]
+    assert bytes(tm.pool[last.offset : last.offset + 100]) == b"".join(big)[:100]
