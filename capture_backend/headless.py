@@ -128,6 +128,9 @@ class Output:
         w("=" * 93 + "\n")
 
 
+SIGNAL_POLL_S = 0.2
+
+
 class Signals:
     """SIGINT/SIGTERM ask the loops to end after one last record; SIGUSR1 asks for a snapshot."""
 
@@ -144,6 +147,21 @@ class Signals:
     def _set(self, what: str) -> None:
         setattr(self, what, True)
         self.wake.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a signal; True if one came.
+
+        The kernel may deliver a signal to any thread; Python then runs the handler only when the main
+        thread next runs bytecode, which a long blocking wait would postpone. Short slices bound that.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self.wake.wait(min(max(left, 0.0), SIGNAL_POLL_S)):
+                self.wake.clear()
+                return True
+            if left <= SIGNAL_POLL_S:
+                return False
 
 
 # Engine events a headless run prints on stderr as they happen.
@@ -212,8 +230,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         written = 0
         next_at = time.monotonic() + interval
         while not signals.stop and not (opts.count and written >= opts.count):
-            if signals.wake.wait(max(0.0, next_at - time.monotonic())):
-                signals.wake.clear()
+            if signals.wait(next_at - time.monotonic()):
                 if signals.snapshot:
                     signals.snapshot = False
                     _save_pcap(run, saver, log)
@@ -343,8 +360,7 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
         names = ", ".join(opts.interfaces)
         logger(f"listening on {names}, recording to {opts.record.directory}" + _filter_note(opts.filter_expr))
         while not signals.stop and thread.error is None:
-            if signals.wake.wait(1.0):
-                signals.wake.clear()
+            if signals.wait(1.0):
                 if signals.snapshot:
                     signals.snapshot = False
                     _save_pcap(run, saver, logger)
