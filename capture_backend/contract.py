@@ -14,6 +14,10 @@
   protocol and service names (``proto_name``, ``service_name``, ``service_table`` from /etc/services).
 - What the packet inspector shows: ``PacketView`` (with its protocol tree of ``Node``), ``InspectJob``,
   ``InspectorError``, ``hexdump``, ``INSPECT_LIMIT``.
+- What else the capture side tells its consumers: the engine's rare events (``EngineEvent``, given to an
+  ``EventSink``), a pcap save's ``PcapSaveResult``.
+- ``UserError``: the one base class of a user's mistake (filter, interface, capture, file, recording,
+  time, inspector errors), so a front end catches one class.
 
 This module imports nothing else from retrotap, so any module may import it.
 """
@@ -462,6 +466,50 @@ class Snapshot:
         return sum(i.freezes for i in self.interfaces)
 
 
+# --- what else the capture side tells its consumers: rare engine events, a pcap save's result
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """Something rare happened: kind is 'ready', 'iface-down', 'iface-up', 'iface-gone', 'error'."""
+
+    kind: str
+    iface: str
+    message: str
+
+
+# Called with each EngineEvent (on the capture thread).
+EventSink = Callable[[EngineEvent], None]
+
+
+@dataclass(frozen=True)
+class PcapSaveResult:
+    """What a snapshot wrote: one file per interface."""
+
+    paths: tuple[str, ...]
+    packets: int
+    bytes: int
+    lost: int  # packets overwritten while being written (the oldest of the window)
+
+    def summary(self) -> str:
+        """One line for a status bar or a log."""
+        if not self.paths:
+            return "snapshot: no packets in the buffer"
+        lost = f", {self.lost} packets expired while writing" if self.lost else ""
+        return f"snapshot: {', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes{lost})"
+
+
+# --- a user's mistake
+
+
+class UserError(Exception):
+    """A user's mistake (a bad interface, filter, file, directory or time): str() is one line to show them.
+
+    Filter, interface, capture, capture file, recording, time and inspector errors subclass it, so a front
+    end catches this one class.
+    """
+
+
 # --- processes
 
 PROCESS_NOTE = "sockets of other network namespaces cannot be mapped"
@@ -555,7 +603,7 @@ INSPECT_LIMIT = 2000  # packets decoded by default
 Node = tuple[str, list["Node"]]
 
 
-class InspectorError(Exception):
+class InspectorError(UserError):
     """A one-line reason the inspector cannot show packets (no tshark, nothing selected, unreadable file)."""
 
 

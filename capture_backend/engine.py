@@ -14,7 +14,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from capture_backend.analysis.decode import Decoded, decode
@@ -25,12 +24,13 @@ from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, comp
 from capture_backend.capture.netlink import InterfaceError, LinkMonitor
 from capture_backend.capture.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
 from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo
+from capture_backend.contract import EngineEvent as EngineEvent
+from capture_backend.contract import EventSink as EventSink
 from capture_backend.contract import IfaceStatus as IfaceStatus
 from capture_backend.contract import Snapshot as Snapshot
 
 # Called on the capture thread with each batch and its decoded columns, before counting.
 BlockSink = Callable[[Block, Decoded], None]
-EventSink = Callable[["EngineEvent"], None]
 LINK_POLL_SECONDS = 1.0
 # A snapshot may take at most 1/PUBLISH_COST_FACTOR of the capture thread's time (it is published less often).
 PUBLISH_COST_FACTOR = 8
@@ -38,15 +38,6 @@ PUBLISH_COST_FACTOR = 8
 RESTART_BACKOFF = (0.0, 0.1, 1.0)
 SMALL_RING_BLOCKS = 16
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    """Something rare happened: kind is 'ready', 'iface-down', 'iface-up', 'iface-gone', 'error'."""
-
-    kind: str
-    iface: str
-    message: str
 
 
 def _frozen_tallies(table: dict[int, Tally]) -> Mapping[int, tuple[int, int]]:

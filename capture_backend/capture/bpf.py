@@ -18,6 +18,7 @@ from capture_backend.capture.layouts import (
     SOCK_FILTER,
     SOCK_FPROG,
 )
+from capture_backend.contract import UserError
 
 PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
 DEFAULT_SNAPLEN = 262144
@@ -30,7 +31,7 @@ SKF_AD_PKTTYPE = 4
 _LINKTYPE_TO_DLT = {100: 11, 101: 12, 102: 15, 103: 16, 106: 19}
 
 
-class FilterError(ValueError):
+class FilterError(UserError, ValueError):
     """A filter expression libpcap rejects, or one the kernel will not take."""
 
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that cap
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 from capture_backend.contract import LinkInfo as LinkInfo
 from capture_backend.contract import LinkStats as LinkStats
+from capture_backend.contract import UserError
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -28,7 +29,7 @@ _LINKTYPE_BY_ARPHRD = {
 }
 
 
-class InterfaceError(LookupError):
+class InterfaceError(UserError, LookupError):
     """An interface that does not exist, or no default route to pick one from."""
 
 

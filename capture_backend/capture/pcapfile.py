@@ -17,6 +17,7 @@ import numpy as np
 
 from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
+from capture_backend.contract import UserError
 
 MAX_RECORD_BYTES = 256 << 20
 SNAPLEN_SLACK = 65536  # incl_len may exceed 4 x snaplen by this much before it counts as corrupt
@@ -39,7 +40,7 @@ _BYTE_ORDER_MAGICS: dict[bytes, str] = {
 }
 
 
-class CaptureFileError(Exception):
+class CaptureFileError(UserError):
     """A capture file that cannot be opened or parsed; str() is a one-line message for the CLI."""
 
 

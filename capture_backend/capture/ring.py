@@ -14,6 +14,7 @@ from capture_backend import _native
 from capture_backend.capture import layouts as L
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.capture.bpf import BpfProgram, attach
+from capture_backend.contract import UserError
 
 ARPHRD_LOOPBACK = 772
 ARPHRD_ETHER = 1
@@ -23,7 +24,7 @@ ARPHRD_ETHER = 1
 RAW_LINKTYPES = {ARPHRD_ETHER: LINKTYPE_ETHERNET, ARPHRD_LOOPBACK: LINKTYPE_ETHERNET}
 
 
-class CaptureError(Exception):
+class CaptureError(UserError):
     """A capture could not start or went away; the message is one line for the user."""
 
 

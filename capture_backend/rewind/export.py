@@ -25,6 +25,7 @@ from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.capture.bpf import OfflineFilter
 from capture_backend.capture.pcapfile import MAX_RECORD_BYTES, SNAPLEN_SLACK, CaptureFileError, FileSource, PcapWriter
+from capture_backend.contract import UserError
 from capture_backend.rewind.index import Chunk, FileInfo, Index, sync
 
 NS = 1_000_000_000
@@ -45,7 +46,7 @@ _RECORD_INCL = {"<": lay.PCAP_RECORD_INCL_LE, ">": lay.PCAP_RECORD_INCL_BE}
 _FILE_HEADER = {"<": lay.PCAP_FILE_HEADER_LE, ">": lay.PCAP_FILE_HEADER_BE}
 
 
-class TimeSpecError(ValueError):
+class TimeSpecError(UserError, ValueError):
     """A time the user wrote that cannot be read."""
 
 

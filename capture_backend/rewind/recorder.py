@@ -25,6 +25,7 @@ from capture_backend.analysis.decode import decode
 from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import CaptureFileError, PcapWriter
+from capture_backend.contract import UserError
 from capture_backend.rewind.index import (
     CHUNK_BYTES,
     PARTIAL_SUFFIX,
@@ -46,7 +47,7 @@ SNAPLEN = 262144
 LOSS_REPORT_S = 10.0  # at most one "recorder behind" line this often
 
 
-class RecordError(Exception):
+class RecordError(UserError):
     """The recording cannot start or go on; str() is one line for the CLI."""
 
 

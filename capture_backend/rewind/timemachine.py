@@ -25,6 +25,7 @@ import numpy as np
 from capture_backend.analysis.decode import Decoded, address_key, decode
 from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import PcapWriter
+from capture_backend.contract import PcapSaveResult as PcapSaveResult
 
 NS = 1_000_000_000
 PAGE = 4096
@@ -239,23 +240,6 @@ _EMPTY = np.zeros(0, np.uint8)
 
 # Which packets of a decoded block to keep; None keeps them all.
 Selector = Callable[[Decoded], np.ndarray]
-
-
-@dataclass(frozen=True)
-class PcapSaveResult:
-    """What a snapshot wrote: one file per interface."""
-
-    paths: tuple[str, ...]
-    packets: int
-    bytes: int
-    lost: int  # packets overwritten while being written (the oldest of the window)
-
-    def summary(self) -> str:
-        """One line for a status bar or a log."""
-        if not self.paths:
-            return "snapshot: no packets in the buffer"
-        lost = f", {self.lost} packets expired while writing" if self.lost else ""
-        return f"snapshot: {', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes{lost})"
 
 
 def snapshot_name(directory: str | Path, iface: str, when_ns: int) -> Path:
