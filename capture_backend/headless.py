@@ -1,4 +1,5 @@
-"""`retrotap stats`: records every interval as text (iftop -t style), NDJSON or CSV."""
+"""The headless front end: `retrotap stats` (records every interval as text, iftop -t style, NDJSON or CSV),
+`retrotap record`, and `retrotap export` (`run_export`, re-exported from rewind/export)."""
 
 from __future__ import annotations
 
@@ -9,46 +10,28 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
 
-from capture_backend.analysis.tables import NS, CounterLimits
+from capture_backend.analysis.tables import NS
 from capture_backend.capture.pcapfile import CaptureFileError, FileSource
-from capture_backend.capture.ring import RingConfig
-from capture_backend.contract import Snapshot
-from capture_backend.engine import Counting, Engine, EngineEvent, file_statuses, filter_blocks
-from capture_backend.exporters.base import Exporters, ExporterSettings
+from capture_backend.contract import EngineEvent, Snapshot
+from capture_backend.engine import Counting, Engine, file_statuses, filter_blocks
+from capture_backend.exporters.base import Exporters
+from capture_backend.options import RecordOptions, RunOptions
+from capture_backend.options import RecordRun as RecordRun
+from capture_backend.options import StatsOptions as StatsOptions
 from capture_backend.output.report import Row, bits_text, record, size_text
-from capture_backend.rewind.recorder import Recorder, RecordOptions
-from capture_backend.run import PcapSaver, Run, RunOptions, SaveDone
+from capture_backend.rewind.export import run_export as run_export
+from capture_backend.rewind.recorder import Recorder
+from capture_backend.run import PcapSaver, Run, SaveDone
 
 CSV_COLUMNS = (
     "kind time name state addr a b proto port service src sport dst dport packets bytes malformed "
     "rx_bytes tx_bytes rx_packets tx_packets a_to_b_bytes b_to_a_bytes received kernel_drops freeze_count "
     "rx_errors tx_errors rx_dropped tx_dropped rx_missed rx_fifo tx_fifo first last tcp_flags"
 ).split()
-
-
-@dataclass
-class StatsOptions:
-    """What `retrotap stats` was asked for."""
-
-    interfaces: list[str] = field(default_factory=list)
-    read_file: str | None = None
-    filter_expr: str = ""
-    interval: float | None = None
-    count: int = 0
-    top: int = 10
-    fmt: str = "text"
-    promisc: bool = True
-    ring: RingConfig = field(default_factory=RingConfig)
-    limits: CounterLimits = field(default_factory=CounterLimits)
-    buffer_size: int = 256 << 20
-    buffer_seconds: float = 60.0
-    snapshot_dir: str = "."
-    exporters: ExporterSettings = field(default_factory=ExporterSettings)
 
 
 class Output:
@@ -314,22 +297,6 @@ def run_stats(opts: StatsOptions, stream: TextIO = sys.stdout, log: Callable[[st
     if opts.read_file:
         return run_file(opts, out, signals, logger)
     return run_live(opts, out, signals, logger)
-
-
-@dataclass
-class RecordRun:
-    """What `retrotap record` was asked for."""
-
-    record: RecordOptions
-    interfaces: list[str] = field(default_factory=list)
-    read_file: str | None = None
-    filter_expr: str = ""
-    ring: RingConfig = field(default_factory=RingConfig)
-    limits: CounterLimits = field(default_factory=CounterLimits)
-    buffer_size: int = 256 << 20
-    buffer_seconds: float = 60.0
-    snapshot_dir: str = "."
-    exporters: ExporterSettings = field(default_factory=ExporterSettings)
 
 
 _LOG_LOCK = threading.Lock()

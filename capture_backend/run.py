@@ -4,25 +4,41 @@
 the exporters and the process mapper from one `RunOptions`, starts them, and stops them in one
 order: the engine first (a last drain of the rings into the pool), then the recorder (it writes
 what the pool still holds), the process mapper, and the exporters with the final snapshot.
+
+What a front end does with a run goes through here too: `check_source` and `check_filter` (a user's
+mistake surfaces before anything starts, or when `f` edits the filter), `Run.inspect_job` and
+`file_job` (the packet inspector), the time machine's selectors (`select_flow`, `select_pair`,
+`select_host`, `select_port`), `file_snapshots` (a file's snapshots for tools and screenshots), and the
+`TimeMachine` and `ProcessMapper` types a run holds.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
-from capture_backend.analysis.processes import ProcessMapper
-from capture_backend.analysis.tables import CounterLimits
-from capture_backend.capture.ring import RingConfig
-from capture_backend.contract import Snapshot
-from capture_backend.engine import Engine, EventSink
-from capture_backend.exporters.base import Exporters, ExporterSettings, recorder_counters, time_machine_counters
+from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
+from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
+from capture_backend.capture.bpf import compile_filter
+from capture_backend.contract import INSPECT_LIMIT, EventSink, InspectJob, PcapSaveResult, Snapshot
+from capture_backend.engine import Engine
+from capture_backend.exporters.base import Exporters, recorder_counters, time_machine_counters
+from capture_backend.options import ExporterSettings, RecordOptions
+from capture_backend.options import RunOptions as RunOptions
 from capture_backend.replay import FileEngine
-from capture_backend.rewind.recorder import Recorder, RecorderThread, RecordOptions
-from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine, save_pcap
+from capture_backend.replay import file_snapshots as file_snapshots
+from capture_backend.rewind.inspect import file_job as file_job
+from capture_backend.rewind.inspect import selection_job
+from capture_backend.rewind.recorder import Recorder, RecorderThread
+from capture_backend.rewind.timemachine import Selector as Selector
+from capture_backend.rewind.timemachine import TimeMachine as TimeMachine
+from capture_backend.rewind.timemachine import save_pcap
+from capture_backend.rewind.timemachine import select_flow as select_flow
+from capture_backend.rewind.timemachine import select_host as select_host
+from capture_backend.rewind.timemachine import select_pair as select_pair
+from capture_backend.rewind.timemachine import select_port as select_port
 
 Log = Callable[[str], None]
 
@@ -37,22 +53,21 @@ class EngineLike(Protocol):
 SaveDone = Callable[[str, bool, PcapSaveResult | None], None]
 
 
-@dataclass
-class RunOptions:
-    """Everything a capture run is built from, whichever front end asks for it."""
+def check_filter(expr: str, linktype: int = LINKTYPE_ETHERNET) -> None:
+    """Compile a capture filter as the engines do; FilterError (a UserError) when libpcap refuses it."""
+    if expr.strip():
+        compile_filter(expr, linktype)
 
-    interfaces: list[str] = field(default_factory=list)
-    read_file: str | None = None  # a capture file instead of live interfaces (the dashboard's -r)
-    realtime: bool = False  # replay the file at its own pace
-    filter_expr: str = ""
-    ring: RingConfig = field(default_factory=RingConfig)
-    limits: CounterLimits = field(default_factory=CounterLimits)
-    buffer_size: int = 256 << 20  # the time machine; 0: off
-    buffer_seconds: float = 60.0
-    snapshot_dir: str = "."
-    exporters: ExporterSettings = field(default_factory=ExporterSettings)
-    processes: bool = False  # map flows to local processes (live only)
-    record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
+
+def check_source(opts: RunOptions) -> None:
+    """Open and close the packet source (interfaces or file) with its filter: a user's mistake raises here."""
+    engine: Engine | FileEngine
+    if opts.read_file:
+        engine = FileEngine(opts.read_file, filter_expr=opts.filter_expr)
+    else:
+        engine = Engine(opts.interfaces, filter_expr=opts.filter_expr, ring=opts.ring)
+    engine.open()
+    engine.close()
 
 
 class PcapSaver:
@@ -205,6 +220,12 @@ class Run:
         if self.timemachine is None:
             return None
         return PcapSaver(self.timemachine, self.opts.snapshot_dir, done)
+
+    def inspect_job(self, select: Selector, limit: int = INSPECT_LIMIT) -> InspectJob | None:
+        """The packet inspector's job over a selection of the time machine (None when it is off)."""
+        if self.timemachine is None:
+            return None
+        return selection_job(self.timemachine, select, limit)
 
     def close(self) -> None:
         """Stop everything in order (once): engine, recorder, process mapper, exporters."""

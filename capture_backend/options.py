@@ -1,0 +1,77 @@
+"""What a front end builds a capture run from: the options objects and the parsers of option values.
+
+Defined here: `RunOptions` (one capture run, for every front end), `StatsOptions` (`retrotap stats`) and
+`RecordRun` (`retrotap record`). The options of a part stay beside the part that reads them and are
+re-exported: `RingConfig` (capture/ring), `CounterLimits` (analysis/tables), `RecordOptions`
+(rewind/recorder), `ExporterSettings` with `DEFAULT_TOP`/`MAX_TOP` (exporters/base), `ExportOptions` with
+`time_window`/`TimeSpecError` (rewind/export), `default_interface` (capture/netlink).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from capture_backend.analysis.tables import CounterLimits as CounterLimits
+from capture_backend.capture.netlink import default_interface as default_interface
+from capture_backend.capture.ring import RingConfig as RingConfig
+from capture_backend.exporters.base import DEFAULT_TOP as DEFAULT_TOP
+from capture_backend.exporters.base import MAX_TOP as MAX_TOP
+from capture_backend.exporters.base import ExporterSettings as ExporterSettings
+from capture_backend.rewind.export import ExportOptions as ExportOptions
+from capture_backend.rewind.export import TimeSpecError as TimeSpecError
+from capture_backend.rewind.export import time_window as time_window
+from capture_backend.rewind.recorder import RecordOptions as RecordOptions
+
+
+@dataclass
+class RunOptions:
+    """Everything a capture run is built from, whichever front end asks for it."""
+
+    interfaces: list[str] = field(default_factory=list)
+    read_file: str | None = None  # a capture file instead of live interfaces (the dashboard's -r)
+    realtime: bool = False  # replay the file at its own pace
+    filter_expr: str = ""
+    ring: RingConfig = field(default_factory=RingConfig)
+    limits: CounterLimits = field(default_factory=CounterLimits)
+    buffer_size: int = 256 << 20  # the time machine; 0: off
+    buffer_seconds: float = 60.0
+    snapshot_dir: str = "."
+    exporters: ExporterSettings = field(default_factory=ExporterSettings)
+    processes: bool = False  # map flows to local processes (live only)
+    record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
+
+
+@dataclass
+class StatsOptions:
+    """What `retrotap stats` was asked for."""
+
+    interfaces: list[str] = field(default_factory=list)
+    read_file: str | None = None
+    filter_expr: str = ""
+    interval: float | None = None
+    count: int = 0
+    top: int = 10
+    fmt: str = "text"
+    promisc: bool = True
+    ring: RingConfig = field(default_factory=RingConfig)
+    limits: CounterLimits = field(default_factory=CounterLimits)
+    buffer_size: int = 256 << 20
+    buffer_seconds: float = 60.0
+    snapshot_dir: str = "."
+    exporters: ExporterSettings = field(default_factory=ExporterSettings)
+
+
+@dataclass
+class RecordRun:
+    """What `retrotap record` was asked for."""
+
+    record: RecordOptions
+    interfaces: list[str] = field(default_factory=list)
+    read_file: str | None = None
+    filter_expr: str = ""
+    ring: RingConfig = field(default_factory=RingConfig)
+    limits: CounterLimits = field(default_factory=CounterLimits)
+    buffer_size: int = 256 << 20
+    buffer_seconds: float = 60.0
+    snapshot_dir: str = "."
+    exporters: ExporterSettings = field(default_factory=ExporterSettings)
