@@ -21,17 +21,17 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer
 
-from capture_backend.analysis.processes import ProcessMapper
-from capture_backend.analysis.tables import CounterLimits
-from capture_backend.capture.bpf import FilterError
-from capture_backend.capture.ring import RingConfig
-from capture_backend.contract import EMPTY_PROCESSES, INSPECT_LIMIT, Snapshot
-from capture_backend.engine import EngineEvent, EventSink
-from capture_backend.exporters.base import ExporterSettings
-from capture_backend.rewind.inspect import file_job, selection_job
-from capture_backend.rewind.recorder import RecordError, RecordOptions
-from capture_backend.rewind.timemachine import PcapSaveResult, Selector, TimeMachine
-from capture_backend.run import Run, RunOptions
+from capture_backend.contract import (
+    EMPTY_PROCESSES,
+    INSPECT_LIMIT,
+    EngineEvent,
+    EventSink,
+    PcapSaveResult,
+    Snapshot,
+    UserError,
+)
+from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
+from capture_backend.run import ProcessMapper, Run, Selector, TimeMachine, file_job
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
 from tui.selection import Selection
 from tui.widgets.banner import ErrorBanner, problems
@@ -385,7 +385,7 @@ class RetrotapApp(App[int]):
         except ValueError as e:
             self.notify(str(e), severity="warning")
             return
-        except (RecordError, OSError) as e:
+        except (UserError, OSError) as e:  # RecordError: the directory cannot be recorded to
             self.notify(f"cannot record: {e}", severity="error")
             return
         self.notify(f"recording to {self.record_dir}", timeout=4)
@@ -435,7 +435,8 @@ class RetrotapApp(App[int]):
             return
         picked = self._selected()
         if picked is not None:
-            job = selection_job(self.timemachine, picked.selector(), self.inspect_limit)
+            job = self.capture_run.inspect_job(picked.selector(), self.inspect_limit)
+            assert job is not None  # the run has the time machine checked above
             self.push_screen(InspectorScreen(picked.describe(), job, self.inspect_limit))
 
     def action_inspect_file(self) -> None:
@@ -506,7 +507,7 @@ class RetrotapApp(App[int]):
         elif message.kind == "capture":
             try:
                 self.engine.set_filter(message.value.strip())
-            except FilterError as e:
+            except UserError as e:  # FilterError: libpcap or the kernel refused it
                 prompt.error(str(e))
                 return
             self.notify(f"capture filter: {message.value.strip() or 'none'}", timeout=3)

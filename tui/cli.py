@@ -7,15 +7,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from capture_backend.capture.bpf import FilterError
-from capture_backend.capture.netlink import InterfaceError
-from capture_backend.capture.pcapfile import CaptureFileError
-from capture_backend.capture.ring import CaptureError
-from capture_backend.headless import run_record, run_stats
-from capture_backend.rewind.export import run_export
-from capture_backend.rewind.recorder import RecordError
+from capture_backend.contract import UserError
+from capture_backend.headless import run_export, run_record, run_stats
 from tui.options import (
-    UsageError,
     build_parser,
     check_memory,
     export_options,
@@ -27,7 +21,8 @@ from tui.options import (
     stats_options,
 )
 
-USER_ERRORS = (InterfaceError, FilterError, CaptureError, CaptureFileError, RecordError, PermissionError, OSError)
+# A user's mistake (a UsageError too) or what the system refused (a permission, a missing file): one line, status 2.
+USER_ERRORS = (UserError, OSError)
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -64,8 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         snapshot_dir(args.snapshot_dir)
         return run_dashboard(args, interfaces_of(args), ring_config(args), exporter_settings(args))
-    except UsageError as e:
-        return _fail(str(e))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -3,10 +3,8 @@ dashboard refresh bench)."""
 
 from __future__ import annotations
 
-from capture_backend.capture.block import LINKTYPE_ETHERNET
-from capture_backend.capture.bpf import compile_filter
-from capture_backend.contract import Snapshot
-from capture_backend.engine import EventSink
+from capture_backend.contract import EventSink, Snapshot
+from capture_backend.run import LINKTYPE_ETHERNET, check_filter
 
 
 class SnapshotFeed:
@@ -27,6 +25,5 @@ class SnapshotFeed:
 
     def set_filter(self, expr: str) -> None:
         """Check the filter as the engines do (FilterError keeps the old one)."""
-        if expr.strip():
-            compile_filter(expr, self.linktype)
+        check_filter(expr, self.linktype)
         self.filter = expr

@@ -12,14 +12,21 @@ from typing import TypeVar
 
 import psutil
 
-from capture_backend.analysis.decode import address_key
-from capture_backend.analysis.tables import CounterLimits
-from capture_backend.capture.netlink import default_interface
-from capture_backend.capture.ring import RingConfig
-from capture_backend.exporters.base import DEFAULT_TOP, MAX_TOP, ExporterSettings
-from capture_backend.headless import RecordRun, StatsOptions
-from capture_backend.rewind.export import ExportOptions, TimeSpecError, time_window
-from capture_backend.rewind.recorder import RecordOptions
+from capture_backend.contract import UserError, address_key
+from capture_backend.options import (
+    DEFAULT_TOP,
+    MAX_TOP,
+    CounterLimits,
+    ExporterSettings,
+    ExportOptions,
+    RecordOptions,
+    RecordRun,
+    RingConfig,
+    StatsOptions,
+    TimeSpecError,
+    default_interface,
+    time_window,
+)
 
 SUBCOMMANDS = ("stats", "record", "export", "web")
 
@@ -27,7 +34,7 @@ SUBCOMMANDS = ("stats", "record", "export", "web")
 T = TypeVar("T")
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A bad option value, reported in one line."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from textual.pilot import Pilot
 
 from capture_backend.contract import Snapshot
-from capture_backend.replay import file_snapshots
+from capture_backend.run import file_snapshots
 from tui.app import RetrotapApp
 from tui.feed import SnapshotFeed
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capture_backend.contract import PROTO_NUMBERS
-from capture_backend.rewind.timemachine import Selector, select_flow, select_host, select_pair, select_port
+from capture_backend.run import Selector, select_flow, select_host, select_pair, select_port
 
 
 def proto_number(name: str) -> int:

@@ -33,8 +33,8 @@ from textual.drivers.web_driver import WebDriver
 from textual_serve.app_service import AppService
 from textual_serve.server import Server, to_int
 
-from capture_backend.engine import Engine
-from capture_backend.replay import FileEngine
+from capture_backend.options import RunOptions
+from capture_backend.run import check_source
 from tui.options import UsageError, build_parser, endpoint, interfaces_of, ring_config, snapshot_dir
 
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -108,13 +108,7 @@ def check_dashboard(args: argparse.Namespace) -> None:
     snapshot_dir(args.snapshot_dir)
     interfaces = interfaces_of(args)
     ring = ring_config(args)
-    engine: Engine | FileEngine
-    if args.read:
-        engine = FileEngine(args.read, filter_expr=args.filter)
-    else:
-        engine = Engine(interfaces, filter_expr=args.filter, ring=ring)
-    engine.open()
-    engine.close()
+    check_source(RunOptions(interfaces=interfaces, read_file=args.read, filter_expr=args.filter, ring=ring))
 
 
 def _url_host(host: str) -> str:
