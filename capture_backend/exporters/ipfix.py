@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +53,7 @@ FIELD_SPECIFIER = struct.Struct("!HH")
 # flowEndReason (IANA IE 136) values.
 IDLE_TIMEOUT = 1
 ACTIVE_TIMEOUT = 2
+END_OF_FLOW = 3
 FORCED_END = 4
 LACK_OF_RESOURCES = 5
 
@@ -188,10 +189,15 @@ class Encoder:
         return out
 
 
+def _no_columns() -> np.ndarray:
+    return np.zeros((0, 0), np.int64)
+
+
 @dataclass(frozen=True)
 class Finished:
     """Flow rows whose counts are due: FLOW_KEY keys (k, 40), per-direction deltas, record start/end (ns), flags,
-    reason."""
+    reason; the growth of the tracker's `counted` columns (k, len(counted)) and the last value of its `carried`
+    columns (k, len(carried))."""
 
     keys: np.ndarray
     packets: np.ndarray
@@ -200,6 +206,8 @@ class Finished:
     end_ns: np.ndarray
     tcp_flags: np.ndarray
     reason: np.ndarray
+    counts: np.ndarray = field(default_factory=_no_columns)
+    values: np.ndarray = field(default_factory=_no_columns)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
@@ -214,12 +222,33 @@ def _concat(parts: list[Finished]) -> Finished:
     return Finished(*(np.concatenate([getattr(p, f) for p in parts]) for f in Finished.__dataclass_fields__))
 
 
-class FlowTracker:
-    """What has been exported of each flow row, and what is due at each new snapshot."""
+TCP_FIN_OR_RST = 0x05  # tcpControlBits FIN | RST
 
-    def __init__(self, idle_s: float, active_s: float) -> None:
+
+class FlowTracker:
+    """What has been exported of each flow row, and what is due at each new snapshot.
+
+    `closed_s`: a TCP flow that has seen FIN or RST and then nothing for this long is due (END_OF_FLOW);
+    None: only idle, active, eviction and the end. `counted`: more cumulative flow columns (one value per
+    row, e.g. "tcp_retrans") whose growth each record carries, as packets and bytes; `carried`: columns
+    whose latest value each record carries (e.g. "tcp_irtt").
+    """
+
+    def __init__(
+        self,
+        idle_s: float,
+        active_s: float,
+        closed_s: float | None = None,
+        counted: Sequence[str] = (),
+        carried: Sequence[str] = (),
+    ) -> None:
         self.idle_ns = int(idle_s * NS)
         self.active_ns = int(active_s * NS)
+        self.closed_ns = None if closed_s is None else int(closed_s * NS)
+        self.counted, self.carried = tuple(counted), tuple(carried)
+        self.seen_counts = np.zeros((0, len(self.counted)), np.int64)
+        self.sent_counts = np.zeros((0, len(self.counted)), np.int64)
+        self.seen_values = np.zeros((0, len(self.carried)), np.int64)
         self.keys = np.zeros((0, FLOW_KEY.itemsize), np.uint8)
         self.first = np.zeros(0, np.int64)
         self.last = np.zeros(0, np.int64)
@@ -262,18 +291,22 @@ class FlowTracker:
         now = snap.now_ns
         first, last = t.cols["first"], t.cols["last"]
         packets, nbytes = t.cols["packets"], t.cols["bytes"]
+        counts = self._columns(t, self.counted)
+        values = self._columns(t, self.carried)
         if self.keys.shape[0]:
             match = self._match(t)
             mi = np.maximum(match, 0)
             same = (match >= 0) & (self.first[mi] == first) & (packets >= self.sent_packets[mi]).all(axis=1)
             sent_packets = np.where(same[:, None], self.sent_packets[mi], 0)
             sent_bytes = np.where(same[:, None], self.sent_bytes[mi], 0)
+            sent_counts = np.where(same[:, None], self.sent_counts[mi], 0)
             start = np.where(same, self.start[mi], first)
             continued = np.zeros(self.keys.shape[0], bool)
             continued[match[same]] = True
             gone = np.flatnonzero(~continued)
         else:
             sent_packets, sent_bytes = np.zeros_like(packets), np.zeros_like(nbytes)
+            sent_counts = np.zeros_like(counts)
             start, gone = first.copy(), np.zeros(0, np.int64)
         parts = [self._gone(gone, now)]
         delta_packets = packets - sent_packets
@@ -284,8 +317,12 @@ class FlowTracker:
         else:
             idle = due & (now - last >= self.idle_ns)
             active = due & ~idle & (now - start >= self.active_ns)
-            done = idle | active
-            reason = np.where(idle, IDLE_TIMEOUT, ACTIVE_TIMEOUT).astype(np.uint8)
+            closed = np.zeros_like(due)
+            if self.closed_ns is not None:
+                ended = (t.cols["tcp_flags"] & TCP_FIN_OR_RST) != 0
+                closed = due & ~idle & ended & (now - last >= self.closed_ns)
+            done = idle | active | closed
+            reason = np.select([idle, closed], [IDLE_TIMEOUT, END_OF_FLOW], ACTIVE_TIMEOUT).astype(np.uint8)
         rows = np.flatnonzero(done)
         parts.append(
             Finished(
@@ -296,16 +333,28 @@ class FlowTracker:
                 end_ns=last[rows],
                 tcp_flags=t.cols["tcp_flags"][rows],
                 reason=reason[rows],
+                counts=(counts - sent_counts)[rows],
+                values=values[rows],
             )
         )
         sent_packets = np.where(done[:, None], packets, sent_packets)
         sent_bytes = np.where(done[:, None], nbytes, sent_bytes)
+        self.sent_counts = np.where(done[:, None], counts, sent_counts)
+        self.seen_counts, self.seen_values = counts, values
         start = np.where(done, -1, start)
         self.keys, self.first, self.last, self.flags = t.keys, first, last, t.cols["tcp_flags"]
         self.seen_packets, self.seen_bytes = packets, nbytes
         self.sent_packets, self.sent_bytes, self.start = sent_packets, sent_bytes, start
         self.prev_now = now
         return _concat(parts)
+
+    @staticmethod
+    def _columns(t: TableSnapshot, names: tuple[str, ...]) -> np.ndarray:
+        """The named one-value-per-row columns of t as (rows, len(names)) int64."""
+        out = np.zeros((len(t), len(names)), np.int64)
+        for n, name in enumerate(names):
+            out[:, n] = t.cols[name]
+        return out
 
     def _gone(self, rows: np.ndarray, now: int) -> Finished:
         """Rows that left the table (or came back as a new flow): their last seen counts are due."""
@@ -324,6 +373,8 @@ class FlowTracker:
             end_ns=last,
             tcp_flags=self.flags[rows],
             reason=reason,
+            counts=self.seen_counts[rows] - self.sent_counts[rows],
+            values=self.seen_values[rows],
         )
 
 
