@@ -1,0 +1,550 @@
+"""The session store: one record per finished flow (or per active interval of a long one), in one SQLite file.
+
+"What talked to 10.0.0.7 at 17:02": records are written in batches by the session writer
+(exporters/sessions.py) and read by `retrotap sessions`. The schema is declared once, below, as data;
+the table is indexed by start time, by each address with the start time, and by each port with the
+start time, so a host or a port over a day is an index range, not a scan. Addresses are blobs of 4
+(IPv4) or 16 (IPv6) bytes beside a `family` column: they compare as bytes, so a network is a range.
+`src` is the client (the side without the service port, else the side that sent first).
+
+The store is in WAL mode (queries read while the writer writes); retention deletes the oldest records
+by age, by size and to keep free space (as the recorder's --keep-age, --max-size, --min-free), and gives
+the pages back to the file system (incremental vacuum). Every failure of SQLite (a corrupt, locked or
+unwritable file) is a SessionStoreError with one line naming the file.
+
+`--where` is a small language of `FIELD OP NUMBER` clauses joined by `and`, over a whitelist of fields,
+compiled to parameterised SQL: nothing the user writes reaches SQL as text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from capture_backend.contract import PROTO_NAMES, PROTO_NUMBERS, proto_name, service_name
+
+STORE_NAME = "retrotap-sessions.sqlite"
+SCHEMA_VERSION = 1
+US = 1000  # ns per µs
+END_OF_TIME = (1 << 63) - 1
+DEFAULT_TOP = 100
+
+# Why a record was written (IPFIX flowEndReason values where one exists).
+REASON_IDLE, REASON_ACTIVE, REASON_CLOSED, REASON_END, REASON_EVICTED = 1, 2, 3, 4, 5
+REASON_NAMES = {
+    REASON_IDLE: "idle",
+    REASON_ACTIVE: "active",
+    REASON_CLOSED: "closed",
+    REASON_END: "end",
+    REASON_EVICTED: "evicted",
+}
+
+
+class Column(NamedTuple):
+    """One column of the sessions table: name, SQLite type, what it holds."""
+
+    name: str
+    type: str
+    doc: str
+
+
+# The schema, once. Every record column but `id`, in the order `insert` takes them.
+COLUMNS: tuple[Column, ...] = (
+    Column("start_us", "INTEGER NOT NULL", "first packet of the record, µs since the epoch"),
+    Column("end_us", "INTEGER NOT NULL", "last packet of the record, µs since the epoch"),
+    Column("iface", "TEXT", "the captured interface ('' when several)"),
+    Column("vlan", "INTEGER", "VLAN id (NULL: none or not known)"),
+    Column("family", "INTEGER NOT NULL", "4 or 6"),
+    Column("proto", "INTEGER NOT NULL", "IP protocol number"),
+    Column("src", "BLOB NOT NULL", "client address, 4 or 16 bytes"),
+    Column("sport", "INTEGER NOT NULL", "client port (0: none)"),
+    Column("dst", "BLOB NOT NULL", "server address"),
+    Column("dport", "INTEGER NOT NULL", "server port (0: none)"),
+    Column("src_packets", "INTEGER NOT NULL", "packets client → server"),
+    Column("dst_packets", "INTEGER NOT NULL", "packets server → client"),
+    Column("src_bytes", "INTEGER NOT NULL", "bytes client → server (frames on the wire)"),
+    Column("dst_bytes", "INTEGER NOT NULL", "bytes server → client"),
+    Column("tcp_flags", "INTEGER NOT NULL", "TCP flags seen, ORed (tcpdump FSRPAUEC bits)"),
+    Column("retrans", "INTEGER NOT NULL", "TCP retransmissions"),
+    Column("ooo", "INTEGER NOT NULL", "TCP out-of-order segments"),
+    Column("dupacks", "INTEGER NOT NULL", "TCP duplicate ACKs"),
+    Column("zero_windows", "INTEGER NOT NULL", "TCP zero windows"),
+    Column("resets", "INTEGER NOT NULL", "TCP resets"),
+    Column("rtt_us", "INTEGER", "TCP handshake RTT (NULL: not measured)"),
+    Column("exchanges", "INTEGER NOT NULL", "DNS/HTTP/MySQL request → response exchanges"),
+    Column("latency_avg_us", "INTEGER", "their mean latency (NULL: none)"),
+    Column("latency_max_us", "INTEGER", "the flow's slowest exchange so far (NULL: none)"),
+    Column("slowest", "TEXT", "that exchange's request when known (DNS question, HTTP request line, SQL)"),
+    Column("pid", "INTEGER", "local process (NULL: not known)"),
+    Column("process", "TEXT", "its name"),
+    Column("user", "TEXT", "its user"),
+    Column("reason", "INTEGER NOT NULL", "why written: 1 idle, 2 active, 3 closed, 4 end, 5 evicted"),
+)
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+INDEXES = {
+    "sessions_start": ("start_us",),
+    "sessions_src": ("src", "start_us"),
+    "sessions_dst": ("dst", "start_us"),
+    "sessions_sport": ("sport", "start_us"),
+    "sessions_dport": ("dport", "start_us"),
+}
+
+
+def schema() -> str:
+    """The CREATE statements of the store."""
+    cols = ",\n    ".join(f"{c.name} {c.type}" for c in COLUMNS)
+    out = [
+        f"CREATE TABLE IF NOT EXISTS sessions (\n    id INTEGER PRIMARY KEY,\n    {cols}\n);",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    ]
+    out += [f"CREATE INDEX IF NOT EXISTS {name} ON sessions ({', '.join(on)});" for name, on in INDEXES.items()]
+    return "\n".join(out)
+
+
+class SessionStoreError(Exception):
+    """A store that cannot be used (corrupt, locked, unwritable, missing), in one line."""
+
+
+class WhereError(ValueError):
+    """A --where expression that cannot be read, in one line naming what is wrong."""
+
+
+@dataclass
+class Retention:
+    """How much the store keeps: records newer than keep_age_ns, at most max_bytes, and free space left."""
+
+    keep_age_ns: int = 0  # by a record's end; 0: no limit
+    max_bytes: int = 0  # pages in use; 0: no limit
+    min_free_ratio: float = 0.0  # of the file system
+    min_free_bytes: int = 0
+
+
+@contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    """SQLite's errors as one SessionStoreError line naming the store."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        text = str(e)
+        if "not a database" in text or "malformed" in text:
+            text = f"corrupt ({text})"
+        elif "locked" in text or "busy" in text:
+            text = f"locked by another process ({text})"
+        elif "readonly" in text or "unable to open" in text:
+            text = f"not writable ({text})"
+        raise SessionStoreError(f"sessions store {path}: {text}") from None
+
+
+def store_path(directory: str | Path) -> Path:
+    """The store's file in a directory (a path ending in .sqlite is the file itself)."""
+    p = Path(directory)
+    return p if p.suffix in (".sqlite", ".db") else p / STORE_NAME
+
+
+class SessionStore:
+    """One sessions file, opened for writing (created if missing) or reading (must exist)."""
+
+    def __init__(self, path: str | Path, writable: bool = True, timeout: float = 5.0) -> None:
+        self.path = store_path(path)
+        self.writable = writable
+        self.max_span_us = 0
+        with _sqlite_errors(self.path):
+            if writable:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise SessionStoreError(f"sessions store {self.path}: {e.strerror or e}") from None
+                self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+                new = self.db.execute("PRAGMA page_count").fetchone()[0] == 0
+                if new:
+                    self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.db.executescript(schema())
+                self.db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            else:
+                if not self.path.exists():
+                    raise SessionStoreError(f"sessions store {self.path}: no such file")
+                self.db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
+                )
+                names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"sessions", "meta"} <= names:
+                    raise SessionStoreError(f"sessions store {self.path}: not a retrotap sessions store")
+            self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'max_span_us'").fetchone()
+            self.max_span_us = int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- writing
+
+    def insert(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Write records (each in COLUMN_NAMES order) in one transaction; returns how many."""
+        if not rows:
+            return 0
+        marks = ", ".join("?" * len(COLUMNS))
+        span = max(int(r[1]) - int(r[0]) for r in rows)
+        with _sqlite_errors(self.path):
+            self.db.execute("BEGIN")
+            try:
+                self.db.executemany(f"INSERT INTO sessions ({', '.join(COLUMN_NAMES)}) VALUES ({marks})", rows)
+                if span > self.max_span_us:
+                    self.db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('max_span_us', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                        (span,),
+                    )
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            self.max_span_us = max(self.max_span_us, span)
+        return len(rows)
+
+    def count(self) -> int:
+        with _sqlite_errors(self.path):
+            return int(self.db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+
+    def used_bytes(self) -> int:
+        """Bytes of the pages in use (the file less its free pages)."""
+        with _sqlite_errors(self.path):
+            pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+            free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def retain(
+        self,
+        keep: Retention,
+        now_ns: int | None = None,
+        statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+    ) -> int:
+        """Delete the oldest records by age, size and free space; returns how many were deleted."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        deleted = 0
+        with _sqlite_errors(self.path):
+            if keep.keep_age_ns:
+                cutoff = (now_ns - keep.keep_age_ns) // US
+                cur = self.db.execute("DELETE FROM sessions WHERE start_us < ? AND end_us < ?", (cutoff, cutoff))
+                deleted += cur.rowcount
+            for _ in range(64):  # each pass deletes at least 1/16 of what is left: bounded
+                short = self._short(keep, statvfs)
+                if short <= 0:
+                    break
+                total = self.count()
+                if total == 0:
+                    break
+                used = max(self.used_bytes(), 1)
+                n = max(total // 16, int(total * short / used) + 1, 1)
+                cur = self.db.execute(
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions ORDER BY start_us LIMIT ?)", (n,)
+                )
+                deleted += cur.rowcount
+                self.db.execute("PRAGMA incremental_vacuum")
+            if deleted:
+                self.db.execute("PRAGMA incremental_vacuum")
+        return deleted
+
+    def _short(self, keep: Retention, statvfs: Callable[[str], os.statvfs_result]) -> int:
+        """Bytes over the size limit or missing to the free space asked for (0 or less: none)."""
+        short = 0
+        if keep.max_bytes:
+            short = self.used_bytes() - keep.max_bytes
+        if keep.min_free_ratio or keep.min_free_bytes:
+            st = statvfs(str(self.path.parent))
+            want = max(keep.min_free_bytes, int(keep.min_free_ratio * st.f_blocks * st.f_frsize))
+            short = max(short, want - st.f_bavail * st.f_frsize)
+        return short
+
+    # --- reading
+
+    def query(self, q: Query) -> list[dict[str, Any]]:
+        """The records q asks for, as dicts (addresses as text, times in ns), sorted and cut to q.top."""
+        where, params = q.sql(self.max_span_us)
+        limit = f" LIMIT {int(q.top)}" if q.top > 0 else ""
+        sql = f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE {where} ORDER BY {SORTS[q.sort]}{limit}"
+        with _sqlite_errors(self.path):
+            cur = self.db.execute(sql, params)
+            names = [d[0] for d in cur.description]
+            return [record(dict(zip(names, r, strict=True))) for r in cur]
+
+    def matching(self, q: Query) -> int:
+        """How many records q matches (before --top)."""
+        where, params = q.sql(self.max_span_us)
+        with _sqlite_errors(self.path):
+            return int(self.db.execute(f"SELECT count(*) FROM sessions WHERE {where}", params).fetchone()[0])
+
+    def session(self, session_id: int) -> dict[str, Any] | None:
+        """One record by its id."""
+        with _sqlite_errors(self.path):
+            cur = self.db.execute(f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE id = ?", (session_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        return None if row is None else record(dict(zip(names, row, strict=True)))
+
+    def summary(self, q: Query, top: int = 10) -> dict[str, Any]:
+        """Totals and the top hosts, server ports, services and processes (by bytes) of what q matches."""
+        where, params = q.sql(self.max_span_us)
+        limit = top if top > 0 else -1
+        both = "src_bytes + dst_bytes"
+        with _sqlite_errors(self.path):
+            n, nbytes, packets, first, last = self.db.execute(
+                f"SELECT count(*), sum({both}), sum(src_packets + dst_packets), min(start_us), max(end_us) "
+                f"FROM sessions WHERE {where}",
+                params,
+            ).fetchone()
+            hosts = self.db.execute(
+                f"SELECT addr, sum(b), sum(p), count(*) FROM ("
+                f"SELECT src AS addr, {both} AS b, src_packets + dst_packets AS p FROM sessions WHERE {where} "
+                f"UNION ALL SELECT dst, {both}, src_packets + dst_packets FROM sessions WHERE {where}"
+                f") GROUP BY addr ORDER BY 2 DESC, 1 LIMIT ?",
+                (*params, *params, limit),
+            ).fetchall()
+            ports = self.db.execute(
+                f"SELECT proto, dport, sum({both}), sum(src_packets + dst_packets), count(*) FROM sessions "
+                f"WHERE {where} GROUP BY proto, dport ORDER BY 3 DESC, 1, 2",
+                params,
+            ).fetchall()
+            procs = self.db.execute(
+                f"SELECT process, sum({both}), sum(src_packets + dst_packets), count(*) FROM sessions "
+                f"WHERE {where} AND process IS NOT NULL GROUP BY process ORDER BY 2 DESC, 1 LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        services: dict[str, list[int]] = {}
+        for proto, port, b, p, c in ports:
+            name = service_name(proto, port) or f"{proto_name(proto)}/{port}"
+            acc = services.setdefault(name, [0, 0, 0])
+            acc[0] += b
+            acc[1] += p
+            acc[2] += c
+        top_services = sorted(services.items(), key=lambda kv: (-kv[1][0], kv[0]))
+
+        def cut(rows: list[Any]) -> list[Any]:
+            return rows if top <= 0 else rows[:top]
+
+        return {
+            "sessions": n,
+            "bytes": nbytes or 0,
+            "packets": packets or 0,
+            "first": None if first is None else first * US,
+            "last": None if last is None else last * US,
+            "hosts": [{"addr": blob_text(a), "bytes": b, "packets": p, "sessions": c} for a, b, p, c in hosts],
+            "ports": [
+                {
+                    "proto": proto_name(pr),
+                    "port": po,
+                    "service": service_name(pr, po),
+                    "bytes": b,
+                    "packets": p,
+                    "sessions": c,
+                }
+                for pr, po, b, p, c in cut(ports)
+            ],
+            "services": [
+                {"service": s, "bytes": v[0], "packets": v[1], "sessions": v[2]} for s, v in cut(top_services)
+            ],
+            "processes": [{"process": s, "bytes": b, "packets": p, "sessions": c} for s, b, p, c in procs],
+        }
+
+
+# --- addresses
+
+
+def address_blob(text: str) -> bytes:
+    """An address as the store keeps it: 4 bytes for IPv4, 16 for IPv6."""
+    try:
+        return ipaddress.ip_address(text.strip().split("%", 1)[0]).packed
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+
+
+def blob_text(blob: bytes) -> str:
+    """The text of a stored address."""
+    return str(ipaddress.ip_address(bytes(blob)))
+
+
+def network_range(text: str) -> tuple[bytes, bytes]:
+    """An address or a network (10.0.0.0/24, 2001:db8::/32) as the lowest and highest stored address in it."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address or network") from None
+    return net.network_address.packed, net.broadcast_address.packed
+
+
+def record(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row for people and scripts: addresses as text, times in ns, the reason and protocol named."""
+    out = dict(row)
+    out["src"], out["dst"] = blob_text(row["src"]), blob_text(row["dst"])
+    out["start"], out["end"] = row["start_us"] * US, row["end_us"] * US
+    out["proto"] = proto_name(row["proto"])
+    out["reason"] = REASON_NAMES.get(row["reason"], str(row["reason"]))
+    return out
+
+
+# --- queries and --where
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field --where may name: its SQL expression over the table's columns and what it is."""
+
+    sql: str
+    doc: str
+
+
+WHERE_FIELDS: dict[str, Field] = {
+    "bytes": Field("(src_bytes + dst_bytes)", "bytes both ways"),
+    "packets": Field("(src_packets + dst_packets)", "packets both ways"),
+    "src_bytes": Field("src_bytes", "bytes client → server"),
+    "dst_bytes": Field("dst_bytes", "bytes server → client"),
+    "src_packets": Field("src_packets", "packets client → server"),
+    "dst_packets": Field("dst_packets", "packets server → client"),
+    "duration_s": Field("((end_us - start_us) / 1e6)", "last packet − first packet, seconds"),
+    "retrans": Field("retrans", "TCP retransmissions"),
+    "ooo": Field("ooo", "TCP out-of-order segments"),
+    "dupacks": Field("dupacks", "TCP duplicate ACKs"),
+    "zero_windows": Field("zero_windows", "TCP zero windows"),
+    "resets": Field("resets", "TCP resets"),
+    "rtt_ms": Field("(rtt_us / 1000.0)", "TCP handshake RTT, ms"),
+    "exchanges": Field("exchanges", "DNS/HTTP/MySQL exchanges"),
+    "latency_ms": Field("(latency_avg_us / 1000.0)", "mean application latency, ms"),
+    "latency_max_ms": Field("(latency_max_us / 1000.0)", "slowest application exchange, ms"),
+    "sport": Field("sport", "client port"),
+    "dport": Field("dport", "server port"),
+    "pid": Field("pid", "local process id"),
+}
+WHERE_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "=": "=", "==": "=", "!=": "!="}
+_CLAUSE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|=|<|>)\s*(\S+)\s*")
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+
+
+def compile_where(text: str) -> tuple[str, list[float | int]]:
+    """`FIELD OP NUMBER [and ...]` → (SQL with ? placeholders, parameters); WhereError naming what is wrong."""
+    if not text.strip():
+        return "1", []
+    parts, params = [], []
+    fields = ", ".join(WHERE_FIELDS)
+    for clause in _AND.split(text.strip()):
+        if re.search(r"(^|\s)or(\s|$)", clause, re.IGNORECASE):
+            raise WhereError(f"--where: only 'and' joins clauses, in {clause.strip()!r}")
+        m = _CLAUSE.fullmatch(clause)
+        if m is None:
+            if not clause.strip():
+                raise WhereError("--where: an empty clause (a stray 'and'?)")
+            raise WhereError(f"--where: {clause.strip()!r} is not FIELD OP NUMBER (OP: > >= < <= = !=)")
+        name, op, value = m.groups()
+        field_ = WHERE_FIELDS.get(name.lower())
+        if field_ is None:
+            raise WhereError(f"--where: unknown field {name!r} (fields: {fields})")
+        if _NUMBER.fullmatch(value) is None:
+            raise WhereError(f"--where: {value!r} after {name} {op} is not a number")
+        number: float | int = float(value) if any(c in value for c in ".eE") else int(value)
+        parts.append(f"{field_.sql} {WHERE_OPS[op]} ?")
+        params.append(number)
+    return " AND ".join(parts), params
+
+
+SORTS = {
+    "start": "start_us, id",
+    "bytes": "(src_bytes + dst_bytes) DESC, start_us, id",
+    "packets": "(src_packets + dst_packets) DESC, start_us, id",
+    "retrans": "retrans DESC, start_us, id",
+    "latency": "latency_max_us DESC, start_us, id",
+    "duration": "(end_us - start_us) DESC, start_us, id",
+}
+
+
+@dataclass
+class Query:
+    """What `retrotap sessions` asks for. Records overlapping [from_ns, to_ns) match the time window."""
+
+    from_ns: int = 0
+    to_ns: int = END_OF_TIME
+    host: str | None = None  # an address or a network
+    port: int | None = None  # either side
+    proto: str | None = None  # tcp, udp, icmp, ... or a number
+    process: str | None = None  # a substring of the process name, any case
+    where: str = ""
+    sort: str = "start"
+    top: int = DEFAULT_TOP
+
+    def check(self) -> None:
+        """ValueError (one line) for what cannot be asked."""
+        if self.sort not in SORTS:
+            raise ValueError(f"--sort {self.sort}: one of {', '.join(SORTS)}")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError(f"--port {self.port}: a port is 0 to 65535")
+        if self.top < 0:
+            raise ValueError("--top: 0 (all) or more")
+        self.sql(0)
+
+    def proto_number(self) -> int | None:
+        if self.proto is None:
+            return None
+        p = self.proto.strip().lower()
+        if p in PROTO_NUMBERS:
+            return PROTO_NUMBERS[p]
+        if p.isdigit() and int(p) < 256:
+            return int(p)
+        raise ValueError(f"--proto {self.proto}: one of {', '.join(PROTO_NAMES.values())} or a number")
+
+    def sql(self, max_span_us: int) -> tuple[str, list[Any]]:
+        """The WHERE clause (with ? placeholders) and its parameters."""
+        parts: list[str] = []
+        params: list[Any] = []
+        from_us, to_us = self.from_ns // US, -(-self.to_ns // US) if self.to_ns < END_OF_TIME else END_OF_TIME
+        if self.from_ns > 0 or self.to_ns < END_OF_TIME:
+            # A record overlaps the window when it starts before its end and ends after its start; it
+            # starts at most max_span before its end, which keeps the test on the start index.
+            parts.append("start_us < ? AND start_us >= ? AND end_us >= ?")
+            params += [to_us, max(from_us - max_span_us, 0), from_us]
+        if self.host is not None:
+            lo, hi = network_range(self.host)
+            if lo == hi:
+                parts.append("(src = ? OR dst = ?)")
+                params += [lo, lo]
+            else:
+                parts.append("family = ? AND ((src >= ? AND src <= ?) OR (dst >= ? AND dst <= ?))")
+                params += [4 if len(lo) == 4 else 6, lo, hi, lo, hi]
+        if self.port is not None:
+            parts.append("(sport = ? OR dport = ?)")
+            params += [self.port, self.port]
+        proto = self.proto_number()
+        if proto is not None:
+            parts.append("proto = ?")
+            params.append(proto)
+        if self.process:
+            parts.append("process LIKE ? ESCAPE '\\'")
+            word = self.process.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params.append(f"%{word}%")
+        where, where_params = compile_where(self.where)
+        if where != "1":
+            parts.append(where)
+            params += where_params
+        return " AND ".join(parts) or "1", params
+
+
+def rows_of(records: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Dicts with every COLUMN_NAMES key as insert() rows."""
+    return [tuple(r[c] for c in COLUMN_NAMES) for r in records]
