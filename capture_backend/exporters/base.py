@@ -1,21 +1,24 @@
-"""The optional exporters of a run (Prometheus /metrics, IPFIX), started and stopped around its loop.
+"""The optional exporters of a run (Prometheus /metrics, IPFIX, session records), started and stopped around its
+loop.
 
-Both read the snapshots a run publishes, from their own threads: nothing is added to the capture
+All read the snapshots a run publishes, from their own threads: nothing is added to the capture
 thread's work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from capture_backend.contract import DEFAULT_TOP as DEFAULT_TOP
 from capture_backend.contract import MAX_TOP as MAX_TOP
 from capture_backend.contract import Extra as Extra
-from capture_backend.contract import Snapshot
+from capture_backend.contract import ProcessTable, Snapshot
 from capture_backend.exporters.ipfix import FlowExporter, resolve
+from capture_backend.exporters.sessions import SessionSettings, SessionWriter
 from capture_backend.rewind.recorder import RecordStats
+from capture_backend.rewind.sessions import Retention, SessionStoreError
 from capture_backend.rewind.timemachine import TimeMachine
 
 if TYPE_CHECKING:  # prometheus_client is imported only when /metrics is asked for
@@ -26,7 +29,8 @@ Log = Callable[[str], None]
 
 @dataclass
 class ExporterSettings:
-    """--metrics, --metrics-top, --ipfix, --sensor-id, --ipfix-idle, --ipfix-active."""
+    """--metrics, --metrics-top, --ipfix, --sensor-id, --ipfix-idle, --ipfix-active, --sessions,
+    --sessions-idle, --sessions-active (and the retention of the session store)."""
 
     metrics: tuple[str, int] | None = None
     metrics_top: int = DEFAULT_TOP
@@ -34,6 +38,11 @@ class ExporterSettings:
     sensor_id: int = 0
     ipfix_idle: float = 15.0
     ipfix_active: float = 60.0
+    sessions: str | None = None  # directory (or .sqlite file) of the session store
+    sessions_idle: float = 30.0
+    sessions_active: float = 60.0
+    sessions_closed: float = 5.0
+    sessions_retention: Retention = field(default_factory=Retention)
 
 
 class Exporters:
@@ -42,18 +51,52 @@ class Exporters:
     With `fed`, the loop also hands every snapshot to offer() (files: IPFIX then follows packet time).
     """
 
-    def __init__(self, settings: ExporterSettings, source: Callable[[], Snapshot], log: Log, fed: bool = False) -> None:
+    def __init__(
+        self,
+        settings: ExporterSettings,
+        source: Callable[[], Snapshot],
+        log: Log,
+        fed: bool = False,
+        processes: Callable[[], ProcessTable | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.source = source
         self.log = log
         self.fed = fed
+        self.processes = processes  # the process mapper's newest table, for the session records
         self.extra: dict[str, Extra] = {}  # more counters for /metrics (time machine, recorder...)
         self.metrics: MetricsServer | None = None
         self.ipfix: FlowExporter | None = None
+        self.sessions: SessionWriter | None = None
 
     def start(self) -> None:
-        """Bind /metrics and open the IPFIX socket; OSError with the option named when that fails."""
+        """Bind /metrics and open the IPFIX socket; OSError with the option named when that fails.
+
+        A session store that cannot be opened is said (one line) and tried again later: capture goes on.
+        """
         s = self.settings
+        if s.sessions is not None:
+            self.sessions = SessionWriter(
+                SessionSettings(
+                    s.sessions, s.sessions_idle, s.sessions_active, s.sessions_closed, s.sessions_retention
+                ),
+                self.source,
+                processes=self.processes,
+                fed=self.fed,
+                log=self.log,
+            )
+            try:
+                self.sessions.open()
+            except SessionStoreError as e:
+                self.sessions.stats.errors += 1
+                self.sessions.stats.last_error = str(e)
+                self.log(f"{e} (records are counted as dropped until it can be written)")
+            st = self.sessions.stats
+            self.extra["sessions_records_total"] = Extra("Session records written", lambda: st.records)
+            self.extra["sessions_dropped_total"] = Extra(
+                "Session records not written (queue full or store failing)", lambda: st.dropped
+            )
+            self.extra["sessions_errors_total"] = Extra("Session store errors", lambda: st.errors)
         if s.ipfix is not None:
             host, port = s.ipfix
             try:
@@ -88,17 +131,30 @@ class Exporters:
             self.metrics = server
         if self.ipfix is not None:
             self.ipfix.start()
+        if self.sessions is not None:
+            self.sessions.start()
 
     def offer(self, snap: Snapshot) -> None:
         """A new snapshot of a fed run."""
         if self.ipfix is not None and self.fed:
             self.ipfix.feed(snap)
+        if self.sessions is not None and self.fed:
+            self.sessions.feed(snap)
 
     def stop(self, final: Snapshot | None) -> None:
         """Export what IPFIX has not sent yet (from `final`, else the newest snapshot), stop serving /metrics."""
         if self.ipfix is not None:
             self.ipfix.close(final)
             self.ipfix = None
+        if self.sessions is not None:
+            writer, self.sessions = self.sessions, None
+            writer.close(final)
+            st = writer.stats
+            if st.dropped or st.errors:
+                self.log(
+                    f"sessions: {st.records} records written to {writer.path}, {st.dropped} dropped, "
+                    f"{st.errors} store errors (last: {st.last_error or 'none'})"
+                )
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
