@@ -88,8 +88,6 @@ class Exporters:
             try:
                 self.sessions.open()
             except SessionStoreError as e:
-                self.sessions.stats.errors += 1
-                self.sessions.stats.last_error = str(e)
                 self.log(f"{e} (records are counted as dropped until it can be written)")
             st = self.sessions.stats
             self.extra["sessions_records_total"] = Extra("Session records written", lambda: st.records)

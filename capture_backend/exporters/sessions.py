@@ -180,8 +180,15 @@ class SessionWriter:
         self._started = False
 
     def open(self) -> None:
-        """Open (or create) the store now; SessionStoreError (one line) when it cannot be."""
-        self.store = SessionStore(self.path)
+        """Open (or create) the store now; SessionStoreError (one line, counted) when it cannot be: the disk
+        thread tries again later."""
+        try:
+            self.store = SessionStore(self.path)
+        except SessionStoreError as e:
+            self.stats.errors += 1
+            self.stats.last_error = str(e)
+            self._next_open = self.clock() + REOPEN_EVERY_S
+            raise
 
     def start(self) -> None:
         """Follow the snapshots and write records, each on its own thread."""

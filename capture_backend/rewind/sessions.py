@@ -436,7 +436,7 @@ WHERE_FIELDS: dict[str, Field] = {
 WHERE_OPS = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "=": "=", "==": "=", "!=": "!="}
 _CLAUSE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|=|<|>)\s*(\S+)\s*")
 _NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_AND = re.compile(r"\band\b", re.IGNORECASE)
 
 
 def compile_where(text: str) -> tuple[str, list[float | int]]:

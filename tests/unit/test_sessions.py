@@ -1,0 +1,294 @@
+"""Session records: the writer over known traffic, the store's queries, --where, retention, broken stores."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from capture_backend.analysis.tables import NS
+from capture_backend.contract import Snapshot
+from capture_backend.exporters.base import Exporters, ExporterSettings
+from capture_backend.exporters.sessions import SessionSettings, SessionWriter
+from capture_backend.rewind.sessions import (
+    STORE_NAME,
+    Query,
+    Retention,
+    SessionStore,
+    SessionStoreError,
+    WhereError,
+    compile_where,
+    schema,
+)
+from tests.helpers.sessions import T0_NS, Feed, as_rows, dns_flow, http_flow, known_records, sent, tick
+
+US = 1000
+
+
+def feed_writer(directory: Path, seconds: int = 21) -> tuple[SessionWriter, list[Snapshot]]:
+    """Twenty seconds of file traffic through a fed writer: an HTTP flow and a DNS exchange at once, a tick
+    every second."""
+    feed = Feed()
+    snaps = [feed.add([])]
+    writer = SessionWriter(
+        SessionSettings(str(directory), idle_s=5, active_s=12, closed_s=2), lambda: snaps[-1], fed=True
+    )
+    writer.open()
+    writer.start()
+    for sec in range(seconds):
+        t = T0_NS + sec * NS
+        packets = [tick(t)]
+        if sec == 0:
+            packets = sorted(packets + http_flow(t + 1000) + dns_flow(t + 2000), key=lambda p: p[1])
+        snaps.append(feed.add(packets))
+        writer.feed(snaps[-1])
+    writer.close(snaps[-1])
+    return writer, snaps
+
+
+def test_writer_records_each_flow_with_its_health_latency_and_reason(tmp_path: Path) -> None:
+    writer, _ = feed_writer(tmp_path)
+    assert (writer.stats.records, writer.stats.dropped, writer.stats.errors) == (4, 0, 0)
+    with SessionStore(tmp_path, writable=False) as store:
+        rows = store.query(Query(top=0))
+    web, dns = http_flow(T0_NS + 1000), dns_flow(T0_NS + 2000)
+    got = [
+        (
+            r["proto"],
+            r["src"],
+            r["sport"],
+            r["dst"],
+            r["dport"],
+            r["src_packets"],
+            r["src_bytes"],
+            r["dst_packets"],
+            r["dst_bytes"],
+            r["start"],
+            r["end"],
+            r["reason"],
+        )
+        for r in rows
+    ]
+    t0_us = T0_NS // US * US
+    assert got == [
+        ("udp", "10.9.9.9", 9999, "10.9.9.8", 9998, 13, 13 * 52, 0, 0, t0_us, t0_us + 12 * NS, "active"),
+        (
+            "tcp",
+            "10.0.0.1",
+            40000,
+            "10.0.0.2",
+            80,
+            *sent(web, "10.0.0.1"),
+            *sent(web, "10.0.0.2"),
+            web[0][1] // US * US,
+            web[-1][1] // US * US,
+            "closed",
+        ),
+        (
+            "udp",
+            "10.0.0.1",
+            5353,
+            "10.0.0.3",
+            53,
+            *sent(dns, "10.0.0.1"),
+            *sent(dns, "10.0.0.3"),
+            dns[0][1] // US * US,
+            dns[-1][1] // US * US,
+            "idle",
+        ),
+        # The next record of the tick flow opens at the snapshot that closed the first one.
+        ("udp", "10.9.9.9", 9999, "10.9.9.8", 9998, 8, 8 * 52, 0, 0, t0_us + 12 * NS, t0_us + 20 * NS, "end"),
+    ]
+    tcp = rows[1]
+    assert (tcp["retrans"], tcp["ooo"], tcp["dupacks"], tcp["zero_windows"], tcp["resets"]) == (1, 0, 0, 0, 0)
+    assert tcp["rtt_us"] == 2000  # SYN at 0, the handshake's ACK at 2 ms
+    assert tcp["tcp_flags"] == 0x1B  # FIN SYN PSH ACK
+    # The response answers the newer of the two identical requests (8 ms → 13 ms), as tshark's http.time.
+    assert (tcp["exchanges"], tcp["latency_avg_us"], tcp["latency_max_us"]) == (1, 5000, 5000)
+    assert tcp["slowest"] == "GET /index.html HTTP/1.1"
+    assert (rows[2]["exchanges"], rows[2]["latency_max_us"], rows[2]["slowest"]) == (1, 50_000, "example.com A")
+    assert rows[2]["rtt_us"] is None and rows[0]["exchanges"] == 0 and rows[0]["latency_avg_us"] is None
+    assert {r["iface"] for r in rows} == {"test0"}
+
+
+def known_store(directory: Path) -> SessionStore:
+    store = SessionStore(directory)
+    assert store.insert(as_rows(known_records())) == 6
+    return store
+
+
+def ids(rows: list[dict[str, object]]) -> list[object]:
+    return [r["id"] for r in rows]
+
+
+def test_queries_of_a_known_store(tmp_path: Path) -> None:
+    with known_store(tmp_path) as store:
+        assert ids(store.query(Query(host="10.0.0.7"))) == [1, 2, 5]
+        assert ids(store.query(Query(host="10.0.0.0/24"))) == [1, 2, 3, 5, 6]
+        assert ids(store.query(Query(host="2001:db8::/32"))) == [4]
+        assert ids(store.query(Query(port=443))) == [1, 4]
+        assert ids(store.query(Query(proto="udp"))) == [3]
+        assert ids(store.query(Query(proto="icmp"))) == [5]
+        assert ids(store.query(Query(process="RESOLVE"))) == [3]
+        assert ids(store.query(Query(where="retrans > 0 and latency_ms > 200"))) == [2]
+        assert ids(store.query(Query(where="latency_max_ms >= 400"))) == [2]
+        assert ids(store.query(Query(where="duration_s > 30"))) == [4]
+        assert ids(store.query(Query(where="rtt_ms = 12"))) == [4]
+        assert ids(store.query(Query(sort="bytes", top=2))) == [6, 2]
+        assert ids(store.query(Query(sort="latency", top=2))) == [2, 3]
+        # Records overlapping 00:30:00.5 to 00:40: the one of minute 30 (it lasts 60 s) and the one of minute 40
+        # (ending at 00:40 is outside [from, to)).
+        t = T0_NS + 30 * 60 * NS
+        assert ids(store.query(Query(from_ns=t + NS // 2, to_ns=t + 10 * 60 * NS))) == [4]
+        assert ids(store.query(Query(from_ns=t + NS // 2, to_ns=t + 10 * 60 * NS + 1))) == [4, 5]
+        assert store.matching(Query(host="10.0.0.1")) == 3
+        one = store.session(2)
+        assert one is not None
+        assert (one["src"], one["sport"], one["dst"], one["dport"], one["proto"], one["reason"]) == (
+            "10.0.0.2",
+            40001,
+            "10.0.0.7",
+            80,
+            "tcp",
+            "idle",
+        )
+        assert store.session(99) is None
+
+
+def test_summary_of_a_known_store(tmp_path: Path) -> None:
+    with known_store(tmp_path) as store:
+        s = store.summary(Query(top=0), top=3)
+    assert (s["sessions"], s["bytes"], s["packets"]) == (6, 1000 * 3 + 50_000 + 9_000_000 + 196 + 8000 * 5, 18 * 5 + 2)
+    assert s["first"] == T0_NS and s["last"] == T0_NS + 50 * 60 * NS + NS
+    assert [(h["addr"], h["bytes"], h["sessions"]) for h in s["hosts"]] == [
+        ("10.0.0.1", 9_008_000 + 9000 + 9000, 3),
+        ("10.0.1.1", 9_008_000, 1),
+        ("10.0.0.7", 58_000 + 9000 + 196, 3),
+    ]
+    assert [(p["proto"], p["port"], p["bytes"]) for p in s["ports"]] == [
+        ("tcp", 22, 9_008_000),
+        ("tcp", 80, 58_000),
+        ("tcp", 443, 18_000),
+    ]
+    assert [(p["process"], p["bytes"], p["sessions"]) for p in s["processes"]] == [
+        ("sshd", 9_008_000, 1),
+        ("curl", 9000, 1),
+        ("systemd-resolved", 9000, 1),
+    ]
+    assert s["services"][0]["service"] == "ssh"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bytes >", "--where: 'bytes >' is not FIELD OP NUMBER (OP: > >= < <= = !=)"),
+        (
+            "bogus > 1",
+            "--where: unknown field 'bogus' (fields: bytes, packets, src_bytes, dst_bytes, src_packets, "
+            "dst_packets, duration_s, retrans, ooo, dupacks, zero_windows, resets, rtt_ms, exchanges, latency_ms, "
+            "latency_max_ms, sport, dport, pid)",
+        ),
+        ("retrans > 1;", "--where: '1;' after retrans > is not a number"),
+        (
+            "retrans > 1; DROP TABLE sessions",
+            "--where: 'retrans > 1; DROP TABLE sessions' is not FIELD OP NUMBER (OP: > >= < <= = !=)",
+        ),
+        ("retrans > 0 or resets > 0", "--where: only 'and' joins clauses, in 'retrans > 0 or resets > 0'"),
+        ("retrans > 0 and", "--where: an empty clause (a stray 'and'?)"),
+        ("retrans > 0 and  and bytes > 1", "--where: an empty clause (a stray 'and'?)"),
+        ("bytes > 1e", "--where: '1e' after bytes > is not a number"),
+        ("bytes ~ 3", "--where: 'bytes ~ 3' is not FIELD OP NUMBER (OP: > >= < <= = !=)"),
+    ],
+)
+def test_where_errors_name_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(WhereError) as e:
+        compile_where(text)
+    assert str(e.value) == message
+
+
+def test_where_compiles_to_parameters_only() -> None:
+    assert compile_where("retrans > 0 AND latency_ms >= 200.5 and bytes != 1e6") == (
+        "retrans > ? AND (latency_avg_us / 1000.0) >= ? AND (src_bytes + dst_bytes) != ?",
+        [0, 200.5, 1e6],
+    )
+    assert compile_where("  ") == ("1", [])
+
+
+def test_retention_by_age_size_and_free_space(tmp_path: Path) -> None:
+    with known_store(tmp_path) as store:
+        # By age: records that ended more than 25 minutes before 00:51 (the ones of minutes 0, 10 and 20).
+        deleted = store.retain(Retention(keep_age_ns=25 * 60 * NS), now_ns=T0_NS + 51 * 60 * NS)
+        assert deleted == 3 and ids(store.query(Query())) == [4, 5, 6]
+    with known_store(tmp_path / "b") as store:
+        store.insert(as_rows(known_records() * 500))
+        before = store.count()
+        store.retain(Retention(max_bytes=store.used_bytes() // 2))
+        assert 0 < store.count() < before
+        kept = store.query(Query(top=0))
+        assert min(r["start_us"] for r in kept) > T0_NS // US  # the oldest went first
+    with known_store(tmp_path / "c") as store:
+
+        class Full:
+            f_blocks, f_frsize = 1000, 4096
+            f_bavail = 10  # 1 % free, 5 % asked
+
+        deleted = store.retain(Retention(min_free_ratio=0.05), statvfs=lambda _p: Full())  # type: ignore[arg-type, return-value]
+        assert deleted == 6 and store.count() == 0  # it cannot free enough: everything goes, and it stops
+
+
+def test_schema_is_declared_once() -> None:
+    db = sqlite3.connect(":memory:")
+    db.executescript(schema())
+    cols = [r[1] for r in db.execute("PRAGMA table_info(sessions)")]
+    assert cols[0] == "id" and len(cols) == 30
+    indexes = {r[1] for r in db.execute("PRAGMA index_list(sessions)")}
+    assert indexes == {"sessions_start", "sessions_src", "sessions_dst", "sessions_sport", "sessions_dport"}
+
+
+def test_corrupt_store_is_one_line_and_capture_goes_on(tmp_path: Path) -> None:
+    (tmp_path / STORE_NAME).write_bytes(b"this is not a database" * 100)
+    for writable in (True, False):
+        with pytest.raises(SessionStoreError) as e:
+            SessionStore(tmp_path, writable=writable)
+        assert str(e.value) == f"sessions store {tmp_path / STORE_NAME}: corrupt (file is not a database)"
+    feed = Feed()
+    snaps = [feed.add([])]
+    logged: list[str] = []
+    exporters = Exporters(ExporterSettings(sessions=str(tmp_path)), lambda: snaps[-1], logged.append, fed=True)
+    exporters.start()
+    for sec in range(3):
+        snaps.append(feed.add([tick(T0_NS + sec * NS)]))
+        exporters.offer(snaps[-1])
+    exporters.stop(snaps[-1])
+    assert logged[0] == (
+        f"sessions store {tmp_path / STORE_NAME}: corrupt (file is not a database) "
+        "(records are counted as dropped until it can be written)"
+    )
+    assert logged[-1] == (
+        f"sessions: 0 records written to {tmp_path / STORE_NAME}, 1 dropped, 1 store errors "
+        f"(last: sessions store {tmp_path / STORE_NAME}: corrupt (file is not a database))"
+    )
+
+
+def test_unwritable_and_locked_stores(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SessionStoreError) as e:
+        SessionStore(tmp_path / "file" / "dir")
+    assert str(e.value) == f"sessions store {tmp_path / 'file' / 'dir' / STORE_NAME}: Not a directory"
+    with pytest.raises(SessionStoreError) as e:
+        SessionStore(tmp_path / "missing", writable=False)
+    assert str(e.value) == f"sessions store {tmp_path / 'missing' / STORE_NAME}: no such file"
+    SessionStore(tmp_path).close()
+    holder = sqlite3.connect(tmp_path / STORE_NAME, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SessionStoreError) as e:
+            store = SessionStore(tmp_path, timeout=0.1)
+            store.insert(as_rows(known_records()))
+        assert str(e.value) == f"sessions store {tmp_path / STORE_NAME}: locked by another process (database is locked)"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert os.path.exists(tmp_path / STORE_NAME)
