@@ -2,8 +2,9 @@
 
 "What talked to 10.0.0.7 at 17:02": records are written in batches by the session writer
 (exporters/sessions.py) and read by `retrotap sessions`. The schema is declared once, below, as data;
-the table is indexed by start time, by each address with the start time, and by each port with the
-start time, so a host or a port over a day is an index range, not a scan. Addresses are blobs of 4
+the table is indexed by start time, by each address with the start time, and by the server port with
+the start time, so a host or a service over a day is an index range, not a scan (a client port is
+looked for among the records of the time window). Addresses are blobs of 4
 (IPv4) or 16 (IPv6) bytes beside a `family` column: they compare as bytes, so a network is a range.
 `src` is the client (the side without the service port, else the side that sent first).
 
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -93,7 +95,6 @@ INDEXES = {
     "sessions_start": ("start_us",),
     "sessions_src": ("src", "start_us"),
     "sessions_dst": ("dst", "start_us"),
-    "sessions_sport": ("sport", "start_us"),
     "sessions_dport": ("dport", "start_us"),
 }
 
@@ -377,6 +378,7 @@ def address_blob(text: str) -> bytes:
         raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
 
 
+@lru_cache(maxsize=1 << 16)
 def blob_text(blob: bytes) -> str:
     """The text of a stored address."""
     return str(ipaddress.ip_address(bytes(blob)))
@@ -392,13 +394,13 @@ def network_range(text: str) -> tuple[bytes, bytes]:
 
 
 def record(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row for people and scripts: addresses as text, times in ns, the reason and protocol named."""
-    out = dict(row)
-    out["src"], out["dst"] = blob_text(row["src"]), blob_text(row["dst"])
-    out["start"], out["end"] = row["start_us"] * US, row["end_us"] * US
-    out["proto"] = proto_name(row["proto"])
-    out["reason"] = REASON_NAMES.get(row["reason"], str(row["reason"]))
-    return out
+    """A stored row (changed in place) for people and scripts: addresses as text, times in ns, the reason and
+    protocol named."""
+    row["src"], row["dst"] = blob_text(row["src"]), blob_text(row["dst"])
+    row["start"], row["end"] = row["start_us"] * US, row["end_us"] * US
+    row["proto"] = proto_name(row["proto"])
+    row["reason"] = REASON_NAMES.get(row["reason"], str(row["reason"]))
+    return row
 
 
 # --- queries and --where

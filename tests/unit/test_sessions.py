@@ -244,7 +244,7 @@ def test_schema_is_declared_once() -> None:
     cols = [r[1] for r in db.execute("PRAGMA table_info(sessions)")]
     assert cols[0] == "id" and len(cols) == 30
     indexes = {r[1] for r in db.execute("PRAGMA index_list(sessions)")}
-    assert indexes == {"sessions_start", "sessions_src", "sessions_dst", "sessions_sport", "sessions_dport"}
+    assert indexes == {"sessions_start", "sessions_src", "sessions_dst", "sessions_dport"}
 
 
 def test_corrupt_store_is_one_line_and_capture_goes_on(tmp_path: Path) -> None:
