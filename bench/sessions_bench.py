@@ -21,6 +21,7 @@ Each query is run 3 times on a warm cache (the store just written); min and medi
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import os
 import shutil
@@ -36,9 +37,8 @@ from bench.common import write_json
 from capture_backend.rewind.sessions import COLUMN_NAMES, Query, SessionStore, store_path
 
 NS = 1_000_000_000
-US = 1_000_000
-DAY_US = 86_400 * US
-T0_US = 1_764_000_000 * US  # 2025-11-24T16:00:00Z
+DAY_NS = 86_400 * NS
+T0_NS = 1_764_000_000 * NS  # 2025-11-24T16:00:00Z
 PORTS = [(443, 6, 0.55), (80, 6, 0.08), (53, 17, 0.20), (22, 6, 0.02), (3306, 6, 0.03), (123, 17, 0.02)]
 PROCESSES = ["firefox", "curl", "systemd-resolved", "sshd", "mysqld", "chronyd", "python3"]
 
@@ -46,8 +46,8 @@ PROCESSES = ["firefox", "curl", "systemd-resolved", "sshd", "mysqld", "chronyd",
 def generate(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     """n records' columns, sorted by start."""
     rng = np.random.default_rng(seed)
-    start = np.sort(rng.integers(T0_US, T0_US + DAY_US, n))
-    duration = np.minimum(rng.exponential(5 * US, n).astype(np.int64), 60 * US)
+    start = np.sort(rng.integers(T0_NS, T0_NS + DAY_NS, n))
+    duration = np.minimum(rng.exponential(5 * NS, n).astype(np.int64), 60 * NS)
     client = rng.integers(0, 2000, n)
     # Server rank r is picked with weight 1/r (Zipf, exponent 1): the busiest is in ≈ 9 % of the records.
     weight = 1.0 / np.arange(1, 50_001)
@@ -62,8 +62,8 @@ def generate(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     src_packets = rng.integers(1, 200, n)
     dst_packets = rng.integers(1, 400, n)
     return {
-        "start_us": start,
-        "end_us": start + duration,
+        "start_ns": start,
+        "end_ns": start + duration,
         "client": client,
         "server": server,
         "proto": proto,
@@ -94,8 +94,8 @@ def rows(cols: dict[str, np.ndarray], lo: int, hi: int) -> list[tuple[Any, ...]]
         proc = c["process"][i]
         out.append(
             (
-                c["start_us"][i],
-                c["end_us"][i],
+                c["start_ns"][i],
+                c["end_ns"][i],
                 "eth0",
                 None,
                 4,
@@ -169,7 +169,7 @@ def main() -> None:
     client = f"10.0.{int(np.argsort(counts)[1000]) // 250}.{int(np.argsort(counts)[1000]) % 250 + 1}"
     busiest = int(np.bincount(cols["server"]).argmax())
     server = str(ipaddress.ip_address(SERVERS[busiest]))
-    hour = (T0_US + 12 * 3600 * US) * 1000, (T0_US + 13 * 3600 * US) * 1000
+    hour = T0_NS + 12 * 3600 * NS, T0_NS + 13 * 3600 * NS
     results: dict[str, Any] = {
         "records": args.records,
         "generate_s": round(gen_s, 2),
@@ -186,7 +186,7 @@ def main() -> None:
         ("query busiest server, first 100 (the CLI's default)", Query(host=server)),
         ("query one hour of port 22", Query(port=22, from_ns=hour[0], to_ns=hour[1], top=0)),
     ):
-        lo_s, med_s, found = timed(lambda q=q: reader.query(q))
+        lo_s, med_s, found = timed(functools.partial(reader.query, q))
         results[name] = {
             "host_or_port": q.host or q.port,
             "records": len(found),
@@ -196,8 +196,8 @@ def main() -> None:
     lo_s, med_s, _ = timed(lambda: reader.summary(Query(from_ns=hour[0], to_ns=hour[1], top=0), top=10))
     results["summary of an hour"] = {"min_s": round(lo_s, 3), "median_s": round(med_s, 3)}
     plan = reader.db.execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM sessions WHERE " + Query(host=client).sql(reader.max_span_us)[0],
-        Query(host=client).sql(reader.max_span_us)[1],
+        "EXPLAIN QUERY PLAN SELECT * FROM sessions WHERE " + Query(host=client).sql(reader.max_span_ns)[0],
+        Query(host=client).sql(reader.max_span_ns)[1],
     ).fetchall()
     results["plan one host"] = [r[-1] for r in plan]
     reader.close()

@@ -267,7 +267,7 @@ class FlowTracker:
 
     def _open_start(self, start: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
         # A record opened after an earlier one: its packets came after the previous snapshot.
-        return np.where(start >= 0, start, np.clip(self.prev_now, first, last))
+        return np.where(start >= 0, start, np.clip(self.prev_now + 1, first, last))
 
     def _match(self, t: TableSnapshot) -> np.ndarray:
         """For each row of t, its row in the state, or -1."""

@@ -106,8 +106,8 @@ def session_rows(done: Finished, snap: Snapshot, processes: ProcessTable | None 
         cut = slice(12, 16) if v4[i] else slice(0, 16)
         out.append(
             (
-                int(done.start_ns[i]) // US,
-                int(done.end_ns[i]) // US,
+                int(done.start_ns[i]),
+                int(done.end_ns[i]),
                 iface,
                 None,
                 4 if v4[i] else 6,

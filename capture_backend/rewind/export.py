@@ -141,6 +141,28 @@ class ExportOptions:
     bpf: str = ""
     host: np.ndarray | None = None  # (2,) uint64 address key
     port: int | None = None
+    flow: FlowMatch | None = None  # one 5-tuple, either direction (a session)
+
+
+@dataclass(frozen=True)
+class FlowMatch:
+    """A 5-tuple in either direction: protocol, two address keys ((2,) uint64) and ports (ignored without)."""
+
+    proto: int
+    a: np.ndarray
+    aport: int
+    b: np.ndarray
+    bport: int
+
+    def mask(self, block: Block) -> np.ndarray:
+        """Which packets of the block belong to the flow."""
+        dec = decode(block)
+        ab = (dec.src_key == self.a).all(axis=1) & (dec.dst_key == self.b).all(axis=1)
+        ba = (dec.src_key == self.b).all(axis=1) & (dec.dst_key == self.a).all(axis=1)
+        if self.proto in PORT_PROTOS:
+            ab &= (dec.sport == self.aport) & (dec.dport == self.bport)
+            ba &= (dec.sport == self.bport) & (dec.dport == self.aport)
+        return np.asarray(dec.ip & (dec.proto == self.proto) & (ab | ba))
 
 
 @dataclass
@@ -174,6 +196,8 @@ def packet_mask(opts: ExportOptions) -> Mask:
                 m &= dec.ip & ((dec.src_key == host).all(axis=1) | (dec.dst_key == host).all(axis=1))
             if port is not None:
                 m &= np.isin(dec.proto, PORT_PROTOS) & ((dec.sport == port) | (dec.dport == port))
+        if opts.flow is not None:
+            m &= opts.flow.mask(block)
         if offline is not None:
             rows = np.flatnonzero(m)
             m[rows] = offline.mask(block.take(rows))

@@ -31,11 +31,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from capture_backend.contract import PROTO_NAMES, PROTO_NUMBERS, proto_name, service_name
+from capture_backend.contract import PORT_PROTOS, PROTO_NAMES, PROTO_NUMBERS, address_key, proto_name, service_name
+from capture_backend.rewind.export import ExportOptions, FlowMatch
 
 STORE_NAME = "retrotap-sessions.sqlite"
 SCHEMA_VERSION = 1
-US = 1000  # ns per µs
 END_OF_TIME = (1 << 63) - 1
 DEFAULT_TOP = 100
 
@@ -60,8 +60,8 @@ class Column(NamedTuple):
 
 # The schema, once. Every record column but `id`, in the order `insert` takes them.
 COLUMNS: tuple[Column, ...] = (
-    Column("start_us", "INTEGER NOT NULL", "first packet of the record, µs since the epoch"),
-    Column("end_us", "INTEGER NOT NULL", "last packet of the record, µs since the epoch"),
+    Column("start_ns", "INTEGER NOT NULL", "first packet of the record, ns since the epoch"),
+    Column("end_ns", "INTEGER NOT NULL", "last packet of the record, ns since the epoch"),
     Column("iface", "TEXT", "the captured interface ('' when several)"),
     Column("vlan", "INTEGER", "VLAN id (NULL: none or not known)"),
     Column("family", "INTEGER NOT NULL", "4 or 6"),
@@ -92,10 +92,10 @@ COLUMNS: tuple[Column, ...] = (
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 INDEXES = {
-    "sessions_start": ("start_us",),
-    "sessions_src": ("src", "start_us"),
-    "sessions_dst": ("dst", "start_us"),
-    "sessions_dport": ("dport", "start_us"),
+    "sessions_start": ("start_ns",),
+    "sessions_src": ("src", "start_ns"),
+    "sessions_dst": ("dst", "start_ns"),
+    "sessions_dport": ("dport", "start_ns"),
 }
 
 
@@ -156,7 +156,7 @@ class SessionStore:
     def __init__(self, path: str | Path, writable: bool = True, timeout: float = 5.0) -> None:
         self.path = store_path(path)
         self.writable = writable
-        self.max_span_us = 0
+        self.max_span_ns = 0
         with _sqlite_errors(self.path):
             if writable:
                 try:
@@ -183,8 +183,8 @@ class SessionStore:
                 if not {"sessions", "meta"} <= names:
                     raise SessionStoreError(f"sessions store {self.path}: not a retrotap sessions store")
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'max_span_us'").fetchone()
-            self.max_span_us = int(row[0]) if row else 0
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'max_span_ns'").fetchone()
+            self.max_span_ns = int(row[0]) if row else 0
 
     def close(self) -> None:
         self.db.close()
@@ -207,9 +207,9 @@ class SessionStore:
             self.db.execute("BEGIN")
             try:
                 self.db.executemany(f"INSERT INTO sessions ({', '.join(COLUMN_NAMES)}) VALUES ({marks})", rows)
-                if span > self.max_span_us:
+                if span > self.max_span_ns:
                     self.db.execute(
-                        "INSERT INTO meta (key, value) VALUES ('max_span_us', ?) "
+                        "INSERT INTO meta (key, value) VALUES ('max_span_ns', ?) "
                         "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
                         (span,),
                     )
@@ -218,7 +218,7 @@ class SessionStore:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
-            self.max_span_us = max(self.max_span_us, span)
+            self.max_span_ns = max(self.max_span_ns, span)
         return len(rows)
 
     def count(self) -> int:
@@ -244,8 +244,8 @@ class SessionStore:
         deleted = 0
         with _sqlite_errors(self.path):
             if keep.keep_age_ns:
-                cutoff = (now_ns - keep.keep_age_ns) // US
-                cur = self.db.execute("DELETE FROM sessions WHERE start_us < ? AND end_us < ?", (cutoff, cutoff))
+                cutoff = now_ns - keep.keep_age_ns
+                cur = self.db.execute("DELETE FROM sessions WHERE start_ns < ? AND end_ns < ?", (cutoff, cutoff))
                 deleted += cur.rowcount
             for _ in range(64):  # each pass deletes at least 1/16 of what is left: bounded
                 short = self._short(keep, statvfs)
@@ -257,7 +257,7 @@ class SessionStore:
                 used = max(self.used_bytes(), 1)
                 n = max(total // 16, int(total * short / used) + 1, 1)
                 cur = self.db.execute(
-                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions ORDER BY start_us LIMIT ?)", (n,)
+                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions ORDER BY start_ns LIMIT ?)", (n,)
                 )
                 deleted += cur.rowcount
                 self.db.execute("PRAGMA incremental_vacuum")
@@ -280,7 +280,7 @@ class SessionStore:
 
     def query(self, q: Query) -> list[dict[str, Any]]:
         """The records q asks for, as dicts (addresses as text, times in ns), sorted and cut to q.top."""
-        where, params = q.sql(self.max_span_us)
+        where, params = q.sql(self.max_span_ns)
         limit = f" LIMIT {int(q.top)}" if q.top > 0 else ""
         sql = f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE {where} ORDER BY {SORTS[q.sort]}{limit}"
         with _sqlite_errors(self.path):
@@ -290,7 +290,7 @@ class SessionStore:
 
     def matching(self, q: Query) -> int:
         """How many records q matches (before --top)."""
-        where, params = q.sql(self.max_span_us)
+        where, params = q.sql(self.max_span_ns)
         with _sqlite_errors(self.path):
             return int(self.db.execute(f"SELECT count(*) FROM sessions WHERE {where}", params).fetchone()[0])
 
@@ -304,12 +304,12 @@ class SessionStore:
 
     def summary(self, q: Query, top: int = 10) -> dict[str, Any]:
         """Totals and the top hosts, server ports, services and processes (by bytes) of what q matches."""
-        where, params = q.sql(self.max_span_us)
+        where, params = q.sql(self.max_span_ns)
         limit = top if top > 0 else -1
         both = "src_bytes + dst_bytes"
         with _sqlite_errors(self.path):
             n, nbytes, packets, first, last = self.db.execute(
-                f"SELECT count(*), sum({both}), sum(src_packets + dst_packets), min(start_us), max(end_us) "
+                f"SELECT count(*), sum({both}), sum(src_packets + dst_packets), min(start_ns), max(end_ns) "
                 f"FROM sessions WHERE {where}",
                 params,
             ).fetchone()
@@ -346,8 +346,8 @@ class SessionStore:
             "sessions": n,
             "bytes": nbytes or 0,
             "packets": packets or 0,
-            "first": None if first is None else first * US,
-            "last": None if last is None else last * US,
+            "first": first,
+            "last": last,
             "hosts": [{"addr": blob_text(a), "bytes": b, "packets": p, "sessions": c} for a, b, p, c in hosts],
             "ports": [
                 {
@@ -397,7 +397,7 @@ def record(row: dict[str, Any]) -> dict[str, Any]:
     """A stored row (changed in place) for people and scripts: addresses as text, times in ns, the reason and
     protocol named."""
     row["src"], row["dst"] = blob_text(row["src"]), blob_text(row["dst"])
-    row["start"], row["end"] = row["start_us"] * US, row["end_us"] * US
+    row["start"], row["end"] = row["start_ns"], row["end_ns"]
     row["proto"] = proto_name(row["proto"])
     row["reason"] = REASON_NAMES.get(row["reason"], str(row["reason"]))
     return row
@@ -421,7 +421,7 @@ WHERE_FIELDS: dict[str, Field] = {
     "dst_bytes": Field("dst_bytes", "bytes server → client"),
     "src_packets": Field("src_packets", "packets client → server"),
     "dst_packets": Field("dst_packets", "packets server → client"),
-    "duration_s": Field("((end_us - start_us) / 1e6)", "last packet − first packet, seconds"),
+    "duration_s": Field("((end_ns - start_ns) / 1e9)", "last packet − first packet, seconds"),
     "retrans": Field("retrans", "TCP retransmissions"),
     "ooo": Field("ooo", "TCP out-of-order segments"),
     "dupacks": Field("dupacks", "TCP duplicate ACKs"),
@@ -468,12 +468,12 @@ def compile_where(text: str) -> tuple[str, list[float | int]]:
 
 
 SORTS = {
-    "start": "start_us, id",
-    "bytes": "(src_bytes + dst_bytes) DESC, start_us, id",
-    "packets": "(src_packets + dst_packets) DESC, start_us, id",
-    "retrans": "retrans DESC, start_us, id",
-    "latency": "latency_max_us DESC, start_us, id",
-    "duration": "(end_us - start_us) DESC, start_us, id",
+    "start": "start_ns, id",
+    "bytes": "(src_bytes + dst_bytes) DESC, start_ns, id",
+    "packets": "(src_packets + dst_packets) DESC, start_ns, id",
+    "retrans": "retrans DESC, start_ns, id",
+    "latency": "latency_max_us DESC, start_ns, id",
+    "duration": "(end_ns - start_ns) DESC, start_ns, id",
 }
 
 
@@ -511,16 +511,15 @@ class Query:
             return int(p)
         raise ValueError(f"--proto {self.proto}: one of {', '.join(PROTO_NAMES.values())} or a number")
 
-    def sql(self, max_span_us: int) -> tuple[str, list[Any]]:
+    def sql(self, max_span_ns: int) -> tuple[str, list[Any]]:
         """The WHERE clause (with ? placeholders) and its parameters."""
         parts: list[str] = []
         params: list[Any] = []
-        from_us, to_us = self.from_ns // US, -(-self.to_ns // US) if self.to_ns < END_OF_TIME else END_OF_TIME
         if self.from_ns > 0 or self.to_ns < END_OF_TIME:
             # A record overlaps the window when it starts before its end and ends after its start; it
             # starts at most max_span before its end, which keeps the test on the start index.
-            parts.append("start_us < ? AND start_us >= ? AND end_us >= ?")
-            params += [to_us, max(from_us - max_span_us, 0), from_us]
+            parts.append("start_ns < ? AND start_ns >= ? AND end_ns >= ?")
+            params += [self.to_ns, max(self.from_ns - max_span_ns, 0), self.from_ns]
         if self.host is not None:
             lo, hi = network_range(self.host)
             if lo == hi:
@@ -550,3 +549,25 @@ class Query:
 def rows_of(records: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """Dicts with every COLUMN_NAMES key as insert() rows."""
     return [tuple(r[c] for c in COLUMN_NAMES) for r in records]
+
+
+def session_export(directory: str | Path, session_id: int, output: str) -> ExportOptions:
+    """What `retrotap export DIR --session ID` exports: that session's 5-tuple over its time span, from the
+    recording in DIR (whose store holds the session); SessionStoreError when the session is not there."""
+    with SessionStore(directory, writable=False) as store:
+        rec = store.session(session_id)
+        path = store.path
+    if rec is None:
+        raise SessionStoreError(f"sessions store {path}: no session {session_id}")
+    proto = PROTO_NUMBERS.get(rec["proto"]) or int(rec["proto"])
+    a, b = address_key(rec["src"]), address_key(rec["dst"])
+    ports = proto in PORT_PROTOS
+    return ExportOptions(
+        directory=str(path.parent),
+        output=output,
+        from_ns=rec["start_ns"],
+        to_ns=rec["end_ns"] + 1,
+        host=a,
+        port=rec["dport"] if ports and rec["dport"] else None,
+        flow=FlowMatch(proto, a, rec["sport"], b, rec["dport"]),
+    )

@@ -86,10 +86,10 @@ def known_records() -> list[dict[str, Any]]:
     """Six records over an hour from T0: a few hosts, ports, processes and health figures."""
 
     def rec(n: int, src: str, sport: int, dst: str, dport: int, proto: int, **kw: Any) -> dict[str, Any]:
-        start = T0_NS // 1000 + n * 600_000_000  # every 10 minutes
+        start = T0_NS + n * 600 * NS  # every 10 minutes
         r: dict[str, Any] = {
-            "start_us": start,
-            "end_us": start + kw.pop("duration_us", 1_000_000),
+            "start_ns": start,
+            "end_ns": start + kw.pop("duration_ns", NS),
             "iface": "eth0",
             "vlan": None,
             "family": 6 if ":" in src else 4,
@@ -162,7 +162,7 @@ def known_records() -> list[dict[str, Any]]:
             resets=1,
             rtt_us=12_000,
             reason=REASON_ACTIVE,
-            duration_us=60_000_000,
+            duration_ns=60 * NS,
         ),
         rec(4, "10.0.0.9", 0, "10.0.0.7", 0, 1, src_packets=1, dst_packets=1, src_bytes=98, dst_bytes=98),
         rec(5, "10.0.1.1", 40002, "10.0.0.1", 22, 6, pid=300, process="sshd", user="root", src_bytes=9_000_000),

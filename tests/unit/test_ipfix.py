@@ -231,7 +231,8 @@ def test_idle_active_and_final_exports() -> None:
     # The long flow: its record is due after 60 s active, then counting goes on until the end.
     assert long == [
         (60, 2000 % 256, [61, 7], T0_NS, T0_NS + 60 * NS, ACTIVE_TIMEOUT),
-        (100, 2000 % 256, [40, 4], T0_NS + 60 * NS, T0_NS + 100 * NS, FORCED_END),
+        # The second record's packets came after the snapshot that closed the first (at 60 s).
+        (100, 2000 % 256, [40, 4], T0_NS + 60 * NS + 1, T0_NS + 100 * NS, FORCED_END),
     ]
     final = feed.counting.counters
     assert sum(int(d.packets.sum()) for _, d in exported) == final.packets

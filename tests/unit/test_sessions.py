@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from capture_backend.analysis.tables import NS
+from capture_backend.capture.pcapfile import FileSource
 from capture_backend.contract import Snapshot
 from capture_backend.exporters.base import Exporters, ExporterSettings
 from capture_backend.exporters.sessions import SessionSettings, SessionWriter
+from capture_backend.rewind.export import export
 from capture_backend.rewind.sessions import (
     STORE_NAME,
     Query,
@@ -21,10 +23,10 @@ from capture_backend.rewind.sessions import (
     WhereError,
     compile_where,
     schema,
+    session_export,
 )
 from tests.helpers.sessions import T0_NS, Feed, as_rows, dns_flow, http_flow, known_records, sent, tick
-
-US = 1000
+from tests.pcapgen import Frame, write_pcap
 
 
 def feed_writer(directory: Path, seconds: int = 21) -> tuple[SessionWriter, list[Snapshot]]:
@@ -71,9 +73,8 @@ def test_writer_records_each_flow_with_its_health_latency_and_reason(tmp_path: P
         )
         for r in rows
     ]
-    t0_us = T0_NS // US * US
     assert got == [
-        ("udp", "10.9.9.9", 9999, "10.9.9.8", 9998, 13, 13 * 52, 0, 0, t0_us, t0_us + 12 * NS, "active"),
+        ("udp", "10.9.9.9", 9999, "10.9.9.8", 9998, 13, 13 * 52, 0, 0, T0_NS, T0_NS + 12 * NS, "active"),
         (
             "tcp",
             "10.0.0.1",
@@ -82,8 +83,8 @@ def test_writer_records_each_flow_with_its_health_latency_and_reason(tmp_path: P
             80,
             *sent(web, "10.0.0.1"),
             *sent(web, "10.0.0.2"),
-            web[0][1] // US * US,
-            web[-1][1] // US * US,
+            web[0][1],
+            web[-1][1],
             "closed",
         ),
         (
@@ -94,12 +95,12 @@ def test_writer_records_each_flow_with_its_health_latency_and_reason(tmp_path: P
             53,
             *sent(dns, "10.0.0.1"),
             *sent(dns, "10.0.0.3"),
-            dns[0][1] // US * US,
-            dns[-1][1] // US * US,
+            dns[0][1],
+            dns[-1][1],
             "idle",
         ),
-        # The next record of the tick flow opens at the snapshot that closed the first one.
-        ("udp", "10.9.9.9", 9999, "10.9.9.8", 9998, 8, 8 * 52, 0, 0, t0_us + 12 * NS, t0_us + 20 * NS, "end"),
+        # The next record of the tick flow opens just after the snapshot that closed the first one.
+        ("udp", "10.9.9.9", 9999, "10.9.9.8", 9998, 8, 8 * 52, 0, 0, T0_NS + 12 * NS + 1, T0_NS + 20 * NS, "end"),
     ]
     tcp = rows[1]
     assert (tcp["retrans"], tcp["ooo"], tcp["dupacks"], tcp["zero_windows"], tcp["resets"]) == (1, 0, 0, 0, 0)
@@ -227,7 +228,7 @@ def test_retention_by_age_size_and_free_space(tmp_path: Path) -> None:
         store.retain(Retention(max_bytes=store.used_bytes() // 2))
         assert 0 < store.count() < before
         kept = store.query(Query(top=0))
-        assert min(r["start_us"] for r in kept) > T0_NS // US  # the oldest went first
+        assert min(r["start_ns"] for r in kept) > T0_NS  # the oldest went first
     with known_store(tmp_path / "c") as store:
 
         class Full:
@@ -292,3 +293,33 @@ def test_unwritable_and_locked_stores(tmp_path: Path) -> None:
         holder.execute("ROLLBACK")
         holder.close()
     assert os.path.exists(tmp_path / STORE_NAME)
+
+
+def test_export_of_one_session_is_its_packets(tmp_path: Path) -> None:
+    """`retrotap export DIR --session ID`: the recording in DIR cut to that session's 5-tuple and time span."""
+    feed_writer(tmp_path)
+    frames = sorted(
+        [tick(T0_NS + sec * NS) for sec in range(21)] + http_flow(T0_NS + 1000) + dns_flow(T0_NS + 2000),
+        key=lambda p: p[1],
+    )
+    write_pcap(tmp_path / "test0-20251124T160000Z.pcap", [Frame(f, t, len(f)) for f, t in frames], nanosecond=True)
+    with SessionStore(tmp_path, writable=False) as store:
+        (web,) = store.query(Query(port=80))
+        (tick2,) = store.query(Query(port=9998, where="src_packets = 8"))
+    for session, expected in (
+        (web, http_flow(T0_NS + 1000)),
+        (tick2, [tick(T0_NS + sec * NS) for sec in range(13, 21)]),  # the packets after the first record's
+    ):
+        out = tmp_path / f"session-{session['id']}.pcap"
+        result = export(session_export(tmp_path, session["id"], str(out)), lambda _m: None)
+        assert result.packets == len(expected)
+        with FileSource(str(out)) as src:
+            got = [
+                (bytes(b.data[int(b.start[i]) : int(b.start[i]) + int(b.caplen[i])]), int(b.ts_ns[i]))
+                for b in src.blocks()
+                for i in range(len(b))
+            ]
+        assert got == expected
+    with pytest.raises(SessionStoreError) as e:
+        session_export(tmp_path, 99, str(tmp_path / "x.pcap"))
+    assert str(e.value) == f"sessions store {tmp_path / STORE_NAME}: no session 99"
