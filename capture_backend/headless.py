@@ -1,5 +1,6 @@
 """The headless front end: `retrotap stats` (records every interval as text, iftop -t style, NDJSON or CSV),
-`retrotap record`, and `retrotap export` (`run_export`, re-exported from rewind/export)."""
+`retrotap record`, `retrotap export` (`run_export`, re-exported from rewind/export) and `retrotap sessions`
+(`run_sessions`, re-exported from rewind/session_report)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from capture_backend.options import StatsOptions as StatsOptions
 from capture_backend.output.report import Row, bits_text, record, size_text
 from capture_backend.rewind.export import run_export as run_export
 from capture_backend.rewind.recorder import Recorder
+from capture_backend.rewind.session_report import run_sessions as run_sessions
 from capture_backend.run import PcapSaver, Run, SaveDone
 
 CSV_COLUMNS = (
@@ -199,8 +201,10 @@ def _save_pcap(run: Run, saver: PcapSaver | None, log: Callable[[str], None]) ->
 def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
     """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
     # Reading the socket table costs ~10 ms of interpreter time a second (more with many processes):
-    # only the JSON output shows processes, so only it pays for them.
-    run = Run(_run_options(opts, opts.fmt == "json", None), log, on_event=event_logger(log))
+    # only the JSON output and the session records show processes, so only they pay for them.
+    # Session records name the process of each flow too.
+    processes = opts.fmt == "json" or opts.exporters.sessions is not None
+    run = Run(_run_options(opts, processes, None), log, on_event=event_logger(log))
     saver = run.pcap_saver(_save_logger(log))
     engine = run.engine
     assert isinstance(engine, Engine)
@@ -316,7 +320,9 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
     signals.install()
     if opts.read_file:
         return _record_file(opts, signals, logger)
-    run = Run(_run_options(opts, False, opts.record), logger, on_event=event_logger(logger))
+    run = Run(
+        _run_options(opts, opts.exporters.sessions is not None, opts.record), logger, on_event=event_logger(logger)
+    )
     saver = run.pcap_saver(_save_logger(logger))
     with run:
         recorder, thread = run.recording or (None, None)

@@ -4,7 +4,9 @@ Defined here: `RunOptions` (one capture run, for every front end), `StatsOptions
 `RecordRun` (`retrotap record`). The options of a part stay beside the part that reads them and are
 re-exported: `RingConfig` (capture/ring), `CounterLimits` (analysis/tables), `RecordOptions`
 (rewind/recorder), `ExporterSettings` with `DEFAULT_TOP`/`MAX_TOP` (exporters/base), `ExportOptions` with
-`time_window`/`TimeSpecError` (rewind/export), `default_interface` (capture/netlink).
+`time_window`/`TimeSpecError` (rewind/export), `default_interface` (capture/netlink), the session
+store's `Query`, `Retention` and `session_export` (rewind/sessions) and `SessionsQuery`
+(rewind/session_report).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from capture_backend.rewind.export import ExportOptions as ExportOptions
 from capture_backend.rewind.export import TimeSpecError as TimeSpecError
 from capture_backend.rewind.export import time_window as time_window
 from capture_backend.rewind.recorder import RecordOptions as RecordOptions
+from capture_backend.rewind.session_report import SessionsQuery as SessionsQuery
+from capture_backend.rewind.sessions import SORTS as SORTS
+from capture_backend.rewind.sessions import Query as Query
+from capture_backend.rewind.sessions import Retention as Retention
+from capture_backend.rewind.sessions import session_export as session_export
 
 
 @dataclass

@@ -49,6 +49,8 @@ class EngineLike(Protocol):
     snapshot: Snapshot
 
     def close(self) -> None: ...
+
+
 # What a pcap save reports when it ends: its line, whether it failed, and the result when it did not.
 SaveDone = Callable[[str, bool, PcapSaveResult | None], None]
 
@@ -137,7 +139,12 @@ class Run:
             )
         live = not opts.read_file
         self.mapper = ProcessMapper(lambda: self.engine.snapshot) if opts.processes and live else None
-        self.exporters = Exporters(opts.exporters, lambda: self.engine.snapshot, log)
+        self.exporters = Exporters(
+            opts.exporters,
+            lambda: self.engine.snapshot,
+            log,
+            processes=lambda: self.mapper.result if self.mapper is not None else None,
+        )
         self.recording: tuple[Recorder, RecorderThread] | None = None
         self._opened = self._started = self._closed = False
 

@@ -1,4 +1,4 @@
-"""`retrotap`: the dashboard, or one of the subcommands stats, record, export, web."""
+"""`retrotap`: the dashboard, or one of the subcommands stats, record, export, sessions, web."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from capture_backend.contract import UserError
-from capture_backend.headless import run_export, run_record, run_stats
+from capture_backend.headless import run_export, run_record, run_sessions, run_stats
 from tui.options import (
     build_parser,
     check_memory,
@@ -17,6 +17,7 @@ from tui.options import (
     interfaces_of,
     record_run,
     ring_config,
+    sessions_options,
     snapshot_dir,
     stats_options,
 )
@@ -39,6 +40,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": lambda args: run_stats(stats_options(args)),
     "record": lambda args: run_record(record_run(args)),
     "export": _run_export,
+    "sessions": lambda args: run_sessions(sessions_options(args)),
     "web": _run_web,
 }
 

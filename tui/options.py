@@ -16,19 +16,24 @@ from capture_backend.contract import UserError, address_key
 from capture_backend.options import (
     DEFAULT_TOP,
     MAX_TOP,
+    SORTS,
     CounterLimits,
     ExporterSettings,
     ExportOptions,
+    Query,
     RecordOptions,
     RecordRun,
+    Retention,
     RingConfig,
+    SessionsQuery,
     StatsOptions,
     TimeSpecError,
     default_interface,
+    session_export,
     time_window,
 )
 
-SUBCOMMANDS = ("stats", "record", "export", "web")
+SUBCOMMANDS = ("stats", "record", "export", "sessions", "web")
 
 
 T = TypeVar("T")
@@ -143,6 +148,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sensor-id", type=_positive(int), default=0, metavar="N", help="IPFIX observation domain id")
     p.add_argument("--ipfix-idle", type=_positive(float), default=15.0, metavar="S", help="flow idle timeout (15)")
     p.add_argument("--ipfix-active", type=_positive(float), default=60.0, metavar="S", help="active timeout (60)")
+    p.add_argument("--sessions", metavar="DIR", help="write a record of every session to DIR/retrotap-sessions.sqlite")
+    p.add_argument(
+        "--sessions-idle", type=_positive(float), default=30.0, metavar="S", help="a session ends after S quiet (30)"
+    )
+    p.add_argument(
+        "--sessions-active",
+        type=_positive(float),
+        default=60.0,
+        metavar="S",
+        help="long sessions: a record every S (60)",
+    )
+    p.add_argument(
+        "--sessions-keep-age",
+        default=None,
+        metavar="DURATION",
+        help="delete session records older than this (0: never; record: its --keep-age)",
+    )
 
 
 def _dashboard(p: argparse.ArgumentParser) -> None:
@@ -178,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--keep-files", default="0", metavar="N", help="closed files kept per interface (0: all)")
     rec.add_argument("--keep-age", default="0", metavar="DURATION", help="delete files older than this (0: never)")
     rec.add_argument("--min-free", default="5%", metavar="PCT|SIZE", help="delete oldest files below this free space")
+    rec.add_argument(
+        "--no-sessions", action="store_true", help="no session records in DIR (default: DIR/retrotap-sessions.sqlite)"
+    )
     web = sub.add_parser("web", help="serve the dashboard to a browser (one dashboard per browser session)")
     _dashboard(web)
     web.add_argument(
@@ -185,25 +210,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp = sub.add_parser("export", help="packets of a time window (and host/port or filter) from a recording")
     exp.add_argument("directory", metavar="DIR", help="the directory `retrotap record` wrote")
-    exp.add_argument(
+    _window(exp)
+    exp.add_argument("-f", "--filter", default="", metavar="BPF", help="tcpdump filter")
+    exp.add_argument("--host", metavar="ADDR", help="packets from or to this IPv4/IPv6 address")
+    exp.add_argument("--port", metavar="PORT", help="TCP, UDP or SCTP packets with this port on either side")
+    exp.add_argument("-w", "--write", dest="output", metavar="FILE", help="the pcap to write")
+    exp.add_argument("--list", action="store_true", help="list the files with their time spans instead")
+    exp.add_argument("--session", type=int, metavar="ID", help="the packets of one session of `retrotap sessions DIR`")
+    ses = sub.add_parser("sessions", help="session records: what talked to what, when (from --sessions or record)")
+    ses.add_argument("directory", metavar="DIR", help="where the records are (DIR/retrotap-sessions.sqlite)")
+    _window(ses)
+    ses.add_argument("--host", metavar="ADDR|NET", help="sessions of this address or network (either side)")
+    ses.add_argument("--port", metavar="PORT", help="sessions with this port on either side")
+    ses.add_argument("--proto", metavar="PROTO", help="tcp, udp, icmp, icmpv6, sctp or a protocol number")
+    ses.add_argument("--process", metavar="NAME", help="sessions of local processes whose name contains NAME")
+    ses.add_argument(
+        "--where",
+        default="",
+        metavar="EXPR",
+        help="FIELD OP NUMBER [and ...], e.g. 'retrans > 0 and latency_ms > 200' (fields: bytes, packets, "
+        "retrans, resets, rtt_ms, latency_ms, latency_max_ms, duration_s, ...)",
+    )
+    ses.add_argument("--sort", choices=tuple(SORTS), default="start", help="order (start: oldest first; else largest)")
+    ses.add_argument("--top", type=_positive(int), default=100, metavar="N", help="at most N records (0: all)")
+    ses.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
+    ses.add_argument("--summary", action="store_true", help="totals and the top hosts, ports, services, processes")
+    return parser
+
+
+def _window(p: argparse.ArgumentParser) -> None:
+    """--from and --to, read as `retrotap export` reads them."""
+    p.add_argument(
         "--from",
         dest="from_time",
         metavar="TIME",
         help="ISO 8601 or HH:MM[:SS] local time today (yesterday's if later than now); inclusive",
     )
-    exp.add_argument(
+    p.add_argument(
         "--to",
         dest="to_time",
         metavar="TIME",
         help="ISO 8601 or HH:MM[:SS] local time today (after a clock-time --from: the first such time after it); "
         "exclusive; a time later than now means now",
     )
-    exp.add_argument("-f", "--filter", default="", metavar="BPF", help="tcpdump filter")
-    exp.add_argument("--host", metavar="ADDR", help="packets from or to this IPv4/IPv6 address")
-    exp.add_argument("--port", metavar="PORT", help="TCP, UDP or SCTP packets with this port on either side")
-    exp.add_argument("-w", "--write", dest="output", metavar="FILE", help="the pcap to write")
-    exp.add_argument("--list", action="store_true", help="list the files with their time spans instead")
-    return parser
 
 
 def ring_config(args: argparse.Namespace) -> RingConfig:
@@ -260,12 +309,22 @@ def record_run(args: argparse.Namespace) -> RecordRun:
     if not args.buffer_size:
         raise UsageError("record needs the time machine (--buffer-size greater than 0): it is the recorder's queue")
     exporters = exporter_settings(args)
-    if args.read and (exporters.metrics or exporters.ipfix):
-        raise UsageError("--metrics and --ipfix follow live capture: record -r FILE has no snapshots to export")
+    if args.read and (exporters.metrics or exporters.ipfix or exporters.sessions):
+        raise UsageError(
+            "--metrics, --ipfix and --sessions follow live capture: record -r FILE has no snapshots to export"
+        )
     keep_files = _checked(int, "--keep-files", args.keep_files)
     if keep_files < 0:
         raise UsageError("--keep-files must not be negative")
     ratio, free_bytes = _checked(_min_free, "--min-free", args.min_free)
+    keep_age_ns = int(_checked(_duration, "--keep-age", args.keep_age) * 1e9)
+    if not args.no_sessions and not args.read:
+        # The session records sit beside the files and are kept as long as they are, by the same rules.
+        exporters.sessions = exporters.sessions or directory
+        if args.sessions_keep_age is None:
+            exporters.sessions_retention.keep_age_ns = keep_age_ns
+        exporters.sessions_retention.min_free_ratio = ratio
+        exporters.sessions_retention.min_free_bytes = free_bytes
     rotate_s = _checked(_duration, "--rotate-every", args.rotate_every)
     if rotate_s and rotate_s < 1:
         raise UsageError("--rotate-every must be at least 1s (or 0: off)")
@@ -275,7 +334,7 @@ def record_run(args: argparse.Namespace) -> RecordRun:
             rotate_bytes=_checked(_size, "--rotate-size", args.rotate_size),
             rotate_ns=int(rotate_s * 1e9),
             keep_files=keep_files,
-            keep_age_ns=int(_checked(_duration, "--keep-age", args.keep_age) * 1e9),
+            keep_age_ns=keep_age_ns,
             min_free_ratio=ratio,
             min_free_bytes=free_bytes,
         ),
@@ -297,6 +356,10 @@ def export_options(args: argparse.Namespace, now: datetime | None = None) -> Exp
         raise UsageError(f"{args.directory!r}: no such directory")
     if not args.list and not args.output:
         raise UsageError("export needs -w FILE (or --list)")
+    if args.session is not None:
+        if args.filter.strip() or args.host or args.port or args.from_time or args.to_time or args.list:
+            raise UsageError("--session picks the packets itself: leave out -f, --host, --port, --from, --to, --list")
+        return session_export(args.directory, args.session, args.output)
     if args.filter.strip() and (args.host or args.port):
         raise UsageError("use either -f BPF or --host/--port, not both")
     opts = ExportOptions(directory=args.directory, output=args.output or "", bpf=args.filter)
@@ -338,6 +401,10 @@ def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
     for option, value in (("--ipfix-idle", args.ipfix_idle), ("--ipfix-active", args.ipfix_active)):
         if value <= 0:
             raise UsageError(f"{option} must be greater than 0")
+    for option, value in (("--sessions-idle", args.sessions_idle), ("--sessions-active", args.sessions_active)):
+        if value <= 0:
+            raise UsageError(f"{option} must be greater than 0")
+    keep_age = args.sessions_keep_age
     return ExporterSettings(
         metrics=endpoint("--metrics", args.metrics) if args.metrics else None,
         metrics_top=args.metrics_top,
@@ -345,7 +412,42 @@ def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
         sensor_id=args.sensor_id,
         ipfix_idle=args.ipfix_idle,
         ipfix_active=args.ipfix_active,
+        sessions=args.sessions,
+        sessions_idle=args.sessions_idle,
+        sessions_active=args.sessions_active,
+        sessions_retention=Retention(
+            keep_age_ns=int(_checked(_duration, "--sessions-keep-age", keep_age) * 1e9) if keep_age else 0
+        ),
     )
+
+
+def sessions_options(args: argparse.Namespace, now: datetime | None = None) -> SessionsQuery:
+    """SessionsQuery from parsed arguments, clock times read at `now` (default: the clock); UsageError on bad
+    values (a bad --where or --host says what is wrong when the query is checked)."""
+    if not os.path.isdir(args.directory) and not args.directory.endswith(".sqlite"):
+        raise UsageError(f"{args.directory!r}: no such directory")
+    try:
+        from_ns, to_ns = time_window(args.from_time, args.to_time, now)
+    except TimeSpecError as e:
+        raise UsageError(str(e)) from None
+    port = None
+    if args.port:
+        port = _checked(int, "--port", args.port)
+        if not 0 <= port < 65536:
+            raise UsageError(f"--port {args.port}: must be from 0 to 65535")
+    query = Query(
+        from_ns=from_ns,
+        to_ns=to_ns,
+        host=args.host,
+        port=port,
+        proto=args.proto,
+        process=args.process,
+        where=args.where,
+        sort=args.sort,
+        top=args.top,
+    )
+    query.check()
+    return SessionsQuery(args.directory, query, args.format, args.summary)
 
 
 def snapshot_dir(path: str) -> str:

@@ -40,7 +40,7 @@ from tui.options import UsageError, build_parser, endpoint, interfaces_of, ring_
 DEFAULT_BIND = "127.0.0.1:8000"
 LOOPBACK_NAMES = ("localhost",)
 # Options of the dashboard that make no sense once per browser session (each would bind or send twice).
-PER_PROCESS_ONLY = ("metrics", "ipfix")
+PER_PROCESS_ONLY = ("metrics", "ipfix", "sessions")
 # The page would fetch a font from the internet: retrotap's page loads nothing from outside.
 EXTERNAL_LINK = re.compile(r"<link[^>]*href=\"https?://[^\"]*\"[^>]*>", re.S)
 

@@ -31,7 +31,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from capture_backend.contract import PORT_PROTOS, PROTO_NAMES, PROTO_NUMBERS, address_key, proto_name, service_name
+from capture_backend.contract import (
+    PORT_PROTOS,
+    PROTO_NAMES,
+    PROTO_NUMBERS,
+    UserError,
+    address_key,
+    proto_name,
+    service_name,
+)
 from capture_backend.rewind.export import ExportOptions, FlowMatch
 
 STORE_NAME = "retrotap-sessions.sqlite"
@@ -110,12 +118,16 @@ def schema() -> str:
     return "\n".join(out)
 
 
-class SessionStoreError(Exception):
+class SessionStoreError(UserError):
     """A store that cannot be used (corrupt, locked, unwritable, missing), in one line."""
 
 
-class WhereError(ValueError):
+class WhereError(UserError, ValueError):
     """A --where expression that cannot be read, in one line naming what is wrong."""
+
+
+class QueryError(UserError, ValueError):
+    """A query option that cannot be asked (sort, port, protocol, host), in one line."""
 
 
 @dataclass
@@ -492,13 +504,18 @@ class Query:
     top: int = DEFAULT_TOP
 
     def check(self) -> None:
-        """ValueError (one line) for what cannot be asked."""
+        """QueryError (one line) for what cannot be asked."""
         if self.sort not in SORTS:
-            raise ValueError(f"--sort {self.sort}: one of {', '.join(SORTS)}")
+            raise QueryError(f"--sort {self.sort}: one of {', '.join(SORTS)}")
         if self.port is not None and not 0 <= self.port <= 65535:
-            raise ValueError(f"--port {self.port}: a port is 0 to 65535")
+            raise QueryError(f"--port {self.port}: a port is 0 to 65535")
         if self.top < 0:
-            raise ValueError("--top: 0 (all) or more")
+            raise QueryError("--top: 0 (all) or more")
+        if self.host is not None:
+            try:
+                network_range(self.host)
+            except ValueError as e:
+                raise QueryError(f"--host: {e}") from None
         self.sql(0)
 
     def proto_number(self) -> int | None:
@@ -509,7 +526,7 @@ class Query:
             return PROTO_NUMBERS[p]
         if p.isdigit() and int(p) < 256:
             return int(p)
-        raise ValueError(f"--proto {self.proto}: one of {', '.join(PROTO_NAMES.values())} or a number")
+        raise QueryError(f"--proto {self.proto}: one of {', '.join(PROTO_NAMES.values())} or a number")
 
     def sql(self, max_span_ns: int) -> tuple[str, list[Any]]:
         """The WHERE clause (with ? placeholders) and its parameters."""
