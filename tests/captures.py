@@ -1,4 +1,5 @@
-"""The reference capture of the live tests: tcpdump on veth a, its statistics, and a plain pcap reader."""
+"""The reference capture of the live tests: tcpdump on veth a, its statistics, a plain pcap reader, and
+retrotap started in namespace a and asked for its time machine."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.lab import REPO_ROOT, Lab, wait_for_output
@@ -77,3 +79,24 @@ def start_retrotap(lab: Lab, *args: str, stdout: int = subprocess.PIPE) -> subpr
     )
     wait_for_output(proc, "listening on", timeout=30)
     return proc
+
+
+def snapshot_of(stats: subprocess.Popen[str], packets: int, timeout: float = 60.0) -> str:
+    """Have retrotap write its time machine (SIGUSR1) once it holds `packets` packets; its log line.
+
+    A burst of new flows is counted more slowly than it arrives (the ring holds the backlog): until
+    retrotap has caught up, a snapshot holds fewer packets than tcpdump captured, so it is written again
+    (the earlier file removed) while the count grows, until it holds them all, stops growing (retrotap
+    lost some: the comparison says so) or `timeout` s have passed.
+    """
+    deadline = time.monotonic() + timeout
+    held = -1
+    while True:
+        stats.send_signal(signal.SIGUSR1)
+        line = wait_for_output(stats, "snapshot:", timeout=timeout)
+        m = re.search(r"snapshot: (\S+) \((\d+) packets", line)
+        if m is None or int(m.group(2)) >= packets or int(m.group(2)) == held or time.monotonic() > deadline:
+            return line
+        held = int(m.group(2))
+        Path(m.group(1)).unlink()
+        time.sleep(1.0)

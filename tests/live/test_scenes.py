@@ -25,7 +25,6 @@ the two rings in opposite orders).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import subprocess
@@ -39,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from tests.captures import SETTLE_S, read_pcap, start_tcpdump, stop_tcpdump
+from tests.captures import SETTLE_S, read_pcap, snapshot_of, start_tcpdump, stop_tcpdump
 from tests.lab import IP4_A, IP6_A, IP6_B, REPO_ROOT, Lab, wait_for_output
 from tests.scenes import Dns, Flood, Lossy, Mixed, Outcome, Scan, Scene, Web, quiesce
 from tests.tshark import (
@@ -151,27 +150,6 @@ def capture(lab: Lab, scene: Scene, pcap: Path) -> Capture:
         written[0] if written else None,
         lab.notes,
     )
-
-
-def snapshot_of(stats: subprocess.Popen[str], packets: int, timeout: float = 60.0) -> str:
-    """Have retrotap write its time machine (SIGUSR1) once it holds `packets` packets; its log line.
-
-    A burst of new flows is counted more slowly than it arrives (the ring holds the backlog): until
-    retrotap has caught up, a snapshot holds fewer packets than tcpdump captured, so it is written again
-    (the earlier file removed) while the count grows, until it holds them all, stops growing (retrotap
-    lost some: the comparison says so) or `timeout` s have passed.
-    """
-    deadline = time.monotonic() + timeout
-    held = -1
-    while True:
-        stats.send_signal(signal.SIGUSR1)
-        line = wait_for_output(stats, "snapshot:", timeout=timeout)
-        m = re.search(r"snapshot: (\S+) \((\d+) packets", line)
-        if m is None or int(m.group(2)) >= packets or int(m.group(2)) == held or time.monotonic() > deadline:
-            return line
-        held = int(m.group(2))
-        Path(m.group(1)).unlink()
-        time.sleep(1.0)
 
 
 def clean_capture(scene: Scene, tmp_path: Path) -> Capture:
