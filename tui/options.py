@@ -181,7 +181,11 @@ def _dashboard(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = argparse.ArgumentParser(prog="retrotap", description="Live network traffic monitor with rewind.")
+    # No abbreviations at the top: the top level sees every argument, and export's --session would be taken
+    # for an abbreviation of --sessions.
+    parser = argparse.ArgumentParser(
+        prog="retrotap", description="Live network traffic monitor with rewind.", allow_abbrev=False
+    )
     _dashboard(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")

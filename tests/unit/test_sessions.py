@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,7 @@ from capture_backend.rewind.sessions import (
     session_export,
 )
 from tests.helpers.sessions import T0_NS, Feed, as_rows, dns_flow, http_flow, known_records, sent, tick
+from tests.lab import REPO_ROOT
 from tests.pcapgen import Frame, write_pcap
 
 
@@ -323,3 +327,86 @@ def test_export_of_one_session_is_its_packets(tmp_path: Path) -> None:
     with pytest.raises(SessionStoreError) as e:
         session_export(tmp_path, 99, str(tmp_path / "x.pcap"))
     assert str(e.value) == f"sessions store {tmp_path / STORE_NAME}: no session 99"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`retrotap ARGS` from this checkout (UTC, so local times print as UTC)."""
+    env = {**os.environ, "TZ": "UTC"}
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env
+    )
+
+
+def test_sessions_command_prints_the_records_asked_for(tmp_path: Path) -> None:
+    known_store(tmp_path).close()
+    proc = cli("sessions", str(tmp_path), "--from", "2025-11-24T16:05:00Z", "--to", "2025-11-24T16:35:00Z")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.splitlines() == [
+        "ID  START (local)            DUR s  PROTO  CLIENT               SERVER             PKTS  C>S BYTES  "
+        "S>C BYTES  RETR  RTT ms  LAT ms  PROCESS                END",
+        " 2  2025-11-24 16:10:00.000    1.0  tcp    10.0.0.2:40001       10.0.0.7:80          18      50000       "
+        "8000     3    0.50   400.0  -                      idle",
+        " 3  2025-11-24 16:20:00.000    1.0  udp    10.0.0.1:5353        10.0.0.53:53         18       1000       "
+        "8000     0       -     3.0  systemd-resolved[200]  idle",
+        " 4  2025-11-24 16:30:00.000   60.0  tcp    [2001:db8::1]:50000  [2001:db8::7]:443    18       1000       "
+        "8000     0   12.00       -  -                      active",
+        "  #2 slowest request (400.0 ms): GET /slow HTTP/1.1",
+        "  #3 slowest request (3.0 ms): example.com A",
+    ]
+    proc = cli("sessions", str(tmp_path), "--host", "10.0.0.7", "--where", "retrans > 0", "--format", "json")
+    assert proc.returncode == 0
+    (rec,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert (rec["id"], rec["src"], rec["dst"], rec["retransmissions"], rec["latency_max_ms"]) == (
+        2,
+        "10.0.0.2",
+        "10.0.0.7",
+        3,
+        400.0,
+    )
+    proc = cli("sessions", str(tmp_path), "--sort", "bytes", "--top", "1", "--format", "csv")
+    assert proc.returncode == 0 and proc.stderr == "retrotap: showing 1 of 6 sessions (--top 0: all)\n"
+    assert proc.stdout.splitlines()[1].startswith("6,1764003000.0,1764003001.0,")
+    proc = cli("sessions", str(tmp_path), "--summary", "--format", "csv", "--top", "1")
+    assert proc.stdout.splitlines() == [
+        "kind,name,bytes,packets,sessions",
+        "total,,9093196,92,6",
+        "host,10.0.0.1,9026000,54,3",
+        "port,tcp/22,9008000,18,1",
+        "service,ssh,9008000,18,1",
+        "process,sshd,9008000,18,1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--where", "rtt > 1"], "--where: unknown field 'rtt' (fields: bytes, packets, src_bytes, "),
+        (["--host", "10.0.0.300"], "--host: '10.0.0.300' is not an IPv4 or IPv6 address or network"),
+        (["--proto", "gre"], "--proto gre: one of icmp, tcp, udp, icmpv6, sctp or a number"),
+        (["--port", "70000"], "--port 70000: must be from 0 to 65535"),
+        (["--from", "yesterday"], "--from: 'yesterday' is not a time"),
+    ],
+)
+def test_sessions_command_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    known_store(tmp_path).close()
+    proc = cli("sessions", str(tmp_path), *args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"retrotap: error: {message}") and proc.stderr.count("\n") == 1
+
+
+def test_sessions_command_on_broken_stores(tmp_path: Path) -> None:
+    proc = cli("sessions", str(tmp_path))
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        f"retrotap: error: sessions store {tmp_path / STORE_NAME}: no such file\n",
+    )
+    (tmp_path / STORE_NAME).write_bytes(b"garbage" * 1000)
+    proc = cli("sessions", str(tmp_path))
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        f"retrotap: error: sessions store {tmp_path / STORE_NAME}: corrupt (file is not a database)\n",
+    )
+    proc = cli("export", str(tmp_path), "--session", "3", "--host", "10.0.0.1", "-w", str(tmp_path / "x.pcap"))
+    assert proc.stderr == (
+        "retrotap: error: --session picks the packets itself: leave out -f, --host, --port, --from, --to, --list\n"
+    )
