@@ -21,6 +21,21 @@ class KeyIndex:
     def __contains__(self, key: object) -> bool: ...
     def __len__(self) -> int: ...
 
+def fill_rows(rows: np.ndarray, ids: np.ndarray, fill: np.ndarray) -> None: ...
+def add_traffic(
+    packets: np.ndarray,
+    nbytes: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    ids: np.ndarray,
+    direction: np.ndarray,
+    p: np.ndarray,
+    b: np.ndarray,
+    f: np.ndarray,
+    l: np.ndarray,
+) -> None: ...
+def add_directed(target: np.ndarray, ids: np.ndarray, direction: np.ndarray, values: np.ndarray) -> None: ...
+def group_rows(k: np.ndarray, inv: np.ndarray) -> np.ndarray: ...
 def walk_block(
     u32: np.ndarray,
     base: int,
