@@ -417,6 +417,32 @@ def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
     return first_arr[:g].copy()
 
 
+# -- pcap file walk --------------------------------------------------------------------------------
+
+def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t[::1] out):
+    """Offsets of the whole classic-pcap records in buf[:end] (each a 16-byte header, then incl_len bytes),
+    in order, into `out`; the walk stops at the first record that does not fit or claims more than
+    max_incl bytes. Returns (records, where the walk stopped)."""
+    cdef Py_ssize_t p = 0, n = 0, cap = out.shape[0]
+    cdef uint64_t incl
+    cdef const uint8_t* q
+    if end > buf.shape[0]:
+        raise ValueError("walk_pcap: end beyond the buffer")
+    with nogil:
+        while p + 16 <= end and n < cap:
+            q = &buf[p + 8]
+            if big_endian:
+                incl = (<uint64_t>q[0] << 24) | (<uint64_t>q[1] << 16) | (<uint64_t>q[2] << 8) | q[3]
+            else:
+                incl = (<uint64_t>q[3] << 24) | (<uint64_t>q[2] << 16) | (<uint64_t>q[1] << 8) | q[0]
+            if <int64_t>incl > max_incl or p + 16 + <Py_ssize_t>incl > end:
+                break
+            out[n] = p
+            n += 1
+            p += 16 + <Py_ssize_t>incl
+    return n, p
+
+
 # -- Ring walk ---------------------------------------------------------------------------------------
 
 def walk_block(const uint32_t[::1] u32, Py_ssize_t base, Py_ssize_t block_size, Py_ssize_t num_pkts,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture_backend._native import add_directed, add_traffic, fill_rows, group_rows
+from capture_backend._native import add_directed, add_traffic, fill_rows, group_rows, walk_pcap
 from capture_backend.analysis.tables import HISTORY_SECONDS, INT64_MAX, NS, TRAFFIC_COLUMNS, KeyTable
 
 
@@ -110,3 +112,34 @@ def test_a_reused_row_does_not_inherit_its_last_owners_history() -> None:
     assert snap.cols["peak"][ci, 0] == 70
     assert snap.cols["avg10"][bi, 0] == 500 / 10 and snap.cols["peak"][bi, 0] == 100
     assert HISTORY_SECONDS >= 10
+
+
+def _walk_reference(buf: bytes, end: int, big: bool, max_incl: int) -> tuple[list[int], int]:
+    order = ">" if big else "<"
+    out, p = [], 0
+    while p + 16 <= end:
+        incl = struct.unpack_from(order + "I", buf, p + 8)[0]
+        if incl > max_incl or p + 16 + incl > end:
+            break
+        out.append(p)
+        p += 16 + incl
+    return out, p
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 300), min_size=0, max_size=40),
+    st.booleans(),
+    st.integers(0, 20_000),
+    st.integers(50, 400),
+)
+def test_walk_pcap_finds_the_same_records_as_a_python_walk(
+    sizes: list[int], big: bool, cut: int, max_incl: int
+) -> None:
+    order = ">" if big else "<"
+    buf = b"".join(struct.pack(order + "IIII", 1, 2, n, n) + bytes(n) for n in sizes)
+    end = min(cut, len(buf))
+    out = np.empty(end // 16 + 1, np.int64)
+    count, stop = walk_pcap(np.frombuffer(buf, np.uint8), end, big, max_incl, out)
+    want, want_stop = _walk_reference(buf, end, big, max_incl)
+    assert out[:count].tolist() == want and stop == want_stop
