@@ -216,6 +216,9 @@ class TableSnapshot:
     cols: Mapping[str, np.ndarray]
     evicted: int = 0
     layout: np.dtype | None = None
+    # Each row's slot in the table it was frozen from, when known: a row that keeps its slot from one
+    # snapshot to the next is matched without hashing every key (match_rows).
+    slots: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.layout is None and self.keys.ndim == 2:
@@ -270,7 +273,33 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
     out = np.full(keys.shape[0], -1, np.int64)
     if keys.shape[0] == 0 or len(before) == 0:
         return out
-    hb, hc = _key_hash(before.keys), _key_hash(keys)
+    slots, old = table.slots, before.slots
+    if slots is None or old is None or slots.size != len(table) or old.size != len(before) or not old.size:
+        return _match_keys(keys, before.keys)
+    # Rows still in the slot they had: one gather and a compare; only the others are hashed.
+    mine = slots if rows is None else slots[rows]
+    where = np.full(int(max(old.max(), mine.max(initial=0))) + 1, -1, np.int64)
+    where[old] = np.arange(old.size)
+    cand = where[mine]
+    same = cand >= 0
+    same[same] = (before.keys[cand[same]] == keys[same]).all(axis=1)
+    out[same] = cand[same]
+    rest = np.flatnonzero(~same)
+    if rest.size:
+        free = np.ones(len(before), bool)
+        free[cand[same]] = False
+        left = np.flatnonzero(free)
+        found = _match_keys(keys[rest], before.keys[left])
+        out[rest[found >= 0]] = left[found[found >= 0]]
+    return out
+
+
+def _match_keys(keys: np.ndarray, before_keys: np.ndarray) -> np.ndarray:
+    """For each key, its row among before_keys, or -1."""
+    out = np.full(keys.shape[0], -1, np.int64)
+    if keys.shape[0] == 0 or before_keys.shape[0] == 0:
+        return out
+    hb, hc = _key_hash(before_keys), _key_hash(keys)
     if hc.size <= 256 and hc.size * 64 < hb.size:  # the visible rows only: one scan each beats a sort
         cand = np.zeros(hc.size, np.int64)
         for j, h in enumerate(hc):
@@ -281,7 +310,7 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
         order = np.argsort(hb, kind="stable")
         sorted_hb = hb[order]
         cand = order[np.clip(np.searchsorted(sorted_hb, hc), 0, sorted_hb.size - 1)]
-    same = (before.keys[cand] == keys).all(axis=1)
+    same = (before_keys[cand] == keys).all(axis=1)
     out[same] = cand[same]
     return out
 

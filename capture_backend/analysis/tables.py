@@ -265,7 +265,8 @@ class KeyTable:
             col.flags.writeable = False
         keys = self.keys[rows]
         keys.flags.writeable = False
-        return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted)
+        rows.flags.writeable = False
+        return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted, slots=rows)
 
 
 _ZERO_PAIR = np.zeros(16, np.uint8)
