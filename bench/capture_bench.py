@@ -3,6 +3,7 @@
 Run as root from the repository root::
 
     python -m bench.capture_bench --size 64 --count 2000000 --repeat 2
+    python -m bench.capture_bench --flood --size 64 --count 1000000 --tools retrotap,tcpdump
 
 Everything happens inside a throw-away two-namespace lab (tests/lab.py): the tool under test
 listens on veth a (pinned to core 1), trafgen sends a fixed number of UDP frames from veth b
@@ -87,6 +88,16 @@ def trafgen_config(lab: Lab, size: int, flows: int) -> str:
         body = ", ".join(f"0x{b:02x}" for b in head)
         lines.append(f"{{ {body}, fill(0x00, {payload}) }}" if payload else f"{{ {body} }}")
     return "\n".join(lines) + "\n"
+
+
+def trafgen_flood_config(lab: Lab, size: int) -> str:
+    """A trafgen packet config: UDP frames b -> a:9, every one from a random source address and port
+    (drnd(), checksums by trafgen), so every frame is a new flow, host pair and source host."""
+    payload = size - MIN_FRAME
+    return (
+        f"{{ eth(da={lab.mac_a}, sa={lab.mac_b}), ipv4(da={lab.ip4_a}, sa=drnd(), ttl=64), "
+        f"udp(sp=drnd(), dp={DST_PORT}), fill(0x00, {payload}) }}\n"
+    )
 
 
 def core_busy(cpu: int) -> float:
@@ -537,6 +548,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="bursts per tool and size (default 1)")
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS + EXTRA_TOOLS)}")
     p.add_argument("--flows", type=int, default=64, help="distinct UDP source ports in the burst (default 64)")
+    p.add_argument("--flood", action="store_true",
+                   help="every frame from a random source address and port (a new flow each) instead of --flows")
     p.add_argument("--grace", type=float, default=1.5, help="seconds every tool gets after the burst (default 1.5)")
     p.add_argument("--interval", type=float, default=1.0, help="retrotap --interval (default 1)")
     p.add_argument("--retrotap-args", default="", help="extra retrotap options, e.g. '--ring-size 64'")
@@ -571,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Lab() as lab:
         for size in args.size:
             conf = lab.tmpdir() / f"udp-{size}.cfg"
-            conf.write_text(trafgen_config(lab, size, args.flows))
+            conf.write_text(trafgen_flood_config(lab, size) if args.flood else trafgen_config(lab, size, args.flows))
             for repeat in range(1, args.repeat + 1):
                 for name in args.tools:
                     result = run_tool(lab, tools[name], conf, size, args.count, repeat, args.grace)
@@ -583,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(results)
     print(f"\nmachine: {machine()}")
     print(f"tool on core {TOOL_CORE}, trafgen on core {SENDER_CORE}, nice {args.nice}; {args.count:,} frames per "
-          f"burst, {args.flows} flows, grace {args.grace} s\n")
+          f"burst, {'a new flow per frame' if args.flood else f'{args.flows} flows'}, grace {args.grace} s\n")
     print(runs_table(results) + "\n")
     print(table(summary))
     if args.json:

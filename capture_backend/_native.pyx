@@ -314,6 +314,135 @@ cdef class KeyIndex:
         return self.count
 
 
+def fill_rows(uint8_t[:, ::1] rows, const int64_t[::1] ids, const uint8_t[::1] fill) -> None:
+    """Set rows `ids` of a table column (viewed as bytes, one row per line) to the bytes of `fill`."""
+    cdef Py_ssize_t n = ids.shape[0], width = rows.shape[1], size = rows.shape[0]
+    cdef Py_ssize_t i
+    cdef int64_t r
+    if fill.shape[0] != width:
+        raise ValueError(f"fill is {fill.shape[0]} bytes, rows are {width}")
+    if width == 0:
+        return
+    with nogil:
+        for i in range(n):
+            r = ids[i]
+            if 0 <= r < size:
+                memcpy(&rows[r, 0], &fill[0], width)
+
+
+def add_traffic(int64_t[:, ::1] packets, int64_t[:, ::1] nbytes, int64_t[::1] first, int64_t[::1] last,
+                const int64_t[::1] ids, const int64_t[::1] direction, const int64_t[::1] p,
+                const int64_t[::1] b, const int64_t[::1] f, const int64_t[::1] l) -> None:
+    """Fold groups into table rows: packets and bytes added per direction, first/last time widened.
+    Rows below 0 (over capacity) are skipped; a row may repeat."""
+    cdef Py_ssize_t n = ids.shape[0], size = first.shape[0]
+    cdef Py_ssize_t i
+    cdef int64_t r, d
+    if not (direction.shape[0] == p.shape[0] == b.shape[0] == f.shape[0] == l.shape[0] == n):
+        raise ValueError("add_traffic: columns of different lengths")
+    if packets.shape[0] != size or nbytes.shape[0] != size or last.shape[0] != size:
+        raise ValueError("add_traffic: table columns of different lengths")
+    if packets.shape[1] != 2 or nbytes.shape[1] != 2:
+        raise ValueError("add_traffic: packets and bytes need two directions")
+    with nogil:
+        for i in range(n):
+            r = ids[i]
+            if r < 0 or r >= size:
+                continue
+            d = direction[i] & 1
+            packets[r, d] += p[i]
+            nbytes[r, d] += b[i]
+            if f[i] < first[r]:
+                first[r] = f[i]
+            if l[i] > last[r]:
+                last[r] = l[i]
+
+
+def add_directed(int64_t[:, ::1] target, const int64_t[::1] ids, const int64_t[::1] direction,
+                 const int64_t[::1] values) -> None:
+    """target[ids[i], direction[i]] += values[i] (rows out of range skipped; a row may repeat)."""
+    cdef Py_ssize_t n = ids.shape[0], size = target.shape[0]
+    cdef Py_ssize_t i
+    cdef int64_t r
+    if direction.shape[0] != n or values.shape[0] != n:
+        raise ValueError("add_directed: columns of different lengths")
+    if target.shape[1] != 2:
+        raise ValueError("add_directed: the target needs two directions")
+    with nogil:
+        for i in range(n):
+            r = ids[i]
+            if 0 <= r < size:
+                target[r, direction[i] & 1] += values[i]
+
+
+def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
+    """Group equal rows of k: inv[i] is row i's group, groups numbered in order of first appearance.
+    Returns the first row of each group (int64)."""
+    cdef Py_ssize_t n = k.shape[0], w = k.shape[1]
+    cdef Py_ssize_t size = 16, i, j, g = 0
+    cdef uint64_t h, mask
+    cdef int64_t s
+    if inv.shape[0] != n:
+        raise ValueError("group_rows: inv must have one entry per row")
+    while size < 2 * n:
+        size *= 2
+    mask = <uint64_t>(size - 1)
+    slots_arr = np.full(size, -1, np.int64)
+    first_arr = np.empty(n, np.int64)
+    cdef int64_t[::1] slots = slots_arr
+    cdef int64_t[::1] first = first_arr
+    if n == 0:
+        return first_arr
+    with nogil:
+        for i in range(n):
+            if i > 0 and memcmp(&k[i, 0], &k[i - 1, 0], w * 8) == 0:  # packets of a flow come in runs
+                inv[i] = inv[i - 1]
+                continue
+            h = 0
+            for j in range(w):
+                h = (h ^ k[i, j]) * 0x9E3779B97F4A7C15ULL
+                h ^= h >> 29
+            while True:
+                s = slots[h & mask]
+                if s < 0:
+                    slots[h & mask] = g
+                    first[g] = i
+                    inv[i] = g
+                    g += 1
+                    break
+                if memcmp(&k[i, 0], &k[first[s], 0], w * 8) == 0:
+                    inv[i] = s
+                    break
+                h += 1
+    return first_arr[:g].copy()
+
+
+# -- pcap file walk --------------------------------------------------------------------------------
+
+def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t[::1] out):
+    """Offsets of the whole classic-pcap records in buf[:end] (each a 16-byte header, then incl_len bytes),
+    in order, into `out`; the walk stops at the first record that does not fit or claims more than
+    max_incl bytes. Returns (records, where the walk stopped)."""
+    cdef Py_ssize_t p = 0, n = 0, cap = out.shape[0]
+    cdef uint64_t incl
+    cdef const uint8_t* q
+    if end > buf.shape[0]:
+        raise ValueError("walk_pcap: end beyond the buffer")
+    with nogil:
+        while p + 16 <= end and n < cap:
+            q = &buf[p + 8]
+            if big_endian:
+                incl = (<uint64_t>q[0] << 24) | (<uint64_t>q[1] << 16) | (<uint64_t>q[2] << 8) | q[3]
+            else:
+                incl = (<uint64_t>q[3] << 24) | (<uint64_t>q[2] << 16) | (<uint64_t>q[1] << 8) | q[0]
+            if <int64_t>incl > max_incl or p + 16 + <Py_ssize_t>incl > end:
+                break
+            out[n] = p
+            n += 1
+            p += 16 + <Py_ssize_t>incl
+    return n, p
+
+
 # -- Ring walk ---------------------------------------------------------------------------------------
 
 def walk_block(const uint32_t[::1] u32, Py_ssize_t base, Py_ssize_t block_size, Py_ssize_t num_pkts,

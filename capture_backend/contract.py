@@ -25,7 +25,7 @@ This module imports nothing else from retrotap, so any module may import it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from types import MappingProxyType
@@ -220,6 +220,9 @@ class TableSnapshot:
     cols: Mapping[str, np.ndarray]
     evicted: int = 0
     layout: np.dtype | None = None
+    # Each row's slot in the table it was frozen from, when known: a row that keeps its slot from one
+    # snapshot to the next is matched without hashing every key (match_rows).
+    slots: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.layout is None and self.keys.ndim == 2:
@@ -274,7 +277,33 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
     out = np.full(keys.shape[0], -1, np.int64)
     if keys.shape[0] == 0 or len(before) == 0:
         return out
-    hb, hc = _key_hash(before.keys), _key_hash(keys)
+    slots, old = table.slots, before.slots
+    if slots is None or old is None or slots.size != len(table) or old.size != len(before) or not old.size:
+        return _match_keys(keys, before.keys)
+    # Rows still in the slot they had: one gather and a compare; only the others are hashed.
+    mine = slots if rows is None else slots[rows]
+    where = np.full(int(max(old.max(), mine.max(initial=0))) + 1, -1, np.int64)
+    where[old] = np.arange(old.size)
+    cand = where[mine]
+    same = cand >= 0
+    same[same] = (before.keys[cand[same]] == keys[same]).all(axis=1)
+    out[same] = cand[same]
+    rest = np.flatnonzero(~same)
+    if rest.size:
+        free = np.ones(len(before), bool)
+        free[cand[same]] = False
+        left = np.flatnonzero(free)
+        found = _match_keys(keys[rest], before.keys[left])
+        out[rest[found >= 0]] = left[found[found >= 0]]
+    return out
+
+
+def _match_keys(keys: np.ndarray, before_keys: np.ndarray) -> np.ndarray:
+    """For each key, its row among before_keys, or -1."""
+    out = np.full(keys.shape[0], -1, np.int64)
+    if keys.shape[0] == 0 or before_keys.shape[0] == 0:
+        return out
+    hb, hc = _key_hash(before_keys), _key_hash(keys)
     if hc.size <= 256 and hc.size * 64 < hb.size:  # the visible rows only: one scan each beats a sort
         cand = np.zeros(hc.size, np.int64)
         for j, h in enumerate(hc):
@@ -285,7 +314,7 @@ def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | N
         order = np.argsort(hb, kind="stable")
         sorted_hb = hb[order]
         cand = order[np.clip(np.searchsorted(sorted_hb, hc), 0, sorted_hb.size - 1)]
-    same = (before.keys[cand] == keys).all(axis=1)
+    same = (before_keys[cand] == keys).all(axis=1)
     out[same] = cand[same]
     return out
 
@@ -546,6 +575,45 @@ class OwnedFlows:
         return np.isin(self.name_id, hits)
 
 
+class FlowOwners(Mapping[bytes, tuple[int, str]]):
+    """Flow key -> (pid, name) of the attributed flows, kept as columns: the process mapper builds it
+    with NumPy whatever the number of flows, and a dict is made only if someone looks keys up."""
+
+    def __init__(self, keys: np.ndarray, pid: np.ndarray, name_id: np.ndarray, names: tuple[str, ...]) -> None:
+        self.flow_keys, self.pid, self.name_id, self.names = keys, pid, name_id, names
+
+    @classmethod
+    def of(cls, keys: np.ndarray, pid: np.ndarray, name: Callable[[int], str]) -> FlowOwners:
+        """Owners of flow keys (n, FLOW_KEY.itemsize) by pid; `name` gives each distinct pid's name."""
+        who, inv = np.unique(pid, return_inverse=True)
+        by_pid = [name(p) for p in who.tolist()]
+        names = tuple(sorted(set(by_pid), key=str.lower))
+        number = {n: i for i, n in enumerate(names)}
+        name_id = np.array([number[n] for n in by_pid], np.int64)[inv.ravel()] if who.size else np.zeros(0, np.int64)
+        return cls(np.ascontiguousarray(keys, dtype=np.uint8), np.asarray(pid, np.int64), name_id, names)
+
+    @cached_property
+    def _by_key(self) -> dict[bytes, tuple[int, str]]:
+        names = [self.names[i] for i in self.name_id.tolist()]
+        return dict(zip(map(bytes, self.flow_keys), zip(self.pid.tolist(), names, strict=True), strict=True))
+
+    def __getitem__(self, key: bytes) -> tuple[int, str]:
+        return self._by_key[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._by_key)
+
+    def __len__(self) -> int:
+        return int(self.flow_keys.shape[0])
+
+    def columns(self) -> OwnedFlows:
+        """The same as OwnedFlows (no per-flow Python)."""
+        rank = np.empty(len(self))
+        rank[np.lexsort((self.pid, self.name_id))] = np.arange(len(self))
+        table = TableSnapshot(self.flow_keys, {}, layout=FLOW_KEY)
+        return OwnedFlows(table, self.pid, self.name_id, self.names, rank)
+
+
 @dataclass(frozen=True)
 class ProcessTable:
     """What the process mapper published: per-process totals as of one snapshot, and each attributed flow's
@@ -564,6 +632,8 @@ class ProcessTable:
     @cached_property
     def owned(self) -> OwnedFlows:
         """flow_owners as columns, built once per published table (the dashboard reads it every refresh)."""
+        if isinstance(self.flow_owners, FlowOwners):
+            return self.flow_owners.columns()
         width = FLOW_KEY.itemsize
         items = [(k, o) for k, o in self.flow_owners.items() if len(k) == width]
         names = sorted({name for _, (_, name) in items}, key=str.lower)

@@ -16,17 +16,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import psutil
 
+from capture_backend._native import KeyIndex
 from capture_backend.contract import (
     EMPTY_PROCESSES,
     FLOW_KEY,
     PROCESS_NOTE,
     V4_MAPPED,
+    FlowOwners,
     Snapshot,
     TableSnapshot,
     address_bytes,
@@ -43,17 +44,9 @@ MIN_POKE_GAP = 0.05  # seconds between two refreshes asked for by unexplained fl
 
 Conns = Callable[[], Iterable[Any]]  # psutil.net_connections-like rows: type, laddr, raddr, pid
 Owner = tuple[int, str, str]  # pid, name, user
-Ends = tuple[int, bytes, int, bytes, int]  # a flow's proto, a, aport, b, bport
 FLOW_KEY_WIDTH = FLOW_KEY.itemsize
 EMPTY = EMPTY_PROCESSES  # the old name
 NOTE = PROCESS_NOTE  # the old name
-
-
-def flow_ends(flows: TableSnapshot, rows: list[int]) -> list[Ends]:
-    """(proto, a, aport, b, bport) of flow rows, addresses as 16 bytes."""
-    f = flows.fields[rows]
-    cols = (f["proto"].tolist(), map(bytes, f["a"]), f["aport"].tolist(), map(bytes, f["b"]), f["bport"].tolist())
-    return list(zip(*cols, strict=True))
 
 
 def _proto(sock_type: int) -> int | None:
@@ -85,6 +78,116 @@ def _psutil_info(pid: int) -> tuple[str, str] | None:
 def _psutil_local_addrs() -> Iterable[str]:
     families = (socket.AF_INET, socket.AF_INET6)
     return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family in families]
+
+
+UNSEEN = -2  # a flow row never attributed (-1: attributed, no socket explains that end)
+# The socket table's keys, as the compiled index looks them up.
+CONNECTED_KEY = np.dtype(
+    [("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("peer", "u1", (16,)), ("pport", ">u2"), ("pad", "V2")]
+)
+BOUND_KEY = np.dtype([("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("pad", "V5")])
+WILD_KEY = np.dtype([("proto", "u1"), ("version", "u1"), ("port", ">u2"), ("pad", "V4")])
+V4_PREFIX = np.frombuffer(V4_MAPPED, np.uint8)
+
+
+class _Lookup:
+    """Fixed-width keys to values (the first value given for a key wins) in a compiled hash index."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
+        n = keys.shape[0]
+        size = max(n, 1)
+        self._store = np.zeros((size, keys.shape[1]), np.uint8)
+        self._used = np.zeros(size, bool)
+        self.index = KeyIndex(keys.shape[1], size, self._store, self._used)
+        self.values = np.full(size, -1, np.int64)
+        if n:
+            rows = np.full(n, -1, np.int64)
+            hashes = np.empty(n, np.uint64)
+            self.index.lookup(keys, rows, hashes)
+            self.index.insert(keys, rows, hashes, 0)
+            _, first = np.unique(rows, return_index=True)
+            self.values[rows[first]] = values[first]
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The value of each key, -1 for keys not held."""
+        rows = np.full(keys.shape[0], -1, np.int64)
+        if keys.shape[0] and len(self.index):
+            self.index.lookup(keys, rows, np.empty(keys.shape[0], np.uint64))
+        return np.where(rows >= 0, self.values[rows], -1)
+
+
+class _Sockets:
+    """One read of the socket table, indexed for whole columns of flow ends."""
+
+    def __init__(
+        self,
+        connected: Mapping[tuple[int, bytes, int, bytes, int], int],
+        bound: Mapping[tuple[int, bytes, int], int],
+        wild: Mapping[tuple[int, int, int], int],
+        local: list[bytes],
+    ) -> None:
+        def keys(layout: np.dtype, rows: list[dict[str, Any]]) -> np.ndarray:
+            rec = np.zeros(len(rows), layout)
+            for name in layout.names or ():
+                if name != "pad" and rows:
+                    rec[name] = [r[name] for r in rows]
+            return rec.view(np.uint8).reshape(len(rows), layout.itemsize)
+
+        def addr(b: bytes) -> np.ndarray:
+            return np.frombuffer(b, np.uint8)
+
+        c = [dict(proto=k[0], local=addr(k[1]), lport=k[2], peer=addr(k[3]), pport=k[4]) for k in connected]
+        b = [dict(proto=k[0], local=addr(k[1]), lport=k[2]) for k in bound]
+        w = [dict(proto=k[0], port=k[1], version=k[2]) for k in wild]
+        self.connected = _Lookup(keys(CONNECTED_KEY, c), np.array(list(connected.values()), np.int64))
+        self.bound = _Lookup(keys(BOUND_KEY, b), np.array(list(bound.values()), np.int64))
+        self.wild = _Lookup(keys(WILD_KEY, w), np.array(list(wild.values()), np.int64))
+        self.local = _Lookup(
+            np.array([addr(a) for a in local], np.uint8).reshape(len(local), 16), np.zeros(len(local), np.int64)
+        )
+
+    def _end(
+        self, proto: np.ndarray, addr: np.ndarray, port: np.ndarray, peer: np.ndarray, peer_port: np.ndarray
+    ) -> np.ndarray:
+        """The pid of the socket at one end of each flow: connected to that peer, else bound to that address
+        and port, else listening on every address (when the address is a local one); -1 for none."""
+        n = proto.size
+        pid = self.connected.find(
+            _pack(CONNECTED_KEY, n, proto=proto, local=addr, lport=port, peer=peer, pport=peer_port)
+        )
+        rest = np.flatnonzero(pid < 0)
+        if rest.size:
+            pid[rest] = self.bound.find(
+                _pack(BOUND_KEY, rest.size, proto=proto[rest], local=addr[rest], lport=port[rest])
+            )
+        rest = rest[pid[rest] < 0]
+        if rest.size:
+            rest = rest[self.local.find(np.ascontiguousarray(addr[rest])) >= 0]
+        if rest.size:
+            version = np.where((addr[rest, :12] == V4_PREFIX).all(axis=1), 4, 6)
+            pid[rest] = self.wild.find(_pack(WILD_KEY, rest.size, proto=proto[rest], version=version, port=port[rest]))
+        return pid
+
+    def attribute(self, flows: TableSnapshot, rows: np.ndarray) -> np.ndarray:
+        """(pid of side a, pid of side b) of flow rows; -1 where no socket explains that end."""
+        f = flows.fields[rows]
+        proto = f["proto"].astype(np.int64)
+        a, b = f["a"], f["b"]
+        aport, bport = f["aport"].astype(np.int64), f["bport"].astype(np.int64)
+        out = np.full((rows.size, 2), -1, np.int64)
+        ok = np.flatnonzero((proto == PROTO_TCP) | (proto == PROTO_UDP))
+        if ok.size:
+            p, a, b, aport, bport = proto[ok], a[ok], b[ok], aport[ok], bport[ok]
+            out[ok, 0] = self._end(p, a, aport, b, bport)
+            out[ok, 1] = self._end(p, b, bport, a, aport)
+        return out
+
+
+def _pack(layout: np.dtype, n: int, **values: np.ndarray) -> np.ndarray:
+    rec = np.zeros(n, layout)
+    for name, value in values.items():
+        rec[name] = value
+    return rec.view(np.uint8).reshape(n, layout.itemsize)
 
 
 @dataclass
@@ -120,13 +223,10 @@ class ProcessMapper:
         self.clock = clock
         self.result: ProcessTable = EMPTY
         self.error = ""
-        self._connected: dict[tuple[int, bytes, int, bytes, int], int] = {}
-        self._bound: dict[tuple[int, bytes, int], int] = {}
-        self._wild: dict[tuple[int, int, int], int] = {}  # proto, port, 4 or 6 -> pid
-        self._local: set[bytes] = set()
+        self._sockets = _Sockets({}, {}, {}, [])
         self._names: dict[int, tuple[str, str]] = {}
         self._accs: dict[int | None, _Acc] = {None: _Acc(None, "unknown", "")}
-        self._owners: dict[bytes, tuple[int | None, int | None]] = {}  # flow key -> pid of side a, of side b
+        self._own = np.zeros((0, 2), np.int64)  # per row of the last snapshot: pid of side a, of side b
         self._last: Snapshot | None = None
         self._refreshed = -1e18
         self._poke = threading.Event()
@@ -201,8 +301,8 @@ class ProcessMapper:
             bound.setdefault((proto, local, port), pid)
             if c.raddr:
                 connected[(proto, local, port, address_bytes(c.raddr[0]), int(c.raddr[1]))] = pid
-        self._local = {address_bytes(a) for a in self.local_addrs()}
-        self._connected, self._bound, self._wild = connected, bound, wild
+        local_addrs = sorted({address_bytes(a) for a in self.local_addrs()})
+        self._sockets = _Sockets(connected, bound, wild, local_addrs)
         present = set(bound.values()) | set(wild.values()) | set(connected.values())
         for counted, acc in self._accs.items():
             if counted is not None and not acc.exited and counted not in present and not self.alive(counted):
@@ -211,65 +311,54 @@ class ProcessMapper:
             del self._names[gone]  # never counted, gone from the table: a reused pid gets a fresh name
         self._refreshed = self.clock()
 
-    def _side(self, proto: int, addr: bytes, port: int, peer: bytes, peer_port: int) -> int | None:
-        pid = self._connected.get((proto, addr, port, peer, peer_port))
-        if pid is None:
-            pid = self._bound.get((proto, addr, port))
-        if pid is None and addr in self._local:
-            v4 = addr.startswith(V4_MAPPED)
-            pid = self._wild.get((proto, port, 4 if v4 else 6))
-        return pid
-
-    def _attribute(self, ends: Ends) -> tuple[int | None, int | None]:
-        proto, a, aport, b, bport = ends
-        if proto not in (PROTO_TCP, PROTO_UDP):
-            return None, None
-        return self._side(proto, a, aport, b, bport), self._side(proto, b, bport, a, aport)
-
     # --- the counting
     def update(self, snap: Snapshot) -> ProcessTable:
-        """Attribute what changed since the last snapshot seen, publish and return the new result."""
+        """Attribute what changed since the last snapshot seen, publish and return the new result.
+
+        Whole columns, never a Python step per flow: a flood of new flows costs NumPy and compiled
+        lookups. Each flow row keeps the pids of its two ends (carried from one snapshot to the next
+        by key); a row is (re)attributed while active and not yet explained by any socket.
+        """
         if snap is self._last or (self._last is not None and snap.seq == self._last.seq):
             return self.result
         flows = snap.flows
+        n = len(flows)
         before = self._last.flows if self._last is not None and self._last.started == snap.started else None
+        own = np.full((n, 2), UNSEEN, np.int64)
         if before is None:
-            grown_b, grown_p, new = flows.cols["bytes"], flows.cols["packets"], np.ones(len(flows), bool)
+            grown_b, grown_p = flows.cols["bytes"], flows.cols["packets"]
         else:
             grown_b, match = table_growth(flows, before, "bytes")
             grown_p, _ = table_growth(flows, before, "packets", match=match)
-            new = match < 0
-        active = np.flatnonzero(grown_p.sum(axis=1) > 0) if len(flows) else np.zeros(0, np.int64)
-        unseen = [i for i in np.flatnonzero(new).tolist() if flows.key_bytes(i) not in self._owners]
-        if unseen and self.clock() - self._refreshed >= MIN_POKE_GAP:
-            if not all(self._attribute(e) != (None, None) for e in flow_ends(flows, unseen)):
+            kept = match >= 0
+            own[kept] = self._own[match[kept]]
+        active = grown_p.sum(axis=1) > 0 if n else np.zeros(0, bool)
+        unseen = np.flatnonzero(own[:, 0] == UNSEEN)
+        if unseen.size and self.clock() - self._refreshed >= MIN_POKE_GAP:
+            if (self._sockets.attribute(flows, unseen) < 0).all(axis=1).any():
                 self.refresh()  # new flows no socket explains yet: the socket may still be there
-        rows = active.tolist()
-        row_keys = [flows.key_bytes(i) for i in rows]
-        owned = [self._owners.get(key) for key in row_keys]
-        todo = [n for n, owners in enumerate(owned) if owners is None or owners == (None, None)]
-        changed = False
-        for n, ends in zip(todo, flow_ends(flows, [rows[n] for n in todo]), strict=True):
-            found = self._attribute(ends)
-            if found != owned[n]:
-                self._owners[row_keys[n]] = found
-                changed = True
-            owned[n] = found
-        for i, sides in zip(rows, owned, strict=True):
-            b0, b1 = int(grown_b[i, 0]), int(grown_b[i, 1])
-            p0, p1 = int(grown_p[i, 0]), int(grown_p[i, 1])
-            if sides is None or sides == (None, None):
-                self._accs[None].counts += (b0 + b1, 0, p0 + p1, 0)
+        todo = np.flatnonzero(active & (own < 0).all(axis=1))
+        if todo.size:
+            own[todo] = self._sockets.attribute(flows, todo)
+        rows = np.flatnonzero(active)
+        gb, gp = grown_b[rows], grown_p[rows]
+        pids = own[rows]
+        nobody = (pids < 0).all(axis=1)
+        self._accs[None].counts += (int(gb[nobody].sum()), 0, int(gp[nobody].sum()), 0)
+        # Side a receives what b sent (direction 1) and sends direction 0; side b the other way round.
+        for side, rx, tx in ((0, 1, 0), (1, 0, 1)):
+            mine = np.flatnonzero(pids[:, side] >= 0)
+            if mine.size == 0:
                 continue
-            for pid, rx_b, tx_b, rx_p, tx_p in ((sides[0], b1, b0, p1, p0), (sides[1], b0, b1, p0, p1)):
-                if pid is not None:
-                    self._acc(pid).counts += (rx_b, tx_b, rx_p, tx_p)
-        if len(self._owners) > 2 * len(flows) + 1024:  # forget flows the table no longer holds
-            held = {flows.key_bytes(i) for i in range(len(flows))}
-            self._owners = {k: v for k, v in self._owners.items() if k in held}
-            changed = True
+            who, inv = np.unique(pids[mine, side], return_inverse=True)
+            sums = np.zeros((who.size, 4), np.int64)
+            for col, values in enumerate((gb[mine, rx], gb[mine, tx], gp[mine, rx], gp[mine, tx])):
+                np.add.at(sums[:, col], inv, values)
+            for pid, counts in zip(who.tolist(), sums, strict=True):  # once per process, not per flow
+                self._acc(pid).counts += counts
+        self._own = own
         self._last = snap
-        self.result = self._publish(snap, changed)
+        self.result = self._publish(snap, own)
         return self.result
 
     def _acc(self, pid: int) -> _Acc:
@@ -279,16 +368,14 @@ class ProcessMapper:
             acc = self._accs[pid] = _Acc(pid, name, user)
         return acc
 
-    def _publish(self, snap: Snapshot, owners_changed: bool) -> ProcessTable:
-        if owners_changed or not self.result.seq:
-            flow_owners: Mapping[bytes, tuple[int, str]] = MappingProxyType(
-                {
-                    k: (pid, self._accs[pid].name if pid in self._accs else self._names.get(pid, ("?", ""))[0])
-                    for k, (a, b) in self._owners.items()
-                    if (pid := a if a is not None else b) is not None
-                }
-            )
-        else:
-            flow_owners = self.result.flow_owners
+    def _name(self, pid: int) -> str:
+        acc = self._accs.get(pid)
+        return acc.name if acc is not None else self._names.get(pid, ("?", ""))[0]
+
+    def _publish(self, snap: Snapshot, own: np.ndarray) -> ProcessTable:
+        flows = snap.flows
+        pid = np.where(own[:, 0] >= 0, own[:, 0], own[:, 1])  # a flow's process: its first local end
+        rows = np.flatnonzero(pid >= 0)
+        flow_owners = FlowOwners.of(flows.keys[rows], pid[rows], self._name)
         procs = tuple(acc.frozen() for pid, acc in self._accs.items() if pid is not None)
         return ProcessTable(snap.seq, snap.time, procs, self._accs[None].frozen(), flow_owners)

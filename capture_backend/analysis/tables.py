@@ -1,10 +1,11 @@
 """Fold decoded columns into bounded tables: flows, host pairs, hosts, ports, protocols, interfaces.
 
-Packets are grouped once per block (hash of the directional 5-tuple and second, then np.unique);
-every table is then updated per *distinct group*, never per packet. Rows live in NumPy columns
-addressed through a compiled open-addressing index (_native.KeyIndex, one nogil pass per
-batch of keys); the tables are bounded (capacity + idle timeout, oldest evicted first, evictions
-counted).
+Packets are grouped once per block by their directional 5-tuple and second (compiled:
+_native.group_rows); every table is then updated per *distinct group*, never per packet. Rows live
+in NumPy columns addressed through a compiled open-addressing index (_native.KeyIndex); the groups
+are folded into them, and evicted rows reset, by compiled loops (add_traffic, add_directed,
+fill_rows), each one nogil pass per batch. The tables are bounded (capacity + idle timeout, oldest
+evicted first, evictions counted).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend._native import KeyIndex
+from capture_backend._native import KeyIndex, add_directed, add_traffic, fill_rows, group_rows
 from capture_backend.analysis.decode import HAS_PORTS, Decoded
 from capture_backend.analysis.services import known_ports
 from capture_backend.analysis.tcp import Sequence
@@ -26,7 +27,6 @@ NS = 1_000_000_000
 HISTORY_SECONDS = 40
 AVERAGE_WINDOWS = (2, 10, 40)
 INT64_MAX = np.iinfo(np.int64).max
-_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
 
 # name → (dtype, per-row shape, initial value)
 ColumnSpec = Mapping[str, tuple[type, tuple[int, ...], int]]
@@ -104,6 +104,13 @@ class KeyTable:
             name: np.full((size, *shape), fill, dtype) for name, (dtype, shape, fill) in self.specs.items()
         }
         self.hist = np.zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
+        # A reused row's history counts from this second on: older buckets still hold its last owner's bytes.
+        self.hist_from = np.zeros(size if history else 0, np.int64)
+        self.max_from = 0
+        self._fills = {
+            name: np.full((1, *shape), fill, dtype).view(np.uint8).ravel()
+            for name, (dtype, shape, fill) in self.specs.items()
+        }
         # Key → row (`key_bytes in index`, `index[key_bytes]`), the free rows and the high-water mark.
         self.index = KeyIndex(width, capacity, self.keys, self.used)
 
@@ -123,17 +130,26 @@ class KeyTable:
         for name, (dtype, shape, fill) in self.specs.items():
             self.cols[name] = np.concatenate([self.cols[name], np.full((new - old, *shape), fill, dtype)])
         self.hist = np.concatenate([self.hist, np.zeros((self.hist.shape[0], new - old, 2), np.uint64)], axis=1)
+        if self.history:
+            self.hist_from = np.concatenate([self.hist_from, np.zeros(new - old, np.int64)])
         self.index.bind(self.keys, self.used)
 
     def remove(self, ids: np.ndarray) -> None:
         """Drop rows (their keys become unknown, their cells reset; the last of `ids` is reused first)."""
         if ids.size == 0:
             return
-        self.index.remove(np.ascontiguousarray(ids, dtype=np.int64))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.index.remove(ids)
         self.used[ids] = False
-        for name, (_, _, fill) in self.specs.items():
-            self.cols[name][ids] = fill
-        self.hist[:, ids, :] = 0
+        for name, col in self.cols.items():  # compiled: a row's cell is one memcpy, not a NumPy scatter each
+            fill_rows(_row_bytes(col), ids, self._fills[name])
+        if self.history:
+            # Only the newest bucket is cleared; the older ones are masked by hist_from (40 scatters saved).
+            newest = int(self.slot_sec.max())
+            if newest >= 0:
+                fill_rows(_row_bytes(self.hist[newest % HISTORY_SECONDS]), ids, _ZERO_PAIR)
+                self.hist_from[ids] = newest
+                self.max_from = max(self.max_from, newest)
 
     def evict_oldest(self, count: int, keep: np.ndarray) -> None:
         """Evict `count` rows with the oldest `last` seen, never those in `keep`."""
@@ -209,14 +225,22 @@ class KeyTable:
                 self.slot_folded[k] = False
             if self.slot_sec[k] == s:  # else older than what the bucket holds: dropped
                 rows = order[a:b]
-                np.add.at(self.hist[k], (ids[rows], direction[rows]), nbytes[rows].astype(np.uint64))
+                add_directed(self.hist[k].view(np.int64), _i64(ids[rows]), _i64(direction[rows]), _i64(nbytes[rows]))
 
     def _fold(self, k: int) -> None:
         """Bring a completed second into the peak column (once)."""
         if self.slot_sec[k] >= 0 and not self.slot_folded[k]:
             peak = self.cols["peak"][: self.high]
-            np.maximum(peak, self.hist[k, : self.high], out=peak)
+            np.maximum(peak, self._bucket(k), out=peak)
             self.slot_folded[k] = True
+
+    def _bucket(self, k: int) -> np.ndarray:
+        """Bucket k's bytes of every row below `high`, zero for rows whose history starts after it."""
+        second = int(self.slot_sec[k])
+        bucket = self.hist[k, : self.high]
+        if self.max_from <= second:
+            return bucket
+        return np.where((self.hist_from[: self.high] <= second)[:, None], bucket, np.uint64(0))
 
     def freeze(self, now_sec: int, derive: Callable[[dict[str, np.ndarray]], None] | None = None) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept; `derive` may
@@ -234,14 +258,28 @@ class KeyTable:
             for a in range(1, HISTORY_SECONDS + 1):  # the last 40 complete seconds, newest first
                 k = (now_sec - a) % HISTORY_SECONDS
                 if self.slot_sec[k] == now_sec - a:
-                    total += self.hist[k, : self.high]
+                    total += self._bucket(k)
                 if a in AVERAGE_WINDOWS:
                     cols[f"avg{a}"] = total[rows] / a
         for col in cols.values():
             col.flags.writeable = False
         keys = self.keys[rows]
         keys.flags.writeable = False
-        return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted)
+        rows.flags.writeable = False
+        return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted, slots=rows)
+
+
+_ZERO_PAIR = np.zeros(16, np.uint8)
+
+
+def _i64(a: np.ndarray) -> np.ndarray:
+    """An int64, C-contiguous array for the compiled kernels (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _row_bytes(col: np.ndarray) -> np.ndarray:
+    """A C-contiguous column seen as one line of bytes per row (no copy)."""
+    return col.view(np.uint8).reshape(col.shape[0], -1)
 
 
 @dataclass
@@ -265,47 +303,11 @@ class CounterLimits:
     analysis: bool = True
 
 
-def _row_hash(k: np.ndarray) -> np.ndarray:
-    h = np.zeros(k.shape[0], np.uint64)
-    for j in range(k.shape[1]):
-        h ^= k[:, j]
-        h *= _HASH_MULT
-        h ^= h >> np.uint64(29)
-    return h
-
-
 def _group(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One representative row index per distinct row of k, and each row's group number."""
-    varying = [j for j in range(k.shape[1]) if not (k[:, j] == k[0, j]).all()]
-    if len(varying) < k.shape[1]:  # a column equal in every row cannot tell rows apart
-        if not varying:
-            return np.zeros(1, np.int64), np.zeros(k.shape[0], np.int64)
-        k = k[:, varying]
-    if k.shape[0] > 1:
-        # Packets of one flow come in runs: group the runs' first rows only when that pays.
-        head = np.empty(k.shape[0], bool)
-        head[0] = True
-        np.any(k[1:] != k[:-1], axis=1, out=head[1:])
-        starts = np.flatnonzero(head)
-        if starts.size * 2 < k.shape[0]:
-            run_first, run_group = _group_rows(k[starts])
-            return starts[run_first], run_group[np.cumsum(head) - 1]
-    return _group_rows(k)
-
-
-def _group_rows(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h = _row_hash(k)
-    order = np.argsort(h)
-    sorted_h = h[order]
-    head = np.empty(h.size, bool)
-    head[0] = True
-    np.not_equal(sorted_h[1:], sorted_h[:-1], out=head[1:])
-    inverse = np.empty(h.size, np.int64)
-    inverse[order] = np.cumsum(head) - 1
-    first = order[head]
-    if np.any(k[first[inverse]] != k):  # a 64-bit hash collision: group exactly instead
-        _, first, inverse = np.unique(k, axis=0, return_index=True, return_inverse=True)
-    return first, inverse.ravel()
+    """One representative row index per distinct row of k, and each row's group number (compiled)."""
+    inv = np.empty(k.shape[0], np.int64)
+    first = group_rows(np.ascontiguousarray(k, dtype=np.uint64), inv)
+    return first, inv
 
 
 def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> None:
@@ -530,13 +532,14 @@ def _add_traffic(
     first: np.ndarray,
     last: np.ndarray,
 ) -> None:
-    ok = ids >= 0
-    ids, direction = ids[ok], direction[ok]
     cols = table.cols
-    np.add.at(cols["packets"], (ids, direction), packets[ok])
-    np.add.at(cols["bytes"], (ids, direction), nbytes[ok])
-    np.minimum.at(cols["first"], ids, first[ok])
-    np.maximum.at(cols["last"], ids, last[ok])
+    add_traffic(
+        cols["packets"],
+        cols["bytes"],
+        cols["first"],
+        cols["last"],
+        *(_i64(x) for x in (ids, direction, packets, nbytes, first, last)),
+    )
 
 
 def _add_history(table: KeyTable, ids: np.ndarray, sec: np.ndarray, direction: np.ndarray, nbytes: np.ndarray) -> None:

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from capture_backend._native import walk_pcap
 from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.contract import UserError
@@ -56,6 +57,7 @@ class _Order:
     opt_hdr: struct.Struct
     opt_i64: struct.Struct
     words: np.dtype[np.uint32]
+    big: bool
 
 
 _ORDERS: dict[str, _Order] = {
@@ -68,6 +70,7 @@ _ORDERS: dict[str, _Order] = {
         lay.PCAPNG_OPT_HDR_LE,
         lay.PCAPNG_OPT_I64_LE,
         np.dtype("<u4"),
+        False,
     ),
     ">": _Order(
         lay.PCAP_FILE_HEADER_BE,
@@ -78,6 +81,7 @@ _ORDERS: dict[str, _Order] = {
         lay.PCAPNG_OPT_HDR_BE,
         lay.PCAPNG_OPT_I64_BE,
         np.dtype(">u4"),
+        True,
     ),
 }
 
@@ -312,44 +316,29 @@ class FileSource:
 
     def _walk_pcap(self, buf: bytearray, end: int, base: int) -> _ChunkWalk:
         """Yield the whole records in buf[:end] as one Block."""
-        incl_at = self._order.record_incl.unpack_from
-        hdrs: list[int] = []
-        append = hdrs.append
         rec_len = lay.PCAP_RECORD_LEN
-        p = 0
-        last = end - rec_len
-        while p <= last:
-            nxt = p + rec_len + incl_at(buf, p)[0]
-            if nxt > end:
-                break
-            append(p)
-            p = nxt
-        if hdrs:
-            u8 = np.frombuffer(buf, np.uint8, count=end)
-            u8.flags.writeable = False
-            pos = np.array(hdrs, dtype=np.int64)
-            fields = _items(u8, lay.PCAP_RECORD_LEN)[pos].view(self._rec_words).reshape(-1, 4)
-            incl = fields[:, 2].astype(np.int64)
-            bad = np.flatnonzero(incl > self._max_incl)
-            good = int(bad[0]) if bad.size else pos.shape[0]
-            if good:
-                ts = fields[:good, 0].astype(np.int64) * _NS
-                ts += fields[:good, 1].astype(np.int64) * self._frac_ns
-                self.packets += good
-                yield Block(
-                    data=u8,
-                    start=pos[:good] + lay.PCAP_RECORD_LEN,
-                    caplen=incl[:good],
-                    wirelen=fields[:good, 3].astype(np.int64),
-                    ts_ns=ts,
-                    linktype=self.linktype or 0,
-                    iface=self.name,
-                )
-            if bad.size:
-                raise self._corrupt("record", base + int(pos[good]), f"incl_len {int(incl[good])}")
-        if p > last:
-            return p, lay.PCAP_RECORD_LEN
-        incl_len = incl_at(buf, p)[0]
+        u8 = np.frombuffer(buf, np.uint8, count=end)
+        u8.flags.writeable = False
+        offsets = np.empty(end // rec_len + 1, np.int64)
+        count, p = walk_pcap(u8, end, self._order.big, self._max_incl, offsets)  # compiled: no Python per record
+        if count:
+            pos = offsets[:count]
+            fields = _items(u8, rec_len)[pos].view(self._rec_words).reshape(-1, 4)
+            ts = fields[:, 0].astype(np.int64) * _NS
+            ts += fields[:, 1].astype(np.int64) * self._frac_ns
+            self.packets += count
+            yield Block(
+                data=u8,
+                start=pos + rec_len,
+                caplen=fields[:, 2].astype(np.int64),
+                wirelen=fields[:, 3].astype(np.int64),
+                ts_ns=ts,
+                linktype=self.linktype or 0,
+                iface=self.name,
+            )
+        if p > end - rec_len:
+            return p, rec_len
+        incl_len = self._order.record_incl.unpack_from(buf, p)[0]
         if incl_len > self._max_incl:
             raise self._corrupt("record", base + p, f"incl_len {incl_len}")
         return p, lay.PCAP_RECORD_LEN + incl_len

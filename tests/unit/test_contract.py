@@ -33,6 +33,7 @@ from capture_backend.contract import (
     address_text,
     is_v4,
     key_records,
+    match_rows,
     network_key,
     pack_keys,
 )
@@ -232,3 +233,25 @@ def test_the_contract_imports_nothing_of_retrotap_and_capture_backend_has_no_imp
 
     for module in sorted(graph):
         visit(module, ())
+
+
+def test_match_rows_by_slot_equals_matching_by_key() -> None:
+    rng = np.random.default_rng(11)
+    keys = rng.integers(0, 256, (400, 8), dtype=np.uint8)  # distinct enough: 8 random bytes each
+    before_slots = np.sort(rng.choice(1000, 300, replace=False))
+    before = TableSnapshot(keys[:300], {}, slots=before_slots)
+    # Next snapshot: most rows keep their slot, some were evicted and their slots reused by new keys,
+    # some keys moved to another slot (evicted, then seen again), and the row order is by slot again.
+    now_keys = keys[:300].copy()
+    now_slots = before_slots.copy()
+    reused = rng.choice(300, 40, replace=False)
+    now_keys[reused] = keys[300:340]
+    moved = rng.choice(np.setdiff1d(np.arange(300), reused), 20, replace=False)
+    now_slots[moved] = 1000 + np.arange(20)
+    order = np.argsort(now_slots)
+    table = TableSnapshot(now_keys[order], {}, slots=now_slots[order])
+    by_key = match_rows(TableSnapshot(table.keys, {}), TableSnapshot(before.keys, {}))
+    assert (match_rows(table, before) == by_key).all()
+    assert (by_key >= 0).sum() == 260  # 40 rows are new keys
+    sub = np.array([5, 17, 250, 299])
+    assert (match_rows(table, before, sub) == by_key[sub]).all()

@@ -303,3 +303,73 @@ def test_an_exited_server_keeps_its_totals(open_lab: Lab) -> None:
     stop(stats)
     assert gone is not None, "the server was never marked exited"
     assert (gone["rx_bytes"], gone["rx_packets"]) == (sum(len(f) for f in frames), 5)
+
+
+def _reference_end(
+    sockets: list[SimpleNamespace], local: set[str], proto: int, addr: str, port: int, peer: str, peer_port: int
+) -> int | None:
+    """The attribution rule written out per flow: connected socket, else bound, else a wildcard
+    listener of the address's family when the address is local."""
+    kind = {TCP: socket.SOCK_STREAM, UDP_P: socket.SOCK_DGRAM}.get(proto)
+    mine = [s for s in sockets if s.type == kind]
+    for s in mine:
+        if s.raddr and s.laddr == (addr, port) and s.raddr == (peer, peer_port):
+            return int(s.pid)
+    for s in mine:
+        if s.laddr == (addr, port):
+            return int(s.pid)
+    if addr in local:
+        v6 = ipaddress.ip_address(addr).version == 6
+        for s in mine:
+            wild_host = ipaddress.ip_address(s.laddr[0])
+            if wild_host.is_unspecified and s.laddr[1] == port and (wild_host.version == 6 or not v6):
+                return int(s.pid)
+    return None
+
+
+def test_many_flows_are_attributed_as_the_rule_says() -> None:
+    rng = np.random.default_rng(7)
+    local = ["198.18.0.1", "127.0.0.1", "2001:db8::1"]
+    remote = ["203.0.113.9", "10.1.1.1", "2001:db8::99", "198.18.0.7"]
+    table = [
+        conn(socket.SOCK_DGRAM, ("198.18.0.1", 5000), (), 100),
+        conn(socket.SOCK_STREAM, ("0.0.0.0", 80), (), 200),
+        conn(socket.SOCK_STREAM, ("::", 443), (), 400),
+        conn(socket.SOCK_STREAM, ("198.18.0.1", 40000), ("203.0.113.9", 443), 300),
+        conn(socket.SOCK_STREAM, ("198.18.0.1", 40000), ("10.1.1.1", 443), 100),
+    ]
+    addrs, ports = local + remote, [80, 443, 5000, 40000, 53]
+    flows: dict[bytes, tuple[tuple[int, int], tuple[int, int], tuple[int, str, int, str, int]]] = {}
+    for ends in ((TCP, "198.18.0.1", 40000, "10.1.1.1", 443), (TCP, "203.0.113.9", 443, "198.18.0.1", 40000)):
+        proto, a, aport, b, bport = ends  # the connected sockets, whose port is also bound by another pid
+        flows[key(a, aport, b, bport, proto)] = ((2, 3), (200, 180), ends)
+    while len(flows) < 3000:
+        a, b = (addrs[i] for i in rng.choice(len(addrs), 2, replace=False))
+        if ipaddress.ip_address(a).version != ipaddress.ip_address(b).version:
+            continue
+        aport, bport = (
+            int(ports[i]) if rng.random() < 0.7 else int(rng.integers(1024, 65535)) for i in rng.integers(0, 5, 2)
+        )
+        proto = int(rng.choice([TCP, UDP_P, ICMP]))
+        p = (int(rng.integers(0, 5)), int(rng.integers(1, 5)))
+        flows[key(a, aport, b, bport, proto)] = (p, (p[0] * 100, p[1] * 60), (proto, a, aport, b, bport))
+    mapper = ProcessMapper(conns=lambda: table, info=NAMES.get, local_addrs=lambda: local, alive=lambda pid: True)
+    got = by_pid(mapper.update(snapshot(1, [(k, p, b) for k, (p, b, _) in flows.items()])))
+    want: dict[int | None, list[int]] = {}
+    ends = set(local)
+    for (p0, p1), (b0, b1), (proto, a, aport, b, bport) in flows.values():
+        if proto == ICMP:
+            pa = pb = None
+        else:
+            pa = _reference_end(table, ends, proto, a, aport, b, bport)
+            pb = _reference_end(table, ends, proto, b, bport, a, aport)
+        if pa is None and pb is None:
+            w = want.setdefault(None, [0, 0, 0, 0])
+            w[0] += b0 + b1
+            w[2] += p0 + p1
+        for pid, rx_b, tx_b, rx_p, tx_p in ((pa, b1, b0, p1, p0), (pb, b0, b1, p0, p1)):
+            if pid is not None:
+                w = want.setdefault(pid, [0, 0, 0, 0])
+                w[0], w[1], w[2], w[3] = w[0] + rx_b, w[1] + tx_b, w[2] + rx_p, w[3] + tx_p
+    assert len(want) == 5  # every socket (and the unknown entry) owns some of the flows
+    assert {pid: [r["rx_bytes"], r["tx_bytes"], r["rx_packets"], r["tx_packets"]] for pid, r in got.items()} == want

@@ -117,7 +117,10 @@ class FlowDetail(ModalScreen[None]):
 
     def show(self, frame: Frame) -> None:
         """Render the flow from this frame's snapshot (it may have expired)."""
-        body = self.query_one("#flow-detail-body", Static)
+        bodies = self.query("#flow-detail-body").results(Static)
+        body = next(bodies, None)
+        if body is None:  # a refresh timer fired between push_screen and compose
+            return
         i = find_flow(frame.snap.flows, self.key)
         if i < 0:
             body.update("This flow is no longer in the flow table (idle timeout or eviction).")

@@ -1,0 +1,145 @@
+"""The compiled table loops (group-by, folding groups into rows, resetting evicted rows) against NumPy."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capture_backend._native import add_directed, add_traffic, fill_rows, group_rows, walk_pcap
+from capture_backend.analysis.tables import HISTORY_SECONDS, INT64_MAX, NS, TRAFFIC_COLUMNS, KeyTable
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.lists(st.integers(0, 6), min_size=0, max_size=300),
+)
+def test_group_rows_puts_exactly_the_equal_rows_together(width: int, picks: list[int]) -> None:
+    rng = np.random.default_rng(len(picks) * 7 + width)
+    # Few distinct rows, repeated in runs and out of order, some differing in one word only.
+    distinct = rng.integers(0, 3, (7, width), dtype=np.uint64)
+    k = np.ascontiguousarray(distinct[picks]) if picks else np.zeros((0, width), np.uint64)
+    inv = np.empty(len(picks), np.int64)
+    first = group_rows(k, inv)
+    expected = np.unique(k, axis=0) if len(picks) else k
+    assert first.size == expected.shape[0]
+    assert (k[first[inv]] == k).all()  # every row is in its representative's group
+    assert np.unique(k[first], axis=0).shape[0] == first.size  # no two groups share a row value
+    assert (inv[first] == np.arange(first.size)).all()  # groups numbered in order of first appearance
+    assert (np.diff(first) > 0).all()
+
+
+def test_group_rows_with_colliding_home_slots() -> None:
+    # 20,000 distinct rows in one batch: the table probes past full home slots.
+    k = np.arange(20_000, dtype=np.uint64).reshape(-1, 1) * np.uint64(1 << 40)
+    k = np.concatenate([k, k[::-1]])
+    inv = np.empty(k.shape[0], np.int64)
+    first = group_rows(k, inv)
+    assert first.size == 20_000
+    assert (inv[20_000:] == np.arange(20_000)[::-1]).all()
+
+
+def test_add_traffic_equals_numpy_scatter() -> None:
+    rng = np.random.default_rng(3)
+    rows = 50
+    ids = rng.integers(-1, rows, 2_000).astype(np.int64)  # -1: over capacity, skipped
+    direction = rng.integers(0, 2, ids.size).astype(np.int64)
+    p, b = rng.integers(1, 9, ids.size), rng.integers(60, 9000, ids.size)
+    f = rng.integers(10**9, 2 * 10**9, ids.size)
+    last = f + rng.integers(0, 10**6, ids.size)
+    packets, nbytes = np.zeros((rows, 2), np.int64), np.zeros((rows, 2), np.int64)
+    first_col, last_col = np.full(rows, INT64_MAX, np.int64), np.zeros(rows, np.int64)
+    add_traffic(packets, nbytes, first_col, last_col, ids, direction, p, b, f, last)
+    ok = ids >= 0
+    want_p, want_b = np.zeros((rows, 2), np.int64), np.zeros((rows, 2), np.int64)
+    np.add.at(want_p, (ids[ok], direction[ok]), p[ok])
+    np.add.at(want_b, (ids[ok], direction[ok]), b[ok])
+    want_first, want_last = np.full(rows, INT64_MAX, np.int64), np.zeros(rows, np.int64)
+    np.minimum.at(want_first, ids[ok], f[ok])
+    np.maximum.at(want_last, ids[ok], last[ok])
+    assert (packets == want_p).all() and (nbytes == want_b).all()
+    assert (first_col == want_first).all() and (last_col == want_last).all()
+    hist = np.zeros((rows, 2), np.int64)
+    add_directed(hist, ids, direction, b)
+    assert (hist == want_b).all()
+
+
+def test_fill_rows_resets_only_the_given_rows() -> None:
+    col = np.arange(40, dtype=np.int64).reshape(20, 2)
+    fill = np.array([[-1, 7]], np.int64).view(np.uint8).ravel()
+    fill_rows(col.view(np.uint8).reshape(20, 16), np.array([3, 19, 3, 25, -2], np.int64), fill)
+    want = np.arange(40, dtype=np.int64).reshape(20, 2)
+    want[[3, 19]] = [-1, 7]
+    assert (col == want).all()  # 25 and -2 are outside the column: ignored
+
+
+def _history_table() -> KeyTable:
+    return KeyTable(4, TRAFFIC_COLUMNS, capacity=2, history=True, initial=2)
+
+
+def _send(t: KeyTable, key: bytes, sec: int, nbytes: int) -> int:
+    ids = t.ids(np.frombuffer(key, np.uint8).reshape(1, 4).copy())
+    one = np.ones(1, np.int64)
+    ts = np.array([sec * NS], np.int64)
+    t.cols["packets"][ids[0], 0] += 1
+    t.cols["bytes"][ids[0], 0] += nbytes
+    t.cols["first"][ids[0]] = min(int(t.cols["first"][ids[0]]), int(ts[0]))
+    t.cols["last"][ids[0]] = max(int(t.cols["last"][ids[0]]), int(ts[0]))
+    t.add_history(ids, ts // NS, 0 * one, nbytes * one)
+    return int(ids[0])
+
+
+def test_a_reused_row_does_not_inherit_its_last_owners_history() -> None:
+    t = _history_table()
+    base = 1_000
+    for s in range(5):  # A and B send for 5 s; A much more
+        _send(t, b"AAAA", base + s, 9_000)
+        _send(t, b"BBBB", base + s, 100)
+    row_a = int(t.index[b"AAAA"])
+    t.remove(np.array([row_a]))
+    c = _send(t, b"CCCC", base + 4, 50)  # C takes A's row in the same second A sent in
+    assert c == row_a
+    _send(t, b"CCCC", base + 5, 70)
+    snap = t.freeze(base + 6)
+    by_key = {bytes(snap.keys[i]): i for i in range(len(snap))}
+    ci, bi = by_key[b"CCCC"], by_key[b"BBBB"]
+    # The last 2 complete seconds (base+4, base+5): C sent 50 then 70; B 100 then nothing.
+    assert snap.cols["avg2"][ci, 0] == (50 + 70) / 2
+    assert snap.cols["avg10"][ci, 0] == (50 + 70) / 10
+    assert snap.cols["peak"][ci, 0] == 70
+    assert snap.cols["avg10"][bi, 0] == 500 / 10 and snap.cols["peak"][bi, 0] == 100
+    assert HISTORY_SECONDS >= 10
+
+
+def _walk_reference(buf: bytes, end: int, big: bool, max_incl: int) -> tuple[list[int], int]:
+    order = ">" if big else "<"
+    out, p = [], 0
+    while p + 16 <= end:
+        incl = struct.unpack_from(order + "I", buf, p + 8)[0]
+        if incl > max_incl or p + 16 + incl > end:
+            break
+        out.append(p)
+        p += 16 + incl
+    return out, p
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 300), min_size=0, max_size=40),
+    st.booleans(),
+    st.integers(0, 20_000),
+    st.integers(50, 400),
+)
+def test_walk_pcap_finds_the_same_records_as_a_python_walk(
+    sizes: list[int], big: bool, cut: int, max_incl: int
+) -> None:
+    order = ">" if big else "<"
+    buf = b"".join(struct.pack(order + "IIII", 1, 2, n, n) + bytes(n) for n in sizes)
+    end = min(cut, len(buf))
+    out = np.empty(end // 16 + 1, np.int64)
+    count, stop = walk_pcap(np.frombuffer(buf, np.uint8), end, big, max_incl, out)
+    want, want_stop = _walk_reference(buf, end, big, max_incl)
+    assert out[:count].tolist() == want and stop == want_stop
