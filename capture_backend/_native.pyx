@@ -379,7 +379,7 @@ def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
     """Group equal rows of k: inv[i] is row i's group, groups numbered in order of first appearance.
     Returns the first row of each group (int64)."""
     cdef Py_ssize_t n = k.shape[0], w = k.shape[1]
-    cdef Py_ssize_t size = 16, i, j, g = 0
+    cdef Py_ssize_t size = 16, i, g = 0
     cdef uint64_t h, mask
     cdef int64_t s
     if inv.shape[0] != n:
@@ -398,10 +398,7 @@ def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
             if i > 0 and memcmp(&k[i, 0], &k[i - 1, 0], w * 8) == 0:  # packets of a flow come in runs
                 inv[i] = inv[i - 1]
                 continue
-            h = 0
-            for j in range(w):
-                h = (h ^ k[i, j]) * 0x9E3779B97F4A7C15ULL
-                h ^= h >> 29
+            h = _hash(<const uint8_t*>&k[i, 0], w * 8)
             while True:
                 s = slots[h & mask]
                 if s < 0:
