@@ -451,9 +451,9 @@ class Latency:
     def _freeze(self, table: KeyTable, sample_rows: np.ndarray, layout: np.dtype) -> TableSnapshot:
         valid = sample_rows >= 0
         valid[valid] = self.s_ts[valid] >= table.cols["first"][sample_rows[valid]]  # not a re-used row's
-        p50, p95 = _quantiles(sample_rows[valid], self.s_value[valid], table.keys.shape[0])
+        p50, p95 = _quantiles(sample_rows[valid], self.s_value[valid], table.high)
         snap = table.freeze(0)
-        rows = np.flatnonzero(table.used)
+        rows = np.flatnonzero(table.used[: table.high])
         cols: dict[str, np.ndarray] = dict(snap.cols)
         for name, col in (("p50", p50[rows]), ("p95", p95[rows])):
             col.flags.writeable = False

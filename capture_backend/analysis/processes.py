@@ -41,6 +41,8 @@ from capture_backend.contract import ProcessTotals as ProcessTotals
 PROTO_TCP, PROTO_UDP = 6, 17
 REFRESH_SECONDS = 1.0
 MIN_POKE_GAP = 0.05  # seconds between two refreshes asked for by unexplained flows
+POLL_SECONDS = 0.1  # how often the thread looks for a new snapshot
+COST_FACTOR = 8  # the thread waits this many times its last update's CPU time: at most 1/9 of a core
 
 Conns = Callable[[], Iterable[Any]]  # psutil.net_connections-like rows: type, laddr, raddr, pid
 Owner = tuple[int, str, str]  # pid, name, user
@@ -258,17 +260,21 @@ class ProcessMapper:
 
     def _run(self) -> None:
         assert self.snapshots is not None
+        pause = POLL_SECONDS
         while not self._stop.is_set():
-            poked = self._poke.wait(0.1)
+            poked = self._poke.wait(pause)
             if self._stop.is_set():
                 break
             self._poke.clear()
+            started = time.thread_time()
             try:
                 if poked or self.clock() - self._refreshed >= self.refresh_s:
                     self.refresh()
                 self.update(self.snapshots())
             except Exception as e:  # a bug or an unreadable /proc: say so rather than die silently
                 self.error = f"{type(e).__name__}: {e}"
+            # Big flow tables (a flood) make an update dear: update less often rather than take a core.
+            pause = max(POLL_SECONDS, (time.thread_time() - started) * COST_FACTOR)
 
     # --- the socket table
     def refresh(self) -> None:

@@ -83,7 +83,6 @@ class KeyTable:
         columns: ColumnSpec,
         capacity: int,
         history: bool = False,
-        initial: int = 1024,
         internal: frozenset[str] = frozenset(),
     ) -> None:
         self.width = width
@@ -97,11 +96,13 @@ class KeyTable:
         self.slot_folded = np.zeros(HISTORY_SECONDS, bool)  # already folded into "peak"
         self.capacity = capacity
         self.evicted = 0
-        size = max(1, min(initial, capacity))
+        # Every array is allocated at capacity up front but never written ahead of use: a large allocation
+        # is mapped lazily, so rows cost memory only once handed out (and are filled then, in ids()).
+        size = capacity
         self.keys = np.zeros((size, width), np.uint8)
         self.used = np.zeros(size, bool)
         self.cols: dict[str, np.ndarray] = {
-            name: np.full((size, *shape), fill, dtype) for name, (dtype, shape, fill) in self.specs.items()
+            name: np.empty((size, *shape), dtype) for name, (dtype, shape, _) in self.specs.items()
         }
         self.hist = np.zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
         # A reused row's history counts from this second on: older buckets still hold its last owner's bytes.
@@ -122,18 +123,6 @@ class KeyTable:
         """Rows ever handed out: every used row is below it."""
         return self.index.high
 
-    def _grow(self) -> None:
-        old = self.keys.shape[0]
-        new = min(old * 2, self.capacity)
-        self.keys = np.concatenate([self.keys, np.zeros((new - old, self.width), np.uint8)])
-        self.used = np.concatenate([self.used, np.zeros(new - old, bool)])
-        for name, (dtype, shape, fill) in self.specs.items():
-            self.cols[name] = np.concatenate([self.cols[name], np.full((new - old, *shape), fill, dtype)])
-        self.hist = np.concatenate([self.hist, np.zeros((self.hist.shape[0], new - old, 2), np.uint64)], axis=1)
-        if self.history:
-            self.hist_from = np.concatenate([self.hist_from, np.zeros(new - old, np.int64)])
-        self.index.bind(self.keys, self.used)
-
     def remove(self, ids: np.ndarray) -> None:
         """Drop rows (their keys become unknown, their cells reset; the last of `ids` is reused first)."""
         if ids.size == 0:
@@ -153,7 +142,8 @@ class KeyTable:
 
     def evict_oldest(self, count: int, keep: np.ndarray) -> None:
         """Evict `count` rows with the oldest `last` seen, never those in `keep`."""
-        last = np.where(self.used, self.cols["last"], INT64_MAX).copy()
+        h = self.high
+        last = np.where(self.used[:h], self.cols["last"][:h], INT64_MAX)
         last[keep] = INT64_MAX
         candidates = np.flatnonzero(last < INT64_MAX)
         count = min(count, candidates.size)
@@ -166,7 +156,8 @@ class KeyTable:
 
     def evict_idle(self, cutoff_ns: int) -> int:
         """Evict rows last seen before `cutoff_ns`; returns how many."""
-        idle = np.flatnonzero(self.used & (self.cols["last"] < cutoff_ns))
+        h = self.high
+        idle = np.flatnonzero(self.used[:h] & (self.cols["last"][:h] < cutoff_ns))
         self.remove(idle)
         self.evicted += int(idle.size)
         return int(idle.size)
@@ -188,13 +179,14 @@ class KeyTable:
         overflow = len(self.index) + missing - self.capacity
         if overflow > 0:
             self.evict_oldest(overflow + self.capacity // 16, out[out >= 0])
-        start = 0
-        while True:
-            start, over = self.index.insert(keys, out, hashes, start)
-            self.evicted += over
-            if start >= m:
-                return out
-            self._grow()  # the rows handed out so far reached the arrays' length
+        fresh = self.high
+        _, over = self.index.insert(keys, out, hashes, 0)  # the arrays hold `capacity` rows: it never stops short
+        self.evicted += over
+        if self.high > fresh:  # rows handed out for the first time: their cells take the columns' initial values
+            new = slice(fresh, self.high)
+            for name, (_, _, fill) in self.specs.items():
+                self.cols[name][new] = fill
+        return out
 
     def ids_of_repeated(self, keys: np.ndarray) -> np.ndarray:
         """ids() for keys that repeat a lot (pairs, hosts, ports of many flows): one lookup per distinct key."""
@@ -245,7 +237,7 @@ class KeyTable:
     def freeze(self, now_sec: int, derive: Callable[[dict[str, np.ndarray]], None] | None = None) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept; `derive` may
         rewrite the copied columns before they are frozen."""
-        rows = np.flatnonzero(self.used)
+        rows = np.flatnonzero(self.used[: self.high])
         cols = {name: col[rows] for name, col in self.cols.items() if name not in self.internal}
         if derive is not None:
             derive(cols)

@@ -145,17 +145,16 @@ OPS = st.lists(
 @given(
     width=st.sampled_from([4, 16, 20, 32, 40]),
     capacity=st.integers(1, 120),
-    initial=st.sampled_from([1, 2, 8, 1024]),
     pool=st.integers(2, 300),
     seed=st.integers(0, 2**32 - 1),
     ops=OPS,
 )
 def test_same_ids_and_evictions_as_a_dict(
-    width: int, capacity: int, initial: int, pool: int, seed: int, ops: list[tuple[str, list[int], int]]
+    width: int, capacity: int, pool: int, seed: int, ops: list[tuple[str, list[int], int]]
 ) -> None:
     keys = pool_of(width, pool, seed)
-    real = KeyTable(width, LAST, capacity, initial=initial)
-    model = DictTable(width, capacity, initial)
+    real = KeyTable(width, LAST, capacity)
+    model = DictTable(width, capacity, capacity)  # KeyTable's arrays hold every row from the start
     for op, picks, t in ops:
         if op == "ids":
             batch = keys[[p % keys.shape[0] for p in picks]]
@@ -184,8 +183,8 @@ def test_flood_past_capacity_keeps_the_bound_and_counts() -> None:
     every key that could not get a row counts as evicted, as the dict did."""
     rng = np.random.default_rng(1)
     width, capacity = 40, 5000
-    real = KeyTable(width, LAST, capacity, initial=64)
-    model = DictTable(width, capacity, 64)
+    real = KeyTable(width, LAST, capacity)
+    model = DictTable(width, capacity, capacity)
     for batch_no in range(12):
         batch = rng.integers(0, 256, (1500, width), dtype=np.uint8)
         batch[700:800] = batch[:100]  # repeats inside a batch share a row

@@ -77,7 +77,7 @@ def test_fill_rows_resets_only_the_given_rows() -> None:
 
 
 def _history_table() -> KeyTable:
-    return KeyTable(4, TRAFFIC_COLUMNS, capacity=2, history=True, initial=2)
+    return KeyTable(4, TRAFFIC_COLUMNS, capacity=2, history=True)
 
 
 def _send(t: KeyTable, key: bytes, sec: int, nbytes: int) -> int:
