@@ -72,7 +72,7 @@ PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 
 
 class KeyTable:
-    """Rows addressed by fixed-width byte keys, stored as NumPy columns that grow by doubling.
+    """Rows addressed by fixed-width byte keys, stored as NumPy columns allocated at capacity (mapped lazily).
 
     Optionally keeps per-second byte history for two directions (iftop's 2/10/40 s averages).
     """
