@@ -391,6 +391,7 @@ class IfaceStatus:
     freezes: int
     link: LinkInfo | None
     walk_errors: int = 0  # packets a ring block announced whose headers lay outside the block
+    ring_bytes: int = 0  # the size of the interface's ring (0: none open)
 
     @property
     def link_packets(self) -> int | None:

@@ -202,6 +202,8 @@ class Engine:
                 raise InterfaceError(f"unknown interface {cap.name!r}")
             cap.ring = self._open_ring(cap.name, info)
             cap.state = "up" if info.up else "down"
+        smallest = min((c.ring.block_nr for c in self._captures if c.ring is not None), default=SMALL_RING_BLOCKS)
+        self._drain_interval = MIN_DRAIN_INTERVAL if smallest >= SMALL_RING_BLOCKS else 0.0
         self.snapshot = self._publish_now()
 
     def _open_ring(self, name: str, info: LinkInfo) -> Ring:
@@ -397,6 +399,7 @@ class Engine:
                 freezes=c.freezes,
                 link=self._link_info.get(c.name),
                 walk_errors=c.walk_errors,
+                ring_bytes=c.ring.config.block_size * c.ring.block_nr if c.ring is not None else 0,
             )
             for c in self._captures
         )

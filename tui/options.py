@@ -123,7 +123,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
     p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
     p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
-    p.add_argument("--ring-size", type=_positive(int), default=128, metavar="MiB", help="ring size (default 128)")
+    p.add_argument(
+        "--ring-size",
+        type=_positive(int),
+        default=None,
+        metavar="MiB",
+        help="ring size per interface (default: 100 ms of the link's speed, 16 to 128 MiB; 32 MiB for links "
+        "that report no speed, such as lo)",
+    )
     p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")
     p.add_argument("--block-timeout", type=_positive(int), default=50, metavar="MS", help="block retire timeout")
     p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
@@ -259,17 +266,24 @@ def _window(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_MAX_RING_MIB = 128  # a ring sized by link speed is at most this
+
+
 def ring_config(args: argparse.Namespace) -> RingConfig:
     block = args.block_size * 1024
     if block < 4096 or block & (block - 1):
         raise UsageError(f"--block-size {args.block_size} KiB: must be a power of two of at least 4 KiB")
-    ring_bytes = args.ring_size << 20
+    ring_bytes = (args.ring_size or DEFAULT_MAX_RING_MIB) << 20
     if ring_bytes < 2 * block:
-        raise UsageError(f"--ring-size {args.ring_size} MiB: must hold at least two blocks")
+        raise UsageError(f"--ring-size {args.ring_size or DEFAULT_MAX_RING_MIB} MiB: must hold at least two blocks")
     if args.block_timeout < 1:
         raise UsageError("--block-timeout must be at least 1 ms")
     return RingConfig(
-        block_size=block, block_nr=ring_bytes // block, block_timeout_ms=args.block_timeout, promisc=not args.no_promisc
+        block_size=block,
+        block_nr=ring_bytes // block,
+        block_timeout_ms=args.block_timeout,
+        promisc=not args.no_promisc,
+        by_link_speed=args.ring_size is None,
     )
 
 

@@ -7,6 +7,7 @@ import mmap
 import socket
 from collections.abc import Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,32 @@ class RingConfig:
     frame_size: int = 1 << 11
     block_timeout_ms: int = 50
     promisc: bool = True
+    # Size each interface's ring from its link speed (up to block_nr blocks) instead of block_nr itself.
+    by_link_speed: bool = False
+
+
+# A ring sized by link speed holds this long of line-rate traffic, within these bounds.
+RING_SECONDS = 0.1
+MIN_LINK_RING = 16 << 20
+NO_SPEED_RING = 32 << 20  # lo, tun and NICs that report no speed
+
+
+def link_speed_mbps(ifname: str) -> int | None:
+    """The link's speed in Mbit/s as the kernel reports it (sysfs of this namespace), None when unknown."""
+    try:
+        speed = int(Path(f"/sys/class/net/{ifname}/speed").read_text())
+    except (OSError, ValueError):  # lo and tun have none (EINVAL), a link that is down may say -1
+        return None
+    return speed if speed > 0 else None
+
+
+def ring_blocks(config: RingConfig, speed_mbps: int | None) -> int:
+    """Blocks of a ring for a link: RING_SECONDS at its speed, at least MIN_LINK_RING, at most block_nr blocks."""
+    if not config.by_link_speed:
+        return config.block_nr
+    want = NO_SPEED_RING if speed_mbps is None else int(speed_mbps * 1_000_000 / 8 * RING_SECONDS)
+    want = min(max(want, MIN_LINK_RING), config.block_size * config.block_nr)
+    return max(2, -(-want // config.block_size))
 
 
 @dataclass
@@ -123,7 +150,7 @@ class Ring:
         if arphrd == ARPHRD_LOOPBACK:
             # Every packet on lo shows twice (sent and received): keep only the received copy.
             s.setsockopt(L.SOL_PACKET, L.PACKET_IGNORE_OUTGOING, 1)
-        block_nr = c.block_nr
+        block_nr = ring_blocks(c, link_speed_mbps(self.ifname))
         while True:
             req = L.TPACKET_REQ3.pack(
                 c.block_size, block_nr, c.frame_size, c.block_size // c.frame_size * block_nr, c.block_timeout_ms, 0, 0

@@ -378,6 +378,7 @@ def interface_rows(snap: Snapshot, prev: Snapshot | None, with_captured: bool = 
             "kernel_drops": iface.kernel_drops,
             "freeze_count": iface.freezes,
             "walk_errors": iface.walk_errors,
+            "ring_bytes": iface.ring_bytes,
         }
         old_capture = before.get(iface.name)
         if with_captured and old_capture is not None and captured_seconds > 0:

@@ -1,0 +1,49 @@
+"""The default ring is sized from the link's speed; --ring-size fixes it."""
+
+from __future__ import annotations
+
+import pytest
+
+from capture_backend.capture.ring import NO_SPEED_RING, RingConfig, link_speed_mbps, ring_blocks
+from tui.options import UsageError, build_parser, ring_config
+
+MIB = 1 << 20
+
+
+def by_speed(block_size: int = MIB, block_nr: int = 128) -> RingConfig:
+    return RingConfig(block_size=block_size, block_nr=block_nr, by_link_speed=True)
+
+
+@pytest.mark.parametrize(
+    ("speed", "ring_mib"),
+    [
+        (None, 32),  # lo, tun, a NIC without a reported speed
+        (100, 16),  # 1.25 MB in 100 ms: the 16 MiB floor
+        (1_000, 16),  # 12.5 MB
+        (2_500, 30),  # 31.25 MB → 30 blocks of 1 MiB (31.25e6 bytes rounded up)
+        (10_000, 120),  # 125 MB
+        (25_000, 128),  # capped at the configured 128 MiB
+    ],
+)
+def test_ring_blocks_follow_the_link_speed(speed: int | None, ring_mib: int) -> None:
+    assert ring_blocks(by_speed(), speed) == ring_mib
+
+
+def test_a_fixed_ring_ignores_the_speed_and_big_blocks_keep_two() -> None:
+    assert ring_blocks(RingConfig(block_size=MIB, block_nr=64), 10_000) == 64
+    assert ring_blocks(by_speed(block_size=64 * MIB, block_nr=2), None) == 2
+    assert NO_SPEED_RING == 32 * MIB
+
+
+def test_lo_reports_no_speed() -> None:
+    assert link_speed_mbps("lo") is None
+    assert link_speed_mbps("no-such-interface") is None
+
+
+def test_the_cli_sizes_by_speed_unless_told() -> None:
+    auto = ring_config(build_parser().parse_args(["stats"]))
+    assert (auto.by_link_speed, auto.block_size * auto.block_nr) == (True, 128 * MIB)
+    fixed = ring_config(build_parser().parse_args(["stats", "--ring-size", "64"]))
+    assert (fixed.by_link_speed, fixed.block_size * fixed.block_nr) == (False, 64 * MIB)
+    with pytest.raises(UsageError, match="at least two blocks"):
+        ring_config(build_parser().parse_args(["stats", "--ring-size", "1", "--block-size", "1024"]))
