@@ -58,12 +58,13 @@ def link_speed_mbps(ifname: str) -> int | None:
 
 
 def ring_blocks(config: RingConfig, speed_mbps: int | None) -> int:
-    """Blocks of a ring for a link: RING_SECONDS at its speed, at least MIN_LINK_RING, at most block_nr blocks."""
+    """Blocks of a ring for a link: RING_SECONDS at its speed, at least MIN_LINK_RING, rounded up to a power of
+    two blocks, at most block_nr blocks."""
     if not config.by_link_speed:
         return config.block_nr
     want = NO_SPEED_RING if speed_mbps is None else int(speed_mbps * 1_000_000 / 8 * RING_SECONDS)
-    want = min(max(want, MIN_LINK_RING), config.block_size * config.block_nr)
-    return max(2, -(-want // config.block_size))
+    blocks = 1 << max(0, -(-max(want, MIN_LINK_RING) // config.block_size) - 1).bit_length()  # a power of two
+    return max(2, min(blocks, config.block_nr))
 
 
 @dataclass

@@ -20,9 +20,9 @@ def by_speed(block_size: int = MIB, block_nr: int = 128) -> RingConfig:
         (None, 32),  # lo, tun, a NIC without a reported speed
         (100, 16),  # 1.25 MB in 100 ms: the 16 MiB floor
         (1_000, 16),  # 12.5 MB
-        (2_500, 30),  # 31.25 MB → 30 blocks of 1 MiB (31.25e6 bytes rounded up)
-        (10_000, 120),  # 125 MB
-        (25_000, 128),  # capped at the configured 128 MiB
+        (2_500, 32),  # 31.25 MB, rounded up to a power of two blocks
+        (10_000, 128),  # 125 MB: a veth, a 10 GbE NIC
+        (25_000, 128),  # 312.5 MB, capped at the configured 128 MiB
     ],
 )
 def test_ring_blocks_follow_the_link_speed(speed: int | None, ring_mib: int) -> None:
