@@ -87,7 +87,8 @@ class _Pager(threading.Thread):
             if tm is None:
                 return
             with self.cond:
-                target = min(self.size, tm._wanted + 2 * TOUCH_AHEAD)
+                # A quiet link keeps one window resident; once traffic flows the pager runs two ahead.
+                target = min(self.size, tm._wanted + (2 * TOUCH_AHEAD if tm._wanted else TOUCH_AHEAD))
                 if target <= done:
                     del tm
                     self.cond.wait(1.0)
