@@ -150,7 +150,7 @@ class Signals:
 
 
 # Engine events a headless run prints on stderr as they happen.
-LOGGED_EVENTS = frozenset({"error", "iface-gone", "iface-down", "iface-up"})
+LOGGED_EVENTS = frozenset({"error", "iface-gone", "iface-error", "iface-down", "iface-up"})
 
 
 def event_logger(log: Callable[[str], None]) -> Callable[[EngineEvent], None]:
@@ -158,7 +158,7 @@ def event_logger(log: Callable[[str], None]) -> Callable[[EngineEvent], None]:
 
     def on_event(event: EngineEvent) -> None:
         if event.kind in LOGGED_EVENTS:
-            log(("error: " if event.kind == "error" else "") + event.message)
+            log(("error: " if event.kind in ("error", "iface-error") else "") + event.message)
 
     return on_event
 

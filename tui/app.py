@@ -55,7 +55,7 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
-NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
+NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
 
 
 class PcapSaved(Message):

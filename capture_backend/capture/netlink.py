@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that cap
     from pyroute2 import IPRoute
 
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+from capture_backend.capture.netns import Netns
 from capture_backend.contract import LinkInfo as LinkInfo
 from capture_backend.contract import LinkStats as LinkStats
 from capture_backend.contract import UserError
@@ -67,18 +68,23 @@ def _link_info(msg: Any) -> LinkInfo:
 
 
 class LinkMonitor:
-    """Reads link state and counters over one rtnetlink socket (in ``netns`` if given)."""
+    """Reads link state and counters over one rtnetlink socket (in ``netns`` if given: a name or a Netns)."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | Netns | None = None) -> None:
         from pyroute2 import IPRoute
 
+        self.netns = netns.label if isinstance(netns, Netns) else netns
         if not netns:
             self._ipr = IPRoute()
             return
+        path = netns.path if isinstance(netns, Netns) else netns
         try:
-            self._ipr = IPRoute(netns=netns, flags=0)  # flags=0: never create the namespace
+            # pyroute2 opens the socket in a child that entered the namespace; flags=0: never create one.
+            self._ipr = IPRoute(netns=path, flags=0)
         except FileNotFoundError:
-            raise InterfaceError(f"unknown network namespace {netns!r}") from None
+            raise InterfaceError(f"unknown network namespace {self.netns!r}") from None
+        except PermissionError:
+            raise InterfaceError(f"cannot enter network namespace {self.netns!r}: needs CAP_SYS_ADMIN") from None
 
     def links(self) -> dict[str, LinkInfo]:
         """Every link, by name (one dump)."""
@@ -95,7 +101,8 @@ class LinkMonitor:
             except NetlinkError:
                 pass
         names = ", ".join(sorted(self.links(), key=str))
-        raise InterfaceError(f"unknown interface {name!r} (interfaces: {names})")
+        where = f" in network namespace {self.netns!r}" if self.netns else ""
+        raise InterfaceError(f"unknown interface {name!r}{where} (interfaces: {names})")
 
     def close(self) -> None:
         """Close the netlink socket."""
