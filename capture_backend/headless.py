@@ -181,6 +181,7 @@ def _run_options(opts: StatsOptions | RecordRun, processes: bool, record: Record
         buffer_seconds=opts.buffer_seconds,
         snapshot_dir=opts.snapshot_dir,
         exporters=opts.exporters,
+        user=opts.user,
         processes=processes,
         record=record,
     )

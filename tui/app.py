@@ -33,6 +33,7 @@ from capture_backend.contract import (
 from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
 from capture_backend.run import ProcessMapper, Run, Selector, TimeMachine, file_job
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
+from tui.options import user_of
 from tui.selection import Selection
 from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
@@ -559,6 +560,7 @@ def run_dashboard(
         snapshot_dir=args.snapshot_dir,
         exporters=exporters or ExporterSettings(),
         processes=True,  # live only: a file's sockets are not this machine's
+        user=user_of(args),
     )
     run = Run(opts, notes.append)
     run.open()

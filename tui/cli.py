@@ -20,6 +20,7 @@ from tui.options import (
     sessions_options,
     snapshot_dir,
     stats_options,
+    user_of,
 )
 
 # A user's mistake (a UsageError too) or what the system refused (a permission, a missing file): one line, status 2.
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](args)
         from tui.app import run_dashboard
 
-        snapshot_dir(args.snapshot_dir)
+        snapshot_dir(args.snapshot_dir, user_of(args))
         return run_dashboard(args, interfaces_of(args), ring_config(args), exporter_settings(args))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -25,12 +25,15 @@ from capture_backend.options import (
     RecordRun,
     Retention,
     RingConfig,
+    RunAs,
     SessionsQuery,
     StatsOptions,
     TimeSpecError,
     default_interface,
+    lookup_user,
     session_export,
     time_window,
+    writable_by,
 )
 
 SUBCOMMANDS = ("stats", "record", "export", "sessions", "web")
@@ -122,6 +125,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE", help="interface (repeatable)")
     p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
     p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
+    p.add_argument(
+        "-Z",
+        "--user",
+        metavar="USER",
+        help="drop root to USER once the capture is open (files written after are USER's)",
+    )
     p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
     p.add_argument("--ring-size", type=_positive(int), default=128, metavar="MiB", help="ring size (default 128)")
     p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")
@@ -285,6 +294,7 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
     """StatsOptions from parsed arguments; UsageError on inconsistent values."""
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be greater than 0")
+    user = user_of(args)
     return StatsOptions(
         interfaces=interfaces_of(args),
         read_file=args.read,
@@ -298,9 +308,15 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
-        snapshot_dir=snapshot_dir(args.snapshot_dir),
+        snapshot_dir=snapshot_dir(args.snapshot_dir, user),
         exporters=exporter_settings(args),
+        user=user,
     )
+
+
+def user_of(args: argparse.Namespace) -> RunAs | None:
+    """The user of -Z (PrivilegeError, one line, when there is none), or None."""
+    return lookup_user(args.user) if getattr(args, "user", None) else None
 
 
 def record_run(args: argparse.Namespace) -> RecordRun:
@@ -310,6 +326,9 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         raise UsageError(f"-w {directory!r}: no such directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"-w {directory!r}: not writable")
+    user = user_of(args)
+    if user is not None and not writable_by(directory, user):
+        raise UsageError(f"-w {directory!r}: not writable by user {user.name} (-Z)")
     if not args.buffer_size:
         raise UsageError("record needs the time machine (--buffer-size greater than 0): it is the recorder's queue")
     exporters = exporter_settings(args)
@@ -349,8 +368,9 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
-        snapshot_dir=snapshot_dir(args.snapshot_dir),
+        snapshot_dir=snapshot_dir(args.snapshot_dir, user),
         exporters=exporters,
+        user=user,
     )
 
 
@@ -454,11 +474,13 @@ def sessions_options(args: argparse.Namespace, now: datetime | None = None) -> S
     return SessionsQuery(args.directory, query, args.format, args.summary)
 
 
-def snapshot_dir(path: str) -> str:
+def snapshot_dir(path: str, user: RunAs | None = None) -> str:
     if not os.path.isdir(path):
         raise UsageError(f"--snapshot-dir {path!r}: no such directory")
     if not os.access(path, os.W_OK):
         raise UsageError(f"--snapshot-dir {path!r}: not writable")
+    if user is not None and not writable_by(path, user):
+        raise UsageError(f"--snapshot-dir {path!r}: not writable by user {user.name} (-Z)")
     return path
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that capture pay for it
     from pyroute2 import IPRoute
 
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
-from capture_backend.capture.netns import Netns
+from capture_backend.capture.netns import NamespaceError, Netns, NetnsWorker, resolve
 from capture_backend.contract import LinkInfo as LinkInfo
 from capture_backend.contract import LinkStats as LinkStats
 from capture_backend.contract import UserError
+
+T = TypeVar("T")
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -68,27 +71,31 @@ def _link_info(msg: Any) -> LinkInfo:
 
 
 class LinkMonitor:
-    """Reads link state and counters over one rtnetlink socket (in ``netns`` if given: a name or a Netns)."""
+    """Reads link state and counters over rtnetlink, in ``netns`` if given (a name, `pid:PID` or a Netns).
+
+    In another namespace every call runs on a thread that stays in it (NetnsWorker), so the socket belongs
+    there and keeps working after root is dropped.
+    """
 
     def __init__(self, netns: str | Netns | None = None) -> None:
         from pyroute2 import IPRoute
 
+        self._worker: NetnsWorker | None = None
+        self._closed = False
         self.netns = netns.label if isinstance(netns, Netns) else netns
-        if not netns:
-            self._ipr = IPRoute()
-            return
-        path = netns.path if isinstance(netns, Netns) else netns
-        try:
-            # pyroute2 opens the socket in a child that entered the namespace; flags=0: never create one.
-            self._ipr = IPRoute(netns=path, flags=0)
-        except FileNotFoundError:
-            raise InterfaceError(f"unknown network namespace {self.netns!r}") from None
-        except PermissionError:
-            raise InterfaceError(f"cannot enter network namespace {self.netns!r}: needs CAP_SYS_ADMIN") from None
+        if netns:
+            try:
+                self._worker = NetnsWorker(netns if isinstance(netns, Netns) else resolve(netns))
+            except NamespaceError as e:
+                raise InterfaceError(str(e)) from None
+        self._ipr = self._call(IPRoute)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return fn() if self._worker is None else self._worker.call(fn)
 
     def links(self) -> dict[str, LinkInfo]:
         """Every link, by name (one dump)."""
-        infos = (_link_info(msg) for msg in self._ipr.get_links())
+        infos = self._call(lambda: [_link_info(msg) for msg in self._ipr.get_links()])
         return {info.name: info for info in infos}
 
     def get(self, name: str) -> LinkInfo:
@@ -97,7 +104,7 @@ class LinkMonitor:
 
         if name and len(name) < 16 and "/" not in name:
             try:
-                return _link_info(self._ipr.link("get", ifname=name)[0])
+                return self._call(lambda: _link_info(self._ipr.link("get", ifname=name)[0]))
             except NetlinkError:
                 pass
         names = ", ".join(sorted(self.links(), key=str))
@@ -105,8 +112,13 @@ class LinkMonitor:
         raise InterfaceError(f"unknown interface {name!r}{where} (interfaces: {names})")
 
     def close(self) -> None:
-        """Close the netlink socket."""
-        self._ipr.close()
+        """Close the netlink socket (and leave the namespace's thread); again: nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call(self._ipr.close)
+        if self._worker is not None:
+            self._worker.close()
 
     def __enter__(self) -> Self:
         return self

@@ -8,6 +8,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -131,3 +132,27 @@ def run_in(netns: Netns | None, fn: Callable[[], T], timeout: float = ENTER_TIME
     if error:
         raise error[0]
     return result[0]
+
+
+class NetnsWorker:
+    """A thread that entered a namespace once and stays there, running calls one at a time.
+
+    pyroute2 gives each thread its own netlink socket, opened by the thread that first uses it: a socket
+    opened here belongs to the namespace, and keeps working after root is dropped (-Z).
+    """
+
+    def __init__(self, netns: Netns) -> None:
+        self.netns = netns
+        self._pool = ThreadPoolExecutor(1, f"retrotap-netns-{netns.label}", _setns, (netns.path,))
+        self.call(lambda: None)  # enter now: a namespace that cannot be entered fails here
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` on the namespace's thread; what it raises is raised here."""
+        try:
+            return self._pool.submit(fn).result()
+        except BrokenExecutor:
+            raise NamespaceError(f"cannot enter network namespace {self.netns.label!r}: needs CAP_SYS_ADMIN") from None
+
+    def close(self) -> None:
+        """End the thread."""
+        self._pool.shutdown(wait=True)
