@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from capture_backend.contract import UserError
-from capture_backend.headless import run_export, run_record, run_sessions, run_stats
+from capture_backend.headless import run_export, run_interfaces, run_record, run_sessions, run_stats
 from tui.options import (
     build_parser,
     check_memory,
@@ -43,6 +43,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _run_export,
     "sessions": lambda args: run_sessions(sessions_options(args)),
     "web": _run_web,
+    "interfaces": lambda args: run_interfaces(args.format),
 }
 
 
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn a user's mistake into one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        if args.list_interfaces and args.command is None:
+            return run_interfaces()
         check_memory(args)
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)

@@ -36,7 +36,7 @@ from capture_backend.options import (
     writable_by,
 )
 
-SUBCOMMANDS = ("stats", "record", "export", "sessions", "web")
+SUBCOMMANDS = ("stats", "record", "export", "sessions", "web", "interfaces")
 
 
 T = TypeVar("T")
@@ -196,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retrotap", description="Live network traffic monitor with rewind.", allow_abbrev=False
     )
     _dashboard(parser)
+    parser.add_argument(
+        "--list-interfaces", action="store_true", help="list the interfaces of every network namespace, then exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ifs = sub.add_parser("interfaces", help="the interfaces of every network namespace (what -i takes), veth peers")
+    ifs.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
     _common(stats)
     stats.add_argument("--interval", type=_positive(float), metavar="S", help="seconds between records")
