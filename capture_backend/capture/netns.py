@@ -8,7 +8,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -143,15 +143,18 @@ class NetnsWorker:
 
     def __init__(self, netns: Netns) -> None:
         self.netns = netns
-        self._pool = ThreadPoolExecutor(1, f"retrotap-netns-{netns.label}", _setns, (netns.path,))
-        self.call(lambda: None)  # enter now: a namespace that cannot be entered fails here
+        # One worker thread, kept for the pool's life: it enters the namespace with the first call.
+        self._pool = ThreadPoolExecutor(1, f"retrotap-netns-{netns.label}")
+        try:
+            self._pool.submit(_setns, netns.path).result()
+        except OSError as e:
+            self._pool.shutdown()
+            why = "needs CAP_SYS_ADMIN" if e.errno == errno.EPERM else (e.strerror or str(e))
+            raise NamespaceError(f"cannot enter network namespace {netns.label!r}: {why}") from None
 
     def call(self, fn: Callable[[], T]) -> T:
         """`fn()` on the namespace's thread; what it raises is raised here."""
-        try:
-            return self._pool.submit(fn).result()
-        except BrokenExecutor:
-            raise NamespaceError(f"cannot enter network namespace {self.netns.label!r}: needs CAP_SYS_ADMIN") from None
+        return self._pool.submit(fn).result()
 
     def close(self) -> None:
         """End the thread."""

@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from tests.captures import SETTLE_S, read_pcap, start_tcpdump, stop_tcpdump
 from tests.helpers.live import udp
 from tests.helpers.netns import (
+    RETROTAP,
     interfaces_json,
     proc_status,
     readd_veth,
@@ -24,7 +26,7 @@ from tests.helpers.netns import (
     spec,
     start_host,
 )
-from tests.lab import Lab, wait_for_output
+from tests.lab import REPO_ROOT, Lab, wait_for_output
 
 pytestmark = [
     pytest.mark.live,
@@ -180,3 +182,31 @@ def test_bad_namespace_interface_or_user_is_one_line_and_status_2(lab: Lab, tmp_
     done = run_host("record", "-i", spec(lab, "a"), "-Z", "nobody", "-w", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr == f"retrotap: error: -w {str(tmp_path)!r}: not writable by user nobody (-Z)\n"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_with_only_net_raw_and_net_admin_the_own_namespace_works_and_others_are_one_line(lab: Lab) -> None:
+    limited = ["setpriv", "--bounding-set", "-all,+net_raw,+net_admin", *RETROTAP]
+    own = subprocess.run(
+        [*limited, "stats", "-i", "lo", "--count", "1", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert own.returncode == 0, own.stderr
+    assert json.loads(own.stdout)["interfaces"][0]["name"] == "lo"
+    other = subprocess.run(
+        [*limited, "stats", "-i", spec(lab, "a"), "--count", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert other.returncode == 2
+    assert other.stderr == f"retrotap: error: cannot enter network namespace '{lab.ns_a}': needs CAP_SYS_ADMIN\n"
+    listed = subprocess.run(
+        [*limited, "interfaces", "--format", "json"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert {json.loads(line)["namespace"] for line in listed.stdout.splitlines()} == {None}
