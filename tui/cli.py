@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from capture_backend.contract import UserError
 from capture_backend.headless import run_export, run_interfaces, run_record, run_sessions, run_stats
 from tui.options import (
+    UsageError,
     build_parser,
     check_memory,
     export_options,
@@ -56,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn a user's mistake into one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        if args.list_interfaces and args.command is None:
+        if args.list_interfaces:
+            if args.command is not None:
+                raise UsageError(f"--list-interfaces lists and exits: leave out {args.command}")
             return run_interfaces()
         check_memory(args)
         if args.command in COMMANDS:
