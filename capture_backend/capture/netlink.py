@@ -95,6 +95,24 @@ class LinkMonitor:
     def _call(self, fn: Callable[[], T]) -> T:
         return fn() if self._worker is None else self._worker.call(fn)
 
+    def messages(self) -> list[Any]:
+        """Every link's RTM_NEWLINK message (one dump)."""
+        return self._call(lambda: list(self._ipr.get_links()))
+
+    def netnsid(self, path: str) -> int | None:
+        """The id this namespace knows the namespace pinned by `path` under (RTM_GETNSID), None if none."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            got = self._call(lambda: self._ipr.get_netnsid(fd=fd))
+        except NetlinkError:
+            return None
+        finally:
+            os.close(fd)
+        nsid = (got or {}).get("nsid")
+        return int(nsid) if nsid is not None and nsid < 0x80000000 else None
+
     def links(self) -> dict[str, LinkInfo]:
         """Every link, by name (one dump)."""
         infos = self._call(lambda: [_link_info(msg) for msg in self._ipr.get_links()])
@@ -245,6 +263,8 @@ def _kind(msg: Any) -> str:
 def list_interfaces(processes: bool = True) -> list[ListedLink]:
     """Every interface of every namespace `namespaces()` finds, with each veth's peer (IFLA_LINK, and
     IFLA_LINK_NETNSID mapped to the namespace that id names as seen from the veth's own namespace)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     spaces = namespaces(processes)
     monitors: dict[str, LinkMonitor] = {}
     raw: dict[str, list[Any]] = {}
@@ -252,9 +272,8 @@ def list_interfaces(processes: bool = True) -> list[ListedLink]:
         for ns in spaces:
             try:
                 monitors[ns.label] = LinkMonitor(Netns(ns.label, ns.path) if ns.label else None)
-                mon = monitors[ns.label]
-                raw[ns.label] = mon._call(lambda m=mon: list(m._ipr.get_links()))  # type: ignore[misc]
-            except (UserError, OSError):
+                raw[ns.label] = monitors[ns.label].messages()
+            except (UserError, OSError, NetlinkError):
                 continue  # a namespace that went away or cannot be entered: left out
         names = {label: {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in msgs} for label, msgs in raw.items()}
         nsids: dict[str, dict[int, str]] = {}
@@ -263,23 +282,15 @@ def list_interfaces(processes: bool = True) -> list[ListedLink]:
             """Which namespace each netnsid of namespace `label` stands for."""
             if label not in nsids:
                 nsids[label] = {}
-                mon = monitors[label]
                 for other in spaces:
                     if other.label == label or other.label not in raw:
                         continue
                     try:
-                        fd = os.open(other.path, os.O_RDONLY | os.O_CLOEXEC)
+                        nsid = monitors[label].netnsid(other.path)
                     except OSError:
-                        continue
-                    try:
-                        got = mon._call(lambda fd=fd: mon._ipr.get_netnsid(fd=fd))  # type: ignore[misc]
-                    except OSError:
-                        got = None
-                    finally:
-                        os.close(fd)
-                    nsid = (got or {}).get("nsid")
-                    if nsid is not None and nsid < 0x80000000:
-                        nsids[label][int(nsid)] = other.label
+                        continue  # the namespace went away
+                    if nsid is not None:
+                        nsids[label][nsid] = other.label
             return nsids[label]
 
         out: list[ListedLink] = []
