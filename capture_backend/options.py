@@ -17,6 +17,7 @@ from capture_backend.analysis.tables import CounterLimits as CounterLimits
 from capture_backend.capture.netlink import default_interface as default_interface
 from capture_backend.capture.privileges import RunAs as RunAs
 from capture_backend.capture.privileges import lookup_user as lookup_user
+from capture_backend.capture.privileges import unreadable_by as unreadable_by
 from capture_backend.capture.privileges import writable_by as writable_by
 from capture_backend.capture.ring import RingConfig as RingConfig
 from capture_backend.exporters.base import DEFAULT_TOP as DEFAULT_TOP

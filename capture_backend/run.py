@@ -46,6 +46,7 @@ Log = Callable[[str], None]
 # Imported on first use deep inside libraries: loaded before root is dropped (-Z), since the user may not be
 # allowed to read the interpreter's files (a Python under /root).
 LATE_IMPORTS = ("numpy.ma", "pyroute2.netlink.exceptions", "sqlite3", "shutil", "encodings.idna")
+METRICS_MODULE = "capture_backend.exporters.metrics"  # imported when the exporters start, after the drop
 
 
 class EngineLike(Protocol):
@@ -186,7 +187,7 @@ class Run:
         self._opened = True
         try:
             if self.opts.user is not None:  # the rings and netlink sockets are open: nothing below needs root
-                for name in LATE_IMPORTS:
+                for name in LATE_IMPORTS + (METRICS_MODULE,) * bool(self.opts.exporters.metrics):
                     importlib.import_module(name)
                 drop_privileges(self.opts.user)
                 if isinstance(self.engine, Engine):

@@ -33,6 +33,7 @@ from capture_backend.options import (
     lookup_user,
     session_export,
     time_window,
+    unreadable_by,
     writable_by,
 )
 
@@ -324,6 +325,18 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
 def user_of(args: argparse.Namespace) -> RunAs | None:
     """The user of -Z (PrivilegeError, one line, when there is none), or None."""
     return lookup_user(args.user) if getattr(args, "user", None) else None
+
+
+def check_dashboard_user(user: RunAs | None) -> None:
+    """The dashboard loads parts of Textual as it goes: after -Z, its user must be able to read them."""
+    import textual
+
+    where = unreadable_by(os.path.dirname(textual.__file__), user) if user is not None else None
+    if user is not None and where is not None:
+        raise UsageError(
+            f"-Z {user.name}: {user.name} cannot read {where}, where the dashboard's modules are: "
+            "install retrotap where that user can read it, or use stats or record"
+        )
 
 
 def record_run(args: argparse.Namespace) -> RecordRun:

@@ -49,6 +49,25 @@ def writable_by(path: str, user: RunAs) -> bool:
     return st.st_mode & need == need
 
 
+def unreadable_by(path: str, user: RunAs) -> str | None:
+    """The first directory from / down to `path` that `user` may not enter and list, or None."""
+    if user.uid == 0:
+        return None
+    parts = os.path.realpath(path).split(os.sep)
+    for depth in range(1, len(parts) + 1):
+        here = os.sep + os.path.join(*parts[1:depth]) if depth > 1 else os.sep
+        st = os.stat(here)
+        if st.st_uid == user.uid:
+            need = stat.S_IRUSR | stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            need = stat.S_IRGRP | stat.S_IXGRP
+        else:
+            need = stat.S_IROTH | stat.S_IXOTH
+        if st.st_mode & need != need:
+            return here
+    return None
+
+
 def _clear_capabilities() -> None:
     """Empty the effective, permitted and inheritable capability sets (and with them the ambient set)."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from capture_backend.capture.netns import IfaceSpec, NamespaceError, Netns, parse_iface, resolve, run_in
-from capture_backend.capture.privileges import PrivilegeError, RunAs, lookup_user, writable_by
+from capture_backend.capture.privileges import PrivilegeError, RunAs, lookup_user, unreadable_by, writable_by
 from tui.cli import main
 
 
@@ -63,6 +64,19 @@ def test_writable_by_reads_the_mode_bits_for_the_user(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o1777)
     assert writable_by(str(tmp_path), user)
     assert writable_by(str(tmp_path), RunAs("root", 0, 0))
+
+
+def test_unreadable_by_names_the_first_closed_directory() -> None:
+    user = RunAs("someone", 4242, 4243)
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # /tmp itself is open to everyone
+        inner = Path(top) / "a" / "b"
+        inner.mkdir(parents=True)
+        for d in (Path(top), Path(top) / "a", inner):
+            os.chmod(d, 0o755)
+        assert unreadable_by(str(inner), user) is None
+        os.chmod(Path(top) / "a", 0o750)
+        assert unreadable_by(str(inner), user) == str(Path(top) / "a")
+        assert unreadable_by(str(inner), RunAs("root", 0, 0)) is None
 
 
 def test_cli_unknown_user_and_namespace_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
