@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from tests.helpers.netns import (
     start_host,
 )
 from tests.lab import REPO_ROOT, Lab, wait_for_output
+from tests.tmux import Tmux
 
 pytestmark = [
     pytest.mark.live,
@@ -210,3 +213,32 @@ def test_with_only_net_raw_and_net_admin_the_own_namespace_works_and_others_are_
     )
     assert listed.returncode == 0, listed.stderr
     assert {json.loads(line)["namespace"] for line in listed.stdout.splitlines()} == {None}
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_the_dashboard_from_the_host_shows_the_namespace_s_interface(lab: Lab) -> None:
+    both = f"{spec(lab, 'a')} {spec(lab, 'b')}"
+    tmux = Tmux(
+        f"sh -c 'cd {REPO_ROOT} && exec {sys.executable} -m tui.cli -i {spec(lab, 'a')} -i {spec(lab, 'b')}'"
+    )
+    try:
+        screen = tmux.wait_for(lambda t: "1 Interfaces" in t and spec(lab, "b") in t, both)
+        assert spec(lab, "a") in screen
+        sent = lab.send_frames(frames(lab), repeat=3)
+        assert sent == 30
+        # Both ends captured the 30 frames; the link rates come from each namespace's own netlink: a only
+        # received, b only sent (the sparklines' maxima over the last 60 s).
+        a_rx, b_tx = f"{spec(lab, 'a')} rx", f"{spec(lab, 'b')} tx"
+
+        def peaks(screen: str) -> dict[str, str]:
+            return dict(re.findall(r"^\s*(\S+ [rt]x) .*max ([^)]+)\)", screen, re.M))
+
+        screen = tmux.wait_for(
+            lambda t: f"{2 * sent} pkts" in t and "0 b/s" not in (peaks(t).get(a_rx, "0 b/s"), peaks(t).get(b_tx)),
+            f"{2 * sent} packets captured, a receiving and b sending",
+        )
+        assert peaks(screen)[f"{spec(lab, 'a')} tx"] == peaks(screen)[f"{spec(lab, 'b')} rx"] == "0 b/s"
+        tmux.keys("q")
+        assert tmux.wait_exit(), "retrotap did not quit on q"
+    finally:
+        tmux.close()
