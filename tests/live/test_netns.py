@@ -242,3 +242,44 @@ def test_the_dashboard_from_the_host_shows_the_namespace_s_interface(lab: Lab) -
         assert tmux.wait_exit(), "retrotap did not quit on q"
     finally:
         tmux.close()
+
+
+def test_after_the_drop_a_filter_change_and_a_link_down_and_up_keep_working(lab: Lab) -> None:
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.dropped", spec(lab, "a"), "nobody"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert driver.stdin is not None and driver.stdout is not None
+    nobody = pwd.getpwnam("nobody").pw_uid
+
+    def ask(command: str) -> dict[str, object]:
+        assert driver.stdin is not None and driver.stdout is not None
+        driver.stdin.write(command + "\n")
+        driver.stdin.flush()
+        answer: dict[str, object] = json.loads(driver.stdout.readline())
+        return answer
+
+    try:
+        assert json.loads(driver.stdout.readline()) == {"uid": nobody, "euid": nobody}
+        assert ask("filter udp dst port 5003") == {"filter": "udp dst port 5003"}
+        sent = lab.send_frames(frames(lab), repeat=REPEAT)
+        time.sleep(SETTLE_S)
+        # Only frame 3 of each ten matches the new filter.
+        assert ask("count") == {"name": spec(lab, "a"), "packets": sent // 10, "state": "up"}
+        lab.set_link("a", False)
+        lab.set_link("a", True)
+        lab.set_link("b", True)
+        sent_again = lab.send_frames(frames(lab), repeat=REPEAT)
+        time.sleep(SETTLE_S)
+        assert ask("count")["packets"] == (sent + sent_again) // 10
+        refused = ask("filter udp port (")  # libpcap's message, and the filter in force is kept
+        assert set(refused) == {"error"} and "udp port (" in str(refused["error"])
+        assert ask("filter udp dst port 5003") == {"filter": "udp dst port 5003"}
+    finally:
+        _, err = driver.communicate("quit\n", timeout=30)
+    assert driver.returncode == 0, err
+    assert "Traceback" not in err
