@@ -3,6 +3,8 @@ namespace (`retrotap interfaces`), and dropping root (`-Z USER`), in the netns l
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pwd
@@ -72,15 +74,25 @@ def test_stats_from_the_host_counts_what_tcpdump_in_the_namespace_saw(lab: Lab, 
     assert {("udp", 5000 + i) for i in range(10)} <= ports
 
 
-def test_stats_in_two_namespaces_and_the_text_output_name_them(lab: Lab) -> None:
-    proc = start_host("stats", "-i", spec(lab, "a"), "-i", spec(lab, "b"), "--format", "text", "--interval", "0.5")
+@pytest.mark.parametrize("fmt", ["text", "csv"])
+def test_stats_in_two_namespaces_name_both_ends(lab: Lab, fmt: str) -> None:
+    proc = start_host("stats", "-i", spec(lab, "a"), "-i", spec(lab, "b"), "--format", fmt, "--interval", "0.5")
     sent = lab.send_frames(frames(lab), repeat=2)
     time.sleep(SETTLE_S)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert sent == 20
-    assert spec(lab, "a") in out and spec(lab, "b") in out
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        last = {r["name"]: r for r in rows if r["kind"] == "interface"}
+        assert set(last) == {spec(lab, "a"), spec(lab, "b")}
+        assert [int(last[spec(lab, side)]["received"]) for side in "ab"] == [sent, sent]  # the rings
+        # and each link's own counters, from its namespace's netlink: a only received, b only sent
+        assert [int(last[spec(lab, "a")][k]) for k in ("rx_packets", "tx_packets")] == [sent, 0]
+        assert [int(last[spec(lab, "b")][k]) for k in ("rx_packets", "tx_packets")] == [0, sent]
+    else:
+        assert spec(lab, "a") in out and spec(lab, "b") in out
 
 
 def test_interfaces_lists_the_veth_pair_with_each_end_s_namespace_and_peer(lab: Lab) -> None:
