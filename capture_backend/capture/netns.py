@@ -102,6 +102,11 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
+def _cannot_enter(netns: Netns, e: OSError) -> NamespaceError:
+    why = "needs CAP_SYS_ADMIN" if e.errno == errno.EPERM else (e.strerror or str(e))
+    return NamespaceError(f"cannot enter network namespace {netns.label!r}: {why}")
+
+
 def run_in(netns: Netns | None, fn: Callable[[], T], timeout: float = ENTER_TIMEOUT_S) -> T:
     """`fn()` in the current thread (netns None), or in a short-lived thread that entered `netns` first.
 
@@ -116,8 +121,7 @@ def run_in(netns: Netns | None, fn: Callable[[], T], timeout: float = ENTER_TIME
         try:
             _setns(netns.path)
         except OSError as e:
-            why = "needs CAP_SYS_ADMIN" if e.errno == errno.EPERM else (e.strerror or str(e))
-            error.append(NamespaceError(f"cannot enter network namespace {netns.label!r}: {why}"))
+            error.append(_cannot_enter(netns, e))
             return
         try:
             result.append(fn())
@@ -149,8 +153,7 @@ class NetnsWorker:
             self._pool.submit(_setns, netns.path).result()
         except OSError as e:
             self._pool.shutdown()
-            why = "needs CAP_SYS_ADMIN" if e.errno == errno.EPERM else (e.strerror or str(e))
-            raise NamespaceError(f"cannot enter network namespace {netns.label!r}: {why}") from None
+            raise _cannot_enter(netns, e) from None
 
     def call(self, fn: Callable[[], T]) -> T:
         """`fn()` on the namespace's thread; what it raises is raised here."""
