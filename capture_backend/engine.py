@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 
 from capture_backend.analysis.decode import Decoded, decode
@@ -22,8 +23,9 @@ from capture_backend.analysis.tables import NS, CounterLimits, Counters, Tally, 
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.capture.netlink import InterfaceError, LinkMonitor
+from capture_backend.capture.netns import IfaceSpec, Netns, parse_iface, resolve, run_in
 from capture_backend.capture.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
-from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo
+from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo, UserError
 from capture_backend.contract import EngineEvent as EngineEvent
 from capture_backend.contract import EventSink as EventSink
 from capture_backend.contract import IfaceStatus as IfaceStatus
@@ -123,8 +125,9 @@ class Counting:
 class _Capture:
     """One interface's ring and its state, owned by the engine thread."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, spec: IfaceSpec) -> None:
+        self.spec = spec
+        self.name = spec.label
         self.ring: Ring | None = None
         self.state = "up"
         self.error = ""
@@ -176,7 +179,11 @@ class Engine:
         self.on_event = on_event
         self.counting = Counting(limits, True, filter_expr, clock, block_sinks)
         self.links = links if links is not None else LinkMonitor()
-        self._captures = [_Capture(name) for name in ifaces]
+        self._captures = [_Capture(parse_iface(name)) for name in ifaces]
+        # Link watching in the other namespaces captured in: one netlink socket each, opened by open().
+        self._netns: dict[str, Netns] = {}
+        self._ns_links: dict[str, LinkMonitor] = {}
+        self.dropped_to = ""  # the user root was dropped to (-Z): opening a new ring is refused from then on
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._link_info: dict[str, LinkInfo] = {}
@@ -194,22 +201,43 @@ class Engine:
     # --- set-up, in the caller's thread so errors reach the CLI before anything starts
     def open(self) -> None:
         """Open every ring; raises InterfaceError, FilterError or CaptureError."""
-        self._link_info = self.links.links()
+        for cap in self._captures:
+            ns = cap.spec.netns
+            if ns is not None and ns not in self._netns:
+                self._netns[ns] = resolve(ns)
+                self._ns_links[ns] = LinkMonitor(self._netns[ns])
+        self._link_info = self._all_links()
         for cap in self._captures:
             info = self._link_info.get(cap.name)
             if info is None:
-                self.links.get(cap.name)  # raises InterfaceError naming the interfaces
+                monitor = self.links if cap.spec.netns is None else self._ns_links[cap.spec.netns]
+                monitor.get(cap.spec.ifname)  # raises InterfaceError naming the interfaces
                 raise InterfaceError(f"unknown interface {cap.name!r}")
-            cap.ring = self._open_ring(cap.name, info)
+            cap.ring = self._open_ring(cap, info)
             cap.state = "up" if info.up else "down"
         smallest = min((c.ring.block_nr for c in self._captures if c.ring is not None), default=SMALL_RING_BLOCKS)
         self._drain_interval = MIN_DRAIN_INTERVAL if smallest >= SMALL_RING_BLOCKS else 0.0
         self.snapshot = self._publish_now()
 
-    def _open_ring(self, name: str, info: LinkInfo) -> Ring:
+    def _all_links(self) -> dict[str, LinkInfo]:
+        """The links of this namespace by name, and those of each other namespace captured in as NETNS:IFACE."""
+        links = self.links.links()
+        for ns, monitor in self._ns_links.items():
+            for name, info in monitor.links().items():
+                label = f"{ns}:{name}"
+                links[label] = replace(info, name=label)
+        return links
+
+    def _open_ring(self, cap: _Capture, info: LinkInfo) -> Ring:
         linktype = RAW_LINKTYPES.get(info.arphrd, LINKTYPE_RAW)
         bpf = compile_optional(self.counting.filter, linktype)
-        return Ring(name, info.arphrd, self.ring_config, bpf)
+        if self.dropped_to:
+            raise CaptureError(
+                f"cannot open a new ring on {cap.name}: retrotap dropped root to user {self.dropped_to!r} (-Z); "
+                "restart it to capture there again"
+            )
+        netns = self._netns.get(cap.spec.netns) if cap.spec.netns else None
+        return run_in(netns, lambda: Ring(cap.spec.ifname, info.arphrd, self.ring_config, bpf, label=cap.name))
 
     def set_filter(self, expr: str) -> None:
         """Compile and swap the kernel filter of every ring; FilterError keeps the old one."""
@@ -256,11 +284,13 @@ class Engine:
         for cap in self._captures:
             cap.close()
         try:
-            self._link_info = self.links.links()
+            self._link_info = self._all_links()
         except OSError:
             pass  # keep the last link counters read
         self.snapshot = self._publish_now()
         self.links.close()
+        for monitor in self._ns_links.values():
+            monitor.close()
 
     # --- the capture thread
     def _run(self) -> None:
@@ -348,7 +378,7 @@ class Engine:
 
     def _watch_links(self, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
         try:
-            self._link_info = self.links.links()
+            self._link_info = self._all_links()
         except OSError as e:
             self._emit("error", "", f"netlink: {e}")
             return
@@ -369,8 +399,10 @@ class Engine:
             if cap.ring is None:
                 try:
                     with self._rings_lock:
-                        cap.ring = self._open_ring(cap.name, info)
-                except (CaptureError, FilterError, OSError) as e:
+                        cap.ring = self._open_ring(cap, info)
+                except (UserError, OSError) as e:
+                    if str(e) != cap.error:
+                        self._emit("iface-error", cap.name, str(e))
                     cap.error = str(e)
                     continue
                 poller.register(cap.ring.fileno(), select.POLLIN | select.POLLERR)

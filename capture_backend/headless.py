@@ -16,6 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from capture_backend.analysis.tables import NS
+from capture_backend.capture.netlink import ListedLink, list_interfaces
 from capture_backend.capture.pcapfile import CaptureFileError, FileSource
 from capture_backend.contract import EngineEvent, Snapshot
 from capture_backend.engine import Counting, Engine, file_statuses, filter_blocks
@@ -150,7 +151,7 @@ class Signals:
 
 
 # Engine events a headless run prints on stderr as they happen.
-LOGGED_EVENTS = frozenset({"error", "iface-gone", "iface-down", "iface-up"})
+LOGGED_EVENTS = frozenset({"error", "iface-gone", "iface-error", "iface-down", "iface-up"})
 
 
 def event_logger(log: Callable[[str], None]) -> Callable[[EngineEvent], None]:
@@ -158,7 +159,7 @@ def event_logger(log: Callable[[str], None]) -> Callable[[EngineEvent], None]:
 
     def on_event(event: EngineEvent) -> None:
         if event.kind in LOGGED_EVENTS:
-            log(("error: " if event.kind == "error" else "") + event.message)
+            log(("error: " if event.kind in ("error", "iface-error") else "") + event.message)
 
     return on_event
 
@@ -181,6 +182,7 @@ def _run_options(opts: StatsOptions | RecordRun, processes: bool, record: Record
         buffer_seconds=opts.buffer_seconds,
         snapshot_dir=opts.snapshot_dir,
         exporters=opts.exporters,
+        user=opts.user,
         processes=processes,
         record=record,
     )
@@ -379,3 +381,46 @@ def _record_file(opts: RecordRun, signals: Signals, log: Callable[[str], None]) 
             log(f"warning: {source.truncated}")
     log(recorder.stats.summary())
     return status
+
+
+def interface_row(link: ListedLink) -> dict[str, object]:
+    """One interface of `retrotap interfaces --format json`."""
+    return {
+        "namespace": link.namespace or None,
+        "process": link.process or None,
+        "interface": link.name,
+        "capture": link.spec,
+        "index": link.index,
+        "state": link.state,
+        "linktype": link.linktype,
+        "kind": link.kind or None,
+        "peer": None
+        if link.peer is None and not link.unnamed_peer
+        else {"namespace": link.peer_namespace or None, "interface": link.peer, "capture": link.peer_spec}
+        | ({"unnamed": link.unnamed_peer} if link.unnamed_peer else {}),
+    }
+
+
+def run_interfaces(fmt: str = "text", stream: TextIO = sys.stdout) -> int:
+    """`retrotap interfaces` (`--list-interfaces`): every interface of every network namespace found."""
+    links = list_interfaces()
+    if fmt == "json":
+        for link in links:
+            stream.write(json.dumps(interface_row(link)) + "\n")
+        return 0
+    header = ("CAPTURE AS (-i)", "STATE", "TYPE", "KIND", "PEER", "NAMESPACE")
+    rows = [
+        (
+            link.spec,
+            link.state,
+            link.linktype,
+            link.kind or "-",
+            link.peer_spec or link.unnamed_peer or "-",
+            (link.namespace or "(current)") + (f" [{link.process}]" if link.process else ""),
+        )
+        for link in links
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        stream.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    return 0

@@ -4,9 +4,9 @@ Defined here: `RunOptions` (one capture run, for every front end), `StatsOptions
 `RecordRun` (`retrotap record`). The options of a part stay beside the part that reads them and are
 re-exported: `RingConfig` (capture/ring), `CounterLimits` (analysis/tables), `RecordOptions`
 (rewind/recorder), `ExporterSettings` with `DEFAULT_TOP`/`MAX_TOP` (exporters/base), `ExportOptions` with
-`time_window`/`TimeSpecError` (rewind/export), `default_interface` (capture/netlink), the session
-store's `Query`, `Retention` and `session_export` (rewind/sessions) and `SessionsQuery`
-(rewind/session_report).
+`time_window`/`TimeSpecError` (rewind/export), `default_interface` (capture/netlink), `RunAs`, `lookup_user`
+and `writable_by` (capture/privileges), the session store's `Query`, `Retention` and `session_export`
+(rewind/sessions) and `SessionsQuery` (rewind/session_report).
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 from capture_backend.analysis.tables import CounterLimits as CounterLimits
 from capture_backend.capture.netlink import default_interface as default_interface
+from capture_backend.capture.privileges import RunAs as RunAs
+from capture_backend.capture.privileges import lookup_user as lookup_user
+from capture_backend.capture.privileges import unreadable_by as unreadable_by
+from capture_backend.capture.privileges import writable_by as writable_by
 from capture_backend.capture.ring import RingConfig as RingConfig
 from capture_backend.exporters.base import DEFAULT_TOP as DEFAULT_TOP
 from capture_backend.exporters.base import MAX_TOP as MAX_TOP
@@ -46,6 +50,7 @@ class RunOptions:
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     processes: bool = False  # map flows to local processes (live only)
     record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
+    user: RunAs | None = None  # drop root to this user once the rings are open (-Z)
 
 
 @dataclass
@@ -66,6 +71,7 @@ class StatsOptions:
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
+    user: RunAs | None = None
 
 
 @dataclass
@@ -82,3 +88,4 @@ class RecordRun:
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
+    user: RunAs | None = None

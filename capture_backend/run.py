@@ -14,6 +14,7 @@ mistake surfaces before anything starts, or when `f` edits the filter), `Run.ins
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -22,6 +23,7 @@ from typing import Protocol
 from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
 from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import compile_filter
+from capture_backend.capture.privileges import drop_privileges
 from capture_backend.contract import INSPECT_LIMIT, EventSink, InspectJob, PcapSaveResult, Snapshot
 from capture_backend.engine import Engine
 from capture_backend.exporters.base import Exporters, recorder_counters, time_machine_counters
@@ -41,6 +43,10 @@ from capture_backend.rewind.timemachine import select_pair as select_pair
 from capture_backend.rewind.timemachine import select_port as select_port
 
 Log = Callable[[str], None]
+# Imported on first use deep inside libraries: loaded before root is dropped (-Z), since the user may not be
+# allowed to read the interpreter's files (a Python under /root).
+LATE_IMPORTS = ("numpy.ma", "pyroute2.netlink.exceptions", "sqlite3", "shutil", "encodings.idna")
+METRICS_MODULE = "capture_backend.exporters.metrics"  # imported when the exporters start, after the drop
 
 
 class EngineLike(Protocol):
@@ -180,6 +186,12 @@ class Run:
         self.engine.open()
         self._opened = True
         try:
+            if self.opts.user is not None:  # the rings and netlink sockets are open: nothing below needs root
+                for name in LATE_IMPORTS + (METRICS_MODULE,) * bool(self.opts.exporters.metrics):
+                    importlib.import_module(name)
+                drop_privileges(self.opts.user)
+                if isinstance(self.engine, Engine):
+                    self.engine.dropped_to = self.opts.user.name
             if self.timemachine is not None:
                 self.exporters.extra.update(time_machine_counters(self.timemachine))
             if self.opts.record is not None:

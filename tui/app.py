@@ -33,6 +33,7 @@ from capture_backend.contract import (
 from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
 from capture_backend.run import ProcessMapper, Run, Selector, TimeMachine, file_job
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
+from tui.options import check_dashboard_user, user_of
 from tui.selection import Selection
 from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
@@ -55,7 +56,7 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
-NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-down": "warning"}
+NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
 
 
 class PcapSaved(Message):
@@ -547,6 +548,7 @@ def run_dashboard(
     """Open the capture (errors surface here, before the screen), then run the dashboard."""
     limits = CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis)
     notes: list[str] = []  # exporters' messages, printed once the screen is gone
+    check_dashboard_user(user_of(args))
     opts = RunOptions(
         interfaces=interfaces,
         read_file=args.read,
@@ -559,6 +561,7 @@ def run_dashboard(
         snapshot_dir=args.snapshot_dir,
         exporters=exporters or ExporterSettings(),
         processes=True,  # live only: a file's sockets are not this machine's
+        user=user_of(args),
     )
     run = Run(opts, notes.append)
     run.open()

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from capture_backend.contract import UserError
-from capture_backend.headless import run_export, run_record, run_sessions, run_stats
+from capture_backend.headless import run_export, run_interfaces, run_record, run_sessions, run_stats
 from tui.options import (
+    UsageError,
     build_parser,
     check_memory,
     export_options,
@@ -20,6 +21,7 @@ from tui.options import (
     sessions_options,
     snapshot_dir,
     stats_options,
+    user_of,
 )
 
 # A user's mistake (a UsageError too) or what the system refused (a permission, a missing file): one line, status 2.
@@ -42,6 +44,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": _run_export,
     "sessions": lambda args: run_sessions(sessions_options(args)),
     "web": _run_web,
+    "interfaces": lambda args: run_interfaces(args.format),
 }
 
 
@@ -54,12 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, and turn a user's mistake into one line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        if args.list_interfaces:
+            if args.command is not None:
+                raise UsageError(f"--list-interfaces lists and exits: leave out {args.command}")
+            return run_interfaces()
         check_memory(args)
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         from tui.app import run_dashboard
 
-        snapshot_dir(args.snapshot_dir)
+        snapshot_dir(args.snapshot_dir, user_of(args))
         return run_dashboard(args, interfaces_of(args), ring_config(args), exporter_settings(args))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -25,15 +25,21 @@ from capture_backend.options import (
     RecordRun,
     Retention,
     RingConfig,
+    RunAs,
     SessionsQuery,
     StatsOptions,
     TimeSpecError,
     default_interface,
+    lookup_user,
     session_export,
     time_window,
+    unreadable_by,
+    writable_by,
 )
 
-SUBCOMMANDS = ("stats", "record", "export", "sessions", "web")
+# Checked for -Z's user only when given: a save there that the user may not write fails in one line.
+DEFAULT_SNAPSHOT_DIR = "."
+SUBCOMMANDS = ("stats", "record", "export", "sessions", "web", "interfaces")
 
 
 T = TypeVar("T")
@@ -122,6 +128,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE", help="interface (repeatable)")
     p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
     p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
+    p.add_argument(
+        "-Z",
+        "--user",
+        metavar="USER",
+        help="drop root to USER once the capture is open (files written after are USER's)",
+    )
     p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
     p.add_argument(
         "--ring-size",
@@ -146,7 +158,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--buffer-size", type=_size, default=256 << 20, metavar="SIZE", help="time machine memory (256M; 0: off)"
     )
-    p.add_argument("--snapshot-dir", default=".", metavar="DIR", help="where snapshots are written")
+    p.add_argument("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, metavar="DIR", help="where snapshots are written")
     p.add_argument("--metrics", metavar="[ADDR:]PORT", help="serve Prometheus /metrics (ADDR: 127.0.0.1)")
     p.add_argument(
         "--metrics-top", type=_positive(int), default=DEFAULT_TOP, metavar="K", help="hosts and ports in /metrics"
@@ -194,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retrotap", description="Live network traffic monitor with rewind.", allow_abbrev=False
     )
     _dashboard(parser)
+    parser.add_argument(
+        "--list-interfaces", action="store_true", help="list the interfaces of every network namespace, then exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ifs = sub.add_parser("interfaces", help="the interfaces of every network namespace (what -i takes), veth peers")
+    ifs.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
     _common(stats)
     stats.add_argument("--interval", type=_positive(float), metavar="S", help="seconds between records")
@@ -299,6 +316,7 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
     """StatsOptions from parsed arguments; UsageError on inconsistent values."""
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be greater than 0")
+    user = user_of(args)
     return StatsOptions(
         interfaces=interfaces_of(args),
         read_file=args.read,
@@ -312,9 +330,27 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
-        snapshot_dir=snapshot_dir(args.snapshot_dir),
+        snapshot_dir=snapshot_dir(args.snapshot_dir, user),
         exporters=exporter_settings(args),
+        user=user,
     )
+
+
+def user_of(args: argparse.Namespace) -> RunAs | None:
+    """The user of -Z (PrivilegeError, one line, when there is none), or None."""
+    return lookup_user(args.user) if getattr(args, "user", None) else None
+
+
+def check_dashboard_user(user: RunAs | None) -> None:
+    """The dashboard loads parts of Textual as it goes: after -Z, its user must be able to read them."""
+    import textual
+
+    where = unreadable_by(os.path.dirname(textual.__file__), user) if user is not None else None
+    if user is not None and where is not None:
+        raise UsageError(
+            f"-Z {user.name}: {user.name} cannot read {where}, where the dashboard's modules are: "
+            "install retrotap where that user can read it, or use stats or record"
+        )
 
 
 def record_run(args: argparse.Namespace) -> RecordRun:
@@ -324,6 +360,9 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         raise UsageError(f"-w {directory!r}: no such directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"-w {directory!r}: not writable")
+    user = user_of(args)
+    if user is not None and not writable_by(directory, user):
+        raise UsageError(f"-w {directory!r}: not writable by user {user.name} (-Z)")
     if not args.buffer_size:
         raise UsageError("record needs the time machine (--buffer-size greater than 0): it is the recorder's queue")
     exporters = exporter_settings(args)
@@ -363,8 +402,9 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         limits=CounterLimits(flows=max(1, args.flow_cap), flow_idle_s=args.flow_idle, analysis=not args.no_analysis),
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
-        snapshot_dir=snapshot_dir(args.snapshot_dir),
+        snapshot_dir=snapshot_dir(args.snapshot_dir, user),
         exporters=exporters,
+        user=user,
     )
 
 
@@ -468,11 +508,13 @@ def sessions_options(args: argparse.Namespace, now: datetime | None = None) -> S
     return SessionsQuery(args.directory, query, args.format, args.summary)
 
 
-def snapshot_dir(path: str) -> str:
+def snapshot_dir(path: str, user: RunAs | None = None) -> str:
     if not os.path.isdir(path):
         raise UsageError(f"--snapshot-dir {path!r}: no such directory")
     if not os.access(path, os.W_OK):
         raise UsageError(f"--snapshot-dir {path!r}: not writable")
+    if user is not None and path != DEFAULT_SNAPSHOT_DIR and not writable_by(path, user):
+        raise UsageError(f"--snapshot-dir {path!r}: not writable by user {user.name} (-Z)")
     return path
 
 

@@ -35,7 +35,16 @@ from textual_serve.server import Server, to_int
 
 from capture_backend.options import RunOptions
 from capture_backend.run import check_source
-from tui.options import UsageError, build_parser, endpoint, interfaces_of, ring_config, snapshot_dir
+from tui.options import (
+    UsageError,
+    build_parser,
+    check_dashboard_user,
+    endpoint,
+    interfaces_of,
+    ring_config,
+    snapshot_dir,
+    user_of,
+)
 
 DEFAULT_BIND = "127.0.0.1:8000"
 LOOPBACK_NAMES = ("localhost",)
@@ -105,7 +114,8 @@ def check_dashboard(args: argparse.Namespace) -> None:
     for dest in PER_PROCESS_ONLY:
         if getattr(args, dest, None):
             raise UsageError(f"--{dest} is not available with web (each browser session runs its own dashboard)")
-    snapshot_dir(args.snapshot_dir)
+    snapshot_dir(args.snapshot_dir, user_of(args))  # -Z: each session drops to the user once its capture is open
+    check_dashboard_user(user_of(args))
     interfaces = interfaces_of(args)
     ring = ring_config(args)
     check_source(RunOptions(interfaces=interfaces, read_file=args.read, filter_expr=args.filter, ring=ring))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that capture pay for it
     from pyroute2 import IPRoute
 
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+from capture_backend.capture.netns import NETNS_DIR, NamespaceError, Netns, NetnsWorker, named_namespaces, resolve
 from capture_backend.contract import LinkInfo as LinkInfo
 from capture_backend.contract import LinkStats as LinkStats
 from capture_backend.contract import UserError
+
+T = TypeVar("T")
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -67,22 +73,49 @@ def _link_info(msg: Any) -> LinkInfo:
 
 
 class LinkMonitor:
-    """Reads link state and counters over one rtnetlink socket (in ``netns`` if given)."""
+    """Reads link state and counters over rtnetlink, in ``netns`` if given (a name, `pid:PID` or a Netns).
 
-    def __init__(self, netns: str | None = None) -> None:
+    In another namespace every call runs on a thread that stays in it (NetnsWorker), so the socket belongs
+    there and keeps working after root is dropped.
+    """
+
+    def __init__(self, netns: str | Netns | None = None) -> None:
         from pyroute2 import IPRoute
 
-        if not netns:
-            self._ipr = IPRoute()
-            return
+        self._worker: NetnsWorker | None = None
+        self._closed = False
+        self.netns = netns.label if isinstance(netns, Netns) else netns
+        if netns:
+            try:
+                self._worker = NetnsWorker(netns if isinstance(netns, Netns) else resolve(netns))
+            except NamespaceError as e:
+                raise InterfaceError(str(e)) from None
+        self._ipr = self._call(IPRoute)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return fn() if self._worker is None else self._worker.call(fn)
+
+    def messages(self) -> list[Any]:
+        """Every link's RTM_NEWLINK message (one dump)."""
+        return self._call(lambda: list(self._ipr.get_links()))
+
+    def netnsid(self, path: str) -> int | None:
+        """The id this namespace knows the namespace pinned by `path` under (RTM_GETNSID), None if none."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._ipr = IPRoute(netns=netns, flags=0)  # flags=0: never create the namespace
-        except FileNotFoundError:
-            raise InterfaceError(f"unknown network namespace {netns!r}") from None
+            got = self._call(lambda: self._ipr.get_netnsid(fd=fd))
+        except NetlinkError:
+            return None
+        finally:
+            os.close(fd)
+        nsid = (got or {}).get("nsid")
+        return int(nsid) if nsid is not None and nsid < 0x80000000 else None
 
     def links(self) -> dict[str, LinkInfo]:
         """Every link, by name (one dump)."""
-        infos = (_link_info(msg) for msg in self._ipr.get_links())
+        infos = self._call(lambda: [_link_info(msg) for msg in self._ipr.get_links()])
         return {info.name: info for info in infos}
 
     def get(self, name: str) -> LinkInfo:
@@ -91,15 +124,21 @@ class LinkMonitor:
 
         if name and len(name) < 16 and "/" not in name:
             try:
-                return _link_info(self._ipr.link("get", ifname=name)[0])
+                return self._call(lambda: _link_info(self._ipr.link("get", ifname=name)[0]))
             except NetlinkError:
                 pass
         names = ", ".join(sorted(self.links(), key=str))
-        raise InterfaceError(f"unknown interface {name!r} (interfaces: {names})")
+        where = f" in network namespace {self.netns!r}" if self.netns else ""
+        raise InterfaceError(f"unknown interface {name!r}{where} (interfaces: {names})")
 
     def close(self) -> None:
-        """Close the netlink socket."""
-        self._ipr.close()
+        """Close the netlink socket (and leave the namespace's thread); again: nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call(self._ipr.close)
+        if self._worker is not None:
+            self._worker.close()
 
     def __enter__(self) -> Self:
         return self
@@ -144,3 +183,147 @@ def default_interface(ipr: IPRoute | None = None) -> str:
         if own:
             nl.close()
     raise InterfaceError("no default route; choose an interface with -i")
+
+
+ARPHRD_NAMES = {1: "ether", 772: "loopback", 0xFFFE: "none", 768: "ipip", 769: "tunnel6", 776: "sit", 778: "gre"}
+ARPHRD_NAMES |= {823: "ip6gre", 801: "ieee802.11", 803: "ieee802.11/radiotap", 65535: "void", 280: "can"}
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A network namespace found on the machine: `label` "" for the current one, else as `-i` takes it."""
+
+    label: str
+    path: str
+    process: str = ""  # for a namespace found only through a process: its name
+
+
+@dataclass(frozen=True)
+class ListedLink:
+    """One interface of one namespace, and for a veth the interface at its other end."""
+
+    namespace: str
+    name: str
+    index: int
+    state: str
+    linktype: str
+    kind: str
+    process: str = ""
+    peer_namespace: str | None = None
+    peer: str | None = None
+    unnamed_peer: str = ""  # a peer in a namespace that has neither a name nor a process
+
+    @property
+    def spec(self) -> str:
+        """What `-i` takes to capture on it."""
+        return f"{self.namespace}:{self.name}" if self.namespace else self.name
+
+    @property
+    def peer_spec(self) -> str | None:
+        """The peer as `-i` takes it."""
+        if self.peer is None:
+            return None
+        return f"{self.peer_namespace}:{self.peer}" if self.peer_namespace else self.peer
+
+
+def namespaces(processes: bool = True) -> list[Namespace]:
+    """The current namespace, every named one (/var/run/netns), then those only processes are in (one entry
+    per namespace: the lowest pid's), deduplicated by the namespace's inode."""
+    found: list[Namespace] = []
+    seen: set[tuple[int, int]] = set()
+
+    def add(ns: Namespace) -> None:
+        try:
+            st = os.stat(ns.path)
+        except OSError:
+            return  # gone meanwhile, or not ours to see
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            found.append(ns)
+
+    add(Namespace("", f"/proc/{os.getpid()}/ns/net"))
+    for name in named_namespaces():
+        add(Namespace(name, os.path.join(NETNS_DIR, name)))
+    if processes:
+        for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+                    comm = fh.read().strip()
+            except OSError:
+                continue
+            add(Namespace(f"pid:{pid}", f"/proc/{pid}/ns/net", comm))
+    return found
+
+
+def _kind(msg: Any) -> str:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return str(info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
+
+
+def list_interfaces(processes: bool = True) -> list[ListedLink]:
+    """Every interface of every namespace `namespaces()` finds, with each veth's peer (IFLA_LINK, and
+    IFLA_LINK_NETNSID mapped to the namespace that id names as seen from the veth's own namespace)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    spaces = namespaces(processes)
+    monitors: dict[str, LinkMonitor] = {}
+    raw: dict[str, list[Any]] = {}
+    try:
+        for ns in spaces:
+            try:
+                monitors[ns.label] = LinkMonitor(Netns(ns.label, ns.path) if ns.label else None)
+                raw[ns.label] = monitors[ns.label].messages()
+            except (UserError, OSError, NetlinkError):
+                continue  # a namespace that went away or cannot be entered: left out
+        names = {label: {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in msgs} for label, msgs in raw.items()}
+        nsids: dict[str, dict[int, str]] = {}
+
+        def nsid_map(label: str) -> dict[int, str]:
+            """Which namespace each netnsid of namespace `label` stands for."""
+            if label not in nsids:
+                nsids[label] = {}
+                for other in spaces:
+                    if other.label == label or other.label not in raw:
+                        continue
+                    try:
+                        nsid = monitors[label].netnsid(other.path)
+                    except OSError:
+                        continue  # the namespace went away
+                    if nsid is not None:
+                        nsids[label][nsid] = other.label
+            return nsids[label]
+
+        out: list[ListedLink] = []
+        for ns in spaces:
+            for msg in raw.get(ns.label, ()):
+                kind = _kind(msg)
+                peer_ns: str | None = None
+                peer: str | None = None
+                unnamed = ""
+                peer_index = msg.get_attr("IFLA_LINK")
+                if kind == "veth" and peer_index:
+                    netnsid = msg.get_attr("IFLA_LINK_NETNSID")
+                    peer_ns = ns.label if netnsid is None else nsid_map(ns.label).get(int(netnsid))
+                    if peer_ns is not None:
+                        peer = names.get(peer_ns, {}).get(int(peer_index))
+                    else:  # a namespace with no name and no process left in it
+                        unnamed = f"ifindex {peer_index} in netnsid {netnsid}"
+                arphrd = int(msg["ifi_type"])
+                out.append(
+                    ListedLink(
+                        namespace=ns.label,
+                        name=str(msg.get_attr("IFLA_IFNAME")),
+                        index=int(msg["index"]),
+                        state=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN").lower(),
+                        linktype=ARPHRD_NAMES.get(arphrd, str(arphrd)),
+                        kind=kind,
+                        process=ns.process,
+                        peer_namespace=peer_ns,
+                        peer=peer,
+                        unnamed_peer=unnamed,
+                    )
+                )
+        return out
+    finally:
+        for mon in monitors.values():
+            mon.close()

@@ -113,9 +113,15 @@ class Ring:
     """One interface's TPACKET_V3 ring. Not thread-safe: one capture thread owns it."""
 
     def __init__(
-        self, ifname: str, arphrd: int, config: RingConfig = RingConfig(), bpf: BpfProgram | None = None
+        self,
+        ifname: str,
+        arphrd: int,
+        config: RingConfig = RingConfig(),
+        bpf: BpfProgram | None = None,
+        label: str = "",
     ) -> None:
         self.ifname = ifname
+        self.label = label or ifname  # what its blocks are counted under (NETNS:IFACE in another namespace)
         self.config = config
         self.linktype = RAW_LINKTYPES.get(arphrd, LINKTYPE_RAW)
         self.stats = RingStats()
@@ -126,14 +132,14 @@ class Ring:
             self.sock = socket.socket(socket.AF_PACKET, kind, 0)
         except PermissionError:
             raise CaptureError(
-                f"no permission to capture on {ifname}: run as root or give the interpreter CAP_NET_RAW "
+                f"no permission to capture on {self.label}: run as root or give the interpreter CAP_NET_RAW "
                 "(sudo setcap cap_net_raw,cap_net_admin+eip $(readlink -f $(which python3)))"
             ) from None
         try:
             self._setup(arphrd, bpf)
         except OSError as e:
             self.close()
-            raise CaptureError(f"cannot capture on {ifname}: {e.strerror or e}") from None
+            raise CaptureError(f"cannot capture on {self.label}: {e.strerror or e}") from None
         except BaseException:
             self.close()
             raise
@@ -246,7 +252,7 @@ class Ring:
             wirelen=u32[w + (L.TP_LEN >> 2)].astype(np.int64),
             ts_ns=u32[w + (L.TP_SEC >> 2)].astype(np.int64) * 1_000_000_000 + u32[w + (L.TP_NSEC >> 2)],
             linktype=self.linktype,
-            iface=self.ifname,
+            iface=self.label,
             vlan_tci=(tci & 0xFFFF).astype(np.uint16),
             vlan_tpid=self.u16[(hdr + L.TP_VLAN_TPID) >> 1],
             vlan_valid=(status & L.TP_STATUS_VLAN_VALID) != 0,

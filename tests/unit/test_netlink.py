@@ -139,7 +139,8 @@ def test_link_down(pair: Pair) -> None:
 def test_unknown_interface(pair: Pair, name: str) -> None:
     with LinkMonitor(netns=pair.ns_a) as mon, pytest.raises(InterfaceError) as info:
         mon.get(name)
-    assert str(info.value) == f"unknown interface {name!r} (interfaces: lo, {pair.veth_a})"
+    where = f"in network namespace {pair.ns_a!r}"
+    assert str(info.value) == f"unknown interface {name!r} {where} (interfaces: lo, {pair.veth_a})"
 
 
 def test_unknown_namespace() -> None:

@@ -565,6 +565,7 @@ def make_ring(ring: np.ndarray, block_size: int, block_nr: int, next_block: int 
     """A Ring over the synthetic buffer, without a socket: only the attributes batches() reads, traced."""
     r = object.__new__(Ring)
     r.ifname = IFNAME
+    r.label = IFNAME
     r.config = RingConfig(block_size=block_size, block_nr=block_nr)
     r.linktype = LINKTYPE_ETHERNET
     r.block_nr = block_nr
