@@ -51,6 +51,15 @@ TPACKET_STATS_V3 = struct.Struct("=III")
 # struct packet_mreq: mr_ifindex, mr_type, mr_alen, mr_address.
 PACKET_MREQ = struct.Struct("=iHH8s")
 # struct sock_filter: code, jt, jf, k; struct sock_fprog: len, (pad), filter pointer.
+# linux/sockios.h, linux/ethtool.h: the link speed of an interface, asked on any socket of its namespace.
+SIOCETHTOOL = 0x8946
+ETHTOOL_GSET = 0x00000001
+SPEED_UNKNOWN = 0xFFFFFFFF
+# struct ethtool_cmd: cmd, supported, advertising, speed, duplex, port, phy_address, transceiver, autoneg,
+# mdio_support, maxtxpkt, maxrxpkt, speed_hi, eth_tp_mdix, eth_tp_mdix_ctrl, lp_advertising, reserved[2].
+ETHTOOL_CMD = struct.Struct("=IIIHBBBBBBIIHBBI8x")
+# struct ifreq with ifr_data (64-bit): the interface's name, then a pointer, in a 24-byte union.
+IFREQ_DATA = struct.Struct("=16sQ16x")
 SOCK_FILTER = struct.Struct("=HBBI")
 SOCK_FPROG = struct.Struct("=H6xQ")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import mmap
 import socket
 from collections.abc import Generator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -48,13 +49,17 @@ MIN_LINK_RING = 16 << 20
 NO_SPEED_RING = 32 << 20  # lo, tun and NICs that report no speed
 
 
-def link_speed_mbps(ifname: str) -> int | None:
-    """The link's speed in Mbit/s as the kernel reports it (sysfs of this namespace), None when unknown."""
+def link_speed_mbps(sock: socket.socket, ifname: str) -> int | None:
+    """The link's speed in Mbit/s as its driver reports it (ethtool, asked on `sock`, so in the socket's
+    namespace), None when unknown: lo, tun and many virtual NICs have none."""
+    cmd = ctypes.create_string_buffer(L.ETHTOOL_CMD.pack(L.ETHTOOL_GSET, *([0] * 15)), L.ETHTOOL_CMD.size)
     try:
-        speed = int(Path(f"/sys/class/net/{ifname}/speed").read_text())
-    except (OSError, ValueError):  # lo and tun have none (EINVAL), a link that is down may say -1
+        fcntl.ioctl(sock.fileno(), L.SIOCETHTOOL, L.IFREQ_DATA.pack(ifname.encode()[:15], ctypes.addressof(cmd)))
+    except OSError:
         return None
-    return speed if speed > 0 else None
+    fields = L.ETHTOOL_CMD.unpack(cmd.raw)
+    speed = fields[3] | fields[12] << 16  # speed, speed_hi
+    return speed if 0 < speed < L.SPEED_UNKNOWN else None
 
 
 def ring_blocks(config: RingConfig, speed_mbps: int | None) -> int:
@@ -157,7 +162,7 @@ class Ring:
         if arphrd == ARPHRD_LOOPBACK:
             # Every packet on lo shows twice (sent and received): keep only the received copy.
             s.setsockopt(L.SOL_PACKET, L.PACKET_IGNORE_OUTGOING, 1)
-        block_nr = ring_blocks(c, link_speed_mbps(self.ifname))
+        block_nr = ring_blocks(c, link_speed_mbps(s, self.ifname))
         while True:
             req = L.TPACKET_REQ3.pack(
                 c.block_size, block_nr, c.frame_size, c.block_size // c.frame_size * block_nr, c.block_timeout_ms, 0, 0

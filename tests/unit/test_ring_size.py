@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+
 import pytest
 
 from capture_backend.capture.ring import NO_SPEED_RING, RingConfig, link_speed_mbps, ring_blocks
+from tests.lab import REPO_ROOT, Lab
 from tui.options import UsageError, build_parser, ring_config
 
 MIB = 1 << 20
@@ -36,8 +42,22 @@ def test_a_fixed_ring_ignores_the_speed_and_big_blocks_keep_two() -> None:
 
 
 def test_lo_reports_no_speed() -> None:
-    assert link_speed_mbps("lo") is None
-    assert link_speed_mbps("no-such-interface") is None
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+        assert link_speed_mbps(sock, "lo") is None
+        assert link_speed_mbps(sock, "no-such-interface") is None
+
+
+@pytest.mark.live
+def test_a_veth_ring_is_sized_from_its_speed_in_its_own_namespace(lab: Lab) -> None:
+    # From the host, on the lab's veth inside its namespace: the speed is asked of the socket's namespace.
+    out = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "stats", "-i", f"{lab.ns_a}:{lab.veth('a')}", "-i", "lo", "--count", "1",
+         "--interval", "0.2", "--format", "json"],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rings = {i["name"]: i["ring_bytes"] for i in json.loads(out.stdout.splitlines()[-1])["interfaces"]}
+    assert rings == {f"{lab.ns_a}:{lab.veth('a')}": 128 * MIB, "lo": 32 * MIB}  # veth: 10000 Mb/s
 
 
 def test_the_cli_sizes_by_speed_unless_told() -> None:
