@@ -18,7 +18,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
-from textual.widgets import ContentSwitcher, DataTable
+from textual.widgets import ContentSwitcher, DataTable, Label
 
 from capture_backend.analysis.processes import EMPTY_UNKNOWN, ProcessMapper, ProcessTable, ProcessTotals
 from capture_backend.analysis.tables import TableSnapshot
@@ -314,11 +314,23 @@ async def test_valid_live_filter_rereads_with_it(pcap: str) -> None:
 async def open_detail(app: RetrotapApp, pilot: Any, query: str) -> str:
     """Close a detail panel if one is open, filter the Flows view by `query`, open the first row's detail;
     the screen's text."""
-    if isinstance(app.screen, FlowDetail):
+    previous = app.screen if isinstance(app.screen, FlowDetail) else None
+    if previous is not None:
         await pilot.press("escape")
+        for _ in range(100):  # the panel is popped at a later turn of the event loop
+            if app.screen is not previous:
+                break
+            await pilot.pause(0.01)
     await pilot.press("4", "slash", "ctrl+u", *query, "enter", "enter")
-    await pilot.pause()
-    assert isinstance(app.screen, FlowDetail)
+    # The new panel is pushed, composed, then filled after a refresh: wait for its flow's title.
+    for _ in range(200):
+        await pilot.pause(0.01)
+        screen = app.screen
+        if isinstance(screen, FlowDetail) and screen is not previous:
+            titles = list(screen.query("#flow-detail-title").results(Label))
+            if titles and str(titles[0].content) != "Flow":  # show() has named the flow
+                break
+    assert isinstance(app.screen, FlowDetail) and app.screen is not previous
     return screen_text(app)
 
 
