@@ -694,3 +694,168 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
             if l7len >= 0:
                 end = s + c - l7_start[i]
                 l7_cap[i] = 0 if end < 0 else min(end, l7len)
+
+
+# -- TCP sequence analysis ---------------------------------------------------------------------------
+
+cdef enum:
+    TCP_FIN = 0x01
+    TCP_SYN = 0x02
+    TCP_RST = 0x04
+    TCP_ACK = 0x10
+
+cdef int64_t SEQ_SPAN = 1LL << 32
+cdef int64_t SEQ_HALF = 1LL << 31
+cdef uint64_t SEQ_MASK = 0xFFFFFFFFULL
+cdef int64_t OUT_OF_ORDER_NS = 3000000  # tshark's out-of-order window without a handshake RTT
+cdef int64_t FAST_RETRANSMIT_NS = 20000000  # tshark: within 20 ms of the duplicate ACK
+
+# Per direction in one batch: known to the table before it, seen in it.
+cdef enum:
+    DIR_KNOWN = 1
+    DIR_SEEN = 2
+
+# Handshake state of a flow for one batch (held by its first key).
+cdef enum:
+    HS_MEASURED = 0  # the RTT was known when the batch began: nothing to do
+    HS_PENDING = 1
+    HS_DONE = 2  # measured by this batch; later SYNs still move tcp_syn
+
+
+cdef inline int64_t _sub(int64_t a, int64_t b) noexcept nogil:
+    """a - b wrapping like NumPy's int64 (no undefined overflow)."""
+    return <int64_t>(<uint64_t>a - <uint64_t>b)
+
+
+def tcp_sequence(const int64_t[::1] keys, const int64_t[::1] rank, const int64_t[::1] ts,
+                 const uint8_t[::1] flags, const int64_t[::1] seq, const int64_t[::1] ack,
+                 const int32_t[::1] window, const int32_t[::1] length,
+                 int64_t[:, ::1] nxt, int64_t[:, ::1] nxt_t, int64_t[:, ::1] lastack, int64_t[:, ::1] last_t,
+                 int64_t[:, ::1] win, int64_t[:, ::1] dupacks, uint8_t[:, ::1] ka, int64_t[::1] syn_t,
+                 int64_t[::1] irtt, int64_t[::1] retrans, int64_t[::1] ooo, int64_t[::1] dupack,
+                 int64_t[::1] zero_win, int64_t[::1] resets) -> None:
+    """TCP health of one batch's TCP packets (analysis/tcp.py Sequence): packet i belongs to flow row
+    keys[rank[i]] >> 1, direction keys[rank[i]] & 1, and the batch is in time order per direction.
+    Each direction's state lives in the two-direction columns and is updated packet by packet."""
+    cdef Py_ssize_t m = rank.shape[0], nk = keys.shape[0], rows = irtt.shape[0]
+    cdef Py_ssize_t i, k
+    cdef int64_t fid, d, o, t, s, a, w, ln, rel, x, prior, dn, rev_ack, end, threshold
+    cdef uint8_t f
+    cdef bint synfin, prior_known, grew, no_sfr, keepalive, behind, spurious, fast, out_of_order
+    cdef int64_t* ref
+    cdef int64_t* ref_low
+    cdef int64_t* run
+    cdef int64_t* lead
+    cdef uint8_t* state
+    cdef uint8_t* hs
+    if not (ts.shape[0] == flags.shape[0] == seq.shape[0] == ack.shape[0] == window.shape[0]
+            == length.shape[0] == m):
+        raise ValueError("tcp_sequence: packet columns of different lengths")
+    if not (nxt.shape[0] == nxt_t.shape[0] == lastack.shape[0] == last_t.shape[0] == win.shape[0]
+            == dupacks.shape[0] == ka.shape[0] == rows):
+        raise ValueError("tcp_sequence: per-direction columns must be (rows, 2)")
+    if not (nxt.shape[1] == nxt_t.shape[1] == lastack.shape[1] == last_t.shape[1] == win.shape[1]
+            == dupacks.shape[1] == ka.shape[1] == 2):
+        raise ValueError("tcp_sequence: per-direction columns must be (rows, 2)")
+    if not (syn_t.shape[0] == retrans.shape[0] == ooo.shape[0] == dupack.shape[0] == zero_win.shape[0]
+            == resets.shape[0] == rows):
+        raise ValueError("tcp_sequence: flow columns of different lengths")
+    for k in range(nk):
+        if keys[k] < 0 or keys[k] >> 1 >= rows:
+            raise ValueError("tcp_sequence: a key outside the flow table")
+    for i in range(m):
+        if rank[i] < 0 or rank[i] >= nk:
+            raise ValueError("tcp_sequence: a rank outside the keys")
+    if m == 0:
+        return
+    ref = <int64_t*>PyMem_RawCalloc(4 * nk, sizeof(int64_t))
+    state = <uint8_t*>PyMem_RawCalloc(2 * nk, 1)
+    if ref == NULL or state == NULL:
+        PyMem_RawFree(ref)
+        PyMem_RawFree(state)
+        raise MemoryError()
+    ref_low, run, lead, hs = ref + nk, ref + 2 * nk, ref + 3 * nk, state + nk
+    with nogil:
+        # Per direction: the unwrap reference is the table's highest sequence, else the batch's last seq.
+        for k in range(nk):
+            fid, d = keys[k] >> 1, keys[k] & 1
+            ref[k] = nxt[fid, d]
+            if ref[k] >= 0:
+                state[k] = DIR_KNOWN
+                run[k] = SEQ_SPAN
+            lead[k] = lead[k - 1] if k > 0 and keys[k - 1] >> 1 == fid else k
+            if lead[k] == k:
+                hs[k] = HS_PENDING if irtt[fid] < 0 else HS_MEASURED
+        # Unordered counts, the last seq of directions new to the table, and the handshake RTT (the
+        # latest SYN without ACK to the first ACK without SYN, either direction): the sequence pass
+        # below reads the RTT as this whole batch leaves it.
+        for i in range(m):
+            k = rank[i]
+            fid = keys[k] >> 1
+            f = flags[i]
+            if not state[k] & DIR_KNOWN:
+                ref[k] = seq[i]
+            if f & TCP_RST:
+                resets[fid] += 1
+            if window[i] == 0 and not f & (TCP_SYN | TCP_FIN | TCP_RST):
+                zero_win[fid] += 1
+            if hs[lead[k]] != HS_MEASURED:
+                if f & (TCP_SYN | TCP_ACK) == TCP_SYN:
+                    syn_t[fid] = ts[i]
+                elif f & (TCP_SYN | TCP_ACK) == TCP_ACK and hs[lead[k]] == HS_PENDING and syn_t[fid] > 0:
+                    irtt[fid] = _sub(ts[i], syn_t[fid])
+                    hs[lead[k]] = HS_DONE
+        for k in range(nk):
+            ref_low[k] = (<int64_t>(<uint64_t>ref[k] & SEQ_MASK) if state[k] & DIR_KNOWN else ref[k]) - SEQ_HALF
+        # tshark's tcp_analyze_sequence_number(), packet by packet. Sequence numbers are unwrapped
+        # relative to ref_low (ref[k] is SEQ_SPAN there); run[k] is the highest seq + len so far.
+        for i in range(m):
+            k = rank[i]
+            fid, d = keys[k] >> 1, keys[k] & 1
+            o = 1 - d
+            f, t, s, a, w, ln = flags[i], ts[i], seq[i], ack[i], window[i], length[i]
+            rel = <int64_t>((<uint64_t>s - <uint64_t>ref_low[k]) & SEQ_MASK) + SEQ_HALF
+            synfin = (f & (TCP_SYN | TCP_FIN)) != 0
+            x = rel + ln + synfin
+            prior = run[k]
+            prior_known = state[k] != 0
+            grew = x > prior or not prior_known
+            no_sfr = (f & (TCP_SYN | TCP_FIN | TCP_RST)) == 0
+            keepalive = ln <= 1 and prior_known and rel == prior - 1 and no_sfr
+            # Duplicate ACKs in a row since the ack last changed (tshark's dupacknum).
+            dn = dupacks[fid, d] if a == lastack[fid, d] else 0
+            if (ln == 0 and w != 0 and w == win[fid, d] and prior_known and rel == prior and a == lastack[fid, d]
+                    and no_sfr and not ka[fid, o]):
+                dn += 1
+                dupack[fid] += 1
+            # The other direction's latest segment: its columns, updated by it earlier in this batch.
+            rev_ack = lastack[fid, o]
+            behind = ((ln > 0 or synfin) and not keepalive and prior_known and rel < prior
+                      and not (ln > 1 and rel == prior - 1))
+            end = <int64_t>((<uint64_t>s + <uint64_t>ln) & SEQ_MASK)
+            spurious = (ln > 0 and not keepalive and rev_ack != 0
+                        and <int64_t>((<uint64_t>rev_ack - <uint64_t>end) & SEQ_MASK) < SEQ_HALF)
+            fast = (not spurious and behind and dupacks[fid, o] >= 2 and rev_ack == s
+                    and _sub(t, last_t[fid, o]) < FAST_RETRANSMIT_NS)
+            threshold = irtt[fid] if irtt[fid] > 0 else OUT_OF_ORDER_NS
+            out_of_order = (not spurious and not fast and behind and _sub(t, nxt_t[fid, d]) < threshold
+                            and prior != x)
+            if spurious or fast or behind and not out_of_order:
+                retrans[fid] += 1
+            if out_of_order:
+                ooo[fid] += 1
+            if grew:
+                nxt_t[fid, d] = t
+            if x > prior:
+                run[k] = x
+            state[k] |= DIR_SEEN
+            lastack[fid, d] = a
+            last_t[fid, d] = t
+            win[fid, d] = w
+            dupacks[fid, d] = dn
+            ka[fid, d] = keepalive
+        for k in range(nk):
+            if state[k] & DIR_SEEN:
+                nxt[keys[k] >> 1, keys[k] & 1] = run[k] + ref[k] - SEQ_SPAN
+    PyMem_RawFree(ref)
+    PyMem_RawFree(state)
