@@ -214,8 +214,9 @@ def assert_same_after_each(batches: list[Decoded], limits: CounterLimits | None 
             ref.add(dec)
         assert (ours.flows.used == ref.flows.used).all()
         assert (ours.flows.keys == ref.flows.keys).all()
+        rows = np.flatnonzero(ref.flows.used)  # the cells of rows never handed out are not initialised
         for name, col in ref.flows.cols.items():
-            assert np.array_equal(ours.flows.cols[name], col), f"{name} differs after batch {b}"
+            assert np.array_equal(ours.flows.cols[name][rows], col[rows]), f"{name} differs after batch {b}"
     return ours
 
 
