@@ -98,3 +98,40 @@ def tcp_sequence(
     zero_win: np.ndarray,
     resets: np.ndarray,
 ) -> None: ...
+def latency_classify(
+    buf: np.ndarray,
+    l7_start: np.ndarray,
+    l7_cap: np.ndarray,
+    proto: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    http_heads: np.ndarray,
+    rows: np.ndarray,
+    kind: np.ndarray,
+    request: np.ndarray,
+    dns_id: np.ndarray,
+) -> int: ...
+def latency_text(
+    buf: np.ndarray, l7_start: np.ndarray, l7_cap: np.ndarray, rows: np.ndarray, skip: np.ndarray, out: np.ndarray
+) -> None: ...
+def latency_match(
+    key: np.ndarray,
+    request: np.ndarray,
+    repeat: np.ndarray,
+    ts: np.ndarray,
+    answered: np.ndarray,
+    asked: np.ndarray,
+    left: np.ndarray,
+    drop: np.ndarray,
+    queue: np.ndarray,
+) -> tuple[int, int]: ...
+def latency_tables(
+    count: np.ndarray,
+    total: np.ndarray,
+    top: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    ids: np.ndarray,
+    lat: np.ndarray,
+    ts: np.ndarray,
+) -> None: ...

@@ -440,6 +440,174 @@ def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t m
     return n, p
 
 
+# -- Application latency ---------------------------------------------------------------------------
+# analysis/latency.py's per-packet loops; the constants mirror it and contract.KIND_*.
+
+cdef int LAT_UDP = 17
+cdef int LAT_TCP = 6
+cdef int LAT_DNS_PORT = 53
+cdef int LAT_MYSQL_PORT = 3306
+cdef int64_t LAT_KIND_DNS = 1
+cdef int64_t LAT_KIND_HTTP = 2
+cdef int64_t LAT_KIND_MYSQL = 3
+cdef int64_t LAT_REPEAT_FIFO = 0
+cdef int64_t LAT_REPEAT_FIRST = 1
+cdef int64_t LAT_DNS_RETRANSMIT_NS = 5 * 1000000000
+cdef uint64_t LAT_HTTP_RESPONSE = 0x48545450  # b"HTTP"
+
+
+cdef inline uint64_t _l7_head(const uint8_t* buf, Py_ssize_t size, int64_t start, int64_t cap,
+                              int64_t skip) noexcept nogil:
+    """Payload bytes skip..skip+3 big-endian, 0 past what was captured or past the buffer."""
+    cdef uint64_t w = 0
+    cdef int64_t i, p
+    for i in range(4):
+        w <<= 8
+        p = start + skip + i
+        if skip + i < cap and 0 <= p < size:
+            w |= buf[p]
+    return w
+
+
+def latency_classify(const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
+                     const int32_t[::1] proto, const int32_t[::1] sport, const int32_t[::1] dport,
+                     const uint64_t[::1] http_heads, int64_t[::1] rows, int64_t[::1] kind, uint8_t[::1] request,
+                     int64_t[::1] dns_id) -> int:
+    """Requests and responses of a batch in row order into the outputs (one row each); returns how many."""
+    cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], i, h, m = 0
+    cdef const uint8_t* b = &buf[0] if size else NULL
+    cdef int64_t cap, skip
+    cdef uint64_t head, word
+    cdef bint qr, is_req, to_server, mysql
+    with nogil:
+        for i in range(n):
+            cap = l7_cap[i]
+            if proto[i] != LAT_UDP and proto[i] != LAT_TCP:
+                continue
+            if sport[i] == LAT_DNS_PORT or dport[i] == LAT_DNS_PORT:
+                skip = 0 if proto[i] == LAT_UDP else 2  # DNS over TCP: after a 2-byte length
+                if cap < skip + 12:
+                    continue
+                head = _l7_head(b, size, l7_start[i], cap, skip)
+                qr = (head & 0x8000) != 0
+                if not qr and dport[i] == LAT_DNS_PORT:
+                    is_req = True
+                elif qr and sport[i] == LAT_DNS_PORT:
+                    is_req = False
+                else:
+                    continue
+                rows[m], kind[m], request[m], dns_id[m] = i, LAT_KIND_DNS, is_req, <int64_t>(head >> 16)
+                m += 1
+            elif proto[i] == LAT_TCP and cap >= 4:
+                if (sport[i] == LAT_MYSQL_PORT or dport[i] == LAT_MYSQL_PORT) and cap >= 5:
+                    # 3-byte length, sequence id, command: a query is sequence 0 + COM_QUERY (3), the
+                    # response's first packet sequence 1.
+                    word = _l7_head(b, size, l7_start[i], cap, 2)
+                    to_server = dport[i] == LAT_MYSQL_PORT
+                    is_req = to_server and ((word >> 16) & 0xFF) == 0 and ((word >> 8) & 0xFF) == 3
+                    mysql = is_req or (not to_server and ((word >> 16) & 0xFF) == 1)
+                    if mysql:
+                        rows[m], kind[m], request[m], dns_id[m] = i, LAT_KIND_MYSQL, is_req, 0
+                        m += 1
+                    continue
+                head = _l7_head(b, size, l7_start[i], cap, 0)
+                is_req = False
+                for h in range(nh):
+                    if head == http_heads[h]:
+                        is_req = True
+                if is_req or head == LAT_HTTP_RESPONSE:
+                    rows[m], kind[m], request[m], dns_id[m] = i, LAT_KIND_HTTP, is_req, 0
+                    m += 1
+    return m
+
+
+def latency_text(const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
+                 const int64_t[::1] rows, const int64_t[::1] skip, uint8_t[:, ::1] out) -> None:
+    """Each row's payload bytes from its skip into its row of `out`, 0 past what was captured."""
+    cdef Py_ssize_t size = buf.shape[0], width = out.shape[1], j, k
+    cdef int64_t r, p
+    with nogil:
+        for j in range(rows.shape[0]):
+            r = rows[j]
+            for k in range(width):
+                p = l7_start[r] + skip[j] + k
+                out[j, k] = buf[p] if k < l7_cap[r] - skip[j] and 0 <= p < size else 0
+
+
+def latency_match(const uint64_t[::1] key, const uint8_t[::1] request, const int64_t[::1] repeat,
+                  const int64_t[::1] ts, int64_t[::1] answered, int64_t[::1] asked, int64_t[::1] left,
+                  uint8_t[::1] drop, int64_t[::1] queue):
+    """analysis.latency.match over events sorted by key (`repeat` the same within a key), in one walk.
+
+    Fills answered/asked/left (each at most len(key) long) and returns how many answered and left;
+    drop and queue are scratch of len(key).
+    """
+    cdef Py_ssize_t n = key.shape[0], i, pk = -1, na = 0, nl = 0, qh = 0, qt = 0
+    cdef int64_t opened = 0
+    cdef bint head, have_live = False
+    cdef uint64_t live_key = 0
+    with nogil:
+        for i in range(n):
+            drop[i] = 0
+            head = i == 0 or key[i] != key[i - 1]
+            if request[i] and repeat[i] == LAT_REPEAT_FIRST:
+                # Of a run of requests, the head and each one DNS_RETRANSMIT_NS after the last
+                # opening open an exchange; the others are repeats.
+                if head or not request[i - 1] or ts[i] - opened >= LAT_DNS_RETRANSMIT_NS:
+                    opened = ts[i]
+                else:
+                    drop[i] = 1
+                    continue
+            # Of kept requests in a row of one key, only the newest stands (unless FIFO).
+            if (request[i] and pk >= 0 and request[pk] and key[pk] == key[i]
+                    and repeat[pk] != LAT_REPEAT_FIFO):
+                drop[pk] = 1
+            pk = i
+        for i in range(n):
+            if drop[i]:
+                continue
+            if not have_live or key[i] != live_key:
+                while qh < qt:
+                    left[nl] = queue[qh]
+                    nl += 1
+                    qh += 1
+                qh = qt = 0
+                have_live, live_key = True, key[i]
+            if request[i]:
+                queue[qt] = i
+                qt += 1
+            elif qh < qt:  # the oldest unanswered request of its key; none: unsolicited
+                answered[na], asked[na] = i, queue[qh]
+                na += 1
+                qh += 1
+        while qh < qt:
+            left[nl] = queue[qh]
+            nl += 1
+            qh += 1
+    return na, nl
+
+
+def latency_tables(int64_t[::1] count, int64_t[::1] total, int64_t[::1] top, int64_t[::1] first,
+                   int64_t[::1] last, const int64_t[::1] ids, const int64_t[::1] lat,
+                   const int64_t[::1] ts) -> None:
+    """Count each exchange in its table row (ids < 0: none): count, sum, max, first and last time."""
+    cdef Py_ssize_t j
+    cdef int64_t r
+    with nogil:
+        for j in range(ids.shape[0]):
+            r = ids[j]
+            if r < 0:
+                continue
+            count[r] += 1
+            total[r] += lat[j]
+            if lat[j] > top[r]:
+                top[r] = lat[j]
+            if ts[j] < first[r]:
+                first[r] = ts[j]
+            if ts[j] > last[r]:
+                last[r] = ts[j]
+
+
 # -- Ring walk ---------------------------------------------------------------------------------------
 
 def walk_block(const uint32_t[::1] u32, Py_ssize_t base, Py_ssize_t block_size, Py_ssize_t num_pkts,

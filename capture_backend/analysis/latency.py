@@ -1,10 +1,11 @@
 """Application latency: DNS query → response, HTTP/1.x request → first response, MySQL query → response.
 
-Each batch is classified with vectorised reads of the first payload bytes; only the few request and
-response packets found go on. Requests wait in NumPy arrays keyed by (flow row, kind, DNS id);
-responses are matched per key in arrival order, as tshark does: a re-sent DNS query does not open a
-second exchange (dns.time counts from the first), and an HTTP response answers the newest request
-(http.time; pipelined requests before it stay unanswered). HTTP latency is to the response's first
+Each batch is classified by the first payload bytes in one compiled pass (_native.latency_classify);
+only the request and response packets found go on. Requests wait in NumPy arrays keyed by (flow
+row, kind, DNS id); responses are matched per key in arrival order (_native.latency_match), as
+tshark does: a re-sent DNS query does not open a second exchange (dns.time counts from the first),
+and an HTTP response answers the newest request (http.time; pipelined requests before it stay
+unanswered). HTTP latency is to the response's first
 segment, as tshark's http.time with http.desegment_body off.
 Matched exchanges update the flow, a per-server and a per-service table, a ring of recent samples
 (exact p50/p95 at publish time) and the slowest exchanges of each kind with their request's text.
@@ -18,8 +19,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from capture_backend._native import latency_classify, latency_match, latency_tables, latency_text
 from capture_backend.analysis.columns import segments
-from capture_backend.analysis.decode import IPPROTO_TCP, IPPROTO_UDP, Decoded, _Frames
+from capture_backend.analysis.decode import IPPROTO_TCP, Decoded
 from capture_backend.analysis.tables import KeyTable
 from capture_backend.contract import DNS_PORT as DNS_PORT
 from capture_backend.contract import (
@@ -78,78 +80,44 @@ class _Events:
     key: np.ndarray  # uint64: flow row << 24 | kind << 16 | DNS id
 
 
-def _head32(dec: Decoded, rows: np.ndarray, skip: int = 0) -> np.ndarray:
-    """Payload bytes skip..skip+3 of `rows` as big-endian uint64 (zero-padded past what was captured)."""
-    assert dec.buf is not None and dec.l7_start is not None and dec.l7_cap is not None
-    fr = _Frames(dec.buf, dec.l7_start[rows], dec.l7_cap[rows])
-    word = fr.funnel(np.full(rows.size, skip, np.int64), 1)[:, 0] >> np.uint64(32)
-    have = np.clip(dec.l7_cap[rows] - skip, 0, 4).astype(np.uint64)
-    mask = ~(np.uint64(0xFFFFFFFF) >> (np.uint64(8) * have)) & np.uint64(0xFFFFFFFF)
-    return word & mask
-
-
 def classify(dec: Decoded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows that are requests or responses: (rows, kind, is_request, DNS id) in batch order."""
-    if dec.l7_start is None or dec.l7_cap is None or len(dec) == 0:
+    if dec.buf is None or dec.l7_start is None or dec.l7_cap is None or len(dec) == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0, bool), e
-    cap, proto, sport, dport = dec.l7_cap, dec.proto, dec.sport, dec.dport
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    # DNS over UDP (id, flags at 0..3) and TCP (after a 2-byte length).
-    for ip_proto, skip in ((IPPROTO_UDP, 0), (IPPROTO_TCP, 2)):
-        rows = np.flatnonzero((proto == ip_proto) & ((sport == DNS_PORT) | (dport == DNS_PORT)) & (cap >= skip + 12))
-        if rows.size:
-            head = _head32(dec, rows, skip)
-            qr = (head & np.uint64(0x8000)) != 0
-            request = ~qr & (dport[rows] == DNS_PORT)
-            response = qr & (sport[rows] == DNS_PORT)
-            keep = request | response
-            dns_id = (head >> np.uint64(16)).astype(np.int64)
-            parts.append((rows[keep], np.full(int(keep.sum()), KIND_DNS), request[keep], dns_id[keep]))
-    rows = np.flatnonzero((proto == IPPROTO_TCP) & (cap >= 4) & (sport != DNS_PORT) & (dport != DNS_PORT))
-    if rows.size:
-        head = _head32(dec, rows)
-        http_req = np.isin(head, HTTP_REQUEST_HEADS)
-        http_resp = head == HTTP_RESPONSE_HEAD
-        mysql = np.zeros(rows.size, bool)
-        at_mysql = np.flatnonzero(((sport[rows] == MYSQL_PORT) | (dport[rows] == MYSQL_PORT)) & (cap[rows] >= 5))
-        mysql_req = np.zeros(rows.size, bool)
-        if at_mysql.size:
-            # Packet header: 3-byte length, sequence id; a query is sequence 0 + COM_QUERY, the
-            # response's first packet is sequence 1.
-            m = _head32(dec, rows[at_mysql], 2)
-            seq_id, command = (m >> np.uint64(16)) & np.uint64(0xFF), (m >> np.uint64(8)) & np.uint64(0xFF)
-            to_server = dport[rows[at_mysql]] == MYSQL_PORT
-            mysql_req[at_mysql] = to_server & (seq_id == 0) & (command == MYSQL_COM_QUERY)
-            mysql[at_mysql] = mysql_req[at_mysql] | (~to_server & (seq_id == 1))
-            http_req[at_mysql] = http_resp[at_mysql] = False
-        keep = http_req | http_resp | mysql
-        if keep.any():
-            kind = np.where(mysql, KIND_MYSQL, KIND_HTTP)[keep]
-            parts.append((rows[keep], kind, (http_req | mysql_req)[keep], np.zeros(int(keep.sum()), np.int64)))
-    if not parts:
-        e = np.zeros(0, np.int64)
-        return e, e, np.zeros(0, bool), e
-    rows = np.concatenate([p[0] for p in parts])
-    order = np.argsort(rows, kind="stable")
-    return tuple(np.concatenate([p[i] for p in parts])[order] for i in range(4))  # type: ignore[return-value]
+    n = len(dec)
+    rows, kind, dns_id = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    request = np.empty(n, np.uint8)
+    m = latency_classify(
+        np.ascontiguousarray(dec.buf),
+        dec.l7_start,
+        dec.l7_cap,
+        dec.proto,
+        dec.sport,
+        dec.dport,
+        HTTP_REQUEST_HEADS,
+        rows,
+        kind,
+        request,
+        dns_id,
+    )
+    return rows[:m], kind[:m], request[:m].view(bool), dns_id[:m]
 
 
 def _text(dec: Decoded, rows: np.ndarray, kind: np.ndarray) -> np.ndarray:
     """The first TEXT_BYTES of each request's payload past its framing, zero-padded: (m, TEXT_BYTES)."""
     assert dec.buf is not None and dec.l7_start is not None and dec.l7_cap is not None
     skip = np.where(kind == KIND_MYSQL, 5, np.where((kind == KIND_DNS) & (dec.proto[rows] == IPPROTO_TCP), 2, 0))
-    fr = _Frames(dec.buf, dec.l7_start[rows], dec.l7_cap[rows])
-    words = fr.funnel(skip.astype(np.int64), TEXT_BYTES // 8)
-    text = np.ascontiguousarray(words.astype(">u8")).view(np.uint8).reshape(rows.size, TEXT_BYTES)
-    inside = np.arange(TEXT_BYTES) < (dec.l7_cap[rows] - skip)[:, None]
-    return np.where(inside, text, 0).astype(np.uint8)
+    text = np.empty((rows.size, TEXT_BYTES), np.uint8)
+    latency_text(np.ascontiguousarray(dec.buf), dec.l7_start, dec.l7_cap, rows, skip.astype(np.int64), text)
+    return text
 
 
 def match(
     key: np.ndarray, request: np.ndarray, repeat: np.ndarray, ts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pair responses with requests per key; events in time order, sorted stably by key by the caller.
+    """Pair responses with requests per key; events in time order, sorted stably by key by the caller
+    (`repeat` is the same within a key: it follows the key's kind).
 
     A response answers the oldest unanswered request of its key; one with none is unsolicited.
     Where a request meets another unanswered one of its key, `repeat` says what stands: both
@@ -159,67 +127,19 @@ def match(
     answered responses, the request each answers, and the unanswered requests.
     """
     n = key.size
-    if n == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, e
-    head = segments(key)[0]
-    prev_req = np.zeros(n, bool)
-    prev_req[1:] = request[:-1] & ~head[1:]
-    drop = np.zeros(n, bool)
-    first = (repeat == REPEAT_FIRST) & request
-    if (first & prev_req).any():
-        # A run of requests opens an exchange at its head and at each request DNS_RETRANSMIT_NS
-        # after the last opening; the others are repeats.
-        opens = first & ~prev_req
-        idx = np.arange(n)
-        while True:
-            since = np.maximum.accumulate(np.where(opens, idx, 0))
-            late = first & prev_req & ~opens & (ts - ts[since] >= DNS_RETRANSMIT_NS)
-            if not late.any():
-                break
-            pos = np.flatnonzero(late)
-            _, at = np.unique(since[pos], return_index=True)
-            opens[pos[at]] = True  # the earliest late one of each opening; later ones are timed from it
-        drop = first & prev_req & ~opens
-    if (request & (repeat != REPEAT_FIFO)).any():
-        # Of kept requests in a row (no response between), only the newest stands.
-        kept = np.flatnonzero(~drop)
-        k_req, k_key = request[kept], key[kept]
-        followed = np.zeros(kept.size, bool)
-        followed[:-1] = k_req[1:] & (k_key[1:] == k_key[:-1])
-        drop[kept[followed & k_req & (repeat[kept] != REPEAT_FIFO)]] = True
-    live = np.flatnonzero(~drop)
-    answered, asked, left = _fifo(key[live], request[live])
-    return live[answered], live[asked], live[left]
-
-
-def _fifo(key: np.ndarray, request: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = key.size
-    head, seg, starts = segments(key)
-    step = np.where(request, 1, -1)
-    c = np.cumsum(step)
-    c = c - np.repeat(c[starts] - step[starts], np.diff(np.append(starts, n)))  # per key
-    # Clamped at zero (an unsolicited response changes nothing): c - min(0, running min of c per key).
-    offset = seg * (2 * n + 2)
-    low = np.minimum.accumulate(c - offset) + offset
-    balance = c - np.minimum(0, low)
-    before = np.zeros(n, np.int64)
-    before[1:] = balance[:-1]
-    before[head] = 0
-    answered = np.flatnonzero(~request & (before > 0))
-    requests = np.flatnonzero(request)
-    # The m-th answered response of a key answers that key's m-th request.
-    first_req = np.searchsorted(seg[requests], seg[answered])
-    asked = requests[first_req + _rank_in_segment(seg[answered])]
-    n_answered = np.bincount(seg[answered], minlength=int(seg[-1]) + 1)
-    left = requests[_rank_in_segment(seg[requests]) >= n_answered[seg[requests]]]
-    return answered, asked, left
-
-
-def _rank_in_segment(seg: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal values of a sorted array."""
-    _, run, starts = segments(seg)
-    return np.arange(seg.size) - starts[run]
+    answered, asked, left = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    na, nl = latency_match(
+        np.ascontiguousarray(key, np.uint64),
+        np.ascontiguousarray(request, np.uint8),
+        np.ascontiguousarray(repeat, np.int64),
+        np.ascontiguousarray(ts, np.int64),
+        answered,
+        asked,
+        left,
+        np.empty(n, np.uint8),
+        np.empty(n, np.int64),
+    )
+    return answered[:na], asked[:na], left[:nl]
 
 
 DNS_TYPES = {
@@ -401,13 +321,8 @@ class Latency:
         sid = self.servers.ids_of_repeated(pack_keys(SERVER_KEY, m, server=server, proto=proto, port=port, kind=kind))
         vid = self.services.ids_of_repeated(pack_keys(SERVICE_KEY, m, proto=proto, port=port, kind=kind))
         for table, ids in ((self.servers, sid), (self.services, vid)):
-            ok = ids >= 0
-            c, i = table.cols, ids[ok]
-            np.add.at(c["count"], i, 1)
-            np.add.at(c["sum"], i, lat[ok])
-            np.maximum.at(c["max"], i, lat[ok])
-            np.minimum.at(c["first"], i, ts[ok])
-            np.maximum.at(c["last"], i, ts[ok])
+            c = table.cols
+            latency_tables(c["count"], c["sum"], c["max"], c["first"], c["last"], ids, lat, ts)
         take = min(m, SAMPLE_RING)
         slots = (self.s_next + np.arange(take)) % SAMPLE_RING
         self.s_server[slots], self.s_service[slots] = sid[-take:], vid[-take:]
