@@ -39,6 +39,7 @@ PUBLISH_COST_FACTOR = 8
 # A capture loop that keeps failing is restarted at most this often (seconds between restarts).
 RESTART_BACKOFF = (0.0, 0.1, 1.0)
 SMALL_RING_BLOCKS = 16
+OWN_NETNS = "/proc/self/ns/net"
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
 
 
@@ -201,11 +202,19 @@ class Engine:
     # --- set-up, in the caller's thread so errors reach the CLI before anything starts
     def open(self) -> None:
         """Open every ring; raises InterfaceError, FilterError or CaptureError."""
+        seen: dict[tuple[int, int, str], str] = {}
         for cap in self._captures:
             ns = cap.spec.netns
             if ns is not None and ns not in self._netns:
                 self._netns[ns] = resolve(ns)
-                self._ns_links[ns] = LinkMonitor(self._netns[ns])
+            # One interface named two ways (a namespace's name and a pid in it) would be counted twice.
+            pinned = os.stat(self._netns[ns].path if ns is not None else OWN_NETNS)
+            same = seen.setdefault((pinned.st_dev, pinned.st_ino, cap.spec.ifname), cap.name)
+            if same != cap.name:
+                raise InterfaceError(f"-i {same!r} and -i {cap.name!r} are the same interface")
+        for ns, netns in self._netns.items():
+            if ns not in self._ns_links:
+                self._ns_links[ns] = LinkMonitor(netns)
         self._link_info = self._all_links()
         for cap in self._captures:
             info = self._link_info.get(cap.name)

@@ -86,3 +86,12 @@ def test_cli_unknown_user_and_namespace_are_one_line(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert err.startswith("retrotap: error: unknown network namespace 'rt-no-such-namespace'")
     assert err.count("\n") == 1
+
+
+def test_one_interface_named_two_ways_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # This process's namespace by pid is the current one: `pid:PID:lo` is `lo` again, counted twice if allowed.
+    me = os.getpid()
+    assert main(["stats", "-i", "lo", "-i", f"pid:{me}:lo", "--count", "1"]) == 2
+    assert capsys.readouterr().err == f"retrotap: error: -i 'lo' and -i 'pid:{me}:lo' are the same interface\n"
+    assert main(["stats", "-i", f"{me}:lo", "-i", f"pid:{me}:lo", "--count", "1"]) == 2
+    assert capsys.readouterr().err == f"retrotap: error: -i '{me}:lo' and -i 'pid:{me}:lo' are the same interface\n"
