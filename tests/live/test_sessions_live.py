@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 
 from capture_backend.rewind.sessions import Query, SessionStore
 from tests.captures import SETTLE_S, snapshot_of, start_retrotap, start_tcpdump, stop_tcpdump
-from tests.lab import Lab
+from tests.lab import REPO_ROOT, Lab
 from tests.scenes import Dns, Scene, Web, quiesce
 from tests.tshark import Frame, tshark_frames
 
@@ -146,3 +147,47 @@ def test_sessions_equal_tsharks_flows(open_lab: Lab, scene: Scene, tmp_path: Pat
     else:
         dns = [r for r in rows if r["dport"] == 53]
         assert sum(r["exchanges"] for r in dns) > 0
+
+
+def test_record_keeps_sessions_beside_its_files_and_exports_one(open_lab: Lab, tmp_path: Path) -> None:
+    """`retrotap record -w DIR` writes DIR/retrotap-sessions.sqlite by default: its records summed per flow
+    equal the recording's own frames (both are retrotap's), and `export --session ID` writes that flow."""
+    scene = Web.short()
+    scene.setup(open_lab)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    recorder = start_retrotap(open_lab, "record", "-i", open_lab.veth_a, "-w", str(rec), stdout=subprocess.DEVNULL)
+    try:
+        scene.run(open_lab)
+        quiesce(open_lab)
+        time.sleep(SETTLE_S)
+        recorder.send_signal(signal.SIGINT)
+        _, err = recorder.communicate(timeout=120)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait()
+    assert recorder.returncode == 0, err
+    files = sorted(rec.glob("*.pcap"))
+    assert files and (rec / "retrotap-sessions.sqlite").is_file(), err
+    frames: list[Frame] = []
+    for f in files:
+        frames += tshark_frames(f, ["frame.time_epoch"])[1]
+    with SessionStore(rec, writable=False) as store:
+        rows = store.query(Query(top=0))
+    want, want_spans = tshark_flows(frames)
+    got, spans = session_flows(rows)
+    assert len(want) > 10
+    assert (got, spans) == (want, want_spans)
+    # One HTTP session's packets, cut out of the recording by its id.
+    row = max((r for r in rows if r["proto"] == "tcp"), key=lambda r: r["src_packets"] + r["dst_packets"])
+    out = tmp_path / "one.pcap"
+    done = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "export", str(rec), "--session", str(row["id"]), "-w", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    n, exported = tshark_frames(out, ["frame.time_epoch"])
+    key = canonical("tcp", (row["src"], row["sport"]), (row["dst"], row["dport"]))
+    assert n == row["src_packets"] + row["dst_packets"]
+    assert {canonical(f.proto_name, (f.src, f.sport), (f.dst, f.dport)) for f in exported} == {key}
