@@ -625,6 +625,8 @@ class ProcessTable:
     processes: tuple[ProcessTotals, ...]
     unknown: ProcessTotals
     flow_owners: Mapping[bytes, tuple[int, str]] = field(default_factory=dict)  # flow key -> (pid, name)
+    error: str = ""  # what stops the mapper now ("" when its last round worked)
+    errors: int = 0  # rounds that failed since it started
 
     def owner(self, key: bytes) -> tuple[int, str] | None:
         """The process of a flow key (its first local end), if known."""

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -225,6 +225,7 @@ class ProcessMapper:
         self.clock = clock
         self.result: ProcessTable = EMPTY
         self.error = ""
+        self.errors = 0
         self._sockets = _Sockets({}, {}, {}, [])
         self._names: dict[int, tuple[str, str]] = {}
         self._accs: dict[int | None, _Acc] = {None: _Acc(None, "unknown", "")}
@@ -271,8 +272,8 @@ class ProcessMapper:
                 if poked or self.clock() - self._refreshed >= self.refresh_s:
                     self.refresh()
                 self.update(self.snapshots())
-            except Exception as e:  # a bug or an unreadable /proc: say so rather than die silently
-                self.error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # a bug or an unreadable /proc: published and counted, never silent
+                self._failed(f"{type(e).__name__}: {e}")
             # Big flow tables (a flood) make an update dear: update less often rather than take a core.
             pause = max(POLL_SECONDS, (time.thread_time() - started) * COST_FACTOR)
 
@@ -285,8 +286,9 @@ class ProcessMapper:
         try:
             rows = list(self.conns())
         except (psutil.Error, OSError) as e:  # keep the last table; say why
-            self.error = f"socket table: {e}"
+            self._failed(f"socket table: {e}")
             return
+        self.error = ""
         for c in rows:
             proto = _proto(c.type)
             if proto is None or c.pid is None or not c.laddr:
@@ -374,6 +376,11 @@ class ProcessMapper:
             acc = self._accs[pid] = _Acc(pid, name, user)
         return acc
 
+    def _failed(self, error: str) -> None:
+        self.error = error
+        self.errors += 1
+        self.result = replace(self.result, error=self.error, errors=self.errors)
+
     def _name(self, pid: int) -> str:
         acc = self._accs.get(pid)
         return acc.name if acc is not None else self._names.get(pid, ("?", ""))[0]
@@ -384,4 +391,6 @@ class ProcessMapper:
         rows = np.flatnonzero(pid >= 0)
         flow_owners = FlowOwners.of(flows.keys[rows], pid[rows], self._name)
         procs = tuple(acc.frozen() for pid, acc in self._accs.items() if pid is not None)
-        return ProcessTable(snap.seq, snap.time, procs, self._accs[None].frozen(), flow_owners)
+        return ProcessTable(
+            snap.seq, snap.time, procs, self._accs[None].frozen(), flow_owners, self.error, self.errors
+        )

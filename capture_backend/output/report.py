@@ -524,6 +524,7 @@ def record(snap: Snapshot, prev: Snapshot | None, top: int = 10, processes: Proc
     }
     if processes is not None:
         rec["processes"] = process_rows(processes)
+        rec["process_mapper"] = {"errors": processes.errors, "last_error": processes.error}
     if snap.live:
         rec["capture"] = {
             "received": snap.received,

@@ -373,3 +373,41 @@ def test_many_flows_are_attributed_as_the_rule_says() -> None:
                 w[0], w[1], w[2], w[3] = w[0] + rx_b, w[1] + tx_b, w[2] + rx_p, w[3] + tx_p
     assert len(want) == 5  # every socket (and the unknown entry) owns some of the flows
     assert {pid: [r["rx_bytes"], r["tx_bytes"], r["rx_packets"], r["tx_packets"]] for pid, r in got.items()} == want
+
+
+def test_a_failing_mapper_is_published_and_counted_never_silent() -> None:
+    table = [SERVER]
+    broken = [True]
+
+    def conns() -> list[SimpleNamespace]:
+        if broken[0]:
+            raise OSError("Permission denied: /proc/net/tcp")
+        return table
+
+    mapper = ProcessMapper(conns=conns, info=NAMES.get, local_addrs=lambda: ["198.18.0.1"], alive=lambda pid: True)
+    mapper.refresh()
+    assert (mapper.result.error, mapper.result.errors) == ("socket table: Permission denied: /proc/net/tcp", 1)
+    rec = record(first_snapshot(), None, processes=mapper.result)
+    assert rec["process_mapper"] == {"errors": 1, "last_error": "socket table: Permission denied: /proc/net/tcp"}
+    broken[0] = False
+    mapper.refresh()
+    table_ = mapper.update(first_snapshot())
+    assert (table_.error, table_.errors) == ("", 1)  # working again; the failure stays counted
+    assert by_pid(table_)[100]["rx_bytes"] == 300
+
+    # A bug in a round on the mapper's own thread: the thread goes on and the result says what failed.
+    def bad_snapshots() -> Snapshot:
+        raise RuntimeError("boom")
+
+    looping = ProcessMapper(
+        bad_snapshots, conns=lambda: table, info=NAMES.get, local_addrs=lambda: [], alive=lambda pid: True
+    )
+    looping.start()
+    try:
+        for _ in range(200):  # bounded: the thread polls every 0.1 s
+            if looping.result.errors >= 2:
+                break
+            looping._stop.wait(0.05)
+    finally:
+        looping.close()
+    assert looping.result.error == "RuntimeError: boom" and looping.result.errors >= 2

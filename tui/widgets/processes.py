@@ -37,6 +37,7 @@ class ProcessesView(View):
         self.results = results
         self._current: ProcessTable | None = None
         self._before: ProcessTable | None = None
+        self._note = f"Note: {PROCESS_NOTE}."
 
     def compose(self) -> ComposeResult:
         yield Static(f"Note: {PROCESS_NOTE}.", id="processes-note")
@@ -44,6 +45,12 @@ class ProcessesView(View):
 
     def show(self, frame: Frame) -> None:
         table = self.results()
+        note = f"Note: {PROCESS_NOTE}."
+        if table.error:
+            note += f"  Process mapper failing ({table.errors} errors): {table.error}"
+        if note != self._note:
+            self._note = note
+            self.query_one("#processes-note", Static).update(note)
         if table is not self._current:
             self._before = self._current if self._current is not None and self._current.seq else None
             self._current = table
