@@ -666,6 +666,8 @@ class Extra:
     help: str
     read: Callable[[], float]
     kind: str = "counter"  # or "gauge"
+    label: str = ""  # with one: `read_by` gives a value per label value (e.g. incidents by rule)
+    read_by: Callable[[], Mapping[str, float]] | None = None
 
 
 # --- the packet inspector: what tshark's decode of a pcap gives the views

@@ -21,6 +21,7 @@ from capture_backend.capture.pcapfile import CaptureFileError, FileSource
 from capture_backend.contract import EngineEvent, Snapshot
 from capture_backend.engine import Counting, Engine, file_statuses, filter_blocks
 from capture_backend.exporters.base import Exporters
+from capture_backend.exporters.incidents import firing_doc, incident_rows
 from capture_backend.options import RecordOptions, RunOptions
 from capture_backend.options import RecordRun as RecordRun
 from capture_backend.options import StatsOptions as StatsOptions
@@ -118,17 +119,20 @@ SIGNAL_POLL_S = 0.2
 
 
 class Signals:
-    """SIGINT/SIGTERM ask the loops to end after one last record; SIGUSR1 asks for a snapshot."""
+    """SIGINT/SIGTERM ask the loops to end after one last record; SIGUSR1 asks for a snapshot, SIGUSR2 for an
+    incident."""
 
     def __init__(self) -> None:
         self.wake = threading.Event()
         self.stop = False
         self.snapshot = False
+        self.incident = False
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._set("stop"))
         signal.signal(signal.SIGUSR1, lambda *_: self._set("snapshot"))
+        signal.signal(signal.SIGUSR2, lambda *_: self._set("incident"))
 
     def _set(self, what: str) -> None:
         setattr(self, what, True)
@@ -200,6 +204,30 @@ def _save_pcap(run: Run, saver: PcapSaver | None, log: Callable[[str], None]) ->
         log("snapshot: one is already being written")
 
 
+def _signalled(signals: Signals, run: Run, saver: PcapSaver | None, log: Callable[[str], None]) -> None:
+    """What SIGUSR1 and SIGUSR2 ask of a live run."""
+    if signals.snapshot:
+        signals.snapshot = False
+        _save_pcap(run, saver, log)
+    if signals.incident:
+        signals.incident = False
+        if not run.exporters.freeze("signal"):
+            log("incident: no incidents without --alert, --alerts or --incidents DIR")
+
+
+def _with_alerts(rec: Row, run: Run) -> Row:
+    """The record, with the rules holding now and the incidents frozen so far when rules are set."""
+    watcher = run.exporters.incidents
+    if watcher is not None:
+        rec["alerts"] = {
+            "active": [firing_doc(f) for f in watcher.alerts.active.values()],
+            "incidents": watcher.stats.incidents,
+            "errors": watcher.stats.errors,
+            "recent": watcher.recent,
+        }
+    return rec
+
+
 def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
     """Capture live, writing a record every interval until count, SIGINT or SIGTERM."""
     # Reading the socket table costs ~10 ms of interpreter time a second (more with many processes):
@@ -220,13 +248,12 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         next_at = time.monotonic() + interval
         while not signals.stop and not (opts.count and written >= opts.count):
             if signals.wait(next_at - time.monotonic()):
-                if signals.snapshot:
-                    signals.snapshot = False
-                    _save_pcap(run, saver, log)
+                _signalled(signals, run, saver, log)
                 continue
             next_at += interval
             snap = engine.fresh_snapshot()
-            out.write(record(snap, prev, opts.top, run.mapper.result if run.mapper is not None else None))
+            mapped = run.mapper.result if run.mapper is not None else None
+            out.write(_with_alerts(record(snap, prev, opts.top, mapped), run))
             prev = snap
             written += 1
         stopped = signals.stop
@@ -336,9 +363,7 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
         logger(f"listening on {names}, recording to {opts.record.directory}" + _filter_note(opts.filter_expr))
         while not signals.stop and thread.error is None:
             if signals.wait(1.0):
-                if signals.snapshot:
-                    signals.snapshot = False
-                    _save_pcap(run, saver, logger)
+                _signalled(signals, run, saver, logger)
         error = thread.error
     if saver is not None:
         saver.join()
@@ -423,4 +448,26 @@ def run_interfaces(fmt: str = "text", stream: TextIO = sys.stdout) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         stream.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+    return 0
+
+
+def run_incidents(directory: str, fmt: str = "text", stream: TextIO = sys.stdout) -> int:
+    """`retrotap incidents DIR`: the incidents frozen in DIR, oldest first."""
+    rows = incident_rows(directory)
+    if fmt == "json":
+        for row in rows:
+            stream.write(json.dumps(row) + "\n")
+        return 0
+    if not rows:
+        stream.write(f"no incidents in {directory}\n")
+        return 0
+    for row in rows:
+        if "error" in row:
+            stream.write(f"?                    {row['path']}: {row['error']}\n")
+            continue
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"] or 0))
+        top = row["top"]
+        what = f"{top['label'] or row['rule']}={top['value']:.6g}" if top else "-"
+        kept = f"{row['packets']} packets" if row["packets"] is not None else row["pcap_error"] or "-"
+        stream.write(f"{stamp}  {row['rule']:<16} {what:<32} {kept:<16} {row['path']}\n")
     return 0

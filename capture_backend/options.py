@@ -20,9 +20,14 @@ from capture_backend.capture.privileges import lookup_user as lookup_user
 from capture_backend.capture.privileges import unreadable_by as unreadable_by
 from capture_backend.capture.privileges import writable_by as writable_by
 from capture_backend.capture.ring import RingConfig as RingConfig
+from capture_backend.exporters.alerts import METRICS as ALERT_METRICS  # noqa: F401 (re-exported)
+from capture_backend.exporters.alerts import RuleError as RuleError
+from capture_backend.exporters.alerts import load_rules as load_rules
+from capture_backend.exporters.alerts import parse_rule as parse_rule
 from capture_backend.exporters.base import DEFAULT_TOP as DEFAULT_TOP
 from capture_backend.exporters.base import MAX_TOP as MAX_TOP
 from capture_backend.exporters.base import ExporterSettings as ExporterSettings
+from capture_backend.exporters.incidents import IncidentSettings as IncidentSettings
 from capture_backend.rewind.export import ExportOptions as ExportOptions
 from capture_backend.rewind.export import TimeSpecError as TimeSpecError
 from capture_backend.rewind.export import time_window as time_window

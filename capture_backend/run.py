@@ -150,6 +150,7 @@ class Run:
             lambda: self.engine.snapshot,
             log,
             processes=lambda: self.mapper.result if self.mapper is not None else None,
+            timemachine=self.timemachine,
         )
         self.recording: tuple[Recorder, RecorderThread] | None = None
         self._opened = self._started = self._closed = False

@@ -8,13 +8,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 from capture_backend.contract import UserError
-from capture_backend.headless import run_export, run_interfaces, run_record, run_sessions, run_stats
+from capture_backend.headless import run_export, run_incidents, run_interfaces, run_record, run_sessions, run_stats
 from tui.options import (
     UsageError,
     build_parser,
     check_memory,
     export_options,
     exporter_settings,
+    incidents_dir,
     interfaces_of,
     record_run,
     ring_config,
@@ -45,6 +46,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sessions": lambda args: run_sessions(sessions_options(args)),
     "web": _run_web,
     "interfaces": lambda args: run_interfaces(args.format),
+    "incidents": lambda args: run_incidents(incidents_dir(args.directory), args.format),
 }
 
 

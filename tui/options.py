@@ -20,17 +20,21 @@ from capture_backend.options import (
     CounterLimits,
     ExporterSettings,
     ExportOptions,
+    IncidentSettings,
     Query,
     RecordOptions,
     RecordRun,
     Retention,
     RingConfig,
+    RuleError,
     RunAs,
     SessionsQuery,
     StatsOptions,
     TimeSpecError,
     default_interface,
+    load_rules,
     lookup_user,
+    parse_rule,
     session_export,
     time_window,
     unreadable_by,
@@ -184,6 +188,21 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="delete session records older than this (0: never; record: its --keep-age)",
     )
+    p.add_argument(
+        "--alert",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="alert rule, e.g. 'new_flows > 2000 for 3s' (repeatable; `retrotap alerts` lists the metrics)",
+    )
+    p.add_argument("--alerts", metavar="FILE", help="alert rules from a TOML file ([[rule]] expr = ...)")
+    p.add_argument(
+        "--incidents", metavar="DIR", help="freeze incidents (pcap + incident.json) in DIR (default: --snapshot-dir)"
+    )
+    p.add_argument("--pre", default="60s", metavar="DURATION", help="incident pcap: time before the trigger (60s)")
+    p.add_argument("--post", default="10s", metavar="DURATION", help="incident pcap: time after the trigger (10s)")
+    p.add_argument("--on-incident", default="", metavar="CMD", help="run CMD INCIDENT_DIR when an incident is frozen")
+    p.add_argument("--incidents-keep", type=_positive(int), default=100, metavar="N", help="incidents kept (100)")
 
 
 def _dashboard(p: argparse.ArgumentParser) -> None:
@@ -212,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     ifs = sub.add_parser("interfaces", help="the interfaces of every network namespace (what -i takes), veth peers")
     ifs.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    inc = sub.add_parser("incidents", help="the incidents frozen by alert rules (--alert, SIGUSR2, !)")
+    inc.add_argument("directory", metavar="DIR", help="the --incidents directory")
+    inc.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
     _common(stats)
     stats.add_argument("--interval", type=_positive(float), metavar="S", help="seconds between records")
@@ -464,6 +486,7 @@ def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
             raise UsageError(f"{option} must be greater than 0")
     keep_age = args.sessions_keep_age
     return ExporterSettings(
+        incidents=incident_settings(args),
         metrics=endpoint("--metrics", args.metrics) if args.metrics else None,
         metrics_top=args.metrics_top,
         ipfix=endpoint("--ipfix", args.ipfix) if args.ipfix else None,
@@ -477,6 +500,52 @@ def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
             keep_age_ns=int(_checked(_duration, "--sessions-keep-age", keep_age) * 1e9) if keep_age else 0
         ),
     )
+
+
+def incident_settings(args: argparse.Namespace) -> IncidentSettings | None:
+    """IncidentSettings when rules or an incidents directory are asked for; UsageError on a bad rule."""
+    if not args.alert and not args.alerts and not args.incidents:
+        return None
+    try:
+        rules = [parse_rule(text) for text in args.alert]
+        if args.alerts:
+            rules += load_rules(args.alerts)
+    except RuleError as e:
+        raise UsageError(str(e)) from None
+    names = [r.name for r in rules]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--alert: two rules are named {twice[0]!r}: name them ('NAME: EXPR')")
+    directory = args.incidents or args.snapshot_dir
+    _writable_dir("--incidents", directory, create=True)
+    return IncidentSettings(
+        rules=tuple(rules),
+        directory=directory,
+        pre_s=_checked(_duration, "--pre", args.pre),
+        post_s=_checked(_duration, "--post", args.post),
+        on_incident=args.on_incident,
+        keep=args.incidents_keep,
+    )
+
+
+def incidents_dir(path: str) -> str:
+    """The directory `retrotap incidents` lists; UsageError when there is none."""
+    if not os.path.isdir(path):
+        raise UsageError(f"{path!r}: no such directory")
+    return path
+
+
+def _writable_dir(option: str, path: str, create: bool = False) -> None:
+    """UsageError unless `path` is (or, with create, can be made) a writable directory."""
+    if create and not os.path.exists(path):
+        try:
+            os.makedirs(path)
+        except OSError as e:
+            raise UsageError(f"{option} {path!r}: {e.strerror or e}") from None
+    if not os.path.isdir(path):
+        raise UsageError(f"{option} {path!r}: not a directory")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path!r}: not writable")
 
 
 def sessions_options(args: argparse.Namespace, now: datetime | None = None) -> SessionsQuery:

@@ -15,6 +15,7 @@ from capture_backend.contract import DEFAULT_TOP as DEFAULT_TOP
 from capture_backend.contract import MAX_TOP as MAX_TOP
 from capture_backend.contract import Extra as Extra
 from capture_backend.contract import ProcessTable, Snapshot
+from capture_backend.exporters.incidents import IncidentSettings, IncidentWatcher
 from capture_backend.exporters.ipfix import FlowExporter, resolve
 from capture_backend.exporters.sessions import SessionSettings, SessionWriter
 from capture_backend.rewind.recorder import RecordStats
@@ -43,6 +44,7 @@ class ExporterSettings:
     sessions_active: float = 60.0
     sessions_closed: float = 5.0
     sessions_retention: Retention = field(default_factory=Retention)
+    incidents: IncidentSettings | None = None  # alert rules and where incidents are frozen
 
 
 class Exporters:
@@ -58,8 +60,10 @@ class Exporters:
         log: Log,
         fed: bool = False,
         processes: Callable[[], ProcessTable | None] | None = None,
+        timemachine: TimeMachine | None = None,
     ) -> None:
         self.settings = settings
+        self.timemachine = timemachine  # where incidents take their packets from
         self.source = source
         self.log = log
         self.fed = fed
@@ -68,6 +72,7 @@ class Exporters:
         self.metrics: MetricsServer | None = None
         self.ipfix: FlowExporter | None = None
         self.sessions: SessionWriter | None = None
+        self.incidents: IncidentWatcher | None = None
 
     def start(self) -> None:
         """Bind /metrics and open the IPFIX socket; OSError with the option named when that fails.
@@ -127,10 +132,27 @@ class Exporters:
                 self.stop(None)
                 raise OSError(f"--metrics {host}:{port}: {e.strerror or e}") from None
             self.metrics = server
+        if s.incidents is not None:
+            watcher = IncidentWatcher(s.incidents, self.source, self.timemachine, self.log, self.processes)
+            self.incidents = watcher
+            st_i = watcher.stats
+            self.extra["incidents_total"] = Extra(
+                "Incidents frozen, by rule", lambda: st_i.incidents, label="rule", read_by=lambda: dict(st_i.by_rule)
+            )
+            self.extra["alerts_active"] = Extra(
+                "Alert rules holding now",
+                lambda: len(watcher.alerts.active),
+                "gauge",
+                label="rule",
+                read_by=lambda: {r.name: float(r.name in watcher.alerts.active) for r in watcher.alerts.rules},
+            )
+            self.extra["incident_errors_total"] = Extra("Incident and alert errors", lambda: st_i.errors)
         if self.ipfix is not None:
             self.ipfix.start()
         if self.sessions is not None:
             self.sessions.start()
+        if self.incidents is not None:
+            self.incidents.start(thread=not self.fed)
 
     def offer(self, snap: Snapshot) -> None:
         """A new snapshot of a fed run."""
@@ -138,9 +160,27 @@ class Exporters:
             self.ipfix.feed(snap)
         if self.sessions is not None and self.fed:
             self.sessions.feed(snap)
+        if self.incidents is not None and self.fed:
+            self.incidents.step()
+
+    def freeze(self, reason: str = "manual") -> bool:
+        """Freeze an incident now (SIGUSR2, `!`); False when incidents are off."""
+        if self.incidents is None:
+            return False
+        self.incidents.freeze(reason)
+        return True
 
     def stop(self, final: Snapshot | None) -> None:
         """Export what IPFIX has not sent yet (from `final`, else the newest snapshot), stop serving /metrics."""
+        if self.incidents is not None:
+            watcher, self.incidents = self.incidents, None
+            watcher.close()
+            ist = watcher.stats
+            if ist.incidents or ist.errors:
+                self.log(
+                    f"incidents: {ist.incidents} frozen in {watcher.settings.directory}, {ist.errors} errors"
+                    + (f" (last: {ist.last_error})" if ist.errors else "")
+                )
         if self.ipfix is not None:
             self.ipfix.close(final)
             self.ipfix = None

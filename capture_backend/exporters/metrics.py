@@ -26,9 +26,9 @@ COVERAGE_WINDOW_S = 10.0
 SnapshotSource = Callable[[], Snapshot]
 
 
-_FAMILIES: Mapping[str, Callable[[str, str], Any]] = {
-    "counter": lambda name, doc: CounterMetricFamily(name, doc),
-    "gauge": lambda name, doc: GaugeMetricFamily(name, doc),
+_FAMILIES: Mapping[str, Callable[..., Any]] = {
+    "counter": lambda name, doc, labels=None: CounterMetricFamily(name, doc, labels=labels),
+    "gauge": lambda name, doc, labels=None: GaugeMetricFamily(name, doc, labels=labels),
 }
 
 
@@ -155,7 +155,12 @@ class SnapshotCollector(Collector):
     def _extras(self) -> Iterator[Metric]:
         for name, extra in sorted(self.extra.items()):
             family = _FAMILIES[extra.kind](PREFIX + name.removesuffix("_total"), extra.help)
-            family.add_metric([], float(extra.read()))
+            if extra.read_by is None:
+                family.add_metric([], float(extra.read()))
+            else:
+                family = _FAMILIES[extra.kind](PREFIX + name.removesuffix("_total"), extra.help, [extra.label])
+                for value, n in sorted(extra.read_by().items()):
+                    family.add_metric([value], float(n))
             yield family
 
 

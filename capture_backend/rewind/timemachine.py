@@ -256,13 +256,16 @@ def save_pcap(
     seconds: float | None = None,
     select: Selector | None = None,
     now_ns: int | None = None,
+    since_ns: int = 0,
+    until_ns: int | None = None,
 ) -> PcapSaveResult:
-    """Write the buffered past (the last `seconds`, default all of it) to one pcap per interface."""
+    """Write the buffered past (the last `seconds`, default all of it; only packets stamped from since_ns to
+    until_ns when given) to one pcap per interface."""
     spans = tm.window()
     if not spans:
         return PcapSaveResult((), 0, 0, 0)
     newest = max(s.last_ns for s in spans)
-    since = newest - int(seconds * NS) if seconds is not None else 0
+    since = max(newest - int(seconds * NS) if seconds is not None else 0, since_ns)
     spans = [s for s in spans if s.last_ns >= since]
     when = now_ns if now_ns is not None else time.time_ns()
     files: dict[str, tuple[Path, PcapWriter, BinaryIO]] = {}
@@ -274,6 +277,8 @@ def save_pcap(
                 lost += len(span.block)
                 continue
             mask = block.ts_ns >= since
+            if until_ns is not None:
+                mask &= block.ts_ns <= until_ns
             if select is not None:
                 mask &= select(decode(block))
             if not mask.any():
