@@ -496,6 +496,59 @@ class Snapshot:
         return sum(i.freezes for i in self.interfaces)
 
 
+# --- alerts, incidents, floods and scans: what the incident watcher publishes (about once a second)
+
+Ranked = tuple[tuple[str, float], ...]  # (label, value) rows, worst first
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Floods and scans named as such: new flows, who opens them, who scans, SYNs nobody answers."""
+
+    new_flows_per_s: float = 0.0  # flows first seen per second over the last sample, evicted ones included
+    top_new_sources: Ranked = ()  # source address, flows it opened in the last 10 s
+    top_scanners: Ranked = ()  # source address, distinct destination ports it opened flows to, last 10 s
+    half_open: int = 0  # TCP connections asked for (SYN) and never answered, last 10 s
+    top_half_open: Ranked = ()  # destination address, its unanswered SYNs
+
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """A rule holding now: since when, and the rows that pass its threshold."""
+
+    rule: str
+    expr: str
+    since: float  # seconds since the epoch (packet time for files)
+    rows: Ranked
+
+
+@dataclass(frozen=True)
+class IncidentInfo:
+    """One frozen incident."""
+
+    time: float
+    rule: str
+    path: str  # its directory
+    packets: int | None  # in its pcap (None: the post window is not over yet, or no time machine)
+
+
+@dataclass(frozen=True)
+class AlertStatus:
+    """The rules, which hold now, the incidents frozen so far (the newest last) and the flood/scan figures."""
+
+    rules: tuple[str, ...] = ()
+    active: tuple[ActiveAlert, ...] = ()
+    incidents: int = 0
+    recent: tuple[IncidentInfo, ...] = ()
+    errors: int = 0
+    last_error: str = ""
+    churn: Churn = Churn()
+    directory: str = ""  # where incidents are frozen
+
+
+EMPTY_ALERTS = AlertStatus()
+
+
 # --- what else the capture side tells its consumers: rare engine events, a pcap save's result
 
 

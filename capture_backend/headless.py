@@ -21,11 +21,11 @@ from capture_backend.capture.pcapfile import CaptureFileError, FileSource
 from capture_backend.contract import EngineEvent, Snapshot
 from capture_backend.engine import Counting, Engine, file_statuses, filter_blocks
 from capture_backend.exporters.base import Exporters
-from capture_backend.exporters.incidents import firing_doc, incident_rows
+from capture_backend.exporters.incidents import incident_rows
 from capture_backend.options import RecordOptions, RunOptions
 from capture_backend.options import RecordRun as RecordRun
 from capture_backend.options import StatsOptions as StatsOptions
-from capture_backend.output.report import Row, bits_text, record, size_text
+from capture_backend.output.report import Row, alert_rows, bits_text, record, size_text
 from capture_backend.rewind.export import run_export as run_export
 from capture_backend.rewind.recorder import Recorder
 from capture_backend.rewind.session_report import run_sessions as run_sessions
@@ -216,15 +216,9 @@ def _signalled(signals: Signals, run: Run, saver: PcapSaver | None, log: Callabl
 
 
 def _with_alerts(rec: Row, run: Run) -> Row:
-    """The record, with the rules holding now and the incidents frozen so far when rules are set."""
-    watcher = run.exporters.incidents
-    if watcher is not None:
-        rec["alerts"] = {
-            "active": [firing_doc(f) for f in watcher.alerts.active.values()],
-            "incidents": watcher.stats.incidents,
-            "errors": watcher.stats.errors,
-            "recent": watcher.recent,
-        }
+    """The record, with the alert rules holding now, the incidents frozen so far and the flood/scan figures."""
+    if run.exporters.incidents is not None:
+        rec["alerts"] = alert_rows(run.alert_status)
     return rec
 
 

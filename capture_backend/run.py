@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Protocol
 
@@ -24,9 +25,18 @@ from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
 from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import compile_filter
 from capture_backend.capture.privileges import drop_privileges
-from capture_backend.contract import INSPECT_LIMIT, EventSink, InspectJob, PcapSaveResult, Snapshot
+from capture_backend.contract import (
+    EMPTY_ALERTS,
+    INSPECT_LIMIT,
+    AlertStatus,
+    EventSink,
+    InspectJob,
+    PcapSaveResult,
+    Snapshot,
+)
 from capture_backend.engine import Engine
 from capture_backend.exporters.base import Exporters, recorder_counters, time_machine_counters
+from capture_backend.exporters.incidents import IncidentSettings
 from capture_backend.options import ExporterSettings, RecordOptions
 from capture_backend.options import RunOptions as RunOptions
 from capture_backend.replay import FileEngine
@@ -145,8 +155,11 @@ class Run:
             )
         live = not opts.read_file
         self.mapper = ProcessMapper(lambda: self.engine.snapshot) if opts.processes and live else None
+        exporters = opts.exporters
+        if exporters.incidents is None:  # no rules: floods and scans are still named, `!` still freezes
+            exporters = replace(exporters, incidents=IncidentSettings(directory=opts.snapshot_dir))
         self.exporters = Exporters(
-            opts.exporters,
+            exporters,
             lambda: self.engine.snapshot,
             log,
             processes=lambda: self.mapper.result if self.mapper is not None else None,
@@ -181,6 +194,16 @@ class Run:
     def snapshot(self) -> Snapshot:
         """The newest published snapshot."""
         return self.engine.snapshot
+
+    @property
+    def alert_status(self) -> AlertStatus:
+        """The newest published alert status (rules holding, incidents, floods and scans)."""
+        watcher = self.exporters.incidents
+        return watcher.status if watcher is not None else EMPTY_ALERTS
+
+    def freeze_incident(self, reason: str = "manual") -> bool:
+        """Freeze an incident now (`!`, SIGUSR2); False when the run has no incident watcher."""
+        return self.exporters.freeze(reason)
 
     def open(self) -> None:
         """Open the source (rings or file) and the recorder, start the exporters; nothing captures yet."""

@@ -26,6 +26,8 @@ from capture_backend.contract import (
     KIND_DNS,
     KIND_HTTP,
     KIND_MYSQL,
+    Churn,
+    Ranked,
     Snapshot,
     TableSnapshot,
     UserError,
@@ -207,6 +209,16 @@ def _scan_ports(s: Sample) -> Rows:
     return _grouped(src[recent], dport[recent], distinct=True)
 
 
+def _source_new_flows(s: Sample) -> Rows:
+    """Per source: flows it opened in the last 10 s."""
+    t = s.snap.flows
+    if not len(t):
+        return [], np.zeros(0)
+    new = t.cols["first"] >= s.now_ns - RECENT_NS
+    src, _, _ = _initiators(t)
+    return _grouped(src[new], np.zeros(int(new.sum()), np.int64), distinct=False)
+
+
 def _half_open(s: Sample) -> Rows:
     """Per destination: TCP connections asked for (SYN) that it never answered, over the last 10 s."""
     t = s.snap.flows
@@ -282,6 +294,7 @@ METRICS: Mapping[str, Metric] = {
     "unanswered": Metric("requests dropped unanswered per second", "request/s", "", _unanswered),
     "new_flows": Metric("flows first seen per second (evicted ones included)", "flow/s", "", _new_flows),
     "scan_ports": Metric("distinct destination ports per source, last 10 s", "port", "source", _scan_ports),
+    "source_new_flows": Metric("flows a source opened in the last 10 s", "flow", "source", _source_new_flows),
     "half_open": Metric("unanswered TCP SYNs per destination, last 10 s", "connection", "destination", _half_open),
 }
 
@@ -429,3 +442,24 @@ class Alerts:
                         st.fired = False
                         st.clear_since = None
         return fired
+
+
+CHURN_TOP = 5
+
+
+def _ranked(rows: Rows, top: int = CHURN_TOP) -> Ranked:
+    labels, values = rows
+    order = np.argsort(-np.asarray(values, np.float64), kind="stable")[:top]
+    return tuple((labels[i], float(values[i])) for i in order.tolist())
+
+
+def churn(sample: Sample) -> Churn:
+    """The flood and scan figures of a sample (the overview, the JSON and /metrics show them)."""
+    half = _half_open(sample)
+    return Churn(
+        new_flows_per_s=float(_new_flows(sample)[1][0]),
+        top_new_sources=_ranked(_source_new_flows(sample)),
+        top_scanners=_ranked(_scan_ports(sample)),
+        half_open=int(np.asarray(half[1]).sum()),
+        top_half_open=_ranked(half),
+    )

@@ -18,12 +18,20 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from capture_backend.contract import ProcessTable, Snapshot
-from capture_backend.exporters.alerts import NS, Alerts, Firing, Rule, Sample
+from capture_backend.contract import (
+    EMPTY_ALERTS,
+    ActiveAlert,
+    AlertStatus,
+    Churn,
+    IncidentInfo,
+    ProcessTable,
+    Snapshot,
+)
+from capture_backend.exporters.alerts import NS, Alerts, Firing, Rule, Sample, churn
 from capture_backend.output.report import record
 from capture_backend.rewind.timemachine import TimeMachine, save_pcap
 
@@ -111,7 +119,11 @@ class IncidentWatcher:
         self.clock = clock
         self.alerts = Alerts(list(settings.rules))
         self.stats = IncidentStats()
-        self.recent: list[dict[str, Any]] = []  # the newest incidents' firing docs, newest last
+        self.status: AlertStatus = replace(
+            EMPTY_ALERTS, rules=tuple(r.name for r in settings.rules), directory=settings.directory
+        )  # published by one assignment
+        self._recent: list[IncidentInfo] = []
+        self._churn = Churn()
         self._pending: list[_Pending] = []
         self._asked: list[str] = []  # manual freezes asked for, by reason
         self._lock = threading.Lock()
@@ -161,9 +173,12 @@ class IncidentWatcher:
             if prev is None or prev.seq > snap.seq:
                 self._prev = snap
             elif _seconds(snap, prev) >= SAMPLE_SECONDS:
-                for firing in self.alerts.feed(Sample(snap, prev)):
+                sample = Sample(snap, prev)
+                self._churn = churn(sample)
+                for firing in self.alerts.feed(sample):
                     self._open(firing, snap)
                 self._prev = snap
+                self._publish()
                 if self.alerts.errors != self._alert_errors:
                     self._alert_errors = self.alerts.errors
                     self._error(self.alerts.last_error)
@@ -187,7 +202,8 @@ class IncidentWatcher:
             return
         self.stats.incidents += 1
         self.stats.by_rule[firing.rule.name] = self.stats.by_rule.get(firing.rule.name, 0) + 1
-        self.recent = (self.recent + [doc["incident"] | {"path": str(path)}])[-TOP:]
+        self._recent = [*self._recent, IncidentInfo(firing.time_ns / NS, firing.rule.name, str(path), None)][-TOP:]
+        self._publish()
         shown = zip(firing.labels[:3], firing.values[:3], strict=True)
         what = ", ".join(f"{lab or firing.rule.metric}={val:.6g}" for lab, val in shown)
         self.log(f"incident {firing.rule.name}{': ' + what if what else ''} -> {path}")
@@ -226,6 +242,29 @@ class IncidentWatcher:
             _write_json(p.path / INCIDENT_FILE, p.doc)
         except OSError as e:
             self._error(f"incident {p.path}: {e.strerror or e}")
+        packets = p.doc["pcap"].get("packets")
+        self._recent = [replace(i, packets=packets) if i.path == str(p.path) else i for i in self._recent]
+        self._publish()
+
+    def _publish(self) -> None:
+        active = tuple(
+            ActiveAlert(
+                name,
+                f.rule.text,
+                (self.alerts.states[name].holding_since or f.time_ns / NS),
+                tuple(zip(f.labels, f.values, strict=True)),
+            )
+            for name, f in self.alerts.active.items()
+        )
+        self.status = replace(
+            self.status,
+            active=active,
+            incidents=self.stats.incidents,
+            recent=tuple(self._recent),
+            errors=self.stats.errors,
+            last_error=self.stats.last_error,
+            churn=self._churn,
+        )
 
     def _retain(self) -> None:
         done = sorted(incidents(self.settings.directory))
@@ -243,6 +282,7 @@ class IncidentWatcher:
         self.stats.errors += 1
         self.stats.last_error = message
         self.log(f"error: {message}")
+        self._publish()
 
 
 def _seconds(snap: Snapshot, prev: Snapshot) -> float:

@@ -16,8 +16,10 @@ from capture_backend.analysis.services import known_ports, proto_name, service_n
 from capture_backend.analysis.tables import AVERAGE_WINDOWS, NS
 from capture_backend.contract import (
     KIND_NAMES,
+    AlertStatus,
     ProcessTable,
     ProcessTotals,
+    Ranked,
     Snapshot,
     TableSnapshot,
     address_text,
@@ -535,3 +537,32 @@ def record(snap: Snapshot, prev: Snapshot | None, top: int = 10, processes: Proc
             "last_error": snap.last_error,
         }
     return rec
+
+
+def alert_rows(status: AlertStatus) -> Row:
+    """The alert rules holding now, the incidents frozen so far and the flood/scan figures, as JSON."""
+    c = status.churn
+
+    def ranked(rows: Ranked, what: str) -> list[Row]:
+        return [{"addr": label, what: value} for label, value in rows]
+
+    return {
+        "rules": list(status.rules),
+        "active": [
+            {"rule": a.rule, "expr": a.expr, "since": a.since, "rows": [{"label": k, "value": v} for k, v in a.rows]}
+            for a in status.active
+        ],
+        "incidents": status.incidents,
+        "recent": [
+            {"time": i.time, "rule": i.rule, "path": i.path, "packets": i.packets} for i in status.recent
+        ],
+        "errors": status.errors,
+        "last_error": status.last_error,
+        "churn": {
+            "new_flows_per_s": c.new_flows_per_s,
+            "top_new_sources": ranked(c.top_new_sources, "flows"),
+            "top_scanners": ranked(c.top_scanners, "ports"),
+            "half_open": c.half_open,
+            "top_half_open": ranked(c.top_half_open, "syns"),
+        },
+    }
