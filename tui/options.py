@@ -203,6 +203,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--post", default="10s", metavar="DURATION", help="incident pcap: time after the trigger (10s)")
     p.add_argument("--on-incident", default="", metavar="CMD", help="run CMD INCIDENT_DIR when an incident is frozen")
     p.add_argument("--incidents-keep", type=_positive(int), default=100, metavar="N", help="incidents kept (100)")
+    p.add_argument(
+        "--incidents-keep-age", default="0", metavar="DURATION", help="remove incidents older than this (0: never)"
+    )
 
 
 def _dashboard(p: argparse.ArgumentParser) -> None:
@@ -525,6 +528,7 @@ def incident_settings(args: argparse.Namespace) -> IncidentSettings | None:
         post_s=_checked(_duration, "--post", args.post),
         on_incident=args.on_incident,
         keep=args.incidents_keep,
+        keep_age_s=_checked(_duration, "--incidents-keep-age", args.incidents_keep_age),
     )
 
 

@@ -32,7 +32,7 @@ from capture_backend.contract import (
     Snapshot,
 )
 from capture_backend.exporters.alerts import NS, Alerts, Firing, Rule, Sample, churn
-from capture_backend.output.report import record
+from capture_backend.output.report import drop_rows, record
 from capture_backend.rewind.timemachine import TimeMachine, save_pcap
 
 INCIDENT_FILE = "incident.json"
@@ -54,6 +54,7 @@ class IncidentSettings:
     post_s: float = 10.0
     on_incident: str = ""
     keep: int = 100  # incidents kept in the directory (the oldest are removed)
+    keep_age_s: float = 0.0  # incidents older than this are removed (0: kept whatever their age)
 
 
 @dataclass
@@ -187,12 +188,14 @@ class IncidentWatcher:
     def _open(self, firing: Firing, snap: Snapshot) -> None:
         path = incident_dir(self.settings.directory, firing.time_ns, firing.rule.name)
         processes = self.processes() if self.processes is not None else None
+        before = self._prev if self._prev is not snap else None
         doc: dict[str, Any] = {
             "incident": firing_doc(firing),
             "pre_s": self.settings.pre_s,
             "post_s": self.settings.post_s,
             "pcap": None,
-            "record": record(snap, self._prev if self._prev is not snap else None, TOP, processes),
+            "record": record(snap, before, TOP, processes),
+            "drops": drop_rows(snap, before),
         }
         try:
             path.mkdir(parents=True, exist_ok=False)
@@ -267,8 +270,13 @@ class IncidentWatcher:
         )
 
     def _retain(self) -> None:
-        done = sorted(incidents(self.settings.directory))
-        for old in done[: max(len(done) - self.settings.keep, 0)]:
+        """Remove the oldest incidents beyond --incidents-keep, and those older than --incidents-keep-age."""
+        done = sorted(incidents(self.settings.directory))  # the names sort by time
+        doomed = done[: max(len(done) - self.settings.keep, 0)]
+        if self.settings.keep_age_s:
+            cutoff = time.time() - self.settings.keep_age_s
+            doomed += [p for p in done[len(doomed) :] if _mtime(p) < cutoff]
+        for old in doomed:
             shutil.rmtree(old, ignore_errors=True)
 
     def _run_command(self, path: Path) -> None:
@@ -283,6 +291,13 @@ class IncidentWatcher:
         self.stats.last_error = message
         self.log(f"error: {message}")
         self._publish()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return (path / INCIDENT_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _seconds(snap: Snapshot, prev: Snapshot) -> float:

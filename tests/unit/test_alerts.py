@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,46 @@ def test_bad_rule_on_the_command_line_is_one_line(tmp_path: Path) -> None:
     assert res.stderr.strip() == "retrotap: error: --alert: two rules are named 'a': name them ('NAME: EXPR')"
     res = run("incidents", str(Path(sys.prefix) / "no-such-dir"))
     assert res.returncode == 2 and "no such directory" in res.stderr
+
+
+def test_watcher_retention_manual_freeze_and_command(tmp_path: Path) -> None:
+    from capture_backend.exporters.incidents import IncidentSettings, IncidentWatcher, incident_rows
+    from capture_backend.replay import file_snapshots
+
+    pcap = tmp_path / "scan.pcap"
+    capture(pcap)
+    inc = tmp_path / "incidents"
+    log_file = tmp_path / "ran.txt"
+    settings = IncidentSettings(
+        rules=(parse_rule("scan: scan_ports > 100"), parse_rule("flood: new_flows > 1000")),
+        directory=str(inc),
+        post_s=0.0,
+        on_incident=f"sh -c 'echo \"$1\" >> {log_file}' sh",
+        keep=1,
+    )
+    snaps = list(file_snapshots(str(pcap)))
+    current = [snaps[0]]
+    said: list[str] = []
+    watcher = IncidentWatcher(settings, lambda: current[0], None, said.append)
+    watcher.start(thread=False)
+    for snap in snaps:
+        current[0] = snap
+        watcher.step()
+    watcher.freeze()
+    watcher.step()
+    watcher.close()
+    # Three incidents (scan, flood, manual) frozen; only the newest kept.
+    assert watcher.stats.incidents == 3 and watcher.stats.by_rule == {"scan": 1, "flood": 1, "manual": 1}
+    (kept,) = incident_rows(inc)
+    assert kept["rule"] == "manual" and kept["top"] is None
+    status = watcher.status
+    assert [i.rule for i in status.recent] == ["scan", "flood", "manual"] and status.incidents == 3
+    # The scan's figures are published with the status: the scanner opened 300 ports in the last 10 s.
+    assert status.churn.top_scanners[0] == (SCANNER, float(SCAN_PORTS))
+    # --on-incident ran once per incident, with its directory (the processes are detached: wait for them).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (not log_file.exists() or len(log_file.read_text().split()) < 3):
+        time.sleep(0.05)
+    ran = log_file.read_text().split()
+    assert sorted(Path(p).name.rsplit("-", 1)[1] for p in ran) == ["flood", "manual", "scan"]
+    assert any("incident scan: 10.9.9.9=300" in line for line in said)
