@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,12 +47,13 @@ class RuleError(UserError, ValueError):
     """A rule that cannot be read."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sample:
-    """Two successive snapshots: what every metric is computed from."""
+    """Two successive snapshots: what every metric is computed from (with what the metrics share, computed once)."""
 
     snap: Snapshot
     prev: Snapshot
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def seconds(self) -> float:
@@ -63,9 +65,30 @@ class Sample:
     def now_ns(self) -> int:
         return int(self.snap.time * NS) if self.snap.live else self.snap.last_ns
 
+    def shared(self, name: str, make: Callable[[], Any]) -> Any:
+        """A value several metrics need (a table's row match, the flows' initiators), made once per sample."""
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
 
-Rows = tuple[list[str], np.ndarray]  # each row's label, and its value
+
+class Rows(NamedTuple):
+    """A metric's value per row; the labels are made only for the rows asked for (a flood has 200,000 rows)."""
+
+    values: np.ndarray
+    label: Callable[[np.ndarray], list[str]]
+
+
+NO_ROWS = Rows(np.zeros(0), lambda idx: [])
 Compute = Callable[[Sample], Rows]
+
+
+def _one(value: float) -> Rows:
+    return Rows(np.array([value], np.float64), lambda idx: [""] * len(idx))
+
+
+def _named(names: list[str], values: np.ndarray) -> Rows:
+    return Rows(np.asarray(values, np.float64), lambda idx: [names[i] for i in idx.tolist()])
 
 
 def _rate(cur: np.ndarray, old: np.ndarray, seconds: float) -> np.ndarray:
@@ -75,7 +98,7 @@ def _rate(cur: np.ndarray, old: np.ndarray, seconds: float) -> np.ndarray:
 def _ifaces(s: Sample, value: Callable[[object, object | None], float]) -> Rows:
     before = {i.name: i for i in s.prev.interfaces}
     names = [i.name for i in s.snap.interfaces]
-    return names, np.array([value(i, before.get(i.name)) for i in s.snap.interfaces], np.float64)
+    return _named(names, np.array([value(i, before.get(i.name)) for i in s.snap.interfaces], np.float64))
 
 
 def _iface_rate(field_: str, scale: float = 1.0) -> Compute:
@@ -115,43 +138,46 @@ def _coverage(s: Sample) -> Rows:
     return _ifaces(s, value)
 
 
-def _growth(table: TableSnapshot, before: TableSnapshot, col: str) -> np.ndarray:
-    """Per-row growth of a column since `before` (summed over directions); rows new since count whole."""
+def _growth(s: Sample, name: str, col: str) -> np.ndarray:
+    """Per-row growth of a table's column since the previous snapshot (summed over directions); rows new since
+    count whole."""
+    table: TableSnapshot = getattr(s.snap, name)
+    before: TableSnapshot = getattr(s.prev, name)
     cur = table.cols[col].reshape(len(table), -1).sum(axis=1)
     if not len(before):
         return cur.astype(np.float64)
-    match = match_rows(table, before)
+    match = s.shared(f"match:{name}", lambda: match_rows(table, before))
     old = before.cols[col].reshape(len(before), -1).sum(axis=1)[np.maximum(match, 0)]
     grown = np.where(match >= 0, cur - old, cur)
     return np.where(grown < 0, cur, grown).astype(np.float64)
 
 
-def _table_bps(name: str, label: Callable[[TableSnapshot], list[str]]) -> Compute:
+def _table_bps(name: str, label: Callable[[TableSnapshot, int], str]) -> Compute:
     def compute(s: Sample) -> Rows:
         t = getattr(s.snap, name)
-        grown = _growth(t, getattr(s.prev, name), "bytes")
-        return label(t), grown * 8 / s.seconds if s.seconds > 0 else grown * 0
+        grown = _growth(s, name, "bytes")
+        bps = grown * 8 / s.seconds if s.seconds > 0 else grown * 0
+        return Rows(bps, lambda idx: [label(t, i) for i in idx.tolist()])
 
     return compute
 
 
-def _host_labels(t: TableSnapshot) -> list[str]:
-    return [address_text(a) for a in t.fields["addr"]]
+def _host_label(t: TableSnapshot, i: int) -> str:
+    return address_text(t.fields["addr"][i])
 
 
-def _pair_labels(t: TableSnapshot) -> list[str]:
-    return [f"{address_text(a)}<->{address_text(b)}" for a, b in zip(t.fields["a"], t.fields["b"], strict=True)]
+def _pair_label(t: TableSnapshot, i: int) -> str:
+    return f"{address_text(t.fields['a'][i])}<->{address_text(t.fields['b'][i])}"
 
 
-def _port_labels(t: TableSnapshot) -> list[str]:
-    f = t.fields
-    return [f"{proto_name(int(p))}/{int(n)}" for p, n in zip(f["proto"], f["port"], strict=True)]
+def _port_label(t: TableSnapshot, i: int) -> str:
+    return f"{proto_name(int(t.fields['proto'][i]))}/{int(t.fields['port'][i])}"
 
 
-def _flow_total(col: str, per_second: bool = True) -> Compute:
+def _flow_total(col: str) -> Compute:
     def compute(s: Sample) -> Rows:
-        grown = float(_growth(s.snap.flows, s.prev.flows, col).sum())
-        return [""], np.array([grown / s.seconds if per_second and s.seconds > 0 else grown])
+        grown = float(_growth(s, "flows", col).sum())
+        return _one(grown / s.seconds if s.seconds > 0 else 0.0)
 
     return compute
 
@@ -159,9 +185,9 @@ def _flow_total(col: str, per_second: bool = True) -> Compute:
 def _retrans_pct(s: Sample) -> Rows:
     t = s.snap.flows
     tcp = t.fields["proto"] == IPPROTO_TCP if len(t) else np.zeros(0, bool)
-    retrans = _growth(t, s.prev.flows, "tcp_retrans")[tcp].sum()
-    packets = _growth(t, s.prev.flows, "packets")[tcp].sum()
-    return [""], np.array([100.0 * retrans / packets if packets else 0.0])
+    retrans = _growth(s, "flows", "tcp_retrans")[tcp].sum()
+    packets = _growth(s, "flows", "packets")[tcp].sum()
+    return _one(100.0 * retrans / packets if packets else 0.0)
 
 
 def _recent(s: Sample, t: TableSnapshot) -> np.ndarray:
@@ -174,29 +200,51 @@ def _new_flows(s: Sample) -> Rows:
     start = s.prev.now_ns if s.snap.live else s.prev.last_ns
     seen = int(np.count_nonzero(t.cols["first"] > start)) if len(t) else 0
     evicted = max(t.evicted - s.prev.flows.evicted, 0)
-    n = seen + evicted
-    return [""], np.array([n / s.seconds if s.seconds > 0 else 0.0])
+    return _one((seen + evicted) / s.seconds if s.seconds > 0 else 0.0)
 
 
-def _initiators(t: TableSnapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _initiators(s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each flow's initiator address (16 bytes), responder address, responder port."""
-    f = t.fields
-    a_started = (t.cols["origin"] == 0)[:, None]
-    src = np.where(a_started, f["a"], f["b"])
-    dst = np.where(a_started, f["b"], f["a"])
-    dport = np.where(a_started[:, 0], f["bport"], f["aport"]).astype(np.int64)
-    return src, dst, dport
+
+    def make() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = s.snap.flows
+        f = t.fields
+        a_started = (t.cols["origin"] == 0)[:, None]
+        src = np.where(a_started, f["a"], f["b"])
+        dst = np.where(a_started, f["b"], f["a"])
+        dport = np.where(a_started[:, 0], f["bport"], f["aport"]).astype(np.int64)
+        return src, dst, dport
+
+    result: tuple[np.ndarray, np.ndarray, np.ndarray] = s.shared("initiators", make)
+    return result
 
 
-def _grouped(addrs: np.ndarray, values: np.ndarray, distinct: bool) -> Rows:
-    """Per address: the number of distinct values (distinct) or of rows."""
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+
+
+def _address_hash(addrs: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per 16-byte address: grouping by it sorts integers, not 16-byte strings (a collision among
+    a flood's 200,000 sources has a chance of about 1 in 10^9)."""
+    words = np.ascontiguousarray(addrs, np.uint8).view("<u8").reshape(-1, 2)
+    h = words[:, 0] * _MIX[0]
+    h ^= (words[:, 1] ^ (h >> np.uint64(31))) * _MIX[1]
+    h ^= h >> np.uint64(29)
+    return h
+
+
+def _grouped(addrs: np.ndarray, values: np.ndarray | None = None) -> Rows:
+    """Per address: its number of rows, or of distinct `values` when given."""
     if not addrs.shape[0]:
-        return [], np.zeros(0)
-    if distinct:
-        both = np.concatenate([addrs.astype(np.uint8), values.astype(">i8").view(np.uint8).reshape(-1, 8)], axis=1)
-        addrs = np.unique(both, axis=0)[:, :16]
-    who, counts = np.unique(np.ascontiguousarray(addrs, np.uint8), axis=0, return_counts=True)
-    return [address_text(w) for w in who], counts.astype(np.float64)
+        return NO_ROWS
+    h = _address_hash(addrs)
+    rows = np.arange(h.size)
+    if values is not None:  # one row per distinct (address, value)
+        pair = (h ^ (values.astype(np.uint64) * _MIX[2])) * _MIX[0]
+        _, rows = np.unique(pair, return_index=True)
+        h = h[rows]
+    _, first, counts = np.unique(h, return_index=True, return_counts=True)
+    where = rows[first]
+    return Rows(counts.astype(np.float64), lambda idx: [address_text(addrs[where[i]]) for i in idx.tolist()])
 
 
 def _scan_ports(s: Sample) -> Rows:
@@ -204,63 +252,62 @@ def _scan_ports(s: Sample) -> Rows:
     t = s.snap.flows
     recent = _recent(s, t)
     if not recent.any():
-        return [], np.zeros(0)
-    src, _, dport = _initiators(t)
-    return _grouped(src[recent], dport[recent], distinct=True)
+        return NO_ROWS
+    src, _, dport = _initiators(s)
+    return _grouped(src[recent], dport[recent])
 
 
 def _source_new_flows(s: Sample) -> Rows:
     """Per source: flows it opened in the last 10 s."""
     t = s.snap.flows
     if not len(t):
-        return [], np.zeros(0)
+        return NO_ROWS
     new = t.cols["first"] >= s.now_ns - RECENT_NS
-    src, _, _ = _initiators(t)
-    return _grouped(src[new], np.zeros(int(new.sum()), np.int64), distinct=False)
+    src, _, _ = _initiators(s)
+    return _grouped(src[new])
 
 
 def _half_open(s: Sample) -> Rows:
     """Per destination: TCP connections asked for (SYN) that it never answered, over the last 10 s."""
     t = s.snap.flows
     if not len(t):
-        return [], np.zeros(0)
-    recent = _recent(s, t)
+        return NO_ROWS
     started_by_a = t.cols["origin"] == 0
     answers = np.where(started_by_a, t.cols["packets"][:, 1], t.cols["packets"][:, 0])
     syn_only = (t.fields["proto"] == IPPROTO_TCP) & ((t.cols["tcp_flags"] & TCP_SYN) != 0) & (answers == 0)
-    pick = recent & syn_only
-    _, dst, _ = _initiators(t)
-    return _grouped(dst[pick], np.zeros(int(pick.sum()), np.int64), distinct=False)
+    pick = _recent(s, t) & syn_only
+    _, dst, _ = _initiators(s)
+    return _grouped(dst[pick])
 
 
 def _rtt_ms(s: Sample) -> Rows:
     """Handshake RTTs of flows first seen since the last sample, per server."""
     t = s.snap.flows
     if not len(t):
-        return [], np.zeros(0)
+        return NO_ROWS
     start = s.prev.now_ns if s.snap.live else s.prev.last_ns
-    pick = (t.cols["first"] > start) & (t.cols["tcp_irtt"] >= 0)
-    _, dst, dport = _initiators(t)
-    labels = [f"{address_text(a)}:{int(p)}" for a, p in zip(dst[pick], dport[pick], strict=True)]
-    return labels, t.cols["tcp_irtt"][pick] / 1e6
+    pick = np.flatnonzero((t.cols["first"] > start) & (t.cols["tcp_irtt"] >= 0))
+    _, dst, dport = _initiators(s)
+    return Rows(
+        t.cols["tcp_irtt"][pick] / 1e6,
+        lambda idx: [f"{address_text(dst[pick[i]])}:{int(dport[pick[i]])}" for i in idx.tolist()],
+    )
 
 
 def _p95_ms(kind: int) -> Compute:
     def compute(s: Sample) -> Rows:
         t = s.snap.latency.services
         if not len(t):
-            return [], np.zeros(0)
-        f = t.fields
-        pick = f["kind"] == kind
-        labels = [f"{proto_name(int(p))}/{int(n)}" for p, n in zip(f["proto"][pick], f["port"][pick], strict=True)]
-        return labels, t.cols["p95"][pick] / 1e6
+            return NO_ROWS
+        pick = np.flatnonzero(t.fields["kind"] == kind)
+        return Rows(t.cols["p95"][pick] / 1e6, lambda idx: [_port_label(t, int(pick[i])) for i in idx.tolist()])
 
     return compute
 
 
 def _unanswered(s: Sample) -> Rows:
     grown = max(s.snap.latency.unanswered - s.prev.latency.unanswered, 0)
-    return [""], np.array([grown / s.seconds if s.seconds > 0 else 0.0])
+    return _one(grown / s.seconds if s.seconds > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -281,9 +328,9 @@ METRICS: Mapping[str, Metric] = {
         "packets the NIC dropped per second (rx dropped+missed+fifo)", "packet/s", "interface", _nic_drops
     ),
     "coverage": Metric("percent of the link's packets captured", "%", "interface", _coverage),
-    "host_bps": Metric("bits per second a host sent and received", "bit/s", "host", _table_bps("hosts", _host_labels)),
-    "pair_bps": Metric("bits per second between two hosts", "bit/s", "pair", _table_bps("pairs", _pair_labels)),
-    "port_bps": Metric("bits per second of a service port", "bit/s", "port", _table_bps("ports", _port_labels)),
+    "host_bps": Metric("bits per second a host sent and received", "bit/s", "host", _table_bps("hosts", _host_label)),
+    "pair_bps": Metric("bits per second between two hosts", "bit/s", "pair", _table_bps("pairs", _pair_label)),
+    "port_bps": Metric("bits per second of a service port", "bit/s", "port", _table_bps("ports", _port_label)),
     "retrans": Metric("TCP retransmissions per second", "segment/s", "", _flow_total("tcp_retrans")),
     "retrans_pct": Metric("percent of TCP packets that were retransmissions", "%", "", _retrans_pct),
     "resets": Metric("TCP resets per second", "segment/s", "", _flow_total("tcp_resets")),
@@ -330,16 +377,17 @@ class Rule:
     cooldown_s: float = DEFAULT_COOLDOWN_S
     text: str = ""
 
-    def rows(self, sample: Sample) -> Rows:
-        """The rows that pass the threshold, worst first."""
-        labels, values = METRICS[self.metric].compute(sample)
+    def rows(self, sample: Sample) -> tuple[list[str], np.ndarray]:
+        """The labels and values of the rows that pass the threshold (and carry the rule's label), worst first."""
+        values, label = metric_rows(sample, self.metric)
         values = np.asarray(values, np.float64)
-        keep = OPS[self.op](values, self.threshold)
-        if self.label:
-            keep &= np.array([lab == self.label for lab in labels], bool) if labels else keep
-        idx = np.flatnonzero(keep)
+        idx = np.flatnonzero(OPS[self.op](values, self.threshold))
         idx = idx[np.argsort(values[idx] if self.op.startswith("<") else -values[idx], kind="stable")]
-        return [labels[i] for i in idx.tolist()], values[idx]
+        labels = label(idx)
+        if self.label:
+            keep = [n for n, lab in enumerate(labels) if lab == self.label]
+            return [labels[n] for n in keep], values[idx[keep]]
+        return labels, values[idx]
 
 
 def parse_rule(text: str) -> Rule:
@@ -448,18 +496,27 @@ CHURN_TOP = 5
 
 
 def _ranked(rows: Rows, top: int = CHURN_TOP) -> Ranked:
-    labels, values = rows
-    order = np.argsort(-np.asarray(values, np.float64), kind="stable")[:top]
-    return tuple((labels[i], float(values[i])) for i in order.tolist())
+    values = np.asarray(rows.values, np.float64)
+    if not values.size:
+        return ()
+    idx = np.argpartition(-values, min(top, values.size) - 1)[:top] if values.size > top else np.arange(values.size)
+    idx = idx[np.argsort(-values[idx], kind="stable")]
+    return tuple(zip(rows.label(idx), values[idx].tolist(), strict=True))
+
+
+def metric_rows(sample: Sample, name: str) -> Rows:
+    """A metric's rows for a sample, computed once however many rules (and the churn figures) read it."""
+    rows: Rows = sample.shared(f"metric:{name}", lambda: METRICS[name].compute(sample))
+    return rows
 
 
 def churn(sample: Sample) -> Churn:
     """The flood and scan figures of a sample (the overview, the JSON and /metrics show them)."""
-    half = _half_open(sample)
+    half = metric_rows(sample, "half_open")
     return Churn(
-        new_flows_per_s=float(_new_flows(sample)[1][0]),
-        top_new_sources=_ranked(_source_new_flows(sample)),
-        top_scanners=_ranked(_scan_ports(sample)),
-        half_open=int(np.asarray(half[1]).sum()),
+        new_flows_per_s=float(metric_rows(sample, "new_flows").values[0]),
+        top_new_sources=_ranked(metric_rows(sample, "source_new_flows")),
+        top_scanners=_ranked(metric_rows(sample, "scan_ports")),
+        half_open=int(half.values.sum()),
         top_half_open=_ranked(half),
     )

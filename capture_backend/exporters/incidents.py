@@ -38,7 +38,8 @@ from capture_backend.rewind.timemachine import TimeMachine, save_pcap
 INCIDENT_FILE = "incident.json"
 INCIDENT_PREFIX = "incident-"
 MANUAL = "manual"
-SAMPLE_SECONDS = 1.0  # rules compare snapshots about this far apart
+SAMPLE_SECONDS = 1.0  # rules compare snapshots about this far apart ...
+COST_FACTOR = 8  # ... or further when a look costs more than 1/9 of a core (a flood's 200,000 flows)
 POLL_S = 0.25
 TOP = 10
 Log = Callable[[str], None]
@@ -133,6 +134,7 @@ class IncidentWatcher:
         self._prev: Snapshot | None = None
         self._seen_seq = -1
         self._alert_errors = 0
+        self.look_cpu = 0.0  # CPU seconds the last look at the rules took
 
     def start(self, thread: bool = True) -> None:
         """Watch from a thread of its own; without `thread`, the caller calls step() with every snapshot (files)."""
@@ -173,12 +175,14 @@ class IncidentWatcher:
             prev = self._prev
             if prev is None or prev.seq > snap.seq:
                 self._prev = snap
-            elif _seconds(snap, prev) >= SAMPLE_SECONDS:
+            elif _seconds(snap, prev) >= max(SAMPLE_SECONDS, COST_FACTOR * self.look_cpu):
+                started = time.thread_time()
                 sample = Sample(snap, prev)
                 self._churn = churn(sample)
                 for firing in self.alerts.feed(sample):
                     self._open(firing, snap)
                 self._prev = snap
+                self.look_cpu = time.thread_time() - started
                 self._publish()
                 if self.alerts.errors != self._alert_errors:
                     self._alert_errors = self.alerts.errors

@@ -19,6 +19,7 @@ from scapy.utils import PcapNgReader, PcapReader
 from tests.captures import SETTLE_S, read_pcap, start_retrotap, start_tcpdump, stop_tcpdump
 from tests.lab import Lab, wait_for_output
 from tests.scenes import Dns, finish, program, quiesce
+from tests.tshark import tshark
 
 pytestmark = [
     pytest.mark.live,
@@ -114,6 +115,9 @@ def test_flood_scan_and_slow_dns_each_freeze_one_incident(tmp_path: Path) -> Non
         (name,) = pcap["files"]
         own = frames(doc["dir"] / name)
         assert len(own) == pcap["packets"] > 0
+        # tshark reads the whole file without complaint.
+        numbers = tshark(doc["dir"] / name, "-T", "fields", "-e", "frame.number").split()
+        assert len(numbers) == len(own)
         since, until = int(pcap["from"] * NS), int(pcap["to"] * NS)
         # Every frame of the incident is one of tcpdump's, and every frame tcpdump stamped inside the window is in
         # the incident.
