@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from capture_backend.contract import UserError
 from capture_backend.replay import FileEngine
-from capture_backend.rewind.sessions import STORE_NAME
+from capture_backend.rewind.sessions import STORE_NAME, filter_query, window_of
 from capture_backend.rewind.timemachine import TimeMachine
 from capture_backend.run import SessionHistory
 from tests.helpers.cli import run_retrotap
@@ -265,3 +266,50 @@ def test_snapshot(
         assert snap_compare(app, terminal_size=size, run_before=run_before)
     finally:
         eng.close()
+
+
+@sync
+async def test_W_with_neither_source_says_why(capture: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    pcap, _, store = capture
+    eng = FileEngine(str(pcap), clock=lambda: FIXED_CLOCK)
+    eng.open()
+    eng.start()
+    assert eng.wait(30)
+    app = RetrotapApp(eng, clock=lambda: FIXED_CLOCK, snapshot_dir=str(tmp_path), sessions_dir=str(store))
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await pilot.press("8")
+        await answered(app, pilot, 0)
+        first = ids(app)[0]
+        await pilot.press("W")
+        line = await notified(app, pilot, f"session {first}:")
+        assert line == f"session {first}: no recording in {store}, the time machine is off"
+        assert list(tmp_path.iterdir()) == []
+    eng.close()
+
+
+def test_the_filter_is_read_as_the_command_lines_options() -> None:
+    q = filter_query("10.0.0.0/8 443 tcp retrans > 0 and latency_ms>=2.5 curl")
+    assert (q.host, q.port, q.proto, q.process, q.where) == (
+        "10.0.0.0/8",
+        443,
+        "tcp",
+        "curl",
+        "retrans > 0 and latency_ms>=2.5",
+    )
+    q = filter_query("host 2001:db8::1 port 53 proto udp process 443")
+    assert (q.host, q.port, q.proto, q.process) == ("2001:db8::1", 53, "udp", "443")
+    for text, message in (
+        ("10.0.0.1 10.0.0.2", "/: one host at a time ('10.0.0.1' and '10.0.0.2')"),
+        ("port 70000", "/: port 70000: a port is 0 to 65535"),
+        ("bogus > 1", "/: where: unknown field 'bogus'"),
+    ):
+        with pytest.raises(UserError) as e:
+            filter_query(text)
+        assert str(e.value).startswith(message)
+    now = 1_700_000_000 * 10**9
+    assert window_of("", now) == (now - 900 * 10**9, now + 1)
+    assert window_of("2h", now) == (now - 7200 * 10**9, now + 1)
+    assert window_of("all", now) == (0, (1 << 63) - 1)
+    assert window_of("2023-11-14T22:00:00Z 2023-11-14T22:10:00Z", now) == (now - 800 * 10**9, now - 200 * 10**9)
+    with pytest.raises(UserError, match="FROM \\[TO\\], a duration \\(15m\\) or all"):
+        window_of("a b c", now)
