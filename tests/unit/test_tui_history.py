@@ -3,6 +3,7 @@ generated capture: the rows, `/`, `s`/`S`, `t`, Enter, `W` (from the recording, 
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 from textual.pilot import Pilot
 
 from capture_backend.contract import UserError
@@ -21,7 +24,9 @@ from capture_backend.rewind.timemachine import TimeMachine
 from capture_backend.run import SessionHistory
 from tests.helpers.cli import run_retrotap
 from tests.helpers.tui import FIXED_CLOCK, cells, inspected, screen_text, sync
+from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import write_mixed
+from tests.tmux import Tmux
 from tui.app import RetrotapApp
 from tui.widgets.history import SORTS, HistoryView, SessionDetail, clock_time
 
@@ -313,3 +318,30 @@ def test_the_filter_is_read_as_the_command_lines_options() -> None:
     assert window_of("2023-11-14T22:00:00Z 2023-11-14T22:10:00Z", now) == (now - 800 * 10**9, now - 200 * 10**9)
     with pytest.raises(UserError, match="FROM \\[TO\\], a duration \\(15m\\) or all"):
         window_of("a b c", now)
+
+
+# --- live: the real dashboard in tmux, capturing in the netns lab with --sessions
+@pytest.mark.live
+def test_live_history_shows_a_session_that_just_ended(lab: Lab, tmp_path: Path) -> None:
+    if shutil.which("tmux") is None or shutil.which("retrotap") is None:
+        pytest.skip("needs tmux and the retrotap command on PATH")
+    store = tmp_path / "sessions"
+    tmux = Tmux(f"ip netns exec {lab.ns_a} retrotap -i {lab.veth_a} --sessions {store} --sessions-idle 1")
+    try:
+        tmux.wait_for(lambda t: "Interfaces" in t and lab.veth_a in t, "the dashboard")
+        tmux.keys("8")
+        tmux.wait_for(lambda t: "0 sessions" in t, "the empty History view")
+        count = 40
+        frame = bytes(
+            Ether(dst=lab.mac_a, src=lab.mac_b) / IP(src=IP4_B, dst=IP4_A) / UDP(sport=4000, dport=5000) / bytes(100)
+        )
+        assert lab.send_frames([frame], repeat=count) == count
+        # Idle for a second, written by the session writer, found by the view's next query (every 3 s).
+        row = re.compile(rf"udp\s+{re.escape(IP4_B)}:4000\s+{re.escape(IP4_A)}:5000\s+{count}\s")
+        tmux.wait_for(lambda t: row.search(t) is not None, f"the session of {count} packets")
+        tmux.keys("q")
+        assert tmux.wait_exit(), "retrotap did not quit on q"
+    finally:
+        tmux.close()
+    (rec,) = store_rows(store, "sport = 4000 AND dport = 5000")
+    assert (rec["src_packets"], rec["dst_packets"], rec["sport"], rec["dport"]) == (count, 0, 4000, 5000)
