@@ -47,8 +47,7 @@ COLUMNS = (
 )
 # The sorts of `retrotap sessions --sort`, in its order; each column it sorts by.
 SORTS = ("start", "bytes", "packets", "retrans", "latency", "duration")
-SORT_COLUMNS = {"start": "start", "bytes": "bytes", "packets": "packets", "retrans": "retrans"}
-SORT_COLUMNS |= {"latency": "latency", "duration": "duration"}
+SORT_COLUMNS = {name: name for name in SORTS}  # the column each sort marks (latency: the slowest exchange)
 SORT_NAMES = {
     "start": "start",
     "bytes": "bytes",
