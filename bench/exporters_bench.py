@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from capture_backend.analysis.tables import NS, CounterLimits, TableSnapshot
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.engine import Counting, Snapshot, file_statuses
-from capture_backend.exporters.ipfix import Encoder, FlowTracker, flow_records
+from capture_backend.exporters.ipfix import FLOW_CARRIED, FLOW_COUNTED, Encoder, FlowTracker, flow_records
 from capture_backend.exporters.metrics import SnapshotCollector
 
 T0_NS = 1_700_000_000 * NS
@@ -97,7 +97,7 @@ def main() -> None:
     assert len(snap.flows) == n, len(snap.flows)
     results: dict[str, tuple[float, float]] = {"freeze (engine, for scale)": timed(freeze, args.repeat)}
 
-    steady = FlowTracker(idle_s=15, active_s=60)
+    steady = FlowTracker(idle_s=15, active_s=60, counted=FLOW_COUNTED, carried=FLOW_CARRIED)  # as FlowExporter
     steady.update(snap)
     results["ipfix diff, nothing due"] = timed(lambda: steady.update(snap), args.repeat)
     perm = np.random.default_rng(1).permutation(n)
@@ -112,7 +112,7 @@ def main() -> None:
     results["ipfix diff, nothing due, every row moved (worst case)"] = timed(reordered, args.repeat)
 
     def flush_all() -> int:
-        tracker = FlowTracker(idle_s=15, active_s=60)
+        tracker = FlowTracker(idle_s=15, active_s=60, counted=FLOW_COUNTED, carried=FLOW_CARRIED)
         runs = flow_records(tracker.update(snap, final=True))
         return len(Encoder(1).data(runs))
 

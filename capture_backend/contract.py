@@ -16,6 +16,8 @@
   ``InspectorError``, ``hexdump``, ``INSPECT_LIMIT``.
 - What else the capture side tells its consumers: the engine's rare events (``EngineEvent``, given to an
   ``EventSink``), a pcap save's ``PcapSaveResult``.
+- What the History view reads of the session store: ``SessionPage`` (records as `retrotap sessions
+  --format json` gives them) and ``SessionPcap`` (a session's packets written).
 - ``UserError``: the one base class of a user's mistake (filter, interface, capture, file, recording,
   time, inspector errors), so a front end catches one class.
 
@@ -580,6 +582,34 @@ class PcapSaveResult:
             return "snapshot: no packets in the buffer"
         lost = f", {self.lost} packets expired while writing" if self.lost else ""
         return f"snapshot: {', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes{lost})"
+
+
+# --- the session store, as the History view reads it
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """Records of a query, newest first or as sorted (each a dict like `retrotap sessions --format json`'s),
+    how many matched in all, and the time window asked ([from_ns, to_ns))."""
+
+    rows: tuple[dict[str, object], ...]
+    matched: int
+    from_ns: int
+    to_ns: int
+
+
+@dataclass(frozen=True)
+class SessionPcap:
+    """A session's packets written: where, how many, from what (the recording or the time machine)."""
+
+    paths: tuple[str, ...]
+    packets: int
+    bytes: int
+    source: str
+
+    def summary(self) -> str:
+        """One line for the status bar."""
+        return f"{', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes, from the {self.source})"
 
 
 # --- a user's mistake

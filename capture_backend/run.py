@@ -9,18 +9,25 @@ What a front end does with a run goes through here too: `check_source` and `chec
 mistake surfaces before anything starts, or when `f` edits the filter), `Run.inspect_job` and
 `file_job` (the packet inspector), the time machine's selectors (`select_flow`, `select_pair`,
 `select_host`, `select_port`), `file_snapshots` (a file's snapshots for tools and screenshots), and the
-`TimeMachine` and `ProcessMapper` types a run holds.
+`TimeMachine` and `ProcessMapper` types a run holds; `SessionHistory`, what the History view does with the
+session store (query, one record, a session's packets from the recording or the time machine).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
+import numpy as np
+
+from capture_backend.analysis.decode import Decoded
 from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
 from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import compile_filter
@@ -28,11 +35,15 @@ from capture_backend.capture.privileges import drop_privileges
 from capture_backend.contract import (
     EMPTY_ALERTS,
     INSPECT_LIMIT,
+    PROTO_NUMBERS,
     AlertStatus,
     EventSink,
     InspectJob,
     PcapSaveResult,
+    SessionPage,
+    SessionPcap,
     Snapshot,
+    UserError,
 )
 from capture_backend.engine import Engine
 from capture_backend.exporters.base import Exporters, recorder_counters, time_machine_counters
@@ -41,9 +52,15 @@ from capture_backend.options import ExporterSettings, RecordOptions
 from capture_backend.options import RunOptions as RunOptions
 from capture_backend.replay import FileEngine
 from capture_backend.replay import file_snapshots as file_snapshots
+from capture_backend.rewind.export import export as export_packets
+from capture_backend.rewind.index import RECORDING_NAME
 from capture_backend.rewind.inspect import file_job as file_job
 from capture_backend.rewind.inspect import selection_job
 from capture_backend.rewind.recorder import Recorder, RecorderThread
+from capture_backend.rewind.session_report import public as public_session
+from capture_backend.rewind.sessions import SORTS as SESSION_SORTS
+from capture_backend.rewind.sessions import Query as SessionQuery
+from capture_backend.rewind.sessions import SessionStore, filter_query, session_export, window_of
 from capture_backend.rewind.timemachine import Selector as Selector
 from capture_backend.rewind.timemachine import TimeMachine as TimeMachine
 from capture_backend.rewind.timemachine import save_pcap
@@ -294,3 +311,113 @@ class Run:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+HISTORY_TOP = 500  # records the History view fetches per query (it says how many more matched)
+
+
+def _recording_files(directory: Path) -> bool:
+    """Whether a directory holds files `retrotap record` wrote (not retrotap's own snapshots)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    return any(RECORDING_NAME.match(n) and not n.startswith("retrotap-") for n in names)
+
+
+class SessionHistory:
+    """What the History view does with a session store, each call on the caller's (worker) thread and each
+    failure a UserError of one line: a page of records (the `/` filter and time range read as `retrotap
+    sessions` reads its options), one record, and a session's packets written to a pcap, from the recording
+    beside the store when it holds them, else from the time machine."""
+
+    sorts = tuple(SESSION_SORTS)
+
+    def __init__(
+        self,
+        directory: Callable[[], str | None],
+        timemachine: TimeMachine | None,
+        output_dir: str,
+        log: Log,
+        inspect_limit: int = INSPECT_LIMIT,
+    ) -> None:
+        self.directory = directory
+        self.timemachine = timemachine
+        self.output_dir = output_dir
+        self.log = log
+        self.inspect_limit = inspect_limit
+
+    def available(self) -> bool:
+        """Whether there is a store to read (--sessions DIR, or a recording's directory)."""
+        return self.directory() is not None
+
+    def _store(self) -> SessionStore:
+        directory = self.directory()
+        if directory is None:
+            raise UserError("no session store: run with --sessions DIR, or record")
+        return SessionStore(directory, writable=False)
+
+    def check_window(self, text: str) -> None:
+        """TimeSpecError (one line) when the `t` prompt's text is not a time range."""
+        window_of(text, time.time_ns())
+
+    def page(
+        self, text: str, window: str, sort: str, reverse: bool, now_ns: int | None, top: int = HISTORY_TOP
+    ) -> SessionPage:
+        """The records of the window (before now_ns; None: before the store's newest record) that match text."""
+        with self._store() as store:
+            if now_ns is None:
+                now_ns = store.newest_start() or time.time_ns()
+            from_ns, to_ns = window_of(window, now_ns)
+            q = filter_query(text, SessionQuery(from_ns=from_ns, to_ns=to_ns, sort=sort, reverse=reverse, top=top))
+            rows = store.query(q)
+            matched = store.matching(q) if len(rows) >= top else len(rows)
+        return SessionPage(tuple(public_session(r) for r in rows), matched, from_ns, to_ns)
+
+    def record(self, session_id: int) -> dict[str, object] | None:
+        """One record as `retrotap sessions --format json` prints it (None: gone, e.g. retention)."""
+        with self._store() as store:
+            rec = store.session(session_id)
+        return None if rec is None else public_session(rec)
+
+    def write(self, session_id: int) -> SessionPcap:
+        """The session's packets in a pcap of output_dir: from the recording when it holds them, else from the
+        time machine; UserError saying why neither could."""
+        with self._store() as store:
+            rec = store.session(session_id)
+            where = store.path.parent
+        if rec is None:
+            raise UserError(f"session {session_id} is no longer in the store")
+        if _recording_files(where):
+            output = str(Path(self.output_dir) / f"retrotap-session-{session_id}.pcap")
+            res = export_packets(session_export(str(where), session_id, output), self.log)
+            if res.packets:
+                return SessionPcap(res.paths, res.packets, res.bytes, "recording")
+            for path in res.paths:
+                os.unlink(path)
+        tm = self.timemachine
+        spans = tm.window() if tm is not None else []
+        start, end = rec["start_ns"], rec["end_ns"]
+        if tm is not None and any(s.first_ns <= end and s.last_ns >= start for s in spans):
+            proto = PROTO_NUMBERS.get(rec["proto"]) or int(rec["proto"])
+            flow = select_flow(proto, rec["src"], rec["sport"], rec["dst"], rec["dport"])
+
+            def select(dec: Decoded) -> np.ndarray:
+                return flow(dec) & (dec.ts_ns >= start) & (dec.ts_ns <= end)
+
+            result = save_pcap(tm, self.output_dir, select=select)
+            if result.packets:
+                return SessionPcap(result.paths, result.packets, result.bytes, "time machine")
+        recorded = "none in the recording" if _recording_files(where) else "no recording"
+        if tm is None:
+            held = "the time machine is off"
+        elif spans:
+            oldest = time.strftime("%H:%M:%S", time.localtime(min(s.first_ns for s in spans) // 1_000_000_000))
+            held = f"none in the time machine (it holds {oldest} on)"
+        else:
+            held = "the time machine is empty"
+        raise UserError(f"session {session_id}: {recorded} in {where}, {held}")
+
+    def inspect_job(self, path: str) -> InspectJob:
+        """The packet inspector's job over a written pcap."""
+        return file_job(Path(path), self.inspect_limit)

@@ -31,7 +31,7 @@ from capture_backend.contract import (
     UserError,
 )
 from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
-from capture_backend.run import ProcessMapper, Run, Selector, TimeMachine, file_job
+from capture_backend.run import ProcessMapper, Run, Selector, SessionHistory, TimeMachine, file_job
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
 from tui.options import check_dashboard_user, user_of
 from tui.selection import Selection
@@ -41,6 +41,7 @@ from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.flows import FlowsView
 from tui.widgets.format import count, duration, size
 from tui.widgets.help import HelpScreen
+from tui.widgets.history import HistoryView
 from tui.widgets.hosts import HostsView
 from tui.widgets.inspector import InspectorScreen
 from tui.widgets.interfaces import InterfacesView
@@ -54,8 +55,8 @@ from tui.widgets.query import Query
 from tui.widgets.status import StatusBar, ViewBar
 from tui.widgets.view import Frame, View
 
-VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
-VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
+VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency", "history")
+VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency", "History")
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
 
 
@@ -116,6 +117,7 @@ class RetrotapApp(App[int]):
         Binding("5", "view(5)", "Drops", show=False),
         Binding("6", "view(6)", "Processes", show=False),
         Binding("7", "view(7)", "Latency", show=False),
+        Binding("8", "view(8)", "History", show=False),
         Binding("slash", "text_filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Rev", key_display="S"),
@@ -131,6 +133,7 @@ class RetrotapApp(App[int]):
         Binding("R", "record", "Record", show=False, key_display="R"),
         Binding("i", "inspect", "Inspect", show=False),
         Binding("I", "inspect_file", "Inspect pcap", show=False, key_display="I"),
+        Binding("t", "time_range", "Time range", show=False),
     ]
     ACTION_HELP = {
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
@@ -140,6 +143,8 @@ class RetrotapApp(App[int]):
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
         "view(6)": "Processes: traffic per local process (this namespace)",
         "view(7)": "Latency: DNS/HTTP/MySQL response times, slowest requests",
+        "view(8)": "History: session records of --sessions DIR or the recording",
+        "time_range": "History: the time range (FROM [TO], 15m, all)",
         "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
@@ -157,7 +162,7 @@ class RetrotapApp(App[int]):
         "inspect_file": "Pick a pcap (--snapshot-dir, --record-dir) to inspect (tshark)",
     }
     EXTRA_KEYS = [
-        ("Enter", "Flows: details of the selected flow"),
+        ("Enter", "Flows, History: details of the selected flow or session"),
         ("↑ ↓ PgUp PgDn", "Move in the table"),
         ("← →", "Scroll a wide table sideways"),
         ("Tab", "Latency: the next table (services, servers, slowest)"),
@@ -179,6 +184,7 @@ class RetrotapApp(App[int]):
         inspect_limit: int = INSPECT_LIMIT,
         processes: ProcessMapper | None = None,
         run: Run | None = None,
+        sessions_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -208,6 +214,19 @@ class RetrotapApp(App[int]):
         self._closed = False
         self.active = 1
         engine.on_event = self._engine_event
+        self.sessions = SessionHistory(
+            lambda: self._sessions_dir(sessions_dir),
+            self.timemachine,
+            snapshot_dir,
+            self._recorder_line,
+            inspect_limit,
+        )
+
+    def _sessions_dir(self, given: str | None) -> str | None:
+        """The History view's store: --sessions DIR, else the recording's directory while recording."""
+        if given or self.capture_run.opts.exporters.sessions:
+            return given or self.capture_run.opts.exporters.sessions
+        return self.record_dir if self.capture_run.recording is not None else None
 
     # --- layout
     def compose(self) -> ComposeResult:
@@ -222,6 +241,7 @@ class RetrotapApp(App[int]):
             yield DropsView(id="drops")
             yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY_PROCESSES, id="processes")
             yield LatencyView(id="latency")
+            yield HistoryView(self.sessions, id="history")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)
 
@@ -305,7 +325,8 @@ class RetrotapApp(App[int]):
         if view.sort_key is not None:
             parts.append(f"sort {view.describe_sort()}")
         if frame.query:
-            unknown = f" (unknown: {' '.join(frame.query.unknown)})" if frame.query.unknown else ""
+            known = frame.query.unknown and not isinstance(view, HistoryView)  # History reads `/` itself
+            unknown = f" (unknown: {' '.join(frame.query.unknown)})" if known else ""
             parts.append(f"/{frame.query.text}{unknown}")
         if isinstance(view, FlowsView):
             parts.append(f"{view.shown} of {view.matched} flows")
@@ -330,7 +351,7 @@ class RetrotapApp(App[int]):
 
     # --- actions
     def action_view(self, index: int) -> None:
-        """Show view number index (1-7)."""
+        """Show view number index (1-8)."""
         self.active = index
         self.query_one(ContentSwitcher).current = VIEW_IDS[index - 1]
         self.query_one(ViewBar).activate(index)
@@ -416,6 +437,9 @@ class RetrotapApp(App[int]):
 
     def action_snapshot_selection(self) -> None:
         """Write the packets of the row under the cursor (Hosts, Ports, Flows or Latency view)."""
+        if isinstance(self.view, HistoryView):
+            self.view.write_selected()
+            return
         picked = self._selected()
         if picked is not None:
             self._write_snapshot(picked.selector(), picked.describe())
@@ -430,6 +454,9 @@ class RetrotapApp(App[int]):
     def action_inspect(self) -> None:
         """Decode the selected row's packets from the time machine in the packet inspector."""
         if isinstance(self.screen, (InspectorScreen, PcapPicker)):
+            return
+        if isinstance(self.view, HistoryView):
+            self.view.write_selected(inspect=True)
             return
         if self.timemachine is None:
             self.notify("the time machine is off (--buffer-size 0)", severity="warning")
@@ -492,6 +519,13 @@ class RetrotapApp(App[int]):
         self._query_before = self.text_query
         self.query_one(PromptBar).ask("query", "/", self.text_query)
 
+    def action_time_range(self) -> None:
+        """History view: ask for the time range."""
+        if self.active == VIEW_IDS.index("history") + 1:
+            self.query_one(PromptBar).ask(
+                "history-time", "time range (FROM [TO], 15m, all):", self.query_one(HistoryView).window
+            )
+
     def action_capture_filter(self) -> None:
         """Open the capture filter prompt."""
         self.query_one(PromptBar).ask("capture", "capture filter (BPF):", self.snap.filter)
@@ -505,6 +539,12 @@ class RetrotapApp(App[int]):
         prompt = self.query_one(PromptBar)
         if message.kind == "query":
             self.text_query = message.value.strip()
+        elif message.kind == "history-time":
+            try:
+                self.query_one(HistoryView).set_window(message.value)
+            except UserError as e:  # TimeSpecError
+                prompt.error(str(e))
+                return
         elif message.kind == "capture":
             try:
                 self.engine.set_filter(message.value.strip())

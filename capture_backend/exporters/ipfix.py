@@ -9,6 +9,11 @@ Each flow row becomes one uniflow record per direction that carried packets (RFC
 not RFC 5103 biflows: every collector reads them, and nfdump 1.7 keeps only the reverse counters
 of a biflow, dropping its reverse times and flags). retrotap keeps one first/last time and one
 set of TCP flags per flow, so both records of a flow carry those.
+
+A record also carries the flow's TCP health and application latency over the record as enterprise-specific
+elements (RETROTAP_PEN), the same values the session store keeps for the same flow: on the record of the
+client's direction (the other direction's record carries zeros and "not measured"), so a collector that sums
+them counts each once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from capture_backend.analysis.services import known_ports
 from capture_backend.analysis.tables import NS
 from capture_backend.contract import FLOW_KEY, Snapshot, TableSnapshot, ipv4_octets, is_v4, key_records, match_rows
 
@@ -47,8 +53,15 @@ SET_HEADER = struct.Struct("!HH")
 TEMPLATE_RECORD_HEADER = struct.Struct("!HH")
 # 3.4.2.2 Options Template Record Header: Template ID, Field Count, Scope Field Count.
 OPTIONS_TEMPLATE_RECORD_HEADER = struct.Struct("!HHH")
-# 3.2 Field Specifier, enterprise bit clear: Information Element identifier, Field Length.
+# 3.2 Field Specifier, enterprise bit clear: Information Element identifier, Field Length; with the
+# enterprise bit set, the Enterprise Number follows.
 FIELD_SPECIFIER = struct.Struct("!HH")
+ENTERPRISE_NUMBER = struct.Struct("!I")
+ENTERPRISE_BIT = 0x8000
+# retrotap's enterprise-specific elements are numbered under this Private Enterprise Number: 32473 is the
+# one IANA reserves for documentation and examples (RFC 5612) until retrotap has its own.
+RETROTAP_PEN = 32473
+NOT_MEASURED = 0xFFFFFFFF  # an unsigned32 time element with nothing measured (no handshake, no exchange)
 
 # flowEndReason (IANA IE 136) values.
 IDLE_TIMEOUT = 1
@@ -59,11 +72,33 @@ LACK_OF_RESOURCES = 5
 
 
 class IE(NamedTuple):
-    """An IANA Information Element as sent: name, identifier, field length."""
+    """An Information Element as sent: name, identifier, field length, enterprise (0: IANA's)."""
 
     name: str
     id: int
     length: int
+    enterprise: int = 0
+    doc: str = ""
+
+
+# The enterprise-specific elements, per flow over the record: (element, the flow column whose growth it
+# carries or whose value, in µs, it carries). Data, once: the templates, the records and docs/exporters.md.
+RETROTAP_FIELDS = (
+    IE("tcpRetransmissions", 1, 4, RETROTAP_PEN, "TCP retransmissions (fast and spurious included)"),
+    IE("tcpOutOfOrder", 2, 4, RETROTAP_PEN, "TCP out-of-order segments"),
+    IE("tcpDuplicateAcks", 3, 4, RETROTAP_PEN, "TCP duplicate ACKs"),
+    IE("tcpZeroWindows", 4, 4, RETROTAP_PEN, "TCP zero-window segments"),
+    IE("tcpResets", 5, 4, RETROTAP_PEN, "TCP segments with RST"),
+    IE("tcpHandshakeRttMicroseconds", 6, 4, RETROTAP_PEN, "TCP handshake RTT, µs (4294967295: not measured)"),
+    IE("applicationExchanges", 7, 4, RETROTAP_PEN, "DNS/HTTP/MySQL request → response exchanges"),
+    IE("applicationLatencyMeanMicroseconds", 8, 4, RETROTAP_PEN, "their mean latency, µs (4294967295: none)"),
+    IE("applicationLatencyMaxMicroseconds", 9, 4, RETROTAP_PEN, "the flow's slowest exchange, µs (4294967295: none)"),
+)
+# Flow columns whose growth each record carries, and those whose latest value it carries (the session
+# store's records are made from the same).
+FLOW_COUNTED = ("tcp_retrans", "tcp_ooo", "tcp_dupack", "tcp_zero_win", "tcp_resets", "app_count", "app_sum")
+FLOW_CARRIED = ("origin", "tcp_irtt", "app_max")
+US = 1000
 
 
 _FLOW_TAIL = (
@@ -77,12 +112,13 @@ _FLOW_TAIL = (
     IE("flowStartMilliseconds", 152, 8),
     IE("flowEndMilliseconds", 153, 8),
     IE("flowEndReason", 136, 1),
+    *RETROTAP_FIELDS,
 )
 FLOW_IPV4_FIELDS = (IE("sourceIPv4Address", 8, 4), IE("destinationIPv4Address", 12, 4), *_FLOW_TAIL)
 FLOW_IPV6_FIELDS = (IE("sourceIPv6Address", 27, 16), IE("destinationIPv6Address", 28, 16), *_FLOW_TAIL)
-# The data records of the two flow templates, field by field as listed above (52 and 76 bytes).
-FLOW_RECORD_IPV4 = struct.Struct("!4s4sHHBHIQQQQB")
-FLOW_RECORD_IPV6 = struct.Struct("!16s16sHHBHIQQQQB")
+# The data records of the two flow templates, field by field as listed above (88 and 112 bytes).
+FLOW_RECORD_IPV4 = struct.Struct("!4s4sHHBHIQQQQB" + "I" * len(RETROTAP_FIELDS))
+FLOW_RECORD_IPV6 = struct.Struct("!16s16sHHBHIQQQQB" + "I" * len(RETROTAP_FIELDS))
 
 # RFC 7011 4.1-4.3 statistics, scoped to the Observation Domain: what was exported, what the
 # kernel ring dropped before metering (ignored packets), flows the table evicted unseen (not sent).
@@ -100,16 +136,28 @@ _ADDRESS_IES = {8, 12, 27, 28}
 
 def record_dtype(fields: Sequence[IE]) -> np.dtype:
     """A packed big-endian NumPy record with the fields' names and lengths (bulk encoding of data records)."""
-    return np.dtype([(f.name, ("u1", (f.length,)) if f.id in _ADDRESS_IES else f">u{f.length}") for f in fields])
+    return np.dtype(
+        [
+            (f.name, ("u1", (f.length,)) if f.id in _ADDRESS_IES and not f.enterprise else f">u{f.length}")
+            for f in fields
+        ]
+    )
 
 
 FLOW_IPV4_DTYPE = record_dtype(FLOW_IPV4_FIELDS)
 FLOW_IPV6_DTYPE = record_dtype(FLOW_IPV6_FIELDS)
 
 
+def field_specifier(f: IE) -> bytes:
+    """A Field Specifier: with the enterprise bit and number for an enterprise-specific element."""
+    if f.enterprise:
+        return FIELD_SPECIFIER.pack(f.id | ENTERPRISE_BIT, f.length) + ENTERPRISE_NUMBER.pack(f.enterprise)
+    return FIELD_SPECIFIER.pack(f.id, f.length)
+
+
 def template_record(template_id: int, fields: Sequence[IE]) -> bytes:
     """A Template Record."""
-    specs = b"".join(FIELD_SPECIFIER.pack(f.id, f.length) for f in fields)
+    specs = b"".join(field_specifier(f) for f in fields)
     return TEMPLATE_RECORD_HEADER.pack(template_id, len(fields)) + specs
 
 
@@ -401,7 +449,48 @@ def _fill(dtype: np.dtype, rows: Finished, sel: np.ndarray, d: np.ndarray, ifind
     out["flowStartMilliseconds"] = rows.start_ns[sel] // MS
     out["flowEndMilliseconds"] = rows.end_ns[sel] // MS
     out["flowEndReason"] = rows.reason[sel]
+    if rows.counts.shape[1] == len(FLOW_COUNTED) and rows.values.shape[1] == len(FLOW_CARRIED):
+        _fill_flow_fields(out, rows, sel, d)
+    else:  # a tracker without those columns: nothing measured
+        for f in RETROTAP_FIELDS:
+            out[f.name] = NOT_MEASURED if f.name.endswith("Microseconds") else 0
     return out.tobytes()
+
+
+def client_is_a(keys: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Per flow key: whether a is the client (the side without the well-known port, else the first sender)."""
+    k = key_records(keys, FLOW_KEY)
+    known = known_ports()
+    ka, kb = known[k["aport"].astype(np.int64)], known[k["bport"].astype(np.int64)]
+    return np.asarray(np.where(ka != kb, kb, origin == 0), bool)
+
+
+def _fill_flow_fields(out: np.ndarray, rows: Finished, sel: np.ndarray, d: np.ndarray) -> None:
+    """The enterprise elements of the records (rows sel, direction d): on the client's direction's record
+    (the server's when the client sent nothing in this record), zeros and "not measured" on the other."""
+    counts = dict(zip(FLOW_COUNTED, rows.counts[sel].T, strict=True))
+    values = dict(zip(FLOW_CARRIED, rows.values[sel].T, strict=True))
+    client = np.where(client_is_a(rows.keys[sel], values["origin"]), 0, 1)
+    client_sent = rows.packets[sel, client] > 0
+    carrier = np.where(client_sent, d == client, d != client)
+    exchanges = counts["app_count"]
+    mean = np.where(exchanges > 0, counts["app_sum"] // np.maximum(exchanges, 1) // US, NOT_MEASURED)
+    latency_max = np.where((exchanges > 0) & (values["app_max"] > 0), values["app_max"] // US, NOT_MEASURED)
+    irtt = np.where(values["tcp_irtt"] > 0, values["tcp_irtt"] // US, NOT_MEASURED)
+    fields = (
+        counts["tcp_retrans"],
+        counts["tcp_ooo"],
+        counts["tcp_dupack"],
+        counts["tcp_zero_win"],
+        counts["tcp_resets"],
+        irtt,
+        exchanges,
+        mean,
+        latency_max,
+    )
+    for f, v in zip(RETROTAP_FIELDS, fields, strict=True):
+        empty = NOT_MEASURED if f.name.endswith("Microseconds") else 0
+        out[f.name] = np.where(carrier, np.clip(v, 0, NOT_MEASURED), empty)
 
 
 def flow_records(rows: Finished, ifindex: int = 0) -> list[tuple[int, bytes, int]]:
@@ -448,7 +537,7 @@ class FlowExporter:
         self.fed = fed
         self.log = log
         self.encoder = Encoder(domain)
-        self.tracker = FlowTracker(idle_s, active_s)
+        self.tracker = FlowTracker(idle_s, active_s, counted=FLOW_COUNTED, carried=FLOW_CARRIED)
         self.send_errors = 0
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.connect(sockaddr)

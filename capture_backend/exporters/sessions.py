@@ -23,19 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from capture_backend.analysis.services import known_ports
 from capture_backend.contract import FLOW_KEY, ProcessTable, Snapshot, is_v4, key_records
-from capture_backend.exporters.ipfix import Finished, FlowTracker
+from capture_backend.exporters.ipfix import FLOW_CARRIED, FLOW_COUNTED, US, Finished, FlowTracker, client_is_a
 from capture_backend.rewind.sessions import Retention, SessionStore, SessionStoreError, store_path
 
-# Flow columns whose growth each record carries, and those whose latest value it carries.
-COUNTED = ("tcp_retrans", "tcp_ooo", "tcp_dupack", "tcp_zero_win", "tcp_resets", "app_count", "app_sum")
-CARRIED = ("origin", "tcp_irtt", "app_max")
+# Flow columns whose growth each record carries, and those whose latest value it carries (as IPFIX's).
+COUNTED, CARRIED = FLOW_COUNTED, FLOW_CARRIED
 WRITE_QUEUE = 64  # batches waiting for the disk
 FEED_QUEUE = 16  # snapshots waiting for the tracker (fed runs)
 RETAIN_EVERY_S = 60.0
 REOPEN_EVERY_S = 10.0
-US = 1000
 
 
 @dataclass
@@ -75,9 +72,7 @@ def session_rows(done: Finished, snap: Snapshot, processes: ProcessTable | None 
     counts = dict(zip(COUNTED, done.counts.T, strict=True))
     values = dict(zip(CARRIED, done.values.T, strict=True))
     aport, bport = k["aport"].astype(np.int64), k["bport"].astype(np.int64)
-    known = known_ports()
-    ka, kb = known[aport], known[bport]
-    server_is_b = np.where(ka != kb, kb, values["origin"] == 0)
+    server_is_b = client_is_a(done.keys, values["origin"])
     a, b = k["a"], k["b"]
     v4 = is_v4(a)
     fwd = np.where(server_is_b, 0, 1)

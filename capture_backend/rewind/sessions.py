@@ -26,7 +26,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +41,7 @@ from capture_backend.contract import (
     proto_name,
     service_name,
 )
-from capture_backend.rewind.export import ExportOptions, FlowMatch
+from capture_backend.rewind.export import ExportOptions, FlowMatch, TimeSpecError, time_window
 
 STORE_NAME = "retrotap-sessions.sqlite"
 SCHEMA_VERSION = 1
@@ -294,11 +295,18 @@ class SessionStore:
         """The records q asks for, as dicts (addresses as text, times in ns), sorted and cut to q.top."""
         where, params = q.sql(self.max_span_ns)
         limit = f" LIMIT {int(q.top)}" if q.top > 0 else ""
-        sql = f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE {where} ORDER BY {SORTS[q.sort]}{limit}"
+        order = order_by(q.sort, q.reverse)
+        sql = f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE {where} ORDER BY {order}{limit}"
         with _sqlite_errors(self.path):
             cur = self.db.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [record(dict(zip(names, r, strict=True))) for r in cur]
+
+    def newest_start(self) -> int | None:
+        """The start of the newest record (None: empty), from the start index."""
+        with _sqlite_errors(self.path):
+            row = self.db.execute("SELECT max(start_ns) FROM sessions").fetchone()
+        return None if row[0] is None else int(row[0])
 
     def matching(self, q: Query) -> int:
         """How many records q matches (before --top)."""
@@ -489,6 +497,16 @@ SORTS = {
 }
 
 
+def order_by(sort: str, reverse: bool = False) -> str:
+    """The ORDER BY of a sort, each term's direction flipped when reverse."""
+    if not reverse:
+        return SORTS[sort]
+    terms = []
+    for term in SORTS[sort].split(", "):
+        terms.append(term.removesuffix(" DESC") if term.endswith(" DESC") else f"{term} DESC")
+    return ", ".join(terms)
+
+
 @dataclass
 class Query:
     """What `retrotap sessions` asks for. Records overlapping [from_ns, to_ns) match the time window."""
@@ -502,6 +520,7 @@ class Query:
     where: str = ""
     sort: str = "start"
     top: int = DEFAULT_TOP
+    reverse: bool = False  # the sort's order turned around (start: newest first)
 
     def check(self) -> None:
         """QueryError (one line) for what cannot be asked."""
@@ -561,6 +580,77 @@ class Query:
             parts.append(where)
             params += where_params
         return " AND ".join(parts) or "1", params
+
+
+_FILTER_CLAUSE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|=|<|>)\s*(\S+)")
+_FILTER_KEYWORDS = ("host", "port", "proto", "process")
+
+
+def filter_query(text: str, base: Query | None = None) -> Query:
+    """The dashboard's `/` text as `retrotap sessions` options, read into the same Query and checked by the
+    same code (one line naming what is wrong): `FIELD OP NUMBER` clauses are --where, a protocol name
+    --proto, a number --port, an address or network --host, any other word --process; `host X`, `port N`,
+    `proto P`, `process NAME` say it outright."""
+    q = replace(base) if base is not None else Query()
+    clauses = [m.group(0) for m in _FILTER_CLAUSE.finditer(text)]
+    words = _FILTER_CLAUSE.sub(" ", text).split()
+    given: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word, low = words[i], words[i].lower()
+        i += 1
+        if low == "and":
+            continue
+        if low in _FILTER_KEYWORDS and i < len(words):
+            kind, value = low, words[i]
+            i += 1
+        elif low in PROTO_NUMBERS:
+            kind, value = "proto", low
+        elif word.isdigit():
+            kind, value = "port", word
+        else:
+            try:
+                network_range(word)
+                kind, value = "host", word
+            except ValueError:
+                kind, value = "process", word
+        if kind in given:
+            raise QueryError(f"/: one {kind} at a time ({given[kind]!r} and {value!r})")
+        given[kind] = value
+    if "port" in given:
+        if not given["port"].isdigit():
+            raise QueryError(f"/: port {given['port']!r} is not a number")
+        q.port = int(given["port"])
+    q.host = given.get("host", q.host)
+    q.proto = given.get("proto", q.proto)
+    q.process = given.get("process", q.process)
+    if clauses:
+        q.where = " and ".join(([q.where] if q.where else []) + clauses)
+    try:
+        q.check()
+    except (QueryError, WhereError) as e:  # the same check as the command line's, its words for the `/` prompt
+        raise type(e)(f"/: {str(e).removeprefix('--')}") from None
+    return q
+
+
+_WINDOW_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_of(text: str, now_ns: int, default_s: float = 900.0) -> tuple[int, int]:
+    """A time range as the History view's `t` takes it: what --from/--to take (`FROM [TO]`), a duration
+    back from now (`15m`, `2h`, `1d`), `all`; empty: the last default_s. TimeSpecError (one line)."""
+    words = text.split()
+    if not words:
+        return now_ns - int(default_s * 1e9), now_ns + 1
+    if len(words) == 1 and words[0].lower() == "all":
+        return 0, END_OF_TIME
+    if len(words) == 1 and (m := _WINDOW_DURATION.fullmatch(words[0].lower())):
+        return now_ns - int(float(m.group(1)) * _UNITS[m.group(2)] * 1e9), now_ns + 1
+    if len(words) > 2:
+        raise TimeSpecError(f"time range {text.strip()!r}: FROM [TO], a duration (15m) or all")
+    now = datetime.fromtimestamp(now_ns / 1e9).astimezone()
+    return time_window(words[0], words[1] if len(words) > 1 else None, now)
 
 
 def rows_of(records: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:

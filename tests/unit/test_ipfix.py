@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -43,6 +45,7 @@ from capture_backend.exporters.ipfix import (
     IDLE_TIMEOUT,
     LACK_OF_RESOURCES,
     MESSAGE_HEADER,
+    NOT_MEASURED,
     OPTIONS_TEMPLATE_RECORD_HEADER,
     SET_HEADER,
     STATISTICS_FIELDS,
@@ -56,9 +59,11 @@ from capture_backend.exporters.ipfix import (
     flow_records,
 )
 from tests.helpers.cli import retrotap_cmd
+from tests.helpers.latency import exchanges
 from tests.helpers.metrics import http_get, parse
+from tests.helpers.tcp_health import all_frames
 from tests.lab import REPO_ROOT, Lab, wait_for_output
-from tests.pcapgen import T0_NS, block_of, write_mixed
+from tests.pcapgen import T0_NS, block_of, write_mixed, write_pcap
 
 NFCAPD, NFDUMP = shutil.which("nfcapd"), shutil.which("nfdump")
 needs_nfdump = pytest.mark.skipif(NFCAPD is None or NFDUMP is None, reason="needs nfcapd and nfdump (apt nfdump)")
@@ -81,6 +86,20 @@ def sets_of(message: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def read_specs(body: bytes, at: int, n: int) -> tuple[list[tuple[int, int, int]], int]:
+    """n Field Specifiers from `at`: (element id, length, enterprise number or 0), and where they end."""
+    specs = []
+    for _ in range(n):
+        element, length = FIELD_SPECIFIER.unpack_from(body, at)
+        at += FIELD_SPECIFIER.size
+        enterprise = 0
+        if element & 0x8000:
+            (enterprise,) = struct.unpack_from("!I", body, at)
+            at += 4
+        specs.append((element & 0x7FFF, length, enterprise))
+    return specs, at
+
+
 def test_template_message_layout() -> None:
     enc = Encoder(domain=7, clock=lambda: 1_700_000_123.9)
     msg = enc.templates()
@@ -91,10 +110,9 @@ def test_template_message_layout() -> None:
     at = 0
     for template_id, fields in ((FLOW_IPV4_TEMPLATE_ID, FLOW_IPV4_FIELDS), (FLOW_IPV6_TEMPLATE_ID, FLOW_IPV6_FIELDS)):
         assert TEMPLATE_RECORD_HEADER.unpack_from(tbody, at) == (template_id, len(fields))
-        at += TEMPLATE_RECORD_HEADER.size
-        specs = [FIELD_SPECIFIER.unpack_from(tbody, at + 4 * i) for i in range(len(fields))]
-        assert specs == [(f.id, f.length) for f in fields]
-        at += 4 * len(fields)
+        specs, at = read_specs(tbody, at + TEMPLATE_RECORD_HEADER.size, len(fields))
+        assert specs == [(f.id, f.length, f.enterprise) for f in fields]
+        assert [s for s in specs if s[2]] == [(n, 4, 32473) for n in range(1, 10)]  # retrotap's elements
     assert at == len(tbody) and template_id >= 256
     fields = (*STATISTICS_SCOPE, *STATISTICS_FIELDS)
     assert OPTIONS_TEMPLATE_RECORD_HEADER.unpack_from(obody) == (STATISTICS_TEMPLATE_ID, len(fields), 1)
@@ -103,8 +121,8 @@ def test_template_message_layout() -> None:
     assert len(obody) == -(-(6 + 4 * len(fields)) // 4) * 4  # padded to 4 octets
     assert obody[6 + 4 * len(fields) :] == bytes(len(obody) - 6 - 4 * len(fields))
     # The record layouts agree with the templates.
-    assert FLOW_RECORD_IPV4.size == sum(f.length for f in FLOW_IPV4_FIELDS) == 52
-    assert FLOW_RECORD_IPV6.size == sum(f.length for f in FLOW_IPV6_FIELDS) == 76
+    assert FLOW_RECORD_IPV4.size == sum(f.length for f in FLOW_IPV4_FIELDS) == 88
+    assert FLOW_RECORD_IPV6.size == sum(f.length for f in FLOW_IPV6_FIELDS) == 112
     assert STATISTICS_RECORD.size == sum(f.length for f in fields)
 
 
@@ -170,17 +188,18 @@ def test_flow_records_one_per_direction_that_sent() -> None:
         [(300, 200), (0, 416)],
     )
     runs = flow_records(rows, ifindex=9)
-    assert [(tid, size) for tid, _, size in runs] == [(FLOW_IPV4_TEMPLATE_ID, 52), (FLOW_IPV6_TEMPLATE_ID, 76)]
-    v4 = [FLOW_RECORD_IPV4.unpack_from(runs[0][1], i * 52) for i in range(len(runs[0][1]) // 52)]
+    assert [(tid, size) for tid, _, size in runs] == [(FLOW_IPV4_TEMPLATE_ID, 88), (FLOW_IPV6_TEMPLATE_ID, 112)]
+    v4 = [FLOW_RECORD_IPV4.unpack_from(runs[0][1], i * 88) for i in range(len(runs[0][1]) // 88)]
+    unmeasured = (0, 0, 0, 0, 0, NOT_MEASURED, 0, NOT_MEASURED, NOT_MEASURED)  # a tracker without those columns
     start_ms, end_ms = (T0_NS + 1_234_567) // 10**6, (T0_NS + 9_999_999_999) // 10**6
     a, b = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")
     assert v4 == [
-        (a, b, 1000, 53, 17, 0x12, 9, 300, 3, start_ms, end_ms, IDLE_TIMEOUT),
-        (b, a, 53, 1000, 17, 0x12, 9, 200, 2, start_ms, end_ms, IDLE_TIMEOUT),
+        (a, b, 1000, 53, 17, 0x12, 9, 300, 3, start_ms, end_ms, IDLE_TIMEOUT, *unmeasured),
+        (b, a, 53, 1000, 17, 0x12, 9, 200, 2, start_ms, end_ms, IDLE_TIMEOUT, *unmeasured),
     ]
     v6 = FLOW_RECORD_IPV6.unpack(runs[1][1])
     assert v6[:2] == (ipaddress.ip_address("2001:db8::2").packed, ipaddress.ip_address("2001:db8::1").packed)
-    assert v6[2:] == (0, 0, 58, 0x12, 9, 416, 4, start_ms, end_ms, IDLE_TIMEOUT)
+    assert v6[2:] == (0, 0, 58, 0x12, 9, 416, 4, start_ms, end_ms, IDLE_TIMEOUT, *unmeasured)
 
 
 # -- when flows finish ----------------------------------------------------------------------------
@@ -533,3 +552,112 @@ def test_wireshark_decodes_templates_records_and_statistics(tmp_path: Path) -> N
     assert (stats["cflow.packetsexp"], stats["cflow.flowsexp"]) == ("3", "3")
     assert (stats["cflow.ignore_packets"], stats["cflow.notsent_flows"]) == ("11", "2")
     assert all(line["_ws.expert"] == "" for line in lines)  # no malformed or unexpected field
+
+
+# -- retrotap's enterprise elements carry what the session store keeps for the same flows -----------------
+
+
+def decode_ipfix(messages: list[bytes]) -> list[dict[str, Any]]:
+    """Every flow Data Record of the messages, decoded by the templates they carry (a collector's reading),
+    fields named by the exporter's element lists."""
+    names = {(f.id, f.enterprise): f.name for f in (*FLOW_IPV4_FIELDS, *FLOW_IPV6_FIELDS)}
+    templates: dict[int, list[tuple[str, int]]] = {}
+    out = []
+    for msg in messages:
+        for set_id, body in sets_of(msg):
+            if set_id == 2:
+                at = 0
+                while at + TEMPLATE_RECORD_HEADER.size <= len(body):
+                    tid, n = TEMPLATE_RECORD_HEADER.unpack_from(body, at)
+                    if tid == 0:
+                        break  # padding
+                    specs, at = read_specs(body, at + TEMPLATE_RECORD_HEADER.size, n)
+                    templates[tid] = [(names[(e, pen)], length) for e, length, pen in specs]
+            elif set_id in (FLOW_IPV4_TEMPLATE_ID, FLOW_IPV6_TEMPLATE_ID):
+                fields = templates[set_id]
+                size = sum(length for _, length in fields)
+                for start in range(0, len(body) - size + 1, size):
+                    rec, at = {}, start
+                    for name, length in fields:
+                        raw = body[at : at + length]
+                        at += length
+                        rec[name] = str(ipaddress.ip_address(raw)) if "Address" in name else int.from_bytes(raw, "big")
+                    out.append(rec)
+    return out
+
+
+def test_enterprise_elements_equal_the_session_store(tmp_path: Path) -> None:
+    pcap = tmp_path / "health.pcap"
+    write_pcap(pcap, sorted(exchanges() + all_frames(), key=lambda f: f.ts_ns), nanosecond=True)
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    collector.bind(("127.0.0.1", 0))
+    port = collector.getsockname()[1]
+    try:
+        run_stats("-r", str(pcap), "--format", "json", "--sessions", str(tmp_path), "--ipfix", f"127.0.0.1:{port}")
+        messages = []
+        collector.settimeout(2.0)  # the run has ended: what it sent is in the socket's buffer
+        while True:
+            try:
+                messages.append(collector.recv(65535))
+            except TimeoutError:
+                break
+    finally:
+        collector.close()
+    records = decode_ipfix(messages)
+    db = sqlite3.connect(tmp_path / "retrotap-sessions.sqlite")
+    db.row_factory = sqlite3.Row
+    store = [dict(r) for r in db.execute("SELECT * FROM sessions")]
+    db.close()
+    assert len(store) > 10 and sum(r["retrans"] for r in store) > 0 and sum(r["exchanges"] for r in store) > 0
+
+    def key(src: str, sport: int, dst: str, dport: int, proto: int) -> tuple[str, int, str, int, int]:
+        return (src, sport, dst, dport, proto)
+
+    carried: dict[tuple[str, int, str, int, int], list[dict[str, Any]]] = {}
+    for rec in records:
+        src = rec.get("sourceIPv4Address", rec.get("sourceIPv6Address"))
+        dst = rec.get("destinationIPv4Address", rec.get("destinationIPv6Address"))
+        k = key(src, rec["sourceTransportPort"], dst, rec["destinationTransportPort"], rec["protocolIdentifier"])
+        carried.setdefault(k, []).append(rec)
+    not_measured = 0xFFFFFFFF
+    checked = 0
+    for s in store:
+        src, dst = str(ipaddress.ip_address(s["src"])), str(ipaddress.ip_address(s["dst"]))
+        client = carried.get(key(src, s["sport"], dst, s["dport"], s["proto"]), [])
+        server = carried.get(key(dst, s["dport"], src, s["sport"], s["proto"]), [])
+        assert len(client) == (s["src_packets"] > 0) and len(server) == (s["dst_packets"] > 0), s
+        (rec,) = client or server  # the elements ride on the client's record (the server's if it alone sent)
+        others = server if client else []
+        got = (
+            rec["tcpRetransmissions"],
+            rec["tcpOutOfOrder"],
+            rec["tcpDuplicateAcks"],
+            rec["tcpZeroWindows"],
+            rec["tcpResets"],
+            rec["tcpHandshakeRttMicroseconds"],
+            rec["applicationExchanges"],
+            rec["applicationLatencyMeanMicroseconds"],
+            rec["applicationLatencyMaxMicroseconds"],
+            rec["flowStartMilliseconds"],
+            rec["flowEndMilliseconds"],
+        )
+        want = (
+            s["retrans"],
+            s["ooo"],
+            s["dupacks"],
+            s["zero_windows"],
+            s["resets"],
+            not_measured if s["rtt_us"] is None else s["rtt_us"],
+            s["exchanges"],
+            not_measured if s["latency_avg_us"] is None else s["latency_avg_us"],
+            not_measured if s["latency_max_us"] is None else s["latency_max_us"],
+            s["start_ns"] // 10**6,
+            s["end_ns"] // 10**6,
+        )
+        assert got == want, (s, rec)
+        for other in others:  # the other direction's record: nothing counted twice
+            assert other["tcpRetransmissions"] == other["applicationExchanges"] == 0
+            assert other["tcpHandshakeRttMicroseconds"] == not_measured
+        checked += 1
+    assert checked == len(store) and len(records) == sum((s["src_packets"] > 0) + (s["dst_packets"] > 0) for s in store)

@@ -21,6 +21,7 @@ class ViewBar(Horizontal):
     def __init__(self, titles: Sequence[str], *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.titles = list(titles)
+        self.active = 1
 
     def compose(self) -> ComposeResult:
         yield Label("retrotap", id="brand")
@@ -28,9 +29,18 @@ class ViewBar(Horizontal):
             yield Label(f"{n} {title}", id=f"tab-{n}", classes="tab")
 
     def activate(self, index: int) -> None:
-        """Highlight view number index (1-based)."""
-        for n in range(1, len(self.titles) + 1):
-            self.query_one(f"#tab-{n}", Label).set_class(n == index, "-active")
+        """Highlight view number index (1-based); when the titles do not all fit, only the active one is
+        spelled out (the others keep their number)."""
+        self.active = index
+        full = len("retrotap") + 2 + sum(len(f"{n} {t}") + 2 for n, t in enumerate(self.titles, 1))
+        narrow = 0 < self.size.width < full
+        for n, title in enumerate(self.titles, 1):
+            tab = self.query_one(f"#tab-{n}", Label)
+            tab.set_class(n == index, "-active")
+            tab.update(str(n) if narrow and n != index else f"{n} {title}")
+
+    def on_resize(self) -> None:
+        self.activate(self.active)
 
 
 class StatusBar(Horizontal):
