@@ -96,22 +96,22 @@ UNSEEN = -2  # a flow row never attributed (-1: attributed, no socket explains t
 # the namespace at the other end of that interface (a veth), connected in any namespace, bound or listening
 # in any namespace where the address is local; NOT_FOUND when none explains it.
 RANK_CAPTURED, RANK_PEER, RANK_CONNECTED, RANK_BOUND, NOT_FOUND = 0, 1, 2, 3, 9
-NS_ANY = 0xFFFFFFFF  # the namespace field of keys that hold every namespace's sockets (the first one given wins)
+NS_ANY = 0xFFFF  # the namespace field of keys that hold every namespace's sockets (the first one given wins)
 # The socket tables' keys, as the compiled index looks them up; ns: the namespace's number in this refresh.
 CONNECTED_KEY = np.dtype(
     [
-        ("ns", "<u4"),
+        ("ns", "<u2"),
         ("proto", "u1"),
         ("local", "u1", (16,)),
         ("lport", ">u2"),
         ("peer", "u1", (16,)),
         ("pport", ">u2"),
-        ("pad", "V7"),
+        ("pad", "V1"),
     ]
 )
-BOUND_KEY = np.dtype([("ns", "<u4"), ("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("pad", "V1")])
-WILD_KEY = np.dtype([("ns", "<u4"), ("proto", "u1"), ("version", "u1"), ("port", ">u2")])
-LOCAL_KEY = np.dtype([("ns", "<u4"), ("addr", "u1", (16,)), ("pad", "V4")])
+BOUND_KEY = np.dtype([("ns", "<u2"), ("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("pad", "V3")])
+WILD_KEY = np.dtype([("ns", "<u2"), ("proto", "u1"), ("version", "u1"), ("port", ">u2"), ("pad", "V2")])
+MAX_NAMESPACES = NS_ANY  # namespaces told apart in one refresh (the later ones are left out)
 V4_PREFIX = np.frombuffer(V4_MAPPED, np.uint8)
 
 
@@ -157,6 +157,7 @@ class _Sockets:
     """One read of every namespace's socket table, indexed for whole columns of flow ends."""
 
     def __init__(self, tables: list[NsTable]) -> None:
+        tables = tables[:MAX_NAMESPACES]
         self.tables = tables
         self.ns_of_inode = {t.inode: n for n, t in enumerate(tables)}
         sizes = [len(t.sockets) for t in tables]
@@ -194,19 +195,16 @@ class _Sockets:
                       lport=cat.lport[b_rows]),
             pid[b_rows],
         )  # fmt: skip
-        addrs = [t.local for t in tables]
-        l_ns = np.repeat(np.arange(len(tables), dtype=np.int64), [a.shape[0] for a in addrs])
-        local = np.concatenate(addrs) if addrs else np.zeros((0, 16), np.uint8)
         # Each namespace's own addresses, and under NS_ANY the first namespace an address is local in.
-        self.local = _Lookup(
-            pack_keys(LOCAL_KEY, 2 * l_ns.size, ns=np.concatenate([l_ns, np.full(l_ns.size, NS_ANY)]),
-                      addr=np.concatenate([local, local])),
-            np.concatenate([l_ns, l_ns]),
-        )  # fmt: skip
+        self.local = {n: _Lookup(np.ascontiguousarray(t.local), np.full(t.local.shape[0], n)) for n, t in
+                      enumerate(tables)}  # fmt: skip
+        l_ns = np.repeat(np.arange(len(tables), dtype=np.int64), [t.local.shape[0] for t in tables])
+        local = np.concatenate([t.local for t in tables]) if tables else np.zeros((0, 16), np.uint8)
+        self.local[NS_ANY] = _Lookup(local, l_ns)
 
     def _end(
         self,
-        ns: np.ndarray,
+        ns: int,
         proto: np.ndarray,
         addr: np.ndarray,
         port: np.ndarray,
@@ -222,11 +220,11 @@ class _Sockets:
         )
         rest = np.flatnonzero(pid < 0)
         if rest.size:
-            pid[rest] = self.bound.find(pack_keys(BOUND_KEY, rest.size, ns=ns[rest], proto=proto[rest],
+            pid[rest] = self.bound.find(pack_keys(BOUND_KEY, rest.size, ns=ns, proto=proto[rest],
                                                   local=addr[rest], lport=port[rest]))  # fmt: skip
         rest = rest[pid[rest] < 0]
         if rest.size:
-            where = self.local.find(pack_keys(LOCAL_KEY, rest.size, ns=ns[rest], addr=addr[rest]))
+            where = self.local[ns].find(np.ascontiguousarray(addr[rest]))
             rest, where = rest[where >= 0], where[where >= 0]
             if rest.size:
                 version = np.where(is_v4(addr[rest]), 4, 6)
@@ -273,27 +271,32 @@ class _Sockets:
         ok = (proto == PROTO_TCP) | (proto == PROTO_UDP)
         for step_rank, seen, ns in self.steps(flows, rows, ifaces):
             for side, (addr, port, peer, peer_port) in enumerate(ends):
-                todo = np.flatnonzero(ok & seen & (pid[:, side] < 0))
+                want = ok & seen & (pid[:, side] < 0)
+                every = bool(want.all())  # the usual first step: every row, no gathers
+                todo = np.flatnonzero(want)
                 if not todo.size:
                     continue
+                cols = (proto, addr, port, peer, peer_port)
+                if not every:
+                    cols = (proto[todo], addr[todo], port[todo], peer[todo], peer_port[todo])
                 if step_rank == RANK_BOUND:  # connected sockets were looked up already: bound or listening only
-                    found = self._bound_anywhere(proto[todo], addr[todo], port[todo])
+                    found = self._bound_anywhere(*cols[:3])
                 else:
-                    nss = np.full(todo.size, ns, np.int64)
-                    found = self._end(nss, proto[todo], addr[todo], port[todo], peer[todo], peer_port[todo])
+                    found = self._end(ns, *cols)
                 hit = found >= 0
-                pid[todo[hit], side] = found[hit]
-                rank[todo[hit], side] = step_rank
+                got = todo[hit]
+                pid[got, side] = found[hit]
+                rank[got, side] = step_rank
         return pid, rank
 
     def _bound_anywhere(self, proto: np.ndarray, addr: np.ndarray, port: np.ndarray) -> np.ndarray:
         """A socket bound to the address and port in any namespace, else a listener on every address in the
         first namespace where the address is local."""
         n = proto.size
-        pid = self.bound.find(pack_keys(BOUND_KEY, n, ns=np.full(n, NS_ANY), proto=proto, local=addr, lport=port))
+        pid = self.bound.find(pack_keys(BOUND_KEY, n, ns=NS_ANY, proto=proto, local=addr, lport=port))
         rest = np.flatnonzero(pid < 0)
         if rest.size:
-            where = self.local.find(pack_keys(LOCAL_KEY, rest.size, ns=np.full(rest.size, NS_ANY), addr=addr[rest]))
+            where = self.local[NS_ANY].find(np.ascontiguousarray(addr[rest]))
             rest, where = rest[where >= 0], where[where >= 0]
             if rest.size:
                 version = np.where(is_v4(addr[rest]), 4, 6)
