@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from capture_backend.capture.containers import container_of_pid
+from capture_backend.rewind.sessions import Query, SessionStore
 from tests.captures import SETTLE_S
-from tests.helpers.netns import spec, start_host
+from tests.helpers.netns import interfaces_json, run_host, spec, start_host
 from tests.lab import Lab, wait_for_output
 
 pytestmark = [
@@ -127,11 +128,12 @@ def http_flows(rec: dict[str, Any], lab: Lab, server: str) -> list[dict[str, Any
 
 @pytest.mark.parametrize("how", ["a", "b", "--netns a"])
 def test_flows_on_each_end_of_the_veth_are_the_servers_of_each_namespace(
-    open_lab: Lab, servers: dict[str, Server], how: str
+    open_lab: Lab, servers: dict[str, Server], how: str, tmp_path: Path
 ) -> None:
     lab = open_lab
     side = how[-1]
     where = ["--netns", lab.ns(side), "-i", lab.veth(side)] if how.startswith("--netns") else ["-i", spec(lab, side)]
+    where += ["--sessions", str(tmp_path)]
     stats = start_host("stats", *where, "--format", "json", "--interval", "0.5", "--top", "0")
     fetch(lab, "b", "a")
     fetch(lab, "a", "b")
@@ -163,6 +165,30 @@ def test_flows_on_each_end_of_the_veth_are_the_servers_of_each_namespace(
         assert entry["tx_packets"] == sum(f["dst_to_src_packets"] for f in flows)
         if server.container is not None:
             assert entry["container"] == server.container
+    # The session records of the captured side's server name its namespace and container too.
+    with SessionStore(tmp_path, writable=False) as store:
+        records = store.query(Query(host=lab.ip4(side), port=PORT, top=0))
+    mine = [r for r in records if r["dst"] == lab.ip4(side)]
+    assert len(mine) == FETCHES
+    here = servers[side]
+    assert {(r["pid"], r["netns"], r["container"]) for r in mine} == {(here.pid, lab.ns(side), here.container)}
     missing = [s.why_not for s in servers.values() if s.container is None]
     if missing:
         pytest.skip(f"container names not checked: {missing[0]} (everything else was)")
+
+
+def test_the_interfaces_listing_names_the_container_of_each_namespace(
+    open_lab: Lab, servers: dict[str, Server]
+) -> None:
+    lab = open_lab
+    rows = {row["capture"]: row for row in interfaces_json()}
+    for side, server in servers.items():
+        row = rows[spec(lab, side)]
+        assert row["namespace"] == lab.ns(side)
+        if server.container is None:
+            pytest.skip(f"no container to name: {server.why_not}")
+        assert row["container"] == server.container
+    done = run_host("interfaces")
+    assert done.returncode == 0
+    line = next(x for x in done.stdout.splitlines() if x.startswith(spec(lab, "a") + " "))
+    assert line.rstrip().endswith(f"{lab.ns('a')} {servers['a'].container}")
