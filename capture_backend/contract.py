@@ -394,6 +394,8 @@ class IfaceStatus:
     link: LinkInfo | None
     walk_errors: int = 0  # packets a ring block announced whose headers lay outside the block
     ring_bytes: int = 0  # the size of the interface's ring (0: none open)
+    netns: int = 0  # the inode of the network namespace it is in (0: not known, e.g. a file)
+    peer_netns: int = 0  # a veth's: the inode of the namespace its other end is in (0: not a veth, or not known)
 
     @property
     def link_packets(self) -> int | None:
@@ -484,6 +486,8 @@ class Snapshot:
     latency: LatencySnapshot = EMPTY_LATENCY
     restarts: int = 0  # times the capture loop failed and was restarted on the same rings
     last_error: str = ""  # the newest such failure, in full, with where its traceback was written
+    # The interfaces the flows' "ifaces" column names: bit i of a flow's value is flow_ifaces[i].
+    flow_ifaces: tuple[str, ...] = ()
 
     @property
     def received(self) -> int:
@@ -625,7 +629,7 @@ class UserError(Exception):
 
 # --- processes
 
-PROCESS_NOTE = "sockets of other network namespaces cannot be mapped"
+PROCESS_NOTE = "sockets of every network namespace are mapped; NS is the process's (- the current one)"
 
 
 @dataclass(frozen=True)
@@ -640,6 +644,8 @@ class ProcessTotals:
     rx_packets: int
     tx_packets: int
     exited: bool = False
+    netns: str = ""  # its network namespace as `-i` names it ("": the current one)
+    container: str = ""  # e.g. docker:0123456789ab, k8s:pod1234abcd/0123456789ab ("": none)
 
 
 @dataclass(frozen=True)
@@ -659,22 +665,58 @@ class OwnedFlows:
         return np.isin(self.name_id, hits)
 
 
+Place = tuple[str, str]  # a process's network namespace ("": the current one) and container ("": none)
+
+
 class FlowOwners(Mapping[bytes, tuple[int, str]]):
     """Flow key -> (pid, name) of the attributed flows, kept as columns: the process mapper builds it
-    with NumPy whatever the number of flows, and a dict is made only if someone looks keys up."""
+    with NumPy whatever the number of flows, and a dict is made only if someone looks keys up. Each flow's
+    process's namespace and container: `places[place_id[i]]`."""
 
-    def __init__(self, keys: np.ndarray, pid: np.ndarray, name_id: np.ndarray, names: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        keys: np.ndarray,
+        pid: np.ndarray,
+        name_id: np.ndarray,
+        names: tuple[str, ...],
+        place_id: np.ndarray | None = None,
+        places: tuple[Place, ...] = (),
+    ) -> None:
         self.flow_keys, self.pid, self.name_id, self.names = keys, pid, name_id, names
+        self.place_id = place_id if place_id is not None else np.zeros(len(pid), np.int64)
+        self.places = places or (("", ""),)
 
     @classmethod
-    def of(cls, keys: np.ndarray, pid: np.ndarray, name: Callable[[int], str]) -> FlowOwners:
-        """Owners of flow keys (n, FLOW_KEY.itemsize) by pid; `name` gives each distinct pid's name."""
+    def of(
+        cls,
+        keys: np.ndarray,
+        pid: np.ndarray,
+        name: Callable[[int], str],
+        place: Callable[[int], Place] | None = None,
+    ) -> FlowOwners:
+        """Owners of flow keys (n, FLOW_KEY.itemsize) by pid; `name` gives each distinct pid's name, `place`
+        its namespace and container."""
         who, inv = np.unique(pid, return_inverse=True)
+        inv = inv.ravel()
         by_pid = [name(p) for p in who.tolist()]
         names = tuple(sorted(set(by_pid), key=str.lower))
         number = {n: i for i, n in enumerate(names)}
-        name_id = np.array([number[n] for n in by_pid], np.int64)[inv.ravel()] if who.size else np.zeros(0, np.int64)
-        return cls(np.ascontiguousarray(keys, dtype=np.uint8), np.asarray(pid, np.int64), name_id, names)
+        name_id = np.array([number[n] for n in by_pid], np.int64)[inv] if who.size else np.zeros(0, np.int64)
+        where = [place(p) if place is not None else ("", "") for p in who.tolist()]
+        places = tuple(dict.fromkeys([("", ""), *where]))
+        at = {p: i for i, p in enumerate(places)}
+        place_id = np.array([at[p] for p in where], np.int64)[inv] if who.size else np.zeros(0, np.int64)
+        keys = np.ascontiguousarray(keys, dtype=np.uint8)
+        return cls(keys, np.asarray(pid, np.int64), name_id, names, place_id, places)
+
+    @cached_property
+    def _place_by_key(self) -> dict[bytes, Place]:
+        places = [self.places[i] for i in self.place_id.tolist()]
+        return dict(zip(map(bytes, self.flow_keys), places, strict=True))
+
+    def place(self, key: bytes) -> Place | None:
+        """The namespace and container of a flow's process, if the flow has one."""
+        return self._place_by_key.get(key)
 
     @cached_property
     def _by_key(self) -> dict[bytes, tuple[int, str]]:
@@ -714,6 +756,11 @@ class ProcessTable:
     def owner(self, key: bytes) -> tuple[int, str] | None:
         """The process of a flow key (its first local end), if known."""
         return self.flow_owners.get(key)
+
+    def place(self, key: bytes) -> Place:
+        """The network namespace and container of a flow's process (("", "") when unknown or none)."""
+        got = self.flow_owners.place(key) if isinstance(self.flow_owners, FlowOwners) else None
+        return got or ("", "")
 
     @cached_property
     def owned(self) -> OwnedFlows:

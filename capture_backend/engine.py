@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from capture_backend.analysis.decode import Decoded, decode
 from capture_backend.analysis.latency import Latency
-from capture_backend.analysis.tables import NS, CounterLimits, Counters, Tally, published_rtt
+from capture_backend.analysis.tables import IFACE_BITS, NS, CounterLimits, Counters, Tally, published_rtt
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.capture.netlink import InterfaceError, LinkMonitor
@@ -120,6 +120,7 @@ class Counting:
             links=MappingProxyType(dict(links)),
             restarts=restarts,
             last_error=last_error,
+            flow_ifaces=tuple(sorted(c.iface_bits, key=c.iface_bits.__getitem__))[:IFACE_BITS],
         )
 
 
@@ -134,6 +135,8 @@ class _Capture:
         self.error = ""
         self.received = self.drops = self.freezes = 0
         self.walk_errors_base = 0
+        self.netns = 0  # the inode of its namespace, and of its veth peer's (0: not a veth, or not found)
+        self.peer_netns = 0
         self._base = (0, 0, 0)  # totals of rings closed before (an interface removed and back)
 
     def fold_stats(self) -> None:
@@ -210,6 +213,7 @@ class Engine:
             # One interface named two ways (a namespace's name and a pid in it) would be counted twice.
             pinned = os.stat(self._netns[ns].path if ns is not None else OWN_NETNS)
             same = seen.setdefault((pinned.st_dev, pinned.st_ino, cap.spec.ifname), cap.name)
+            cap.netns = pinned.st_ino
             if same != cap.name:
                 raise InterfaceError(f"-i {same!r} and -i {cap.name!r} are the same interface")
         for ns, netns in self._netns.items():
@@ -224,6 +228,11 @@ class Engine:
                 raise InterfaceError(f"unknown interface {cap.name!r}")
             cap.ring = self._open_ring(cap, info)
             cap.state = "up" if info.up else "down"
+            monitor = self.links if cap.spec.netns is None else self._ns_links[cap.spec.netns]
+            try:
+                cap.peer_netns = monitor.veth_peer_netns(cap.spec.ifname, cap.netns)
+            except (OSError, UserError, LookupError):
+                cap.peer_netns = 0  # the process mapper then looks in every namespace
         smallest = min((c.ring.block_nr for c in self._captures if c.ring is not None), default=SMALL_RING_BLOCKS)
         self._drain_interval = MIN_DRAIN_INTERVAL if smallest >= SMALL_RING_BLOCKS else 0.0
         self.snapshot = self._publish_now()
@@ -441,6 +450,8 @@ class Engine:
                 link=self._link_info.get(c.name),
                 walk_errors=c.walk_errors,
                 ring_bytes=c.ring.config.block_size * c.ring.block_nr if c.ring is not None else 0,
+                netns=c.netns,
+                peer_netns=c.peer_netns,
             )
             for c in self._captures
         )

@@ -407,6 +407,7 @@ def interface_row(link: ListedLink) -> dict[str, object]:
     return {
         "namespace": link.namespace or None,
         "process": link.process or None,
+        "container": link.container or None,
         "interface": link.name,
         "capture": link.spec,
         "index": link.index,
@@ -435,7 +436,9 @@ def run_interfaces(fmt: str = "text", stream: TextIO = sys.stdout) -> int:
             link.linktype,
             link.kind or "-",
             link.peer_spec or link.unnamed_peer or "-",
-            (link.namespace or "(current)") + (f" [{link.process}]" if link.process else ""),
+            (link.namespace or "(current)")
+            + (f" [{link.process}]" if link.process else "")
+            + (f" {link.container}" if link.container else ""),
         )
         for link in links
     ]

@@ -4,9 +4,9 @@ Defined here: `RunOptions` (one capture run, for every front end), `StatsOptions
 `RecordRun` (`retrotap record`). The options of a part stay beside the part that reads them and are
 re-exported: `RingConfig` (capture/ring), `CounterLimits` (analysis/tables), `RecordOptions`
 (rewind/recorder), `ExporterSettings` with `DEFAULT_TOP`/`MAX_TOP` (exporters/base), `ExportOptions` with
-`time_window`/`TimeSpecError` (rewind/export), `default_interface` (capture/netlink), `RunAs`, `lookup_user`
-and `writable_by` (capture/privileges), the session store's `Query`, `Retention` and `session_export`
-(rewind/sessions) and `SessionsQuery` (rewind/session_report).
+`time_window`/`TimeSpecError` (rewind/export), `default_interface` and `netns_interfaces` (capture/netlink),
+`RunAs`, `lookup_user` and `writable_by` (capture/privileges), the session store's `Query`, `Retention` and
+`session_export` (rewind/sessions) and `SessionsQuery` (rewind/session_report).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from capture_backend.analysis.tables import CounterLimits as CounterLimits
 from capture_backend.capture.netlink import default_interface as default_interface
+from capture_backend.capture.netlink import netns_interfaces as netns_interfaces
 from capture_backend.capture.privileges import RunAs as RunAs
 from capture_backend.capture.privileges import lookup_user as lookup_user
 from capture_backend.capture.privileges import unreadable_by as unreadable_by

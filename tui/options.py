@@ -34,6 +34,7 @@ from capture_backend.options import (
     default_interface,
     load_rules,
     lookup_user,
+    netns_interfaces,
     parse_rule,
     session_export,
     time_window,
@@ -129,7 +130,19 @@ def _checked(parse: Callable[[str], T], option: str, text: str) -> T:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE", help="interface (repeatable)")
+    p.add_argument(
+        "-i",
+        "--interface",
+        action="append",
+        default=[],
+        metavar="IFACE",
+        help="interface (repeatable); NETNS:IFACE or pid:PID:IFACE in another network namespace",
+    )
+    p.add_argument(
+        "--netns",
+        metavar="NAME|PID",
+        help="take -i IFACE (and the default interface) in this network namespace (`ip netns` name or a pid in it)",
+    )
     p.add_argument("-r", "--read", metavar="FILE", help="read a pcap or pcapng file instead of capturing")
     p.add_argument("-f", "--filter", default="", metavar="BPF", help="capture filter, tcpdump syntax")
     p.add_argument(
@@ -331,10 +344,13 @@ def ring_config(args: argparse.Namespace) -> RingConfig:
 
 def interfaces_of(args: argparse.Namespace) -> list[str]:
     if args.read:
-        if args.interface:
-            raise UsageError("-r and -i cannot be used together")
+        if args.interface or args.netns:
+            raise UsageError(f"-r and {'-i' if args.interface else '--netns'} cannot be used together")
         return []
-    return list(dict.fromkeys(args.interface)) or [default_interface()]
+    names = list(dict.fromkeys(args.interface))
+    if args.netns:
+        return list(dict.fromkeys(netns_interfaces(args.netns, names)))
+    return names or [default_interface()]
 
 
 def stats_options(args: argparse.Namespace) -> StatsOptions:

@@ -1,20 +1,26 @@
 """Which process: attribute flows to local sockets and count bytes and packets per process.
 
-A ProcessMapper thread reads the socket table (psutil) about once a second, or sooner when a snapshot
-shows flows it cannot attribute yet, and diffs successive snapshots' flow counters per flow-table row.
-Each flow is attributed by its local end: either side whose address and port is a local socket
-(a listener bound to 0.0.0.0 or :: matches any local address on its port). Traffic no socket explains
-goes to the "unknown" entry. The result is an immutable ProcessTable swapped in by one assignment.
-Sockets of other network namespaces are not visible here and cannot be mapped.
+A ProcessMapper thread reads the socket tables about once a second, or sooner when a snapshot shows flows it
+cannot attribute yet, and diffs successive snapshots' flow counters per flow-table row. The tables are read
+from /proc for every network namespace a process is in (capture/sockets.py); the pid of each socket comes
+from the processes' open files, its container from the process's cgroup (capture/containers.py).
+
+Each end of a flow is looked up, best first: in the namespace of the interface it was captured on; in the
+namespace at the other end of that interface when it is a veth; connected to that peer in any namespace;
+bound to that address and port in any namespace, or listening on every address where the address is local.
+A socket is connected to the peer, else bound to the address and port, else a listener on 0.0.0.0 or ::
+when the address is one of that namespace's. A flow's process is the end found first in that order (side a
+on a tie). Traffic no socket explains goes to the "unknown" entry. The result is an immutable ProcessTable
+swapped in by one assignment.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +28,15 @@ import numpy as np
 import psutil
 
 from capture_backend._native import KeyIndex
+from capture_backend.capture.containers import container_of_pid
+from capture_backend.capture.sockets import (
+    SocketRows,
+    concat,
+    parse_table,
+    read_local_addresses,
+    read_sockets,
+    scan,
+)
 from capture_backend.contract import (
     EMPTY_PROCESSES,
     FLOW_KEY,
@@ -31,6 +46,8 @@ from capture_backend.contract import (
     Snapshot,
     TableSnapshot,
     address_bytes,
+    is_v4,
+    pack_keys,
     table_growth,
 )
 from capture_backend.contract import EMPTY_UNKNOWN as EMPTY_UNKNOWN
@@ -45,6 +62,7 @@ POLL_SECONDS = 0.1  # how often the thread looks for a new snapshot
 COST_FACTOR = 8  # the thread waits this many times its last update's CPU time: at most 1/9 of a core
 
 Conns = Callable[[], Iterable[Any]]  # psutil.net_connections-like rows: type, laddr, raddr, pid
+Tables = Callable[[], "list[NsTable]"]  # every namespace's socket table, the current namespace first
 Owner = tuple[int, str, str]  # pid, name, user
 FLOW_KEY_WIDTH = FLOW_KEY.itemsize
 EMPTY = EMPTY_PROCESSES  # the old name
@@ -57,10 +75,6 @@ def _proto(sock_type: int) -> int | None:
     if sock_type == socket.SOCK_DGRAM:
         return PROTO_UDP
     return None
-
-
-def _psutil_conns() -> Iterable[Any]:
-    return psutil.net_connections(kind="inet")
 
 
 def _psutil_info(pid: int) -> tuple[str, str] | None:
@@ -77,19 +91,40 @@ def _psutil_info(pid: int) -> tuple[str, str] | None:
         return None
 
 
-def _psutil_local_addrs() -> Iterable[str]:
-    families = (socket.AF_INET, socket.AF_INET6)
-    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family in families]
-
-
 UNSEEN = -2  # a flow row never attributed (-1: attributed, no socket explains that end)
-# The socket table's keys, as the compiled index looks them up.
+# How an end's socket was found, best first: in the namespace of an interface the flow was captured on, in
+# the namespace at the other end of that interface (a veth), connected in any namespace, bound or listening
+# in any namespace where the address is local; NOT_FOUND when none explains it.
+RANK_CAPTURED, RANK_PEER, RANK_CONNECTED, RANK_BOUND, NOT_FOUND = 0, 1, 2, 3, 9
+NS_ANY = 0xFFFF  # the namespace field of keys that hold every namespace's sockets (the first one given wins)
+# The socket tables' keys, as the compiled index looks them up; ns: the namespace's number in this refresh.
 CONNECTED_KEY = np.dtype(
-    [("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("peer", "u1", (16,)), ("pport", ">u2"), ("pad", "V2")]
+    [
+        ("ns", "<u2"),
+        ("proto", "u1"),
+        ("local", "u1", (16,)),
+        ("lport", ">u2"),
+        ("peer", "u1", (16,)),
+        ("pport", ">u2"),
+        ("pad", "V1"),
+    ]
 )
-BOUND_KEY = np.dtype([("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("pad", "V5")])
-WILD_KEY = np.dtype([("proto", "u1"), ("version", "u1"), ("port", ">u2"), ("pad", "V4")])
+BOUND_KEY = np.dtype([("ns", "<u2"), ("proto", "u1"), ("local", "u1", (16,)), ("lport", ">u2"), ("pad", "V3")])
+WILD_KEY = np.dtype([("ns", "<u2"), ("proto", "u1"), ("version", "u1"), ("port", ">u2"), ("pad", "V2")])
+MAX_NAMESPACES = NS_ANY  # namespaces told apart in one refresh (the later ones are left out)
 V4_PREFIX = np.frombuffer(V4_MAPPED, np.uint8)
+
+
+@dataclass(frozen=True)
+class NsTable:
+    """One network namespace's sockets held by processes (columns; listeners have a zero peer) and its local
+    addresses; label "" for the current namespace."""
+
+    label: str
+    inode: int
+    sockets: SocketRows
+    pid: np.ndarray  # int64, the process holding each socket
+    local: np.ndarray  # (m, 16) uint8
 
 
 class _Lookup:
@@ -119,77 +154,212 @@ class _Lookup:
 
 
 class _Sockets:
-    """One read of the socket table, indexed for whole columns of flow ends."""
+    """One read of every namespace's socket table, indexed for whole columns of flow ends."""
 
-    def __init__(
-        self,
-        connected: Mapping[tuple[int, bytes, int, bytes, int], int],
-        bound: Mapping[tuple[int, bytes, int], int],
-        wild: Mapping[tuple[int, int, int], int],
-        local: list[bytes],
-    ) -> None:
-        def keys(layout: np.dtype, rows: list[dict[str, Any]]) -> np.ndarray:
-            rec = np.zeros(len(rows), layout)
-            for name in layout.names or ():
-                if name != "pad" and rows:
-                    rec[name] = [r[name] for r in rows]
-            return rec.view(np.uint8).reshape(len(rows), layout.itemsize)
+    def __init__(self, tables: list[NsTable]) -> None:
+        tables = tables[:MAX_NAMESPACES]
+        self.tables = tables
+        self.ns_of_inode = {t.inode: n for n, t in enumerate(tables)}
+        sizes = [len(t.sockets) for t in tables]
+        ns = np.repeat(np.arange(len(tables), dtype=np.int64), sizes)
+        cat = concat([t.sockets for t in tables]) if tables else concat([parse_table(b"", PROTO_TCP, 8)])
+        pid = np.concatenate([t.pid for t in tables]) if tables else np.zeros(0, np.int64)
+        v4 = is_v4(cat.local)
+        unspecified = (cat.local[:, 12:] == 0).all(axis=1) & (v4 | (cat.local[:, :12] == 0).all(axis=1))
+        # A listener on :: takes IPv4 too (unless IPV6_V6ONLY, which the table does not say).
+        wild = np.flatnonzero(unspecified)
+        wild6 = wild[~v4[wild]]
+        w_rows = np.concatenate([wild, wild6])
+        w_version = np.concatenate([np.where(v4[wild], 4, 6), np.full(wild6.size, 4)])
+        self.wild = _Lookup(
+            pack_keys(WILD_KEY, w_rows.size, ns=ns[w_rows], proto=cat.proto[w_rows], version=w_version,
+                      port=cat.lport[w_rows]),
+            pid[w_rows],
+        )  # fmt: skip
+        bound = np.flatnonzero(~unspecified)
+        connected = bound[cat.pport[bound] != 0]
 
-        def addr(b: bytes) -> np.ndarray:
-            return np.frombuffer(b, np.uint8)
+        def each_and_any(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Rows keyed by their namespace, then again under NS_ANY (the first namespace's socket wins)."""
+            return np.concatenate([rows, rows]), np.concatenate([ns[rows], np.full(rows.size, NS_ANY)])
 
-        c = [dict(proto=k[0], local=addr(k[1]), lport=k[2], peer=addr(k[3]), pport=k[4]) for k in connected]
-        b = [dict(proto=k[0], local=addr(k[1]), lport=k[2]) for k in bound]
-        w = [dict(proto=k[0], port=k[1], version=k[2]) for k in wild]
-        self.connected = _Lookup(keys(CONNECTED_KEY, c), np.array(list(connected.values()), np.int64))
-        self.bound = _Lookup(keys(BOUND_KEY, b), np.array(list(bound.values()), np.int64))
-        self.wild = _Lookup(keys(WILD_KEY, w), np.array(list(wild.values()), np.int64))
-        self.local = _Lookup(
-            np.array([addr(a) for a in local], np.uint8).reshape(len(local), 16), np.zeros(len(local), np.int64)
-        )
+        c_rows, c_ns = each_and_any(connected)
+        self.connected = _Lookup(
+            pack_keys(CONNECTED_KEY, c_rows.size, ns=c_ns, proto=cat.proto[c_rows], local=cat.local[c_rows],
+                      lport=cat.lport[c_rows], peer=cat.peer[c_rows], pport=cat.pport[c_rows]),
+            pid[c_rows],
+        )  # fmt: skip
+        b_rows, b_ns = each_and_any(bound)
+        self.bound = _Lookup(
+            pack_keys(BOUND_KEY, b_rows.size, ns=b_ns, proto=cat.proto[b_rows], local=cat.local[b_rows],
+                      lport=cat.lport[b_rows]),
+            pid[b_rows],
+        )  # fmt: skip
+        # Each namespace's own addresses, and under NS_ANY the first namespace an address is local in.
+        self.local = {n: _Lookup(np.ascontiguousarray(t.local), np.full(t.local.shape[0], n)) for n, t in
+                      enumerate(tables)}  # fmt: skip
+        l_ns = np.repeat(np.arange(len(tables), dtype=np.int64), [t.local.shape[0] for t in tables])
+        local = np.concatenate([t.local for t in tables]) if tables else np.zeros((0, 16), np.uint8)
+        self.local[NS_ANY] = _Lookup(local, l_ns)
 
     def _end(
-        self, proto: np.ndarray, addr: np.ndarray, port: np.ndarray, peer: np.ndarray, peer_port: np.ndarray
+        self,
+        ns: int,
+        proto: np.ndarray,
+        addr: np.ndarray,
+        port: np.ndarray,
+        peer: np.ndarray,
+        peer_port: np.ndarray,
     ) -> np.ndarray:
-        """The pid of the socket at one end of each flow: connected to that peer, else bound to that address
-        and port, else listening on every address (when the address is a local one); -1 for none."""
+        """The pid of the socket at one end of each flow in namespace `ns` (NS_ANY: the first namespace that
+        has one): connected to that peer, else bound to that address and port, else listening on every
+        address (when the address is local there); -1 for none."""
         n = proto.size
         pid = self.connected.find(
-            _pack(CONNECTED_KEY, n, proto=proto, local=addr, lport=port, peer=peer, pport=peer_port)
+            pack_keys(CONNECTED_KEY, n, ns=ns, proto=proto, local=addr, lport=port, peer=peer, pport=peer_port)
         )
         rest = np.flatnonzero(pid < 0)
         if rest.size:
-            pid[rest] = self.bound.find(
-                _pack(BOUND_KEY, rest.size, proto=proto[rest], local=addr[rest], lport=port[rest])
-            )
+            pid[rest] = self.bound.find(pack_keys(BOUND_KEY, rest.size, ns=ns, proto=proto[rest],
+                                                  local=addr[rest], lport=port[rest]))  # fmt: skip
         rest = rest[pid[rest] < 0]
         if rest.size:
-            rest = rest[self.local.find(np.ascontiguousarray(addr[rest])) >= 0]
-        if rest.size:
-            version = np.where((addr[rest, :12] == V4_PREFIX).all(axis=1), 4, 6)
-            pid[rest] = self.wild.find(_pack(WILD_KEY, rest.size, proto=proto[rest], version=version, port=port[rest]))
+            where = self.local[ns].find(np.ascontiguousarray(addr[rest]))
+            rest, where = rest[where >= 0], where[where >= 0]
+            if rest.size:
+                version = np.where(is_v4(addr[rest]), 4, 6)
+                pid[rest] = self.wild.find(
+                    pack_keys(WILD_KEY, rest.size, ns=where, proto=proto[rest], version=version, port=port[rest])
+                )
         return pid
 
-    def attribute(self, flows: TableSnapshot, rows: np.ndarray) -> np.ndarray:
-        """(pid of side a, pid of side b) of flow rows; -1 where no socket explains that end."""
-        f = flows.fields[rows]
-        proto = f["proto"].astype(np.int64)
-        a, b = f["a"], f["b"]
-        aport, bport = f["aport"].astype(np.int64), f["bport"].astype(np.int64)
-        out = np.full((rows.size, 2), -1, np.int64)
-        ok = np.flatnonzero((proto == PROTO_TCP) | (proto == PROTO_UDP))
-        if ok.size:
-            p, a, b, aport, bport = proto[ok], a[ok], b[ok], aport[ok], bport[ok]
-            out[ok, 0] = self._end(p, a, aport, b, bport)
-            out[ok, 1] = self._end(p, b, bport, a, aport)
+    def steps(self, flows: TableSnapshot, rows: np.ndarray, ifaces: list[tuple[int, int, int]]) -> list[Step]:
+        """Where to look for the sockets of flow rows, best first: (rank, which rows, namespace number).
+
+        ifaces: (bit of the flow's "ifaces" column, namespace number, veth peer's namespace number or -1) of
+        each interface captured on; a flow table without that column was captured in the current namespace.
+        """
+        masks = flows.cols.get("ifaces")
+        every = np.ones(rows.size, bool)
+        out: list[Step] = []
+        for rank, which in ((RANK_CAPTURED, 1), (RANK_PEER, 2)):
+            for iface in ifaces:
+                ns = iface[which]
+                if ns < 0:
+                    continue
+                seen = every if masks is None else (masks[rows] >> np.uint64(iface[0])) & np.uint64(1) != 0
+                out.append((rank, seen, ns))
+        if masks is None and not ifaces and self.tables:
+            out.append((RANK_CAPTURED, every, 0))
+        # One namespace already searched for every row: looking in "any" namespace would find nothing more.
+        searched = len(self.tables) == 1 and any(ns == 0 and seen.all() for _, seen, ns in out)
+        if self.tables and not searched:
+            out += [(RANK_CONNECTED, every, NS_ANY), (RANK_BOUND, every, NS_ANY)]
         return out
 
+    def attribute(
+        self, flows: TableSnapshot, rows: np.ndarray, ifaces: list[tuple[int, int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(pid of side a, pid of side b) of flow rows, -1 where no socket explains that end; and the rank of
+        each (how it was found)."""
+        f = flows.fields[rows]
+        proto = f["proto"].astype(np.int64)
+        a, b, aport, bport = f["a"], f["b"], f["aport"].astype(np.int64), f["bport"].astype(np.int64)
+        ends = ((a, aport, b, bport), (b, bport, a, aport))
+        pid = np.full((rows.size, 2), -1, np.int64)
+        rank = np.full((rows.size, 2), NOT_FOUND, np.int64)
+        ok = (proto == PROTO_TCP) | (proto == PROTO_UDP)
+        for step_rank, seen, ns in self.steps(flows, rows, ifaces):
+            for side, (addr, port, peer, peer_port) in enumerate(ends):
+                want = ok & seen & (pid[:, side] < 0)
+                every = bool(want.all())  # the usual first step: every row, no gathers
+                todo = np.flatnonzero(want)
+                if not todo.size:
+                    continue
+                cols = (proto, addr, port, peer, peer_port)
+                if not every:
+                    cols = (proto[todo], addr[todo], port[todo], peer[todo], peer_port[todo])
+                if step_rank == RANK_BOUND:  # connected sockets were looked up already: bound or listening only
+                    found = self._bound_anywhere(*cols[:3])
+                else:
+                    found = self._end(ns, *cols)
+                hit = found >= 0
+                got = todo[hit]
+                pid[got, side] = found[hit]
+                rank[got, side] = step_rank
+        return pid, rank
 
-def _pack(layout: np.dtype, n: int, **values: np.ndarray) -> np.ndarray:
-    rec = np.zeros(n, layout)
-    for name, value in values.items():
-        rec[name] = value
-    return rec.view(np.uint8).reshape(n, layout.itemsize)
+    def _bound_anywhere(self, proto: np.ndarray, addr: np.ndarray, port: np.ndarray) -> np.ndarray:
+        """A socket bound to the address and port in any namespace, else a listener on every address in the
+        first namespace where the address is local."""
+        n = proto.size
+        pid = self.bound.find(pack_keys(BOUND_KEY, n, ns=NS_ANY, proto=proto, local=addr, lport=port))
+        rest = np.flatnonzero(pid < 0)
+        if rest.size:
+            where = self.local[NS_ANY].find(np.ascontiguousarray(addr[rest]))
+            rest, where = rest[where >= 0], where[where >= 0]
+            if rest.size:
+                version = np.where(is_v4(addr[rest]), 4, 6)
+                pid[rest] = self.wild.find(
+                    pack_keys(WILD_KEY, rest.size, ns=where, proto=proto[rest], version=version, port=port[rest])
+                )
+        return pid
+
+
+Step = tuple[int, np.ndarray, int]  # rank, which rows, namespace number (NS_ANY: any)
+
+
+def _conns_table(rows: Iterable[Any], local_addrs: Iterable[str], inode: int) -> tuple[NsTable, list[int]]:
+    """psutil.net_connections-like rows (type, laddr, raddr, pid) of the current namespace as an NsTable."""
+    proto, local, lport, peer, pport, pid = [], [], [], [], [], []
+    for c in rows:
+        p = _proto(c.type)
+        if p is None or c.pid is None or not c.laddr:
+            continue
+        proto.append(p)
+        local.append(address_bytes(c.laddr[0]))
+        lport.append(int(c.laddr[1]))
+        peer.append(address_bytes(c.raddr[0]) if c.raddr else bytes(16))
+        pport.append(int(c.raddr[1]) if c.raddr else 0)
+        pid.append(int(c.pid))
+    n = len(proto)
+
+    def addrs(values: list[bytes]) -> np.ndarray:
+        return np.frombuffer(b"".join(values), np.uint8).reshape(len(values), 16)
+
+    sockets = SocketRows(
+        np.array(proto, np.int64),
+        addrs(local),
+        np.array(lport, np.int64),
+        addrs(peer),
+        np.array(pport, np.int64),
+        np.zeros(n, np.int64),
+    )
+    here = addrs(sorted({address_bytes(a) for a in local_addrs}))
+    return NsTable("", inode, sockets, np.array(pid, np.int64), here), pid
+
+
+def _procfs_tables() -> list[NsTable]:
+    """Every namespace's sockets held by a process, read from /proc (the current namespace first)."""
+    found = scan()
+    tables = []
+    for ns in found.namespaces:
+        if ns.pid is None:
+            continue  # a named namespace no process is in: no socket there has an owner
+        where: int | str = "self" if ns.label == "" else ns.pid
+        try:
+            rows = read_sockets(where)
+            local = read_local_addresses(where)
+        except OSError:
+            continue  # every process in it exited meanwhile
+        pid = found.pids_of(rows.inode)
+        keep = np.flatnonzero(pid >= 0)
+        tables.append(NsTable(ns.label, ns.inode, rows.take(keep), pid[keep], local))
+    return tables
+
+
+def _own_netns() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
 
 
 @dataclass
@@ -197,44 +367,62 @@ class _Acc:
     pid: int | None
     name: str
     user: str
+    netns: str = ""
+    container: str = ""
     counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # rx_b, tx_b, rx_p, tx_p
     exited: bool = False
 
     def frozen(self) -> ProcessTotals:
         rb, tb, rp, tp = (int(v) for v in self.counts)
-        return ProcessTotals(self.pid, self.name, self.user, rb, tb, rp, tp, self.exited)
+        return ProcessTotals(self.pid, self.name, self.user, rb, tb, rp, tp, self.exited, self.netns, self.container)
 
 
 class ProcessMapper:
-    """Attributes flows to processes on its own thread (start() / close()); readers take `result`."""
+    """Attributes flows to processes on its own thread (start() / close()); readers take `result`.
+
+    By default every namespace's sockets are read from /proc; `conns` (psutil.net_connections-like rows)
+    and `local_addrs` give the current namespace's instead (tests, benches), `tables` every namespace's.
+    """
 
     def __init__(
         self,
         snapshots: Callable[[], Snapshot] | None = None,
         *,
-        conns: Conns = _psutil_conns,
+        conns: Conns | None = None,
         info: Callable[[int], tuple[str, str] | None] = _psutil_info,
-        local_addrs: Callable[[], Iterable[str]] = _psutil_local_addrs,
+        local_addrs: Callable[[], Iterable[str]] = lambda: (),
         alive: Callable[[int], bool] = psutil.pid_exists,
         refresh_s: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        tables: Tables | None = None,
+        container: Callable[[int], str] | None = None,
     ) -> None:
         self.snapshots = snapshots
         self.conns, self.info, self.local_addrs, self.alive = conns, info, local_addrs, alive
+        self.tables: Tables = tables or (_procfs_tables if conns is None else self._given_conns)
+        # The container of a given table's fake pids is none; of the pids read from /proc, their cgroup's.
+        self.container = container or (container_of_pid if conns is None and tables is None else lambda pid: "")
         self.refresh_s = refresh_s
         self.clock = clock
         self.result: ProcessTable = EMPTY
         self.error = ""
         self.errors = 0
-        self._sockets = _Sockets({}, {}, {}, [])
+        self._sockets = _Sockets([])
         self._names: dict[int, tuple[str, str]] = {}
+        self._places: dict[int, tuple[str, str]] = {}  # pid → (network namespace, container)
         self._accs: dict[int | None, _Acc] = {None: _Acc(None, "unknown", "")}
         self._own = np.zeros((0, 2), np.int64)  # per row of the last snapshot: pid of side a, of side b
+        self._rank = np.zeros((0, 2), np.int64)  # how each was found (RANK_*)
         self._last: Snapshot | None = None
         self._refreshed = -1e18
         self._poke = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _given_conns(self) -> list[NsTable]:
+        assert self.conns is not None
+        table, _ = _conns_table(self.conns(), self.local_addrs(), _own_netns())
+        return [table]
 
     # --- the thread
     def start(self) -> None:
@@ -277,47 +465,55 @@ class ProcessMapper:
             # Big flow tables (a flood) make an update dear: update less often rather than take a core.
             pause = max(POLL_SECONDS, (time.thread_time() - started) * COST_FACTOR)
 
-    # --- the socket table
+    # --- the socket tables
     def refresh(self) -> None:
-        """Read the socket table, the names of new pids, and which counted processes exited."""
-        connected: dict[tuple[int, bytes, int, bytes, int], int] = {}
-        bound: dict[tuple[int, bytes, int], int] = {}
-        wild: dict[tuple[int, int, int], int] = {}
+        """Read the socket tables, the names of new pids, and which counted processes exited."""
         try:
-            rows = list(self.conns())
+            tables = self.tables()
         except (psutil.Error, OSError) as e:  # keep the last table; say why
             self._failed(f"socket table: {e}")
             return
         self.error = ""
-        for c in rows:
-            proto = _proto(c.type)
-            if proto is None or c.pid is None or not c.laddr:
-                continue
-            pid = int(c.pid)
-            if pid not in self._names:
-                got = self.info(pid)
-                if got is None:
-                    continue
-                self._names[pid] = got
-            host, port = c.laddr[0], int(c.laddr[1])
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-            if ip.is_unspecified:
-                for version in (4, 6) if ip.version == 6 else (4,):
-                    wild.setdefault((proto, port, version), pid)
-                continue
-            local = address_bytes(host)
-            bound.setdefault((proto, local, port), pid)
-            if c.raddr:
-                connected[(proto, local, port, address_bytes(c.raddr[0]), int(c.raddr[1]))] = pid
-        local_addrs = sorted({address_bytes(a) for a in self.local_addrs()})
-        self._sockets = _Sockets(connected, bound, wild, local_addrs)
-        present = set(bound.values()) | set(wild.values()) | set(connected.values())
+        kept = []
+        for t in tables:
+            unknown = []
+            for pid in np.unique(t.pid).tolist():  # once per process, not per socket
+                if pid not in self._names:
+                    got = self.info(pid)
+                    if got is None:
+                        unknown.append(pid)
+                        continue
+                    self._names[pid] = got
+                if pid not in self._places:
+                    self._places[pid] = (t.label, self.container(pid))
+            if unknown:
+                keep = np.flatnonzero(~np.isin(t.pid, unknown))
+                t = replace(t, sockets=t.sockets.take(keep), pid=t.pid[keep])
+            kept.append(t)
+        self._sockets = _Sockets(kept)
+        present = set(np.concatenate([t.pid for t in kept]).tolist()) if kept else set()
         for counted, acc in self._accs.items():
             if counted is not None and not acc.exited and counted not in present and not self.alive(counted):
                 acc.exited = True
         for gone in [p for p in self._names if p not in present and p not in self._accs]:
             del self._names[gone]  # never counted, gone from the table: a reused pid gets a fresh name
+            self._places.pop(gone, None)
         self._refreshed = self.clock()
+
+    def _ifaces(self, snap: Snapshot) -> list[tuple[int, int, int]]:
+        """(bit in the flows' "ifaces" column, namespace number, veth peer's namespace number or -1) of each
+        interface the snapshot's flows were captured on, in this refresh's numbering."""
+        status = {i.name: i for i in snap.interfaces}
+        ns_of = self._sockets.ns_of_inode
+        out = []
+        for bit, label in enumerate(snap.flow_ifaces):
+            iface = status.get(label)
+            if iface is None:
+                continue
+            own = ns_of.get(iface.netns, -1) if iface.netns else 0
+            peer = ns_of.get(iface.peer_netns, -1) if iface.peer_netns else -1
+            out.append((bit, own, peer))
+        return out
 
     # --- the counting
     def update(self, snap: Snapshot) -> ProcessTable:
@@ -333,6 +529,7 @@ class ProcessMapper:
         n = len(flows)
         before = self._last.flows if self._last is not None and self._last.started == snap.started else None
         own = np.full((n, 2), UNSEEN, np.int64)
+        rank = np.full((n, 2), NOT_FOUND, np.int64)
         if before is None:
             grown_b, grown_p = flows.cols["bytes"], flows.cols["packets"]
         else:
@@ -340,14 +537,17 @@ class ProcessMapper:
             grown_p, _ = table_growth(flows, before, "packets", match=match)
             kept = match >= 0
             own[kept] = self._own[match[kept]]
+            rank[kept] = self._rank[match[kept]]
         active = grown_p.sum(axis=1) > 0 if n else np.zeros(0, bool)
         unseen = np.flatnonzero(own[:, 0] == UNSEEN)
+        ifaces = self._ifaces(snap)
         if unseen.size and self.clock() - self._refreshed >= MIN_POKE_GAP:
-            if (self._sockets.attribute(flows, unseen) < 0).all(axis=1).any():
+            if (self._sockets.attribute(flows, unseen, ifaces)[0] < 0).all(axis=1).any():
                 self.refresh()  # new flows no socket explains yet: the socket may still be there
+                ifaces = self._ifaces(snap)
         todo = np.flatnonzero(active & (own < 0).all(axis=1))
         if todo.size:
-            own[todo] = self._sockets.attribute(flows, todo)
+            own[todo], rank[todo] = self._sockets.attribute(flows, todo, ifaces)
         rows = np.flatnonzero(active)
         gb, gp = grown_b[rows], grown_p[rows]
         pids = own[rows]
@@ -365,15 +565,17 @@ class ProcessMapper:
             for pid, counts in zip(who.tolist(), sums, strict=True):  # once per process, not per flow
                 self._acc(pid).counts += counts
         self._own = own
+        self._rank = rank
         self._last = snap
-        self.result = self._publish(snap, own)
+        self.result = self._publish(snap, own, rank)
         return self.result
 
     def _acc(self, pid: int) -> _Acc:
         acc = self._accs.get(pid)
         if acc is None:
             name, user = self._names.get(pid, ("?", ""))
-            acc = self._accs[pid] = _Acc(pid, name, user)
+            netns, container = self._places.get(pid, ("", ""))
+            acc = self._accs[pid] = _Acc(pid, name, user, netns, container)
         return acc
 
     def _failed(self, error: str) -> None:
@@ -385,11 +587,17 @@ class ProcessMapper:
         acc = self._accs.get(pid)
         return acc.name if acc is not None else self._names.get(pid, ("?", ""))[0]
 
-    def _publish(self, snap: Snapshot, own: np.ndarray) -> ProcessTable:
+    def _place(self, pid: int) -> tuple[str, str]:
+        acc = self._accs.get(pid)
+        return (acc.netns, acc.container) if acc is not None else self._places.get(pid, ("", ""))
+
+    def _publish(self, snap: Snapshot, own: np.ndarray, rank: np.ndarray) -> ProcessTable:
         flows = snap.flows
-        pid = np.where(own[:, 0] >= 0, own[:, 0], own[:, 1])  # a flow's process: its first local end
+        # A flow's process: the end found in the best place (its capture namespace first), side a on a tie.
+        side = np.where((own[:, 1] >= 0) & ((own[:, 0] < 0) | (rank[:, 1] < rank[:, 0])), 1, 0)
+        pid = own[np.arange(own.shape[0]), side]
         rows = np.flatnonzero(pid >= 0)
-        flow_owners = FlowOwners.of(flows.keys[rows], pid[rows], self._name)
+        flow_owners = FlowOwners.of(flows.keys[rows], pid[rows], self._name, self._place)
         procs = tuple(acc.frozen() for pid, acc in self._accs.items() if pid is not None)
         return ProcessTable(
             snap.seq, snap.time, procs, self._accs[None].frozen(), flow_owners, self.error, self.errors

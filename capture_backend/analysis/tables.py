@@ -27,6 +27,7 @@ NS = 1_000_000_000
 HISTORY_SECONDS = 40
 AVERAGE_WINDOWS = (2, 10, 40)
 INT64_MAX = np.iinfo(np.int64).max
+IFACE_BITS = 64  # interfaces a flow's "ifaces" column tells apart (the 65th and later are not marked)
 
 # name → (dtype, per-row shape, initial value)
 ColumnSpec = Mapping[str, tuple[type, tuple[int, ...], int]]
@@ -63,6 +64,7 @@ FLOW_COLUMNS: ColumnSpec = {
     "app_count": (np.int64, (), 0),
     "app_sum": (np.int64, (), 0),
     "app_max": (np.int64, (), 0),
+    "ifaces": (np.uint64, (), 0),  # bit i: seen on the i-th interface counted (Counters.iface_bits)
 }
 # The flow columns only the capture thread reads (sequence analysis state): not copied into snapshots.
 FLOW_STATE = frozenset(
@@ -333,6 +335,7 @@ class Counters:
     protocols: dict[int, Tally] = field(default_factory=dict)
     vlans: dict[int, Tally] = field(default_factory=dict)
     interfaces: dict[str, Tally] = field(default_factory=dict)
+    iface_bits: dict[str, int] = field(default_factory=dict)  # an interface's bit in the flows' "ifaces" column
     flows: KeyTable = field(init=False)
     pairs: KeyTable = field(init=False)
     hosts: KeyTable = field(init=False)
@@ -369,9 +372,10 @@ class Counters:
         sel = np.flatnonzero(dec.ip)
         if sel.size:
             _tally(self.protocols, dec.proto[sel], wire[sel])
-            self._add_ip(dec, sel)
+            bit = self.iface_bits.setdefault(dec.iface, len(self.iface_bits))
+            self._add_ip(dec, sel, np.uint64(1 << bit) if bit < IFACE_BITS else np.uint64(0))
 
-    def _add_ip(self, dec: Decoded, sel: np.ndarray) -> None:
+    def _add_ip(self, dec: Decoded, sel: np.ndarray, iface_bit: np.uint64) -> None:
         whole = sel.size == len(dec)
         pick: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if whole else (lambda col: col[sel])
         src, dst = pick(dec.src_key), pick(dec.dst_key)
@@ -423,6 +427,9 @@ class Counters:
         cols["origin"][fid[earlier]] = g_dir[earlier]
         _add_traffic(self.flows, fid, *traffic)
         np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
+        if iface_bit:
+            seen = fid[ok]
+            cols["ifaces"][seen] |= iface_bit  # one bit for the whole batch: repeated rows write the same value
         tcp_len = pick(dec.tcp_len)
         tcp = np.flatnonzero(tcp_len >= 0) if self.limits.analysis else np.zeros(0, np.int64)
         if tcp.size:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -13,7 +13,14 @@ if TYPE_CHECKING:  # pyroute2 takes ~0.1 s to import: only the commands that cap
     from pyroute2 import IPRoute
 
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
-from capture_backend.capture.netns import NETNS_DIR, NamespaceError, Netns, NetnsWorker, named_namespaces, resolve
+from capture_backend.capture.containers import container_of_pid
+from capture_backend.capture.netns import (
+    NamespaceError,
+    Netns,
+    NetnsWorker,
+    resolve,
+    run_in,
+)
 from capture_backend.contract import LinkInfo as LinkInfo
 from capture_backend.contract import LinkStats as LinkStats
 from capture_backend.contract import UserError
@@ -113,6 +120,32 @@ class LinkMonitor:
         nsid = (got or {}).get("nsid")
         return int(nsid) if nsid is not None and nsid < 0x80000000 else None
 
+    def veth_peer_netns(self, name: str, own: int) -> int:
+        """The inode of the namespace at the other end of veth `name` (`own`: this namespace's inode); 0 when
+        `name` is not a veth or the peer's namespace is not found (no process and no name pins it)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from capture_backend.capture.sockets import scan
+
+        try:
+            msg = next((m for m in self.messages() if m.get_attr("IFLA_IFNAME") == name), None)
+        except NetlinkError:
+            return 0
+        if msg is None or _kind(msg) != "veth" or not msg.get_attr("IFLA_LINK"):
+            return 0
+        nsid = msg.get_attr("IFLA_LINK_NETNSID")
+        if nsid is None:
+            return own
+        for ns in scan(sockets=False).namespaces:
+            if ns.inode == own:
+                continue
+            try:
+                if self.netnsid(ns.path) == int(nsid):
+                    return ns.inode
+            except OSError:
+                continue  # gone meanwhile
+        return 0
+
     def links(self) -> dict[str, LinkInfo]:
         """Every link, by name (one dump)."""
         infos = self._call(lambda: [_link_info(msg) for msg in self._ipr.get_links()])
@@ -185,6 +218,24 @@ def default_interface(ipr: IPRoute | None = None) -> str:
     raise InterfaceError("no default route; choose an interface with -i")
 
 
+def netns_interfaces(netns: str, names: list[str]) -> list[str]:
+    """`--netns NAME|PID`: the `-i` names taken in that namespace (`NETNS:IFACE` ones stay as given), or its
+    default route's interface when there are none; one line (UserError) when the namespace does not exist."""
+    label = f"pid:{netns}" if netns.isdigit() else netns
+    try:
+        ns = resolve(label)
+    except NamespaceError as e:
+        raise NamespaceError(f"--netns: {e}") from None
+    out = [name if ":" in name else f"{label}:{name}" for name in names]
+    if not out:
+        try:
+            out = [f"{label}:{run_in(ns, default_interface)}"]
+        except InterfaceError:
+            where = f"network namespace {label!r}"
+            raise InterfaceError(f"no default route in {where}; choose an interface with -i") from None
+    return out
+
+
 ARPHRD_NAMES = {1: "ether", 772: "loopback", 0xFFFE: "none", 768: "ipip", 769: "tunnel6", 776: "sit", 778: "gre"}
 ARPHRD_NAMES |= {823: "ip6gre", 801: "ieee802.11", 803: "ieee802.11/radiotap", 65535: "void", 280: "can"}
 
@@ -196,6 +247,7 @@ class Namespace:
     label: str
     path: str
     process: str = ""  # for a namespace found only through a process: its name
+    container: str = ""  # the container (or pod) its processes are in
 
 
 @dataclass(frozen=True)
@@ -209,6 +261,7 @@ class ListedLink:
     linktype: str
     kind: str
     process: str = ""
+    container: str = ""
     peer_namespace: str | None = None
     peer: str | None = None
     unnamed_peer: str = ""  # a peer in a namespace that has neither a name nor a process
@@ -228,31 +281,32 @@ class ListedLink:
 
 def namespaces(processes: bool = True) -> list[Namespace]:
     """The current namespace, every named one (/var/run/netns), then those only processes are in (one entry
-    per namespace: the lowest pid's), deduplicated by the namespace's inode."""
+    per namespace: the lowest pid's), deduplicated by the namespace's inode; each other namespace with the
+    container its processes are in, when they are in one."""
+    from capture_backend.capture.sockets import scan
+
     found: list[Namespace] = []
-    seen: set[tuple[int, int]] = set()
-
-    def add(ns: Namespace) -> None:
-        try:
-            st = os.stat(ns.path)
-        except OSError:
-            return  # gone meanwhile, or not ours to see
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            found.append(ns)
-
-    add(Namespace("", f"/proc/{os.getpid()}/ns/net"))
-    for name in named_namespaces():
-        add(Namespace(name, os.path.join(NETNS_DIR, name)))
-    if processes:
-        for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+    for ns in scan(sockets=False, processes=processes).namespaces:
+        comm = ""
+        if ns.label.startswith("pid:"):
             try:
-                with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+                with open(f"/proc/{ns.pids[0]}/comm", encoding="utf-8", errors="replace") as fh:
                     comm = fh.read().strip()
             except OSError:
-                continue
-            add(Namespace(f"pid:{pid}", f"/proc/{pid}/ns/net", comm))
+                continue  # gone meanwhile
+        container = namespace_container(ns.pids) if ns.label else ""
+        found.append(Namespace(ns.label, ns.path, comm, container))
     return found
+
+
+def namespace_container(pids: Iterable[int]) -> str:
+    """The container the processes of a namespace are in: one name, a kubernetes pod's containers as the pod
+    (`k8s:pod<uid8>`), several as a comma-separated list; "" when none is."""
+    names = list(dict.fromkeys(c for c in map(container_of_pid, pids) if c))
+    pods = {n.split("/", 1)[0] for n in names}
+    if len(names) > 1 and len(pods) == 1 and names[0].startswith("k8s:"):
+        return pods.pop()
+    return ", ".join(names)
 
 
 def _kind(msg: Any) -> str:
@@ -318,6 +372,7 @@ def list_interfaces(processes: bool = True) -> list[ListedLink]:
                         linktype=ARPHRD_NAMES.get(arphrd, str(arphrd)),
                         kind=kind,
                         process=ns.process,
+                        container=ns.container,
                         peer_namespace=peer_ns,
                         peer=peer,
                         unnamed_peer=unnamed,

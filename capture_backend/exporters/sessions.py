@@ -98,6 +98,7 @@ def session_rows(done: Finished, snap: Snapshot, processes: ProcessTable | None 
         irtt = int(values["tcp_irtt"][i])
         owner = processes.owner(done.keys[i].tobytes()) if processes is not None else None
         pid, name = owner if owner is not None else (None, None)
+        netns, container = processes.place(done.keys[i].tobytes()) if owner is not None and processes else ("", "")
         cut = slice(12, 16) if v4[i] else slice(0, 16)
         out.append(
             (
@@ -129,6 +130,8 @@ def session_rows(done: Finished, snap: Snapshot, processes: ProcessTable | None 
                 pid,
                 name,
                 users.get(pid) if pid is not None else None,
+                netns or None,
+                container or None,
                 int(done.reason[i]),
             )
         )

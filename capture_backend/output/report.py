@@ -210,7 +210,8 @@ def flow_rows(
     """Bidirectional 5-tuples; src is the client (the side without the service port, else the first sender).
 
     With rates, each row also has bps (both directions, since prev; None without prev) and age (seconds
-    since its first packet). With processes, flows attributed to a local process have its pid and name.
+    since its first packet). With processes, flows attributed to a local process have its pid, name, network
+    namespace (None: the current one) and container (None: none).
     """
     t = snap.flows
     rows = []
@@ -255,8 +256,10 @@ def flow_rows(
             rows[-1]["bps"] = None if bps is None else float(bps[n])
             rows[-1]["age"] = max(0.0, (snap.now_ns - int(t.cols["first"][i])) / NS)
         owner = processes.owner(t.key_bytes(i)) if processes is not None else None
-        if owner is not None:
+        if processes is not None and owner is not None:
             rows[-1]["pid"], rows[-1]["process"] = owner
+            netns, container = processes.place(t.key_bytes(i))
+            rows[-1]["netns"], rows[-1]["container"] = netns or None, container or None
     return rows
 
 
@@ -349,6 +352,8 @@ def process_rows(table: ProcessTable, before: ProcessTable | None = None) -> lis
             "rx_packets": p.rx_packets,
             "tx_packets": p.tx_packets,
             "exited": p.exited,
+            "netns": p.netns or None,
+            "container": p.container or None,
         }
         o = old.get(p.pid)
         if before is not None and seconds > 0:

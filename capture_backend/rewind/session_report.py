@@ -77,6 +77,8 @@ def public(r: dict[str, Any]) -> dict[str, Any]:
         "pid": r["pid"],
         "process": r["process"],
         "user": r["user"],
+        "netns": r["netns"],
+        "container": r["container"],
         "reason": r["reason"],
     }
 
@@ -117,7 +119,7 @@ def write_text(rows: list[dict[str, Any]], out: TextIO) -> None:
             str(r["retrans"]),
             _num(_ms(r["rtt_us"]), 2),
             _num(_ms(r["latency_max_us"])),
-            f"{r['process']}[{r['pid']}]" if r["process"] else "-",
+            (f"{r['process']}[{r['pid']}]" + (f" {r['container']}" if r["container"] else "")) if r["process"] else "-",
             r["reason"],
         ]
         for r in rows
@@ -158,7 +160,7 @@ def public_fields() -> list[str]:
         ["id", "start_ns", "end_ns", "iface", "vlan", "proto", "src", "sport", "dst", "dport", "src_packets"]
         + ["dst_packets", "src_bytes", "dst_bytes", "tcp_flags", "retrans", "ooo", "dupacks", "zero_windows"]
         + ["resets", "rtt_us", "exchanges", "latency_avg_us", "latency_max_us", "slowest", "pid", "process"]
-        + ["user", "reason"],
+        + ["user", "netns", "container", "reason"],
         0,
     )
     return list(public(sample))

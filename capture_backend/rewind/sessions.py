@@ -44,7 +44,7 @@ from capture_backend.contract import (
 from capture_backend.rewind.export import ExportOptions, FlowMatch, TimeSpecError, time_window
 
 STORE_NAME = "retrotap-sessions.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: netns and container (a version-1 store gets them added, or read as NULL)
 END_OF_TIME = (1 << 63) - 1
 DEFAULT_TOP = 100
 
@@ -97,6 +97,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("pid", "INTEGER", "local process (NULL: not known)"),
     Column("process", "TEXT", "its name"),
     Column("user", "TEXT", "its user"),
+    Column("netns", "TEXT", "its network namespace as -i names it (NULL: the current one, or not known)"),
+    Column("container", "TEXT", "its container, e.g. docker:0123456789ab (NULL: none)"),
     Column("reason", "INTEGER NOT NULL", "why written: 1 idle, 2 active, 3 closed, 4 end, 5 evicted"),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
@@ -183,8 +185,13 @@ class SessionStore:
                 self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.execute("PRAGMA synchronous = NORMAL")
                 self.db.executescript(schema())
+                for c in COLUMNS:  # columns a store of an older version lacks
+                    if c.name not in self._columns():
+                        self.db.execute(f"ALTER TABLE sessions ADD COLUMN {c.name} {c.type}")
                 self.db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                    (SCHEMA_VERSION,),
                 )
             else:
                 if not self.path.exists():
@@ -195,9 +202,15 @@ class SessionStore:
                 names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if not {"sessions", "meta"} <= names:
                     raise SessionStoreError(f"sessions store {self.path}: not a retrotap sessions store")
+            # Read from a store of an older version, a column it lacks is NULL.
+            present = self._columns()
+            self.select = ", ".join(c if c in present else f"NULL AS {c}" for c in COLUMN_NAMES)
             self.db.execute("PRAGMA cache_size = -65536")  # 64 MiB
             row = self.db.execute("SELECT value FROM meta WHERE key = 'max_span_ns'").fetchone()
             self.max_span_ns = int(row[0]) if row else 0
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
 
     def close(self) -> None:
         self.db.close()
@@ -296,7 +309,7 @@ class SessionStore:
         where, params = q.sql(self.max_span_ns)
         limit = f" LIMIT {int(q.top)}" if q.top > 0 else ""
         order = order_by(q.sort, q.reverse)
-        sql = f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE {where} ORDER BY {order}{limit}"
+        sql = f"SELECT id, {self.select} FROM sessions WHERE {where} ORDER BY {order}{limit}"
         with _sqlite_errors(self.path):
             cur = self.db.execute(sql, params)
             names = [d[0] for d in cur.description]
@@ -317,7 +330,7 @@ class SessionStore:
     def session(self, session_id: int) -> dict[str, Any] | None:
         """One record by its id."""
         with _sqlite_errors(self.path):
-            cur = self.db.execute(f"SELECT id, {', '.join(COLUMN_NAMES)} FROM sessions WHERE id = ?", (session_id,))
+            cur = self.db.execute(f"SELECT id, {self.select} FROM sessions WHERE id = ?", (session_id,))
             row = cur.fetchone()
             names = [d[0] for d in cur.description]
         return None if row is None else record(dict(zip(names, row, strict=True)))

@@ -116,6 +116,8 @@ def known_records() -> list[dict[str, Any]]:
             "pid": None,
             "process": None,
             "user": None,
+            "netns": None,
+            "container": None,
             "reason": REASON_IDLE,
         }
         r.update(kw)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from capture_backend.analysis.processes import NOTE, ProcessMapper, ProcessTable
+from capture_backend.analysis.processes import NOTE, ProcessMapper, ProcessTable, _conns_table
 from capture_backend.analysis.tables import CounterLimits, TableSnapshot
 from capture_backend.engine import Counting, Snapshot
 from capture_backend.output.report import process_rows, record
@@ -125,7 +125,7 @@ def test_flows_are_attributed_by_their_local_end_and_diffed_by_key() -> None:
     rows = by_pid(first)
     assert rows[100] == {
         "pid": 100, "name": "server", "user": "alice", "rx_bytes": 300, "tx_bytes": 0,
-        "rx_packets": 3, "tx_packets": 0, "exited": False,
+        "rx_packets": 3, "tx_packets": 0, "exited": False, "netns": None, "container": None,
     }  # fmt: skip
     assert (rows[200]["rx_bytes"], rows[200]["tx_bytes"], rows[200]["rx_packets"], rows[200]["tx_packets"]) == (
         400, 200, 4, 2,
@@ -133,7 +133,7 @@ def test_flows_are_attributed_by_their_local_end_and_diffed_by_key() -> None:
     assert (rows[300]["rx_bytes"], rows[300]["tx_bytes"]) == (1500, 500)
     assert rows[None] == {
         "pid": None, "name": "unknown", "user": "", "rx_bytes": 700 + 196, "tx_bytes": 0,
-        "rx_packets": 9, "tx_packets": 0, "exited": False,
+        "rx_packets": 9, "tx_packets": 0, "exited": False, "netns": None, "container": None,
     }  # fmt: skip
     assert [r["pid"] for r in process_rows(first)] == [300, 200, 100, None]  # by bytes, unknown last
 
@@ -209,9 +209,49 @@ def test_view_6_lists_the_processes_of_a_fed_snapshot() -> None:
                 ["100", "server", "alice"],
                 ["–", "unknown", ""],
             ]
-            assert rows[2][5] == "300 B"
-            assert rows[3][7] == "9"
+            assert rows[2][6] == "300 B"
+            assert rows[3][8] == "9"
             assert NOTE in screen_text(app)
+
+    asyncio.run(run())
+
+
+def test_a_process_of_another_namespace_and_its_container_in_the_json_and_view_6() -> None:
+    nginx = conn(socket.SOCK_STREAM, ("0.0.0.0", 80), (), 500)
+    here, _ = _conns_table([SERVER], ["198.18.0.1"], 1)
+    there, _ = _conns_table([nginx], ["10.9.0.2"], 2)
+    tables = [here, replace(there, label="web1")]
+    mapper = ProcessMapper(
+        tables=lambda: tables,
+        info={**NAMES, 500: ("nginx", "www")}.get,
+        container=lambda pid: "docker:0123456789ab" if pid == 500 else "",
+        alive=lambda pid: True,
+    )
+    web = key("10.9.0.1", 50000, "10.9.0.2", 80, TCP)
+    snap = snapshot(1, [(web, (2, 3), (200, 900)), (F_SERVER, (3, 0), (300, 0))])
+    rec = record(snap, None, 0, processes=mapper.update(snap))
+    flows = {f["dport"]: f for f in rec["flows"]}
+    assert {k: flows[80][k] for k in ("pid", "process", "netns", "container")} == {
+        "pid": 500, "process": "nginx", "netns": "web1", "container": "docker:0123456789ab"
+    }  # fmt: skip
+    assert {k: flows[5000][k] for k in ("pid", "netns", "container")} == {"pid": 100, "netns": None, "container": None}
+    procs = {p["pid"]: p for p in rec["processes"]}
+    assert (procs[500]["netns"], procs[500]["container"], procs[500]["rx_bytes"], procs[500]["tx_bytes"]) == (
+        "web1", "docker:0123456789ab", 200, 900
+    )  # fmt: skip
+    assert (procs[100]["netns"], procs[100]["container"]) == (None, None)
+
+    async def run() -> None:
+        app = RetrotapApp(SnapshotFeed(snap), clock=lambda: CLOCK + 1, processes=mapper)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.press("6")
+            await pilot.pause()
+            rows = cells(app, "processes-table")
+            assert [r[:4] for r in rows] == [
+                ["500", "nginx", "www", "web1/docker:0123456789ab"],
+                ["100", "server", "alice", ""],
+                ["–", "unknown", "", ""],
+            ]
 
     asyncio.run(run())
 

@@ -18,6 +18,8 @@ from capture_backend.exporters.base import Exporters, ExporterSettings
 from capture_backend.exporters.sessions import SessionSettings, SessionWriter
 from capture_backend.rewind.export import export
 from capture_backend.rewind.sessions import (
+    COLUMNS,
+    SCHEMA_VERSION,
     STORE_NAME,
     Query,
     Retention,
@@ -247,7 +249,7 @@ def test_schema_is_declared_once() -> None:
     db = sqlite3.connect(":memory:")
     db.executescript(schema())
     cols = [r[1] for r in db.execute("PRAGMA table_info(sessions)")]
-    assert cols[0] == "id" and len(cols) == 30
+    assert cols[0] == "id" and len(cols) == 32
     indexes = {r[1] for r in db.execute("PRAGMA index_list(sessions)")}
     assert indexes == {"sessions_start", "sessions_src", "sessions_dst", "sessions_dport"}
 
@@ -410,3 +412,35 @@ def test_sessions_command_on_broken_stores(tmp_path: Path) -> None:
     assert proc.stderr == (
         "retrotap: error: --session picks the packets itself: leave out -f, --host, --port, --from, --to, --list\n"
     )
+
+
+def test_a_store_of_schema_version_1_is_read_with_null_namespaces_and_gets_the_columns_when_written(
+    tmp_path: Path,
+) -> None:
+    old_columns = [c for c in COLUMNS if c.name not in ("netns", "container")]
+    db = sqlite3.connect(tmp_path / STORE_NAME)
+    cols = ", ".join(f"{c.name} {c.type}" for c in old_columns)
+    db.executescript(
+        f"CREATE TABLE sessions (id INTEGER PRIMARY KEY, {cols});"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', 1);"
+    )
+    old = known_records()[:2]
+    names = [c.name for c in old_columns]
+    db.executemany(
+        f"INSERT INTO sessions ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        [tuple(r[n] for n in names) for r in old],
+    )
+    db.commit()
+    db.close()
+    with SessionStore(tmp_path, writable=False) as store:
+        rows = store.query(Query(top=0))
+        assert [(r["process"], r["netns"], r["container"]) for r in rows] == [("curl", None, None), (None, None, None)]
+    with SessionStore(tmp_path) as store:
+        new = dict(known_records()[5], start_ns=T0_NS + 10 * NS, end_ns=T0_NS + 11 * NS)
+        new.update(netns="web", container="docker:0123456789ab")
+        assert store.insert(as_rows([new])) == 1
+        rows = store.query(Query(top=0, process="sshd"))
+        assert [(r["process"], r["netns"], r["container"]) for r in rows] == [("sshd", "web", "docker:0123456789ab")]
+        version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == SCHEMA_VERSION == 2

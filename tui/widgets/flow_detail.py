@@ -80,6 +80,9 @@ def detail_table(r: Row, frame: Frame) -> Group:
     grid.add_row("Server", _endpoint(r["dst"], r["dport"], r["proto"], frame.name(r["dst"])))
     if "process" in r:  # a local end's socket: live capture only
         grid.add_row("Process", f"{r['process']} (pid {r['pid']})")
+        grid.add_row("Namespace", r.get("netns") or "(current)")
+        if r.get("container"):
+            grid.add_row("Container", r["container"])
     grid.add_row("Client → server", f"{count(r['src_to_dst_packets'])} packets, {size(r['src_to_dst_bytes'])}")
     grid.add_row("Server → client", f"{count(r['dst_to_src_packets'])} packets, {size(r['dst_to_src_bytes'])}")
     grid.add_row("Total", f"{count(r['packets'])} packets, {size(r['bytes'])}")

@@ -18,6 +18,7 @@ COLUMNS = (
     Column("pid", "PID", 8, numeric=True),
     Column("name", "Process", 18),
     Column("user", "User", 10),
+    Column("place", "NS/Container", 24),
     Column("rx_rate", "Rx rate", 11, numeric=True),
     Column("tx_rate", "Tx rate", 11, numeric=True),
     Column("rx", "Rx total", 10, numeric=True),
@@ -25,6 +26,13 @@ COLUMNS = (
     Column("packets", "Packets", 10, numeric=True),
     Column("state", "State", 7),
 )
+
+
+def place_cell(netns: str | None, container: str | None) -> str:
+    """'NETNS/CONTAINER', '-' for the current namespace; blank for the current namespace without a container."""
+    if not netns and not container:
+        return ""
+    return f"{netns or '-'}" + (f"/{container}" if container else "")
 
 
 class ProcessesView(View):
@@ -64,6 +72,7 @@ class ProcessesView(View):
                         right(DASH if unknown else str(r["pid"])),
                         Text(r["name"], style="italic") if unknown else r["name"],
                         r["user"],
+                        place_cell(r.get("netns"), r.get("container")),
                         right(bits(r.get("rx_bps"))),
                         right(bits(r.get("tx_bps"))),
                         right(size(r["rx_bytes"])),
