@@ -52,6 +52,7 @@ class RunOptions:
     buffer_size: int = 256 << 20  # the time machine; 0: off
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    pcapng: bool = False  # time machine saves: one pcapng with process comments instead of a pcap per interface
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     processes: bool = False  # map flows to local processes (live only)
     record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
@@ -75,6 +76,7 @@ class StatsOptions:
     buffer_size: int = 256 << 20
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    pcapng: bool = False
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     user: RunAs | None = None
 
@@ -92,5 +94,6 @@ class RecordRun:
     buffer_size: int = 256 << 20
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    pcapng: bool = False
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     user: RunAs | None = None
