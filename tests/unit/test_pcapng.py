@@ -4,6 +4,7 @@ the attributed flows (time machine saves and exports), interface blocks per inte
 from __future__ import annotations
 
 import io
+import json
 import random
 import shutil
 import struct
@@ -20,13 +21,15 @@ from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from capture_backend.capture.pcapfile import FileSource, PcapngWriter
 from capture_backend.contract import EMPTY_UNKNOWN, FLOW_KEY, FlowOwners, ProcessTable, address_bytes, pack_keys
+from capture_backend.exporters.incidents import IncidentSettings, IncidentWatcher
+from capture_backend.replay import file_snapshots
 from capture_backend.rewind.export import ExportOptions, export
 from capture_backend.rewind.recorder import Recorder, RecordOptions
 from capture_backend.rewind.sessions import COLUMN_NAMES, SessionStore, address_blob
 from capture_backend.rewind.timemachine import TimeMachine, save_pcap, select_port
 from tests.helpers.recorder import Log
 from tests.lab import REPO_ROOT
-from tests.pcapgen import T0_NS, block_of, block_of_frames, mixed_frames
+from tests.pcapgen import T0_NS, Frame, block_of, block_of_frames, mixed_frames, write_pcap
 from tests.tshark import tshark
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
@@ -274,3 +277,28 @@ def test_export_pcapng_holds_every_link_type_in_one_file(tmp_path: Path) -> None
         ]
     assert got == want
     assert {r[0] for r in tshark_rows(Path(res.paths[0]), "frame.interface_name")} == {"eth0", "tun0"}
+
+
+@pytest.mark.parametrize("pcapng", [True, False], ids=["pcapng", "pcap"])
+def test_an_incident_is_a_pcapng_unless_asked_for_pcaps(tmp_path: Path, pcapng: bool) -> None:
+    frames, flows = traffic()
+    table, said = owners_of(list(dict.fromkeys(f for f in flows if f is not None)))
+    tm = filled(frames)
+    path = tmp_path / "t.pcap"
+    write_pcap(path, [Frame(f, T0_NS + i * 1000, len(f)) for i, f in enumerate(frames)], nanosecond=True)
+    snap = list(file_snapshots(str(path)))[-1]
+    settings = IncidentSettings(directory=str(tmp_path / "inc"), pre_s=60, post_s=0, pcapng=pcapng)
+    watcher = IncidentWatcher(settings, lambda: snap, tm, Log(), processes=lambda: table)
+    watcher.start(thread=False)
+    watcher.freeze()
+    watcher.step()
+    watcher.close()
+    (inc,) = (tmp_path / "inc").glob("incident-*")
+    doc = json.loads((inc / "incident.json").read_text())
+    files = sorted(inc / f for f in doc["pcap"]["files"])
+    assert [f.suffix for f in files] == ([".pcapng"] if pcapng else [".pcap", ".pcap"])
+    assert doc["pcap"]["packets"] == len(frames)
+    comments = [r[0] for f in files for r in tshark_rows(f, "frame.comment")]
+    want = [said.get(f, "") if f is not None else "" for f in flows]
+    assert comments == (want if pcapng else [""] * len(frames))
+    assert doc["pcap"]["process_comments"] == sum(1 for w in comments if w)
