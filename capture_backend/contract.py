@@ -573,19 +573,21 @@ EventSink = Callable[[EngineEvent], None]
 
 @dataclass(frozen=True)
 class PcapSaveResult:
-    """What a snapshot wrote: one file per interface."""
+    """What a snapshot wrote: one pcap per interface, or one pcapng."""
 
     paths: tuple[str, ...]
     packets: int
     bytes: int
     lost: int  # packets overwritten while being written (the oldest of the window)
+    comments: int = 0  # packets written with their process as a pcapng comment
 
     def summary(self) -> str:
         """One line for a status bar or a log."""
         if not self.paths:
             return "snapshot: no packets in the buffer"
         lost = f", {self.lost} packets expired while writing" if self.lost else ""
-        return f"snapshot: {', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes{lost})"
+        said = f", {self.comments} with their process" if self.comments else ""
+        return f"snapshot: {', '.join(self.paths)} ({self.packets} packets, {self.bytes} bytes{said}{lost})"
 
 
 # --- the session store, as the History view reads it

@@ -1,6 +1,6 @@
 """The headless front end: `retrotap stats` (records every interval as text, iftop -t style, NDJSON or CSV),
-`retrotap record`, `retrotap export` (`run_export`, re-exported from rewind/export) and `retrotap sessions`
-(`run_sessions`, re-exported from rewind/session_report)."""
+`retrotap record`, `retrotap export` (`run_export`: rewind/export's, with the processes of the recording's
+session store for a pcapng) and `retrotap sessions` (`run_sessions`, re-exported from rewind/session_report)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ from capture_backend.options import RecordOptions, RunOptions
 from capture_backend.options import RecordRun as RecordRun
 from capture_backend.options import StatsOptions as StatsOptions
 from capture_backend.output.report import Row, alert_rows, bits_text, record, size_text
-from capture_backend.rewind.export import run_export as run_export
+from capture_backend.rewind.export import ExportOptions
+from capture_backend.rewind.export import run_export as export_recording
 from capture_backend.rewind.recorder import Recorder
 from capture_backend.rewind.session_report import run_sessions as run_sessions
+from capture_backend.rewind.sessions import SessionStoreError, session_owners
 from capture_backend.run import PcapSaver, Run, SaveDone
 
 CSV_COLUMNS = (
@@ -185,9 +187,10 @@ def _run_options(opts: StatsOptions | RecordRun, processes: bool, record: Record
         buffer_size=opts.buffer_size,
         buffer_seconds=opts.buffer_seconds,
         snapshot_dir=opts.snapshot_dir,
+        pcapng=opts.pcapng,
         exporters=opts.exporters,
         user=opts.user,
-        processes=processes,
+        processes=processes or opts.pcapng,  # a pcapng save names the process of each flow
         record=record,
     )
 
@@ -334,6 +337,19 @@ def _stderr_log(msg: str) -> None:
     with _LOG_LOCK:
         sys.stderr.write(f"retrotap: {msg}\n")
         sys.stderr.flush()
+
+
+def run_export(opts: ExportOptions, list_only: bool = False, log: Callable[[str], None] | None = None) -> int:
+    """`retrotap export`; a pcapng names each flow's process as its store of session records knows it."""
+    logger = log or _stderr_log
+    if opts.pcapng and not list_only and opts.owners is None:
+        try:
+            opts.owners = session_owners(opts.directory, opts.from_ns, opts.to_ns)
+        except SessionStoreError as e:
+            logger(f"no process comments: {e}")
+        if opts.owners is None:
+            logger(f"no process comments: no session store in {opts.directory}")
+    return export_recording(opts, list_only, logger)
 
 
 def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int:

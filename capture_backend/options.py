@@ -53,6 +53,7 @@ class RunOptions:
     buffer_size: int = 256 << 20  # the time machine; 0: off
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    pcapng: bool = False  # time machine saves: one pcapng with process comments instead of a pcap per interface
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     processes: bool = False  # map flows to local processes (live only)
     record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
@@ -76,6 +77,7 @@ class StatsOptions:
     buffer_size: int = 256 << 20
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    pcapng: bool = False
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     user: RunAs | None = None
 
@@ -93,5 +95,6 @@ class RecordRun:
     buffer_size: int = 256 << 20
     buffer_seconds: float = 60.0
     snapshot_dir: str = "."
+    pcapng: bool = False
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     user: RunAs | None = None

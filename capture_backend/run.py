@@ -40,6 +40,7 @@ from capture_backend.contract import (
     EventSink,
     InspectJob,
     PcapSaveResult,
+    ProcessTable,
     SessionPage,
     SessionPcap,
     Snapshot,
@@ -106,12 +107,23 @@ def check_source(opts: RunOptions) -> None:
 
 
 class PcapSaver:
-    """Writes the time machine (or a selection of it) to a pcap on its own thread, one save at a time."""
+    """Writes the time machine (or a selection of it) to a pcap (or a pcapng) on its own thread, one save at a
+    time."""
 
-    def __init__(self, tm: TimeMachine, directory: str, done: SaveDone) -> None:
+    def __init__(
+        self,
+        tm: TimeMachine,
+        directory: str,
+        done: SaveDone,
+        *,
+        pcapng: bool = False,
+        processes: Callable[[], ProcessTable | None] | None = None,
+    ) -> None:
         self.tm = tm
         self.directory = directory
         self.done = done
+        self.pcapng = pcapng  # one pcapng of every interface, packets commented with their process
+        self.processes = processes
         self._thread: threading.Thread | None = None
 
     @property
@@ -128,7 +140,8 @@ class PcapSaver:
 
     def _save(self, select: Selector | None, what: str) -> None:
         try:
-            result = save_pcap(self.tm, self.directory, select=select)
+            table = self.processes() if self.pcapng and self.processes is not None else None
+            result = save_pcap(self.tm, self.directory, select=select, pcapng=self.pcapng, processes=table)
             self.done(result.summary() + (f" [{what}]" if what else ""), False, result)
         except OSError as e:
             where = getattr(e, "filename", "") or self.directory
@@ -279,7 +292,13 @@ class Run:
         """A saver of the time machine to --snapshot-dir (None when the time machine is off)."""
         if self.timemachine is None:
             return None
-        return PcapSaver(self.timemachine, self.opts.snapshot_dir, done)
+        return PcapSaver(
+            self.timemachine,
+            self.opts.snapshot_dir,
+            done,
+            pcapng=self.opts.pcapng,
+            processes=lambda: self.mapper.result if self.mapper is not None else None,
+        )
 
     def inspect_job(self, select: Selector, limit: int = INSPECT_LIMIT) -> InspectJob | None:
         """The packet inspector's job over a selection of the time machine (None when it is off)."""

@@ -599,6 +599,7 @@ def run_dashboard(
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=args.snapshot_dir,
+        pcapng=args.pcapng,
         exporters=exporters or ExporterSettings(),
         processes=True,  # live only: a file's sockets are not this machine's
         user=user_of(args),

@@ -176,6 +176,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--buffer-size", type=_size, default=256 << 20, metavar="SIZE", help="time machine memory (256M; 0: off)"
     )
     p.add_argument("--snapshot-dir", default=DEFAULT_SNAPSHOT_DIR, metavar="DIR", help="where snapshots are written")
+    p.add_argument(
+        "--pcapng",
+        action="store_true",
+        help="snapshots (w, W, SIGUSR1) as one pcapng of every interface, packets commented with their process",
+    )
     p.add_argument("--metrics", metavar="[ADDR:]PORT", help="serve Prometheus /metrics (ADDR: 127.0.0.1)")
     p.add_argument(
         "--metrics-top", type=_positive(int), default=DEFAULT_TOP, metavar="K", help="hosts and ports in /metrics"
@@ -218,6 +223,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--incidents-keep", type=_positive(int), default=100, metavar="N", help="incidents kept (100)")
     p.add_argument(
         "--incidents-keep-age", default="0", metavar="DURATION", help="remove incidents older than this (0: never)"
+    )
+    p.add_argument(
+        "--incidents-format",
+        choices=("pcapng", "pcap"),
+        default="pcapng",
+        help="incident packets: one pcapng with process comments (default) or one pcap per interface",
     )
 
 
@@ -280,7 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-f", "--filter", default="", metavar="BPF", help="tcpdump filter")
     exp.add_argument("--host", metavar="ADDR", help="packets from or to this IPv4/IPv6 address")
     exp.add_argument("--port", metavar="PORT", help="TCP, UDP or SCTP packets with this port on either side")
-    exp.add_argument("-w", "--write", dest="output", metavar="FILE", help="the pcap to write")
+    exp.add_argument("-w", "--write", dest="output", metavar="FILE", help="the pcap (or .pcapng) to write")
+    exp.add_argument(
+        "--pcapng",
+        action="store_true",
+        help="one pcapng of every interface, packets commented with their process (the default for -w *.pcapng)",
+    )
     exp.add_argument("--list", action="store_true", help="list the files with their time spans instead")
     exp.add_argument("--session", type=int, metavar="ID", help="the packets of one session of `retrotap sessions DIR`")
     ses = sub.add_parser("sessions", help="session records: what talked to what, when (from --sessions or record)")
@@ -372,6 +388,7 @@ def stats_options(args: argparse.Namespace) -> StatsOptions:
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=snapshot_dir(args.snapshot_dir, user),
+        pcapng=args.pcapng,
         exporters=exporter_settings(args),
         user=user,
     )
@@ -444,6 +461,7 @@ def record_run(args: argparse.Namespace) -> RecordRun:
         buffer_size=args.buffer_size,
         buffer_seconds=args.buffer_seconds,
         snapshot_dir=snapshot_dir(args.snapshot_dir, user),
+        pcapng=args.pcapng,
         exporters=exporters,
         user=user,
     )
@@ -458,10 +476,14 @@ def export_options(args: argparse.Namespace, now: datetime | None = None) -> Exp
     if args.session is not None:
         if args.filter.strip() or args.host or args.port or args.from_time or args.to_time or args.list:
             raise UsageError("--session picks the packets itself: leave out -f, --host, --port, --from, --to, --list")
-        return session_export(args.directory, args.session, args.output)
+        opts = session_export(args.directory, args.session, args.output)
+        opts.pcapng = _wants_pcapng(args)
+        return opts
     if args.filter.strip() and (args.host or args.port):
         raise UsageError("use either -f BPF or --host/--port, not both")
-    opts = ExportOptions(directory=args.directory, output=args.output or "", bpf=args.filter)
+    opts = ExportOptions(
+        directory=args.directory, output=args.output or "", bpf=args.filter, pcapng=_wants_pcapng(args)
+    )
     try:
         opts.from_ns, opts.to_ns = time_window(args.from_time, args.to_time, now)
     except TimeSpecError as e:
@@ -473,6 +495,10 @@ def export_options(args: argparse.Namespace, now: datetime | None = None) -> Exp
         if not 0 < opts.port < 65536:
             raise UsageError(f"--port {args.port}: must be from 1 to 65535")
     return opts
+
+
+def _wants_pcapng(args: argparse.Namespace) -> bool:
+    return bool(args.pcapng or (args.output or "").lower().endswith(".pcapng"))
 
 
 def endpoint(option: str, text: str) -> tuple[str, int]:
@@ -523,7 +549,7 @@ def exporter_settings(args: argparse.Namespace) -> ExporterSettings:
 
 def incident_settings(args: argparse.Namespace) -> IncidentSettings | None:
     """IncidentSettings when rules or an incidents directory are asked for; UsageError on a bad rule."""
-    if not args.alert and not args.alerts and not args.incidents:
+    if not args.alert and not args.alerts and not args.incidents and args.incidents_format == "pcapng":
         return None
     try:
         rules = [parse_rule(text) for text in args.alert]
@@ -545,6 +571,7 @@ def incident_settings(args: argparse.Namespace) -> IncidentSettings | None:
         on_incident=args.on_incident,
         keep=args.incidents_keep,
         keep_age_s=_checked(_duration, "--incidents-keep-age", args.incidents_keep_age),
+        pcapng=args.incidents_format == "pcapng",
     )
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import psutil
 
 from capture_backend._native import KeyIndex
+from capture_backend.analysis.decode import Decoded
+from capture_backend.analysis.tables import packet_flow_keys
 from capture_backend.capture.containers import container_of_pid
 from capture_backend.capture.sockets import (
     SocketRows,
@@ -599,6 +601,57 @@ class ProcessMapper:
         rows = np.flatnonzero(pid >= 0)
         flow_owners = FlowOwners.of(flows.keys[rows], pid[rows], self._name, self._place)
         procs = tuple(acc.frozen() for pid, acc in self._accs.items() if pid is not None)
-        return ProcessTable(
-            snap.seq, snap.time, procs, self._accs[None].frozen(), flow_owners, self.error, self.errors
+        return ProcessTable(snap.seq, snap.time, procs, self._accs[None].frozen(), flow_owners, self.error, self.errors)
+
+
+def process_comment(pid: int, name: str, netns: str = "", container: str = "") -> str:
+    """A packet's pcapng comment naming its flow's local process (tshark shows it as frame.comment), with its
+    network namespace and container when it is not in retrotap's own / in none."""
+    where = (f" netns {netns}" if netns else "") + (f" container {container}" if container else "")
+    return f"process: {pid} {name}{where}"
+
+
+class PacketOwners:
+    """The local process of each packet's flow, for whole columns of packets (pcapng saves): the owners'
+    flow keys in a compiled index, and one comment text per process."""
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        pid: np.ndarray,
+        name_of: Callable[[int], str],
+        place_of: Callable[[int], tuple[str, str]] | None = None,
+    ) -> None:
+        """keys: (n, FLOW_KEY.itemsize) uint8 with each key's pid; name_of(i) is the name of row i's process,
+        place_of(i) its namespace and container. A key given twice keeps its first owner."""
+        pid = np.asarray(pid, np.int64)
+        who, first, inv = np.unique(pid, return_index=True, return_inverse=True)
+        self.texts = tuple(
+            process_comment(p, name_of(i), *(place_of(i) if place_of is not None else ("", "")))
+            for p, i in zip(who.tolist(), first.tolist(), strict=True)
         )
+        self._lookup = _Lookup(np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_WIDTH), inv.ravel())
+
+    @classmethod
+    def of(cls, table: ProcessTable) -> PacketOwners:
+        """The attributed flows of a published process table."""
+        owners = table.flow_owners
+        if isinstance(owners, FlowOwners):
+            return cls(
+                owners.flow_keys,
+                owners.pid,
+                lambda i: owners.names[int(owners.name_id[i])],
+                lambda i: owners.places[int(owners.place_id[i])],
+            )
+        owned = table.owned
+        return cls(owned.keys.keys, owned.pid, lambda i: owned.names[int(owned.name_id[i])])
+
+    def __len__(self) -> int:
+        return len(self._lookup.index)
+
+    def comments(self, dec: Decoded) -> np.ndarray:
+        """Per packet, the index of its process's text in `texts` (-1: not IP, or no process known)."""
+        if not self.texts or len(dec) == 0:
+            return np.full(len(dec), -1, np.int64)
+        found = self._lookup.find(packet_flow_keys(dec))
+        return np.where(dec.ip, found, -1)

@@ -321,6 +321,41 @@ def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> No
         t.bytes += int(b)
 
 
+@dataclass(frozen=True, slots=True)
+class FlowEnds:
+    """Packets (or groups of them) as flows: (a, aport) is the smaller endpoint; swap: b sent it."""
+
+    swap: np.ndarray  # bool
+    a: np.ndarray  # (n, 16) uint8 address bytes
+    b: np.ndarray
+    aport: np.ndarray  # uint64
+    bport: np.ndarray
+    proto: np.ndarray
+
+    def keys(self) -> np.ndarray:
+        """Their FLOW_KEYs, (n, FLOW_KEY.itemsize) uint8."""
+        n = self.swap.shape[0]
+        return pack_keys(FLOW_KEY, n, a=self.a, b=self.b, aport=self.aport, bport=self.bport, proto=self.proto)
+
+
+def flow_ends(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray, proto: np.ndarray) -> FlowEnds:
+    """The one definition of a flow: (n, 2) uint64 address keys, ports and protocols, in canonical direction."""
+    sport, dport = sport.astype(np.uint64, copy=False), dport.astype(np.uint64, copy=False)
+    proto = proto.astype(np.uint64, copy=False)
+    swap = (src[:, 0] > dst[:, 0]) | (
+        (src[:, 0] == dst[:, 0]) & ((src[:, 1] > dst[:, 1]) | ((src[:, 1] == dst[:, 1]) & (sport > dport)))
+    )
+    sw = swap[:, None]
+    a, b = np.where(sw, dst, src), np.where(sw, src, dst)
+    aport, bport = np.where(swap, dport, sport), np.where(swap, sport, dport)
+    return FlowEnds(swap, key_bytes(a), key_bytes(b), aport, bport, proto)
+
+
+def packet_flow_keys(dec: Decoded) -> np.ndarray:
+    """Each decoded packet's FLOW_KEY, as the flow table keys it (rows that are not IP: meaningless)."""
+    return flow_ends(dec.src_key, dec.dst_key, dec.sport, dec.dport, np.maximum(dec.proto, 0)).keys()
+
+
 @dataclass
 class Counters:
     """Every counter retrotap keeps; only the capture thread writes it."""
@@ -402,23 +437,13 @@ class Counters:
         flags = pick(dec.tcp_flags)
         if flags.any():  # only TCP has flags: a UDP flood skips this
             np.bitwise_or.at(g_flags, inv, flags)
-        s, d = src[first], dst[first]
-        s_port, d_port = sport[first], dport[first]
-        # Canonical direction: (a, aport) is the smaller endpoint; dir 1 means b sent it.
-        swap = (s[:, 0] > d[:, 0]) | (
-            (s[:, 0] == d[:, 0]) & ((s[:, 1] > d[:, 1]) | ((s[:, 1] == d[:, 1]) & (s_port > d_port)))
-        )
-        sw = swap[:, None]
-        g_a, g_b = np.where(sw, d, s), np.where(sw, s, d)
-        g_aport, g_bport = np.where(swap, d_port, s_port), np.where(swap, s_port, d_port)
-        g_proto = proto[first]
-        g_dir = swap.astype(np.int64)
+        ends = flow_ends(src[first], dst[first], sport[first], dport[first], proto[first])
+        a_bytes, b_bytes, g_aport, g_bport, g_proto = ends.a, ends.b, ends.aport, ends.bport, ends.proto
+        g_dir = ends.swap.astype(np.int64)
         g_sec = sec[first]
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
-        a_bytes, b_bytes = key_bytes(g_a), key_bytes(g_b)
-        fkey = pack_keys(FLOW_KEY, g, a=a_bytes, b=b_bytes, aport=g_aport, bport=g_bport, proto=g_proto)
-        fid = self.flows.ids(fkey)
+        fid = self.flows.ids(ends.keys())
         self._batch = (sel, inv, fid)
         ok = fid >= 0
         cols = self.flows.cols

@@ -72,42 +72,107 @@ PCAP_FILE_HEADER_BE = struct.Struct(">IHHiIII")
 PCAP_RECORD_LE = struct.Struct("<IIII")
 PCAP_RECORD_BE = struct.Struct(">IIII")
 
-# pcapng: every block is block_type, block_total_length, body, block_total_length.
-PCAPNG_SHB = 0x0A0D0D0A
-PCAPNG_IDB = 0x00000001
-PCAPNG_SPB = 0x00000003
-PCAPNG_EPB = 0x00000006
-PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
-
 # pcap record header's incl_len alone, for the sequential walk over records.
 PCAP_RECORD_INCL_LE = struct.Struct("<8xI")
 PCAP_RECORD_INCL_BE = struct.Struct(">8xI")
 PCAP_FILE_HEADER_LEN = 24
 PCAP_RECORD_LEN = 16
-# pcapng block header: block_type, block_total_length.
-PCAPNG_BLOCK_HDR_LE = struct.Struct("<II")
-PCAPNG_BLOCK_HDR_BE = struct.Struct(">II")
-# The trailing block_total_length alone.
+# pcap record header's incl_len alone, for the sequential walk over records.
+PCAP_RECORD_INCL_LE = struct.Struct("<8xI")
+PCAP_RECORD_INCL_BE = struct.Struct(">8xI")
+PCAP_FILE_HEADER_LEN = 24
+PCAP_RECORD_LEN = 16
+
+# pcapng (draft-ietf-opsawg-pcapng): every block is block_type, block_total_length, body, block_total_length.
+# Each block's fixed part is declared once, below, by the spec's field names; the reader's structs,
+# offsets and smallest lengths and the writer's headers are all derived from these declarations.
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_IDB = 0x00000001
+PCAPNG_SPB = 0x00000003
+PCAPNG_EPB = 0x00000006
+PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+PCAPNG_MAJOR_VERSION, PCAPNG_MINOR_VERSION = 1, 0
+PCAPNG_SECTION_LENGTH_UNKNOWN = -1
+
+Fields = tuple[tuple[str, str], ...]  # (spec field name, struct format code)
+PCAPNG_BLOCK_FIELDS: Fields = (("block_type", "I"), ("block_total_length", "I"))
+PCAPNG_SHB_FIELDS: Fields = (
+    *PCAPNG_BLOCK_FIELDS,
+    ("byte_order_magic", "I"),
+    ("major_version", "H"),
+    ("minor_version", "H"),
+    ("section_length", "q"),
+)
+PCAPNG_IDB_FIELDS: Fields = (*PCAPNG_BLOCK_FIELDS, ("linktype", "H"), ("reserved", "H"), ("snaplen", "I"))
+PCAPNG_EPB_FIELDS: Fields = (
+    *PCAPNG_BLOCK_FIELDS,
+    ("interface_id", "I"),
+    ("timestamp_upper", "I"),
+    ("timestamp_lower", "I"),
+    ("captured_packet_length", "I"),
+    ("original_packet_length", "I"),
+)
+PCAPNG_SPB_FIELDS: Fields = (*PCAPNG_BLOCK_FIELDS, ("original_packet_length", "I"))
+PCAPNG_OPTION_FIELDS: Fields = (("option_code", "H"), ("option_length", "H"))  # the value follows, padded to 4
+PCAPNG_TRAILER_LEN = 4  # the closing block_total_length
+
+
+def fields_struct(order: str, fields: Fields) -> struct.Struct:
+    """The struct of a declared layout in one byte order ('<' or '>')."""
+    return struct.Struct(order + "".join(code for _, code in fields))
+
+
+def field_offset(fields: Fields, name: str) -> int:
+    """Byte offset of a declared field."""
+    names = [n for n, _ in fields]
+    return struct.calcsize("<" + "".join(code for _, code in fields[: names.index(name)]))
+
+
+PCAPNG_SHB_LE = fields_struct("<", PCAPNG_SHB_FIELDS)
+PCAPNG_IDB_LE = fields_struct("<", PCAPNG_IDB_FIELDS)
+PCAPNG_EPB_LE = fields_struct("<", PCAPNG_EPB_FIELDS)
+PCAPNG_OPT_HDR_LE = fields_struct("<", PCAPNG_OPTION_FIELDS)
+PCAPNG_OPT_HDR_BE = fields_struct(">", PCAPNG_OPTION_FIELDS)
+# Block header alone; the trailing block_total_length alone.
+PCAPNG_BLOCK_HDR_LE = fields_struct("<", PCAPNG_BLOCK_FIELDS)
+PCAPNG_BLOCK_HDR_BE = fields_struct(">", PCAPNG_BLOCK_FIELDS)
 PCAPNG_U32_LE = struct.Struct("<I")
 PCAPNG_U32_BE = struct.Struct(">I")
-# IDB body: linktype, reserved, snaplen (then options from byte 16 of the block).
-PCAPNG_IDB_BODY_LE = struct.Struct("<HHI")
-PCAPNG_IDB_BODY_BE = struct.Struct(">HHI")
-PCAPNG_IDB_OPTIONS_OFFSET = 16
-# Option header: option_code, option_length (value padded to 4).
-PCAPNG_OPT_HDR_LE = struct.Struct("<HH")
-PCAPNG_OPT_HDR_BE = struct.Struct(">HH")
+# IDB body after the block header: linktype, reserved, snaplen; options from the end of the fixed part.
+PCAPNG_IDB_BODY_LE = fields_struct("<", PCAPNG_IDB_FIELDS[2:])
+PCAPNG_IDB_BODY_BE = fields_struct(">", PCAPNG_IDB_FIELDS[2:])
+PCAPNG_IDB_OPTIONS_OFFSET = PCAPNG_IDB_LE.size
 PCAPNG_OPT_I64_LE = struct.Struct("<q")
 PCAPNG_OPT_I64_BE = struct.Struct(">q")
+# Option codes: any block's, the SHB's, the IDB's.
 PCAPNG_OPT_ENDOFOPT = 0
+PCAPNG_OPT_COMMENT = 1
+PCAPNG_OPT_SHB_USERAPPL = 4
 PCAPNG_OPT_IF_NAME = 2
 PCAPNG_OPT_IF_TSRESOL = 9
 PCAPNG_OPT_IF_TSOFFSET = 14
-# EPB: interface_id, ts_high, ts_low, caplen, len at these 32-bit word indexes of the block; data
-# at byte 28. SPB: len at word 2; data at byte 12.
-PCAPNG_EPB_IFID, PCAPNG_EPB_TS_HIGH, PCAPNG_EPB_TS_LOW, PCAPNG_EPB_CAPLEN, PCAPNG_EPB_LEN = 2, 3, 4, 5, 6
-PCAPNG_EPB_DATA = 28
-PCAPNG_SPB_LEN = 2
-PCAPNG_SPB_DATA = 12
-# Smallest legal block_total_length per block type (12 for any other type).
-PCAPNG_MIN_BLOCK_LEN = {PCAPNG_SHB: 28, PCAPNG_IDB: 20, PCAPNG_SPB: 16, PCAPNG_EPB: 32}
+# EPB: interface_id, timestamp_upper, timestamp_lower, captured_packet_length, original_packet_length as
+# 32-bit word indexes of the block; data after the fixed part. SPB: original_packet_length; data after it.
+PCAPNG_EPB_IFID, PCAPNG_EPB_TS_HIGH, PCAPNG_EPB_TS_LOW, PCAPNG_EPB_CAPLEN, PCAPNG_EPB_LEN = (
+    field_offset(PCAPNG_EPB_FIELDS, name) // 4
+    for name in (
+        "interface_id",
+        "timestamp_upper",
+        "timestamp_lower",
+        "captured_packet_length",
+        "original_packet_length",
+    )
+)
+PCAPNG_EPB_DATA = PCAPNG_EPB_LE.size
+PCAPNG_SPB_LEN = field_offset(PCAPNG_SPB_FIELDS, "original_packet_length") // 4
+PCAPNG_SPB_DATA = fields_struct("<", PCAPNG_SPB_FIELDS).size
+# Smallest legal block_total_length per block type (12 for any other type): the fixed part and the trailer.
+PCAPNG_MIN_BLOCK_LEN = {
+    btype: fields_struct("<", fields).size + PCAPNG_TRAILER_LEN
+    for btype, fields in (
+        (PCAPNG_SHB, PCAPNG_SHB_FIELDS),
+        (PCAPNG_IDB, PCAPNG_IDB_FIELDS),
+        (PCAPNG_SPB, PCAPNG_SPB_FIELDS),
+        (PCAPNG_EPB, PCAPNG_EPB_FIELDS),
+    )
+}

@@ -1,4 +1,4 @@
-"""pcap and pcapng files: a chunked reader that yields Blocks, and a pcap writer.
+"""pcap and pcapng files: a chunked reader that yields Blocks, and pcap and pcapng writers.
 
 The reader walks record headers sequentially in one tight loop per chunk (the only per-packet
 Python) and gathers every other field with NumPy afterwards.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
@@ -525,6 +525,60 @@ class FileSource:
         self.close()
 
 
+def _selected(block: Block, mask: np.ndarray | None) -> tuple[np.ndarray | slice, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows a mask picks (a slice for all) and their start, caplen and wire length as int64."""
+    if mask is None:
+        sel: np.ndarray | slice = slice(None)
+        start, cap, wire = block.start, block.caplen, block.wirelen
+    else:
+        sel = np.flatnonzero(np.asarray(mask, dtype=bool))
+        start, cap, wire = block.start[sel], block.caplen[sel], block.wirelen[sel]
+    return sel, start.astype(np.int64), cap.astype(np.int64), wire.astype(np.int64)
+
+
+def _tagged(block: Block, linktype: int, sel: np.ndarray | slice, cap: np.ndarray) -> np.ndarray:
+    """Which selected packets get a stripped VLAN tag re-inserted (Ethernet frames in an Ethernet file)."""
+    tagged = np.zeros(cap.shape[0], dtype=bool)
+    if linktype != LINKTYPE_ETHERNET or block.linktype != LINKTYPE_ETHERNET:
+        return tagged
+    if block.vlan_valid is not None:
+        tagged |= block.vlan_valid[sel].astype(bool)
+    if block.vlan_tci is not None:
+        tagged |= block.vlan_tci[sel] != 0
+    return tagged & (cap >= 12)
+
+
+def _put_frames(
+    o8: np.ndarray,
+    body: np.ndarray,
+    block: Block,
+    sel: np.ndarray | slice,
+    start: np.ndarray,
+    incl: np.ndarray,
+    tagged: np.ndarray,
+) -> None:
+    """Copy the selected frames' first ``incl`` bytes to o8 at ``body``; a tagged frame gets its tag back."""
+    t = np.flatnonzero(tagged)
+    if t.size:
+        tpid = np.full(t.size, 0x8100, dtype=np.int64)
+        if block.vlan_tpid is not None:
+            given = block.vlan_tpid[sel][t].astype(np.int64)
+            tpid = np.where(given != 0, given, tpid)
+        tci = block.vlan_tci[sel][t].astype(np.int64) if block.vlan_tci is not None else 0 * tpid
+        tag = np.empty((t.size, 2), dtype=">u2")
+        tag[:, 0] = tpid
+        tag[:, 1] = tci
+        _items(o8, 4)[body[t] + 12] = tag.view(np.dtype((np.void, 4)))[:, 0]
+        # A tagged frame is two runs around its tag.
+        u = np.flatnonzero(~tagged)
+        dst = np.concatenate((body[u], body[t], body[t] + 16))
+        src = np.concatenate((start[u], start[t], start[t] + 12))
+        length = np.concatenate((incl[u], np.full(t.size, 12), incl[t] - 16))
+    else:
+        dst, src, length = body, start, incl
+    _copy_runs(o8, dst, np.ascontiguousarray(block.data, dtype=np.uint8), src, length)
+
+
 class PcapWriter:
     """Write Blocks (or single packets) as pcap records, re-inserting VLAN tags the kernel stripped."""
 
@@ -559,17 +613,11 @@ class PcapWriter:
 
     def write_block(self, block: Block, mask: np.ndarray | None = None) -> int:
         """Write the block's packets (those where ``mask`` is true) in one write; return bytes."""
-        if mask is None:
-            start, cap, wire, ts = block.start, block.caplen, block.wirelen, block.ts_ns
-            sel: np.ndarray | slice = slice(None)
-        else:
-            sel = np.flatnonzero(np.asarray(mask, dtype=bool))
-            start, cap, wire, ts = block.start[sel], block.caplen[sel], block.wirelen[sel], block.ts_ns[sel]
+        sel, start, cap, wire = _selected(block, mask)
         n = int(start.shape[0])
         if n == 0:
             return 0
-        start = start.astype(np.int64)
-        cap = cap.astype(np.int64)
+        ts = block.ts_ns[sel]
         tagged = self._tagged(block, sel, cap)
         add = tagged.astype(np.int64) * 4
         incl = np.minimum(cap + add, self.snaplen)
@@ -585,29 +633,9 @@ class PcapWriter:
         hdr[:, 0] = sec
         hdr[:, 1] = frac // self._frac_div
         hdr[:, 2] = incl
-        hdr[:, 3] = np.maximum(wire.astype(np.int64) + add, incl)
+        hdr[:, 3] = np.maximum(wire + add, incl)
         _items(o8, lay.PCAP_RECORD_LEN)[off] = hdr.view(np.dtype((np.void, lay.PCAP_RECORD_LEN)))[:, 0]
-
-        # Byte runs to copy: (destination, source, length); a tagged frame is two runs around its tag.
-        body = off + lay.PCAP_RECORD_LEN
-        t = np.flatnonzero(tagged)
-        if t.size:
-            tpid = np.full(t.size, 0x8100, dtype=np.int64)
-            if block.vlan_tpid is not None:
-                given = block.vlan_tpid[sel][t].astype(np.int64)
-                tpid = np.where(given != 0, given, tpid)
-            tci = block.vlan_tci[sel][t].astype(np.int64) if block.vlan_tci is not None else 0 * tpid
-            tag = np.empty((t.size, 2), dtype=">u2")
-            tag[:, 0] = tpid
-            tag[:, 1] = tci
-            _items(o8, 4)[body[t] + 12] = tag.view(np.dtype((np.void, 4)))[:, 0]
-            u = np.flatnonzero(~tagged)
-            dst = np.concatenate((body[u], body[t], body[t] + 16))
-            src = np.concatenate((start[u], start[t], start[t] + 12))
-            length = np.concatenate((incl[u], np.full(t.size, 12), incl[t] - 16))
-        else:
-            dst, src, length = body, start, incl
-        _copy_runs(o8, dst, np.ascontiguousarray(block.data, dtype=np.uint8), src, length)
+        _put_frames(o8, off + lay.PCAP_RECORD_LEN, block, sel, start, incl, tagged)
         self._f.write(out)
         self.packets += n
         self.bytes_written += total
@@ -615,11 +643,139 @@ class PcapWriter:
 
     def _tagged(self, block: Block, sel: np.ndarray | slice, cap: np.ndarray) -> np.ndarray:
         """Which selected packets get a stripped VLAN tag re-inserted."""
-        tagged = np.zeros(cap.shape[0], dtype=bool)
-        if self.linktype != LINKTYPE_ETHERNET or block.linktype != LINKTYPE_ETHERNET:
-            return tagged
-        if block.vlan_valid is not None:
-            tagged |= block.vlan_valid[sel].astype(bool)
-        if block.vlan_tci is not None:
-            tagged |= block.vlan_tci[sel] != 0
-        return tagged & (cap >= 12)
+        return _tagged(block, self.linktype, sel, cap)
+
+
+def _pad4(n: np.ndarray | int) -> np.ndarray | int:
+    """n rounded up to a multiple of 4 (pcapng pads every field to 32 bits)."""
+    return (n + 3) & ~3
+
+
+def _option(code: int, value: bytes) -> bytes:
+    """One pcapng option: option_code, option_length, the value padded to 4."""
+    return lay.PCAPNG_OPT_HDR_LE.pack(code, len(value)) + value + bytes(-len(value) % 4)
+
+
+def _end_of_options() -> bytes:
+    return lay.PCAPNG_OPT_HDR_LE.pack(lay.PCAPNG_OPT_ENDOFOPT, 0)
+
+
+def _pcapng_block(fixed: struct.Struct, values: tuple[int, ...], options: bytes) -> bytes:
+    """A whole block: its fixed part (block_type first, block_total_length filled in), options, trailer."""
+    total = fixed.size + len(options) + lay.PCAPNG_TRAILER_LEN
+    return fixed.pack(values[0], total, *values[1:]) + options + lay.PCAPNG_U32_LE.pack(total)
+
+
+# The EPB's fixed part as a NumPy record, for a whole batch of headers at once.
+_EPB_RECORD = np.dtype([(name, "<" + code) for name, code in lay.PCAPNG_EPB_FIELDS])
+PCAPNG_TSRESOL_NS = 9  # if_tsresol: 10^-9 s, timestamps are ns since the epoch
+
+
+class PcapngWriter:
+    """Write one pcapng section (little-endian): a Section Header Block, one Interface Description Block per
+    interface (if_name, if_tsresol 9; written when the interface is first named), Enhanced Packet Blocks
+    with an opt_comment on the packets given one. Stripped VLAN tags are put back as PcapWriter does."""
+
+    def __init__(self, f: BinaryIO, snaplen: int = 262144, application: str = "retrotap") -> None:
+        """Write the Section Header Block to ``f``."""
+        if snaplen < 16:
+            raise ValueError("snaplen must be at least 16")
+        self._f = f
+        self.snaplen = snaplen
+        self.interfaces: list[tuple[str, int]] = []  # (name, linktype) by interface id
+        self._ids: dict[tuple[str, int], int] = {}
+        options = _option(lay.PCAPNG_OPT_SHB_USERAPPL, application.encode()) + _end_of_options()
+        shb = _pcapng_block(
+            lay.PCAPNG_SHB_LE,
+            (
+                lay.PCAPNG_SHB,
+                lay.PCAPNG_BYTE_ORDER_MAGIC,
+                lay.PCAPNG_MAJOR_VERSION,
+                lay.PCAPNG_MINOR_VERSION,
+                lay.PCAPNG_SECTION_LENGTH_UNKNOWN,
+            ),
+            options,
+        )
+        f.write(shb)
+        self.packets = 0
+        self.comments = 0  # packets written with a comment
+        self.bytes_written = len(shb)
+
+    def interface(self, name: str, linktype: int) -> int:
+        """The interface id of (name, link type), its IDB written the first time it is asked for."""
+        key = (name, linktype)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        options = _option(lay.PCAPNG_OPT_IF_NAME, name.encode())
+        options += _option(lay.PCAPNG_OPT_IF_TSRESOL, bytes([PCAPNG_TSRESOL_NS])) + _end_of_options()
+        idb = _pcapng_block(lay.PCAPNG_IDB_LE, (lay.PCAPNG_IDB, linktype, 0, self.snaplen), options)
+        self._f.write(idb)
+        self.bytes_written += len(idb)
+        self._ids[key] = len(self.interfaces)
+        self.interfaces.append(key)
+        return self._ids[key]
+
+    def write_block(
+        self,
+        block: Block,
+        mask: np.ndarray | None = None,
+        comment: np.ndarray | None = None,
+        texts: Sequence[str] = (),
+        interface: np.ndarray | None = None,
+    ) -> int:
+        """Write the block's packets (where ``mask`` is true) as EPBs in one write; return the bytes.
+
+        ``comment``: per packet of the block, an index into ``texts`` (-1: none) written as its opt_comment.
+        ``interface``: per packet, its interface id (from ``interface()``); by default the block's own.
+        """
+        sel, start, cap, wire = _selected(block, mask)
+        n = int(start.shape[0])
+        if n == 0:
+            return 0
+        ts = block.ts_ns[sel].astype(np.int64)
+        tagged = _tagged(block, block.linktype, sel, cap)
+        add = tagged.astype(np.int64) * 4
+        incl = np.minimum(cap + add, self.snaplen)
+        # Each distinct comment's options (opt_comment, opt_endofopt) once, gathered per packet.
+        blobs = [_option(lay.PCAPNG_OPT_COMMENT, t.encode()) + _end_of_options() for t in texts]
+        blob_len = np.array([len(b) for b in blobs] + [0], np.int64)  # the last entry: no comment
+        blob_at = np.zeros(blob_len.size, np.int64)
+        np.cumsum(blob_len[:-1], out=blob_at[1:])
+        cid = np.full(n, -1, np.int64) if comment is None else np.asarray(comment, np.int64)[sel]
+        opt_len = blob_len[cid]  # -1 picks the last entry, 0
+        blen = lay.PCAPNG_EPB_DATA + _pad4(incl) + opt_len + lay.PCAPNG_TRAILER_LEN
+        off = np.zeros(n, dtype=np.int64)
+        np.cumsum(blen[:-1], out=off[1:])
+        total = int(off[-1] + blen[-1])
+
+        out = bytearray(total)
+        o8 = np.frombuffer(out, np.uint8)
+        hdr = np.empty(n, _EPB_RECORD)
+        hdr["block_type"] = lay.PCAPNG_EPB
+        hdr["block_total_length"] = blen
+        if interface is not None:
+            hdr["interface_id"] = np.asarray(interface)[sel]
+        else:
+            hdr["interface_id"] = self.interface(block.iface, block.linktype)
+        ticks = ts.astype(np.uint64)
+        hdr["timestamp_upper"] = ticks >> np.uint64(32)
+        hdr["timestamp_lower"] = ticks & np.uint64(0xFFFFFFFF)
+        hdr["captured_packet_length"] = incl
+        hdr["original_packet_length"] = np.maximum(wire + add, incl)
+        _items(o8, _EPB_RECORD.itemsize)[off] = hdr.view(np.dtype((np.void, _EPB_RECORD.itemsize)))
+        trailer = blen.astype("<u4")
+        _items(o8, lay.PCAPNG_TRAILER_LEN)[off + blen - lay.PCAPNG_TRAILER_LEN] = trailer.view(
+            np.dtype((np.void, lay.PCAPNG_TRAILER_LEN))
+        )
+        body = off + lay.PCAPNG_EPB_DATA
+        _put_frames(o8, body, block, sel, start, incl, tagged)
+        said = np.flatnonzero(cid >= 0)
+        if said.size:
+            src = np.frombuffer(b"".join(blobs), np.uint8)
+            _copy_runs(o8, body[said] + _pad4(incl[said]), src, blob_at[cid[said]], opt_len[said])
+        self._f.write(out)
+        self.packets += n
+        self.comments += int(said.size)
+        self.bytes_written += total
+        return total

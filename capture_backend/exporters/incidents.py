@@ -2,9 +2,11 @@
 
 `incident-<UTC>-<rule>/` holds `incident.json` (the rule, the rows and values that fired it, and the
 run's record of that moment: totals, interfaces, top hosts, pairs, ports, flows, processes, TCP health,
-latency, drops) and, once the `post` seconds after the trigger have passed, one pcap per interface of the
-time machine's packets from `pre` seconds before the trigger to `post` after. The watcher runs on its
-own thread and reads published snapshots only; saves and `--on-incident` commands run on it too.
+latency, drops) and, once the `post` seconds after the trigger have passed, the time machine's packets
+from `pre` seconds before the trigger to `post` after: one pcapng of every interface whose packets of
+flows with a known local process carry it as a comment (`--incidents-format pcap`: one pcap per interface).
+The watcher runs on its own thread and reads published snapshots only; saves and `--on-incident` commands
+run on it too.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class IncidentSettings:
-    """--alert/--alerts rules, --incidents DIR, --pre, --post, --on-incident, --incidents-keep."""
+    """--alert/--alerts rules, --incidents DIR, --pre, --post, --on-incident, --incidents-keep,
+    --incidents-format."""
 
     rules: tuple[Rule, ...] = ()
     directory: str = "."
@@ -56,6 +59,7 @@ class IncidentSettings:
     on_incident: str = ""
     keep: int = 100  # incidents kept in the directory (the oldest are removed)
     keep_age_s: float = 0.0  # incidents older than this are removed (0: kept whatever their age)
+    pcapng: bool = True  # one pcapng with process comments; False: one pcap per interface
 
 
 @dataclass
@@ -233,12 +237,21 @@ class IncidentWatcher:
             since = p.firing.time_ns - int(self.settings.pre_s * NS)
             until = p.firing.time_ns + int(self.settings.post_s * NS)
             try:
-                res = save_pcap(self.timemachine, p.path, since_ns=since, until_ns=until, now_ns=p.firing.time_ns)
+                res = save_pcap(
+                    self.timemachine,
+                    p.path,
+                    since_ns=since,
+                    until_ns=until,
+                    now_ns=p.firing.time_ns,
+                    pcapng=self.settings.pcapng,
+                    processes=self.processes() if self.processes is not None else None,
+                )
                 p.doc["pcap"] = {
                     "files": [os.path.basename(f) for f in res.paths],
                     "packets": res.packets,
                     "bytes": res.bytes,
                     "lost": res.lost,
+                    "process_comments": res.comments,
                     "from": since / NS,
                     "to": until / NS,
                 }

@@ -3,7 +3,9 @@
 The index says which files and which chunks of them can hold a match (time span, hosts, ports);
 only those byte ranges are read. Every packet read is then checked exactly (time, then host/port
 with the decoder or the BPF filter with libpcap), and the files of one link type are merged into
-one time-ordered pcap.
+one time-ordered pcap; or, as pcapng, every file into one, with an interface description per recorded
+interface and, when the recording's session store names a flow's local process, that process as the
+comment of the flow's packets.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
@@ -21,10 +23,18 @@ from typing import TextIO
 import numpy as np
 
 from capture_backend.analysis.decode import PORT_PROTOS, decode
+from capture_backend.analysis.processes import PacketOwners
 from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.capture.bpf import OfflineFilter
-from capture_backend.capture.pcapfile import MAX_RECORD_BYTES, SNAPLEN_SLACK, CaptureFileError, FileSource, PcapWriter
+from capture_backend.capture.pcapfile import (
+    MAX_RECORD_BYTES,
+    SNAPLEN_SLACK,
+    CaptureFileError,
+    FileSource,
+    PcapngWriter,
+    PcapWriter,
+)
 from capture_backend.contract import UserError
 from capture_backend.rewind.index import Chunk, FileInfo, Index, sync
 
@@ -142,6 +152,8 @@ class ExportOptions:
     host: np.ndarray | None = None  # (2,) uint64 address key
     port: int | None = None
     flow: FlowMatch | None = None  # one 5-tuple, either direction (a session)
+    pcapng: bool = False  # one pcapng of every recorded interface instead of a pcap per link type
+    owners: PacketOwners | None = None  # pcapng: flows' local processes (from the session store), as comments
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,7 @@ class ExportResult:
     files_read: int
     chunks_read: int
     chunks_total: int
+    comments: int = 0  # pcapng: packets written with their process as a comment
 
 
 Mask = Callable[[Block], np.ndarray]
@@ -330,16 +343,23 @@ def concat(parts: list[Block]) -> Block:
 @dataclass
 class _Stream:
     blocks: Iterator[Block]
+    source: int  # its index in the sources given to merge
     pending: Block | None = None
 
 
-def merge(sources: list[tuple[int, Callable[[], Iterator[Block]]]], write: Callable[[Block], object]) -> None:
+# A merged batch and, per packet, the index of the source it came from.
+Write = Callable[[Block, np.ndarray], object]
+
+
+def merge(sources: list[tuple[int, Callable[[], Iterator[Block]]]], write: Write) -> None:
     """Merge per-file streams (first packet time, opener) by time, writing sorted batches.
 
     Each stream is taken to be in time order. A batch goes out up to the smallest newest-pending
     time of the open streams and below the first time of the files not opened yet.
     """
-    sources = sorted(sources, key=lambda s: s[0])
+    order = sorted(range(len(sources)), key=lambda i: sources[i][0])
+    labels = order
+    sources = [sources[i] for i in order]
     active: list[_Stream] = []
     nxt = 0
     while True:
@@ -349,7 +369,7 @@ def merge(sources: list[tuple[int, Callable[[], Iterator[Block]]]], write: Calla
         active = [s for s in active if s.pending is not None]
         frontier = min((int(s.pending.ts_ns.max()) for s in active if s.pending is not None), default=END_OF_TIME)
         while nxt < len(sources) and sources[nxt][0] <= frontier:
-            s = _Stream(sources[nxt][1]())
+            s = _Stream(sources[nxt][1](), labels[nxt])
             nxt += 1
             s.pending = next(s.blocks, None)
             if s.pending is not None:
@@ -361,6 +381,7 @@ def merge(sources: list[tuple[int, Callable[[], Iterator[Block]]]], write: Calla
             continue
         watermark = min(frontier, sources[nxt][0] - 1) if nxt < len(sources) else frontier
         parts = []
+        origin = []
         for s in active:
             b = s.pending
             assert b is not None
@@ -371,13 +392,18 @@ def merge(sources: list[tuple[int, Callable[[], Iterator[Block]]]], write: Calla
             elif due.any():
                 parts.append(b.take(due))
                 s.pending = b.take(~due)
+            else:
+                continue
+            origin.append(np.full(len(parts[-1]), s.source, np.int64))
         if not parts:
             continue
         out = concat(parts)
+        source = np.concatenate(origin)
         ts = out.ts_ns
         if ts.shape[0] > 1 and not bool((ts[1:] >= ts[:-1]).all()):
-            out = out.take(np.argsort(ts, kind="stable"))
-        write(out)
+            by_time = np.argsort(ts, kind="stable")
+            out, source = out.take(by_time), source[by_time]
+        write(out, source)
 
 
 def output_paths(output: str, linktypes: list[int]) -> dict[int, str]:
@@ -407,6 +433,8 @@ def export(opts: ExportOptions, log: Callable[[str], None]) -> ExportResult:
                 plan.append((info, chunks))
     finally:
         index.close()
+    if opts.pcapng:
+        return _export_pcapng(opts, directory, plan, mask, total, log)
     linktypes = sorted({info.linktype for info, _ in plan}) or [LINKTYPE_ETHERNET]
     paths = output_paths(opts.output, linktypes)
     if len(linktypes) > 1:
@@ -419,7 +447,7 @@ def export(opts: ExportOptions, log: Callable[[str], None]) -> ExportResult:
         fd = os.open(paths[lt], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out:
             writer = PcapWriter(out, lt, SNAPLEN)
-            merge(sources, writer.write_block)
+            merge(sources, _pcap_write(writer))
         packets += writer.packets
         nbytes += writer.bytes_written
     return ExportResult(
@@ -429,6 +457,48 @@ def export(opts: ExportOptions, log: Callable[[str], None]) -> ExportResult:
         len(plan),
         sum(len(c) for _, c in plan),
         total,
+    )
+
+
+def _pcap_write(writer: PcapWriter) -> Write:
+    return lambda block, _source: writer.write_block(block)
+
+
+def _export_pcapng(
+    opts: ExportOptions,
+    directory: Path,
+    plan: list[tuple[FileInfo, list[Chunk]]],
+    mask: Mask,
+    total: int,
+    log: Callable[[str], None],
+) -> ExportResult:
+    """Every planned file merged into one pcapng: an IDB per recorded interface, process comments."""
+    owners = opts.owners
+    fd = os.open(opts.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        writer = PcapngWriter(out, SNAPLEN)
+        ids = np.array([writer.interface(info.iface, info.linktype) for info, _ in plan], np.int64)
+        linktypes = np.array([info.linktype for info, _ in plan], np.int64)
+
+        def write(block: Block, source: np.ndarray) -> None:
+            comment = None
+            if owners is not None and len(owners):
+                comment = np.full(len(block), -1, np.int64)
+                lts = linktypes[source]
+                for lt in np.unique(lts).tolist():  # a merged batch may hold files of several link types
+                    rows = np.flatnonzero(lts == lt)
+                    comment[rows] = owners.comments(decode(replace(block.take(rows), linktype=lt)))
+            writer.write_block(block, comment=comment, texts=owners.texts if owners else (), interface=ids[source])
+
+        merge([(info.first_ns, _opener(directory, info, chunks, mask, log)) for info, chunks in plan], write)
+    return ExportResult(
+        (opts.output,),
+        writer.packets,
+        writer.bytes_written,
+        len(plan),
+        sum(len(c) for _, c in plan),
+        total,
+        writer.comments,
     )
 
 
@@ -472,8 +542,9 @@ def run_export(opts: ExportOptions, list_only: bool = False, log: Callable[[str]
         list_files(opts.directory, logger)
         return 0
     res = export(opts, logger)
+    said = f", {res.comments} with their process" if res.comments else ""
     logger(
-        f"exported {res.packets} packets ({res.bytes} bytes) to {', '.join(res.paths)}; "
+        f"exported {res.packets} packets ({res.bytes} bytes{said}) to {', '.join(res.paths)}; "
         f"read {res.chunks_read} of {res.chunks_total} chunks in the time window, from {res.files_read} files"
     )
     return 0

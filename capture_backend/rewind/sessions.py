@@ -32,10 +32,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from capture_backend.analysis.processes import PacketOwners
+from capture_backend.analysis.tables import flow_ends
 from capture_backend.contract import (
+    FLOW_KEY,
     PORT_PROTOS,
     PROTO_NAMES,
     PROTO_NUMBERS,
+    V4_MAPPED,
     UserError,
     address_key,
     proto_name,
@@ -691,3 +697,28 @@ def session_export(directory: str | Path, session_id: int, output: str) -> Expor
         port=rec["dport"] if ports and rec["dport"] else None,
         flow=FlowMatch(proto, a, rec["sport"], b, rec["dport"]),
     )
+
+
+def session_owners(directory: str | Path, from_ns: int, to_ns: int) -> PacketOwners | None:
+    """The local process the store in `directory` names for each flow of a time window (a flow's newest
+    record wins), for a pcapng export's packet comments; None when the directory has no store."""
+    if not store_path(directory).exists():
+        return None
+    with SessionStore(directory, writable=False) as store, _sqlite_errors(store.path):
+        rows = store.db.execute(
+            "SELECT proto, src, sport, dst, dport, pid, process FROM sessions "
+            "WHERE pid IS NOT NULL AND start_ns < ? AND end_ns >= ? ORDER BY start_ns DESC",
+            (to_ns, from_ns),
+        ).fetchall()
+
+    def keys(at: int) -> np.ndarray:
+        blobs = b"".join(V4_MAPPED + r[at] if len(r[at]) == 4 else r[at] for r in rows)
+        return np.frombuffer(blobs, ">u8").astype(np.uint64).reshape(-1, 2)
+
+    def column(at: int) -> np.ndarray:
+        return np.array([r[at] for r in rows], np.int64)
+
+    if not rows:
+        return PacketOwners(np.zeros((0, FLOW_KEY.itemsize), np.uint8), np.zeros(0, np.int64), lambda i: "")
+    ends = flow_ends(keys(1), keys(3), column(2), column(4), column(0))
+    return PacketOwners(ends.keys(), column(5), lambda i: rows[i][6] or "?")

@@ -23,8 +23,9 @@ from typing import BinaryIO
 import numpy as np
 
 from capture_backend.analysis.decode import Decoded, address_key, decode
+from capture_backend.analysis.processes import PacketOwners, ProcessTable
 from capture_backend.capture.block import Block
-from capture_backend.capture.pcapfile import PcapWriter
+from capture_backend.capture.pcapfile import PcapngWriter, PcapWriter
 from capture_backend.contract import PcapSaveResult as PcapSaveResult
 
 NS = 1_000_000_000
@@ -33,6 +34,7 @@ PAGE = 4096
 # small pool resident, and the capture thread never pays for a page fault (dear in a VM: ~10 µs each).
 TOUCH_AHEAD = 16 << 20
 PAGER_STEP = 4 << 20
+MAX_NAMED_INTERFACES = 3  # a pcapng of more interfaces is named after their number
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in, writable, without touching their contents
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
@@ -243,11 +245,74 @@ _EMPTY = np.zeros(0, np.uint8)
 Selector = Callable[[Decoded], np.ndarray]
 
 
-def snapshot_name(directory: str | Path, iface: str, when_ns: int) -> Path:
+def snapshot_name(directory: str | Path, iface: str, when_ns: int, suffix: str = ".pcap") -> Path:
     """./retrotap-<iface>-<UTC time>.pcap"""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when_ns // NS)) + f".{when_ns % NS // 1000:06d}Z"
     safe = iface.replace("/", "_")
-    return Path(directory) / f"retrotap-{safe}-{stamp}.pcap"
+    return Path(directory) / f"retrotap-{safe}-{stamp}{suffix}"
+
+
+def interfaces_label(names: list[str]) -> str:
+    """One file's interfaces in its name: 'eth0+eth1' (up to three), else '4-interfaces'."""
+    return "+".join(names) if len(names) <= MAX_NAMED_INTERFACES else f"{len(names)}-interfaces"
+
+
+def _create(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+class _PcapFiles:
+    """One classic pcap per interface, each opened with its first packet."""
+
+    def __init__(self, directory: str | Path, when: int) -> None:
+        self.directory, self.when = directory, when
+        self.files: dict[str, tuple[Path, PcapWriter, BinaryIO]] = {}
+        self.comments = 0
+
+    def write(self, block: Block, mask: np.ndarray, dec: Decoded | None) -> int:
+        if block.iface not in self.files:
+            path = snapshot_name(self.directory, block.iface, self.when)
+            out = _create(path)
+            self.files[block.iface] = (path, PcapWriter(out, block.linktype), out)
+        return self.files[block.iface][1].write_block(block, mask)
+
+    def paths(self) -> tuple[str, ...]:
+        return tuple(str(p) for p, _, _ in self.files.values())
+
+    def close(self) -> None:
+        for _, _, opened in self.files.values():
+            opened.close()
+
+
+class _PcapngFile:
+    """One pcapng for every interface (an IDB each), opened with the first packet; packets of flows whose
+    process is known carry it as a comment."""
+
+    def __init__(self, directory: str | Path, when: int, label: str, owners: PacketOwners | None) -> None:
+        self.path = snapshot_name(directory, label, when, ".pcapng")
+        self.owners = owners
+        self.out: BinaryIO | None = None
+        self.writer: PcapngWriter | None = None
+
+    def write(self, block: Block, mask: np.ndarray, dec: Decoded | None) -> int:
+        if self.writer is None:
+            self.out = _create(self.path)
+            self.writer = PcapngWriter(self.out)
+        if self.owners is None or dec is None:
+            return self.writer.write_block(block, mask)
+        return self.writer.write_block(block, mask, self.owners.comments(dec), self.owners.texts)
+
+    @property
+    def comments(self) -> int:
+        return self.writer.comments if self.writer is not None else 0
+
+    def paths(self) -> tuple[str, ...]:
+        return (str(self.path),) if self.writer is not None else ()
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
 
 
 def save_pcap(
@@ -258,9 +323,13 @@ def save_pcap(
     now_ns: int | None = None,
     since_ns: int = 0,
     until_ns: int | None = None,
+    *,
+    pcapng: bool = False,
+    processes: ProcessTable | None = None,
 ) -> PcapSaveResult:
     """Write the buffered past (the last `seconds`, default all of it; only packets stamped from since_ns to
-    until_ns when given) to one pcap per interface."""
+    until_ns when given) to one pcap per interface, or with `pcapng` to one pcapng for all of them whose
+    packets of flows attributed in `processes` carry their process as a comment."""
     spans = tm.window()
     if not spans:
         return PcapSaveResult((), 0, 0, 0)
@@ -268,7 +337,15 @@ def save_pcap(
     since = max(newest - int(seconds * NS) if seconds is not None else 0, since_ns)
     spans = [s for s in spans if s.last_ns >= since]
     when = now_ns if now_ns is not None else time.time_ns()
-    files: dict[str, tuple[Path, PcapWriter, BinaryIO]] = {}
+    files: _PcapFiles | _PcapngFile
+    owners = None
+    if pcapng:
+        if processes is not None and len(processes.flow_owners):
+            owners = PacketOwners.of(processes)
+        label = interfaces_label(list(dict.fromkeys(s.block.iface for s in spans)))
+        files = _PcapngFile(directory, when, label, owners)
+    else:
+        files = _PcapFiles(directory, when)
     packets = nbytes = lost = 0
     try:
         for span in spans:
@@ -279,22 +356,16 @@ def save_pcap(
             mask = block.ts_ns >= since
             if until_ns is not None:
                 mask &= block.ts_ns <= until_ns
-            if select is not None:
-                mask &= select(decode(block))
+            dec = decode(block) if select is not None or owners is not None else None
+            if select is not None and dec is not None:
+                mask &= select(dec)
             if not mask.any():
                 continue
-            if block.iface not in files:
-                path = snapshot_name(directory, block.iface, when)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                out: BinaryIO = os.fdopen(fd, "wb")
-                files[block.iface] = (path, PcapWriter(out, block.linktype), out)
-            writer = files[block.iface][1]
-            nbytes += writer.write_block(block, mask)
+            nbytes += files.write(block, mask, dec)
             packets += int(mask.sum())
     finally:
-        for _, _, opened in files.values():
-            opened.close()
-    return PcapSaveResult(tuple(str(p) for p, _, _ in files.values()), packets, nbytes, lost)
+        files.close()
+    return PcapSaveResult(files.paths(), packets, nbytes, lost, files.comments)
 
 
 def select_host(addr: str) -> Selector:
