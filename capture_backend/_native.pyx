@@ -903,13 +903,13 @@ def tcp_sequence(const int64_t[::1] keys, const int64_t[::1] rank, const int64_t
                  int64_t[::1] irtt, int64_t[::1] retrans, int64_t[::1] ooo, int64_t[::1] dupack,
                  int64_t[::1] zero_win, int64_t[::1] resets) -> None:
     """TCP health of one batch's TCP packets (analysis/tcp.py Sequence): packet i belongs to flow row
-    keys[rank[i]] >> 1, direction keys[rank[i]] & 1, and the batch is in time order per direction.
+    keys[rank[i]] >> 1, direction keys[rank[i]] & 1; packets are taken in batch (capture) order.
     Each direction's state lives in the two-direction columns and is updated packet by packet."""
     cdef Py_ssize_t m = rank.shape[0], nk = keys.shape[0], rows = irtt.shape[0]
     cdef Py_ssize_t i, k
     cdef int64_t fid, d, o, t, s, a, w, ln, rel, x, prior, dn, rev_ack, end, threshold
     cdef uint8_t f
-    cdef bint synfin, prior_known, grew, no_sfr, keepalive, behind, spurious, fast, out_of_order
+    cdef bint synfin, prior_known, grew, no_sfr, keepalive, probe, behind, spurious, fast, out_of_order
     cdef int64_t* ref
     cdef int64_t* ref_low
     cdef int64_t* run
@@ -953,30 +953,20 @@ def tcp_sequence(const int64_t[::1] keys, const int64_t[::1] rank, const int64_t
                 run[k] = SEQ_SPAN
             lead[k] = lead[k - 1] if k > 0 and keys[k - 1] >> 1 == fid else k
             if lead[k] == k:
-                hs[k] = HS_PENDING if irtt[fid] < 0 else HS_MEASURED
-        # Unordered counts, the last seq of directions new to the table, and the handshake RTT (the
-        # latest SYN without ACK to the first ACK without SYN, either direction): the sequence pass
-        # below reads the RTT as this whole batch leaves it.
+                hs[k] = HS_PENDING if irtt[fid] == -1 else HS_MEASURED
+        # Resets, and the last seq of directions new to the table.
         for i in range(m):
             k = rank[i]
-            fid = keys[k] >> 1
-            f = flags[i]
             if not state[k] & DIR_KNOWN:
                 ref[k] = seq[i]
-            if f & TCP_RST:
-                resets[fid] += 1
-            if window[i] == 0 and not f & (TCP_SYN | TCP_FIN | TCP_RST):
-                zero_win[fid] += 1
-            if hs[lead[k]] != HS_MEASURED:
-                if f & (TCP_SYN | TCP_ACK) == TCP_SYN:
-                    syn_t[fid] = ts[i]
-                elif f & (TCP_SYN | TCP_ACK) == TCP_ACK and hs[lead[k]] == HS_PENDING and syn_t[fid] > 0:
-                    irtt[fid] = _sub(ts[i], syn_t[fid])
-                    hs[lead[k]] = HS_DONE
+            if flags[i] & TCP_RST:
+                resets[keys[k] >> 1] += 1
         for k in range(nk):
             ref_low[k] = (<int64_t>(<uint64_t>ref[k] & SEQ_MASK) if state[k] & DIR_KNOWN else ref[k]) - SEQ_HALF
         # tshark's tcp_analyze_sequence_number(), packet by packet. Sequence numbers are unwrapped
         # relative to ref_low (ref[k] is SEQ_SPAN there); run[k] is the highest seq + len so far.
+        # Time gaps are compared as tshark's unsigned ones: a frame stamped before the reference is
+        # never within a window.
         for i in range(m):
             k = rank[i]
             fid, d = keys[k] >> 1, keys[k] & 1
@@ -990,6 +980,11 @@ def tcp_sequence(const int64_t[::1] keys, const int64_t[::1] rank, const int64_t
             grew = x > prior or not prior_known
             no_sfr = (f & (TCP_SYN | TCP_FIN | TCP_RST)) == 0
             keepalive = ln <= 1 and prior_known and rel == prior - 1 and no_sfr
+            # A zero-window probe (one byte at the highest seq, the other side's last window 0; -1 when
+            # unseen) neither counts as a zero window nor moves the highest seq or its time.
+            probe = ln == 1 and prior_known and rel == prior and win[fid, o] == 0
+            if w == 0 and no_sfr and not probe:
+                zero_win[fid] += 1
             # Duplicate ACKs in a row since the ack last changed (tshark's dupacknum).
             dn = dupacks[fid, d] if a == lastack[fid, d] else 0
             if (ln == 0 and w != 0 and w == win[fid, d] and prior_known and rel == prior and a == lastack[fid, d]
@@ -1004,17 +999,18 @@ def tcp_sequence(const int64_t[::1] keys, const int64_t[::1] rank, const int64_t
             spurious = (ln > 0 and not keepalive and rev_ack != 0
                         and <int64_t>((<uint64_t>rev_ack - <uint64_t>end) & SEQ_MASK) < SEQ_HALF)
             fast = (not spurious and behind and dupacks[fid, o] >= 2 and rev_ack == s
-                    and _sub(t, last_t[fid, o]) < FAST_RETRANSMIT_NS)
-            threshold = irtt[fid] if irtt[fid] > 0 else OUT_OF_ORDER_NS
-            out_of_order = (not spurious and not fast and behind and _sub(t, nxt_t[fid, d]) < threshold
-                            and prior != x)
+                    and <uint64_t>_sub(t, last_t[fid, o]) < <uint64_t>FAST_RETRANSMIT_NS)
+            # The handshake RTT as known before this packet (tshark's ts_first_rtt; 0 and -1: none).
+            threshold = OUT_OF_ORDER_NS if irtt[fid] == 0 or irtt[fid] == -1 else irtt[fid]
+            out_of_order = (not spurious and not fast and behind
+                            and <uint64_t>_sub(t, nxt_t[fid, d]) < <uint64_t>threshold and prior != x)
             if spurious or fast or behind and not out_of_order:
                 retrans[fid] += 1
             if out_of_order:
                 ooo[fid] += 1
-            if grew:
+            if grew and not probe:
                 nxt_t[fid, d] = t
-            if x > prior:
+            if x > prior and not probe:
                 run[k] = x
             state[k] |= DIR_SEEN
             lastack[fid, d] = a
@@ -1022,6 +1018,14 @@ def tcp_sequence(const int64_t[::1] keys, const int64_t[::1] rank, const int64_t
             win[fid, d] = w
             dupacks[fid, d] = dn
             ka[fid, d] = keepalive
+            # The handshake RTT, after the packet's own analysis: the latest SYN without ACK to the
+            # first ACK without SYN, either direction.
+            if hs[lead[k]] != HS_MEASURED:
+                if f & (TCP_SYN | TCP_ACK) == TCP_SYN:
+                    syn_t[fid] = t
+                elif f & (TCP_SYN | TCP_ACK) == TCP_ACK and hs[lead[k]] == HS_PENDING and syn_t[fid] > 0:
+                    irtt[fid] = _sub(t, syn_t[fid])
+                    hs[lead[k]] = HS_DONE
         for k in range(nk):
             if state[k] & DIR_SEEN:
                 nxt[keys[k] >> 1, keys[k] & 1] = run[k] + ref[k] - SEQ_SPAN

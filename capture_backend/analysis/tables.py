@@ -40,7 +40,7 @@ TRAFFIC_COLUMNS: ColumnSpec = {
 # origin: the direction of the flow's earliest packet (0: a sent it), i.e. who started the flow.
 # TCP health (as tshark's tcp.analysis), per direction: tcp_next is the highest unwrapped seq + len
 # (+1 for SYN/FIN) seen (-1: none) and tcp_next_t when it last grew; tcp_lastack, tcp_window and
-# tcp_last_t the last segment's raw ack, raw window and time; tcp_dupacks the duplicate ACKs since
+# tcp_last_t the last segment's raw ack, raw window (-1: none) and time; tcp_dupacks the duplicate ACKs since
 # the ack last changed; tcp_ka whether the last segment was a keep-alive. tcp_syn is the time of the
 # latest SYN without ACK (0: none); tcp_irtt the handshake RTT in ns (-1: not measured).
 FLOW_COLUMNS: ColumnSpec = {
@@ -56,7 +56,7 @@ FLOW_COLUMNS: ColumnSpec = {
     "tcp_next_t": (np.int64, (2,), 0),
     "tcp_lastack": (np.int64, (2,), 0),
     "tcp_last_t": (np.int64, (2,), 0),
-    "tcp_window": (np.int64, (2,), 0),
+    "tcp_window": (np.int64, (2,), -1),
     "tcp_dupacks": (np.int64, (2,), 0),
     "tcp_ka": (np.uint8, (2,), 0),
     "tcp_syn": (np.int64, (), 0),

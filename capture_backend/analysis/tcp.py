@@ -16,17 +16,21 @@ FLOW_COLUMNS = ("tcp_syn", "tcp_irtt", "tcp_retrans", "tcp_ooo", "tcp_dupack", "
 
 class Sequence:
     """TCP health of one batch's TCP packets: resets, zero windows, the handshake RTT and tshark's
-    tcp_analyze_sequence_number(), walked packet by packet in batch order (time order within a
-    direction). `keys` are the sorted flow id * 2 + direction values, `rank` each packet's index
-    into them; the other columns are in batch order.
+    tcp_analyze_sequence_number(), walked packet by packet in batch (capture) order. `keys` are the
+    sorted flow id * 2 + direction values, `rank` each packet's index into them; the other columns
+    are in batch order.
 
     A direction's sequence numbers are unwrapped around the table's highest one (tcp_next) or, for a
     direction new to the table, the batch's last seq of it; it must move less than 2 GiB of sequence
-    space per batch. The out-of-order window is the handshake RTT as the whole batch leaves it.
+    space per batch. As in tshark: a zero-window probe (one byte at the highest seq while the other
+    side's last window is 0) neither moves the highest seq nor counts as a zero window; the
+    out-of-order window is the handshake RTT as known before each packet (3 ms until then); time gaps
+    are unsigned, so a frame stamped before the reference time (frame times that step back) is never
+    within the out-of-order or fast-retransmission window.
 
-    Where tshark decides differently: it does not advance its highest sequence for a zero-window
-    probe, starts a new stream when a SYN reuses the ports, reassembles IP fragments, and sets the
-    duplicate-ACK count to 1 after an ACK of unseen data; none of these is followed here.
+    Where tshark decides differently: it starts a new stream when a SYN reuses the ports, reassembles
+    IP fragments, and sets the duplicate-ACK count to 1 after an ACK of unseen data; none of these is
+    followed here.
     """
 
     def __init__(

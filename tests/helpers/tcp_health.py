@@ -162,3 +162,151 @@ EXPECTED: dict[Tuple5, Health] = {
 
 def all_frames() -> list[Frame]:
     return sorted((f for s in sessions() for f in s.frames), key=lambda f: f.ts_ns)
+
+
+def probe_sessions() -> list[Frame]:
+    """Zero-window probes (one byte at the highest seq while the peer's last window is 0), which tshark
+    flags without moving its highest sequence, followed by re-sent and reordered segments. Flows 10 s apart."""
+    # P1: no handshake (3 ms window). The server acks a1 with a zero window; the client probes (its
+    # own window 0: not a zero window to tshark) and re-sends a2 1 ms after the probe but 200.9 ms
+    # after its highest segment: a retransmission; probes again, re-sends a2 again, then sends on.
+    p = Session("10.7.0.1", 41001, "192.0.2.20", 80, 1000, 5000)
+    p.send(0, True, "PA", 100)
+    a2 = p.send(0.1, True, "PA", 100)
+    p.seq[True] = a2
+    p.send(1, False, "A", window=0)
+    p.seq[True] = a2 + 100
+    p.send(200, True, "PA", 1, advance=False, window=0)
+    p.send(201, True, "PA", 100, seq=a2)
+    p.seq[True] = a2
+    p.send(201.5, False, "A", window=0)
+    p.seq[True] = a2 + 100
+    p.send(400, True, "PA", 1, advance=False)
+    p.send(400.5, True, "PA", 100, seq=a2)
+    p.send(600, False, "A")
+    p.send(601, True, "PA", 500)
+    # P2: a probe right after the data. b2 again 0.5 ms after the probe ends at tshark's highest seq
+    # (the probe's byte does not count): a retransmission; again 3.1 ms after the highest: one too.
+    q = Session("10.7.0.2", 41002, "192.0.2.20", 80, 2**32 - 150, 5000)
+    q.send(10_000, True, "PA", 100)
+    b2 = q.send(10_000.1, True, "PA", 100)
+    q.seq[True] = b2
+    q.send(10_000.5, False, "A", window=0)
+    q.seq[True] = (b2 + 100) & 0xFFFFFFFF
+    q.send(10_001, True, "PA", 1, advance=False)
+    q.send(10_001.5, True, "PA", 100, seq=b2)
+    q.send(10_003.2, True, "PA", 100, seq=b2)
+    # P3: one direction only (the peer's window unknown: one-byte segments are no probes); the first
+    # again 0.1 ms after the highest: out-of-order.
+    r = Session("10.7.0.3", 41003, "192.0.2.20", 80, 77, 5000)
+    e1 = r.send(20_000, True, "PA", 1)
+    r.send(20_000.1, True, "PA", 1)
+    r.send(20_000.2, True, "PA", 1, seq=e1)
+    # P4: handshake (10 ms window). A probe, d3 again (ends at the highest: a retransmission), d2 again
+    # (out-of-order); the window opens, the probe's byte is sent as data (no probe: the window is
+    # open) and the server's next ACK repeats its last: a duplicate ACK (no keep-alive ACK).
+    s = Session("10.7.0.4", 41004, "192.0.2.20", 80, 9000, 5000)
+    s.handshake(30_000, 10)
+    s.send(30_020, True, "PA", 100)
+    d2 = s.send(30_020.1, True, "PA", 100)
+    d3 = s.send(30_020.2, True, "PA", 100)
+    s.seq[True] = d2
+    s.send(30_021, False, "A", window=0)
+    s.seq[True] = d3 + 100
+    s.send(30_022, True, "PA", 1, advance=False)
+    s.send(30_023, True, "PA", 100, seq=d3)
+    s.send(30_024, True, "PA", 100, seq=d2)
+    s.send(30_030, False, "A")
+    s.send(30_031, True, "PA", 1)
+    s.seq[True] = d3 + 100
+    s.send(30_031.05, False, "A")
+    s.seq[True] = d3 + 101
+    s.send(30_031.1, True, "PA", 100)
+    return [*p.frames, *q.frames, *r.frames, *s.frames]
+
+
+EXPECTED_PROBES: dict[Tuple5, Health] = {
+    ("10.7.0.1", 41001, "192.0.2.20", 80): (2, 0, 0, 2, 0, None),
+    ("10.7.0.2", 41002, "192.0.2.20", 80): (2, 0, 0, 1, 0, None),
+    ("10.7.0.3", 41003, "192.0.2.20", 80): (0, 1, 0, 0, 0, None),
+    ("10.7.0.4", 41004, "192.0.2.20", 80): (1, 1, 1, 1, 0, 10.0),
+}
+
+
+def stepped_sessions() -> list[Frame]:
+    """Frames in capture order whose times step back by a few µs within a direction (GRO frames stamped
+    on two CPUs), or behind the other direction's last frame. tshark's time gaps are unsigned: a
+    frame stamped before the reference is never within the out-of-order or fast-retransmission window."""
+    # T1: no handshake (3 ms window). x2 (the hole) stamped 5 µs before x3: a retransmission; x5 stamped
+    # 3 µs before x4 (new data), x4 again 2 µs after x5's stamp: out-of-order; x2 again after 3.98 ms:
+    # a retransmission; x5 again stamped 3.5 ms before the highest (x6): a retransmission.
+    a = Session("10.7.1.1", 41101, "192.0.2.21", 80, 4000, 6000)
+    a.send(10, True, "PA", 100)
+    x2 = a.seq[True]
+    a.seq[True] = x2 + 100
+    a.send(10.010, True, "PA", 100)
+    a.send(10.005, True, "PA", 100, seq=x2)
+    x4 = a.send(10.020, True, "PA", 100)
+    x5 = a.send(10.017, True, "PA", 100)
+    a.send(10.019, True, "PA", 100, seq=x4)
+    a.send(14.0, True, "PA", 100, seq=x2)
+    a.send(20, True, "PA", 100)
+    a.send(16.5, True, "PA", 100, seq=x5)
+    # T2: a 20 µs handshake RTT (a veth). y2 stamped 1 µs before y3: a retransmission; y2 again 15 µs
+    # after y3: out-of-order; y5 stamped 5 µs before y4, y4 again 15 µs after y5's stamp: out-of-order,
+    # 25 µs after: a retransmission, and stamped 50 µs before the highest: a retransmission.
+    b = Session("10.7.1.2", 41102, "192.0.2.21", 80, 2**32 - 250, 6000)
+    b.handshake(10_000, 0.02)
+    b.send(10_001, True, "PA", 100)
+    y2 = b.seq[True]
+    b.seq[True] = (y2 + 100) & 0xFFFFFFFF
+    b.send(10_001.010, True, "PA", 100)
+    b.send(10_001.009, True, "PA", 100, seq=y2)
+    b.send(10_001.025, True, "PA", 100, seq=y2)
+    y4 = b.send(10_001.040, True, "PA", 100)
+    b.send(10_001.035, True, "PA", 100)
+    b.send(10_001.050, True, "PA", 100, seq=y4)
+    b.send(10_001.060, True, "PA", 100, seq=y4)
+    b.send(10_001.010, True, "PA", 100, seq=y4)
+    # T3: a 10 ms handshake RTT. z1 lost, three duplicate ACKs, z1 again stamped 50 µs before the last
+    # of them: no fast retransmission (negative gap) but 0.35 ms after the highest: out-of-order.
+    c = Session("10.7.1.3", 41103, "192.0.2.21", 80, 123, 6000)
+    c.handshake(20_000, 10)
+    c.send(20_020, True, "PA", 500)
+    z1 = c.seq[True]
+    c.seq[True] = z1 + 500
+    c.send(20_020.1, True, "PA", 500)
+    c.send(20_020.2, True, "PA", 500)
+    c.send(20_020.3, True, "PA", 500)
+    c.seq[True] = z1
+    for t in (20_020.4, 20_020.5, 20_020.6, 20_020.7):
+        c.send(t, False, "A")
+    c.seq[True] = z1 + 2000
+    c.send(20_020.65, True, "PA", 500, seq=z1)
+    # T4: segments before the handshake RTT is known (3 ms window until the first ACK without SYN):
+    # w1 again 1 ms after the highest: out-of-order; w3 stamped 10 µs back (new data), w2 again stamped
+    # 10 µs before w3: a retransmission; the SYN again: out-of-order; then the RTT is 50 µs and w1 again
+    # is a retransmission.
+    d = Session("10.7.1.4", 41104, "192.0.2.21", 80, 777, 6000)
+    isn = d.send(30_000, True, "S")
+    w1 = d.send(30_000.1, True, "P", 100)
+    w2 = d.send(30_000.2, True, "P", 100)
+    d.send(30_001.2, True, "P", 100, seq=w1)
+    d.send(30_001.19, True, "P", 100)
+    d.send(30_001.18, True, "P", 100, seq=w2)
+    d.send(30_001.25, True, "S", seq=isn)
+    client_next = d.seq[True]
+    d.seq[True] = isn + 1
+    d.send(30_001.27, False, "SA")
+    d.seq[True] = client_next
+    d.send(30_001.3, True, "A")
+    d.send(30_001.4, True, "PA", 100, seq=w1)
+    return [*a.frames, *b.frames, *c.frames, *d.frames]
+
+
+EXPECTED_STEPPED: dict[Tuple5, Health] = {
+    ("10.7.1.1", 41101, "192.0.2.21", 80): (3, 1, 0, 0, 0, None),
+    ("10.7.1.2", 41102, "192.0.2.21", 80): (3, 2, 0, 0, 0, 0.02),
+    ("10.7.1.3", 41103, "192.0.2.21", 80): (0, 1, 3, 0, 0, 10.0),
+    ("10.7.1.4", 41104, "192.0.2.21", 80): (2, 2, 0, 0, 0, 0.05),
+}

@@ -22,12 +22,16 @@ class Sequence:
 
     Packets are sorted stably per (flow, direction) for what one direction decides alone (a running
     maximum of seq + len seeded with the table's tcp_next, the previous segment's ack and window),
-    and per flow for what the other direction's latest segment says (its ack, time, duplicate-ACK
-    count, keep-alive). One direction must move less than 2 GiB of sequence space per batch.
+    and per flow for what the other direction's latest segment says (its ack, time, window,
+    duplicate-ACK count, keep-alive). One direction must move less than 2 GiB of sequence space per
+    batch. Zero-window probes do not move the running maximum, and whether a segment is a probe
+    depends on that maximum: it is found by repeating the pass until the probes stay the same (each
+    round settles at least the first packet that changed). Time gaps are compared unsigned, and the
+    out-of-order window is the handshake RTT as known before each packet, as tshark does.
 
-    Where tshark decides differently: it does not advance its highest sequence for a zero-window
-    probe, starts a new stream when a SYN reuses the ports, reassembles IP fragments, and sets the
-    duplicate-ACK count to 1 after an ACK of unseen data; none of these is followed here.
+    Where tshark decides differently: it starts a new stream when a SYN reuses the ports, reassembles
+    IP fragments, and sets the duplicate-ACK count to 1 after an ACK of unseen data; none of these is
+    followed here.
     """
 
     def __init__(
@@ -86,14 +90,21 @@ class Sequence:
         rst = (flags & TH_RST) != 0
         if rst.any():
             np.add.at(cols["tcp_resets"], key[rst] >> 1, 1)
-        zero = (window == 0) & ((flags & (TH_SYN | TH_FIN | TH_RST)) == 0)
-        if zero.any():
-            np.add.at(cols["tcp_zero_win"], key[zero] >> 1, 1)
         syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
-        _handshake(cols, keys, self.batch_rank, key >> 1, ts, flags, syn)
-        self._sequence()
+        b_fid = key >> 1
+        irtt = cols["tcp_irtt"][b_fid]
+        done_fid, done_at = _handshake(cols, keys, self.batch_rank, b_fid, ts, flags, syn)
+        if done_fid.size:
+            # Packets after the one that completed their flow's handshake see its RTT.
+            by_fid = np.argsort(done_fid)
+            f_sorted, at_sorted = done_fid[by_fid], done_at[by_fid]
+            pos = np.minimum(np.searchsorted(f_sorted, b_fid), f_sorted.size - 1)
+            later = (f_sorted[pos] == b_fid) & (np.arange(b_fid.size) > at_sorted[pos])
+            irtt = np.where(later, cols["tcp_irtt"][b_fid], irtt)
+        self._sequence(irtt[self.order])
 
-    def _sequence(self) -> None:
+    def _sequence(self, irtt: np.ndarray) -> None:
+        """The sequence pass; `irtt` is each packet's handshake RTT as known before it (direction order)."""
         cols, keys, rank = self.cols, self.keys, self.rank
         ts, flags, seq, ack, length = self.ts, self.flags, self.seq, self.ack, self.length
         k_fid, k_dir = keys >> 1, keys & 1
@@ -110,23 +121,6 @@ class Sequence:
         rel = ((seq - ref_low[rank]) & (SEQ_SPAN - 1)) + ((SEQ_SPAN >> 1) + stride)
         synfin = (flags & (TH_SYN | TH_FIN)) != 0
         x = rel + length + synfin
-        seed = np.where(known, SEQ_SPAN, 0) + np.arange(keys.size) * SEG_STRIDE
-        x_seeded = x.copy()
-        x_seeded[self.starts] = np.maximum(x[self.starts], seed)
-        running = np.maximum.accumulate(x_seeded)
-        prior = self._prev(running, seed)
-        prior_known = ~self.first | known[rank]
-        # When the highest sequence last grew: tshark's nextseqtime.
-        grew = (x > prior) | ~prior_known
-        last_grew = self._last_before(grew)
-        next_t = np.where(last_grew >= 0, ts[np.maximum(last_grew, 0)], cols["tcp_next_t"][k_fid, k_dir][rank])
-        prev_ack = self._prev(ack, cols["tcp_lastack"][k_fid, k_dir])
-        prev_win = self._prev(self.window, cols["tcp_window"][k_fid, k_dir])
-        no_sfr = (flags & (TH_SYN | TH_FIN | TH_RST)) == 0
-        keepalive = (length <= 1) & prior_known & (rel == prior - 1) & no_sfr
-        at_next = prior_known & (rel == prior)
-        dup_like = (length == 0) & (self.window != 0) & (self.window == prev_win) & at_next & (ack == prev_ack) & no_sfr
-
         # The other direction's latest segment before each packet: flow order, then back.
         fid = k_fid[rank]
         direction = k_dir[rank]
@@ -152,6 +146,33 @@ class Sequence:
         has_rev = rev >= 0
         r = np.maximum(rev, 0)
         other = 1 - direction
+        rev_win = np.where(has_rev, self.window[r], cols["tcp_window"][fid, other])
+
+        seed = np.where(known, SEQ_SPAN, 0) + np.arange(keys.size) * SEG_STRIDE
+        prior_known = ~self.first | known[rank]
+        # Zero-window probes (one byte at the highest seq, the other side's last window 0) do not count
+        # in the running maximum; repeat until the probes found are the ones left out.
+        probe = np.zeros(m, bool)
+        for _ in range(m + 1):
+            x_seeded = np.where(probe, stride, x)
+            x_seeded[self.starts] = np.maximum(x_seeded[self.starts], seed)
+            running = np.maximum.accumulate(x_seeded)
+            prior = self._prev(running, seed)
+            found = (length == 1) & prior_known & (rel == prior) & (rev_win == 0)
+            if np.array_equal(found, probe):
+                break
+            probe = found
+        # When the highest sequence last grew: tshark's nextseqtime.
+        grew = ((x > prior) | ~prior_known) & ~probe
+        last_grew = self._last_before(grew)
+        next_t = np.where(last_grew >= 0, ts[np.maximum(last_grew, 0)], cols["tcp_next_t"][k_fid, k_dir][rank])
+        prev_ack = self._prev(ack, cols["tcp_lastack"][k_fid, k_dir])
+        prev_win = self._prev(self.window, cols["tcp_window"][k_fid, k_dir])
+        no_sfr = (flags & (TH_SYN | TH_FIN | TH_RST)) == 0
+        keepalive = (length <= 1) & prior_known & (rel == prior - 1) & no_sfr
+        at_next = prior_known & (rel == prior)
+        dup_like = (length == 0) & (self.window != 0) & (self.window == prev_win) & at_next & (ack == prev_ack) & no_sfr
+        zero = (self.window == 0) & no_sfr & ~probe
         rev_ka = np.where(has_rev, keepalive[r], cols["tcp_ka"][fid, other] != 0)
         dupack = dup_like & ~rev_ka
 
@@ -174,12 +195,12 @@ class Sequence:
         behind = carries & prior_known & (rel < prior) & ~((length > 1) & (rel == prior - 1))
         end = (seq + length) & (SEQ_SPAN - 1)
         spurious = carries & (length > 0) & (rev_ack != 0) & (((rev_ack - end) & (SEQ_SPAN - 1)) < (SEQ_SPAN >> 1))
-        fast = ~spurious & behind & (rev_dups >= 2) & (rev_ack == seq) & (ts - rev_t < FAST_RETRANSMIT_NS)
-        irtt = cols["tcp_irtt"][fid]
-        threshold = np.where(irtt > 0, irtt, OUT_OF_ORDER_NS)
-        ooo = ~spurious & ~fast & behind & (ts - next_t < threshold) & (prior != x)
+        # tshark's time gaps are unsigned: a frame stamped before the reference is never within a window.
+        fast = ~spurious & behind & (rev_dups >= 2) & (rev_ack == seq) & (_gap(ts, rev_t) < FAST_RETRANSMIT_NS)
+        threshold = np.where((irtt == 0) | (irtt == -1), OUT_OF_ORDER_NS, irtt).view(np.uint64)
+        ooo = ~spurious & ~fast & behind & (_gap(ts, next_t) < threshold) & (prior != x)
         retrans = spurious | fast | (behind & ~ooo)
-        for name, hit in (("tcp_retrans", retrans), ("tcp_ooo", ooo), ("tcp_dupack", dupack)):
+        for name, hit in (("tcp_retrans", retrans), ("tcp_ooo", ooo), ("tcp_dupack", dupack), ("tcp_zero_win", zero)):
             if hit.any():
                 np.add.at(cols[name], fid[hit], 1)
 
@@ -197,6 +218,14 @@ class Sequence:
         cols["tcp_ka"][k_fid, k_dir] = keepalive[ends]
 
 
+def _gap(later: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+    """later - earlier as tshark's unsigned 64-bit gap (wrapping like int64)."""
+    return (later - earlier).view(np.uint64)
+
+
+NONE = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
 def _handshake(
     cols: dict[str, np.ndarray],
     keys: np.ndarray,
@@ -205,12 +234,13 @@ def _handshake(
     ts: np.ndarray,
     flags: np.ndarray,
     syn: np.ndarray,
-) -> None:
-    """tshark's initial RTT: the latest SYN without ACK to the first ACK without SYN, either direction."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """tshark's initial RTT: the latest SYN without ACK to the first ACK without SYN, either direction.
+    Returns the flows measured by this batch and the batch index of the packet that completed each."""
     k_fid = keys >> 1
-    k_pending = cols["tcp_irtt"][k_fid] < 0
+    k_pending = cols["tcp_irtt"][k_fid] == -1
     if not k_pending.any():
-        return
+        return NONE
     k_armed = cols["tcp_syn"][k_fid] > 0
     if syn.any():
         # A SYN arms both directions of its flow: keys are sorted, so a flow's two keys are adjacent.
@@ -223,10 +253,10 @@ def _handshake(
         k_armed |= with_syn
     k_live = k_pending & k_armed
     if not k_live.any():
-        return
+        return NONE
     rows = np.flatnonzero(k_live[rank] & (syn | ((flags & (TH_SYN | TH_ACK)) == TH_ACK)))
     if rows.size == 0:
-        return
+        return NONE
     o = rows[np.argsort(fid[rows], kind="stable")]
     f, t, is_syn = fid[o], ts[o], syn[o]
     _, hseg, hstarts = segments(f)
@@ -234,9 +264,9 @@ def _handshake(
     in_seg = last >= hstarts[hseg]
     syn_t = np.where(in_seg, t[np.maximum(last, 0)], cols["tcp_syn"][f])
     done = np.flatnonzero(~is_syn & (syn_t > 0))
-    if done.size:
-        firsts = done[segments(f[done])[2]]
-        cols["tcp_irtt"][f[firsts]] = t[firsts] - syn_t[firsts]
+    firsts = done[segments(f[done])[2]] if done.size else done
+    cols["tcp_irtt"][f[firsts]] = t[firsts] - syn_t[firsts]
     hends = np.append(hstarts[1:], o.size) - 1
     seen = in_seg[hends]
     cols["tcp_syn"][f[hends[seen]]] = t[last[hends[seen]]]
+    return f[firsts], o[firsts]

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,17 @@ from capture_backend.analysis.decode import decode
 from capture_backend.analysis.tables import Counters
 from capture_backend.output.report import addr_str, tcp_health
 from tests.helpers.cli import run_retrotap
-from tests.helpers.tcp_health import EXPECTED, Health, Session, Tuple5, all_frames
+from tests.helpers.tcp_health import (
+    EXPECTED,
+    EXPECTED_PROBES,
+    EXPECTED_STEPPED,
+    Health,
+    Session,
+    Tuple5,
+    all_frames,
+    probe_sessions,
+    stepped_sessions,
+)
 from tests.pcapgen import Frame, block_of, block_of_frames, ether, write_mixed, write_pcap
 
 TSHARK = shutil.which("tshark")
@@ -31,20 +42,22 @@ def norm(a: str, ap: int, b: str, bp: int) -> Tuple5:
     return (a, ap, b, bp) if ap > bp else (b, bp, a, ap)
 
 
+def tshark_frames(path: Path, display_filter: str) -> list[int]:
+    """Numbers of the frames tshark shows for a display filter."""
+    assert TSHARK is not None
+    out = subprocess.run(
+        [TSHARK, "-n", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [int(x) for x in out.split()]
+
+
 def tshark_health(path: Path) -> dict[Tuple5, Health]:
     """Per flow: retransmissions, out-of-order, duplicate ACKs, zero windows, resets (frame counts) and
     the first initial RTT."""
     assert TSHARK is not None
-
-    def frames_of(display_filter: str) -> list[int]:
-        out = subprocess.run(
-            [TSHARK, "-n", "-r", str(path), "-Y", display_filter, "-T", "fields", "-e", "frame.number"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return [int(x) for x in out.split()]
-
     fields = ["frame.number", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport"]
     out = subprocess.run(
         [TSHARK, "-n", "-r", str(path), "-Y", "tcp", "-T", "fields", "-E", "separator=|"]
@@ -62,7 +75,7 @@ def tshark_health(path: Path) -> dict[Tuple5, Health]:
         if irtt and key not in rtt:
             rtt[key] = round(float(irtt) * 1000, 3)
     counts = [
-        Counter(flow_of[n] for n in frames_of(f))
+        Counter(flow_of[n] for n in tshark_frames(path, f))
         for f in (
             "tcp.analysis.retransmission",
             "tcp.analysis.out_of_order",
@@ -162,13 +175,18 @@ def test_mixed_capture_equals_tshark(tmp_path: Path) -> None:
     assert {k: got[k] for k in common} == {k: expected[k] for k in common}
 
 
-def lossy_sessions(seed: int, flows: int = 6, segments: int = 120) -> list[Frame]:
-    """Seeded bulk transfers with reordering, losses, re-sent segments, duplicate and delayed ACKs."""
+def lossy_sessions(
+    seed: int, flows: int = 6, segments: int = 120, probes: bool = False, jitter_ns: int = 0
+) -> list[Frame]:
+    """Seeded bulk transfers with reordering, losses, re-sent segments, duplicate and delayed ACKs; with
+    `probes`, zero-window episodes (the receiver's zero window, one-byte probes, re-sent segments, the
+    window opening again) and a 20 µs RTT among the choices; with `jitter_ns`, one frame in six stamped
+    up to that much earlier, its place in the file kept (times step back)."""
     rng = np.random.default_rng(seed)
     frames: list[Frame] = []
     for n in range(flows):
         s = Session(f"10.8.{n}.1", 42000 + n, f"10.8.{n}.2", 80, int(rng.integers(0, 2**32)), 77)
-        rtt = float(rng.choice([1.0, 5.0, 20.0]))
+        rtt = float(rng.choice([0.02, 1.0, 5.0] if probes else [1.0, 5.0, 20.0]))
         s.handshake(0, rtt)
         t = rtt + 1
         sent: list[int] = []
@@ -177,7 +195,27 @@ def lossy_sessions(seed: int, flows: int = 6, segments: int = 120) -> list[Frame
             t += float(rng.exponential(0.8))
             size = int(rng.choice([1, 100, 536, 1448]))
             r = rng.random()
-            if r < 0.08 and sent:  # re-send an earlier segment (some already acknowledged)
+            if probes and r < 0.05:  # the receiver's window closes: probes, maybe a segment again, reopens
+                acked = s.seq[True] if rng.random() < 0.7 else acked
+                client_next = s.seq[True]
+                s.seq[True] = acked
+                s.send(t, False, "A", window=0)
+                for _ in range(int(rng.integers(1, 4))):
+                    s.seq[True] = client_next
+                    t += float(rng.choice([0.01, 0.5, 2.0, 200.0]))
+                    s.send(t, True, "PA", 1, advance=False, window=int(rng.choice([0, 64240])))
+                    if sent and rng.random() < 0.5:
+                        t += float(rng.choice([0.005, 0.5, 2.5]))
+                        s.send(t, True, "PA", size, seq=sent[int(rng.integers(max(0, len(sent) - 4), len(sent)))])
+                    if rng.random() < 0.7:
+                        s.seq[True] = acked
+                        t += 0.05
+                        s.send(t, False, "A", window=0)
+                s.seq[True] = acked
+                t += float(rng.choice([0.01, 1.0]))
+                s.send(t, False, "A")
+                s.seq[True] = client_next
+            elif r < 0.08 and sent:  # re-send an earlier segment (some already acknowledged)
                 old = sent[int(rng.integers(max(0, len(sent) - 6), len(sent)))]
                 s.send(t, True, "PA", size, seq=old)
             elif r < 0.14:  # this one and the next swap places
@@ -200,7 +238,11 @@ def lossy_sessions(seed: int, flows: int = 6, segments: int = 120) -> list[Frame
                     s.send(t, False, "A")
                 s.seq[True] = client_next
         frames += s.frames
-    return sorted(frames, key=lambda f: f.ts_ns)
+    frames.sort(key=lambda f: f.ts_ns)
+    if jitter_ns:
+        back = rng.integers(1, jitter_ns + 1, len(frames)) * (rng.random(len(frames)) < 1 / 6)
+        frames = [f._replace(ts_ns=f.ts_ns - int(b)) for f, b in zip(frames, back, strict=True)]
+    return frames
 
 
 @pytest.mark.skipif(TSHARK is None, reason="needs tshark")
@@ -217,3 +259,48 @@ def test_lossy_transfers_equal_tshark(tmp_path: Path, seed: int) -> None:
     cuts = sorted(np.random.default_rng(seed).choice(np.arange(1, len(frames)), 40, replace=False).tolist())
     blocks = [frames[a:b] for a, b in zip([0, *cuts], [*cuts, len(frames)], strict=True)]
     assert counters_health(blocks) == expected
+
+
+def random_blocks(frames: list[Frame], seed: int, cuts: int) -> list[list[Frame]]:
+    """The frames cut into batches at `cuts` seeded random points."""
+    at = sorted(np.random.default_rng(seed).choice(np.arange(1, len(frames)), cuts, replace=False).tolist())
+    return [frames[a:b] for a, b in zip([0, *at], [*at, len(frames)], strict=True)]
+
+
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark")
+@pytest.mark.parametrize(
+    ("build", "built"),
+    [(probe_sessions, EXPECTED_PROBES), (stepped_sessions, EXPECTED_STEPPED)],
+    ids=["probes", "stepped"],
+)
+def test_probes_and_stepped_times_equal_tshark(
+    tmp_path: Path, build: Callable[[], list[Frame]], built: dict[Tuple5, Health]
+) -> None:
+    """Zero-window probes (tshark's highest sequence stays), and frame times that step back (tshark's
+    unsigned gaps), before and after the handshake RTT is known: whole file, one frame a batch, random
+    batches."""
+    frames = build()
+    path = tmp_path / "edges.pcap"
+    write_pcap(path, frames, nanosecond=True)
+    expected = tshark_health(path)
+    assert expected == built  # the capture shows what it was built to show
+    assert retrotap_health(path) == expected
+    assert counters_health([[f] for f in frames]) == expected
+    assert counters_health(random_blocks(frames, 3, 7)) == expected
+
+
+@pytest.mark.skipif(TSHARK is None, reason="needs tshark")
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_lossy_transfers_with_probes_and_jitter_equal_tshark(tmp_path: Path, seed: int) -> None:
+    """Randomised transfers with zero-window probes, a 20 µs RTT among others, and frame times stepping
+    back by up to 8 µs: every class per flow equals tshark, whole file and in random batches."""
+    frames = lossy_sessions(seed, probes=True, jitter_ns=8_000)
+    assert any(b.ts_ns < a.ts_ns for a, b in zip(frames, frames[1:], strict=False))
+    path = tmp_path / "lossy.pcap"
+    write_pcap(path, frames, nanosecond=True)
+    expected = tshark_health(path)
+    assert sum(h[0] for h in expected.values()) > 5 and sum(h[1] for h in expected.values()) > 5
+    assert sum(h[3] for h in expected.values()) > 5
+    assert len(tshark_frames(path, "tcp.analysis.zero_window_probe")) > 5
+    assert retrotap_health(path) == expected
+    assert counters_health(random_blocks(frames, seed, 40)) == expected

@@ -24,8 +24,9 @@ from tests.pcapgen import T0_NS, block_of_frames
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MASK = (1 << 32) - 1
 MS = 1_000_000
-# Around tshark's thresholds: 3 ms (out of order without an RTT), 20 ms (fast retransmission).
-DELTAS = [0, 1_000, 100_000, MS, 2_900_000, 3_100_000, 10 * MS, 19 * MS, 21 * MS, 200 * MS, 2_000 * MS, -MS]
+# Around tshark's thresholds: 3 ms (out of order without an RTT), 20 ms (fast retransmission); and
+# frame times that step back (tshark's gaps are unsigned).
+DELTAS = [0, 1_000, 100_000, MS, 2_900_000, 3_100_000, 10 * MS, 19 * MS, 21 * MS, 200 * MS, 2_000 * MS, -MS, -3_000]
 LENGTHS = [1, 2, 10, 100, 536, 1460, 0, 65_000]
 ISNS = [0, 1, 1_000, MASK, MASK - 1, MASK - 100, MASK - 1_459, 1 << 31, (1 << 31) - 1]
 KINDS = [
@@ -49,6 +50,7 @@ KINDS = [
     "udp",
     "loss",  # a segment lost: the next one, the peer's duplicate ACKs, the lost one again (fast retransmission)
     "keepalive",
+    "probe",  # one byte at the next seq, which stays next (a zero-window probe when the peer's window is 0)
 ]
 
 
@@ -135,6 +137,9 @@ def simulate(isns: list[tuple[int, int]], events: list[tuple[int, int, int, int,
             t += DELTAS[param % 4]
             seq = lost
             me.sent.append((seq, length))
+        elif kind == "probe":
+            length = 1
+            flags |= PSH
         elif kind == "dupack":
             ack = me.last_ack
         elif kind == "keepalive":
