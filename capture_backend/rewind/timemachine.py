@@ -106,7 +106,7 @@ class _Pager(threading.Thread):
                 tm = self.tm()
                 if tm is None:
                     return
-                tm.touched = done
+                tm.touched = max(tm.touched, done)  # never below what the writer faulted in itself
                 del tm
                 self.cond.notify_all()
 
