@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from capture_backend.contract import DEFAULT_TOP as DEFAULT_TOP
 from capture_backend.contract import MAX_TOP as MAX_TOP
+from capture_backend.contract import Churn, ProcessTable, Snapshot
 from capture_backend.contract import Extra as Extra
-from capture_backend.contract import ProcessTable, Snapshot
 from capture_backend.exporters.incidents import IncidentSettings, IncidentWatcher
 from capture_backend.exporters.ipfix import FlowExporter, resolve
 from capture_backend.exporters.sessions import SessionSettings, SessionWriter
@@ -147,6 +147,7 @@ class Exporters:
                 read_by=lambda: {r.name: float(r.name in watcher.alerts.active) for r in watcher.alerts.rules},
             )
             self.extra["incident_errors_total"] = Extra("Incident and alert errors", lambda: st_i.errors)
+            self.extra.update(churn_gauges(watcher))
         if self.ipfix is not None:
             self.ipfix.start()
         if self.sessions is not None:
@@ -226,3 +227,31 @@ def recorder_counters(stats: RecordStats) -> dict[str, Extra]:
 
 def _field(obj: object, name: str) -> Callable[[], float]:
     return lambda: getattr(obj, name)
+
+
+def churn_gauges(watcher: IncidentWatcher) -> dict[str, Extra]:
+    """Floods and scans as /metrics gauges (top sources as labels: at most five series each)."""
+
+    def churn() -> Churn:
+        return watcher.status.churn
+
+    return {
+        "new_flows_per_second": Extra("Flows first seen per second", lambda: churn().new_flows_per_s, "gauge"),
+        "half_open_connections": Extra(
+            "TCP SYNs never answered in the last 10 s", lambda: churn().half_open, "gauge"
+        ),
+        "source_new_flows": Extra(
+            "Flows the top sources opened in the last 10 s",
+            lambda: 0,
+            "gauge",
+            label="source",
+            read_by=lambda: dict(churn().top_new_sources),
+        ),
+        "scan_ports": Extra(
+            "Distinct destination ports the top sources opened flows to in the last 10 s",
+            lambda: 0,
+            "gauge",
+            label="source",
+            read_by=lambda: dict(churn().top_scanners),
+        ),
+    }

@@ -173,3 +173,38 @@ def test_watcher_retention_manual_freeze_and_command(tmp_path: Path) -> None:
     ran = log_file.read_text().split()
     assert sorted(Path(p).name.rsplit("-", 1)[1] for p in ran) == ["flood", "manual", "scan"]
     assert any("incident scan: 10.9.9.9=300" in line for line in said)
+
+
+def test_incidents_and_churn_in_metrics(tmp_path: Path) -> None:
+    from capture_backend.exporters.base import Exporters, ExporterSettings
+    from capture_backend.exporters.incidents import IncidentSettings
+    from capture_backend.exporters.metrics import MetricsServer, SnapshotCollector
+    from capture_backend.replay import file_snapshots
+    from tests.helpers.metrics import http_get, parse
+
+    pcap = tmp_path / "scan.pcap"
+    capture(pcap)
+    snaps = list(file_snapshots(str(pcap)))
+    current = [snaps[0]]
+    rules = (parse_rule("scan: scan_ports > 100"), parse_rule("never: pps > 10M"))
+    settings = ExporterSettings(incidents=IncidentSettings(rules=rules, directory=str(tmp_path / "inc"), post_s=0))
+    exporters = Exporters(settings, lambda: current[0], lambda _msg: None, fed=True)
+    exporters.start()
+    try:
+        for snap in snaps[:5]:  # up to the second after the scan
+            current[0] = snap
+            exporters.offer(snap)
+        server = MetricsServer(SnapshotCollector(lambda: current[0], 0, exporters.extra), "127.0.0.1", 0)
+        server.start()
+        try:
+            samples = parse(http_get(f"http://127.0.0.1:{server.port}/metrics").decode())
+        finally:
+            server.stop()
+    finally:
+        exporters.stop(current[0])
+    assert samples[("retrotap_incidents_total", (("rule", "scan"),))] == 1
+    assert samples[("retrotap_alerts_active", (("rule", "scan"),))] == 1
+    assert samples[("retrotap_alerts_active", (("rule", "never"),))] == 0
+    assert samples[("retrotap_scan_ports", (("source", SCANNER),))] == SCAN_PORTS
+    assert samples[("retrotap_source_new_flows", (("source", SCANNER),))] == SCAN_PORTS
+    assert samples[("retrotap_half_open_connections", ())] == 0  # every SYN was answered by a RST
