@@ -51,6 +51,7 @@ class RunOptions:
     processes: bool = False  # map flows to local processes (live only)
     record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
     user: RunAs | None = None  # drop root to this user once the rings are open (-Z)
+    history_seconds: float = 0.0  # the dashboard's per-second history (--history); 0: off
 
 
 @dataclass

@@ -24,13 +24,17 @@ from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
 from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import compile_filter
 from capture_backend.capture.privileges import drop_privileges
-from capture_backend.contract import INSPECT_LIMIT, EventSink, InspectJob, PcapSaveResult, Snapshot
+from capture_backend.contract import INSPECT_LIMIT, EventSink, InspectJob, PcapSaveResult, ProcessTable, Snapshot
 from capture_backend.engine import Engine
 from capture_backend.exporters.base import Exporters, recorder_counters, time_machine_counters
 from capture_backend.options import ExporterSettings, RecordOptions
 from capture_backend.options import RunOptions as RunOptions
 from capture_backend.replay import FileEngine
 from capture_backend.replay import file_snapshots as file_snapshots
+from capture_backend.rewind.history import HistoryEntry as HistoryEntry
+from capture_backend.rewind.history import HistoryRing as HistoryRing
+from capture_backend.rewind.history import HistoryThread
+from capture_backend.rewind.history import data_time as data_time
 from capture_backend.rewind.inspect import file_job as file_job
 from capture_backend.rewind.inspect import selection_job
 from capture_backend.rewind.recorder import Recorder, RecorderThread
@@ -152,7 +156,17 @@ class Run:
             processes=lambda: self.mapper.result if self.mapper is not None else None,
         )
         self.recording: tuple[Recorder, RecorderThread] | None = None
+        self.history = HistoryRing(int(opts.history_seconds)) if opts.history_seconds >= 1 else None
+        self._history_thread = self._history_of(self.history)
         self._opened = self._started = self._closed = False
+
+    def _history_of(self, ring: HistoryRing | None) -> HistoryThread | None:
+        if ring is None:
+            return None
+        return HistoryThread(ring, lambda: self.engine.snapshot, self._process_table)
+
+    def _process_table(self) -> ProcessTable | None:
+        return self.mapper.result if self.mapper is not None else None
 
     @classmethod
     def around(
@@ -163,6 +177,7 @@ class Run:
         timemachine: TimeMachine | None = None,
         mapper: ProcessMapper | None = None,
         snapshot_dir: str = ".",
+        history: HistoryRing | None = None,
     ) -> Run:
         """A run over parts built elsewhere (tests, screenshots: a snapshot feed instead of a capture)."""
         run = cls.__new__(cls)
@@ -173,6 +188,8 @@ class Run:
         run.mapper = mapper
         run.exporters = Exporters(ExporterSettings(), lambda: run.engine.snapshot, log)
         run.recording = None
+        run.history = history
+        run._history_thread = run._history_of(history)
         run._opened = run._started = run._closed = False
         return run
 
@@ -208,6 +225,12 @@ class Run:
         self.engine.start()
         if self.mapper is not None:
             self.mapper.start()
+        self.start_history()
+
+    def start_history(self) -> None:
+        """Start keeping the per-second history (--history), if it is on and not started yet."""
+        if self._history_thread is not None:
+            self._history_thread.start()
 
     def start_recording(
         self, options: RecordOptions, on_error: Log, *, from_now: bool = True, log: Log | None = None
@@ -247,7 +270,7 @@ class Run:
         return selection_job(self.timemachine, select, limit)
 
     def close(self) -> None:
-        """Stop everything in order (once): engine, recorder, process mapper, exporters."""
+        """Stop everything in order (once): engine, recorder, process mapper, history, exporters."""
         if self._closed:
             return
         self._closed = True
@@ -255,6 +278,8 @@ class Run:
         self.stop_recording()
         if self.mapper is not None:
             self.mapper.close()
+        if self._history_thread is not None:
+            self._history_thread.stop()
         self.exporters.stop(self.engine.snapshot)
 
     @property

@@ -191,6 +191,13 @@ def _dashboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
     p.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
     p.add_argument(
+        "--history",
+        type=_duration,
+        default=900.0,
+        metavar="DURATION",
+        help="per-second history the time cursor ([ ] { } L) moves over (15m; 0: off)",
+    )
+    p.add_argument(
         "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
     )
     p.add_argument(

@@ -27,6 +27,8 @@ class Frame:
     query: Query = field(default_factory=Query)
     name: Callable[[str], str] = str  # address -> what to show (a resolved name when `n` is on)
     processes: ProcessTable | None = None  # the local processes owning flows (None: not mapped, e.g. a file)
+    asof: float | None = None  # rewound: the time the snapshot shown is of (None: live)
+    processes_before: ProcessTable | None = None  # rewound: the processes one second before (their rates)
 
 
 KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
