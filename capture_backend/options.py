@@ -73,6 +73,8 @@ class StatsOptions:
     snapshot_dir: str = "."
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     user: RunAs | None = None
+    directory: str | None = None  # `stats DIR`: the per-minute records of DIR's session store
+    window: tuple[int, int] = (0, 0)  # their --from/--to, ns
 
 
 @dataclass
