@@ -35,6 +35,7 @@ from capture_backend.rewind.history import HistoryEntry as HistoryEntry
 from capture_backend.rewind.history import HistoryRing as HistoryRing
 from capture_backend.rewind.history import HistoryThread
 from capture_backend.rewind.history import data_time as data_time
+from capture_backend.rewind.history import session_flows as session_flows
 from capture_backend.rewind.inspect import file_job as file_job
 from capture_backend.rewind.inspect import selection_job
 from capture_backend.rewind.recorder import Recorder, RecorderThread
@@ -178,10 +179,11 @@ class Run:
         mapper: ProcessMapper | None = None,
         snapshot_dir: str = ".",
         history: HistoryRing | None = None,
+        sessions: str | None = None,
     ) -> Run:
         """A run over parts built elsewhere (tests, screenshots: a snapshot feed instead of a capture)."""
         run = cls.__new__(cls)
-        run.opts = RunOptions(snapshot_dir=snapshot_dir, buffer_size=0)
+        run.opts = RunOptions(snapshot_dir=snapshot_dir, buffer_size=0, exporters=ExporterSettings(sessions=sessions))
         run.log = log
         run.timemachine = timemachine
         run.engine = engine  # type: ignore[assignment]
@@ -192,6 +194,11 @@ class Run:
         run._history_thread = run._history_of(history)
         run._opened = run._started = run._closed = False
         return run
+
+    @property
+    def sessions(self) -> str | None:
+        """The session store's directory (--sessions), None without one."""
+        return self.opts.exporters.sessions
 
     @property
     def snapshot(self) -> Snapshot:

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -28,11 +29,22 @@ from capture_backend.contract import (
     EngineEvent,
     EventSink,
     PcapSaveResult,
+    ProcessTable,
     Snapshot,
+    TableSnapshot,
     UserError,
 )
 from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
-from capture_backend.run import HistoryEntry, HistoryRing, ProcessMapper, Run, Selector, TimeMachine, file_job
+from capture_backend.run import (
+    HistoryEntry,
+    HistoryRing,
+    ProcessMapper,
+    Run,
+    Selector,
+    TimeMachine,
+    file_job,
+    session_flows,
+)
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
 from tui.options import check_dashboard_user, user_of
 from tui.selection import Selection
@@ -57,6 +69,8 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
+STORE_REREAD_S = 5.0  # rewound Flows view: the session records of the cursor's second are read again after this
+NS = 1_000_000_000
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
 
 
@@ -220,6 +234,8 @@ class RetrotapApp(App[int]):
         self.active = 1
         self.history: HistoryRing | None = self.capture_run.history
         self.cursor: int | None = None  # rewound: the second shown (None: live)
+        # The session records of a rewound second: (second, when read, the flows and owners or why none).
+        self._store_flows: tuple[int, float, tuple[TableSnapshot, ProcessTable] | str] | None = None
         engine.on_event = self._engine_event
 
     # --- layout
@@ -289,9 +305,19 @@ class RetrotapApp(App[int]):
         query = Query.parse(self.text_query, known, owners)
         name = self.names.name if self.show_names else str
         if entry is not None:
+            snap, prev = entry.snap, entry.prev
+            note = f"the {len(snap.flows)} busiest flows of that second, kept in memory"
+            if self.capture_run.sessions is not None and (self.active == 4 or isinstance(self.screen, FlowDetail)):
+                found = self._sessions_at(entry.second)
+                if isinstance(found, str):
+                    note = f"{found}; {note}"
+                else:  # the records' counts are over each record: no rate since the second before
+                    snap, prev, processes = replace(snap, flows=found[0]), None, found[1]
+                    store = self.capture_run.sessions
+                    note = f"{len(snap.flows)} sessions active then, from the session store ({store})"
             return Frame(
-                snap=entry.snap,
-                prev=entry.prev,
+                snap=snap,
+                prev=prev,
                 base=self.base,
                 now=entry.snap.time,
                 query=query,
@@ -299,6 +325,7 @@ class RetrotapApp(App[int]):
                 processes=processes,
                 asof=entry.time,
                 processes_before=entry.processes_before,
+                flows_note=note,
             )
         return Frame(
             snap=self.snap,
@@ -319,6 +346,23 @@ class RetrotapApp(App[int]):
         if not entries:
             return None
         return entries[self._index(entries)]
+
+    def _sessions_at(self, second: int) -> tuple[TableSnapshot, ProcessTable] | str:
+        """The session records that overlap a second (read again after STORE_REREAD_S), or why there are none."""
+        now = time.monotonic()
+        cached = self._store_flows
+        if cached is not None and cached[0] == second and now - cached[1] < STORE_REREAD_S:
+            return cached[2]
+        assert self.capture_run.sessions is not None
+        result: tuple[TableSnapshot, ProcessTable] | str
+        try:
+            result = session_flows(self.capture_run.sessions, second * NS, (second + 1) * NS)
+            if not len(result[0]):
+                result = "no session record covers that second (yet: a flow's is written when it ends)"
+        except UserError as e:  # the store is missing or unreadable: said, and the memory's flows shown
+            result = str(e)
+        self._store_flows = (second, now, result)
+        return result
 
     def _index(self, entries: tuple[HistoryEntry, ...]) -> int:
         assert self.cursor is not None

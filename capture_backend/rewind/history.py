@@ -18,19 +18,25 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from capture_backend.contract import (
+    EMPTY_UNKNOWN,
     FLOW_KEY,
+    PROTO_NUMBERS,
     FlowOwners,
     LatencySnapshot,
     ProcessTable,
     Snapshot,
     TableSnapshot,
+    address_bytes,
     match_rows,
+    pack_keys,
     table_growth,
 )
+from capture_backend.rewind.sessions import Query, SessionStore
 
 NS = 1_000_000_000
 DEFAULT_HISTORY_S = 900  # --history 15m
@@ -38,6 +44,7 @@ HISTORY_ROWS = 50  # per table and ranking (total bytes, bytes in the last secon
 PROCESS_ROWS = 50
 RATE_COLUMNS = ("packets", "bytes")  # what `prev` keeps: the views' rates are the growth of these
 TABLES = ("flows", "pairs", "hosts", "ports")
+SESSION_ROWS = 1000  # session records the rewound Flows view lists at most (the busiest)
 
 
 def data_time(snap: Snapshot) -> float:
@@ -287,3 +294,54 @@ class HistoryThread:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def session_flows(path: str, from_ns: int, to_ns: int, limit: int = SESSION_ROWS) -> tuple[TableSnapshot, ProcessTable]:
+    """The session records of a store that overlap [from_ns, to_ns), the busiest first (one per flow), as a
+    flow table with the columns the Flows view reads (counts over each record), and their processes.
+    SessionStoreError when the store cannot be read."""
+    with SessionStore(path, writable=False) as store:
+        rows = store.query(Query(from_ns=from_ns, to_ns=to_ns, sort="bytes", top=limit))
+    seen: set[tuple[Any, ...]] = set()
+    picked = []
+    for r in rows:  # a long flow's records follow each other: the busiest one overlapping stands for it
+        key = (r["proto"], r["src"], r["sport"], r["dst"], r["dport"])
+        if key not in seen:
+            seen.add(key)
+            picked.append(r)
+    n = len(picked)
+
+    def col(name: str, scale: int = 1, missing: int = 0) -> np.ndarray:
+        return np.array([missing if r[name] is None else r[name] * scale for r in picked], np.int64)
+
+    keys = pack_keys(
+        FLOW_KEY,
+        n,
+        a=np.array([np.frombuffer(address_bytes(r["src"]), np.uint8) for r in picked], np.uint8).reshape(n, 16),
+        b=np.array([np.frombuffer(address_bytes(r["dst"]), np.uint8) for r in picked], np.uint8).reshape(n, 16),
+        aport=col("sport"),
+        bport=col("dport"),
+        proto=np.array([PROTO_NUMBERS.get(r["proto"], 0) if not str(r["proto"]).isdigit() else int(r["proto"])
+                        for r in picked], np.int64),
+    )  # fmt: skip
+    exchanges = col("exchanges")
+    cols = {
+        "packets": np.stack([col("src_packets"), col("dst_packets")], axis=1).reshape(n, 2),
+        "bytes": np.stack([col("src_bytes"), col("dst_bytes")], axis=1).reshape(n, 2),
+        "first": col("start_ns"),
+        "last": col("end_ns"),
+        "tcp_flags": col("tcp_flags").astype(np.uint8),
+        "origin": np.zeros(n, np.uint8),  # a (the client) sent first
+        "tcp_retrans": col("retrans"),
+        "tcp_ooo": col("ooo"),
+        "tcp_dupack": col("dupacks"),
+        "tcp_zero_win": col("zero_windows"),
+        "tcp_resets": col("resets"),
+        "tcp_irtt": col("rtt_us", 1000, -1),
+        "app_count": exchanges,
+        "app_sum": col("latency_avg_us", 1000) * exchanges,
+        "app_max": col("latency_max_us", 1000),
+    }
+    table = TableSnapshot(keys, _frozen(cols), layout=FLOW_KEY)
+    owners = {table.key_bytes(i): (r["pid"], r["process"]) for i, r in enumerate(picked) if r["pid"] is not None}
+    return table, ProcessTable(1, 0.0, (), EMPTY_UNKNOWN, flow_owners=owners)

@@ -19,12 +19,13 @@ from capture_backend.contract import Snapshot, TableSnapshot, match_rows
 from capture_backend.replay import file_snapshots
 from capture_backend.rewind.history import HistoryRing, HistoryThread, reduce_table
 from capture_backend.run import Run, RunOptions
-from tests.helpers.history import PHASES, SECONDS, T0, phase_at, write_phases
+from tests.helpers.cli import run_retrotap
+from tests.helpers.history import BACKGROUND, PHASES, SECONDS, T0, phase_at, write_phases
 from tests.helpers.tui import FIXED_CLOCK, SIZE, cells, sync
 from tests.pcapgen import write_mixed
 from tui.app import RetrotapApp, SnapshotFeed
 from tui.options import build_parser
-from tui.widgets.format import bits
+from tui.widgets.format import bits, size
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +309,66 @@ def test_rewound_status_bar_snapshot(
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def flows_note(app: RetrotapApp) -> str:
+    note = app.query_one("#flows-note")
+    return str(note.render()) if note.display else ""
+
+
+@sync
+async def test_rewound_flows_are_the_sessions_of_that_second(
+    phases_pcap: str, snaps: list[Snapshot], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    proc = run_retrotap("stats", "-r", phases_pcap, "--sessions", str(store), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    ring = HistoryRing()
+    for s in snaps:
+        ring.offer(s)
+    feed = SnapshotFeed(snaps[-1])
+    run = Run.around(feed, lambda line: None, history=ring, sessions=str(store))
+    app = RetrotapApp(feed, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source="phases.pcap", run=run)
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "4")
+        assert flows_note(app) == ""
+        await press(pilot, *["left_square_bracket"] * 7)  # second 7: phase 2 and the quiet pair
+        assert badge(app) == f"as of {clock_text(7)}"
+        assert flows_note(app) == (
+            f"As of {clock_text(7)}: 2 sessions active then, from the session store ({store}); L: back to live"
+        )
+        rows = cells(app, "flows-table")
+        phase, quiet = phase_at(7), BACKGROUND
+        assert [r[:5] for r in rows] == [
+            ["udp", phase.src, "40000", phase.dst, str(phase.port)],
+            ["udp", quiet.src, "40000", quiet.dst, str(quiet.port)],
+        ]
+        # Each session's record: the whole flow (the file ended it), client to server.
+        assert [r[6:10] for r in rows] == [
+            [size(phase.seconds * phase.rate * phase.size), "0 B", f"{phase.seconds * phase.rate:,}", "0"],
+            [size(quiet.seconds * quiet.rate * quiet.size), "0 B", f"{quiet.seconds * quiet.rate:,}", "0"],
+        ]
+        # Other views still show the second's reduced snapshot.
+        await press(pilot, "2")
+        assert_phase(app, top_pair(app), ["", "udp", "5002"], 7)
+    app.close_engine()
+
+
+@sync
+async def test_rewound_flows_without_a_store_are_those_kept_in_memory(snaps: list[Snapshot]) -> None:
+    ring = HistoryRing()
+    for s in snaps:
+        ring.offer(s)
+    feed = SnapshotFeed(snaps[-1])
+    run = Run.around(feed, lambda line: None, history=ring)
+    app = RetrotapApp(feed, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source="phases.pcap", run=run)
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "4", *["left_square_bracket"] * 7)
+        kept = ring.entries()[7].snap.flows
+        assert flows_note(app) == (
+            f"As of {clock_text(7)}: the {len(kept)} busiest flows of that second, kept in memory; L: back to live"
+        )
+        rows = cells(app, "flows-table")
+        assert len(rows) == len(kept) == 3  # phases 1 and 2, and the quiet pair: what the table held at second 7
+        assert rows[0][1:5] == ["10.0.2.1", "40000", "10.0.2.2", "5002"]
+    app.close_engine()

@@ -182,10 +182,7 @@ class FlowsView(View):
         note = self.query_one("#flows-note", Static)
         note.display = frame.asof is not None
         if frame.asof is not None:
-            note.update(
-                f"As of {clock_time(frame.asof, frame.snap.time)}: the busiest flows of that second kept in memory "
-                f"({len(frame.snap.flows)} of them); L: back to live"
-            )
+            note.update(f"As of {clock_time(frame.asof, frame.snap.time)}: {frame.flows_note}; L: back to live")
         t = frame.snap.flows
         table = self.table
         idx = np.flatnonzero(frame.query.flows(t, frame.processes)) if frame.query else np.arange(len(t))

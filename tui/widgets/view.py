@@ -29,6 +29,7 @@ class Frame:
     processes: ProcessTable | None = None  # the local processes owning flows (None: not mapped, e.g. a file)
     asof: float | None = None  # rewound: the time the snapshot shown is of (None: live)
     processes_before: ProcessTable | None = None  # rewound: the processes one second before (their rates)
+    flows_note: str = ""  # rewound: where the flows shown come from
 
 
 KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
