@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from capture_backend.contract import Snapshot, TableSnapshot, match_rows
-from capture_backend.replay import file_snapshots
+from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.rewind.history import HistoryRing, HistoryThread, reduce_table
 from capture_backend.run import Run, RunOptions
 from tests.helpers.cli import run_retrotap
@@ -372,3 +372,47 @@ async def test_rewound_flows_without_a_store_are_those_kept_in_memory(snaps: lis
         assert len(rows) == len(kept) == 3  # phases 1 and 2, and the quiet pair: what the table held at second 7
         assert rows[0][1:5] == ["10.0.2.1", "40000", "10.0.2.2", "5002"]
     app.close_engine()
+
+
+@sync
+async def test_the_cursor_over_a_file_replayed_in_real_time(phases_pcap: str) -> None:
+    """The whole path: the file engine replays the three phases at their pace, the run's history thread
+    keeps a second at a time as the dashboard shows them, then the cursor walks back over every second."""
+    run = Run(RunOptions(read_file=phases_pcap, realtime=True, history_seconds=900, buffer_size=0), print)
+    run.open()
+    app = RetrotapApp(run.engine, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source="phases", run=run)
+    async with app.run_test(size=SIZE) as pilot:
+        engine = run.engine
+        assert isinstance(engine, FileEngine)
+        deadline = time.monotonic() + 90  # bounded: the replay takes the file's 15 s
+        while not engine.done.is_set():
+            assert time.monotonic() < deadline, "the replay did not end"
+            await pilot.pause(0.1)
+        assert run.history is not None
+        await publish_final(app, pilot, run.history, run.engine.snapshot)
+        kept = [e.second - T0 for e in run.history.entries()]
+        assert kept[0] == 0 and kept[-1] == SECONDS - 1 and kept == sorted(set(kept))
+        seen: dict[int, tuple[str, list[str]]] = {}
+        for view in ("2", "3"):
+            await press(pilot, "L", view)
+            for _ in range(len(kept) - 1):
+                await press(pilot, "left_square_bracket")
+                second = int(badge(app).removeprefix("as of ")[-2:]) - 20  # T0 is 22:13:20 (UTC)
+                pairs, ports = seen.get(second, ("", []))
+                seen[second] = (top_pair(app), ports) if view == "2" else (pairs, top_port(app))
+        assert sorted(seen) == kept[:-1]  # every kept second but the newest (live), once each
+        checked = [s for s in seen if s >= phase_at(s).start + 2 or phase_at(s) is PHASES[0]]
+        assert {phase_at(s) for s in checked} == set(PHASES)
+        for second in checked:
+            assert_phase(app, *seen[second], second)
+    app.close_engine()
+
+
+async def publish_final(app: RetrotapApp, pilot: Any, ring: HistoryRing, final: Snapshot) -> None:
+    """Wait (bounded) until the history thread kept the replay's last second."""
+    deadline = time.monotonic() + 10
+    while not (ring.entries() and ring.entries()[-1].second == final.last_ns // 1_000_000_000):
+        assert time.monotonic() < deadline, "the last second never reached the history"
+        await pilot.pause(0.05)
+    app.pull()
+    await pilot.pause()
