@@ -305,6 +305,9 @@ def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
     return 0
 
 
+MINUTE_ABSENT = ("cpu_seconds", "restarts", "last_error")  # of a live record's `capture`
+
+
 def run_minutes(opts: StatsOptions, out: Output, log: Callable[[str], None]) -> int:
     """`retrotap stats DIR --from T1 --to T2`: a record per stored minute of the window, as a live run's.
 
@@ -322,6 +325,9 @@ def run_minutes(opts: StatsOptions, out: Output, log: Callable[[str], None]) -> 
     for m in minutes:
         rec = record(m.snap, m.prev, opts.top, m.processes)
         rec["flow_table"]["active"] = m.flows_active
+        for key in MINUTE_ABSENT:  # not kept per minute: left out rather than shown as 0
+            rec.get("capture", {}).pop(key, None)
+        rec.pop("process_mapper", None)
         out.write(rec)
     return 0
 

@@ -11,17 +11,21 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from capture_backend.rewind.aggregates import AGGREGATES, MINUTE_NS
-from capture_backend.rewind.sessions import STORE_NAME, Retention, SessionStore
+from capture_backend.contract import EMPTY_UNKNOWN, ProcessTable, ProcessTotals
+from capture_backend.output.report import record
+from capture_backend.replay import file_snapshots
+from capture_backend.rewind.aggregates import AGGREGATES, MINUTE_NS, MinuteAggregator, merge
+from capture_backend.rewind.sessions import END_OF_TIME, STORE_NAME, Retention, SessionStore
 from tests.helpers.cli import run_retrotap
 from tests.helpers.history import T0, Phase, phase_frames
-from tests.pcapgen import NS, write_pcap
+from tests.pcapgen import NS, write_mixed, write_pcap
 from tests.tshark import tshark
 
 PHASES = (
@@ -100,6 +104,7 @@ def test_every_minute_equals_tshark(
             {"proto": 17, "name": "udp", "packets": ref["totals"]["packets"], "bytes": ref["totals"]["bytes"]}
         ]
         assert rec["flows"] == []  # per-flow detail is in the sessions (retrotap sessions DIR)
+        assert "cpu_seconds" not in rec.get("capture", {}) and "process_mapper" not in rec
 
 
 def test_the_window_picks_the_minutes_it_overlaps(capture: tuple[Path, Path]) -> None:
@@ -151,3 +156,53 @@ def test_retention_removes_old_minutes_with_old_sessions(capture: tuple[Path, Pa
         assert all(n <= 2 for n in kept())
     with sqlite3.connect(copy) as db:  # the sessions table is untouched by the minutes' layout
         assert db.execute("SELECT count(*) FROM sessions").fetchone()[0] > 0
+
+
+def test_retention_by_size_removes_minutes_without_sessions(capture: tuple[Path, Path], tmp_path: Path) -> None:
+    copy = tmp_path / STORE_NAME
+    copy.write_bytes((capture[1] / STORE_NAME).read_bytes())
+    with SessionStore(copy) as store:
+        store.db.execute("DELETE FROM sessions")
+        assert store.db.execute("SELECT count(*) FROM minute_totals").fetchone()[0] == 4
+        store.retain(Retention(max_bytes=1))  # never reachable: everything goes, and it ends
+        assert [store.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in AGGREGATES] == [0] * 6
+
+
+def test_live_minutes_from_snapshots_add_up(tmp_path: Path) -> None:
+    """Live snapshots (minutes by their wall time), latency and processes: each minute holds what grew in it,
+    and the minutes read back add up to the run."""
+    path = tmp_path / "mixed.pcap"
+    write_mixed(path)
+    start = 1_800_000_000.0  # a minute boundary
+    snaps = [
+        replace(s, live=True, time=start + 20 * n, started=start)
+        for n, s in enumerate(file_snapshots(str(path), step_s=5.0, clock=lambda: start))
+    ]
+    assert len(snaps) >= 9 and snaps[-1].latency.exchanges > 0
+
+    def procs(n: int) -> ProcessTable:
+        curl = ProcessTotals(7, "curl", "root", 100 * n, 10 * n, n, n)
+        return ProcessTable(n + 1, start + 20 * n, (curl,), EMPTY_UNKNOWN)
+
+    agg = MinuteAggregator()
+    batch: dict[str, list[Any]] = {}
+    for n, s in enumerate(snaps):
+        merge(batch, agg.update(s, procs(n), final=n == len(snaps) - 1))
+    totals = batch["minute_totals"]
+    assert [t[0] for t in totals] == [int(start * NS) + k * MINUTE_NS for k in range(len(totals))]
+    # A minute holds 3 snapshots' growth (20 s apart): from the last one before it to its last one.
+    ends = [snaps[min(3 * k + 2, len(snaps) - 1)] for k in range(len(totals))]
+    befores = [None, *ends[:-1]]
+    assert [t[5] for t in totals] == [e.packets - (b.packets if b else 0) for e, b in zip(ends, befores, strict=True)]
+    with SessionStore(tmp_path / "store") as store:
+        store.insert_batch([], batch)
+        read = store.minutes(0, END_OF_TIME)
+    assert sum(m.snap.packets for m in read) == snaps[-1].packets
+    assert sum(m.snap.bytes for m in read) == snaps[-1].bytes
+    exchanges = sum(int(m.snap.latency.services.cols["count"].sum()) for m in read)
+    assert exchanges == int(snaps[-1].latency.services.cols["count"].sum())
+    curl = [p for m in read for p in (m.processes.processes if m.processes else ()) if p.pid == 7]
+    assert sum(p.rx_bytes for p in curl) == 100 * (len(snaps) - 1)
+    rec = record(read[0].snap, read[0].prev, 0, read[0].processes)
+    assert rec["live"] is True and rec["interval"] == 60.0 and rec["time"] == start + 60
+    assert rec["processes"][0]["name"] == "curl" and rec["processes"][0]["rx_bytes"] == 100 * 2
