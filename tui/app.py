@@ -69,6 +69,7 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
+HISTORY_SPARK_S = 60  # rewound Interfaces view: the sparklines' seconds up to the cursor
 STORE_REREAD_S = 5.0  # rewound Flows view: the session records of the cursor's second are read again after this
 NS = 1_000_000_000
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
@@ -315,11 +316,17 @@ class RetrotapApp(App[int]):
                     snap, prev, processes = replace(snap, flows=found[0]), None, found[1]
                     store = self.capture_run.sessions
                     note = f"{len(snap.flows)} sessions active then, from the session store ({store})"
+            past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()
+            if self.active == 1 and self.history is not None:
+                entries = self.history.entries()
+                upto = self._index(entries) + 1
+                past = tuple((e.snap, e.prev) for e in entries[max(0, upto - HISTORY_SPARK_S) : upto])
             return Frame(
                 snap=snap,
                 prev=prev,
                 base=self.base,
                 now=entry.snap.time,
+                past=past,
                 query=query,
                 name=name,
                 processes=processes,

@@ -416,3 +416,24 @@ async def publish_final(app: RetrotapApp, pilot: Any, ring: HistoryRing, final: 
         await pilot.pause(0.05)
     app.pull()
     await pilot.pause()
+
+
+@sync
+async def test_rewound_sparklines_are_the_minute_up_to_the_cursor(snaps: list[Snapshot]) -> None:
+    ring = HistoryRing()
+    for s in snaps:
+        ring.offer(s)
+    feed = SnapshotFeed(snaps[-1])
+    run = Run.around(feed, lambda line: None, history=ring)
+    app = RetrotapApp(feed, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source="phases.pcap", run=run)
+    async with app.run_test(size=SIZE) as pilot:
+        await press(pilot, "1", *["left_square_bracket"] * 5)  # second 9: phase 2 and the quiet pair
+        label = str(app.query_one("SparkGroup Label.rx").render())
+        phase = phase_at(9)
+        second = (phase.rate * phase.size + BACKGROUND.rate * BACKGROUND.size) * 8  # bits in second 9
+        assert label.startswith(f"phases.pcap captured  {bits(second)}   (last 60 s, max {bits(second)})")
+        spark = app.query_one("SparkGroup Sparkline.rx")
+        data = list(spark.data or [])
+        assert len([v for v in data if v]) == 9  # seconds 1..9 (second 0 has no second before it)
+        assert data[-1] == second
+    app.close_engine()

@@ -30,6 +30,7 @@ class Frame:
     asof: float | None = None  # rewound: the time the snapshot shown is of (None: live)
     processes_before: ProcessTable | None = None  # rewound: the processes one second before (their rates)
     flows_note: str = ""  # rewound: where the flows shown come from
+    past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()  # rewound Interfaces: the seconds up to the cursor
 
 
 KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
