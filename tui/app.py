@@ -306,34 +306,7 @@ class RetrotapApp(App[int]):
         query = Query.parse(self.text_query, known, owners)
         name = self.names.name if self.show_names else str
         if entry is not None:
-            snap, prev = entry.snap, entry.prev
-            note = f"the {len(snap.flows)} busiest flows of that second, kept in memory"
-            if self.capture_run.sessions is not None and (self.active == 4 or isinstance(self.screen, FlowDetail)):
-                found = self._sessions_at(entry.second)
-                if isinstance(found, str):
-                    note = f"{found}; {note}"
-                else:  # the records' counts are over each record: no rate since the second before
-                    snap, prev, processes = replace(snap, flows=found[0]), None, found[1]
-                    store = self.capture_run.sessions
-                    note = f"{len(snap.flows)} sessions active then, from the session store ({store})"
-            past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()
-            if self.active == 1 and self.history is not None:
-                entries = self.history.entries()
-                upto = self._index(entries) + 1
-                past = tuple((e.snap, e.prev) for e in entries[max(0, upto - HISTORY_SPARK_S) : upto])
-            return Frame(
-                snap=snap,
-                prev=prev,
-                base=self.base,
-                now=entry.snap.time,
-                past=past,
-                query=query,
-                name=name,
-                processes=processes,
-                asof=entry.time,
-                processes_before=entry.processes_before,
-                flows_note=note,
-            )
+            return self._rewound_frame(entry, query, name, processes)
         return Frame(
             snap=self.snap,
             prev=self.prev,
@@ -342,6 +315,39 @@ class RetrotapApp(App[int]):
             query=query,
             name=name,
             processes=processes,
+        )
+
+    def _rewound_frame(
+        self, entry: HistoryEntry, query: Query, name: Callable[[str], str], processes: ProcessTable | None
+    ) -> Frame:
+        """The frame of a kept second: its reduced snapshot, the session records of that second in the Flows
+        view when there is a store, the minute up to it in the Interfaces view's sparklines."""
+        snap, prev = entry.snap, entry.prev
+        note = f"the {len(snap.flows)} busiest flows of that second, kept in memory"
+        if self.capture_run.sessions is not None and (self.active == 4 or isinstance(self.screen, FlowDetail)):
+            found = self._sessions_at(entry.second)
+            if isinstance(found, str):
+                note = f"{found}; {note}"
+            else:  # the records' counts are over each record: no rate since the second before
+                snap, prev, processes = replace(snap, flows=found[0]), None, found[1]
+                note = f"{len(snap.flows)} sessions active then, from the session store ({self.capture_run.sessions})"
+        past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()
+        if self.active == 1 and self.history is not None:
+            entries = self.history.entries()
+            upto = self._index(entries) + 1
+            past = tuple((e.snap, e.prev) for e in entries[max(0, upto - HISTORY_SPARK_S) : upto])
+        return Frame(
+            snap=snap,
+            prev=prev,
+            base=self.base,
+            now=entry.snap.time,
+            past=past,
+            query=query,
+            name=name,
+            processes=processes,
+            asof=entry.time,
+            processes_before=entry.processes_before,
+            flows_note=note,
         )
 
     # --- the time cursor: every view shows a second of the history (--history) while capture goes on
