@@ -26,11 +26,12 @@ from capture_backend.options import RecordOptions, RunOptions
 from capture_backend.options import RecordRun as RecordRun
 from capture_backend.options import StatsOptions as StatsOptions
 from capture_backend.output.report import Row, alert_rows, bits_text, record, size_text
+from capture_backend.rewind.aggregates import MINUTE_NS
 from capture_backend.rewind.export import ExportOptions
 from capture_backend.rewind.export import run_export as export_recording
 from capture_backend.rewind.recorder import Recorder
 from capture_backend.rewind.session_report import run_sessions as run_sessions
-from capture_backend.rewind.sessions import SessionStoreError, session_owners
+from capture_backend.rewind.sessions import END_OF_TIME, SessionStore, SessionStoreError, session_owners
 from capture_backend.run import PcapSaver, Run, SaveDone
 
 CSV_COLUMNS = (
@@ -267,24 +268,31 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
     return capture_status(run.snapshot, log)
 
 
-def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[Snapshot]:
-    """A snapshot at each interval boundary of packet time that packets cross, and one at the end."""
-    step = int(opts.interval * NS) if opts.interval else 0
+def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[tuple[Snapshot, bool]]:
+    """A snapshot at each interval boundary of packet time that packets cross (to print), at each minute's
+    when session records are kept (for the per-minute aggregates only), and one at the end (to print)."""
+    interval = int(opts.interval * NS) if opts.interval else 0
+    steps = [step for step in (interval, MINUTE_NS if opts.exporters.sessions else 0) if step]
+
+    def after(t: int) -> int:
+        return min((t // step + 1) * step for step in steps)
+
     boundary = 0
     for block in filter_blocks(source.blocks(), opts.filter_expr):
-        while step and len(block):
+        while steps and len(block):
             if boundary == 0:
-                boundary = (int(block.ts_ns[0]) // step + 1) * step
+                boundary = after(int(block.ts_ns[0]))
             later = block.ts_ns >= boundary
             if not later.any():
                 break
             cut = int(np.argmax(later))
             counting.add(block.take(slice(0, cut)))
             block = block.take(slice(cut, None))
-            yield counting.freeze(file_statuses(counting), time.thread_time(), {})
-            boundary = (int(block.ts_ns[0]) // step + 1) * step
+            printed = bool(interval) and not boundary % interval
+            yield counting.freeze(file_statuses(counting), time.thread_time(), {}), printed
+            boundary = after(int(block.ts_ns[0]))
         counting.add(block)
-    yield counting.freeze(file_statuses(counting), time.thread_time(), {})
+    yield counting.freeze(file_statuses(counting), time.thread_time(), {}), True
 
 
 def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[str], None]) -> int:
@@ -298,9 +306,11 @@ def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
         prev: Snapshot | None = None
         written = 0
         try:
-            for snap in _file_snapshots(opts, source, counting):
+            for snap, printed in _file_snapshots(opts, source, counting):
                 latest[0] = snap
                 exporters.offer(snap)
+                if not printed:
+                    continue
                 out.write(record(snap, prev, opts.top))
                 prev = snap
                 written += 1
@@ -318,12 +328,45 @@ def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
     return 0
 
 
+MINUTE_ABSENT = ("cpu_seconds", "restarts", "last_error")  # of a live record's `capture`
+
+
+def run_minutes(opts: StatsOptions, out: Output, log: Callable[[str], None]) -> int:
+    """`retrotap stats DIR --from T1 --to T2`: a record per stored minute of the window, as a live run's.
+
+    The counts are the minute's (a live record's are cumulative), the rates the minute's means; see
+    rewind/aggregates.py for what a minute keeps.
+    """
+    assert opts.directory is not None
+    start, end = opts.window
+    with SessionStore(opts.directory, writable=False) as store:
+        minutes = store.minutes(start, end)
+    if not minutes:
+        span = f"from {_clock(start)} to {_clock(end)}" if start else f"up to {_clock(end)}"
+        log(f"error: no per-minute records in {store.path} {span}")
+        return 1
+    for m in minutes:
+        rec = record(m.snap, m.prev, opts.top, m.processes)
+        rec["flow_table"]["active"] = m.flows_active
+        for key in MINUTE_ABSENT:  # not kept per minute: left out rather than shown as 0
+            rec.get("capture", {}).pop(key, None)
+        rec.pop("process_mapper", None)
+        out.write(rec)
+    return 0
+
+
+def _clock(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(min(ns, END_OF_TIME) / NS))
+
+
 def run_stats(opts: StatsOptions, stream: TextIO = sys.stdout, log: Callable[[str], None] | None = None) -> int:
     """Entry point of `retrotap stats` once options are parsed and checked."""
     logger = log or (lambda msg: print(f"retrotap: {msg}", file=sys.stderr, flush=True))
     signals = Signals()
     signals.install()
     out = Output(opts.fmt, stream)
+    if opts.directory is not None:
+        return run_minutes(opts, out, logger)
     if opts.read_file:
         return run_file(opts, out, signals, logger)
     return run_live(opts, out, signals, logger)

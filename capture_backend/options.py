@@ -58,6 +58,7 @@ class RunOptions:
     processes: bool = False  # map flows to local processes (live only)
     record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
     user: RunAs | None = None  # drop root to this user once the rings are open (-Z)
+    history_seconds: float = 0.0  # the dashboard's per-second history (--history); 0: off
 
 
 @dataclass
@@ -80,6 +81,8 @@ class StatsOptions:
     pcapng: bool = False
     exporters: ExporterSettings = field(default_factory=ExporterSettings)
     user: RunAs | None = None
+    directory: str | None = None  # `stats DIR`: the per-minute records of DIR's session store
+    window: tuple[int, int] = (0, 0)  # their --from/--to, ns
 
 
 @dataclass

@@ -54,6 +54,11 @@ from capture_backend.options import RunOptions as RunOptions
 from capture_backend.replay import FileEngine
 from capture_backend.replay import file_snapshots as file_snapshots
 from capture_backend.rewind.export import export as export_packets
+from capture_backend.rewind.history import HistoryEntry as HistoryEntry
+from capture_backend.rewind.history import HistoryRing as HistoryRing
+from capture_backend.rewind.history import HistoryThread
+from capture_backend.rewind.history import data_time as data_time
+from capture_backend.rewind.history import session_flows as session_flows
 from capture_backend.rewind.index import RECORDING_NAME
 from capture_backend.rewind.inspect import file_job as file_job
 from capture_backend.rewind.inspect import selection_job
@@ -196,7 +201,17 @@ class Run:
             timemachine=self.timemachine,
         )
         self.recording: tuple[Recorder, RecorderThread] | None = None
+        self.history = HistoryRing(int(opts.history_seconds)) if opts.history_seconds >= 1 else None
+        self._history_thread = self._history_of(self.history)
         self._opened = self._started = self._closed = False
+
+    def _history_of(self, ring: HistoryRing | None) -> HistoryThread | None:
+        if ring is None:
+            return None
+        return HistoryThread(ring, lambda: self.engine.snapshot, self._process_table)
+
+    def _process_table(self) -> ProcessTable | None:
+        return self.mapper.result if self.mapper is not None else None
 
     @classmethod
     def around(
@@ -207,18 +222,27 @@ class Run:
         timemachine: TimeMachine | None = None,
         mapper: ProcessMapper | None = None,
         snapshot_dir: str = ".",
+        history: HistoryRing | None = None,
+        sessions: str | None = None,
     ) -> Run:
         """A run over parts built elsewhere (tests, screenshots: a snapshot feed instead of a capture)."""
         run = cls.__new__(cls)
-        run.opts = RunOptions(snapshot_dir=snapshot_dir, buffer_size=0)
+        run.opts = RunOptions(snapshot_dir=snapshot_dir, buffer_size=0, exporters=ExporterSettings(sessions=sessions))
         run.log = log
         run.timemachine = timemachine
         run.engine = engine  # type: ignore[assignment]
         run.mapper = mapper
         run.exporters = Exporters(ExporterSettings(), lambda: run.engine.snapshot, log)
         run.recording = None
+        run.history = history
+        run._history_thread = run._history_of(history)
         run._opened = run._started = run._closed = False
         return run
+
+    @property
+    def sessions(self) -> str | None:
+        """The session store's directory (--sessions), None without one."""
+        return self.opts.exporters.sessions
 
     @property
     def snapshot(self) -> Snapshot:
@@ -262,6 +286,12 @@ class Run:
         self.engine.start()
         if self.mapper is not None:
             self.mapper.start()
+        self.start_history()
+
+    def start_history(self) -> None:
+        """Start keeping the per-second history (--history), if it is on and not started yet."""
+        if self._history_thread is not None:
+            self._history_thread.start()
 
     def start_recording(
         self, options: RecordOptions, on_error: Log, *, from_now: bool = True, log: Log | None = None
@@ -307,7 +337,7 @@ class Run:
         return selection_job(self.timemachine, select, limit)
 
     def close(self) -> None:
-        """Stop everything in order (once): engine, recorder, process mapper, exporters."""
+        """Stop everything in order (once): engine, recorder, process mapper, history, exporters."""
         if self._closed:
             return
         self._closed = True
@@ -315,6 +345,8 @@ class Run:
         self.stop_recording()
         if self.mapper is not None:
             self.mapper.close()
+        if self._history_thread is not None:
+            self._history_thread.stop()
         self.exporters.stop(self.engine.snapshot)
 
     @property

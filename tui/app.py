@@ -8,10 +8,12 @@ Textual messages (EngineNotice) posted from the capture thread.
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -27,11 +29,23 @@ from capture_backend.contract import (
     EngineEvent,
     EventSink,
     PcapSaveResult,
+    ProcessTable,
     Snapshot,
+    TableSnapshot,
     UserError,
 )
 from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
-from capture_backend.run import ProcessMapper, Run, Selector, SessionHistory, TimeMachine, file_job
+from capture_backend.run import (
+    HistoryEntry,
+    HistoryRing,
+    ProcessMapper,
+    Run,
+    Selector,
+    SessionHistory,
+    TimeMachine,
+    file_job,
+    session_flows,
+)
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
 from tui.options import check_dashboard_user, user_of
 from tui.selection import Selection
@@ -39,7 +53,7 @@ from tui.widgets.banner import ErrorBanner, problems
 from tui.widgets.drops import DropsView
 from tui.widgets.flow_detail import FlowDetail
 from tui.widgets.flows import FlowsView
-from tui.widgets.format import count, duration, size
+from tui.widgets.format import clock_time, count, duration, size
 from tui.widgets.help import HelpScreen
 from tui.widgets.history import HistoryView
 from tui.widgets.hosts import HostsView
@@ -57,6 +71,9 @@ from tui.widgets.view import Frame, View
 
 VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency", "history")
 VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency", "History")
+HISTORY_SPARK_S = 60  # rewound Interfaces view: the sparklines' seconds up to the cursor
+STORE_REREAD_S = 5.0  # rewound Flows view: the session records of the cursor's second are read again after this
+NS = 1_000_000_000
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
 
 
@@ -134,6 +151,11 @@ class RetrotapApp(App[int]):
         Binding("i", "inspect", "Inspect", show=False),
         Binding("I", "inspect_file", "Inspect pcap", show=False, key_display="I"),
         Binding("t", "time_range", "Time range", show=False),
+        Binding("left_square_bracket", "rewind(-1)", "Back 1 s", show=False, key_display="["),
+        Binding("right_square_bracket", "rewind(1)", "Forward 1 s", show=False, key_display="]"),
+        Binding("left_curly_bracket", "rewind(-60)", "Back 1 min", show=False, key_display="{"),
+        Binding("right_curly_bracket", "rewind(60)", "Forward 1 min", show=False, key_display="}"),
+        Binding("L", "live", "Live", show=False, key_display="L"),
     ]
     ACTION_HELP = {
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
@@ -160,6 +182,11 @@ class RetrotapApp(App[int]):
         "snapshot_selection": "Write only the selected flow, host pair, host or port to a pcap",
         "inspect": "Inspect the selected flow, host pair, host or port (tshark)",
         "inspect_file": "Pick a pcap (--snapshot-dir, --record-dir) to inspect (tshark)",
+        "rewind(-1)": "Rewind every view one second (--history; capture goes on)",
+        "rewind(1)": "One second forward (past the newest: live)",
+        "rewind(-60)": "Rewind every view one minute",
+        "rewind(60)": "One minute forward (past the newest: live)",
+        "live": "Back to live",
     }
     EXTRA_KEYS = [
         ("Enter", "Flows, History: details of the selected flow or session"),
@@ -213,6 +240,10 @@ class RetrotapApp(App[int]):
         self._query_before = ""
         self._closed = False
         self.active = 1
+        self.history: HistoryRing | None = self.capture_run.history
+        self.cursor: int | None = None  # rewound: the second shown (None: live)
+        # The session records of a rewound second: (second, when read, the flows and owners or why none).
+        self._store_flows: tuple[int, float, tuple[TableSnapshot, ProcessTable] | str] | None = None
         engine.on_event = self._engine_event
         self.sessions = SessionHistory(
             lambda: self._sessions_dir(sessions_dir),
@@ -251,6 +282,7 @@ class RetrotapApp(App[int]):
             self.engine.start()
         if self.processes is not None and self.processes.snapshots is not None and not self.processes.running:
             self.processes.start()
+        self.capture_run.start_history()
         self.set_interval(self.refresh_s, self.pull)
         self.action_view(1)
         self.pull()
@@ -285,19 +317,117 @@ class RetrotapApp(App[int]):
         self.render_view()
 
     def frame(self) -> Frame:
-        """What the views render from now."""
+        """What the views render from now (or, rewound, from the second of the time cursor)."""
         known = self.names.known() if self.show_names else {}
+        entry = self.rewound()
         processes = self.processes.result if self.processes is not None else None
+        if entry is not None:
+            processes = entry.processes
         owners = processes.owned.names if processes and self.text_query else ()
+        query = Query.parse(self.text_query, known, owners)
+        name = self.names.name if self.show_names else str
+        if entry is not None:
+            return self._rewound_frame(entry, query, name, processes)
         return Frame(
             snap=self.snap,
             prev=self.prev,
             base=self.base,
             now=self.clock(),
-            query=Query.parse(self.text_query, known, owners),
-            name=self.names.name if self.show_names else str,
+            query=query,
+            name=name,
             processes=processes,
         )
+
+    def _rewound_frame(
+        self, entry: HistoryEntry, query: Query, name: Callable[[str], str], processes: ProcessTable | None
+    ) -> Frame:
+        """The frame of a kept second: its reduced snapshot, the session records of that second in the Flows
+        view when there is a store, the minute up to it in the Interfaces view's sparklines."""
+        snap, prev = entry.snap, entry.prev
+        note = f"the {len(snap.flows)} busiest flows of that second, kept in memory"
+        if self.capture_run.sessions is not None and (self.active == 4 or isinstance(self.screen, FlowDetail)):
+            found = self._sessions_at(entry.second)
+            if isinstance(found, str):
+                note = f"{found}; {note}"
+            else:  # the records' counts are over each record: no rate since the second before
+                snap, prev, processes = replace(snap, flows=found[0]), None, found[1]
+                note = f"{len(snap.flows)} sessions active then, from the session store ({self.capture_run.sessions})"
+        past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()
+        if self.active == 1 and self.history is not None:
+            entries = self.history.entries()
+            upto = self._index(entries) + 1
+            past = tuple((e.snap, e.prev) for e in entries[max(0, upto - HISTORY_SPARK_S) : upto])
+        return Frame(
+            snap=snap,
+            prev=prev,
+            base=self.base,
+            now=entry.snap.time,
+            past=past,
+            query=query,
+            name=name,
+            processes=processes,
+            asof=entry.time,
+            processes_before=entry.processes_before,
+            flows_note=note,
+        )
+
+    # --- the time cursor: every view shows a second of the history (--history) while capture goes on
+    def rewound(self) -> HistoryEntry | None:
+        """The second the cursor is on (the oldest kept when it has fallen off the history), None when live."""
+        if self.cursor is None or self.history is None:
+            return None
+        entries = self.history.entries()
+        if not entries:
+            return None
+        return entries[self._index(entries)]
+
+    def _sessions_at(self, second: int) -> tuple[TableSnapshot, ProcessTable] | str:
+        """The session records that overlap a second (read again after STORE_REREAD_S), or why there are none."""
+        now = time.monotonic()
+        cached = self._store_flows
+        if cached is not None and cached[0] == second and now - cached[1] < STORE_REREAD_S:
+            return cached[2]
+        assert self.capture_run.sessions is not None
+        result: tuple[TableSnapshot, ProcessTable] | str
+        try:
+            result = session_flows(self.capture_run.sessions, second * NS, (second + 1) * NS)
+            if not len(result[0]):
+                result = "no session record covers that second (yet: a flow's is written when it ends)"
+        except UserError as e:  # the store is missing or unreadable: said, and the memory's flows shown
+            result = str(e)
+        self._store_flows = (second, now, result)
+        return result
+
+    def _index(self, entries: tuple[HistoryEntry, ...]) -> int:
+        assert self.cursor is not None
+        return max(0, bisect.bisect_right([e.second for e in entries], self.cursor) - 1)
+
+    def action_rewind(self, seconds: int) -> None:
+        """Move the time cursor: ±1 one kept second, else that many seconds (past the newest: live)."""
+        entries = self.history.entries() if self.history is not None else ()
+        if not entries:
+            off = self.history is None
+            self.notify("the history is off (--history 0)" if off else "no history yet", severity="warning")
+            return
+        if self.cursor is None:
+            if seconds > 0:
+                return
+            here = len(entries) - 1  # the newest kept second is now
+        else:
+            here = self._index(entries)
+        if abs(seconds) == 1:
+            target = here + seconds
+        else:
+            kept = [e.second for e in entries]
+            want = entries[here].second + seconds
+            target = bisect.bisect_right(kept, want) - 1 if seconds < 0 else bisect.bisect_left(kept, want)
+        self.cursor = None if target >= len(entries) else entries[max(0, target)].second
+        self.render_view()
+
+    def action_live(self) -> None:
+        """Back to the live figures."""
+        self.cursor = None
+        self.render_view()
 
     def render_view(self) -> None:
         """Redraw the active view, the status line and an open flow detail."""
@@ -312,7 +442,7 @@ class RetrotapApp(App[int]):
             self.screen.show(frame)
 
     def _status(self, frame: Frame) -> None:
-        snap = frame.snap
+        snap = self.snap  # the live figures, also while the views are rewound
         if snap.live:
             where = ",".join(i.name for i in snap.interfaces) or self.source
         else:
@@ -330,13 +460,16 @@ class RetrotapApp(App[int]):
             parts.append(f"/{frame.query.text}{unknown}")
         if isinstance(view, FlowsView):
             parts.append(f"{view.shown} of {view.matched} flows")
-        parts.append(f"age {duration(max(0.0, frame.now - snap.time))}")
+        parts.append(f"age {duration(max(0.0, self.clock() - snap.time))}")
+        if self.history is not None and self.history.errors:
+            parts.append(f"history: {self.history.errors} errors, {self.history.last_error}")
         if self.last_snapshot:
             parts.append(f"saved {self._saved_note}")
         if self.capture_run.recording is not None:
             stats = self.capture_run.recording[0].stats
             parts.append(f"REC {self.record_dir} {count(stats.packets)} pkts {size(stats.bytes)}")
-        self.query_one(StatusBar).show(" │ ".join(parts), self.paused, self.show_names)
+        asof = f"as of {clock_time(frame.asof, frame.snap.time)}" if frame.asof is not None else ""
+        self.query_one(StatusBar).show(" │ ".join(parts), self.paused, self.show_names, asof)
 
     # --- engine events (posted from the capture thread)
     def _engine_event(self, event: EngineEvent) -> None:
@@ -603,6 +736,7 @@ def run_dashboard(
         exporters=exporters or ExporterSettings(),
         processes=True,  # live only: a file's sockets are not this machine's
         user=user_of(args),
+        history_seconds=args.history,
     )
     run = Run(opts, notes.append)
     run.open()

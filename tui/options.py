@@ -237,6 +237,13 @@ def _dashboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh", type=_positive(float), default=1.0, metavar="S", help="screen refresh")
     p.add_argument("--realtime", action="store_true", help="with -r: replay at the file's pace")
     p.add_argument(
+        "--history",
+        type=_duration,
+        default=900.0,
+        metavar="DURATION",
+        help="per-second history the time cursor ([ ] { } L) moves over (15m; 0: off)",
+    )
+    p.add_argument(
         "--record-dir", default="retrotap-recording", metavar="DIR", help="where R records (rotating pcap files)"
     )
     p.add_argument(
@@ -262,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument("directory", metavar="DIR", help="the --incidents directory")
     inc.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     stats = sub.add_parser("stats", help="print counters every interval (text, json or csv)")
+    stats.add_argument(
+        "directory",
+        nargs="?",
+        metavar="DIR",
+        help="print the per-minute records kept in DIR's session store (--sessions DIR, record -w DIR) instead",
+    )
+    stats.add_argument("--from", dest="from_time", metavar="T1", help="with DIR: from this time (as export's)")
+    stats.add_argument("--to", dest="to_time", metavar="T2", help="with DIR: up to this time (default: now)")
     _common(stats)
     stats.add_argument("--interval", type=_positive(float), metavar="S", help="seconds between records")
     stats.add_argument("--count", type=_positive(int), default=0, metavar="N", help="stop after N records")
@@ -369,10 +384,21 @@ def interfaces_of(args: argparse.Namespace) -> list[str]:
     return names or [default_interface()]
 
 
-def stats_options(args: argparse.Namespace) -> StatsOptions:
+def stats_options(args: argparse.Namespace, now: datetime | None = None) -> StatsOptions:
     """StatsOptions from parsed arguments; UsageError on inconsistent values."""
     if args.interval is not None and args.interval <= 0:
         raise UsageError("--interval must be greater than 0")
+    if args.directory is None and (args.from_time or args.to_time):
+        raise UsageError("--from and --to read stored minutes: give the directory, as in stats DIR --from T1")
+    if args.directory is not None:
+        if args.read or args.interface or args.interval or args.count:
+            raise UsageError("stats DIR prints stored minutes: -r, -i, --interval and --count are for capturing")
+        return StatsOptions(
+            top=args.top,
+            fmt=args.format,
+            directory=args.directory,
+            window=time_window(args.from_time, args.to_time, now),
+        )
     user = user_of(args)
     return StatsOptions(
         interfaces=interfaces_of(args),

@@ -189,9 +189,10 @@ class Exporters:
             writer, self.sessions = self.sessions, None
             writer.close(final)
             st = writer.stats
-            if st.dropped or st.errors:
+            if st.dropped or st.minutes_dropped or st.errors:
                 self.log(
                     f"sessions: {st.records} records written to {writer.path}, {st.dropped} dropped, "
+                    f"{st.minutes_dropped} minutes of aggregates dropped, "
                     f"{st.errors} store errors (last: {st.last_error or 'none'})"
                 )
         if self.metrics is not None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from capture_backend.contract import FLOW_KEY, ProcessTable, Snapshot, is_v4, key_records
 from capture_backend.exporters.ipfix import FLOW_CARRIED, FLOW_COUNTED, US, Finished, FlowTracker, client_is_a
+from capture_backend.rewind.aggregates import Batch, MinuteAggregator
 from capture_backend.rewind.sessions import Retention, SessionStore, SessionStoreError, store_path
 
 # Flow columns whose growth each record carries, and those whose latest value it carries (as IPFIX's).
@@ -53,6 +54,8 @@ class SessionStats:
     records: int = 0
     batches: int = 0
     dropped: int = 0
+    minutes: int = 0  # per-minute aggregates written
+    minutes_dropped: int = 0
     errors: int = 0
     deleted: int = 0
     last_error: str = ""
@@ -170,7 +173,8 @@ class SessionWriter:
         )
         self.store: SessionStore | None = None
         self._feed: queue.Queue[Snapshot | None] = queue.Queue(maxsize=FEED_QUEUE)
-        self._writes: queue.Queue[list[tuple[Any, ...]] | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self.minutes = MinuteAggregator()
+        self._writes: queue.Queue[tuple[list[tuple[Any, ...]], Batch] | None] = queue.Queue(maxsize=WRITE_QUEUE)
         self._last: Snapshot | None = None
         self._threads: list[threading.Thread] = []
         self._next_open = 0.0
@@ -237,39 +241,47 @@ class SessionWriter:
     def _emit(self, snap: Snapshot, final: bool = False, wait: bool = False) -> None:
         self._last = snap
         done = self.tracker.update(snap, final)
-        if len(done) == 0:
-            return
         procs = self.processes() if self.processes is not None else None
-        rows = session_rows(done, snap, procs)
+        minutes = self.minutes.update(snap, procs, final)
+        if len(done) == 0 and not minutes:
+            return
+        batch = (session_rows(done, snap, procs), minutes)
         if wait:
-            self._writes.put(rows)
+            self._writes.put(batch)
             return
         try:
-            self._writes.put_nowait(rows)
+            self._writes.put_nowait(batch)
         except queue.Full:
-            self.stats.dropped += len(rows)
+            self._dropped(batch)
+
+    def _dropped(self, batch: tuple[list[tuple[Any, ...]], Batch]) -> None:
+        rows, minutes = batch
+        self.stats.dropped += len(rows)
+        self.stats.minutes_dropped += len(minutes.get("minute_totals", ()))
 
     # --- the disk thread
 
     def _write(self) -> None:
         while True:
-            rows = self._writes.get()
-            if rows is None:
+            batch = self._writes.get()
+            if batch is None:
                 return
+            rows, minutes = batch
             store = self._store()
             if store is None:
-                self.stats.dropped += len(rows)
+                self._dropped(batch)
                 continue
             try:
-                store.insert(rows)
+                store.insert_batch(rows, minutes)
                 self.stats.records += len(rows)
+                self.stats.minutes += len(minutes.get("minute_totals", ()))
                 self.stats.batches += 1
                 if self.clock() >= self._next_retain:
                     self._next_retain = self.clock() + RETAIN_EVERY_S
                     deleted = store.retain(self.settings.retention)
                     self.stats.deleted += deleted
             except SessionStoreError as e:
-                self.stats.dropped += len(rows)
+                self._dropped(batch)
                 self._error(str(e))
                 store.close()
                 self.store = None

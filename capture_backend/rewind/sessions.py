@@ -13,6 +13,10 @@ by age, by size and to keep free space (as the recorder's --keep-age, --max-size
 the pages back to the file system (incremental vacuum). Every failure of SQLite (a corrupt, locked or
 unwritable file) is a SessionStoreError with one line naming the file.
 
+The same file holds the per-minute aggregates of every view (rewind/aggregates.py, their own tables,
+declared there); retention deletes their minutes with the sessions of the same age, and, by size or free
+space, the minutes older than the oldest session left.
+
 `--where` is a small language of `FIELD OP NUMBER` clauses joined by `and`, over a whitelist of fields,
 compiled to parameterised SQL: nothing the user writes reaches SQL as text.
 """
@@ -46,6 +50,15 @@ from capture_backend.contract import (
     address_key,
     proto_name,
     service_name,
+)
+from capture_backend.rewind.aggregates import (
+    AGGREGATES,
+    MINUTE_NS,
+    Batch,
+    MinuteRecord,
+    aggregate_schema,
+    insert_sql,
+    read_minutes,
 )
 from capture_backend.rewind.export import ExportOptions, FlowMatch, TimeSpecError, time_window
 
@@ -124,7 +137,7 @@ def schema() -> str:
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     ]
     out += [f"CREATE INDEX IF NOT EXISTS {name} ON sessions ({', '.join(on)});" for name, on in INDEXES.items()]
-    return "\n".join(out)
+    return "\n".join(out + aggregate_schema())
 
 
 class SessionStoreError(UserError):
@@ -231,14 +244,23 @@ class SessionStore:
 
     def insert(self, rows: Sequence[Sequence[Any]]) -> int:
         """Write records (each in COLUMN_NAMES order) in one transaction; returns how many."""
-        if not rows:
+        return self.insert_batch(rows, {})
+
+    def insert_batch(self, rows: Sequence[Sequence[Any]], aggregates: Batch) -> int:
+        """Write session records and per-minute aggregate rows (table → rows) in one transaction; returns
+        how many records."""
+        if not rows and not any(aggregates.values()):
             return 0
         marks = ", ".join("?" * len(COLUMNS))
-        span = max(int(r[1]) - int(r[0]) for r in rows)
+        span = max((int(r[1]) - int(r[0]) for r in rows), default=0)
         with _sqlite_errors(self.path):
             self.db.execute("BEGIN")
             try:
-                self.db.executemany(f"INSERT INTO sessions ({', '.join(COLUMN_NAMES)}) VALUES ({marks})", rows)
+                if rows:
+                    self.db.executemany(f"INSERT INTO sessions ({', '.join(COLUMN_NAMES)}) VALUES ({marks})", rows)
+                for table, table_rows in aggregates.items():
+                    if table_rows:
+                        self.db.executemany(insert_sql(table), table_rows)
                 if span > self.max_span_ns:
                     self.db.execute(
                         "INSERT INTO meta (key, value) VALUES ('max_span_ns', ?) "
@@ -252,6 +274,14 @@ class SessionStore:
                 raise
             self.max_span_ns = max(self.max_span_ns, span)
         return len(rows)
+
+    def minutes(self, from_ns: int, to_ns: int) -> list[MinuteRecord]:
+        """The per-minute aggregates overlapping [from_ns, to_ns), as snapshots."""
+        with _sqlite_errors(self.path):
+            names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not set(AGGREGATES) <= names:
+                raise SessionStoreError(f"sessions store {self.path}: no per-minute aggregates (an older store)")
+            return list(read_minutes(self.db, from_ns, to_ns))
 
     def count(self) -> int:
         with _sqlite_errors(self.path):
@@ -279,23 +309,46 @@ class SessionStore:
                 cutoff = now_ns - keep.keep_age_ns
                 cur = self.db.execute("DELETE FROM sessions WHERE start_ns < ? AND end_ns < ?", (cutoff, cutoff))
                 deleted += cur.rowcount
+                self._trim_minutes(cutoff - MINUTE_NS)
             for _ in range(64):  # each pass deletes at least 1/16 of what is left: bounded
                 short = self._short(keep, statvfs)
                 if short <= 0:
                     break
                 total = self.count()
                 if total == 0:
-                    break
+                    if not self._trim_minutes(None):
+                        break
+                    self.db.execute("PRAGMA incremental_vacuum")
+                    continue
                 used = max(self.used_bytes(), 1)
                 n = max(total // 16, int(total * short / used) + 1, 1)
                 cur = self.db.execute(
                     "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions ORDER BY start_ns LIMIT ?)", (n,)
                 )
                 deleted += cur.rowcount
+                oldest = self.db.execute("SELECT min(start_ns) FROM sessions").fetchone()[0]
+                self._trim_minutes(oldest - MINUTE_NS if oldest is not None else None)
                 self.db.execute("PRAGMA incremental_vacuum")
             if deleted:
                 self.db.execute("PRAGMA incremental_vacuum")
         return deleted
+
+    def _trim_minutes(self, before_ns: int | None) -> int:
+        """Delete the per-minute aggregates of minutes that start before before_ns (None: the oldest 1/16 of
+        the minutes kept); how many minutes."""
+        if before_ns is None:
+            n = self.db.execute("SELECT count(*) FROM minute_totals").fetchone()[0]
+            row = self.db.execute(
+                "SELECT minute_ns FROM minute_totals ORDER BY minute_ns LIMIT 1 OFFSET ?", (max(n // 16, 1) - 1,)
+            ).fetchone()
+            if row is None:
+                return 0
+            before_ns = int(row[0]) + 1
+        gone = 0
+        for table in AGGREGATES:
+            cur = self.db.execute(f"DELETE FROM {table} WHERE minute_ns < ?", (before_ns,))
+            gone = cur.rowcount if table == "minute_totals" else gone
+        return gone
 
     def _short(self, keep: Retention, statvfs: Callable[[str], os.statvfs_result]) -> int:
         """Bytes over the size limit or missing to the free space asked for (0 or less: none)."""

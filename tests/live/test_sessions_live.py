@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from capture_backend.rewind.sessions import Query, SessionStore
+from capture_backend.rewind.sessions import END_OF_TIME, Query, SessionStore
 from tests.captures import SETTLE_S, snapshot_of, start_retrotap, start_tcpdump, stop_tcpdump
 from tests.lab import REPO_ROOT, Lab
 from tests.scenes import Dns, Scene, Web, quiesce
-from tests.tshark import Frame, tshark_frames
+from tests.tshark import Frame, capinfos, tshark_frames
 
 pytestmark = [
     pytest.mark.live,
@@ -179,6 +179,14 @@ def test_record_keeps_sessions_beside_its_files_and_exports_one(open_lab: Lab, t
     got, spans = session_flows(rows)
     assert len(want) > 10
     assert (got, spans) == (want, want_spans)
+    # The per-minute aggregates beside them add up to the recording, every frame (ARP too) counted once.
+    with SessionStore(rec, writable=False) as store:
+        minutes = store.minutes(0, END_OF_TIME)
+    recorded = [capinfos(f) for f in files]
+    assert minutes
+    assert sum(m.snap.packets for m in minutes) == sum(p for p, _ in recorded)
+    assert sum(m.snap.bytes for m in minutes) == sum(b for _, b in recorded)
+    assert [sum(i.packets for i in m.snap.interfaces) for m in minutes] == [m.snap.packets for m in minutes]
     # One HTTP session's packets, cut out of the recording by its id.
     row = max((r for r in rows if r["proto"] == "tcp"), key=lambda r: r["src_packets"] + r["dst_packets"])
     out = tmp_path / "one.pcap"

@@ -274,7 +274,8 @@ def test_corrupt_store_is_one_line_and_capture_goes_on(tmp_path: Path) -> None:
         "(records are counted as dropped until it can be written)"
     )
     assert logged[-1] == (
-        f"sessions: 0 records written to {tmp_path / STORE_NAME}, 1 dropped, 1 store errors "
+        f"sessions: 0 records written to {tmp_path / STORE_NAME}, 1 dropped, 1 minutes of aggregates dropped, "
+        "1 store errors "
         f"(last: sessions store {tmp_path / STORE_NAME}: corrupt (file is not a database))"
     )
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 from textual.app import ComposeResult
 from textual.message import Message
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from capture_backend.contract import IPPROTO_TCP, TableSnapshot, match_rows
 from capture_backend.output.report import flow_rows, flow_server_is_b, snapshot_interval, table_rates
 from tui.selection import FlowSelection
-from tui.widgets.format import bits, count, duration, ms, right, short_count, size
+from tui.widgets.format import bits, clock_time, count, duration, ms, right, short_count, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
 
@@ -175,9 +175,14 @@ class FlowsView(View):
         self.matched = 0
 
     def compose(self) -> ComposeResult:
+        yield Static(id="flows-note")
         yield SnapTable(COLUMNS, id="flows-table")
 
     def show(self, frame: Frame) -> None:
+        note = self.query_one("#flows-note", Static)
+        note.display = frame.asof is not None
+        if frame.asof is not None:
+            note.update(f"As of {clock_time(frame.asof, frame.snap.time)}: {frame.flows_note}; L: back to live")
         t = frame.snap.flows
         table = self.table
         idx = np.flatnonzero(frame.query.flows(t, frame.processes)) if frame.query else np.arange(len(t))

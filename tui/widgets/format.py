@@ -99,3 +99,11 @@ def utc_stamp(seconds: float, fmt: str = "%Y-%m-%d %H:%M:%S", millis: bool = Fal
     whole, micros = divmod(round(seconds * 1_000_000), 1_000_000)
     text = time.strftime(fmt, time.gmtime(whole))
     return f"{text}.{micros // 1000:03d}" if millis else text
+
+
+def clock_time(seconds: float, today: float | None = None) -> str:
+    """Local time of day ('17:02:10'), with the date when it is not the day of `today` (default: now)."""
+    now = time.localtime(time.time() if today is None else today)
+    then = time.localtime(seconds)
+    same_day = (then.tm_year, then.tm_yday) == (now.tm_year, now.tm_yday)
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", then)

@@ -102,13 +102,19 @@ class InterfacesView(View):
                 )
             )
         self.table.sync(rows)
-        self._show_sparks(iface_rows, frame.snap.live)
+        history = self.history
+        if frame.asof is not None:  # rewound: the minute up to the cursor, one sample a second
+            history = {}
+            for snap, prev in frame.past[-HISTORY_SECONDS:]:
+                for row in interface_rows(snap, prev, with_captured=True) if prev is not None else ():
+                    history.setdefault(row["name"], RateHistory(self.samples)).add(row)
+        self._show_sparks(iface_rows, frame.snap.live, history)
 
-    def _show_sparks(self, rows: list[Row], live: bool) -> None:
+    def _show_sparks(self, rows: list[Row], live: bool, history: dict[str, RateHistory]) -> None:
         box = self.query_one("#sparks", VerticalScroll)
         for r in rows:
             name = r["name"]
-            hist = self.history.get(name) or RateHistory(self.samples)
+            hist = history.get(name) or RateHistory(self.samples)
             wid = "spark-" + "".join(ch if ch.isalnum() else "_" for ch in name)
             found = box.query(f"#{wid}")
             group = found.first(SparkGroup) if found else None

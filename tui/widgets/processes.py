@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from capture_backend.contract import PROCESS_NOTE, ProcessTable
+from capture_backend.contract import EMPTY_PROCESSES, PROCESS_NOTE, ProcessTable
 from capture_backend.output.report import process_rows
 from tui.widgets.format import DASH, bits, count, right, size
 from tui.widgets.table import Cell, Column, SnapTable
@@ -52,18 +52,19 @@ class ProcessesView(View):
         yield SnapTable(COLUMNS, id="processes-table")
 
     def show(self, frame: Frame) -> None:
-        table = self.results()
+        table = self.results() if frame.asof is None else frame.processes or EMPTY_PROCESSES
         note = f"Note: {PROCESS_NOTE}."
         if table.error:
             note += f"  Process mapper failing ({table.errors} errors): {table.error}"
         if note != self._note:
             self._note = note
             self.query_one("#processes-note", Static).update(note)
-        if table is not self._current:
+        if frame.asof is None and table is not self._current:
             self._before = self._current if self._current is not None and self._current.seq else None
             self._current = table
+        before = self._before if frame.asof is None else frame.processes_before  # rewound: that second's rates
         rows: list[tuple[str, list[Cell]]] = []
-        for r in process_rows(table, self._before)[: self.table.capacity()]:
+        for r in process_rows(table, before)[: self.table.capacity()]:
             unknown = r["pid"] is None
             rows.append(
                 (

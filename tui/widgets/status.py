@@ -56,12 +56,16 @@ class StatusBar(Horizontal):
     """
 
     def compose(self) -> ComposeResult:
+        yield Label(id="asof-badge", classes="badge")
         yield Label(id="status-text")
         yield Label("names", id="names-badge", classes="badge")
         yield Label("PAUSED", id="paused-badge", classes="badge")
 
-    def show(self, text: str, paused: bool, names: bool) -> None:
-        """Set the status line and the badges."""
+    def show(self, text: str, paused: bool, names: bool, asof: str = "") -> None:
+        """Set the status line and the badges (asof: the rewound time the views show, '' when live)."""
         self.query_one("#status-text", Label).update(text)
+        badge = self.query_one("#asof-badge", Label)
+        badge.display = bool(asof)
+        badge.update(asof)
         self.query_one("#paused-badge", Label).display = paused
         self.query_one("#names-badge", Label).display = names

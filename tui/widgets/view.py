@@ -27,6 +27,10 @@ class Frame:
     query: Query = field(default_factory=Query)
     name: Callable[[str], str] = str  # address -> what to show (a resolved name when `n` is on)
     processes: ProcessTable | None = None  # the local processes owning flows (None: not mapped, e.g. a file)
+    asof: float | None = None  # rewound: the time the snapshot shown is of (None: live)
+    processes_before: ProcessTable | None = None  # rewound: the processes one second before (their rates)
+    flows_note: str = ""  # rewound: where the flows shown come from
+    past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()  # rewound Interfaces: the seconds up to the cursor
 
 
 KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
