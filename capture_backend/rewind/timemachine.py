@@ -30,8 +30,10 @@ from capture_backend.contract import PcapSaveResult as PcapSaveResult
 NS = 1_000_000_000
 PAGE = 4096
 # The pool's pages are faulted in this far ahead of the writer, by a pager thread: a quiet link keeps a
-# small pool resident, and the capture thread never pays for a page fault (dear in a VM: ~10 µs each).
+# small pool resident (REST_AHEAD), and the capture thread never pays for a page fault (dear in a VM:
+# ~10 µs each).
 TOUCH_AHEAD = 16 << 20
+REST_AHEAD = 4 << 20
 PAGER_STEP = 4 << 20
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in, writable, without touching their contents
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -87,8 +89,8 @@ class _Pager(threading.Thread):
             if tm is None:
                 return
             with self.cond:
-                # A quiet link keeps one window resident; once traffic flows the pager runs two ahead.
-                target = min(self.size, tm._wanted + (2 * TOUCH_AHEAD if tm._wanted else TOUCH_AHEAD))
+                # A quiet link keeps REST_AHEAD resident; once traffic flows the pager runs up to two windows ahead.
+                target = min(self.size, (tm._wanted + 2 * TOUCH_AHEAD) if tm._wanted else REST_AHEAD)
                 if target <= done:
                     del tm
                     self.cond.wait(1.0)
