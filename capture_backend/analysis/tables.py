@@ -10,6 +10,7 @@ evicted first, evictions counted).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -96,15 +97,17 @@ class KeyTable:
         self.slot_folded = np.zeros(HISTORY_SECONDS, bool)  # already folded into "peak"
         self.capacity = capacity
         self.evicted = 0
-        # Every array is allocated at capacity up front but never written ahead of use: a large allocation
-        # is mapped lazily, so rows cost memory only once handed out (and are filled then, in ids()).
+        # Every array is allocated at capacity up front, zeroed and mapped lazily, and never written ahead of
+        # use: rows cost memory only once handed out, and only in the columns they use (a column starting at
+        # zero is not written when a row is handed out; the others are, in ids()).
         size = capacity
-        self.keys = np.zeros((size, width), np.uint8)
-        self.used = np.zeros(size, bool)
+        self.keys = lazy_zeros((size, width), np.uint8)
+        self.used = lazy_zeros((size,), np.bool_)
         self.cols: dict[str, np.ndarray] = {
-            name: np.empty((size, *shape), dtype) for name, (dtype, shape, _) in self.specs.items()
+            name: lazy_zeros((size, *shape), dtype) for name, (dtype, shape, _) in self.specs.items()
         }
-        self.hist = np.zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
+        self._first = {name: fill for name, (_, _, fill) in self.specs.items() if fill != 0}
+        self.hist = lazy_zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
         # A reused row's history counts from this second on: older buckets still hold its last owner's bytes.
         self.hist_from = np.zeros(size if history else 0, np.int64)
         self.max_from = 0
@@ -184,7 +187,7 @@ class KeyTable:
         self.evicted += over
         if self.high > fresh:  # rows handed out for the first time: their cells take the columns' initial values
             new = slice(fresh, self.high)
-            for name, (_, _, fill) in self.specs.items():
+            for name, fill in self._first.items():
                 self.cols[name][new] = fill
         return out
 
@@ -234,11 +237,18 @@ class KeyTable:
             return bucket
         return np.where((self.hist_from[: self.high] <= second)[:, None], bucket, np.uint64(0))
 
+    def _published(self, name: str, col: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The used rows of a column; one that is zero in every row (TCP health of a UDP flood) is
+        published as zero pages, which cost no memory until read, instead of a copy."""
+        if name not in self._first and not col[: self.high].any():
+            return lazy_zeros((rows.size, *col.shape[1:]), col.dtype)
+        return col[rows]
+
     def freeze(self, now_sec: int, derive: Callable[[dict[str, np.ndarray]], None] | None = None) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept; `derive` may
         rewrite the copied columns before they are frozen."""
         rows = np.flatnonzero(self.used[: self.high])
-        cols = {name: col[rows] for name, col in self.cols.items() if name not in self.internal}
+        cols = {name: self._published(name, col, rows) for name, col in self.cols.items() if name not in self.internal}
         if derive is not None:
             derive(cols)
         if self.history:
@@ -262,6 +272,16 @@ class KeyTable:
 
 
 _ZERO_PAIR = np.zeros(16, np.uint8)
+LAZY_BYTES = 1 << 20
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
+    """A zeroed array whose pages become resident only when written (an anonymous mapping when large,
+    whatever the allocator's thresholds)."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if size < LAZY_BYTES:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype).reshape(shape)
 
 
 def _i64(a: np.ndarray) -> np.ndarray:
