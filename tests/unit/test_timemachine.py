@@ -204,6 +204,19 @@ def test_the_pool_is_resident_only_as_far_as_traffic_has_filled_it() -> None:
     assert bytes(tm.pool[res.offset : res.offset + 100]) == bytes(b"".join(big))[:100]
 
 
+def test_a_trickle_keeps_the_pager_only_the_rest_window_ahead() -> None:
+    tm = TimeMachine(size=256 << 20, seconds=60)
+    assert tm.wait_touched(REST_AHEAD)
+    small = frames(20, size=1000)
+    for k in range(100):  # 2 MB in all: less than REST_AHEAD a second
+        tm.add(block_of(small, ts_ns=[T0 + k * 1000 + i for i in range(20)]))
+    written = tm.stats.bytes
+    assert 1 << 20 < written < REST_AHEAD
+    assert tm.wait_touched(written + REST_AHEAD)
+    time.sleep(0.2)
+    assert tm.touched <= written + REST_AHEAD + PAGER_STEP
+
+
 def test_a_dead_pager_never_stalls_the_writer() -> None:
     tm = TimeMachine(size=256 << 20, seconds=60)
     assert tm.wait_touched(REST_AHEAD)
