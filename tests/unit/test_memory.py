@@ -1,5 +1,5 @@
-"""What a table row costs: only the columns it uses are resident, zero columns are published without a copy,
-and the top rows of a report are found without sorting every row."""
+"""What a table row costs: only the columns it uses are resident, columns never written are published without
+a copy, idle rows' history is not resident, and a report's top rows are found without sorting every row."""
 
 from __future__ import annotations
 
