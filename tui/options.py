@@ -157,7 +157,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=_positive(int),
         default=None,
         metavar="MiB",
-        help="ring size per interface (default: 100 ms of the link's speed, 16 to 128 MiB; 32 MiB for links "
+        help="ring size per interface (default: 100 ms of the link's speed, 16 to 128 MiB; 16 MiB for links "
         "that report no speed, such as lo)",
     )
     p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")

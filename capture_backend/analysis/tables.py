@@ -10,6 +10,7 @@ evicted first, evictions counted).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +20,8 @@ import numpy as np
 from capture_backend._native import KeyIndex, add_directed, add_traffic, fill_rows, group_rows
 from capture_backend.analysis.decode import HAS_PORTS, Decoded
 from capture_backend.analysis.services import known_ports
+from capture_backend.analysis.tcp import FLOW_COLUMNS as TCP_FLOW_COLUMNS
+from capture_backend.analysis.tcp import STATE_COLUMNS as TCP_STATE_COLUMNS
 from capture_backend.analysis.tcp import Sequence
 from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, key_bytes, pack_keys
 from capture_backend.contract import TableSnapshot as TableSnapshot
@@ -70,13 +73,18 @@ FLOW_COLUMNS: ColumnSpec = {
 FLOW_STATE = frozenset(
     {"tcp_next", "tcp_next_t", "tcp_lastack", "tcp_last_t", "tcp_window", "tcp_dupacks", "tcp_ka", "tcp_syn"}
 )
+# Flow columns written only once a flow has TCP packets (TCP health) or application exchanges (latency):
+# until then they are zero in every row, neither reset on eviction nor copied into snapshots.
+TCP_WRITTEN = frozenset({*TCP_STATE_COLUMNS, *TCP_FLOW_COLUMNS, "tcp_flags"})
+APP_WRITTEN = frozenset({"app_count", "app_sum", "app_max"})
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 
 
 class KeyTable:
     """Rows addressed by fixed-width byte keys, stored as NumPy columns allocated at capacity (mapped lazily).
 
-    Optionally keeps per-second byte history for two directions (iftop's 2/10/40 s averages).
+    Optionally keeps per-second byte history for two directions (iftop's 2/10/40 s averages). Columns
+    named in `untouched` start at zero and are not written until `written()` says so.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class KeyTable:
         capacity: int,
         history: bool = False,
         internal: frozenset[str] = frozenset(),
+        untouched: frozenset[str] = frozenset(),
     ) -> None:
         self.width = width
         self.internal = internal  # columns freeze() leaves out
@@ -98,15 +107,19 @@ class KeyTable:
         self.slot_folded = np.zeros(HISTORY_SECONDS, bool)  # already folded into "peak"
         self.capacity = capacity
         self.evicted = 0
-        # Every array is allocated at capacity up front but never written ahead of use: a large allocation
-        # is mapped lazily, so rows cost memory only once handed out (and are filled then, in ids()).
+        # Every array is allocated at capacity up front, zeroed and mapped lazily, and never written ahead of
+        # use: rows cost memory only once handed out, and only in the columns they use (a column starting at
+        # zero is not written when a row is handed out; the others are, in ids()).
         size = capacity
-        self.keys = np.zeros((size, width), np.uint8)
-        self.used = np.zeros(size, bool)
+        self.keys = lazy_zeros((size, width), np.uint8)
+        self.used = lazy_zeros((size,), np.bool_)
         self.cols: dict[str, np.ndarray] = {
-            name: np.empty((size, *shape), dtype) for name, (dtype, shape, _) in self.specs.items()
+            name: lazy_zeros((size, *shape), dtype) for name, (dtype, shape, _) in self.specs.items()
         }
-        self.hist = np.zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
+        self._first = {name: fill for name, (_, _, fill) in self.specs.items() if fill != 0}
+        self.untouched = set(untouched) - set(self._first)  # zero in every row: nothing to reset or copy
+        self.hist = lazy_zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
+        self._hist_map = _mapping(self.hist)
         # A reused row's history counts from this second on: older buckets still hold its last owner's bytes.
         self.hist_from = np.zeros(size if history else 0, np.int64)
         self.max_from = 0
@@ -133,7 +146,8 @@ class KeyTable:
         self.index.remove(ids)
         self.used[ids] = False
         for name, col in self.cols.items():  # compiled: a row's cell is one memcpy, not a NumPy scatter each
-            fill_rows(_row_bytes(col), ids, self._fills[name])
+            if name not in self.untouched:
+                fill_rows(_row_bytes(col), ids, self._fills[name])
         if self.history:
             # Only the newest bucket is cleared; the older ones are masked by hist_from (40 scatters saved).
             newest = int(self.slot_sec.max())
@@ -186,7 +200,7 @@ class KeyTable:
         self.evicted += over
         if self.high > fresh:  # rows handed out for the first time: their cells take the columns' initial values
             new = slice(fresh, self.high)
-            for name, (_, _, fill) in self.specs.items():
+            for name, fill in self._first.items():
                 self.cols[name][new] = fill
         return out
 
@@ -214,12 +228,25 @@ class KeyTable:
             k = s % HISTORY_SECONDS
             if self.slot_sec[k] < s:
                 self._fold(k)
-                self.hist[k, : self.high] = 0
+                self._clear_bucket(k)
                 self.slot_sec[k] = s
                 self.slot_folded[k] = False
             if self.slot_sec[k] == s:  # else older than what the bucket holds: dropped
                 rows = order[a:b]
                 add_directed(self.hist[k].view(np.int64), _i64(ids[rows]), _i64(direction[rows]), _i64(nbytes[rows]))
+
+    def _clear_bucket(self, k: int) -> None:
+        """Zero bucket k below `high`. Its whole pages go back to the kernel (they read as zeros and cost no
+        memory until a row has bytes in that second again), so the history of idle rows is not resident."""
+        raw = self.hist.reshape(-1).view(np.uint8)
+        lo, hi = k * self.hist.shape[1] * 16, (k * self.hist.shape[1] + self.high) * 16
+        first, last = -(-lo // PAGE) * PAGE, hi // PAGE * PAGE
+        if self._hist_map is None or last - first < PAGE:
+            raw[lo:hi] = 0
+            return
+        raw[lo:first] = 0
+        self._hist_map.madvise(mmap.MADV_DONTNEED, first, last - first)
+        raw[last:hi] = 0
 
     def _fold(self, k: int) -> None:
         """Bring a completed second into the peak column (once)."""
@@ -236,11 +263,22 @@ class KeyTable:
             return bucket
         return np.where((self.hist_from[: self.high] <= second)[:, None], bucket, np.uint64(0))
 
+    def written(self, names: frozenset[str]) -> None:
+        """Columns about to be written (before the write): from now on they are reset and copied."""
+        self.untouched -= names
+
+    def _published(self, name: str, col: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The used rows of a column; one never written (TCP health of a UDP flood) is published as zero
+        pages, which cost no memory until read, instead of a copy."""
+        if name in self.untouched:
+            return lazy_zeros((rows.size, *col.shape[1:]), col.dtype)
+        return np.take(col, rows, axis=0)  # a row gather (a fancy index of a 2-D column is ~15 times slower)
+
     def freeze(self, now_sec: int, derive: Callable[[dict[str, np.ndarray]], None] | None = None) -> TableSnapshot:
         """An immutable copy of the used rows, with window averages when history is kept; `derive` may
         rewrite the copied columns before they are frozen."""
         rows = np.flatnonzero(self.used[: self.high])
-        cols = {name: col[rows] for name, col in self.cols.items() if name not in self.internal}
+        cols = {name: self._published(name, col, rows) for name, col in self.cols.items() if name not in self.internal}
         if derive is not None:
             derive(cols)
         if self.history:
@@ -264,6 +302,27 @@ class KeyTable:
 
 
 _ZERO_PAIR = np.zeros(16, np.uint8)
+LAZY_BYTES = 1 << 20
+PAGE = mmap.PAGESIZE
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
+    """A zeroed array whose pages become resident only when written (an anonymous mapping when large,
+    whatever the allocator's thresholds)."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if size < LAZY_BYTES:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype).reshape(shape)
+
+
+def _mapping(a: np.ndarray) -> mmap.mmap | None:
+    """The anonymous mapping a lazy_zeros() array lives in (from its start), None for a small array."""
+    base = a.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def _i64(a: np.ndarray) -> np.ndarray:
@@ -380,7 +439,9 @@ class Counters:
         self._batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # sel, group of each, group's flow
         known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
-        self.flows = KeyTable(FLOW_KEY.itemsize, FLOW_COLUMNS, lim.flows, internal=FLOW_STATE)
+        self.flows = KeyTable(
+            FLOW_KEY.itemsize, FLOW_COLUMNS, lim.flows, internal=FLOW_STATE, untouched=TCP_WRITTEN | APP_WRITTEN
+        )
         self.pairs = KeyTable(PAIR_KEY.itemsize, TRAFFIC_COLUMNS, lim.pairs, history=True)
         self.hosts = KeyTable(HOST_KEY.itemsize, TRAFFIC_COLUMNS, lim.hosts, history=True)
         self.ports = KeyTable(PORT_KEY.itemsize, PORT_COLUMNS, lim.ports)
@@ -435,7 +496,8 @@ class Counters:
         np.maximum.at(g_last, inv, ts)
         g_flags = np.zeros(g, np.uint8)
         flags = pick(dec.tcp_flags)
-        if flags.any():  # only TCP has flags: a UDP flood skips this
+        has_flags = bool(flags.any())  # only TCP has flags: a UDP flood skips the flags' work
+        if has_flags:
             np.bitwise_or.at(g_flags, inv, flags)
         ends = flow_ends(src[first], dst[first], sport[first], dport[first], proto[first])
         a_bytes, b_bytes, g_aport, g_bport, g_proto = ends.a, ends.b, ends.aport, ends.bport, ends.proto
@@ -451,7 +513,9 @@ class Counters:
         earlier = earlier[np.argsort(-g_first[earlier], kind="stable")]  # the earliest is assigned last
         cols["origin"][fid[earlier]] = g_dir[earlier]
         _add_traffic(self.flows, fid, *traffic)
-        np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
+        if has_flags:
+            self.flows.written(TCP_WRITTEN)
+            np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
         if iface_bit:
             seen = fid[ok]
             cols["ifaces"][seen] |= iface_bit  # one bit for the whole batch: repeated rows write the same value
@@ -475,6 +539,7 @@ class Counters:
                     rank = rank[good]
                 rank, g_keys = rank - 1, g_keys[1:]
             if rank.size:
+                self.flows.written(TCP_WRITTEN)
                 Sequence(
                     cols,
                     g_keys,
@@ -528,6 +593,7 @@ class Counters:
     def add_latency(self, fid: np.ndarray, latency_ns: np.ndarray) -> None:
         """Application exchanges (request → response) of flows."""
         cols = self.flows.cols
+        self.flows.written(APP_WRITTEN)
         np.add.at(cols["app_count"], fid, 1)
         np.add.at(cols["app_sum"], fid, latency_ns)
         np.maximum.at(cols["app_max"], fid, latency_ns)

@@ -46,7 +46,7 @@ class RingConfig:
 # A ring sized by link speed holds this long of line-rate traffic, within these bounds.
 RING_SECONDS = 0.1
 MIN_LINK_RING = 16 << 20
-NO_SPEED_RING = 32 << 20  # lo, tun and NICs that report no speed
+NO_SPEED_RING = MIN_LINK_RING  # lo, tun and NICs that report no speed: the floor (at rest a ring is resident memory)
 
 
 def link_speed_mbps(sock: socket.socket, ifname: str) -> int | None:

@@ -66,12 +66,18 @@ def per_second(cur: float, prev: float, seconds: float) -> float:
 
 
 def _order(table: TableSnapshot, top: int) -> np.ndarray:
-    """Row indices by total bytes, largest first; all rows when top is 0."""
-    if len(table) == 0:
+    """Row indices by total bytes, largest first, ties in row order; all rows when top is 0."""
+    n = len(table)
+    if n == 0:
         return np.zeros(0, np.int64)
     total = table.cols["bytes"].sum(axis=1)
-    order = np.lexsort((np.arange(total.size), -total))
-    return order if top <= 0 else order[:top]
+    if top <= 0 or top >= n:
+        return np.lexsort((np.arange(n), -total))
+    # Only `top` rows are sorted: those above the top-th largest total, then the first rows equal to it.
+    kth = total[np.argpartition(total, n - top)[n - top]]
+    above = np.flatnonzero(total > kth)
+    picked = np.concatenate([above, np.flatnonzero(total == kth)[: top - above.size]])
+    return picked[np.lexsort((picked, -total[picked]))]
 
 
 def snapshot_interval(snap: Snapshot, prev: Snapshot | None) -> float:

@@ -30,9 +30,11 @@ from capture_backend.contract import PcapSaveResult as PcapSaveResult
 
 NS = 1_000_000_000
 PAGE = 4096
-# The pool's pages are faulted in this far ahead of the writer, by a pager thread: a quiet link keeps a
-# small pool resident, and the capture thread never pays for a page fault (dear in a VM: ~10 µs each).
+# The pool's pages are faulted in ahead of the writer by a pager thread, so the capture thread never pays
+# for a page fault (dear in a VM: ~10 µs each): REST_AHEAD while the link carries less than REST_AHEAD a
+# second (a quiet link keeps a small pool resident), up to 2 * TOUCH_AHEAD once traffic flows.
 TOUCH_AHEAD = 16 << 20
+REST_AHEAD = 4 << 20
 PAGER_STEP = 4 << 20
 MAX_NAMED_INTERFACES = 3  # a pcapng of more interfaces is named after their number
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in, writable, without touching their contents
@@ -89,8 +91,7 @@ class _Pager(threading.Thread):
             if tm is None:
                 return
             with self.cond:
-                # A quiet link keeps one window resident; once traffic flows the pager runs two ahead.
-                target = min(self.size, tm._wanted + (2 * TOUCH_AHEAD if tm._wanted else TOUCH_AHEAD))
+                target = min(self.size, tm._wanted + tm._ahead)
                 if target <= done:
                     del tm
                     self.cond.wait(1.0)
@@ -122,6 +123,8 @@ class TimeMachine:
         self.pool = np.frombuffer(self._map, np.uint8)[:size]
         self.touched = 0  # pool[:touched] has been faulted in (only the pager moves it)
         self._wanted = 0  # where the writer will write up to next
+        self._ahead = REST_AHEAD  # how far past it the pager touches
+        self._second = (0, 0, 0)  # the writer's monotonic second, bytes kept in it and in the one before
         self._paging = threading.Condition()
         self._pager = _Pager(self)
         self._pager.start()
@@ -174,8 +177,9 @@ class TimeMachine:
         end = self._head + length
         while self.spans and self._overlaps(self.spans[0], self._head, end):
             self._expire()
+        rate = self._rate(length)
         if end + TOUCH_AHEAD > self.touched:
-            self._want(end)
+            self._want(end, rate)
         self.pool[self._head : end] = block.data[lo:hi]
         kept = replace(part, data=_EMPTY, start=part.start - lo, pkttype=None, spans=None)
         self.spans.append(Span(self._seq, self._head, length, kept, self.kept_packets))
@@ -189,10 +193,21 @@ class TimeMachine:
         while len(self.spans) > 1 and self.spans[0].last_ns < oldest_allowed:
             self._expire()
 
-    def _want(self, end: int) -> None:
-        """Ask the pager for pages up to `end` + TOUCH_AHEAD; wait only if it has not reached `end` yet."""
+    def _rate(self, length: int) -> int:
+        """Bytes kept in this monotonic second or the one before, `length` included."""
+        now = int(time.monotonic())
+        second, current, previous = self._second
+        if now != second:
+            current, previous = 0, current if now == second + 1 else 0
+        self._second = (now, current + length, previous)
+        return max(current + length, previous)
+
+    def _want(self, end: int, rate: int) -> None:
+        """Ask the pager for pages up to `end` and past it (REST_AHEAD below REST_AHEAD a second, else
+        2 * TOUCH_AHEAD); wait only if it has not reached `end` yet."""
         with self._paging:
             self._wanted = max(self._wanted, end)
+            self._ahead = REST_AHEAD if rate < REST_AHEAD else 2 * TOUCH_AHEAD
             self._paging.notify_all()
             while self.touched < min(end, self.size):
                 if not self._pager.is_alive():  # it never dies quietly on us: fault the pages in here

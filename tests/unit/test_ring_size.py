@@ -23,7 +23,7 @@ def by_speed(block_size: int = MIB, block_nr: int = 128) -> RingConfig:
 @pytest.mark.parametrize(
     ("speed", "ring_mib"),
     [
-        (None, 32),  # lo, tun, a NIC without a reported speed
+        (None, 16),  # lo, tun, a NIC without a reported speed: the floor
         (100, 16),  # 1.25 MB in 100 ms: the 16 MiB floor
         (1_000, 16),  # 12.5 MB
         (2_500, 32),  # 31.25 MB, rounded up to a power of two blocks
@@ -38,7 +38,7 @@ def test_ring_blocks_follow_the_link_speed(speed: int | None, ring_mib: int) -> 
 def test_a_fixed_ring_ignores_the_speed_and_big_blocks_keep_two() -> None:
     assert ring_blocks(RingConfig(block_size=MIB, block_nr=64), 10_000) == 64
     assert ring_blocks(by_speed(block_size=64 * MIB, block_nr=2), None) == 2
-    assert NO_SPEED_RING == 32 * MIB
+    assert NO_SPEED_RING == 16 * MIB
 
 
 def test_lo_reports_no_speed() -> None:
@@ -57,7 +57,7 @@ def test_a_veth_ring_is_sized_from_its_speed_in_its_own_namespace(lab: Lab) -> N
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     rings = {i["name"]: i["ring_bytes"] for i in json.loads(out.stdout.splitlines()[-1])["interfaces"]}
-    assert rings == {f"{lab.ns_a}:{lab.veth('a')}": 128 * MIB, "lo": 32 * MIB}  # veth: 10000 Mb/s
+    assert rings == {f"{lab.ns_a}:{lab.veth('a')}": 128 * MIB, "lo": 16 * MIB}  # veth: 10000 Mb/s
 
 
 def test_the_cli_sizes_by_speed_unless_told() -> None:

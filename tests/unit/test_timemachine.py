@@ -15,7 +15,14 @@ from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
 from capture_backend.analysis.decode import decode
 from capture_backend.capture.pcapfile import FileSource
-from capture_backend.rewind.timemachine import PAGER_STEP, TOUCH_AHEAD, TimeMachine, save_pcap, select_port
+from capture_backend.rewind.timemachine import (
+    PAGER_STEP,
+    REST_AHEAD,
+    TOUCH_AHEAD,
+    TimeMachine,
+    save_pcap,
+    select_port,
+)
 from tests.lab import REPO_ROOT, Lab, wait_for_output
 from tests.pcapgen import block_of
 
@@ -174,11 +181,11 @@ def rss_bytes() -> int:
 def test_the_pool_is_resident_only_as_far_as_traffic_has_filled_it() -> None:
     before = rss_bytes()
     tm = TimeMachine(size=512 << 20, seconds=60)
-    # A quiet link: 512 MiB of pool, the pager faults in the touch-ahead window and stops there.
-    assert tm.wait_touched(TOUCH_AHEAD)
+    # A quiet link: 512 MiB of pool, the pager faults in the rest window and stops there.
+    assert tm.wait_touched(REST_AHEAD)
     time.sleep(0.2)
-    assert tm.touched == TOUCH_AHEAD
-    assert rss_bytes() - before < 2 * TOUCH_AHEAD
+    assert tm.touched == REST_AHEAD
+    assert rss_bytes() - before < REST_AHEAD + (4 << 20)
     # 40 MiB of traffic: the pager keeps ahead of the writer and goes no further.
     big = frames(200, size=1400)
     for k in range(150):
@@ -197,9 +204,22 @@ def test_the_pool_is_resident_only_as_far_as_traffic_has_filled_it() -> None:
     assert bytes(tm.pool[res.offset : res.offset + 100]) == bytes(b"".join(big))[:100]
 
 
+def test_a_trickle_keeps_the_pager_only_the_rest_window_ahead() -> None:
+    tm = TimeMachine(size=256 << 20, seconds=60)
+    assert tm.wait_touched(REST_AHEAD)
+    small = frames(20, size=1000)
+    for k in range(100):  # 2 MB in all: less than REST_AHEAD a second
+        tm.add(block_of(small, ts_ns=[T0 + k * 1000 + i for i in range(20)]))
+    written = tm.stats.bytes
+    assert 1 << 20 < written < REST_AHEAD
+    assert tm.wait_touched(written + REST_AHEAD)
+    time.sleep(0.2)
+    assert tm.touched <= written + REST_AHEAD + PAGER_STEP
+
+
 def test_a_dead_pager_never_stalls_the_writer() -> None:
     tm = TimeMachine(size=256 << 20, seconds=60)
-    assert tm.wait_touched(TOUCH_AHEAD)
+    assert tm.wait_touched(REST_AHEAD)
     dead = threading.Thread(target=lambda: None)
     dead.start()
     dead.join()
