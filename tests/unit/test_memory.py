@@ -58,16 +58,16 @@ def test_rows_handed_out_are_resident_only_in_the_columns_that_do_not_start_at_z
     rows = 50_000
     t = flow_table(rows)
     starts_nonzero = {name for name, (_, _, fill) in FLOW_COLUMNS.items() if fill != 0}
-    assert starts_nonzero == {"first", "tcp_next", "tcp_irtt"}
+    assert starts_nonzero == {"first", "tcp_next", "tcp_irtt", "tcp_window"}
     # Residency first: reading a page never written maps the zero page, which mincore counts.
     for name, col in t.cols.items():
         if name in starts_nonzero:
             assert resident_pages(col) >= col[:rows].nbytes // PAGE
         else:
             assert resident_pages(col) == 0, name
-    # Per handed-out row: its key, its `used` flag and the three columns above; none of the other 20.
+    # Per handed-out row: its key, its `used` flag and the four columns above; none of the others.
     per_row = sum(resident_pages(a) for a in (t.keys, t.used, *t.cols.values())) * PAGE / rows
-    assert per_row < FLOW_KEY.itemsize + 1 + 8 + 16 + 8 + 1
+    assert per_row < FLOW_KEY.itemsize + 1 + 8 + 16 + 8 + 16 + 1
     for name, col in t.cols.items():
         assert (col[:rows] == FLOW_COLUMNS[name][2]).all(), name
     assert (t.cols["first"][:rows] == INT64_MAX).all()
@@ -121,7 +121,8 @@ def test_udp_flows_then_tcp_flows_reusing_their_rows_count_tcp_health_from_zero(
                  T0_NS + i) for i in range(4)]  # fmt: skip
     counting.add(block_of_frames(udp))
     flows = counting.counters.flows
-    assert TCP_WRITTEN - {"tcp_next", "tcp_irtt"} <= flows.untouched  # those two start at -1: always written
+    # tcp_next, tcp_irtt and tcp_window start at -1: always written
+    assert TCP_WRITTEN - {"tcp_next", "tcp_irtt", "tcp_window"} <= flows.untouched
     snap = counting.freeze((), 0.0, {}).flows
     assert len(snap) == 4 and not snap.cols["tcp_retrans"].any() and not snap.cols["tcp_flags"].any()
     tcp = []
