@@ -68,6 +68,7 @@ FLOW_COLUMNS: ColumnSpec = {
     "app_sum": (np.int64, (), 0),
     "app_max": (np.int64, (), 0),
     "ifaces": (np.uint64, (), 0),  # bit i: seen on the i-th interface counted (Counters.iface_bits)
+    "vlan": (np.uint16, (), 0),  # the outermost VLAN id + 1 of the flow's latest tagged packets (0: untagged)
 }
 # The flow columns only the capture thread reads (sequence analysis state): not copied into snapshots.
 FLOW_STATE = frozenset(
@@ -77,6 +78,7 @@ FLOW_STATE = frozenset(
 # until then they are zero in every row, neither reset on eviction nor copied into snapshots.
 TCP_WRITTEN = frozenset({*TCP_STATE_COLUMNS, *TCP_FLOW_COLUMNS, "tcp_flags"})
 APP_WRITTEN = frozenset({"app_count", "app_sum", "app_max"})
+VLAN_WRITTEN = frozenset({"vlan"})  # written once a tagged packet is counted
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 
 
@@ -440,7 +442,11 @@ class Counters:
         known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
         self.flows = KeyTable(
-            FLOW_KEY.itemsize, FLOW_COLUMNS, lim.flows, internal=FLOW_STATE, untouched=TCP_WRITTEN | APP_WRITTEN
+            FLOW_KEY.itemsize,
+            FLOW_COLUMNS,
+            lim.flows,
+            internal=FLOW_STATE,
+            untouched=TCP_WRITTEN | APP_WRITTEN | VLAN_WRITTEN,
         )
         self.pairs = KeyTable(PAIR_KEY.itemsize, TRAFFIC_COLUMNS, lim.pairs, history=True)
         self.hosts = KeyTable(HOST_KEY.itemsize, TRAFFIC_COLUMNS, lim.hosts, history=True)
@@ -519,6 +525,11 @@ class Counters:
         if iface_bit:
             seen = fid[ok]
             cols["ifaces"][seen] |= iface_bit  # one bit for the whole batch: repeated rows write the same value
+        g_vlan = pick(dec.vlan)[first]
+        tagged = np.flatnonzero(ok & (g_vlan >= 0))
+        if tagged.size:
+            self.flows.written(VLAN_WRITTEN)
+            cols["vlan"][fid[tagged]] = g_vlan[tagged] + 1
         tcp_len = pick(dec.tcp_len)
         tcp = np.flatnonzero(tcp_len >= 0) if self.limits.analysis else np.zeros(0, np.int64)
         if tcp.size:

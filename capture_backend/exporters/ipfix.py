@@ -97,7 +97,7 @@ RETROTAP_FIELDS = (
 # Flow columns whose growth each record carries, and those whose latest value it carries (the session
 # store's records are made from the same).
 FLOW_COUNTED = ("tcp_retrans", "tcp_ooo", "tcp_dupack", "tcp_zero_win", "tcp_resets", "app_count", "app_sum")
-FLOW_CARRIED = ("origin", "tcp_irtt", "app_max")
+FLOW_CARRIED = ("origin", "tcp_irtt", "app_max", "vlan")
 US = 1000
 
 

@@ -108,7 +108,7 @@ def session_rows(done: Finished, snap: Snapshot, processes: ProcessTable | None 
                 int(done.start_ns[i]),
                 int(done.end_ns[i]),
                 iface,
-                None,
+                int(values["vlan"][i]) - 1 if values["vlan"][i] else None,
                 4 if v4[i] else 6,
                 int(k["proto"][i]),
                 src[cut],

@@ -445,3 +445,30 @@ def test_a_store_of_schema_version_1_is_read_with_null_namespaces_and_gets_the_c
         assert [(r["process"], r["netns"], r["container"]) for r in rows] == [("sshd", "web", "docker:0123456789ab")]
         version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         assert version == SCHEMA_VERSION == 2
+
+
+def test_session_records_carry_the_vlan_of_tagged_flows(tmp_path: Path) -> None:
+    """Flows inside an 802.1Q tag get its id; untagged flows none (stats -r FILE --sessions DIR)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    def frame(pkt: object, t: int) -> Frame:
+        data = bytes(pkt)  # type: ignore[call-overload]
+        return Frame(data, t, len(data))
+
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    frames = [
+        frame(eth / Dot1Q(vlan=42) / IP(src="10.1.0.1", dst="10.1.0.2") / UDP(sport=5000, dport=9000), T0_NS),
+        frame(eth / Dot1Q(vlan=42) / IP(src="10.1.0.2", dst="10.1.0.1") / UDP(sport=9000, dport=5000), T0_NS + 10),
+        frame(eth / Dot1Q(vlan=7) / IP(src="10.7.0.1", dst="10.7.0.2") / UDP(sport=5001, dport=9001), T0_NS + 20),
+        frame(eth / IP(src="10.9.0.1", dst="10.9.0.2") / UDP(sport=5002, dport=9002), T0_NS + 30),
+    ]
+    pcap = tmp_path / "vlans.pcap"
+    write_pcap(pcap, frames, nanosecond=True)
+    store = tmp_path / "store"
+    store.mkdir()
+    assert cli("stats", "-r", str(pcap), "--sessions", str(store), "--format", "json").returncode == 0
+    done = cli("sessions", str(store), "--from", "2000-01-01 00:00", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    by_port = {r["dport"]: r["vlan"] for r in map(json.loads, done.stdout.splitlines())}
+    assert by_port == {9000: 42, 9001: 7, 9002: None}
