@@ -1,4 +1,4 @@
-"""The live dashboard (`retrotap` with no subcommand): seven views over the capture engine's snapshots.
+"""The live dashboard (`retrotap` with no subcommand): numbered views over the capture engine's snapshots.
 
 The capture thread publishes an immutable Snapshot a few times a second; the app pulls it at the
 refresh rate and formats only the rows the active view can show. Rare engine events arrive as
@@ -22,8 +22,10 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer
 
 from capture_backend.contract import (
+    EMPTY_ALERTS,
     EMPTY_PROCESSES,
     INSPECT_LIMIT,
+    AlertStatus,
     EngineEvent,
     EventSink,
     PcapSaveResult,
@@ -31,7 +33,7 @@ from capture_backend.contract import (
     UserError,
 )
 from capture_backend.options import CounterLimits, ExporterSettings, RecordOptions, RingConfig, RunOptions
-from capture_backend.run import ProcessMapper, Run, Selector, TimeMachine, file_job
+from capture_backend.run import ProcessMapper, Run, Selector, TimeMachine, file_job, incident_rows, read_incident
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
 from tui.options import check_dashboard_user, user_of
 from tui.selection import Selection
@@ -42,10 +44,12 @@ from tui.widgets.flows import FlowsView
 from tui.widgets.format import count, duration, size
 from tui.widgets.help import HelpScreen
 from tui.widgets.hosts import HostsView
+from tui.widgets.incidents import IncidentPanel, IncidentsView
 from tui.widgets.inspector import InspectorScreen
 from tui.widgets.interfaces import InterfacesView
 from tui.widgets.latency import LatencyView
 from tui.widgets.names import Lookup, NameResolver
+from tui.widgets.overview import OverviewView
 from tui.widgets.pcap_picker import PcapPicker, capture_files
 from tui.widgets.ports import PortsView
 from tui.widgets.processes import ProcessesView
@@ -54,8 +58,18 @@ from tui.widgets.query import Query
 from tui.widgets.status import StatusBar, ViewBar
 from tui.widgets.view import Frame, View
 
-VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency")
-VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency")
+VIEWS = {  # key -> (widget id, title); the view bar lists them in this order
+    0: ("overview", "Overview"),
+    1: ("interfaces", "Interfaces"),
+    2: ("hosts", "Hosts"),
+    3: ("ports", "Ports"),
+    4: ("flows", "Flows"),
+    5: ("drops", "Drops"),
+    6: ("processes", "Processes"),
+    7: ("latency", "Latency"),
+    9: ("incidents", "Incidents"),
+}
+FIRST_VIEW = 0
 NOTICE_SEVERITY = {"error": "error", "iface-gone": "error", "iface-error": "error", "iface-down": "warning"}
 
 
@@ -103,12 +117,14 @@ class EngineNotice(Message):
 
 
 class RetrotapApp(App[int]):
-    """Seven views over the engine's snapshots: Interfaces, Hosts, Ports, Flows, Drops, Processes, Latency."""
+    """Numbered views over the engine's snapshots: Overview, Interfaces, Hosts, Ports, Flows, Drops, Processes,
+    Latency, Incidents."""
 
     CSS_PATH = "app.tcss"
     TITLE = "retrotap"
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [  # the view keys are on the view bar, not in the footer
+        Binding("0", "view(0)", "Overview", show=False),
         Binding("1", "view(1)", "Interfaces", show=False),
         Binding("2", "view(2)", "Hosts", show=False),
         Binding("3", "view(3)", "Ports", show=False),
@@ -116,6 +132,7 @@ class RetrotapApp(App[int]):
         Binding("5", "view(5)", "Drops", show=False),
         Binding("6", "view(6)", "Processes", show=False),
         Binding("7", "view(7)", "Latency", show=False),
+        Binding("9", "view(9)", "Incidents", show=False),
         Binding("slash", "text_filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Rev", key_display="S"),
@@ -131,8 +148,10 @@ class RetrotapApp(App[int]):
         Binding("R", "record", "Record", show=False, key_display="R"),
         Binding("i", "inspect", "Inspect", show=False),
         Binding("I", "inspect_file", "Inspect pcap", show=False, key_display="I"),
+        Binding("exclamation_mark", "freeze_incident", "Incident", show=False, key_display="!"),
     ]
     ACTION_HELP = {
+        "view(0)": "Overview: rates, top 5s, drops, TCP, latency, floods, alerts",
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
         "view(2)": "Hosts: host pairs with 2 s / 10 s / 40 s averages (iftop)",
         "view(3)": "Ports: per protocol and service port",
@@ -140,6 +159,7 @@ class RetrotapApp(App[int]):
         "view(5)": "Drops: losses per layer, coverage, retrotap's own cost",
         "view(6)": "Processes: traffic per local process (this namespace)",
         "view(7)": "Latency: DNS/HTTP/MySQL response times, slowest requests",
+        "view(9)": "Incidents: alerts now, incidents frozen (Enter: moment, i: pcap)",
         "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
@@ -155,9 +175,10 @@ class RetrotapApp(App[int]):
         "snapshot_selection": "Write only the selected flow, host pair, host or port to a pcap",
         "inspect": "Inspect the selected flow, host pair, host or port (tshark)",
         "inspect_file": "Pick a pcap (--snapshot-dir, --record-dir) to inspect (tshark)",
+        "freeze_incident": "Freeze an incident now (incident.json, pcap of --pre/--post)",
     }
     EXTRA_KEYS = [
-        ("Enter", "Flows: details of the selected flow"),
+        ("Enter", "Flows: details of a flow; Incidents: the frozen moment"),
         ("↑ ↓ PgUp PgDn", "Move in the table"),
         ("← →", "Scroll a wide table sideways"),
         ("Tab", "Latency: the next table (services, servers, slowest)"),
@@ -206,22 +227,28 @@ class RetrotapApp(App[int]):
         self.text_query = ""
         self._query_before = ""
         self._closed = False
-        self.active = 1
+        self.alerts: AlertStatus = EMPTY_ALERTS
+        self._freezing: int | None = None  # incidents frozen before `!` was pressed, until the new one shows
+        self._frozen_note = ""
+        self.active = FIRST_VIEW
         engine.on_event = self._engine_event
 
     # --- layout
     def compose(self) -> ComposeResult:
-        yield ViewBar(VIEW_TITLES, id="viewbar")
+        yield ViewBar([(str(key), title) for key, (_, title) in VIEWS.items()], id="viewbar")
         yield StatusBar(id="status")
         yield ErrorBanner(id="error-banner")
-        with ContentSwitcher(initial="interfaces", id="views"):
-            yield InterfacesView(refresh=self.refresh_s, id="interfaces")
+        interfaces = InterfacesView(refresh=self.refresh_s, id="interfaces")
+        with ContentSwitcher(initial=VIEWS[FIRST_VIEW][0], id="views"):
+            yield OverviewView(interfaces.history, interfaces.samples, id="overview")
+            yield interfaces
             yield HostsView(id="hosts")
             yield PortsView(id="ports")
             yield FlowsView(id="flows")
             yield DropsView(id="drops")
             yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY_PROCESSES, id="processes")
             yield LatencyView(id="latency")
+            yield IncidentsView(incident_rows, id="incidents")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)
 
@@ -232,7 +259,7 @@ class RetrotapApp(App[int]):
         if self.processes is not None and self.processes.snapshots is not None and not self.processes.running:
             self.processes.start()
         self.set_interval(self.refresh_s, self.pull)
-        self.action_view(1)
+        self.action_view(FIRST_VIEW)
         self.pull()
 
     def on_unmount(self) -> None:
@@ -249,7 +276,7 @@ class RetrotapApp(App[int]):
     @property
     def view(self) -> View:
         """The view on screen."""
-        return self.query_one(f"#{VIEW_IDS[self.active - 1]}", View)
+        return self.query_one(f"#{VIEWS[self.active][0]}", View)
 
     def pull(self) -> None:
         """Take the engine's newest snapshot (unless paused) and redraw what is on screen."""
@@ -262,6 +289,7 @@ class RetrotapApp(App[int]):
                 if restarted or self.base is None:
                     self.base = snap
                 self.query_one(InterfacesView).record(snap, self.prev)
+            self.alerts = self.capture_run.alert_status
         self.render_view()
 
     def frame(self) -> Frame:
@@ -277,6 +305,7 @@ class RetrotapApp(App[int]):
             query=Query.parse(self.text_query, known, owners),
             name=self.names.name if self.show_names else str,
             processes=processes,
+            alerts=self.alerts,
         )
 
     def render_view(self) -> None:
@@ -312,6 +341,8 @@ class RetrotapApp(App[int]):
         parts.append(f"age {duration(max(0.0, frame.now - snap.time))}")
         if self.last_snapshot:
             parts.append(f"saved {self._saved_note}")
+        if self._freezing is not None:
+            parts.append(self._frozen())
         if self.capture_run.recording is not None:
             stats = self.capture_run.recording[0].stats
             parts.append(f"REC {self.record_dir} {count(stats.packets)} pkts {size(stats.bytes)}")
@@ -330,16 +361,19 @@ class RetrotapApp(App[int]):
 
     # --- actions
     def action_view(self, index: int) -> None:
-        """Show view number index (1-7)."""
+        """Show the view with this key (VIEWS)."""
         self.active = index
-        self.query_one(ContentSwitcher).current = VIEW_IDS[index - 1]
-        self.query_one(ViewBar).activate(index)
+        self.query_one(ContentSwitcher).current = VIEWS[index][0]
+        self.query_one(ViewBar).activate(str(index))
         if not self.query_one(PromptBar).display:
             self.view.focus_table()
         self.render_view()
         self.call_after_refresh(self.render_view)  # again once the view has its size: as many rows as fit
 
     def on_resize(self) -> None:
+        self.call_after_refresh(self.render_view)
+
+    def on_snap_table_reshaped(self) -> None:
         self.call_after_refresh(self.render_view)
 
     def action_sort(self) -> None:
@@ -424,12 +458,15 @@ class RetrotapApp(App[int]):
         """The selection of the row under the cursor (views 2, 3, 4, 7), or None after saying what to do."""
         picked = self.view.selection()
         if picked is None:
-            self.notify("select a flow, host pair, host or port first (views 2, 3, 4, 7)", severity="warning")
+            self.notify("select a flow, host pair, host or port first (views 0, 2, 3, 4, 7)", severity="warning")
         return picked
 
     def action_inspect(self) -> None:
         """Decode the selected row's packets from the time machine in the packet inspector."""
         if isinstance(self.screen, (InspectorScreen, PcapPicker)):
+            return
+        if isinstance(self.view, IncidentsView):
+            self._inspect_incident()
             return
         if self.timemachine is None:
             self.notify("the time machine is off (--buffer-size 0)", severity="warning")
@@ -449,6 +486,51 @@ class RetrotapApp(App[int]):
             self.notify(f"no snapshot in {self.snapshot_dir}: press w or W first", severity="warning")
             return
         self.push_screen(PcapPicker(files), self._inspect_picked)
+
+    def _inspect_incident(self) -> None:
+        """Open the pcap of the incident under the cursor (a picker when it has one per interface)."""
+        path = self.query_one(IncidentsView).incident_path()
+        if path is None:
+            self.notify("select an incident first (an alert holding now has no pcap yet)", severity="warning")
+            return
+        files = capture_files([path])
+        if not files:
+            doc = read_incident(path) or {}
+            why = (doc.get("pcap") or {}).get("error") or "its pcap is written once the --post window has passed"
+            self.notify(f"no pcap in {path}: {why}", severity="warning")
+        elif len(files) == 1:
+            self._inspect_picked(files[0].path)
+        else:
+            self.push_screen(PcapPicker(files), self._inspect_picked)
+
+    def on_incidents_view_selected(self, message: IncidentsView.Selected) -> None:
+        doc = read_incident(message.path)
+        if doc is None:
+            self.notify(f"{message.path}: incident.json cannot be read", severity="error")
+            return
+        self.push_screen(IncidentPanel(message.path, doc))
+
+    def action_freeze_incident(self) -> None:
+        """Freeze an incident now (as a rule firing would): incident.json now, the pcap after --post."""
+        before = self.capture_run.alert_status.incidents
+        if not self.capture_run.freeze_incident("manual"):
+            self.notify("this run has no incident watcher", severity="warning")
+            return
+        self._freezing = before
+        self._frozen_note = f"freezing an incident in {self.capture_run.alert_status.directory}"
+        self.notify(self._frozen_note, timeout=4)
+        self.render_view()
+
+    def _frozen(self) -> str:
+        """The status bar's word on the last `!`: where the incident goes, once the watcher froze it."""
+        alerts = self.capture_run.alert_status
+        if self._freezing is not None and alerts.incidents > self._freezing:
+            manual = [i for i in alerts.recent if i.rule == "manual"]
+            if manual:
+                post = self.capture_run.incident_post_s
+                self._frozen_note = f"incident frozen: {manual[-1].path} (pcap after --post {post:g}s)"
+                self._freezing = alerts.incidents  # said; a later `!` says its own
+        return self._frozen_note
 
     def _inspect_picked(self, path: Path | None) -> None:
         """Open the file picked (None: the picker was closed)."""
