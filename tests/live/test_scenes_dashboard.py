@@ -92,6 +92,11 @@ def test_dashboard_stays_live_and_shows_the_top_pair_and_port(name: str, tmp_pat
                 scene.run(lab)
                 quiesce(lab)
                 time.sleep(SETTLE_S)
+                # The watcher samples about once a second and the screen refreshes once a second: wait (bounded)
+                # for the sample that holds the flood, shown for about a second.
+                deadline = time.monotonic() + 10
+                while name == "flood" and not any(r > 0 for r, _ in flooding) and time.monotonic() < deadline:
+                    time.sleep(0.1)
             finally:
                 done.set()
                 watcher.join(10)
