@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from scapy.utils import rdpcap
 from textual.widgets import ContentSwitcher, Static
+from textual.widgets.data_table import ColumnKey
 
 from capture_backend.contract import address_text
 from capture_backend.options import RunOptions
@@ -25,9 +26,11 @@ from tests.pcapgen import mixed_packets, write_pcap
 from tests.unit.test_alerts import FLOOD_SOURCES, SCAN_PORTS, SCANNER, TARGET, capture
 from tui.app import RetrotapApp
 from tui.options import build_parser, exporter_settings
+from tui.widgets.flows import COLUMNS as FLOW_COLUMNS
 from tui.widgets.format import bits, count, ms, size, utc_stamp
 from tui.widgets.incidents import IncidentPanel
 from tui.widgets.inspector import InspectorScreen
+from tui.widgets.table import SnapTable
 
 NS = 1_000_000_000
 SMALL = (80, 24)
@@ -222,5 +225,33 @@ async def test_overview_tcp_and_latency_lines_sum_the_flows(tmp_path: Path) -> N
             assert text_of(app, "ov-latency") == (
                 "Latency   dns udp/53 p50 8.00 p95 1,230 ms (9) · http tcp/80 p50 30.0 p95 99.0 ms (2) · unanswered 0"
             )
+    finally:
+        engine.close()
+
+
+@sync
+async def test_at_80_columns_hosts_and_flows_keep_their_main_columns_and_nothing_is_cut(tmp_path: Path) -> None:
+    pcap = tmp_path / "mixed.pcap"
+    write_pcap(pcap, mixed_packets())
+    engine = FileEngine(str(pcap), clock=lambda: FIXED_CLOCK)
+    engine.open()
+    engine.start()
+    assert engine.wait(30)
+    try:
+        app = RetrotapApp(engine, clock=lambda: FIXED_CLOCK, source="mixed.pcap")  # type: ignore[arg-type]
+        async with app.run_test(size=SMALL) as pilot:
+            for key, table, kept in (
+                ("4", "flows-table", ["proto", "src", "sport", "dst", "dport", "rate", "total", "retrans"]),
+                ("2", "hosts-table", ["rank", "pair", "2s", "10s", "40s"]),
+            ):
+                await pilot.press(key)
+                await pilot.pause()
+                shown = app.query_one(f"#{table}", SnapTable)
+                assert [c.key for c in shown.spec] == kept
+                assert shown.virtual_size.width <= shown.scrollable_content_region.width  # no sideways scrolling
+                text = screen_text(app)
+                assert all(cell.strip() in text for cell in cells(app, table)[0])  # the first row, whole
+                assert shown.columns[ColumnKey(kept[-1])].label.plain.split()[0] in text  # the last header
+        assert {c.key for c in FLOW_COLUMNS} > {"bytes_out", "bytes_in", "process"}  # shown when wider
     finally:
         engine.close()
