@@ -151,7 +151,7 @@ class RetrotapApp(App[int]):
         Binding("exclamation_mark", "freeze_incident", "Incident", show=False, key_display="!"),
     ]
     ACTION_HELP = {
-        "view(0)": "Overview: rates, top 5s, drops, TCP, latency, floods, alerts",
+        "view(0)": "Overview: rates, top 5 pairs/ports/processes, drops, TCP, alerts",
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
         "view(2)": "Hosts: host pairs with 2 s / 10 s / 40 s averages (iftop)",
         "view(3)": "Ports: per protocol and service port",

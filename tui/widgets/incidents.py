@@ -99,9 +99,14 @@ class IncidentsView(View):
             rows = self.load(directory)
         except OSError as e:
             rows = [{"path": directory, "error": f"{e.strerror or e}"}]
-        self.app.call_from_thread(self._loaded, directory, rows)
+        try:
+            self.app.call_from_thread(self._loaded, directory, rows)
+        except RuntimeError:  # the app closed while the directory was being read: nobody to show it to
+            pass
 
     def _loaded(self, directory: str, rows: list[dict[str, Any]]) -> None:
+        if not self.is_mounted:
+            return
         self.directory = directory
         self.rows = rows[::-1]
         self._loaded_at = time.monotonic()
