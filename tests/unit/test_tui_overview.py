@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from scapy.utils import rdpcap
 from textual.widgets import ContentSwitcher, Static
 from textual.widgets.data_table import ColumnKey
@@ -193,9 +194,16 @@ async def test_bang_freezes_an_incident_with_its_packets_and_i_inspects_them(tmp
             await pilot.press("9")
             rows = await wait_rows(app, pilot, "incidents-table", 1)
             assert rows[0][1:4] == ["manual", "–", count(frozen.packets)]
+            # Enter: the frozen moment says where its packets are; `i` there (or in the list) decodes them.
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, IncidentPanel)
+            pcap_name = doc["pcap"]["files"][0]
+            assert f"pcap: {pcap_name} ({count(frozen.packets)} packets)  i: inspect" in screen_text(app)
             await pilot.press("i")
             screen = await inspected(app, pilot)
             assert len(screen.packets) == frozen.packets
+            assert screen.what == pcap_name
 
 
 @sync
@@ -255,3 +263,25 @@ async def test_at_80_columns_hosts_and_flows_keep_their_main_columns_and_nothing
         assert {c.key for c in FLOW_COLUMNS} > {"bytes_out", "bytes_in", "process"}  # shown when wider
     finally:
         engine.close()
+
+
+@sync
+async def test_incidents_view_puts_the_alerts_holding_now_first_in_the_alert_colour(
+    scan_pcap: str, tmp_path: Path
+) -> None:
+    app, feed, watcher, shown = watched_app(scan_pcap, str(tmp_path / "incidents"))
+    async with app.run_test(size=SMALL) as pilot:
+        feed.snapshot = shown[-1]
+        await pilot.press("9")
+        rows = await wait_rows(app, pilot, "incidents-table", 4)
+        scan, flood = watcher.status.active
+        assert [r[:4] for r in rows[:2]] == [
+            [utc_stamp(scan.since), "scan", f"{SCANNER}={SCAN_PORTS}", "holding"],
+            [utc_stamp(flood.since), "flood", f"{flood.rows[0][1]:.6g}", "holding"],  # new_flows: one number
+        ]
+        assert [r[1] for r in rows[2:]] == ["flood", "scan"]  # then the incidents, newest first
+        table = app.query_one("#incidents-table", SnapTable)
+        alert = table.get_component_rich_style("snaptable--alert")
+        first = table.get_row_at(0)
+        assert all(isinstance(c, Text) and c.style == alert for c in first)
+        assert not isinstance(table.get_row_at(2)[1], Text)  # an incident's rule: plain

@@ -302,6 +302,7 @@ class IncidentPanel(ModalScreen[None]):
     BINDINGS = [
         Binding("escape", "dismiss", "Close"),
         Binding("enter", "dismiss", "Close", show=False),
+        Binding("i", "app.inspect", "Inspect its pcap"),  # the Incidents view's cursor is on this incident
     ]
 
     def __init__(self, path: str, doc: dict[str, Any]) -> None:
