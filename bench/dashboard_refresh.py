@@ -90,8 +90,9 @@ async def refresh_times(first: Snapshot, second: Snapshot, size: tuple[int, int]
     app = RetrotapApp(feed, clock=lambda: second.time, resolver=lambda addr: None)
     out: dict[str, float] = {}
     async with app.run_test(size=size) as pilot:
-        cases = [("1", "interfaces", ()), ("2", "hosts", ()), ("3", "ports", ()), ("4", "flows", ()),
-                 ("4", "flows, sort by rate", ("s",) * 6), ("4", "flows, / 192.0.2.7", ()), ("5", "drops", ())]
+        cases = [("0", "overview", ()), ("1", "interfaces", ()), ("2", "hosts", ()), ("3", "ports", ()),
+                 ("4", "flows", ()), ("4", "flows, sort by rate", ("s",) * 6), ("4", "flows, / 192.0.2.7", ()),
+                 ("5", "drops", ())]
         for key, name, extra in cases:
             await pilot.press(key, *extra)
             app.text_query = "192.0.2.7" if "/" in name else ""

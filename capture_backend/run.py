@@ -7,10 +7,11 @@ what the pool still holds), the process mapper, and the exporters with the final
 
 What a front end does with a run goes through here too: `check_source` and `check_filter` (a user's
 mistake surfaces before anything starts, or when `f` edits the filter), `Run.inspect_job` and
-`file_job` (the packet inspector), the time machine's selectors (`select_flow`, `select_pair`,
-`select_host`, `select_port`), `file_snapshots` (a file's snapshots for tools and screenshots), and the
-`TimeMachine` and `ProcessMapper` types a run holds; `SessionHistory`, what the History view does with the
-session store (query, one record, a session's packets from the recording or the time machine).
+`file_job` (the packet inspector), `incident_rows` and `read_incident` (the Incidents view), the time
+machine's selectors (`select_flow`, `select_pair`, `select_host`, `select_port`), `file_snapshots` (a
+file's snapshots for tools and screenshots), and the `TimeMachine` and `ProcessMapper` types a run holds;
+`SessionHistory`, what the History view does with the session store (query, one record, a session's packets
+from the recording or the time machine).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,6 +50,8 @@ from capture_backend.contract import (
 from capture_backend.engine import Engine
 from capture_backend.exporters.base import Exporters, recorder_counters, time_machine_counters
 from capture_backend.exporters.incidents import IncidentSettings
+from capture_backend.exporters.incidents import incident_rows as incident_rows
+from capture_backend.exporters.incidents import read_incident as _read_incident
 from capture_backend.options import ExporterSettings, RecordOptions
 from capture_backend.options import RunOptions as RunOptions
 from capture_backend.replay import FileEngine
@@ -92,6 +95,11 @@ class EngineLike(Protocol):
 
 # What a pcap save reports when it ends: its line, whether it failed, and the result when it did not.
 SaveDone = Callable[[str, bool, PcapSaveResult | None], None]
+
+
+def read_incident(path: str) -> dict[str, Any] | None:
+    """An incident directory's incident.json (None when it cannot be read); incident_rows lists a directory's."""
+    return _read_incident(Path(path))
 
 
 def check_filter(expr: str, linktype: int = LINKTYPE_ETHERNET) -> None:
@@ -254,6 +262,12 @@ class Run:
         """The newest published alert status (rules holding, incidents, floods and scans)."""
         watcher = self.exporters.incidents
         return watcher.status if watcher is not None else EMPTY_ALERTS
+
+    @property
+    def incident_post_s(self) -> float:
+        """Seconds after a trigger an incident's pcap waits for (--post)."""
+        watcher = self.exporters.incidents
+        return watcher.settings.post_s if watcher is not None else 0.0
 
     def freeze_incident(self, reason: str = "manual") -> bool:
         """Freeze an incident now (`!`, SIGUSR2); False when the run has no incident watcher."""

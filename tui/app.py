@@ -1,4 +1,4 @@
-"""The live dashboard (`retrotap` with no subcommand): seven views over the capture engine's snapshots.
+"""The live dashboard (`retrotap` with no subcommand): numbered views over the capture engine's snapshots.
 
 The capture thread publishes an immutable Snapshot a few times a second; the app pulls it at the
 refresh rate and formats only the rows the active view can show. Rare engine events arrive as
@@ -24,8 +24,10 @@ from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer
 
 from capture_backend.contract import (
+    EMPTY_ALERTS,
     EMPTY_PROCESSES,
     INSPECT_LIMIT,
+    AlertStatus,
     EngineEvent,
     EventSink,
     PcapSaveResult,
@@ -44,6 +46,8 @@ from capture_backend.run import (
     SessionHistory,
     TimeMachine,
     file_job,
+    incident_rows,
+    read_incident,
     session_flows,
 )
 from tui.feed import SnapshotFeed as SnapshotFeed  # re-exported: `from tui.app import SnapshotFeed` still works
@@ -57,10 +61,12 @@ from tui.widgets.format import clock_time, count, duration, size
 from tui.widgets.help import HelpScreen
 from tui.widgets.history import HistoryView
 from tui.widgets.hosts import HostsView
+from tui.widgets.incidents import IncidentPanel, IncidentsView
 from tui.widgets.inspector import InspectorScreen
 from tui.widgets.interfaces import InterfacesView
 from tui.widgets.latency import LatencyView
 from tui.widgets.names import Lookup, NameResolver
+from tui.widgets.overview import OverviewView
 from tui.widgets.pcap_picker import PcapPicker, capture_files
 from tui.widgets.ports import PortsView
 from tui.widgets.processes import ProcessesView
@@ -69,8 +75,19 @@ from tui.widgets.query import Query
 from tui.widgets.status import StatusBar, ViewBar
 from tui.widgets.view import Frame, View
 
-VIEW_IDS = ("interfaces", "hosts", "ports", "flows", "drops", "processes", "latency", "history")
-VIEW_TITLES = ("Interfaces", "Hosts", "Ports", "Flows", "Drops", "Processes", "Latency", "History")
+VIEWS = {  # key -> (widget id, title); the view bar lists them in this order
+    0: ("overview", "Overview"),
+    1: ("interfaces", "Interfaces"),
+    2: ("hosts", "Hosts"),
+    3: ("ports", "Ports"),
+    4: ("flows", "Flows"),
+    5: ("drops", "Drops"),
+    6: ("processes", "Processes"),
+    7: ("latency", "Latency"),
+    8: ("history", "History"),
+    9: ("incidents", "Incidents"),
+}
+FIRST_VIEW = 0
 HISTORY_SPARK_S = 60  # rewound Interfaces view: the sparklines' seconds up to the cursor
 STORE_REREAD_S = 5.0  # rewound Flows view: the session records of the cursor's second are read again after this
 NS = 1_000_000_000
@@ -121,12 +138,14 @@ class EngineNotice(Message):
 
 
 class RetrotapApp(App[int]):
-    """Seven views over the engine's snapshots: Interfaces, Hosts, Ports, Flows, Drops, Processes, Latency."""
+    """Numbered views over the engine's snapshots: Overview, Interfaces, Hosts, Ports, Flows, Drops, Processes,
+    Latency, Incidents."""
 
     CSS_PATH = "app.tcss"
     TITLE = "retrotap"
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [  # the view keys are on the view bar, not in the footer
+        Binding("0", "view(0)", "Overview", show=False),
         Binding("1", "view(1)", "Interfaces", show=False),
         Binding("2", "view(2)", "Hosts", show=False),
         Binding("3", "view(3)", "Ports", show=False),
@@ -135,6 +154,7 @@ class RetrotapApp(App[int]):
         Binding("6", "view(6)", "Processes", show=False),
         Binding("7", "view(7)", "Latency", show=False),
         Binding("8", "view(8)", "History", show=False),
+        Binding("9", "view(9)", "Incidents", show=False),
         Binding("slash", "text_filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse_sort", "Rev", key_display="S"),
@@ -156,8 +176,10 @@ class RetrotapApp(App[int]):
         Binding("left_curly_bracket", "rewind(-60)", "Back 1 min", show=False, key_display="{"),
         Binding("right_curly_bracket", "rewind(60)", "Forward 1 min", show=False, key_display="}"),
         Binding("L", "live", "Live", show=False, key_display="L"),
+        Binding("exclamation_mark", "freeze_incident", "Incident", show=False, key_display="!"),
     ]
     ACTION_HELP = {
+        "view(0)": "Overview: rates, top 5 pairs/ports/processes, drops, TCP, alerts",
         "view(1)": "Interfaces: link rates, errors, drops, state, 60 s sparklines",
         "view(2)": "Hosts: host pairs with 2 s / 10 s / 40 s averages (iftop)",
         "view(3)": "Ports: per protocol and service port",
@@ -167,6 +189,7 @@ class RetrotapApp(App[int]):
         "view(7)": "Latency: DNS/HTTP/MySQL response times, slowest requests",
         "view(8)": "History: session records of --sessions DIR or the recording",
         "time_range": "History: the time range (FROM [TO], 15m, all)",
+        "view(9)": "Incidents: alerts now, incidents frozen (Enter: moment, i: pcap)",
         "text_filter": "Filter rows: host, network, port, service, protocol",
         "sort": "Sort by the next column",
         "reverse_sort": "Reverse the sort order",
@@ -187,9 +210,10 @@ class RetrotapApp(App[int]):
         "rewind(-60)": "Rewind every view one minute",
         "rewind(60)": "One minute forward (past the newest: live)",
         "live": "Back to live",
+        "freeze_incident": "Freeze an incident now (incident.json, pcap of --pre/--post)",
     }
     EXTRA_KEYS = [
-        ("Enter", "Flows, History: details of the selected flow or session"),
+        ("Enter", "Flows, History: details of a flow or session; Incidents: the frozen moment"),
         ("↑ ↓ PgUp PgDn", "Move in the table"),
         ("← →", "Scroll a wide table sideways"),
         ("Tab", "Latency: the next table (services, servers, slowest)"),
@@ -239,11 +263,14 @@ class RetrotapApp(App[int]):
         self.text_query = ""
         self._query_before = ""
         self._closed = False
-        self.active = 1
         self.history: HistoryRing | None = self.capture_run.history
         self.cursor: int | None = None  # rewound: the second shown (None: live)
         # The session records of a rewound second: (second, when read, the flows and owners or why none).
         self._store_flows: tuple[int, float, tuple[TableSnapshot, ProcessTable] | str] | None = None
+        self.alerts: AlertStatus = EMPTY_ALERTS
+        self._freezing: int | None = None  # incidents frozen before `!` was pressed, until the new one shows
+        self._frozen_note = ""
+        self.active = FIRST_VIEW
         engine.on_event = self._engine_event
         self.sessions = SessionHistory(
             lambda: self._sessions_dir(sessions_dir),
@@ -261,11 +288,13 @@ class RetrotapApp(App[int]):
 
     # --- layout
     def compose(self) -> ComposeResult:
-        yield ViewBar(VIEW_TITLES, id="viewbar")
+        yield ViewBar([(str(key), title) for key, (_, title) in VIEWS.items()], id="viewbar")
         yield StatusBar(id="status")
         yield ErrorBanner(id="error-banner")
-        with ContentSwitcher(initial="interfaces", id="views"):
-            yield InterfacesView(refresh=self.refresh_s, id="interfaces")
+        interfaces = InterfacesView(refresh=self.refresh_s, id="interfaces")
+        with ContentSwitcher(initial=VIEWS[FIRST_VIEW][0], id="views"):
+            yield OverviewView(interfaces.history, interfaces.samples, id="overview")
+            yield interfaces
             yield HostsView(id="hosts")
             yield PortsView(id="ports")
             yield FlowsView(id="flows")
@@ -273,6 +302,7 @@ class RetrotapApp(App[int]):
             yield ProcessesView(lambda: self.processes.result if self.processes else EMPTY_PROCESSES, id="processes")
             yield LatencyView(id="latency")
             yield HistoryView(self.sessions, id="history")
+            yield IncidentsView(incident_rows, id="incidents")
         yield PromptBar(id="prompt")
         yield Footer(compact=True)
 
@@ -284,7 +314,7 @@ class RetrotapApp(App[int]):
             self.processes.start()
         self.capture_run.start_history()
         self.set_interval(self.refresh_s, self.pull)
-        self.action_view(1)
+        self.action_view(FIRST_VIEW)
         self.pull()
 
     def on_unmount(self) -> None:
@@ -301,7 +331,7 @@ class RetrotapApp(App[int]):
     @property
     def view(self) -> View:
         """The view on screen."""
-        return self.query_one(f"#{VIEW_IDS[self.active - 1]}", View)
+        return self.query_one(f"#{VIEWS[self.active][0]}", View)
 
     def pull(self) -> None:
         """Take the engine's newest snapshot (unless paused) and redraw what is on screen."""
@@ -314,6 +344,7 @@ class RetrotapApp(App[int]):
                 if restarted or self.base is None:
                     self.base = snap
                 self.query_one(InterfacesView).record(snap, self.prev)
+            self.alerts = self.capture_run.alert_status
         self.render_view()
 
     def frame(self) -> Frame:
@@ -336,6 +367,7 @@ class RetrotapApp(App[int]):
             query=query,
             name=name,
             processes=processes,
+            alerts=self.alerts,
         )
 
     def _rewound_frame(
@@ -465,6 +497,8 @@ class RetrotapApp(App[int]):
             parts.append(f"history: {self.history.errors} errors, {self.history.last_error}")
         if self.last_snapshot:
             parts.append(f"saved {self._saved_note}")
+        if self._freezing is not None:
+            parts.append(self._frozen())
         if self.capture_run.recording is not None:
             stats = self.capture_run.recording[0].stats
             parts.append(f"REC {self.record_dir} {count(stats.packets)} pkts {size(stats.bytes)}")
@@ -484,16 +518,19 @@ class RetrotapApp(App[int]):
 
     # --- actions
     def action_view(self, index: int) -> None:
-        """Show view number index (1-8)."""
+        """Show the view with this key (VIEWS)."""
         self.active = index
-        self.query_one(ContentSwitcher).current = VIEW_IDS[index - 1]
-        self.query_one(ViewBar).activate(index)
+        self.query_one(ContentSwitcher).current = VIEWS[index][0]
+        self.query_one(ViewBar).activate(str(index))
         if not self.query_one(PromptBar).display:
             self.view.focus_table()
         self.render_view()
         self.call_after_refresh(self.render_view)  # again once the view has its size: as many rows as fit
 
     def on_resize(self) -> None:
+        self.call_after_refresh(self.render_view)
+
+    def on_snap_table_reshaped(self) -> None:
         self.call_after_refresh(self.render_view)
 
     def action_sort(self) -> None:
@@ -581,7 +618,7 @@ class RetrotapApp(App[int]):
         """The selection of the row under the cursor (views 2, 3, 4, 7), or None after saying what to do."""
         picked = self.view.selection()
         if picked is None:
-            self.notify("select a flow, host pair, host or port first (views 2, 3, 4, 7)", severity="warning")
+            self.notify("select a flow, host pair, host or port first (views 0, 2, 3, 4, 7)", severity="warning")
         return picked
 
     def action_inspect(self) -> None:
@@ -590,6 +627,9 @@ class RetrotapApp(App[int]):
             return
         if isinstance(self.view, HistoryView):
             self.view.write_selected(inspect=True)
+            return
+        if isinstance(self.view, IncidentsView):
+            self._inspect_incident()
             return
         if self.timemachine is None:
             self.notify("the time machine is off (--buffer-size 0)", severity="warning")
@@ -609,6 +649,51 @@ class RetrotapApp(App[int]):
             self.notify(f"no snapshot in {self.snapshot_dir}: press w or W first", severity="warning")
             return
         self.push_screen(PcapPicker(files), self._inspect_picked)
+
+    def _inspect_incident(self) -> None:
+        """Open the pcap of the incident under the cursor (a picker when it has one per interface)."""
+        path = self.query_one(IncidentsView).incident_path()
+        if path is None:
+            self.notify("select an incident first (an alert holding now has no pcap yet)", severity="warning")
+            return
+        files = capture_files([path])
+        if not files:
+            doc = read_incident(path) or {}
+            why = (doc.get("pcap") or {}).get("error") or "its pcap is written once the --post window has passed"
+            self.notify(f"no pcap in {path}: {why}", severity="warning")
+        elif len(files) == 1:
+            self._inspect_picked(files[0].path)
+        else:
+            self.push_screen(PcapPicker(files), self._inspect_picked)
+
+    def on_incidents_view_selected(self, message: IncidentsView.Selected) -> None:
+        doc = read_incident(message.path)
+        if doc is None:
+            self.notify(f"{message.path}: incident.json cannot be read", severity="error")
+            return
+        self.push_screen(IncidentPanel(message.path, doc))
+
+    def action_freeze_incident(self) -> None:
+        """Freeze an incident now (as a rule firing would): incident.json now, the pcap after --post."""
+        before = self.capture_run.alert_status.incidents
+        if not self.capture_run.freeze_incident("manual"):
+            self.notify("this run has no incident watcher", severity="warning")
+            return
+        self._freezing = before
+        self._frozen_note = f"freezing an incident in {self.capture_run.alert_status.directory}"
+        self.notify(self._frozen_note, timeout=4)
+        self.render_view()
+
+    def _frozen(self) -> str:
+        """The status bar's word on the last `!`: where the incident goes, once the watcher froze it."""
+        alerts = self.capture_run.alert_status
+        if self._freezing is not None and alerts.incidents > self._freezing:
+            manual = [i for i in alerts.recent if i.rule == "manual"]
+            if manual:
+                post = self.capture_run.incident_post_s
+                self._frozen_note = f"incident frozen: {manual[-1].path} (pcap after --post {post:g}s)"
+                self._freezing = alerts.incidents  # said; a later `!` says its own
+        return self._frozen_note
 
     def _inspect_picked(self, path: Path | None) -> None:
         """Open the file picked (None: the picker was closed)."""
@@ -654,7 +739,7 @@ class RetrotapApp(App[int]):
 
     def action_time_range(self) -> None:
         """History view: ask for the time range."""
-        if self.active == VIEW_IDS.index("history") + 1:
+        if VIEWS[self.active][0] == "history":
             self.query_one(PromptBar).ask(
                 "history-time", "time range (FROM [TO], 15m, all):", self.query_one(HistoryView).window
             )

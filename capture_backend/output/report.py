@@ -283,6 +283,35 @@ def tcp_health(t: TableSnapshot, i: int) -> Row:
     }
 
 
+TCP_TOTALS = (  # tcp_totals' names -> the flow table's columns (tcp_health names them the same per flow)
+    ("retransmissions", "tcp_retrans"),
+    ("out_of_order", "tcp_ooo"),
+    ("duplicate_acks", "tcp_dupack"),
+    ("zero_windows", "tcp_zero_win"),
+    ("resets", "tcp_resets"),
+)
+
+
+def tcp_totals(snap: Snapshot) -> Row | None:
+    """TCP health over every TCP flow in the flow table (tcp_health's counts summed), the share of TCP packets
+    retransmitted, and the handshake RTT's median and p95 (nearest rank) over the flows where it was seen;
+    None without TCP analysis (--no-analysis)."""
+    t = snap.flows
+    if "tcp_retrans" not in t.cols:
+        return None
+    tcp = t.fields["proto"] == IPPROTO_TCP
+    out: Row = {name: int(t.cols[col][tcp].sum()) for name, col in TCP_TOTALS}
+    out["flows"] = int(tcp.sum())
+    out["packets"] = int(t.cols["packets"][tcp].sum())
+    out["retrans_pct"] = 100 * out["retransmissions"] / out["packets"] if out["packets"] else None
+    irtt = t.cols["tcp_irtt"][tcp]
+    irtt = irtt[irtt >= 0]
+    out["rtt_flows"] = int(irtt.size)
+    for name, q in (("rtt_p50_ms", 50), ("rtt_p95_ms", 95)):
+        out[name] = float(np.percentile(irtt, q, method="inverted_cdf")) / 1e6 if irtt.size else None
+    return out
+
+
 def flow_latency(t: TableSnapshot, i: int) -> Row:
     """A flow's application exchanges (DNS, HTTP, MySQL request → response): count, mean and max."""
     count = int(t.cols["app_count"][i])
@@ -564,9 +593,7 @@ def alert_rows(status: AlertStatus) -> Row:
             for a in status.active
         ],
         "incidents": status.incidents,
-        "recent": [
-            {"time": i.time, "rule": i.rule, "path": i.path, "packets": i.packets} for i in status.recent
-        ],
+        "recent": [{"time": i.time, "rule": i.rule, "path": i.path, "packets": i.packets} for i in status.recent],
         "errors": status.errors,
         "last_error": status.last_error,
         "churn": {

@@ -12,9 +12,13 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from capture_backend.replay import FileEngine
+from capture_backend.contract import Snapshot
+from capture_backend.exporters.alerts import parse_rule
+from capture_backend.exporters.incidents import IncidentSettings, IncidentWatcher
+from capture_backend.replay import FileEngine, file_snapshots
 from capture_backend.rewind.timemachine import TimeMachine
-from tui.app import RetrotapApp
+from capture_backend.run import Run
+from tui.app import RetrotapApp, SnapshotFeed
 from tui.widgets.inspector import InspectorScreen
 from tui.widgets.table import SnapTable
 
@@ -87,3 +91,42 @@ async def inspected(app: RetrotapApp, pilot: Any) -> InspectorScreen:
             await pilot.pause()
             return screen
     raise AssertionError("the inspector never finished decoding")
+
+
+WATCHED_RULES = ("scan: scan_ports > 100", "flood: new_flows > 1000")
+
+
+def watched_app(
+    pcap: str, directory: str, until_rule: str = "flood"
+) -> tuple[RetrotapApp, SnapshotFeed, IncidentWatcher, list[Snapshot]]:
+    """The dashboard over a snapshot feed, with the real incident watcher (WATCHED_RULES) stepped over the file's
+    snapshots until `until_rule` holds; the feed is left one snapshot before that moment (the last one shown
+    is returned last)."""
+    snaps = list(file_snapshots(pcap, step_s=1.0, clock=lambda: FIXED_CLOCK))
+    feed = SnapshotFeed(snaps[0])
+    rules = tuple(parse_rule(text) for text in WATCHED_RULES)
+    watcher = IncidentWatcher(IncidentSettings(rules=rules, directory=directory), lambda: feed.snapshot, None, print)
+    watcher.start(thread=False)
+    shown: list[Snapshot] = []
+    for snap in snaps:
+        feed.snapshot = snap
+        watcher.step()
+        shown.append(snap)
+        if until_rule in [a.rule for a in watcher.status.active]:
+            break
+    feed.snapshot = shown[-2]
+    run = Run.around(feed, print)
+    run.exporters.incidents = watcher
+    app = RetrotapApp(feed, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source="scan.pcap", run=run)
+    return app, feed, watcher, shown
+
+
+async def wait_rows(app: RetrotapApp, pilot: Any, table: str, n: int) -> list[list[str]]:
+    """The rows of a table once it has at least n (bounded: 10 s; the Incidents view reads on a worker thread)."""
+    for _ in range(500):
+        await pilot.pause(0.02)
+        app.render_view()
+        rows = cells(app, table)
+        if len(rows) >= n:
+            return rows
+    raise AssertionError(f"{table}: fewer than {n} rows")

@@ -234,7 +234,9 @@ def test_the_dashboard_from_the_host_shows_the_namespace_s_interface(lab: Lab) -
         f"sh -c 'cd {REPO_ROOT} && exec {sys.executable} -m tui.cli -i {spec(lab, 'a')} -i {spec(lab, 'b')}'"
     )
     try:
-        screen = tmux.wait_for(lambda t: "1 Interfaces" in t and spec(lab, "b") in t, both)
+        tmux.wait_for(lambda t: "0 Overview" in t and spec(lab, "b") in t, both)
+        tmux.keys("1")
+        screen = tmux.wait_for(lambda t: "1 Interfaces" in t and spec(lab, "b") in t and "Captured" in t, both)
         assert spec(lab, "a") in screen
         sent = lab.send_frames(frames(lab), repeat=3)
         assert sent == 30

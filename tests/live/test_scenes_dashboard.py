@@ -1,7 +1,8 @@
 """The dashboard (`retrotap -i VETH` in tmux) through each real-traffic scene: it stays live (the snapshot
 age on the status line stays under 2 s at every look), and afterwards shows the scene's top host pair
 (Hosts, sorted by total) and top service port (Ports) as tshark finds them in tcpdump's capture of the
-same traffic."""
+same traffic. During the flood, the Overview (the first view) names it: new flows per second above 0 and the
+source that opened the most, one of the flood's sources in tcpdump's capture."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ pytestmark = [
 ]
 MAX_AGE_S = 2.0
 AGE = re.compile(r"age (\d+(?:\.\d+)?)s")
+NEW_FLOWS = re.compile(r"New flows\s+([\d,]+\.\d)/s\s+by (\d+\.\d+\.\d+\.\d+) ")
 SCENES: dict[str, Scene] = {
     "web": Web.short(),
     "dns": Dns.short(),
@@ -74,11 +76,14 @@ def test_dashboard_stays_live_and_shows_the_top_pair_and_port(name: str, tmp_pat
         try:
             tmux.wait_for(lambda t: "1 Interfaces" in t and lab.veth_a in t and bool(ages(t)), "the dashboard")
             seen: list[float] = []
+            flooding: list[tuple[float, str]] = []  # the Overview's new flows per second and top source
             done = threading.Event()
 
             def watch() -> None:
                 while not done.is_set():
-                    seen.extend(ages(tmux.pane()))
+                    text = tmux.pane()
+                    seen.extend(ages(text))
+                    flooding.extend((float(r.replace(",", "")), src) for r, src in NEW_FLOWS.findall(text))
                     time.sleep(0.25)
 
             watcher = threading.Thread(target=watch, daemon=True)
@@ -87,13 +92,24 @@ def test_dashboard_stays_live_and_shows_the_top_pair_and_port(name: str, tmp_pat
                 scene.run(lab)
                 quiesce(lab)
                 time.sleep(SETTLE_S)
+                # The watcher samples about once a second and the screen refreshes once a second: wait (bounded)
+                # for the sample that holds the flood, shown for about a second.
+                deadline = time.monotonic() + 10
+                while name == "flood" and not any(r > 0 for r, _ in flooding) and time.monotonic() < deadline:
+                    time.sleep(0.1)
             finally:
                 done.set()
                 watcher.join(10)
             counts = stop_tcpdump(dump)
             # Live all along: every look at the status line found a fresh snapshot.
             assert len(seen) >= 3 and max(seen) < MAX_AGE_S, seen
-            if name == "flood":  # every packet its own pair: no single top pair to name
+            if name == "flood":  # every packet its own pair: no single top pair to name; the Overview names the flood
+                named = [src for rate, src in flooding if rate > 0]
+                assert named, f"no new flows on the Overview: {flooding}"
+                sources = {f.src for f in tshark_frames(tmp_path / "tcpdump.pcap")[1]}
+                if counts["dropped"] == 0:  # else a named source's one packet may be the one tcpdump missed
+                    assert set(named) <= sources, (named, len(sources))
+                assert any(src in sources for src in named), (named, len(sources))
                 return
             assert counts["dropped"] == 0, counts
             (a, b), top_port = top_pair_and_port(tmp_path / "tcpdump.pcap")

@@ -134,6 +134,9 @@ def engine(pcap: str) -> Iterator[FileEngine]:
 async def test_number_keys_switch_views_and_show_the_capture(engine: FileEngine, packets: list[Packet]) -> None:
     app = make_app(engine)
     async with app.run_test(size=SIZE) as pilot:
+        assert app.query_one(ContentSwitcher).current == "overview"
+        assert app.query_one("#tab-0").has_class("-active")
+        await pilot.press("1")
         assert app.query_one(ContentSwitcher).current == "interfaces"
         assert cells(app, "interfaces-table")[0][:2] == ["mixed.pcap", "file"]
 
@@ -260,6 +263,7 @@ async def test_question_mark_lists_every_binding(engine: FileEngine) -> None:
         for key, what in app.key_help():
             assert f"{key}   {what}" in text
         assert {b.key for b in app.BINDINGS} >= {
+            "0",
             "1",
             "2",
             "3",
@@ -267,6 +271,8 @@ async def test_question_mark_lists_every_binding(engine: FileEngine) -> None:
             "5",
             "6",
             "7",
+            "9",
+            "exclamation_mark",
             "slash",
             "s",
             "S",
@@ -416,7 +422,7 @@ async def test_W_writes_only_the_selected_port(pcap: str, tmp_path: Path, packet
 async def test_W_without_a_selection_says_what_to_do(engine: FileEngine) -> None:
     app = make_app(engine)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await pilot.press("W")
+        await pilot.press("1", "W")  # Interfaces: nothing to select
         await pilot.pause()
         assert "select a flow, host pair, host or port first" in screen_text(app)
 
@@ -921,7 +927,7 @@ async def test_I_lists_the_capture_files_newest_first_and_inspects_the_one_picke
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, PcapPicker)
-        assert app.query_one(ContentSwitcher).current == "interfaces"
+        assert app.query_one(ContentSwitcher).current == "overview"
 
 
 @sync
@@ -969,6 +975,8 @@ def test_live_dashboard_in_tmux_shows_lab_traffic(lab: Lab) -> None:
         pytest.skip("needs tmux and the retrotap command on PATH")
     tmux = Tmux(f"ip netns exec {lab.ns_a} retrotap -i {lab.veth_a}")
     try:
+        tmux.wait_for(lambda t: "0 Overview" in t and lab.veth_a in t and "New flows" in t, "the overview")
+        tmux.keys("1")
         tmux.wait_for(lambda t: "1 Interfaces" in t and lab.veth_a in t and "Captured" in t, "the dashboard")
         count = 40
         frame = bytes(

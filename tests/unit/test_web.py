@@ -244,14 +244,13 @@ def chromium(tmp_path: Path) -> Iterator[int]:
 
 def test_browser_shows_the_dashboard(web_server: int, chromium: int, tmp_path: Path) -> None:
     packets = f"{PACKETS:,} pkts"  # the status bar once the whole file is counted
-    wanted = ("Interfaces", "file mixed.pcap", packets)
+    wanted = ("Overview", "file mixed.pcap", packets, "mixed.pcap captured")
     text, png = asyncio.run(_render(chromium, f"http://127.0.0.1:{web_server}/", wanted, timeout=60))
     (tmp_path / "web.png").write_bytes(png)
     for part in wanted:
         assert part in text, text
     lines = text.splitlines()
-    assert lines[2].split()[:2] == ["Interface", "State"], text  # the Interfaces table: header, then the file
-    assert lines[3].split()[:2] == ["mixed.pcap", "file"], text
+    assert lines[2].split()[:2] == ["mixed.pcap", "captured"], text  # the Overview: the file's rates first
     assert (tmp_path / "web.png").stat().st_size > 1000
     assert png_colours(png) > 4
 
@@ -334,7 +333,7 @@ class TabClient:
         self.ws = await self.http.ws_connect(f"http://127.0.0.1:{self.port}/ws?width=100&height=30")
         self.reader = asyncio.create_task(self._read(self.ws))
         deadline = time.monotonic() + timeout
-        while b"Interfaces" not in self.screen:
+        while b"Overview" not in self.screen:
             assert self.closed is None, f"the tab closed: {self.closed}"
             assert time.monotonic() < deadline, f"no dashboard within {timeout} s: {self.screen[-500:]!r}"
             await asyncio.sleep(0.1)

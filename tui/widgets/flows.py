@@ -16,25 +16,26 @@ from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, KeyFn, SortKey, View
 
 PROCESS_WIDTH = 16
-COLUMNS = (
+COLUMNS = (  # drop: narrow screens keep the 5-tuple, rate, bytes and retransmissions, the rest goes highest first
     Column("proto", "Proto", 5),
     Column("src", "Source"),
     Column("sport", "SPort", 5, numeric=True),
     Column("dst", "Destination"),
     Column("dport", "DPort", 5, numeric=True),
     Column("rate", "Rate", 10, numeric=True),
-    Column("bytes_out", "Bytes →", 9, numeric=True),
-    Column("bytes_in", "Bytes ←", 9, numeric=True),
-    Column("pkts_out", "Pkts →", 7, numeric=True),
-    Column("pkts_in", "Pkts ←", 7, numeric=True),
-    Column("age", "Age", 6, numeric=True),
-    Column("flags", "Flags", 5),
+    Column("total", "Bytes", 9, numeric=True),
+    Column("bytes_out", "Bytes →", 9, numeric=True, drop=5),
+    Column("bytes_in", "Bytes ←", 9, numeric=True, drop=4),
+    Column("pkts_out", "Pkts →", 7, numeric=True, drop=11),
+    Column("pkts_in", "Pkts ←", 7, numeric=True, drop=10),
+    Column("age", "Age", 6, numeric=True, drop=8),
+    Column("flags", "Flags", 5, drop=9),
     Column("retrans", "Retr", 4, numeric=True),
-    Column("ooo", "OOO", 4, numeric=True),
-    Column("dupack", "DupAck", 6, numeric=True),
-    Column("rtt", "RTT", 5, numeric=True),
-    Column("lat", "Lat", 5, numeric=True),
-    Column("process", "Process", PROCESS_WIDTH),
+    Column("ooo", "OOO", 4, numeric=True, drop=7),
+    Column("dupack", "DupAck", 6, numeric=True, drop=6),
+    Column("rtt", "RTT", 5, numeric=True, drop=2),
+    Column("lat", "Lat", 5, numeric=True, drop=1),
+    Column("process", "Process", PROCESS_WIDTH, drop=3),
 )
 
 
@@ -209,6 +210,7 @@ class FlowsView(View):
                         name(r["dst"]),
                         right(str(r["dport"]) if ports else ""),
                         right(bits(r["bps"])),
+                        right(size(r["bytes"])),
                         right(size(r["src_to_dst_bytes"])),
                         right(size(r["dst_to_src_bytes"])),
                         right(count(r["src_to_dst_packets"])),

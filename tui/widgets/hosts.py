@@ -31,11 +31,11 @@ WINDOWS = ("2s", "10s", "40s")
 COLUMNS = (
     Column("rank", "#", 3),
     Column("pair", "Host pair", 2 * HALF_MIN + 4),
-    Column("2s", "2s", 11, numeric=True),
-    Column("10s", "10s", 11, numeric=True),
-    Column("40s", "40s", 11, numeric=True),
-    Column("peak", "Peak", 11, numeric=True),
-    Column("total", "Total", 10, numeric=True),
+    Column("2s", "2s", 10, numeric=True),  # '123.4 Mb/s'
+    Column("10s", "10s", 10, numeric=True),
+    Column("40s", "40s", 10, numeric=True),
+    Column("peak", "Peak", 10, numeric=True, drop=2),  # narrow screens keep the pair and its averages
+    Column("total", "Total", 10, numeric=True, drop=1),
 )
 Line = tuple[str, tuple[str, str, str], list[str], float]
 SORT_KEYS = tuple(SortKey(c, None) for c in ("10s", "2s", "40s", "peak", "total"))  # values: _sort_values()

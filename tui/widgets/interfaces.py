@@ -16,17 +16,17 @@ from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, View
 
 HISTORY_SECONDS = 60
-COLUMNS = (
+COLUMNS = (  # drop: at 80 columns the link's error counters go first (the Drops view has them all)
     Column("name", "Interface"),
     Column("state", "State", 8),
     Column("rx", "RX", 10, numeric=True),
     Column("tx", "TX", 10, numeric=True),
-    Column("rx_pps", "RX pkt/s", 9, numeric=True),
-    Column("tx_pps", "TX pkt/s", 9, numeric=True),
-    Column("errors", "Errors", 7, numeric=True),
-    Column("dropped", "Dropped", 7, numeric=True),
-    Column("missed", "Missed", 6, numeric=True),
-    Column("fifo", "FIFO", 6, numeric=True),
+    Column("rx_pps", "RX pkt/s", 9, numeric=True, drop=1),
+    Column("tx_pps", "TX pkt/s", 9, numeric=True, drop=2),
+    Column("errors", "Errors", 7, numeric=True, drop=4),
+    Column("dropped", "Dropped", 7, numeric=True, drop=3),
+    Column("missed", "Missed", 6, numeric=True, drop=5),
+    Column("fifo", "FIFO", 6, numeric=True, drop=6),
     Column("captured", "Captured", 10, numeric=True),
 )
 

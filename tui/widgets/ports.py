@@ -11,16 +11,16 @@ from tui.widgets.format import bits, count, per_second, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, SortKey, View
 
-COLUMNS = (
+COLUMNS = (  # drop: at 80 columns the per-direction bytes and packets/s go first
     Column("rank", "#", 3),
     Column("proto", "Proto", 6),
     Column("port", "Port", 6, numeric=True),
     Column("service", "Service", 14),
     Column("rate", "Rate", 11, numeric=True),
-    Column("pps", "Pkts/s", 9, numeric=True),
-    Column("to_port", "To port", 10, numeric=True),
-    Column("from_port", "From port", 10, numeric=True),
-    Column("packets", "Packets", 10, numeric=True),
+    Column("pps", "Pkts/s", 9, numeric=True, drop=2),
+    Column("to_port", "To port", 10, numeric=True, drop=3),
+    Column("from_port", "From port", 10, numeric=True, drop=4),
+    Column("packets", "Packets", 10, numeric=True, drop=1),
     Column("total", "Total", 10, numeric=True),
 )
 

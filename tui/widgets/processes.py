@@ -14,16 +14,16 @@ from tui.widgets.format import DASH, bits, count, right, size
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, View
 
-COLUMNS = (
+COLUMNS = (  # drop: at 80 columns packets, user and the totals go first
     Column("pid", "PID", 8, numeric=True),
     Column("name", "Process", 18),
-    Column("user", "User", 10),
-    Column("place", "NS/Container", 24),
+    Column("user", "User", 10, drop=4),
+    Column("place", "NS/Container", 24, drop=5),
     Column("rx_rate", "Rx rate", 11, numeric=True),
     Column("tx_rate", "Tx rate", 11, numeric=True),
-    Column("rx", "Rx total", 10, numeric=True),
-    Column("tx", "Tx total", 10, numeric=True),
-    Column("packets", "Packets", 10, numeric=True),
+    Column("rx", "Rx total", 10, numeric=True, drop=2),
+    Column("tx", "Tx total", 10, numeric=True, drop=3),
+    Column("packets", "Packets", 10, numeric=True, drop=5),
     Column("state", "State", 7),
 )
 

@@ -10,37 +10,47 @@ from textual.widgets import Label
 
 
 class ViewBar(Horizontal):
-    """The numbered views, the active one highlighted."""
+    """The views by key, the active one highlighted; when the titles do not fit (80 columns), only the active
+    view keeps its title and the others show their key."""
 
     DEFAULT_CSS = """
     ViewBar {
         height: 1;
     }
     """
+    BRAND = "retrotap"
 
-    def __init__(self, titles: Sequence[str], *, id: str | None = None) -> None:
+    def __init__(self, views: Sequence[tuple[str, str]], *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.titles = list(titles)
-        self.active = 1
+        self.views = list(views)  # (key, title)
+        self.active = ""
+        self.compact = False
 
     def compose(self) -> ComposeResult:
-        yield Label("retrotap", id="brand")
-        for n, title in enumerate(self.titles, 1):
-            yield Label(f"{n} {title}", id=f"tab-{n}", classes="tab")
+        yield Label(self.BRAND, id="brand")
+        for key, title in self.views:
+            yield Label(f"{key} {title}", id=f"tab-{key}", classes="tab")
 
-    def activate(self, index: int) -> None:
-        """Highlight view number index (1-based); when the titles do not all fit, only the active one is
-        spelled out (the others keep their number)."""
-        self.active = index
-        full = len("retrotap") + 2 + sum(len(f"{n} {t}") + 2 for n, t in enumerate(self.titles, 1))
-        narrow = 0 < self.size.width < full
-        for n, title in enumerate(self.titles, 1):
-            tab = self.query_one(f"#tab-{n}", Label)
-            tab.set_class(n == index, "-active")
-            tab.update(str(n) if narrow and n != index else f"{n} {title}")
+    def full_width(self) -> int:
+        """Cells the bar needs with every title (each label has one cell of padding on either side)."""
+        return len(self.BRAND) + 2 + sum(len(f"{key} {title}") + 2 for key, title in self.views)
 
     def on_resize(self) -> None:
-        self.activate(self.active)
+        compact = self.full_width() > self.size.width
+        if compact != self.compact:
+            self.compact = compact
+            self._label()
+
+    def activate(self, key: str) -> None:
+        """Highlight the view with this key."""
+        self.active = key
+        self._label()
+
+    def _label(self) -> None:
+        for key, title in self.views:
+            tab = self.query_one(f"#tab-{key}", Label)
+            tab.set_class(key == self.active, "-active")
+            tab.update(key if self.compact and key != self.active else f"{key} {title}")
 
 
 class StatusBar(Horizontal):

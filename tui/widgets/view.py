@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 from textual.containers import Vertical
 
-from capture_backend.contract import ProcessTable, Snapshot
+from capture_backend.contract import EMPTY_ALERTS, AlertStatus, ProcessTable, Snapshot
 from tui.selection import Selection
 from tui.widgets.query import Query
 from tui.widgets.table import SnapTable
@@ -17,8 +17,8 @@ from tui.widgets.table import SnapTable
 
 @dataclass(frozen=True)
 class Frame:
-    """One refresh's inputs: the snapshot shown, the one before it, the first one, the view settings, and
-    the process mapper's latest result."""
+    """One refresh's inputs: the snapshot shown, the one before it, the first one, the view settings, the
+    process mapper's latest result and the incident watcher's alert status."""
 
     snap: Snapshot
     prev: Snapshot | None
@@ -31,6 +31,7 @@ class Frame:
     processes_before: ProcessTable | None = None  # rewound: the processes one second before (their rates)
     flows_note: str = ""  # rewound: where the flows shown come from
     past: tuple[tuple[Snapshot, Snapshot | None], ...] = ()  # rewound Interfaces: the seconds up to the cursor
+    alerts: AlertStatus = EMPTY_ALERTS  # rules holding, incidents, floods and scans
 
 
 KeyFn = Callable[[Frame, np.ndarray], np.ndarray]
