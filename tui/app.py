@@ -213,7 +213,7 @@ class RetrotapApp(App[int]):
         "freeze_incident": "Freeze an incident now (incident.json, pcap of --pre/--post)",
     }
     EXTRA_KEYS = [
-        ("Enter", "Flows, History: details of a flow or session; Incidents: the frozen moment"),
+        ("Enter", "Flows, History: details; Incidents: the frozen moment"),
         ("↑ ↓ PgUp PgDn", "Move in the table"),
         ("← →", "Scroll a wide table sideways"),
         ("Tab", "Latency: the next table (services, servers, slowest)"),

@@ -93,7 +93,7 @@ async def test_overview_is_first_and_shows_what_the_snapshot_and_the_watcher_hol
         assert cells(app, "ov-ports")[0][0] == "udp/53 domain"
         assert [r[0] for r in cells(app, "ov-processes")] == ["live capture only"]
         # Everything fits 80 columns: the view bar numbers the other views.
-        assert screen_text(app).splitlines()[0].split() == ["retrotap", "0", "Overview", *"12345679"]
+        assert screen_text(app).splitlines()[0].split() == ["retrotap", "0", "Overview", *"123456789"]
 
 
 def incidents_app(pcap: str, directory: Path, *extra: str) -> Iterator[tuple[RetrotapApp, Run]]:
