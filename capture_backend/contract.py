@@ -512,6 +512,7 @@ class Churn:
     """Floods and scans named as such: new flows, who opens them, who scans, SYNs nobody answers."""
 
     new_flows_per_s: float = 0.0  # flows first seen per second over the last sample, evicted ones included
+    new_flows_by_iface: Ranked = ()  # interface, flows first seen on it per second (evicted ones not included)
     top_new_sources: Ranked = ()  # source address, flows it opened in the last 10 s
     top_scanners: Ranked = ()  # source address, distinct destination ports it opened flows to, last 10 s
     half_open: int = 0  # TCP connections asked for (SYN) and never answered, last 10 s

@@ -203,6 +203,18 @@ def _new_flows(s: Sample) -> Rows:
     return _one((seen + evicted) / s.seconds if s.seconds > 0 else 0.0)
 
 
+def _iface_new_flows(s: Sample) -> Rows:
+    """Per captured interface: flows first seen on it a second since the last sample (evicted ones, whose
+    interface is gone with them, are only in new_flows)."""
+    t, names = s.snap.flows, s.snap.flow_ifaces
+    if not names or s.seconds <= 0:
+        return NO_ROWS
+    start = s.prev.now_ns if s.snap.live else s.prev.last_ns
+    bits = t.cols["ifaces"][t.cols["first"] > start] if len(t) else np.zeros(0, np.uint64)
+    counts = [int(np.count_nonzero((bits >> np.uint64(i)) & np.uint64(1))) for i in range(len(names))]
+    return _named(list(names), np.array(counts, np.float64) / s.seconds)
+
+
 def _initiators(s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each flow's initiator address (16 bytes), responder address, responder port."""
 
@@ -341,6 +353,7 @@ METRICS: Mapping[str, Metric] = {
     "unanswered": Metric("requests dropped unanswered per second", "request/s", "", _unanswered),
     "new_flows": Metric("flows first seen per second (evicted ones included)", "flow/s", "", _new_flows),
     "scan_ports": Metric("distinct destination ports per source, last 10 s", "port", "source", _scan_ports),
+    "iface_new_flows": Metric("flows first seen per second on an interface", "flow/s", "interface", _iface_new_flows),
     "source_new_flows": Metric("flows a source opened in the last 10 s", "flow", "source", _source_new_flows),
     "half_open": Metric("unanswered TCP SYNs per destination, last 10 s", "connection", "destination", _half_open),
 }
@@ -515,6 +528,7 @@ def churn(sample: Sample) -> Churn:
     half = metric_rows(sample, "half_open")
     return Churn(
         new_flows_per_s=float(metric_rows(sample, "new_flows").values[0]),
+        new_flows_by_iface=_ranked(metric_rows(sample, "iface_new_flows"), top=64),
         top_new_sources=_ranked(metric_rows(sample, "source_new_flows")),
         top_scanners=_ranked(metric_rows(sample, "scan_ports")),
         half_open=int(half.values.sum()),

@@ -238,6 +238,13 @@ def churn_gauges(watcher: IncidentWatcher) -> dict[str, Extra]:
 
     return {
         "new_flows_per_second": Extra("Flows first seen per second", lambda: churn().new_flows_per_s, "gauge"),
+        "interface_new_flows_per_second": Extra(
+            "Flows first seen per second, per interface",
+            lambda: 0,
+            "gauge",
+            label="interface",
+            read_by=lambda: dict(churn().new_flows_by_iface),
+        ),
         "half_open_connections": Extra(
             "TCP SYNs never answered in the last 10 s", lambda: churn().half_open, "gauge"
         ),

@@ -598,6 +598,7 @@ def alert_rows(status: AlertStatus) -> Row:
         "last_error": status.last_error,
         "churn": {
             "new_flows_per_s": c.new_flows_per_s,
+            "new_flows_by_iface": [{"iface": name, "per_s": v} for name, v in c.new_flows_by_iface],
             "top_new_sources": ranked(c.top_new_sources, "flows"),
             "top_scanners": ranked(c.top_scanners, "ports"),
             "half_open": c.half_open,

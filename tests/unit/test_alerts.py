@@ -208,3 +208,8 @@ def test_incidents_and_churn_in_metrics(tmp_path: Path) -> None:
     assert samples[("retrotap_scan_ports", (("source", SCANNER),))] == SCAN_PORTS
     assert samples[("retrotap_source_new_flows", (("source", SCANNER),))] == SCAN_PORTS
     assert samples[("retrotap_half_open_connections", ())] == 0  # every SYN was answered by a RST
+    # One interface (the file), no evictions: its new flows a second are all of them.
+    per_iface = {dict(labels)["interface"]: v for (name, labels), v in samples.items()
+                 if name == "retrotap_interface_new_flows_per_second"}  # fmt: skip
+    assert list(per_iface.values()) == [samples[("retrotap_new_flows_per_second", ())]]
+    assert samples[("retrotap_new_flows_per_second", ())] > 0

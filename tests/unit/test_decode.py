@@ -505,6 +505,8 @@ def test_counters_per_flow_pair_and_host_both_directions() -> None:
         "app_count": 0,
         "app_sum": 0,
         "app_max": 0,
+        "ifaces": 1,  # seen on the one interface counted (bit 0)
+        "vlan": 0,  # untagged
     }
     # Snapshots carry what readers show, not the sequence analysis state.
     snap_cols = set(c.flows.freeze(0).cols)
