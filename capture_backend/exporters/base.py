@@ -100,6 +100,9 @@ class Exporters:
                 "Session records not written (queue full or store failing)", lambda: st.dropped
             )
             self.extra["sessions_errors_total"] = Extra("Session store errors", lambda: st.errors)
+            self.extra["sessions_unseen_flows_total"] = Extra(
+                "Flows evicted from the flow table before the session writer saw them (no record)", lambda: st.unseen
+            )
         if s.ipfix is not None:
             host, port = s.ipfix
             try:
@@ -189,10 +192,11 @@ class Exporters:
             writer, self.sessions = self.sessions, None
             writer.close(final)
             st = writer.stats
-            if st.dropped or st.minutes_dropped or st.errors:
+            if st.dropped or st.minutes_dropped or st.errors or st.unseen:
                 self.log(
                     f"sessions: {st.records} records written to {writer.path}, {st.dropped} dropped, "
                     f"{st.minutes_dropped} minutes of aggregates dropped, "
+                    f"{st.unseen} flows evicted from the flow table before a record could be made, "
                     f"{st.errors} store errors (last: {st.last_error or 'none'})"
                 )
         if self.metrics is not None:

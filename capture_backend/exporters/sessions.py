@@ -59,6 +59,7 @@ class SessionStats:
     errors: int = 0
     deleted: int = 0
     last_error: str = ""
+    unseen: int = 0  # flows the table evicted before the writer's poll saw them: no record (a flood)
 
 
 def _slowest_requests(snap: Snapshot) -> dict[tuple[bytes, bytes, int, int], str]:
@@ -241,6 +242,7 @@ class SessionWriter:
     def _emit(self, snap: Snapshot, final: bool = False, wait: bool = False) -> None:
         self._last = snap
         done = self.tracker.update(snap, final)
+        self.stats.unseen = self.tracker.not_sent(snap.flows)
         procs = self.processes() if self.processes is not None else None
         minutes = self.minutes.update(snap, procs, final)
         if len(done) == 0 and not minutes:

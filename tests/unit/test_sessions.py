@@ -275,7 +275,7 @@ def test_corrupt_store_is_one_line_and_capture_goes_on(tmp_path: Path) -> None:
     )
     assert logged[-1] == (
         f"sessions: 0 records written to {tmp_path / STORE_NAME}, 1 dropped, 1 minutes of aggregates dropped, "
-        "1 store errors "
+        "0 flows evicted from the flow table before a record could be made, 1 store errors "
         f"(last: sessions store {tmp_path / STORE_NAME}: corrupt (file is not a database))"
     )
 
@@ -472,3 +472,34 @@ def test_session_records_carry_the_vlan_of_tagged_flows(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     by_port = {r["dport"]: r["vlan"] for r in map(json.loads, done.stdout.splitlines())}
     assert by_port == {9000: 42, 9001: 7, 9002: None}
+
+
+def test_flows_evicted_before_the_writer_saw_them_are_counted(tmp_path: Path) -> None:
+    """A flow table of 2 rows fed 6 flows between two of the writer's looks: 4 flows leave no record, and the
+    writer says so (counted, in /metrics and the exit line) instead of losing them silently."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from capture_backend.analysis.tables import CounterLimits
+    from capture_backend.replay import file_snapshots
+
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    frames = []
+    for i in range(6):
+        data = bytes(eth / IP(src=f"10.5.0.{i + 1}", dst="10.5.1.1") / UDP(sport=4000 + i, dport=9000))
+        frames.append(Frame(data, T0_NS + i * 1000, len(data)))
+    pcap = tmp_path / "six.pcap"
+    write_pcap(pcap, frames, nanosecond=True)
+    (snap,) = list(file_snapshots(str(pcap), step_s=60, limits=CounterLimits(flows=2)))[-1:]
+    assert len(snap.flows) <= 2 and snap.flows.evicted == 6 - len(snap.flows)
+    logged: list[str] = []
+    exporters = Exporters(ExporterSettings(sessions=str(tmp_path)), lambda: snap, logged.append, fed=True)
+    exporters.start()
+    exporters.offer(snap)
+    assert exporters.sessions is not None
+    unseen = exporters.extra["sessions_unseen_flows_total"].read
+    exporters.stop(snap)
+    assert unseen() == snap.flows.evicted
+    with SessionStore(tmp_path, writable=False) as store:
+        assert store.count() == len(snap.flows)
+    assert f"{snap.flows.evicted} flows evicted from the flow table before a record could be made" in logged[-1]
