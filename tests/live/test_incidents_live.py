@@ -13,9 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import scapy.layers.l2  # noqa: F401 (registers Ethernet for the readers)
-from scapy.utils import PcapNgReader, PcapReader
 
+from capture_backend.capture.pcapfile import FileSource
 from tests.captures import SETTLE_S, read_pcap, start_retrotap, start_tcpdump, stop_tcpdump
 from tests.lab import Lab, wait_for_output
 from tests.scenes import Dns, finish, program, quiesce
@@ -33,12 +32,13 @@ SCAN_PORTS = 600
 
 
 def frames(path: Path) -> list[tuple[int, bytes]]:
-    """(timestamp ns, bytes) of every frame of a pcap or pcapng file."""
-    with path.open("rb") as f:
-        magic = f.read(4)
-    reader = PcapNgReader if magic == b"\x0a\x0d\x0d\x0a" else PcapReader
-    with reader(str(path)) as r:  # type: ignore[no-untyped-call]
-        return [(int(p.time * NS), bytes(p)) for p in r]
+    """(timestamp ns, bytes) of every frame of a pcap or pcapng file (retrotap's reader; tshark checks it too)."""
+    with FileSource(str(path)) as src:
+        return [
+            (int(b.ts_ns[i]), bytes(b.data[int(b.start[i]) : int(b.start[i]) + int(b.caplen[i])]))
+            for b in src.blocks()
+            for i in range(len(b))
+        ]
 
 
 def incident(directory: Path, rule: str) -> dict:  # type: ignore[type-arg]
