@@ -265,7 +265,7 @@ def run_live(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
             out.write(record(run.snapshot, prev, opts.top, final))
     if saver is not None:
         saver.join()
-    return capture_status(run.snapshot, log)
+    return max(capture_status(run.snapshot, log), run.exit_status)
 
 
 def _file_snapshots(opts: StatsOptions, source: FileSource, counting: Counting) -> Iterator[tuple[Snapshot, bool]]:
@@ -325,7 +325,7 @@ def run_file(opts: StatsOptions, out: Output, signals: Signals, log: Callable[[s
             exporters.stop(latest[0])
         if source.truncated:
             log(f"warning: {source.truncated}")
-    return 0
+    return 1 if exporters.failed else 0
 
 
 MINUTE_ABSENT = ("cpu_seconds", "restarts", "last_error")  # of a live record's `capture`
@@ -427,7 +427,7 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
         f"{recorder.stats.summary()}; captured {snap.packets} packets, kernel drops {snap.kernel_drops}, "
         f"capture restarts {snap.restarts}"
     )
-    status = capture_status(snap, logger)
+    status = max(capture_status(snap, logger), run.exit_status)
     return 1 if error is not None else status
 
 

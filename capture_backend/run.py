@@ -365,8 +365,9 @@ class Run:
 
     @property
     def exit_status(self) -> int:
-        """1 when the capture loop failed and had to be restarted, else 0."""
-        return 1 if self.engine.snapshot.restarts else 0
+        """1 when the capture loop failed and had to be restarted, or a writer (session store, incidents) lost
+        what it had to write; else 0."""
+        return 1 if self.engine.snapshot.restarts or self.exporters.failed else 0
 
     def __enter__(self) -> Run:
         self.open()

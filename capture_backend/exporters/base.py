@@ -73,6 +73,7 @@ class Exporters:
         self.ipfix: FlowExporter | None = None
         self.sessions: SessionWriter | None = None
         self.incidents: IncidentWatcher | None = None
+        self.failed = False  # set by stop(): a writer lost records or incidents (the run's exit status says so)
 
     def start(self) -> None:
         """Bind /metrics and open the IPFIX socket; OSError with the option named when that fails.
@@ -180,6 +181,7 @@ class Exporters:
             watcher, self.incidents = self.incidents, None
             watcher.close()
             ist = watcher.stats
+            self.failed |= ist.errors > 0
             if ist.incidents or ist.errors:
                 self.log(
                     f"incidents: {ist.incidents} frozen in {watcher.settings.directory}, {ist.errors} errors"
@@ -192,6 +194,7 @@ class Exporters:
             writer, self.sessions = self.sessions, None
             writer.close(final)
             st = writer.stats
+            self.failed |= bool(st.dropped or st.minutes_dropped or st.errors)
             if st.dropped or st.minutes_dropped or st.errors or st.unseen:
                 self.log(
                     f"sessions: {st.records} records written to {writer.path}, {st.dropped} dropped, "

@@ -503,3 +503,22 @@ def test_flows_evicted_before_the_writer_saw_them_are_counted(tmp_path: Path) ->
     with SessionStore(tmp_path, writable=False) as store:
         assert store.count() == len(snap.flows)
     assert f"{snap.flows.evicted} flows evicted from the flow table before a record could be made" in logged[-1]
+
+
+def test_a_store_that_cannot_be_written_changes_the_exit_status(tmp_path: Path) -> None:
+    """stats -r FILE --sessions DIR on a corrupt store: the records are still printed, the lost session records
+    are said in one line each, and the exit status is 1 (not 0 as if they had been written)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    data = bytes(Ether() / IP(src="10.6.0.1", dst="10.6.0.2") / UDP(sport=4000, dport=9000))
+    pcap = tmp_path / "one.pcap"
+    write_pcap(pcap, [Frame(data, T0_NS, len(data))], nanosecond=True)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / STORE_NAME).write_bytes(b"not a database" * 100)
+    done = cli("stats", "-r", str(pcap), "--sessions", str(store), "--format", "json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["totals"]["packets"] == 1
+    assert "corrupt (file is not a database)" in done.stderr and "1 dropped" in done.stderr
+    assert "Traceback" not in done.stderr
