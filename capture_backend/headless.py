@@ -428,6 +428,8 @@ def run_record(opts: RecordRun, log: Callable[[str], None] | None = None) -> int
         f"capture restarts {snap.restarts}"
     )
     status = max(capture_status(snap, logger), run.exit_status)
+    if recorder.stats.unwritten_packets:  # the disk was full: packets are missing from the recording
+        status = 1
     return 1 if error is not None else status
 
 
