@@ -9,8 +9,8 @@ table's own `keys` rows (no second copy); a slot is one 64-bit word, the key has
 row arrays (at least twice their length), so a table of a few hundred flows stays in L1/L2.
 """
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawRealloc
 
 import numpy as np
@@ -328,6 +328,78 @@ def fill_rows(uint8_t[:, ::1] rows, const int64_t[::1] ids, const uint8_t[::1] f
             r = ids[i]
             if 0 <= r < size:
                 memcpy(&rows[r, 0], &fill[0], width)
+
+
+def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[::1] keep, Py_ssize_t count):
+    """The `count` used rows with the smallest (last, row), rows in `keep` left out, in ascending row order.
+
+    The cut is found by narrowing a 4,096-bucket histogram of `last` (a few passes over the rows, no
+    sort), so an eviction costs the same whatever the table holds."""
+    cdef Py_ssize_t h = last.shape[0], i, n = 0, b
+    cdef int64_t lo = INT64_MAX, hi = INT64_MIN, cut, v
+    cdef int64_t below = 0, cum, need, cut_row = -1
+    cdef uint64_t width
+    cdef int shift
+    cdef int64_t counts[4096]
+    if used.shape[0] < h:
+        raise ValueError("oldest_rows: used is shorter than last")
+    skip_arr = np.zeros(h, np.uint8)
+    cdef uint8_t[::1] skip = skip_arr
+    for i in range(keep.shape[0]):
+        if 0 <= keep[i] < h:
+            skip[keep[i]] = 1
+    with nogil:
+        for i in range(h):
+            if used[i] and not skip[i]:
+                n += 1
+                v = last[i]
+                if v < lo:
+                    lo = v
+                if v > hi:
+                    hi = v
+    if count > n:
+        count = n
+    out_arr = np.empty(max(count, 0), np.int64)
+    if count <= 0:
+        return out_arr
+    cdef int64_t[::1] out = out_arr
+    with nogil:
+        while lo < hi:
+            width = <uint64_t>hi - <uint64_t>lo
+            shift = 0
+            while (width >> shift) >= 4096:
+                shift += 1
+            memset(counts, 0, sizeof(counts))
+            for i in range(h):
+                if used[i] and not skip[i]:
+                    v = last[i]
+                    if lo <= v <= hi:
+                        counts[(<uint64_t>v - <uint64_t>lo) >> shift] += 1
+            cum = below
+            b = 0
+            while cum + counts[b] < count:
+                cum += counts[b]
+                b += 1
+            below = cum
+            lo = <int64_t>(<uint64_t>lo + (<uint64_t>b << shift))
+            if (width >> shift) > <uint64_t>b:  # the bucket's top is inside the range
+                hi = <int64_t>(<uint64_t>lo + ((<uint64_t>1 << shift) - 1))
+        cut = lo  # below rows are older than cut; the rest are taken from rows last seen at cut, lowest first
+        need = count - below
+        for i in range(h):
+            if used[i] and not skip[i] and last[i] == cut:
+                need -= 1
+                if need == 0:
+                    cut_row = i
+                    break
+        n = 0
+        for i in range(h):
+            if used[i] and not skip[i]:
+                v = last[i]
+                if v < cut or (v == cut and i <= cut_row):
+                    out[n] = i
+                    n += 1
+    return out_arr
 
 
 def add_traffic(int64_t[:, ::1] packets, int64_t[:, ::1] nbytes, int64_t[::1] first, int64_t[::1] last,

@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend._native import KeyIndex, add_directed, add_traffic, fill_rows, group_rows
+from capture_backend._native import KeyIndex, add_directed, add_traffic, fill_rows, group_rows, oldest_rows
 from capture_backend.analysis.decode import HAS_PORTS, Decoded
 from capture_backend.analysis.services import known_ports
 from capture_backend.analysis.tcp import FLOW_COLUMNS as TCP_FLOW_COLUMNS
@@ -159,16 +159,9 @@ class KeyTable:
                 self.max_from = max(self.max_from, newest)
 
     def evict_oldest(self, count: int, keep: np.ndarray) -> None:
-        """Evict `count` rows with the oldest `last` seen, never those in `keep`."""
+        """Evict the `count` rows with the oldest `last` seen (ties: the lowest row), never those in `keep`."""
         h = self.high
-        last = np.where(self.used[:h], self.cols["last"][:h], INT64_MAX)
-        last[keep] = INT64_MAX
-        candidates = np.flatnonzero(last < INT64_MAX)
-        count = min(count, candidates.size)
-        if count <= 0:
-            return
-        order = np.argpartition(last[candidates], count - 1)[:count]
-        victims = candidates[order]
+        victims = oldest_rows(self.used[:h].view(np.uint8), self.cols["last"][:h], _i64(keep), count)
         self.remove(victims)
         self.evicted += int(victims.size)
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capture_backend._native import KeyIndex
-from capture_backend.analysis.tables import INT64_MAX, KeyTable
+from capture_backend.analysis.tables import KeyTable
 
 LAST = {"last": (np.int64, (), 0)}
 
@@ -58,14 +58,14 @@ class DictTable:
         self.free.extend(int(i) for i in ids)
 
     def evict_oldest(self, count: int, keep: np.ndarray) -> None:
-        last = np.where(self.used, self.last, INT64_MAX).copy()
-        last[keep] = INT64_MAX
-        candidates = np.flatnonzero(last < INT64_MAX)
+        # The `count` oldest by (last, row), removed in row order.
+        candidates = np.flatnonzero(self.used)
+        candidates = candidates[~np.isin(candidates, keep)]
         count = min(count, candidates.size)
         if count <= 0:
             return
-        order = np.argpartition(last[candidates], count - 1)[:count]
-        victims = candidates[order]
+        order = np.lexsort((candidates, self.last[candidates]))[:count]
+        victims = np.sort(candidates[order])
         self.remove(victims)
         self.evicted += int(victims.size)
 

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture_backend._native import add_directed, add_traffic, fill_rows, group_rows, walk_pcap
+from capture_backend._native import add_directed, add_traffic, fill_rows, group_rows, oldest_rows, walk_pcap
 from capture_backend.analysis.tables import HISTORY_SECONDS, INT64_MAX, NS, TRAFFIC_COLUMNS, KeyTable
 
 
@@ -30,6 +30,29 @@ def test_group_rows_puts_exactly_the_equal_rows_together(width: int, picks: list
     assert np.unique(k[first], axis=0).shape[0] == first.size  # no two groups share a row value
     assert (inv[first] == np.arange(first.size)).all()  # groups numbered in order of first appearance
     assert (np.diff(first) > 0).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 300),
+    st.sampled_from(["few values", "full int64 range", "all equal", "nanoseconds"]),
+    st.integers(0, 2**32),
+)
+def test_oldest_rows_are_the_smallest_last_then_lowest_row(h: int, spread: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    used = rng.random(h) < 0.8
+    last = {
+        "few values": lambda: rng.integers(-5, 5, h),
+        "full int64 range": lambda: rng.integers(-(2**63), 2**63 - 1, h, dtype=np.int64),
+        "all equal": lambda: np.full(h, 7),
+        "nanoseconds": lambda: rng.integers(0, 10**12, h),
+    }[spread]().astype(np.int64)
+    keep = rng.integers(0, max(h, 1), int(rng.integers(0, 10))) if h else np.zeros(0, np.int64)
+    count = int(rng.integers(0, h + 3))
+    rows = np.flatnonzero(used & ~np.isin(np.arange(h), keep))
+    expected = np.sort(rows[np.lexsort((rows, last[rows]))[:count]])
+    got = oldest_rows(used.view(np.uint8), last, keep.astype(np.int64), count)
+    assert got.tolist() == expected.tolist()
 
 
 def test_group_rows_with_colliding_home_slots() -> None:
