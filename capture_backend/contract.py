@@ -380,6 +380,19 @@ class LinkInfo:
 
 
 @dataclass(frozen=True)
+class RingStatus:
+    """One of an interface's rings when several capture threads share it (--threads, PACKET_FANOUT)."""
+
+    thread: int  # the capture thread reading it, from 0
+    packets: int  # counted from it
+    bytes: int
+    received: int  # the kernel's counters of this ring
+    kernel_drops: int
+    freezes: int
+    cpu: float  # seconds of CPU its capture thread used (for every interface that thread reads)
+
+
+@dataclass(frozen=True)
 class IfaceStatus:
     """One captured interface: state, what retrotap captured, the ring's and the link's counters."""
 
@@ -396,6 +409,7 @@ class IfaceStatus:
     ring_bytes: int = 0  # the size of the interface's ring (0: none open)
     netns: int = 0  # the inode of the network namespace it is in (0: not known, e.g. a file)
     peer_netns: int = 0  # a veth's: the inode of the namespace its other end is in (0: not a veth, or not known)
+    rings: tuple[RingStatus, ...] = ()  # each ring's share, with more than one capture thread (else empty)
 
     @property
     def link_packets(self) -> int | None:

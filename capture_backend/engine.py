@@ -1,6 +1,8 @@
-"""The capture engine: one background thread that reads rings, counts, and publishes snapshots.
+"""The capture engine: background threads that read rings, count, and publish snapshots.
 
-The thread is the only writer of its counters. A few times a second it swaps in a new immutable
+Each capture thread is the only writer of its counters. With `RingConfig.threads` above one, every
+interface gets that many rings joined with PACKET_FANOUT, one per thread; the first thread merges the
+others' latest counters into its own when it publishes. A few times a second it swaps in a new immutable
 Snapshot (one reference assignment); readers take ``engine.snapshot`` and never lock anything.
 Rare events (capture failed, interface gone) go to an ``on_event`` callback.
 """
@@ -19,13 +21,14 @@ from types import MappingProxyType
 
 from capture_backend.analysis.decode import Decoded, decode
 from capture_backend.analysis.latency import Latency
+from capture_backend.analysis.merge import merge_snapshots
 from capture_backend.analysis.tables import IFACE_BITS, NS, CounterLimits, Counters, Tally, published_rtt
 from capture_backend.capture.block import LINKTYPE_ETHERNET, LINKTYPE_RAW, Block
 from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, compile_filter, compile_optional, detach
 from capture_backend.capture.netlink import InterfaceError, LinkMonitor
 from capture_backend.capture.netns import IfaceSpec, Netns, parse_iface, resolve, run_in
-from capture_backend.capture.ring import RAW_LINKTYPES, CaptureError, Ring, RingConfig
-from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo, UserError
+from capture_backend.capture.ring import NEW_FANOUT, RAW_LINKTYPES, CaptureError, Ring, RingConfig
+from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo, RingStatus, UserError
 from capture_backend.contract import EngineEvent as EngineEvent
 from capture_backend.contract import EventSink as EventSink
 from capture_backend.contract import IfaceStatus as IfaceStatus
@@ -41,6 +44,7 @@ RESTART_BACKOFF = (0.0, 0.1, 1.0)
 SMALL_RING_BLOCKS = 16
 OWN_NETNS = "/proc/self/ns/net"
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
+ANSWER_TIMEOUT = 0.3  # how long a fresh snapshot waits for the other capture threads' counters
 
 
 def _frozen_tallies(table: dict[int, Tally]) -> Mapping[int, tuple[int, int]]:
@@ -158,8 +162,33 @@ class _Capture:
             self._base = (self.received, self.drops, self.freezes)
 
 
+class _Lane:
+    """One capture thread's share: a ring on each interface (one of a fanout group with several threads) and
+    the counters of what those rings deliver."""
+
+    def __init__(self, index: int, captures: list[_Capture], counting: Counting) -> None:
+        self.index = index
+        self.captures = captures
+        self.counting = counting
+        self.cpu = 0.0  # seconds of CPU its thread used
+        self.part: Snapshot | None = None  # its counters, frozen on its own thread when the first thread asks
+        self.asked = threading.Event()
+        self.answered = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+def _serialised(sink: BlockSink, lock: threading.Lock) -> BlockSink:
+    """A sink several capture threads call in turn (the time machine and the recorder keep one order)."""
+
+    def call(block: Block, dec: Decoded) -> None:
+        with lock:
+            sink(block, dec)
+
+    return call
+
+
 class Engine:
-    """Live capture on one or more interfaces in a background thread (start() / close())."""
+    """Live capture on one or more interfaces in background threads (start() / close())."""
 
     def __init__(
         self,
@@ -181,9 +210,27 @@ class Engine:
         self.last_error = ""
         self.publish_interval = publish_interval
         self.on_event = on_event
+        self.threads = max(1, ring.threads)
+        if self.threads > 1:
+            # Both directions of a flow reach one thread: the flow table's capacity is shared out.
+            limits = replace(limits, flows=-(-limits.flows // self.threads))
+            lock = threading.Lock()
+            block_sinks = [_serialised(sink, lock) for sink in block_sinks]
+        self._capacities = {"flows": limits.flows, "pairs": limits.pairs, "hosts": limits.hosts, "ports": limits.ports}
         self.counting = Counting(limits, True, filter_expr, clock, block_sinks)
         self.links = links if links is not None else LinkMonitor()
         self._captures = [_Capture(parse_iface(name)) for name in ifaces]
+        self._lanes = [_Lane(0, self._captures, self.counting)] + [
+            _Lane(
+                k, [_Capture(c.spec) for c in self._captures], Counting(limits, True, filter_expr, clock, block_sinks)
+            )
+            for k in range(1, self.threads)
+        ]
+        if self.threads > 1:  # every thread names an interface by the same bit in the flows' "ifaces" column
+            for lane in self._lanes:
+                lane.counting.counters.iface_bits.update({c.name: i for i, c in enumerate(self._captures)})
+        self._fanout: dict[str, int] = {}  # each interface's fanout group id
+        self._fanout_lock = threading.Lock()
         # Link watching in the other namespaces captured in: one netlink socket each, opened by open().
         self._netns: dict[str, Netns] = {}
         self._ns_links: dict[str, LinkMonitor] = {}
@@ -191,7 +238,6 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._link_info: dict[str, LinkInfo] = {}
-        self._cpu = 0.0
         self.ready = threading.Event()
         self._rings_lock = threading.Lock()
         self._asked = threading.Event()
@@ -233,6 +279,10 @@ class Engine:
                 cap.peer_netns = monitor.veth_peer_netns(cap.spec.ifname, cap.netns)
             except (OSError, UserError, LookupError):
                 cap.peer_netns = 0  # the process mapper then looks in every namespace
+        for lane in self._lanes[1:]:
+            for cap, first in zip(lane.captures, self._captures, strict=True):
+                cap.ring = self._open_ring(cap, self._link_info[cap.name])
+                cap.state, cap.netns, cap.peer_netns = first.state, first.netns, first.peer_netns
         smallest = min((c.ring.block_nr for c in self._captures if c.ring is not None), default=SMALL_RING_BLOCKS)
         self._drain_interval = MIN_DRAIN_INTERVAL if smallest >= SMALL_RING_BLOCKS else 0.0
         self.snapshot = self._publish_now()
@@ -255,14 +305,23 @@ class Engine:
                 "restart it to capture there again"
             )
         netns = self._netns.get(cap.spec.netns) if cap.spec.netns else None
-        return run_in(netns, lambda: Ring(cap.spec.ifname, info.arphrd, self.ring_config, bpf, label=cap.name))
+        if self.threads == 1:
+            return run_in(netns, lambda: Ring(cap.spec.ifname, info.arphrd, self.ring_config, bpf, label=cap.name))
+        with self._fanout_lock:
+            group = self._fanout.get(cap.name, NEW_FANOUT)
+            ring = run_in(
+                netns, lambda: Ring(cap.spec.ifname, info.arphrd, self.ring_config, bpf, label=cap.name, fanout=group)
+            )
+            self._fanout[cap.name] = ring.fanout_id
+            return ring
 
     def set_filter(self, expr: str) -> None:
         """Compile and swap the kernel filter of every ring; FilterError keeps the old one."""
         with self._rings_lock:  # the capture thread may be closing or reopening a ring
             programs = [
                 (cap.ring, compile_filter(expr, cap.ring.linktype) if expr.strip() else None)
-                for cap in self._captures
+                for lane in self._lanes
+                for cap in lane.captures
                 if cap.ring is not None
             ]
             try:
@@ -273,7 +332,8 @@ class Engine:
                         attach(ring_.sock, prog)
             except OSError as e:
                 raise FilterError(f"cannot set filter {expr!r}: {e.strerror or e}") from None
-            self.counting.filter = expr
+            for lane in self._lanes:
+                lane.counting.filter = expr
 
     def fresh_snapshot(self, timeout: float = 0.5) -> Snapshot:
         """A snapshot published after this call (the capture thread makes one at its next turn)."""
@@ -289,18 +349,28 @@ class Engine:
         return self._thread is not None
 
     def start(self) -> None:
-        """Start the capture thread."""
+        """Start the capture threads."""
+        for lane in self._lanes[1:]:
+            lane.thread = threading.Thread(
+                target=self._run, args=(lane,), name=f"retrotap-capture-{lane.index}", daemon=True
+            )
+            lane.thread.start()
         self._thread = threading.Thread(target=self._run, name="retrotap-capture", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the thread after a last drain of the rings, then publish a final snapshot."""
+        """Stop the threads after a last drain of the rings, then publish a final snapshot."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        for cap in self._captures:
-            cap.close()
+        for lane in self._lanes[1:]:
+            if lane.thread is not None:
+                lane.thread.join()
+                lane.thread = None
+        for lane in self._lanes:
+            for cap in lane.captures:
+                cap.close()
         try:
             self._link_info = self._all_links()
         except OSError:
@@ -311,19 +381,22 @@ class Engine:
             monitor.close()
 
     # --- the capture thread
-    def _run(self) -> None:
+    def _run(self, lane: _Lane | None = None) -> None:
         # A failure inside the loop (a bug, a surprise from the kernel) is reported in full and the
         # loop restarts on the same rings: the blocks it held went back to the kernel on the way out.
+        lane = lane or self._lanes[0]
         failed_stopping = 0
         while True:
             try:
-                self._loop()
+                self._loop(lane)
                 return
             except Exception as e:
                 self.restarts += 1
                 where = log_traceback(self.error_log, e)
-                self.last_error = f"capture error: {type(e).__name__}: {e} (restart {self.restarts}; {where})"
-                self.snapshot = self._publish_now()
+                thread = f" in capture thread {lane.index}" if lane.index else ""
+                self.last_error = f"capture error{thread}: {type(e).__name__}: {e} (restart {self.restarts}; {where})"
+                if lane.index == 0:
+                    self.snapshot = self._publish_now()
                 self._emit("error", "", self.last_error)
                 pause = RESTART_BACKOFF[min(self.restarts, len(RESTART_BACKOFF)) - 1]
                 if self._stop.wait(pause):
@@ -331,16 +404,19 @@ class Engine:
                     if self._drained or failed_stopping > 2:
                         return
 
-    def _loop(self) -> None:
+    def _loop(self, lane: _Lane) -> None:
         poller = select.poll()
-        for cap in self._captures:
+        for cap in lane.captures:
             if cap.ring is not None:
                 poller.register(cap.ring.fileno(), select.POLLIN | select.POLLERR)
-        by_fd = {cap.ring.fileno(): cap for cap in self._captures if cap.ring is not None}
+        by_fd = {cap.ring.fileno(): cap for cap in lane.captures if cap.ring is not None}
         timeout_ms = max(10, min(100, int(self.publish_interval * 1000)))
         next_publish = 0.0
         next_links = 0.0
         last_drain = 0.0
+        if lane.index:
+            self._follow(lane, poller, by_fd)
+            return
         self._drained = False
         if not self.ready.is_set():
             self.ready.set()
@@ -355,19 +431,19 @@ class Engine:
             if pause > 0:
                 time.sleep(pause)
             last_drain = time.monotonic()
-            self._drain()
+            self._drain(lane)
             now = time.monotonic()
             if now >= next_links:
                 next_links = now + LINK_POLL_SECONDS
-                self._watch_links(poller, by_fd)
+                self._watch_links(lane, poller, by_fd)
             asked = self._asked.is_set()
             if now >= next_publish or asked:
                 if asked:
                     self._asked.clear()
                 for cap in self._captures:
                     cap.fold_stats()
-                self._cpu = time.thread_time()
-                self.snapshot = self._publish_now()
+                lane.cpu = time.thread_time()
+                self.snapshot = self._publish_now(wait=asked)
                 # Large tables make a snapshot dear: publish less often rather than let it starve the ring.
                 cost = time.monotonic() - now
                 self.publish_cost = cost
@@ -378,13 +454,43 @@ class Engine:
         deadline = time.monotonic() + 3 * self.ring_config.block_timeout_ms / 1000
         while time.monotonic() < deadline:
             poller.poll(self.ring_config.block_timeout_ms)
-            self._drain()
+            self._drain(lane)
         self._drained = True
-        self._cpu = time.thread_time()
+        lane.cpu = time.thread_time()
 
-    def _drain(self) -> None:
-        add = self.counting.add
-        for cap in self._captures:
+    def _follow(self, lane: _Lane, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
+        """Another capture thread's loop: drain its rings, follow the first thread's view of the links, and
+        freeze its counters when asked."""
+        last_drain = next_links = 0.0
+        while not self._stop.is_set():
+            for fd, ev in poller.poll(100):
+                cap_ = by_fd.get(fd)
+                if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
+                    cap_.ring.pending_error()
+            pause = last_drain + self._drain_interval - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            last_drain = time.monotonic()
+            self._drain(lane)
+            if last_drain >= next_links:
+                next_links = last_drain + LINK_POLL_SECONDS
+                self._watch_links(lane, poller, by_fd)
+            if lane.asked.is_set():
+                lane.asked.clear()
+                for cap in lane.captures:
+                    cap.fold_stats()
+                lane.cpu = time.thread_time()
+                lane.part = self._freeze(lane)
+                lane.answered.set()
+        deadline = time.monotonic() + 3 * self.ring_config.block_timeout_ms / 1000
+        while time.monotonic() < deadline:
+            poller.poll(self.ring_config.block_timeout_ms)
+            self._drain(lane)
+        lane.cpu = time.thread_time()
+
+    def _drain(self, lane: _Lane) -> None:
+        add = lane.counting.add
+        for cap in lane.captures:
             if cap.ring is None:
                 continue
             batches = cap.ring.batches()
@@ -394,13 +500,17 @@ class Engine:
             finally:
                 batches.close()  # on an error too: the batch's blocks go back to the kernel now
 
-    def _watch_links(self, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
-        try:
-            self._link_info = self._all_links()
-        except OSError as e:
-            self._emit("error", "", f"netlink: {e}")
-            return
-        for cap in self._captures:
+    def _watch_links(self, lane: _Lane, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
+        """Close the rings of interfaces gone, reopen those back. The first thread reads the links (and says
+        what changed); the others follow what it read."""
+        if lane.index == 0:
+            try:
+                self._link_info = self._all_links()
+            except OSError as e:
+                self._emit("error", "", f"netlink: {e}")
+                return
+        emit = self._emit if lane.index == 0 else _quiet
+        for cap in lane.captures:
             info = self._link_info.get(cap.name)
             if info is None or (cap.ring is not None and info.index != cap.ring.ifindex):
                 if cap.ring is not None:
@@ -411,7 +521,7 @@ class Engine:
                         cap.close()
                 if cap.state != "gone":
                     cap.state, cap.error = "gone", f"interface {cap.name} was removed"
-                    self._emit("iface-gone", cap.name, cap.error)
+                    emit("iface-gone", cap.name, cap.error)
                 if info is None:
                     continue
             if cap.ring is None:
@@ -420,7 +530,7 @@ class Engine:
                         cap.ring = self._open_ring(cap, info)
                 except (UserError, OSError) as e:
                     if str(e) != cap.error:
-                        self._emit("iface-error", cap.name, str(e))
+                        emit("iface-error", cap.name, str(e))
                     cap.error = str(e)
                     continue
                 poller.register(cap.ring.fileno(), select.POLLIN | select.POLLERR)
@@ -429,15 +539,15 @@ class Engine:
             state = "up" if info.up and info.running else "down"
             if state != cap.state:
                 cap.state = state
-                self._emit(f"iface-{state}", cap.name, f"{cap.name} is {state}")
+                emit(f"iface-{state}", cap.name, f"{cap.name} is {state}")
 
     def _emit(self, kind: str, iface: str, message: str) -> None:
         if self.on_event is not None:
             self.on_event(EngineEvent(kind, iface, message))
 
-    def _publish_now(self) -> Snapshot:
-        tallies = self.counting.counters.interfaces
-        statuses = tuple(
+    def _statuses(self, lane: _Lane) -> tuple[IfaceStatus, ...]:
+        tallies = lane.counting.counters.interfaces
+        return tuple(
             IfaceStatus(
                 name=c.name,
                 state=c.state,
@@ -453,9 +563,68 @@ class Engine:
                 netns=c.netns,
                 peer_netns=c.peer_netns,
             )
-            for c in self._captures
+            for c in lane.captures
         )
-        return self.counting.freeze(statuses, self._cpu, self._link_info, self.restarts, self.last_error)
+
+    def _freeze(self, lane: _Lane) -> Snapshot:
+        """The lane's counters now (on its own thread, or when its thread is not running)."""
+        first = lane.index == 0
+        return lane.counting.freeze(
+            self._statuses(lane),
+            lane.cpu,
+            self._link_info,
+            self.restarts if first else 0,
+            self.last_error if first else "",
+        )
+
+    def _publish_now(self, wait: bool = False) -> Snapshot:
+        own = self._freeze(self._lanes[0])
+        if self.threads == 1:
+            return own
+        others = self._lanes[1:]
+        for lane in others:
+            if lane.thread is None:  # not started, or stopped: nothing else writes its counters
+                for cap in lane.captures:
+                    cap.fold_stats()
+                lane.part = self._freeze(lane)
+            else:
+                lane.answered.clear()
+                lane.asked.set()
+        if wait:
+            for lane in others:
+                if lane.thread is not None:
+                    lane.answered.wait(ANSWER_TIMEOUT)
+        parts = [own, *(lane.part for lane in others if lane.part is not None)]
+        return merge_snapshots(parts, _merged_statuses(parts), self._capacities)
+
+
+def _quiet(kind: str, iface: str, message: str) -> None:
+    """What the other capture threads say of links: nothing (the first thread says it once)."""
+
+
+def _merged_statuses(parts: list[Snapshot]) -> tuple[IfaceStatus, ...]:
+    """Each interface's row summed over the capture threads, with each thread's ring beside it."""
+    out = []
+    for i, head in enumerate(parts[0].interfaces):
+        mine = [p.interfaces[i] for p in parts]
+        rings = tuple(
+            RingStatus(k, s.packets, s.bytes, s.received, s.kernel_drops, s.freezes, parts[k].capture_cpu)
+            for k, s in enumerate(mine)
+        )
+        out.append(
+            replace(
+                head,
+                packets=sum(s.packets for s in mine),
+                bytes=sum(s.bytes for s in mine),
+                received=sum(s.received for s in mine),
+                kernel_drops=sum(s.kernel_drops for s in mine),
+                freezes=sum(s.freezes for s in mine),
+                walk_errors=sum(s.walk_errors for s in mine),
+                ring_bytes=sum(s.ring_bytes for s in mine),
+                rings=rings,
+            )
+        )
+    return tuple(out)
 
 
 def default_error_log() -> str:
@@ -466,9 +635,7 @@ def default_error_log() -> str:
 
 def log_traceback(path: str, error: BaseException) -> str:
     """Append the error's traceback to `path` (else to a file in the temp dir); say where it went."""
-    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n" + "".join(
-        traceback.format_exception(error)
-    )
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n" + "".join(traceback.format_exception(error))
     for candidate in (path, os.path.join(tempfile.gettempdir(), "retrotap-errors.log")):
         try:
             os.makedirs(os.path.dirname(candidate) or ".", exist_ok=True)

@@ -160,6 +160,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="ring size per interface (default: 100 ms of the link's speed, 16 to 128 MiB; 16 MiB for links "
         "that report no speed, such as lo)",
     )
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="capture threads: N rings per interface joined with PACKET_FANOUT (hash), one thread each (default 1)",
+    )
     p.add_argument("--block-size", type=_positive(int), default=1024, metavar="KiB", help="ring block (default 1024)")
     p.add_argument("--block-timeout", type=_positive(int), default=50, metavar="MS", help="block retire timeout")
     p.add_argument("--flow-cap", type=_positive(int), default=200_000, metavar="N", help="flow table capacity")
@@ -370,6 +377,7 @@ def ring_config(args: argparse.Namespace) -> RingConfig:
         block_timeout_ms=args.block_timeout,
         promisc=not args.no_promisc,
         by_link_speed=args.ring_size is None,
+        threads=args.threads,
     )
 
 

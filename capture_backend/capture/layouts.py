@@ -11,9 +11,14 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_RESERVE = 12
+PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23
 TPACKET_V3 = 2
 PACKET_MR_PROMISC = 1
+# PACKET_FANOUT's value: the group id (16 bits) | mode << 16 | flags << 16. Hash mode spreads by the
+# packet's symmetric flow hash, so both directions of a flow reach the same socket.
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000  # with id 0: the kernel picks an unused id (read back with getsockopt)
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 SO_LOCK_FILTER = 44

@@ -41,7 +41,11 @@ class RingConfig:
     promisc: bool = True
     # Size each interface's ring from its link speed (up to block_nr blocks) instead of block_nr itself.
     by_link_speed: bool = False
+    # Rings per interface, each read by its own capture thread, joined with PACKET_FANOUT (hash mode).
+    threads: int = 1
 
+
+NEW_FANOUT = -1  # Ring(fanout=NEW_FANOUT): start a fanout group with an id no other socket uses
 
 # A ring sized by link speed holds this long of line-rate traffic, within these bounds.
 RING_SECONDS = 0.1
@@ -124,8 +128,11 @@ class Ring:
         config: RingConfig = RingConfig(),
         bpf: BpfProgram | None = None,
         label: str = "",
+        fanout: int | None = None,
     ) -> None:
+        """`fanout`: None alone; NEW_FANOUT starts a fanout group (its id is then `fanout_id`); else joins it."""
         self.ifname = ifname
+        self.fanout_id = 0
         self.label = label or ifname  # what its blocks are counted under (NETNS:IFACE in another namespace)
         self.config = config
         self.linktype = RAW_LINKTYPES.get(arphrd, LINKTYPE_RAW)
@@ -142,6 +149,8 @@ class Ring:
             ) from None
         try:
             self._setup(arphrd, bpf)
+            if fanout is not None:
+                self._join_fanout(fanout)
         except OSError as e:
             self.close()
             raise CaptureError(f"cannot capture on {self.label}: {e.strerror or e}") from None
@@ -184,6 +193,11 @@ class Ring:
             attach(s, bpf)
         s.bind((self.ifname, L.ETH_P_ALL))
         s.setblocking(False)
+
+    def _join_fanout(self, group: int) -> None:
+        mode = L.PACKET_FANOUT_HASH | (L.PACKET_FANOUT_FLAG_UNIQUEID if group == NEW_FANOUT else 0)
+        self.sock.setsockopt(L.SOL_PACKET, L.PACKET_FANOUT, (max(group, 0) & 0xFFFF) | mode << 16)
+        self.fanout_id = self.sock.getsockopt(L.SOL_PACKET, L.PACKET_FANOUT) & 0xFFFF
 
     def fileno(self) -> int:
         return self.sock.fileno()

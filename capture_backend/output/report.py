@@ -422,6 +422,19 @@ def interface_rows(snap: Snapshot, prev: Snapshot | None, with_captured: bool = 
             "walk_errors": iface.walk_errors,
             "ring_bytes": iface.ring_bytes,
         }
+        if iface.rings:
+            row["rings"] = [
+                {
+                    "thread": r.thread,
+                    "captured_packets": r.packets,
+                    "captured_bytes": r.bytes,
+                    "received": r.received,
+                    "kernel_drops": r.kernel_drops,
+                    "freeze_count": r.freezes,
+                    "cpu_seconds": round(r.cpu, 6),
+                }
+                for r in iface.rings
+            ]
         old_capture = before.get(iface.name)
         if with_captured and old_capture is not None and captured_seconds > 0:
             row["captured_bps"] = per_second(iface.bytes, old_capture.bytes, captured_seconds) * 8
@@ -444,6 +457,14 @@ def interface_rows(snap: Snapshot, prev: Snapshot | None, with_captured: bool = 
 NIC_DROP_FIELDS = ("rx_missed", "rx_fifo", "rx_dropped", "rx_errors", "tx_dropped", "tx_fifo", "tx_errors")
 
 
+# The rows of each capture thread's ring (layer, counter prefix, RingStatus field).
+RING_ROWS = (
+    ("kernel", "received_ring", "received"),
+    ("kernel", "drops_ring", "kernel_drops"),
+    ("retrotap", "cpu_seconds_thread", "cpu"),
+)
+
+
 def drop_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
     """Every layer's losses side by side: NIC (netlink), kernel ring, retrotap; totals and per-second deltas."""
     seconds = snapshot_interval(snap, prev)
@@ -464,6 +485,12 @@ def drop_rows(snap: Snapshot, prev: Snapshot | None) -> list[Row]:
         if snap.live:
             rows.append(row("kernel", "ring_drops", iface.name, iface.kernel_drops, getattr(old, "kernel_drops", None)))
             rows.append(row("kernel", "ring_freezes", iface.name, iface.freezes, getattr(old, "freezes", None)))
+            old_rings = {r.thread: r for r in old.rings} if old is not None else {}
+            for r in iface.rings:  # each capture thread's ring, with --threads; CPU per second: cores used
+                was = old_rings.get(r.thread)
+                for layer, counter, field in RING_ROWS:
+                    total = round(getattr(r, field), 3) if field == "cpu" else getattr(r, field)
+                    rows.append(row(layer, f"{counter}{r.thread}", iface.name, total, getattr(was, field, None)))
             old_walk = getattr(old, "walk_errors", None)
             rows.append(row("retrotap", "walk_errors", iface.name, iface.walk_errors, old_walk))
     if snap.live:

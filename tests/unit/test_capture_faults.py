@@ -17,6 +17,7 @@ from scapy.all import IP, UDP, Ether, raw
 
 from capture_backend.analysis.tables import CounterLimits
 from capture_backend.capture.netlink import LinkInfo, LinkStats
+from capture_backend.contract import RingStatus
 from capture_backend.engine import Counting, IfaceStatus, Snapshot
 from capture_backend.output.report import capture_health
 from tests.lab import REPO_ROOT, Lab, wait_for_output
@@ -105,6 +106,40 @@ def test_banner_shows_the_whole_error_and_the_drops_view_counts_restarts() -> No
             rows = {str(table.get_row(r.key)[1]): str(table.get_row(r.key)[3]) for r in table.ordered_rows}  # type: ignore[attr-defined]
             assert rows["capture restarts"].strip() == "2"
             assert rows["unreadable ring frames"].strip() == "0"
+
+    asyncio.run(run())
+
+
+def test_the_drops_view_shows_each_capture_threads_ring() -> None:
+    def with_rings(t: float, rings: tuple[RingStatus, ...]) -> Snapshot:
+        snap = snapshot(sum(r.packets for r in rings), sum(r.received for r in rings), 0, 0, t)
+        (iface,) = snap.interfaces
+        return dataclasses.replace(snap, interfaces=(dataclasses.replace(iface, rings=rings),))
+
+    before = with_rings(100.0, (RingStatus(0, 100, 0, 100, 0, 0, 1.0), RingStatus(1, 50, 0, 60, 10, 0, 2.0)))
+    now = with_rings(102.0, (RingStatus(0, 300, 0, 300, 0, 0, 1.5), RingStatus(1, 250, 0, 290, 40, 0, 3.0)))
+
+    async def run() -> None:
+        feed = SnapshotFeed(before)
+        app = RetrotapApp(feed, clock=lambda: 102.0)  # type: ignore[arg-type]
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.press("5")
+            await pilot.pause()
+            feed.snapshot = dataclasses.replace(now, seq=before.seq + 1, started=before.started)
+            app.pull()
+            await pilot.pause()
+            table = app.query_one("#drops-table")
+            rows = {
+                str(table.get_row(r.key)[1]).strip(): (
+                    str(table.get_row(r.key)[3]).strip(),
+                    str(table.get_row(r.key)[4]).strip(),
+                )  # type: ignore[attr-defined]
+                for r in table.ordered_rows  # type: ignore[attr-defined]
+            }
+            assert rows["ring 0 received"][0] == "300" and rows["ring 1 received"][0] == "290"
+            assert rows["ring 1 drops"] == ("40", "15.0/s")  # 30 more in 2 s
+            assert rows["thread 1 CPU s"] == ("3.00", "50.0%")  # 1 s of CPU in 2 s: half a core
+            assert rows["drops"][0] == "40"  # the interface's row sums its rings
 
     asyncio.run(run())
 

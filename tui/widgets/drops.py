@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from capture_backend.output.report import capture_health, drop_rows
+from capture_backend.output.report import RING_ROWS, capture_health, drop_rows
 from tui.widgets.format import DASH, count, duration, per_second, percent, right
 from tui.widgets.table import Cell, Column, SnapTable
 from tui.widgets.view import Frame, View
@@ -29,6 +29,13 @@ COUNTERS = {
     "hosts_evicted": "host-table evictions",
     "ports_evicted": "port-table evictions",
 }
+# Each capture thread's rows (--threads): "drops_ring1" shows as "ring 1 drops".
+RING_LABELS = {
+    "received_ring": "ring {} received",
+    "drops_ring": "ring {} drops",
+    "cpu_seconds_thread": "thread {} CPU s",
+}
+CPU_ROW = "cpu_seconds_thread"
 COLUMNS = (
     Column("layer", "Layer", 13),
     Column("counter", "Counter", 20),
@@ -76,14 +83,27 @@ class DropsView(View):
                     f"{r['layer']}|{r['counter']}|{r['iface']}",
                     [
                         LAYERS[r["layer"]],
-                        str(COUNTERS.get(r["counter"], r["counter"])),
+                        _label(r["counter"]),
                         r["iface"] or DASH,
-                        right(count(r["total"])),
-                        right(per_second(r["per_s"])),
+                        *_cells(r["counter"], r["total"], r["per_s"]),
                     ],
                 )
             )
         self.table.sync(rows)
+
+
+def _label(counter: str) -> str:
+    for _, prefix, _field in RING_ROWS:
+        if counter.startswith(prefix) and counter[len(prefix) :].isdigit():
+            return RING_LABELS[prefix].format(counter[len(prefix) :])
+    return COUNTERS.get(counter, counter)
+
+
+def _cells(counter: str, total: float, per_s: float | None) -> tuple[Cell, Cell]:
+    """Total and per second; a thread's CPU as seconds and the share of a core it used."""
+    if counter.startswith(CPU_ROW):
+        return right(f"{total:.2f}"), right(percent(_pct(per_s)))
+    return right(count(int(total))), right(per_second(per_s))
 
 
 def _pct(ratio: float | None) -> float | None:
