@@ -402,6 +402,24 @@ def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[
     return out_arr
 
 
+def copy_runs(uint8_t[::1] dst8, const int64_t[::1] dst, const uint8_t[::1] src8, const int64_t[::1] src,
+              const int64_t[::1] length) -> None:
+    """dst8[dst[i]:dst[i] + length[i]] = src8[src[i]:src[i] + length[i]] for every i (a pcap record's frame,
+    a tag's halves). Every run is checked to lie inside both buffers before anything is copied."""
+    cdef Py_ssize_t n = dst.shape[0], i
+    cdef int64_t nd = dst8.shape[0], ns = src8.shape[0], k
+    if src.shape[0] != n or length.shape[0] != n:
+        raise ValueError("copy_runs: columns of different lengths")
+    for i in range(n):
+        k = length[i]
+        if k < 0 or dst[i] < 0 or src[i] < 0 or dst[i] + k > nd or src[i] + k > ns:
+            raise ValueError(f"copy_runs: run {i} ({src[i]} -> {dst[i]}, {k} bytes) outside the buffers")
+    with nogil:
+        for i in range(n):
+            if length[i] > 0:
+                memcpy(&dst8[dst[i]], &src8[src[i]], length[i])
+
+
 def add_traffic(int64_t[:, ::1] packets, int64_t[:, ::1] nbytes, int64_t[::1] first, int64_t[::1] last,
                 const int64_t[::1] ids, const int64_t[::1] direction, const int64_t[::1] p,
                 const int64_t[::1] b, const int64_t[::1] f, const int64_t[::1] l) -> None:

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from capture_backend._native import walk_pcap
+from capture_backend._native import copy_runs, walk_pcap
 from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.contract import UserError
@@ -24,7 +24,6 @@ MAX_RECORD_BYTES = 256 << 20
 SNAPLEN_SLACK = 65536  # incl_len may exceed 4 x snaplen by this much before it counts as corrupt
 _DEFAULT_TSRESOL = 6  # if_tsresol absent: 10^-6 s
 _NS = 1_000_000_000
-_GROUP_MIN = 8  # runs of one length copied as one vectorised copy from this many on
 _PACKET_BLOCKS = frozenset((lay.PCAPNG_EPB, lay.PCAPNG_SPB))
 
 # First four bytes of a file -> (format, byte order, nanoseconds per timestamp fraction unit).
@@ -158,25 +157,12 @@ def _items(u8: np.ndarray, width: int) -> np.ndarray:
 
 
 def _copy_runs(dst8: np.ndarray, dst: np.ndarray, src8: np.ndarray, src: np.ndarray, length: np.ndarray) -> None:
-    """Copy src8[src[i]:src[i] + length[i]] to dst8[dst[i]:...] for every i.
+    """Copy src8[src[i]:src[i] + length[i]] to dst8[dst[i]:...] for every i (compiled, one memcpy each)."""
+    copy_runs(dst8, _i64(dst), src8, _i64(src), _i64(length))
 
-    Runs are grouped by length: each common length is one vectorised copy, and only the runs
-    with rare lengths are copied one by one.
-    """
-    order = np.argsort(length, kind="stable")
-    by_len = length[order]
-    bounds = np.concatenate(([0], np.flatnonzero(np.diff(by_len)) + 1, [by_len.shape[0]]))
-    counts = np.diff(bounds)
-    for g in np.flatnonzero((counts >= _GROUP_MIN) & (by_len[bounds[:-1]] > 0)).tolist():
-        idx = order[bounds[g] : bounds[g + 1]]
-        width = int(by_len[bounds[g]])
-        _items(dst8, width)[dst[idx]] = _items(src8, width)[src[idx]]
-    rare = order[np.repeat(counts < _GROUP_MIN, counts)]
-    if rare.size:
-        view = dst8.data.cast("B")
-        data = src8.data.cast("B")
-        for d, s, k in zip(dst[rare].tolist(), src[rare].tolist(), length[rare].tolist(), strict=True):
-            view[d : d + k] = data[s : s + k]
+
+def _i64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 class FileSource:
@@ -626,8 +612,8 @@ class PcapWriter:
         np.cumsum(rec[:-1], out=off[1:])
         total = int(off[-1] + rec[-1])
 
-        out = bytearray(total)
-        o8 = np.frombuffer(out, np.uint8)
+        # Every byte is written below (a header, then the frame): no need to zero it first.
+        o8 = np.empty(total, np.uint8)
         hdr = np.empty((n, 4), dtype="<u4")
         sec, frac = np.divmod(ts.astype(np.int64), _NS)
         hdr[:, 0] = sec
@@ -636,7 +622,7 @@ class PcapWriter:
         hdr[:, 3] = np.maximum(wire + add, incl)
         _items(o8, lay.PCAP_RECORD_LEN)[off] = hdr.view(np.dtype((np.void, lay.PCAP_RECORD_LEN)))[:, 0]
         _put_frames(o8, off + lay.PCAP_RECORD_LEN, block, sel, start, incl, tagged)
-        self._f.write(out)
+        self._f.write(o8.data)
         self.packets += n
         self.bytes_written += total
         return total

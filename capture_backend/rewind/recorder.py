@@ -97,9 +97,9 @@ class _Sink:
     """Where a PcapWriter puts its bytes, so the recorder writes them itself (whole records only)."""
 
     def __init__(self) -> None:
-        self.data: bytes | bytearray = b""
+        self.data: bytes | bytearray | memoryview = b""
 
-    def write(self, data: bytes | bytearray) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self.data = data
         return len(data)
 

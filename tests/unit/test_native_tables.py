@@ -5,10 +5,11 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture_backend._native import add_directed, add_traffic, fill_rows, group_rows, oldest_rows, walk_pcap
+from capture_backend._native import add_directed, add_traffic, copy_runs, fill_rows, group_rows, oldest_rows, walk_pcap
 from capture_backend.analysis.tables import HISTORY_SECONDS, INT64_MAX, NS, TRAFFIC_COLUMNS, KeyTable
 
 
@@ -53,6 +54,21 @@ def test_oldest_rows_are_the_smallest_last_then_lowest_row(h: int, spread: str, 
     expected = np.sort(rows[np.lexsort((rows, last[rows]))[:count]])
     got = oldest_rows(used.view(np.uint8), last, keep.astype(np.int64), count)
     assert got.tolist() == expected.tolist()
+
+
+def test_copy_runs_copies_each_run_and_refuses_one_outside_the_buffers() -> None:
+    rng = np.random.default_rng(5)
+    src8 = rng.integers(0, 256, 5000, dtype=np.uint8)
+    length = rng.integers(0, 90, 40).astype(np.int64)
+    src = rng.integers(0, 5000 - 90, 40).astype(np.int64)
+    dst = np.concatenate(([0], np.cumsum(length)[:-1])).astype(np.int64)  # packed one after another
+    dst8 = np.zeros(int(length.sum()), np.uint8)
+    copy_runs(dst8, dst, src8, src, length)
+    assert dst8.tobytes() == b"".join(src8[s : s + k].tobytes() for s, k in zip(src, length, strict=True))
+    for bad_src, bad_len in ((4990, 20), (-1, 5)):
+        with pytest.raises(ValueError, match="outside the buffers"):
+            copy_runs(dst8, dst[:1], src8, np.array([bad_src]), np.array([bad_len]))
+    assert dst8.tobytes() == b"".join(src8[s : s + k].tobytes() for s, k in zip(src, length, strict=True))
 
 
 def test_group_rows_with_colliding_home_slots() -> None:
