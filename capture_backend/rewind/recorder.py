@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -91,6 +92,10 @@ def file_name(iface: str, first_ns: int, n: int = 0) -> str:
     """<iface>-<UTC time of the first packet, µs>[-n].pcap"""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(first_ns // NS)) + f".{first_ns % NS // 1000:06d}Z"
     return f"{iface.replace('/', '_')}-{stamp}" + (f"-{n}" if n else "") + ".pcap"
+
+
+def _always() -> bool:
+    return True
 
 
 class _Sink:
@@ -275,11 +280,15 @@ class Recorder:
 
     # --- writing
 
-    def write(self, block: Block, keys: Keys | None = None) -> None:
-        """Append a block's packets to its interface's file, rotating by size and packet time."""
+    def write(self, block: Block, keys: Keys | None = None, intact: Callable[[], bool] = _always) -> int:
+        """Append a block's packets to its interface's file, rotating by size and packet time.
+
+        `intact` says whether the block's bytes are still good (a view of the time machine's pool): it is
+        asked after each run of records is assembled and before it is written. Returns the packets not
+        written because it said no."""
         n = len(block)
         if n == 0:
-            return
+            return 0
         keys = keys if keys is not None else Keys.of(decode(block))
         ts = block.ts_ns
         lengths: np.ndarray | None = None
@@ -294,7 +303,7 @@ class Recorder:
                 if f is None:  # no room even for a file header
                     self._not_written(n - i)
                     self._disk_full()
-                    return
+                    return 0
             if lengths is None:
                 lengths = f.writer.record_lengths(block)
             j = n
@@ -310,10 +319,12 @@ class Recorder:
             if j == i:
                 self._close(f)
                 continue
-            self._append(f, block, i, j, lengths, keys)
+            if not self._append(f, block, i, j, lengths, keys, intact):
+                return n - i
             if j < n:
                 self._close(f)
             i = j
+        return 0
 
     def _open(self, iface: str, linktype: int, first_ns: int) -> _Open | None:
         name = self._free_name(file_name(iface, first_ns))
@@ -346,11 +357,15 @@ class Recorder:
             candidate = f"{stem}-{n}.pcap"
         return candidate
 
-    def _append(self, f: _Open, block: Block, i: int, j: int, lengths: np.ndarray, keys: Keys) -> None:
-        """Write rows [i, j) of the block as whole records."""
+    def _append(
+        self, f: _Open, block: Block, i: int, j: int, lengths: np.ndarray, keys: Keys, intact: Callable[[], bool]
+    ) -> bool:
+        """Write rows [i, j) of the block as whole records; False (nothing written) if they were overwritten."""
         f.writer.write_block(block.take(slice(i, j)))
         data = memoryview(f.sink.data)
         f.sink.data = b""
+        if not intact():
+            return False
         done = 0
         try:
             while done < len(data):
@@ -366,12 +381,13 @@ class Recorder:
             self._wrote(f, block, i, i + whole, lengths, keys)
             self._not_written(j - i - whole)
             self._disk_full()
-            return
+            return True
         self._wrote(f, block, i, j, lengths, keys)
         if self.paused:
             self.paused = False
             self.log(f"disk space available again: recording resumed ({self._paused_packets} packets not written)")
             self._paused_packets = 0
+        return True
 
     def _wrote(self, f: _Open, block: Block, i: int, j: int, lengths: np.ndarray, keys: Keys) -> None:
         if j <= i:
@@ -556,11 +572,12 @@ class RecorderThread:
         for span in self.tm.window(after_seq=self.last_seq):
             if span.before > self.expected:
                 stats.lost_packets += span.before - self.expected
-            block = self.tm.read(span)
-            if block is None:
-                stats.lost_packets += len(span.block)
+            # Records are assembled straight from the pool; a span overwritten meanwhile is not written.
+            if self.tm.intact(span):
+                intact = functools.partial(self.tm.intact, span)
+                stats.lost_packets += self.recorder.write(self.tm.view(span), intact=intact)
             else:
-                self.recorder.write(block)
+                stats.lost_packets += len(span.block)
             self.expected = span.before + len(span.block)
             self.last_seq = span.seq
         self._unreported += stats.lost_packets - lost

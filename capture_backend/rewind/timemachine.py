@@ -246,6 +246,15 @@ class TimeMachine:
                 continue
         return [s for s in spans if s.seq > after_seq and s.last_ns >= since_ns]
 
+    def view(self, span: Span) -> Block:
+        """A span's packets in the pool itself, not copied: whatever is made from them is good only if
+        `intact(span)` still holds afterwards (the capture thread expires a span before overwriting it)."""
+        return replace(span.block, data=self.pool[span.offset : span.offset + span.length])
+
+    def intact(self, span: Span) -> bool:
+        """The span's bytes have not been (and are not being) overwritten."""
+        return span.seq > self.expired_seq
+
     def read(self, span: Span) -> Block | None:
         """A copy of a span's packets (any thread), or None if it was overwritten meanwhile."""
         data = self.pool[span.offset : span.offset + span.length].copy()

@@ -241,6 +241,28 @@ def test_pool_overrun_is_counted_not_silent(tmp_path: Path) -> None:
     ]
 
 
+def test_records_of_a_span_overwritten_while_they_were_assembled_are_not_written(tmp_path: Path) -> None:
+    """The recorder assembles records straight from the pool; a span the capture thread overwrote meanwhile
+    is counted lost and none of its bytes reach the file."""
+    one = frames(10, size=lambda i: 200)
+    tm = TimeMachine(size=2000 * 2 + 100, seconds=600)
+    rec = Recorder(RecordOptions(str(tmp_path)), Log(), clock=lambda: T0)
+    rec.start()
+    thread = RecorderThread(tm, rec, on_error=lambda _: None)
+    tm.add(block_of(one, ts_ns=[T0 + i for i in range(10)]))
+    (span,) = tm.window()
+    view = tm.view(span)
+    for k in range(1, 3):  # the pool wraps over the first span while its view is held
+        tm.add(block_of(one, ts_ns=[T0 + k * NS + i for i in range(10)]))
+    assert not tm.intact(span)
+    assert rec.write(view, intact=lambda: tm.intact(span)) == 10
+    thread.last_seq, thread.expected = span.seq, 10  # as if drain() had just read it
+    thread.stop()
+    rec.close()
+    assert rec.stats.packets == 20  # the two spans still in the pool
+    assert [p[0] for p in all_packets(tmp_path)] == [T0 + k * NS + i for k in (1, 2) for i in range(10)]
+
+
 def test_a_ring_batch_that_wraps_is_kept_and_written_in_order(tmp_path: Path) -> None:
     """A batch takes ring blocks in ring order: after the last block comes block 0, at a lower offset."""
     late, early = frames(6, size=lambda i: 300), frames(4, size=lambda i: 200, src="10.0.0.9")
