@@ -37,6 +37,17 @@ def add_traffic(
     l: np.ndarray,
 ) -> None: ...
 def add_directed(target: np.ndarray, ids: np.ndarray, direction: np.ndarray, values: np.ndarray) -> None: ...
+def group_packets(
+    src: np.ndarray,
+    dst: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    proto: np.ndarray,
+    ts: np.ndarray,
+    wire: np.ndarray,
+    flags: np.ndarray,
+    inv: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def group_rows(k: np.ndarray, inv: np.ndarray) -> np.ndarray: ...
 def walk_pcap(buf: np.ndarray, end: int, big_endian: bool, max_incl: int, out: np.ndarray) -> tuple[int, int]: ...
 def walk_block(

@@ -11,7 +11,7 @@ row arrays (at least twice their length), so a table of a few hundred flows stay
 
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
-from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawRealloc
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 
 import numpy as np
 
@@ -502,6 +502,82 @@ def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
                     break
                 h += 1
     return first_arr[:g].copy()
+
+
+def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const int32_t[::1] sport,
+                  const int32_t[::1] dport, const int32_t[::1] proto, const int64_t[::1] ts,
+                  const int64_t[::1] wire, const uint8_t[::1] flags, int64_t[::1] inv):
+    """Group IP packets by (source, destination, protocol, ports, second), groups numbered in order of
+    first appearance, and sum each group in the same pass: inv[i] is packet i's group. Returns the first
+    packet of each group and per group its packets, bytes, first and last time and OR of TCP flags."""
+    cdef Py_ssize_t n = ts.shape[0], size = 16, i, g = 0
+    cdef uint64_t h, mask
+    cdef uint64_t key[6]
+    cdef int64_t s, t
+    cdef uint64_t* gk
+    if not (src.shape[0] == dst.shape[0] == sport.shape[0] == dport.shape[0] == proto.shape[0] == n
+            and wire.shape[0] == flags.shape[0] == inv.shape[0] == n):
+        raise ValueError("group_packets: columns of different lengths")
+    if src.shape[1] != 2 or dst.shape[1] != 2:
+        raise ValueError("group_packets: addresses must be two words")
+    while size < 2 * n:
+        size *= 2
+    mask = <uint64_t>(size - 1)
+    slots_arr = np.full(size, -1, np.int64)
+    first_arr = np.empty(n, np.int64)
+    packets_arr = np.zeros(n, np.int64)
+    bytes_arr = np.zeros(n, np.int64)
+    tfirst_arr = np.empty(n, np.int64)
+    tlast_arr = np.empty(n, np.int64)
+    gflags_arr = np.zeros(n, np.uint8)
+    cdef int64_t[::1] slots = slots_arr
+    cdef int64_t[::1] first = first_arr
+    cdef int64_t[::1] packets = packets_arr
+    cdef int64_t[::1] nbytes = bytes_arr
+    cdef int64_t[::1] tfirst = tfirst_arr
+    cdef int64_t[::1] tlast = tlast_arr
+    cdef uint8_t[::1] gflags = gflags_arr
+    gk = <uint64_t*>PyMem_RawMalloc(max(n, 1) * 6 * sizeof(uint64_t))
+    if gk == NULL:
+        raise MemoryError()
+    with nogil:
+        for i in range(n):
+            t = ts[i]
+            key[0] = src[i, 0]
+            key[1] = src[i, 1]
+            key[2] = dst[i, 0]
+            key[3] = dst[i, 1]
+            key[4] = <uint64_t>proto[i] | (<uint64_t>sport[i] << 8) | (<uint64_t>dport[i] << 24)
+            key[5] = <uint64_t>(t // 1000000000 if t >= 0 else -((-t - 1) // 1000000000) - 1)  # floor
+            if i > 0 and memcmp(key, &gk[inv[i - 1] * 6], 48) == 0:  # packets of a flow come in runs
+                s = inv[i - 1]
+            else:
+                h = _hash(<const uint8_t*>key, 48)
+                while True:
+                    s = slots[h & mask]
+                    if s < 0:
+                        s = g
+                        slots[h & mask] = s
+                        memcpy(&gk[s * 6], key, 48)
+                        first[s] = i
+                        tfirst[s] = t
+                        tlast[s] = t
+                        g += 1
+                        break
+                    if memcmp(key, &gk[s * 6], 48) == 0:
+                        break
+                    h += 1
+            inv[i] = s
+            packets[s] += 1
+            nbytes[s] += wire[i]
+            if t < tfirst[s]:
+                tfirst[s] = t
+            if t > tlast[s]:
+                tlast[s] = t
+            gflags[s] |= flags[i]
+    PyMem_RawFree(gk)
+    return (first_arr[:g].copy(), packets_arr[:g].copy(), bytes_arr[:g].copy(), tfirst_arr[:g].copy(),
+            tlast_arr[:g].copy(), gflags_arr[:g].copy())
 
 
 # -- pcap file walk --------------------------------------------------------------------------------

@@ -17,7 +17,15 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend._native import KeyIndex, add_directed, add_traffic, fill_rows, group_rows, oldest_rows
+from capture_backend._native import (
+    KeyIndex,
+    add_directed,
+    add_traffic,
+    fill_rows,
+    group_packets,
+    group_rows,
+    oldest_rows,
+)
 from capture_backend.analysis.decode import HAS_PORTS, Decoded
 from capture_backend.analysis.services import known_ports
 from capture_backend.analysis.tcp import FLOW_COLUMNS as TCP_FLOW_COLUMNS
@@ -474,34 +482,24 @@ class Counters:
         whole = sel.size == len(dec)
         pick: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if whole else (lambda col: col[sel])
         src, dst = pick(dec.src_key), pick(dec.dst_key)
-        sport, dport = pick(dec.sport).astype(np.uint64), pick(dec.dport).astype(np.uint64)
-        proto = pick(dec.proto).astype(np.uint64)
         ts = pick(dec.ts_ns)
-        sec = ts // NS
-        # Group packets by their directional 5-tuple and second; everything after works per group.
-        k = np.empty((sel.size, 6), np.uint64)
-        k[:, 0:2] = src
-        k[:, 2:4] = dst
-        k[:, 4] = proto | (sport << np.uint64(8)) | (dport << np.uint64(24))
-        k[:, 5] = sec
-        first, inv = _group(k)
-        g = first.size
-        wire = pick(dec.wirelen)
-        g_packets = np.bincount(inv, minlength=g)
-        g_bytes = np.bincount(inv, weights=wire, minlength=g).astype(np.int64)
-        g_first = np.full(g, INT64_MAX, np.int64)
-        np.minimum.at(g_first, inv, ts)
-        g_last = np.zeros(g, np.int64)
-        np.maximum.at(g_last, inv, ts)
-        g_flags = np.zeros(g, np.uint8)
         flags = pick(dec.tcp_flags)
-        has_flags = bool(flags.any())  # only TCP has flags: a UDP flood skips the flags' work
-        if has_flags:
-            np.bitwise_or.at(g_flags, inv, flags)
-        ends = flow_ends(src[first], dst[first], sport[first], dport[first], proto[first])
+        # Group packets by their directional 5-tuple and second, summed in the same compiled pass; everything
+        # after works per group.
+        inv = np.empty(sel.size, np.int64)
+        c = np.ascontiguousarray
+        first, g_packets, g_bytes, g_first, g_last, g_flags = group_packets(
+            c(src), c(dst), c(pick(dec.sport)), c(pick(dec.dport)), c(pick(dec.proto)), _i64(ts),
+            _i64(pick(dec.wirelen)), c(flags), inv,
+        )  # fmt: skip
+        g = first.size
+        has_flags = bool(g_flags.any())  # only TCP has flags: a UDP flood skips the flags' work
+        rep = first if whole else sel[first]  # each group's first packet, as a row of the block
+        sport, dport, proto = (col[rep].astype(np.uint64) for col in (dec.sport, dec.dport, dec.proto))
+        ends = flow_ends(src[first], dst[first], sport, dport, proto)
         a_bytes, b_bytes, g_aport, g_bport, g_proto = ends.a, ends.b, ends.aport, ends.bport, ends.proto
         g_dir = ends.swap.astype(np.int64)
-        g_sec = sec[first]
+        g_sec = g_first // NS  # the group's one second
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
         fid = self.flows.ids(ends.keys())

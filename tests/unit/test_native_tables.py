@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture_backend._native import add_directed, add_traffic, copy_runs, fill_rows, group_rows, oldest_rows, walk_pcap
+from capture_backend._native import (
+    add_directed,
+    add_traffic,
+    copy_runs,
+    fill_rows,
+    group_packets,
+    group_rows,
+    oldest_rows,
+    walk_pcap,
+)
 from capture_backend.analysis.tables import HISTORY_SECONDS, INT64_MAX, NS, TRAFFIC_COLUMNS, KeyTable
 
 
@@ -69,6 +78,39 @@ def test_copy_runs_copies_each_run_and_refuses_one_outside_the_buffers() -> None
         with pytest.raises(ValueError, match="outside the buffers"):
             copy_runs(dst8, dst[:1], src8, np.array([bad_src]), np.array([bad_len]))
     assert dst8.tobytes() == b"".join(src8[s : s + k].tobytes() for s, k in zip(src, length, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 2**32))
+def test_group_packets_equals_numpy_grouping_and_sums(n: int, seed: int) -> None:
+    """Packets of few 5-tuples, in runs and interleaved, over a few seconds (some before 1970)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, 6, n)
+    src = rng.integers(0, 3, (6, 2), dtype=np.uint64)[pick]
+    dst = rng.integers(0, 3, (6, 2), dtype=np.uint64)[pick]
+    sport = rng.integers(0, 65536, 6).astype(np.int32)[pick]
+    dport = rng.integers(0, 3, 6).astype(np.int32)[pick]
+    proto = np.array([6, 17, 1, 6, 17, 132], np.int32)[pick]
+    ts = np.sort(rng.integers(-2 * NS, 3 * NS, n)).astype(np.int64)
+    wire = rng.integers(60, 1515, n).astype(np.int64)
+    flags = rng.integers(0, 256, n).astype(np.uint8)
+    inv = np.empty(n, np.int64)
+    first, packets, nbytes, tfirst, tlast, gflags = group_packets(src, dst, sport, dport, proto, ts, wire, flags, inv)
+    k = np.empty((n, 6), np.uint64)  # the NumPy grouping it replaced
+    k[:, 0:2], k[:, 2:4] = src, dst
+    k[:, 4] = (
+        proto.astype(np.uint64) | (sport.astype(np.uint64) << np.uint64(8)) | (dport.astype(np.uint64) << np.uint64(24))
+    )
+    k[:, 5] = (ts // NS).astype(np.uint64)
+    ref_inv = np.empty(n, np.int64)
+    ref_first = group_rows(k, ref_inv)
+    g = ref_first.size
+    assert first.tolist() == ref_first.tolist() and inv.tolist() == ref_inv.tolist()
+    assert packets.tolist() == np.bincount(ref_inv, minlength=g).tolist()
+    assert nbytes.tolist() == [int(wire[ref_inv == j].sum()) for j in range(g)]
+    assert tfirst.tolist() == [int(ts[ref_inv == j].min()) for j in range(g)]
+    assert tlast.tolist() == [int(ts[ref_inv == j].max()) for j in range(g)]
+    assert gflags.tolist() == [int(np.bitwise_or.reduce(flags[ref_inv == j])) for j in range(g)]
 
 
 def test_group_rows_with_colliding_home_slots() -> None:
