@@ -50,6 +50,22 @@ def group_packets(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def group_rows(k: np.ndarray, inv: np.ndarray) -> np.ndarray: ...
 def walk_pcap(buf: np.ndarray, end: int, big_endian: bool, max_incl: int, out: np.ndarray) -> tuple[int, int]: ...
+def frame_columns(
+    buf: np.ndarray,
+    hdr: np.ndarray,
+    ends: np.ndarray,
+    at: np.ndarray,
+    vlan_valid_bit: int,
+    hdr_len: int,
+    start: np.ndarray,
+    caplen: np.ndarray,
+    wirelen: np.ndarray,
+    ts: np.ndarray,
+    tci: np.ndarray,
+    tpid: np.ndarray,
+    valid: np.ndarray,
+    pkttype: np.ndarray,
+) -> None: ...
 def walk_block(
     u32: np.ndarray,
     base: int,

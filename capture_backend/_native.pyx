@@ -9,7 +9,7 @@ table's own `keys` rows (no second copy); a slot is one 64-bit word, the key has
 row arrays (at least twice their length), so a table of a few hundred flows stays in L1/L2.
 """
 
-from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 
@@ -804,6 +804,60 @@ def walk_block(const uint32_t[::1] u32, Py_ssize_t base, Py_ssize_t block_size, 
             if step < min_hdr or step & 3 or off > last_hdr:
                 break
     return count, first, end, num_pkts - count
+
+
+cdef inline uint32_t _le32(const uint8_t* p) noexcept nogil:
+    cdef uint32_t w
+    memcpy(&w, p, 4)
+    return w
+
+
+cdef inline uint16_t _le16(const uint8_t* p) noexcept nogil:
+    cdef uint16_t w
+    memcpy(&w, p, 2)
+    return w
+
+
+def frame_columns(const uint8_t[::1] buf, const int64_t[::1] hdr, const int64_t[::1] ends,
+                  const int64_t[::1] at, uint32_t vlan_valid_bit, Py_ssize_t hdr_len,
+                  int64_t[::1] start, int64_t[::1] caplen, int64_t[::1] wirelen, int64_t[::1] ts,
+                  uint16_t[::1] tci, uint16_t[::1] tpid, uint8_t[::1] valid, uint8_t[::1] pkttype) -> None:
+    """The columns of a ring batch from its frames' tpacket3_hdr (at `hdr`, each inside a block that ends at
+    `ends`), in one pass. `at` holds the header's field offsets: tp_sec, tp_nsec, tp_snaplen, tp_len,
+    tp_status, tp_mac, tp_vlan_tci, tp_vlan_tpid, and sockaddr_ll's sll_pkttype; `hdr_len` bytes from each
+    header must lie in `buf`. A frame never reaches past its block's used length, whatever its header claims."""
+    cdef Py_ssize_t n = hdr.shape[0], i, size = buf.shape[0]
+    cdef const uint8_t* h
+    cdef int64_t s, c, e
+    cdef uint32_t status
+    if at.shape[0] != 9:
+        raise ValueError("frame_columns: nine field offsets")
+    for i in range(9):
+        if at[i] < 0 or at[i] + 4 > hdr_len:
+            raise ValueError("frame_columns: a field outside the header")
+    if not (ends.shape[0] == start.shape[0] == caplen.shape[0] == wirelen.shape[0] == ts.shape[0] == n
+            and tci.shape[0] == tpid.shape[0] == valid.shape[0] == pkttype.shape[0] == n):
+        raise ValueError("frame_columns: columns of different lengths")
+    for i in range(n):
+        if hdr[i] < 0 or hdr[i] + hdr_len > size or ends[i] > size:
+            raise ValueError(f"frame_columns: frame {i}'s header outside the ring")
+    with nogil:
+        for i in range(n):
+            h = &buf[hdr[i]]
+            e = ends[i]
+            s = hdr[i] + _le16(h + at[5])
+            c = _le32(h + at[2])
+            if c > e - s:
+                c = e - s
+            start[i] = s if s < e else e
+            caplen[i] = c if c > 0 else 0
+            wirelen[i] = _le32(h + at[3])
+            ts[i] = <int64_t>_le32(h + at[0]) * 1000000000 + _le32(h + at[1])
+            status = _le32(h + at[4])
+            tci[i] = <uint16_t>(_le32(h + at[6]) & 0xFFFF)
+            tpid[i] = _le16(h + at[7])
+            valid[i] = 1 if status & vlan_valid_bit else 0
+            pkttype[i] = h[at[8]]
 
 
 # -- Decode ------------------------------------------------------------------------------------------

@@ -97,6 +97,12 @@ class BlockWalk:
 
 # A header must hold tpacket3_hdr and the sockaddr_ll after it.
 MIN_FRAME_HDR = L.SLL_OFFSET_IN_FRAME + L.SOCKADDR_LL.size
+# The header fields a batch's columns are read from, in _native.frame_columns' order.
+FRAME_FIELDS = np.array(
+    [L.TP_SEC, L.TP_NSEC, L.TP_SNAPLEN, L.TP_LEN, L.TP_STATUS, L.TP_MAC, L.TP_VLAN_TCI, L.TP_VLAN_TPID,
+     L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE],
+    np.int64,
+)  # fmt: skip
 
 
 def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
@@ -257,25 +263,26 @@ class Ring:
                 self._next = (self._next + len(taken)) % self.block_nr
 
     def _batch(self, hdr: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> Block:
-        w = hdr >> 2
-        u32 = self.u32
-        status = u32[w + (L.TP_STATUS >> 2)]
-        tci = u32[w + (L.TP_VLAN_TCI >> 2)]
-        start = hdr + self.u16[(hdr + L.TP_MAC) >> 1]
-        # A frame never reaches past its block's used length, whatever its header claims.
-        caplen = np.clip(np.minimum(u32[w + (L.TP_SNAPLEN >> 2)].astype(np.int64), ends - start), 0, None)
+        n = hdr.shape[0]
+        start, caplen, wirelen, ts = (np.empty(n, np.int64) for _ in range(4))
+        tci, tpid = np.empty(n, np.uint16), np.empty(n, np.uint16)
+        valid, pkttype = np.empty(n, np.bool_), np.empty(n, np.uint8)
+        _native.frame_columns(
+            self.buf, hdr, ends, FRAME_FIELDS, L.TP_STATUS_VLAN_VALID, MIN_FRAME_HDR,
+            start, caplen, wirelen, ts, tci, tpid, valid.view(np.uint8), pkttype,
+        )  # fmt: skip
         return Block(
             data=self.buf,
-            start=np.minimum(start, ends),
+            start=start,
             caplen=caplen,
-            wirelen=u32[w + (L.TP_LEN >> 2)].astype(np.int64),
-            ts_ns=u32[w + (L.TP_SEC >> 2)].astype(np.int64) * 1_000_000_000 + u32[w + (L.TP_NSEC >> 2)],
+            wirelen=wirelen,
+            ts_ns=ts,
             linktype=self.linktype,
             iface=self.label,
-            vlan_tci=(tci & 0xFFFF).astype(np.uint16),
-            vlan_tpid=self.u16[(hdr + L.TP_VLAN_TPID) >> 1],
-            vlan_valid=(status & L.TP_STATUS_VLAN_VALID) != 0,
-            pkttype=self.buf[hdr + L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE],
+            vlan_tci=tci,
+            vlan_tpid=tpid,
+            vlan_valid=valid,
+            pkttype=pkttype,
             spans=spans,
         )
 
