@@ -513,7 +513,7 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
     cdef Py_ssize_t n = ts.shape[0], size = 16, i, g = 0
     cdef uint64_t h, mask
     cdef uint64_t key[6]
-    cdef int64_t s, t
+    cdef int64_t s, t, sec = 0, sec_lo = INT64_MAX
     cdef uint64_t* gk
     if not (src.shape[0] == dst.shape[0] == sport.shape[0] == dport.shape[0] == proto.shape[0] == n
             and wire.shape[0] == flags.shape[0] == inv.shape[0] == n):
@@ -548,7 +548,10 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
             key[2] = dst[i, 0]
             key[3] = dst[i, 1]
             key[4] = <uint64_t>proto[i] | (<uint64_t>sport[i] << 8) | (<uint64_t>dport[i] << 24)
-            key[5] = <uint64_t>(t // 1000000000 if t >= 0 else -((-t - 1) // 1000000000) - 1)  # floor
+            if t < sec_lo or t >= sec_lo + 1000000000:  # a new second: one division per second, not per packet
+                sec = t // 1000000000 if t >= 0 else -((-t - 1) // 1000000000) - 1  # floor
+                sec_lo = sec * 1000000000
+            key[5] = <uint64_t>sec
             if i > 0 and memcmp(key, &gk[inv[i - 1] * 6], 48) == 0:  # packets of a flow come in runs
                 s = inv[i - 1]
             else:
