@@ -44,6 +44,10 @@ RESTART_BACKOFF = (0.0, 0.1, 1.0)
 SMALL_RING_BLOCKS = 16
 OWN_NETNS = "/proc/self/ns/net"
 MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
+# A batch takes blocks until it holds this many packets (fixed costs are paid per batch), at most BATCH_BLOCKS
+# and a quarter of the ring (the kernel keeps the rest to fill meanwhile).
+BATCH_PACKETS = 8192
+BATCH_BLOCKS = 16
 ANSWER_TIMEOUT = 0.3  # how long a fresh snapshot waits for the other capture threads' counters
 
 
@@ -493,7 +497,7 @@ class Engine:
         for cap in lane.captures:
             if cap.ring is None:
                 continue
-            batches = cap.ring.batches()
+            batches = cap.ring.batches(max(1, min(BATCH_BLOCKS, cap.ring.block_nr // 4)), BATCH_PACKETS)
             try:
                 for block in batches:
                     add(block)

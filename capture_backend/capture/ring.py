@@ -225,8 +225,10 @@ class Ring:
         """Read and clear SO_ERROR (ENETDOWN when the link went down)."""
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
-    def batches(self, max_blocks: int = 4) -> Generator[Block, None, None]:
-        """Yield the packets of every block the kernel has handed over, several blocks at a time.
+    def batches(self, max_blocks: int = 4, max_packets: int = 1 << 62) -> Generator[Block, None, None]:
+        """Yield the packets of every block the kernel has handed over, several blocks at a time: at most
+        `max_blocks`, and no more once the batch holds `max_packets`. A batch that reached a block the kernel
+        still holds is the last: blocks retired while it was counted are left for the next call.
 
         Blocks are taken strictly in ring order; a batch is one Block whose data is the whole ring
         and whose offsets are absolute, so fixed per-call costs are paid once per batch. The
@@ -241,16 +243,20 @@ class Ring:
             offsets: list[np.ndarray] = []
             spans: list[tuple[int, int]] = []
             # Whatever happens below (a consumer's exception included), the blocks taken go back.
+            packets = 0
+            caught_up = False  # the next block is still the kernel's: this batch is the last of this call
             try:
-                while len(taken) < min(max_blocks, self.block_nr):
+                while len(taken) < min(max_blocks, self.block_nr) and packets < max_packets:
                     base = ((self._next + len(taken)) % self.block_nr) * bs
                     status_word = (base + L.BLOCK_STATUS_OFFSET) >> 2
                     if not u32[status_word] & L.TP_STATUS_USER:
+                        caught_up = True
                         break
                     taken.append(status_word)
                     walk = walk_block(u32, base, bs)
                     self.walk_errors += walk.lost
                     offsets.append(walk.offsets)
+                    packets += len(walk.offsets)
                     spans.append((walk.first, walk.end))
                 if not taken:
                     return
@@ -261,6 +267,8 @@ class Ring:
                 for status_word in taken:
                     mv32[status_word] = L.TP_STATUS_KERNEL
                 self._next = (self._next + len(taken)) % self.block_nr
+            if caught_up:  # blocks the kernel hands over meanwhile wait for the next call, in a larger batch
+                return
 
     def _batch(self, hdr: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> Block:
         n = hdr.shape[0]
