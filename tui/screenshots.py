@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +25,7 @@ T0 = 1_700_000_000.0  # the test capture's first packet (2023-11-14 22:13:20 UTC
 FIXED_CLOCK = T0 + 60.0
 # View name → its key. Not 6 (Processes): a file's traffic has no local processes; not 9 (Incidents): a file's
 # run has no incidents unless alert rules fire (tests/unit/test_tui_snapshots.py shoots one from a scan).
+# 8 (History) is shot apart, over a session store written from the same capture.
 VIEWS = {"overview": 0, "interfaces": 1, "hosts": 2, "ports": 3, "flows": 4, "drops": 5, "latency": 7}
 SIZE = (160, 40)  # the Flows view's columns fit
 PCAP_NAME = "capture.pcap"
@@ -70,6 +74,32 @@ async def _shoot(pcap: str, out_dir: Path) -> list[Path]:
     return written
 
 
+def write_store(pcap: str, directory: str) -> None:
+    """The capture's session records, as `retrotap stats -r FILE --sessions DIR` writes them."""
+    argv = [sys.executable, "-m", "tui.cli", "stats", "-r", pcap, "--sessions", directory, "--format", "json"]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, TZ="UTC"))
+
+
+async def _shoot_history(pcap: str, store: str, out_dir: Path) -> Path:
+    from tui.widgets.history import HistoryView
+
+    snaps = demo_snapshots(pcap)
+    feed = SnapshotFeed(snaps[1])
+    app = RetrotapApp(
+        feed, clock=lambda: FIXED_CLOCK, resolver=lambda addr: None, source=Path(pcap).name, sessions_dir=store
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("8")
+        for _ in range(500):  # the store is read on a worker thread: at most 10 s
+            await pilot.pause(0.02)
+            if app.query_one(HistoryView).queries:
+                break
+        await pilot.pause()
+        path = out_dir / "8-history.svg"
+        app.save_screenshot(filename=path.name, path=str(out_dir))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write one SVG per view into screenshots/."""
     parser = argparse.ArgumentParser(prog="python -m tui.screenshots", description=__doc__)
@@ -82,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         write_demo_pcap(pcap)
         for path in asyncio.run(_shoot(pcap, out_dir)):
             print(path)
+        store = str(Path(tmp) / "sessions")
+        write_store(pcap, store)
+        print(asyncio.run(_shoot_history(pcap, store, out_dir)))
     return 0
 
 
