@@ -140,6 +140,8 @@ def test_the_drops_view_shows_each_capture_threads_ring() -> None:
             assert rows["ring 1 drops"] == ("40", "15.0/s")  # 30 more in 2 s
             assert rows["thread 1 CPU s"] == ("3.00", "50.0%")  # 1 s of CPU in 2 s: half a core
             assert rows["drops"][0] == "40"  # the interface's row sums its rings
+            summary = str(app.query_one("#drops-summary").render())
+            assert "2 capture threads CPU" in summary
 
     asyncio.run(run())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import Static
 
+from capture_backend.contract import Snapshot
 from capture_backend.output.report import RING_ROWS, capture_health, drop_rows
 from tui.widgets.format import DASH, count, duration, per_second, percent, right
 from tui.widgets.table import Cell, Column, SnapTable
@@ -72,7 +73,7 @@ class DropsView(View):
         else:
             lines.append(f"Coverage: a capture file, every packet in it is read ({count(h['captured'])} packets)")
         lines.append(
-            f"retrotap's own cost: capture thread CPU {percent(h['cpu_percent'])}, "
+            f"retrotap's own cost: {_threads(snap)} CPU {percent(h['cpu_percent'])}, "
             f"snapshot age {duration(h['snapshot_age'])}"
         )
         self.query_one("#drops-summary", Static).update("\n".join(lines))
@@ -90,6 +91,12 @@ class DropsView(View):
                 )
             )
         self.table.sync(rows)
+
+
+def _threads(snap: Snapshot) -> str:
+    """"capture thread", or how many share the capture (--threads): their CPU is summed, 100 % a core."""
+    n = max((len(i.rings) for i in snap.interfaces), default=0)
+    return f"{n} capture threads" if n > 1 else "capture thread"
 
 
 def _label(counter: str) -> str:
