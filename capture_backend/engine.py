@@ -28,6 +28,7 @@ from capture_backend.capture.bpf import FilterError, OfflineFilter, attach, comp
 from capture_backend.capture.netlink import InterfaceError, LinkMonitor
 from capture_backend.capture.netns import IfaceSpec, Netns, parse_iface, resolve, run_in
 from capture_backend.capture.ring import NEW_FANOUT, RAW_LINKTYPES, CaptureError, Ring, RingConfig
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, LinkInfo, RingStatus, UserError
 from capture_backend.contract import EngineEvent as EngineEvent
 from capture_backend.contract import EventSink as EventSink
@@ -355,11 +356,11 @@ class Engine:
     def start(self) -> None:
         """Start the capture threads."""
         for lane in self._lanes[1:]:
-            lane.thread = threading.Thread(
+            lane.thread = NamedThread(
                 target=self._run, args=(lane,), name=f"retrotap-capture-{lane.index}", daemon=True
             )
             lane.thread.start()
-        self._thread = threading.Thread(target=self._run, name="retrotap-capture", daemon=True)
+        self._thread = NamedThread(target=self._run, name="retrotap-capture", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

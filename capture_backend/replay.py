@@ -16,6 +16,7 @@ from capture_backend.analysis.tables import NS, CounterLimits
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.capture.bpf import compile_filter
 from capture_backend.capture.pcapfile import CaptureFileError, FileSource
+from capture_backend.capture.threads import NamedThread
 from capture_backend.engine import (
     BlockSink,
     Counting,
@@ -138,7 +139,7 @@ class FileEngine:
     def start(self) -> None:
         """Start reading in a background thread."""
         self._stop = threading.Event()
-        self._thread = threading.Thread(
+        self._thread = NamedThread(
             target=self._run, args=(self._counting, self._stop), name="retrotap-file", daemon=True
         )
         self._thread.start()

@@ -33,6 +33,7 @@ from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
 from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import compile_filter
 from capture_backend.capture.privileges import drop_privileges
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     EMPTY_ALERTS,
     INSPECT_LIMIT,
@@ -147,7 +148,7 @@ class PcapSaver:
         """Start a save; False (and nothing started) while one is still being written."""
         if self.busy:
             return False
-        self._thread = threading.Thread(target=self._save, args=(select, what), name="retrotap-pcap", daemon=True)
+        self._thread = NamedThread(target=self._save, args=(select, what), name="retrotap-pcap", daemon=True)
         self._thread.start()
         return True
 

@@ -39,6 +39,7 @@ from capture_backend.capture.sockets import (
     read_sockets,
     scan,
 )
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     EMPTY_PROCESSES,
     FLOW_KEY,
@@ -429,7 +430,7 @@ class ProcessMapper:
     # --- the thread
     def start(self) -> None:
         """Start the mapping thread (needs `snapshots`)."""
-        self._thread = threading.Thread(target=self._run, name="retrotap-processes", daemon=True)
+        self._thread = NamedThread(target=self._run, name="retrotap-processes", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import UserError
 
 T = TypeVar("T")
@@ -128,7 +128,7 @@ def run_in(netns: Netns | None, fn: Callable[[], T], timeout: float = ENTER_TIME
         except BaseException as e:  # raised again in the caller's thread
             error.append(e)
 
-    thread = threading.Thread(target=target, name=f"retrotap-netns-{netns.label}", daemon=True)
+    thread = NamedThread(target=target, name=f"retrotap-netns-{netns.label}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():

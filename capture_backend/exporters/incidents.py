@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     EMPTY_ALERTS,
     ActiveAlert,
@@ -144,7 +145,7 @@ class IncidentWatcher:
         """Watch from a thread of its own; without `thread`, the caller calls step() with every snapshot (files)."""
         Path(self.settings.directory).mkdir(parents=True, exist_ok=True)
         if thread:
-            self._thread = threading.Thread(target=self._loop, name="retrotap-incidents", daemon=True)
+            self._thread = NamedThread(target=self._loop, name="retrotap-incidents", daemon=True)
             self._thread.start()
 
     def freeze(self, reason: str = MANUAL) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from capture_backend.analysis.services import known_ports
 from capture_backend.analysis.tables import NS
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import FLOW_KEY, Snapshot, TableSnapshot, ipv4_octets, is_v4, key_records, match_rows
 
 IPFIX_VERSION = 10
@@ -551,7 +552,7 @@ class FlowExporter:
         """Send the templates, then follow the snapshots on a thread."""
         self._started = True
         self._refresh(self.source())
-        self._thread = threading.Thread(target=self._run, name="retrotap-ipfix", daemon=True)
+        self._thread = NamedThread(target=self._run, name="retrotap-ipfix", daemon=True)
         self._thread.start()
 
     def close(self, final: Snapshot | None = None) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import FLOW_KEY, ProcessTable, Snapshot, is_v4, key_records
 from capture_backend.exporters.ipfix import FLOW_CARRIED, FLOW_COUNTED, US, Finished, FlowTracker, client_is_a
 from capture_backend.rewind.aggregates import Batch, MinuteAggregator
@@ -197,8 +198,8 @@ class SessionWriter:
         """Follow the snapshots and write records, each on its own thread."""
         self._started = True
         self._threads = [
-            threading.Thread(target=self._track, name="retrotap-sessions", daemon=True),
-            threading.Thread(target=self._write, name="retrotap-sessions-db", daemon=True),
+            NamedThread(target=self._track, name="retrotap-sessions", daemon=True),
+            NamedThread(target=self._write, name="retrotap-sessions-db", daemon=True),
         ]
         for t in self._threads:
             t.start()

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     EMPTY_UNKNOWN,
     FLOW_KEY,
@@ -277,7 +278,7 @@ class HistoryThread:
         if self.running:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="retrotap-history", daemon=True)
+        self._thread = NamedThread(target=self._run, name="retrotap-history", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

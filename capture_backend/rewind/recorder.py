@@ -26,6 +26,7 @@ from capture_backend.analysis.decode import decode
 from capture_backend.capture import layouts as lay
 from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import CaptureFileError, PcapWriter
+from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import UserError
 from capture_backend.rewind.index import (
     CHUNK_BYTES,
@@ -548,7 +549,7 @@ class RecorderThread:
         self.expected = self.tm.kept_packets
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="retrotap-recorder", daemon=True)
+        self._thread = NamedThread(target=self._run, name="retrotap-recorder", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

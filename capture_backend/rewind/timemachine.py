@@ -26,6 +26,7 @@ from capture_backend.analysis.decode import Decoded, address_key, decode
 from capture_backend.analysis.processes import PacketOwners, ProcessTable
 from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import PcapngWriter, PcapWriter
+from capture_backend.capture.threads import NamedThread, name_this_thread
 from capture_backend.contract import PcapSaveResult as PcapSaveResult
 
 NS = 1_000_000_000
@@ -73,7 +74,7 @@ class PoolStats:
     oversize_packets: int = 0  # in a range larger than the whole pool: never kept
 
 
-class _Pager(threading.Thread):
+class _Pager(NamedThread):
     """Faults the pool's pages in ahead of the writer; the kernel call runs without the GIL (ctypes)."""
 
     def __init__(self, tm: TimeMachine) -> None:
@@ -85,6 +86,7 @@ class _Pager(threading.Thread):
         self.size = tm.size
 
     def run(self) -> None:
+        name_this_thread(self.name)
         done = 0
         while done < self.size:
             tm = self.tm()
