@@ -118,7 +118,7 @@ class Output:
         w("=" * 93 + "\n")
 
 
-SIGNAL_POLL_S = 0.2
+SIGNAL_POLL_S = 0.05
 
 
 class Signals:
@@ -138,23 +138,32 @@ class Signals:
         signal.signal(signal.SIGUSR2, lambda *_: self._set("incident"))
 
     def _set(self, what: str) -> None:
+        # The handler runs on the main thread between two bytecodes, maybe while that thread holds the lock
+        # inside `wake` (in Event.wait): setting the Event here could deadlock it. Only a flag is set; wait()
+        # looks at the flags between its slices.
         setattr(self, what, True)
-        self.wake.set()
+
+    @property
+    def raised(self) -> bool:
+        """A signal came that the loop has not handled yet."""
+        return self.stop or self.snapshot or self.incident
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for a signal; True if one came.
+        """Wait up to `timeout` s for a signal (or another thread's `wake`); True if one came.
 
         The kernel may deliver a signal to any thread; Python then runs the handler only when the main
         thread next runs bytecode, which a long blocking wait would postpone. Short slices bound that.
         """
         deadline = time.monotonic() + timeout
         while True:
+            if self.raised:
+                return True
             left = deadline - time.monotonic()
             if self.wake.wait(min(max(left, 0.0), SIGNAL_POLL_S)):
                 self.wake.clear()
                 return True
             if left <= SIGNAL_POLL_S:
-                return False
+                return self.raised
 
 
 # Engine events a headless run prints on stderr as they happen.

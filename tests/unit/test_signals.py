@@ -39,3 +39,25 @@ def test_sigterm_asks_to_stop(signals: Signals) -> None:
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
     assert signals.wait(30.0) is True
     assert (signals.stop, signals.snapshot) == (True, False)
+
+
+def test_a_signal_while_the_main_thread_holds_the_wake_lock_does_not_deadlock(signals: Signals) -> None:
+    """The handler runs between two bytecodes of the main thread, which may be inside Event.wait holding the
+    Event's own lock: a handler that set the Event there waited for that lock forever (seen as a SIGUSR1 that
+    a `stats` run never answered)."""
+
+    def stuck(*_: object) -> None:
+        raise TimeoutError("the signal handler deadlocked on the main thread")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(5)
+    try:
+        with signals.wake._cond:  # type: ignore[attr-defined]  # as Event.wait holds it around its waits
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+            for _ in range(1000):  # bytecodes: the handler runs among them
+                pass
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert signals.wait(30.0) is True
+    assert (signals.snapshot, signals.stop) == (True, False)
