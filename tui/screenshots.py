@@ -25,7 +25,8 @@ T0 = 1_700_000_000.0  # the test capture's first packet (2023-11-14 22:13:20 UTC
 FIXED_CLOCK = T0 + 60.0
 # View name → its key. Not 6 (Processes): a file's traffic has no local processes; not 9 (Incidents): a file's
 # run has no incidents unless alert rules fire (tests/unit/test_tui_snapshots.py shoots one from a scan).
-# 8 (History) is shot apart, over a session store written from the same capture.
+# 8 (History) is shot apart, over a session store written from the same capture, and 9 (Incidents) over the
+# incidents the real watcher freezes from a capture with a scan and a flood (tests/unit/test_alerts.py).
 VIEWS = {"overview": 0, "interfaces": 1, "hosts": 2, "ports": 3, "flows": 4, "drops": 5, "latency": 7}
 SIZE = (160, 40)  # the Flows view's columns fit
 PCAP_NAME = "capture.pcap"
@@ -100,6 +101,25 @@ async def _shoot_history(pcap: str, store: str, out_dir: Path) -> Path:
     return path
 
 
+async def _shoot_incidents(tmp: str, out_dir: Path) -> Path:
+    from tests.helpers.tui import wait_rows, watched_app
+    from tests.unit.test_alerts import capture as scan_capture
+
+    scan_capture(Path(tmp) / "scan.pcap")
+    here = os.getcwd()
+    os.chdir(tmp)  # the view names the incidents' directory: a relative one, the same in every run
+    try:
+        app, feed, watcher, shown = watched_app("scan.pcap", "incidents")
+        async with app.run_test(size=SIZE) as pilot:
+            await show_view(pilot, feed, shown[-1], 9)
+            await wait_rows(app, pilot, "incidents-table", 2 + len(watcher.status.active))
+            path = out_dir / "9-incidents.svg"
+            app.save_screenshot(filename=path.name, path=str(out_dir))
+    finally:
+        os.chdir(here)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write one SVG per view into screenshots/."""
     parser = argparse.ArgumentParser(prog="python -m tui.screenshots", description=__doc__)
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         store = str(Path(tmp) / "sessions")
         write_store(pcap, store)
         print(asyncio.run(_shoot_history(pcap, store, out_dir)))
+        print(asyncio.run(_shoot_incidents(tmp, out_dir)))
     return 0
 
 
