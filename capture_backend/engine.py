@@ -420,23 +420,14 @@ class Engine:
         next_links = 0.0
         last_drain = 0.0
         if lane.index:
-            self._follow(lane, poller, by_fd)
+            self._follow(lane, poller, by_fd, timeout_ms)
             return
         self._drained = False
         if not self.ready.is_set():
             self.ready.set()
             self._emit("ready", ",".join(c.name for c in self._captures), "capturing")
         while not self._stop.is_set():
-            for fd, ev in poller.poll(timeout_ms):
-                cap_ = by_fd.get(fd)
-                if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
-                    cap_.ring.pending_error()
-            # Let a few blocks gather: fixed costs are paid per batch, and the ring holds plenty.
-            pause = last_drain + self._drain_interval - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            last_drain = time.monotonic()
-            self._drain(lane)
+            last_drain = self._turn(lane, poller, by_fd, timeout_ms, last_drain)
             now = time.monotonic()
             if now >= next_links:
                 next_links = now + LINK_POLL_SECONDS
@@ -455,28 +446,39 @@ class Engine:
                 next_publish = now + max(self.publish_interval, cost * PUBLISH_COST_FACTOR)
                 if asked:
                     self._answered.set()
-        # Last drain: the kernel retires a partly filled block after its timeout.
+        self._last_drain(lane, poller)
+        self._drained = True
+
+    def _turn(
+        self, lane: _Lane, poller: select.poll, by_fd: dict[int, _Capture], timeout_ms: int, last_drain: float
+    ) -> float:
+        """Wait for blocks, then drain the lane's rings; returns when this drain began."""
+        for fd, ev in poller.poll(timeout_ms):
+            cap_ = by_fd.get(fd)
+            if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
+                cap_.ring.pending_error()
+        # Let a few blocks gather: fixed costs are paid per batch, and the ring holds plenty.
+        pause = last_drain + self._drain_interval - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        began = time.monotonic()
+        self._drain(lane)
+        return began
+
+    def _last_drain(self, lane: _Lane, poller: select.poll) -> None:
+        """The kernel retires a partly filled block after its timeout: drain for a few of them."""
         deadline = time.monotonic() + 3 * self.ring_config.block_timeout_ms / 1000
         while time.monotonic() < deadline:
             poller.poll(self.ring_config.block_timeout_ms)
             self._drain(lane)
-        self._drained = True
         lane.cpu = time.thread_time()
 
-    def _follow(self, lane: _Lane, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
+    def _follow(self, lane: _Lane, poller: select.poll, by_fd: dict[int, _Capture], timeout_ms: int) -> None:
         """Another capture thread's loop: drain its rings, follow the first thread's view of the links, and
         freeze its counters when asked."""
         last_drain = next_links = 0.0
         while not self._stop.is_set():
-            for fd, ev in poller.poll(100):
-                cap_ = by_fd.get(fd)
-                if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
-                    cap_.ring.pending_error()
-            pause = last_drain + self._drain_interval - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            last_drain = time.monotonic()
-            self._drain(lane)
+            last_drain = self._turn(lane, poller, by_fd, timeout_ms, last_drain)
             if last_drain >= next_links:
                 next_links = last_drain + LINK_POLL_SECONDS
                 self._watch_links(lane, poller, by_fd)
@@ -487,11 +489,7 @@ class Engine:
                 lane.cpu = time.thread_time()
                 lane.part = self._freeze(lane)
                 lane.answered.set()
-        deadline = time.monotonic() + 3 * self.ring_config.block_timeout_ms / 1000
-        while time.monotonic() < deadline:
-            poller.poll(self.ring_config.block_timeout_ms)
-            self._drain(lane)
-        lane.cpu = time.thread_time()
+        self._last_drain(lane, poller)
 
     def _drain(self, lane: _Lane) -> None:
         add = lane.counting.add
@@ -626,6 +624,7 @@ def _merged_statuses(parts: list[Snapshot]) -> tuple[IfaceStatus, ...]:
                 freezes=sum(s.freezes for s in mine),
                 walk_errors=sum(s.walk_errors for s in mine),
                 ring_bytes=sum(s.ring_bytes for s in mine),
+                error=next((s.error for s in mine if s.error), ""),  # a ring that could not be reopened, say
                 rings=rings,
             )
         )
