@@ -465,42 +465,61 @@ def add_directed(int64_t[:, ::1] target, const int64_t[::1] ids, const int64_t[:
                 target[r, direction[i] & 1] += values[i]
 
 
+cdef Py_ssize_t _group_slots(Py_ssize_t n) noexcept nogil:
+    """Slots of a group-by table for n keys: a power of two, at least twice n (load at most 0.5)."""
+    cdef Py_ssize_t size = 16
+    while size < 2 * n:
+        size *= 2
+    return size
+
+
+cdef inline int64_t _group_of(int64_t* slots, uint64_t mask, const uint8_t* key, Py_ssize_t nbytes,
+                              uint8_t* store, int64_t g) noexcept nogil:
+    """The group of `key` in a group-by table (linear probing); a key not seen yet gets group `g`, its bytes
+    copied to store[g]. The caller tells a new group by the answer being `g`."""
+    cdef uint64_t h = _hash(key, nbytes)
+    cdef int64_t s
+    while True:
+        s = slots[h & mask]
+        if s < 0:
+            slots[h & mask] = g
+            memcpy(store + g * nbytes, key, nbytes)
+            return g
+        if memcmp(key, store + s * nbytes, nbytes) == 0:
+            return s
+        h += 1
+
+
 def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
     """Group equal rows of k: inv[i] is row i's group, groups numbered in order of first appearance.
     Returns the first row of each group (int64)."""
-    cdef Py_ssize_t n = k.shape[0], w = k.shape[1]
-    cdef Py_ssize_t size = 16, i, g = 0
-    cdef uint64_t h, mask
-    cdef int64_t s
+    cdef Py_ssize_t n = k.shape[0], nbytes = k.shape[1] * 8, i
+    cdef int64_t g = 0, s
+    cdef uint64_t mask
+    cdef uint8_t* store
     if inv.shape[0] != n:
         raise ValueError("group_rows: inv must have one entry per row")
-    while size < 2 * n:
-        size *= 2
-    mask = <uint64_t>(size - 1)
-    slots_arr = np.full(size, -1, np.int64)
     first_arr = np.empty(n, np.int64)
-    cdef int64_t[::1] slots = slots_arr
-    cdef int64_t[::1] first = first_arr
     if n == 0:
         return first_arr
+    slots_arr = np.full(_group_slots(n), -1, np.int64)
+    mask = <uint64_t>(slots_arr.shape[0] - 1)
+    cdef int64_t[::1] slots = slots_arr
+    cdef int64_t[::1] first = first_arr
+    store = <uint8_t*>PyMem_RawMalloc(n * nbytes)
+    if store == NULL:
+        raise MemoryError()
     with nogil:
         for i in range(n):
-            if i > 0 and memcmp(&k[i, 0], &k[i - 1, 0], w * 8) == 0:  # packets of a flow come in runs
+            if i > 0 and memcmp(&k[i, 0], &k[i - 1, 0], nbytes) == 0:  # packets of a flow come in runs
                 inv[i] = inv[i - 1]
                 continue
-            h = _hash(<const uint8_t*>&k[i, 0], w * 8)
-            while True:
-                s = slots[h & mask]
-                if s < 0:
-                    slots[h & mask] = g
-                    first[g] = i
-                    inv[i] = g
-                    g += 1
-                    break
-                if memcmp(&k[i, 0], &k[first[s], 0], w * 8) == 0:
-                    inv[i] = s
-                    break
-                h += 1
+            s = _group_of(&slots[0], mask, <const uint8_t*>&k[i, 0], nbytes, store, g)
+            if s == g:
+                first[g] = i
+                g += 1
+            inv[i] = s
+    PyMem_RawFree(store)
     return first_arr[:g].copy()
 
 
@@ -510,8 +529,9 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
     """Group IP packets by (source, destination, protocol, ports, second), groups numbered in order of
     first appearance, and sum each group in the same pass: inv[i] is packet i's group. Returns the first
     packet of each group and per group its packets, bytes, first and last time and OR of TCP flags."""
-    cdef Py_ssize_t n = ts.shape[0], size = 16, i, g = 0
-    cdef uint64_t h, mask
+    cdef Py_ssize_t n = ts.shape[0], i
+    cdef int64_t g = 0
+    cdef uint64_t mask
     cdef uint64_t key[6]
     cdef int64_t s, t, sec = 0, sec_lo = INT64_MAX
     cdef uint64_t* gk
@@ -520,10 +540,8 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
         raise ValueError("group_packets: columns of different lengths")
     if src.shape[1] != 2 or dst.shape[1] != 2:
         raise ValueError("group_packets: addresses must be two words")
-    while size < 2 * n:
-        size *= 2
-    mask = <uint64_t>(size - 1)
-    slots_arr = np.full(size, -1, np.int64)
+    slots_arr = np.full(_group_slots(n), -1, np.int64)
+    mask = <uint64_t>(slots_arr.shape[0] - 1)
     first_arr = np.empty(n, np.int64)
     packets_arr = np.zeros(n, np.int64)
     bytes_arr = np.zeros(n, np.int64)
@@ -555,21 +573,12 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
             if i > 0 and memcmp(key, &gk[inv[i - 1] * 6], 48) == 0:  # packets of a flow come in runs
                 s = inv[i - 1]
             else:
-                h = _hash(<const uint8_t*>key, 48)
-                while True:
-                    s = slots[h & mask]
-                    if s < 0:
-                        s = g
-                        slots[h & mask] = s
-                        memcpy(&gk[s * 6], key, 48)
-                        first[s] = i
-                        tfirst[s] = t
-                        tlast[s] = t
-                        g += 1
-                        break
-                    if memcmp(key, &gk[s * 6], 48) == 0:
-                        break
-                    h += 1
+                s = _group_of(&slots[0], mask, <const uint8_t*>key, 48, <uint8_t*>gk, g)
+                if s == g:
+                    first[s] = i
+                    tfirst[s] = t
+                    tlast[s] = t
+                    g += 1
             inv[i] = s
             packets[s] += 1
             nbytes[s] += wire[i]
