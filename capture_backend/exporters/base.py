@@ -237,36 +237,34 @@ def _field(obj: object, name: str) -> Callable[[], float]:
     return lambda: getattr(obj, name)
 
 
+# The churn gauges with one series per label value: (name, help, label, the Churn field of ranked rows).
+LABELLED_CHURN = (
+    ("interface_new_flows_per_second", "Flows first seen per second, per interface", "interface", "new_flows_by_iface"),
+    ("source_new_flows", "Flows the top sources opened in the last 10 s", "source", "top_new_sources"),
+    (
+        "scan_ports",
+        "Distinct destination ports the top sources opened flows to in the last 10 s",
+        "source",
+        "top_scanners",
+    ),
+)
+
+
 def churn_gauges(watcher: IncidentWatcher) -> dict[str, Extra]:
     """Floods and scans as /metrics gauges (top sources as labels: at most five series each)."""
 
     def churn() -> Churn:
         return watcher.status.churn
 
-    return {
+    def ranked(column: str) -> Callable[[], dict[str, float]]:
+        return lambda: dict(getattr(churn(), column))
+
+    gauges = {
         "new_flows_per_second": Extra("Flows first seen per second", lambda: churn().new_flows_per_s, "gauge"),
-        "interface_new_flows_per_second": Extra(
-            "Flows first seen per second, per interface",
-            lambda: 0,
-            "gauge",
-            label="interface",
-            read_by=lambda: dict(churn().new_flows_by_iface),
-        ),
         "half_open_connections": Extra(
             "TCP SYNs never answered in the last 10 s", lambda: churn().half_open, "gauge"
         ),
-        "source_new_flows": Extra(
-            "Flows the top sources opened in the last 10 s",
-            lambda: 0,
-            "gauge",
-            label="source",
-            read_by=lambda: dict(churn().top_new_sources),
-        ),
-        "scan_ports": Extra(
-            "Distinct destination ports the top sources opened flows to in the last 10 s",
-            lambda: 0,
-            "gauge",
-            label="source",
-            read_by=lambda: dict(churn().top_scanners),
-        ),
     }
+    for name, text, label, column in LABELLED_CHURN:
+        gauges[name] = Extra(text, lambda: 0, "gauge", label=label, read_by=ranked(column))
+    return gauges
