@@ -193,7 +193,6 @@ class Ring:
         self.mm = mmap.mmap(s.fileno(), c.block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.buf = np.frombuffer(self.mm, np.uint8)
         self.u32 = self.buf.view(np.uint32)
-        self.u16 = self.buf.view(np.uint16)
         self.mv32 = memoryview(self.mm).cast("I")
         if bpf is not None:
             attach(s, bpf)
@@ -296,7 +295,7 @@ class Ring:
 
     def close(self) -> None:
         """Release the ring and the socket."""
-        for name in ("mv32", "u32", "u16", "buf"):
+        for name in ("mv32", "u32", "buf"):
             if hasattr(self, name):
                 obj = getattr(self, name)
                 delattr(self, name)

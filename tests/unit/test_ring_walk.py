@@ -573,7 +573,6 @@ def make_ring(ring: np.ndarray, block_size: int, block_nr: int, next_block: int 
     r._next = next_block
     r.buf = traced(ring)
     r.u32 = traced(ring.view(np.uint32))
-    r.u16 = traced(ring.view(np.uint16))
     r.mv32 = memoryview(ring).cast("I")
     return r
 
@@ -583,7 +582,7 @@ def ring_reads_inside(r: Ring, ring: np.ndarray, taken: Sequence[int]) -> None:
     bs = r.config.block_size
     regions = [(i * bs, i * bs + BLK_HDR_LEN) for i in range(r.block_nr)]
     regions += [block_regions(i * bs, bs, descriptor(ring, i * bs)[3])[1] for i in taken]
-    assert_reads_inside([r.buf, r.u16, r.u32], regions)
+    assert_reads_inside([r.buf, r.u32], regions)
 
 
 def check_batch(batch: Block, blocks: Sequence[LaidBlock], ring: np.ndarray) -> None:
