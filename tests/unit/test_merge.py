@@ -107,3 +107,19 @@ def test_rows_of_one_key_merge_column_by_column() -> None:
     assert m.cols["tcp_flags"].tolist() == [0x03, 0x10]
     assert m.cols["origin"].tolist() == [1, 1]  # from b's row of key 0, the busier
     assert m.slots is not None and m.slots.tolist() == [0, 1]
+
+
+def test_an_interface_row_sums_its_rings_and_shows_any_rings_error() -> None:
+    from dataclasses import replace
+
+    from capture_backend.contract import IfaceStatus
+    from capture_backend.engine import _merged_statuses
+
+    first = count(list(mixed_frames(seed=1, n=50)), {"test0": 0})
+    ok = IfaceStatus("veth0", "up", "", 30, 3000, 31, 1, 0, None, ring_bytes=1 << 20)
+    broken = replace(ok, packets=20, bytes=2000, received=22, kernel_drops=2, error="cannot capture on veth0: gone")
+    parts = [replace(first, interfaces=(ok,), capture_cpu=1.5), replace(first, interfaces=(broken,), capture_cpu=0.5)]
+    (row,) = _merged_statuses(parts)
+    assert (row.packets, row.bytes, row.received, row.kernel_drops, row.ring_bytes) == (50, 5000, 53, 3, 2 << 20)
+    assert row.error == "cannot capture on veth0: gone"
+    assert [(r.thread, r.packets, r.kernel_drops, r.cpu) for r in row.rings] == [(0, 30, 1, 1.5), (1, 20, 2, 0.5)]
