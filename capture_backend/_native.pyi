@@ -143,17 +143,27 @@ def latency_classify(
 def latency_text(
     buf: np.ndarray, l7_start: np.ndarray, l7_cap: np.ndarray, rows: np.ndarray, skip: np.ndarray, out: np.ndarray
 ) -> None: ...
-def latency_match(
-    key: np.ndarray,
-    request: np.ndarray,
-    repeat: np.ndarray,
-    ts: np.ndarray,
-    answered: np.ndarray,
-    asked: np.ndarray,
-    left: np.ndarray,
-    drop: np.ndarray,
-    queue: np.ndarray,
-) -> tuple[int, int]: ...
+class PendingRequests:
+    width: int
+    count: int
+    stamp: int
+    def __init__(self, width: int) -> None: ...
+    def match(
+        self,
+        key: np.ndarray,
+        request: np.ndarray,
+        ts: np.ndarray,
+        text: np.ndarray,
+        answered: np.ndarray,
+        asked_ts: np.ndarray,
+        asked_text: np.ndarray,
+    ) -> int: ...
+    def live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    def text(self, entries: np.ndarray) -> np.ndarray: ...
+    def drop(self, entries: np.ndarray) -> None: ...
+    def __len__(self) -> int: ...
+
+def add_exchanges(count: np.ndarray, total: np.ndarray, top: np.ndarray, ids: np.ndarray, lat: np.ndarray) -> None: ...
 def latency_tables(
     count: np.ndarray,
     total: np.ndarray,

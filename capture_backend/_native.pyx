@@ -592,6 +592,83 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
             tlast_arr[:g].copy(), gflags_arr[:g].copy())
 
 
+cdef inline void _put_be64(uint8_t* p, uint64_t w) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        p[i] = <uint8_t>(w >> (56 - 8 * i))
+
+
+cdef inline void _put_addr(uint8_t* p, const uint64_t* words) noexcept nogil:
+    _put_be64(p, words[0])
+    _put_be64(p + 8, words[1])
+
+
+cdef inline void _put_be16(uint8_t* p, int32_t v) noexcept nogil:
+    p[0] = <uint8_t>((v >> 8) & 0xFF)
+    p[1] = <uint8_t>(v & 0xFF)
+
+
+def group_keys(const int64_t[::1] rep, const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst,
+               const int32_t[::1] sport, const int32_t[::1] dport, const int32_t[::1] proto,
+               const uint8_t[::1] known, const uint8_t[::1] has_ports, const int64_t[::1] at,
+               uint8_t[:, ::1] flow, uint8_t[:, ::1] pair, uint8_t[:, ::1] host, uint8_t[:, ::1] port,
+               int64_t[::1] direction, int64_t[::1] port_dir) -> None:
+    """The keys of each group (its first packet: block row rep[j]) in every table, in one pass.
+
+    flow[j]: the flow's ends in canonical order, the smaller (address, port) first as `a`, and
+    direction[j] 1 when b sent the group; pair[j] the two addresses in that order; host[j] the
+    sender and host[g + j] the receiver; port[j] the service port (the known one of the two, else
+    the lower) and port_dir[j] 0 towards it, -1 when the group has no ports (a later fragment, a
+    header cut short, a protocol without ports). `at`: byte offsets of the key fields, from the
+    contract's dtypes: flow a, b, aport, bport, proto; pair a, b; port proto, port."""
+    cdef Py_ssize_t g = rep.shape[0], j, fw = flow.shape[1], pw = pair.shape[1], tw = port.shape[1]
+    cdef int64_t r
+    cdef bint swap, ka, kb
+    cdef int32_t ap, bp, svc, pr
+    cdef const uint64_t* a
+    cdef const uint64_t* b
+    if (flow.shape[0] < g or pair.shape[0] < g or host.shape[0] < 2 * g or port.shape[0] < g
+            or direction.shape[0] < g or port_dir.shape[0] < g or host.shape[1] != 16 or at.shape[0] != 9):
+        raise ValueError("group_keys: outputs too short, or the field offsets are not 9")
+    if known.shape[0] != 65536 or has_ports.shape[0] != 256 or src.shape[1] != 2 or dst.shape[1] != 2:
+        raise ValueError("group_keys: known must cover 65536 ports, has_ports 256 protocols")
+    for j in range(g):
+        if rep[j] < 0 or rep[j] >= src.shape[0] or rep[j] >= dst.shape[0] or rep[j] >= sport.shape[0] \
+                or rep[j] >= dport.shape[0] or rep[j] >= proto.shape[0]:
+            raise IndexError("group_keys: a group's row is outside the block")
+    with nogil:
+        for j in range(g):
+            r = rep[j]
+            swap = (src[r, 0] > dst[r, 0]) or (src[r, 0] == dst[r, 0] and (
+                src[r, 1] > dst[r, 1] or (src[r, 1] == dst[r, 1] and sport[r] > dport[r])))
+            if swap:
+                a, b, ap, bp = &dst[r, 0], &src[r, 0], dport[r], sport[r]
+            else:
+                a, b, ap, bp = &src[r, 0], &dst[r, 0], sport[r], dport[r]
+            pr = proto[r] & 0xFF
+            direction[j] = swap
+            memset(&flow[j, 0], 0, fw)
+            _put_addr(&flow[j, at[0]], a)
+            _put_addr(&flow[j, at[1]], b)
+            _put_be16(&flow[j, at[2]], ap)
+            _put_be16(&flow[j, at[3]], bp)
+            flow[j, at[4]] = <uint8_t>pr
+            memset(&pair[j, 0], 0, pw)
+            _put_addr(&pair[j, at[5]], a)
+            _put_addr(&pair[j, at[6]], b)
+            _put_addr(&host[j, 0], &src[r, 0])
+            _put_addr(&host[g + j, 0], &dst[r, 0])
+            memset(&port[j, 0], 0, tw)
+            if not has_ports[pr] or (ap == 0 and bp == 0):
+                port_dir[j] = -1
+                continue
+            ka, kb = known[ap & 0xFFFF], known[bp & 0xFFFF]
+            svc = ap if ka and not kb else bp if kb and not ka else min(ap, bp)
+            port[j, at[7]] = <uint8_t>pr
+            _put_be16(&port[j, at[8]], svc)
+            port_dir[j] = 1 - ((bp == svc) if not swap else (ap == svc))
+
+
 # -- pcap file walk --------------------------------------------------------------------------------
 
 def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t[::1] out):
@@ -628,8 +705,6 @@ cdef int LAT_MYSQL_PORT = 3306
 cdef int64_t LAT_KIND_DNS = 1
 cdef int64_t LAT_KIND_HTTP = 2
 cdef int64_t LAT_KIND_MYSQL = 3
-cdef int64_t LAT_REPEAT_FIFO = 0
-cdef int64_t LAT_REPEAT_FIRST = 1
 cdef int64_t LAT_DNS_RETRANSMIT_NS = 5 * 1000000000
 cdef uint64_t LAT_HTTP_RESPONSE = 0x48545450  # b"HTTP"
 
@@ -702,67 +777,259 @@ def latency_classify(const uint8_t[::1] buf, const int64_t[::1] l7_start, const 
 def latency_text(const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
                  const int64_t[::1] rows, const int64_t[::1] skip, uint8_t[:, ::1] out) -> None:
     """Each row's payload bytes from its skip into its row of `out`, 0 past what was captured."""
-    cdef Py_ssize_t size = buf.shape[0], width = out.shape[1], j, k
-    cdef int64_t r, p
+    cdef Py_ssize_t size = buf.shape[0], width = out.shape[1], j
+    cdef int64_t r, p, take
+    if rows.shape[0] > out.shape[0] or skip.shape[0] < rows.shape[0]:
+        raise ValueError("out and skip need a row per row")
     with nogil:
         for j in range(rows.shape[0]):
             r = rows[j]
-            for k in range(width):
-                p = l7_start[r] + skip[j] + k
-                out[j, k] = buf[p] if k < l7_cap[r] - skip[j] and 0 <= p < size else 0
+            p = l7_start[r] + skip[j]
+            take = min(<int64_t>width, l7_cap[r] - skip[j], <int64_t>size - p)
+            if p < 0 or take < 0:
+                take = 0
+            if take:
+                memcpy(&out[j, 0], &buf[p], take)
+            if take < width:
+                memset(&out[j, take], 0, width - take)
 
 
-def latency_match(const uint64_t[::1] key, const uint8_t[::1] request, const int64_t[::1] repeat,
-                  const int64_t[::1] ts, int64_t[::1] answered, int64_t[::1] asked, int64_t[::1] left,
-                  uint8_t[::1] drop, int64_t[::1] queue):
-    """analysis.latency.match over events sorted by key (`repeat` the same within a key), in one walk.
+cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
+    x ^= x >> 33
+    x *= 0xFF51AFD7ED558CCDULL
+    x ^= x >> 33
+    x *= 0xC4CEB9FE1A85EC53ULL
+    x ^= x >> 33
+    return x
 
-    Fills answered/asked/left (each at most len(key) long) and returns how many answered and left;
-    drop and queue are scratch of len(key).
-    """
-    cdef Py_ssize_t n = key.shape[0], i, pk = -1, na = 0, nl = 0, qh = 0, qt = 0
-    cdef int64_t opened = 0
-    cdef bint head, have_live = False
-    cdef uint64_t live_key = 0
-    with nogil:
+
+cdef class PendingRequests:
+    """Unanswered requests, at most one per key (flow row << 24 | kind << 16 | DNS id): the request's
+    time and first `width` bytes, found through an open-addressing index (linear probing,
+    backward-shift deletion, load factor at most 0.5). Entries grow on demand; the caller bounds
+    them (analysis.latency). Only the capture thread uses it."""
+
+    cdef uint64_t* slots  # key hash's high 32 bits << 32 | entry + 1 (0: empty)
+    cdef uint64_t mask
+    cdef uint64_t* ekey
+    cdef int64_t* ets
+    cdef int64_t* estamp  # the match() call that last touched the entry; -1: free
+    cdef uint8_t* etext
+    cdef int64_t* free_stack
+    cdef Py_ssize_t nfree
+    cdef Py_ssize_t entries
+    cdef readonly Py_ssize_t width
+    cdef readonly Py_ssize_t count
+    cdef readonly int64_t stamp
+
+    def __cinit__(self, Py_ssize_t width):
+        self.width = width
+        self.slots = NULL
+        self.ekey = NULL
+        self.ets = NULL
+        self.estamp = NULL
+        self.etext = NULL
+        self.free_stack = NULL
+        self.entries = self.nfree = self.count = 0
+        self.stamp = 0
+        self._grow(64)
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.slots)
+        PyMem_RawFree(self.ekey)
+        PyMem_RawFree(self.ets)
+        PyMem_RawFree(self.estamp)
+        PyMem_RawFree(self.etext)
+        PyMem_RawFree(self.free_stack)
+
+    cdef int _grow(self, Py_ssize_t want) except -1:
+        """At least `want` entries, the new ones free (pushed so that the lowest is used first)."""
+        cdef Py_ssize_t size = max(self.entries, 64), i
+        cdef uint64_t nslots, j, s
+        while size < want:
+            size *= 2
+        if size == self.entries:
+            return 0
+        cdef void* p
+        p = PyMem_RawRealloc(self.ekey, size * sizeof(uint64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.ekey = <uint64_t*>p
+        p = PyMem_RawRealloc(self.ets, size * sizeof(int64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.ets = <int64_t*>p
+        p = PyMem_RawRealloc(self.estamp, size * sizeof(int64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.estamp = <int64_t*>p
+        p = PyMem_RawRealloc(self.etext, size * self.width + 1)
+        if p == NULL:
+            raise MemoryError()
+        self.etext = <uint8_t*>p
+        p = PyMem_RawRealloc(self.free_stack, size * sizeof(int64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.free_stack = <int64_t*>p
+        for i in range(size - 1, self.entries - 1, -1):
+            self.estamp[i] = -1
+            self.free_stack[self.nfree] = i
+            self.nfree += 1
+        self.entries = size
+        nslots = 16
+        while nslots < <uint64_t>(2 * size):
+            nslots <<= 1
+        cdef uint64_t* new = <uint64_t*>PyMem_RawCalloc(nslots, sizeof(uint64_t))
+        if new == NULL:
+            raise MemoryError()
+        if self.slots != NULL:
+            for j in range(self.mask + 1):
+                s = self.slots[j]
+                if s != EMPTY:
+                    i = <Py_ssize_t>((s >> 32) & (nslots - 1))
+                    while new[i] != EMPTY:
+                        i = (i + 1) & (nslots - 1)
+                    new[i] = s
+            PyMem_RawFree(self.slots)
+        self.slots = new
+        self.mask = nslots - 1
+        return 0
+
+    cdef inline int64_t _find(self, uint64_t key, uint64_t h) noexcept nogil:
+        cdef uint64_t i = (h >> 32) & self.mask
+        cdef uint64_t s
+        cdef int64_t e
+        while True:
+            s = self.slots[i]
+            if s == EMPTY:
+                return -1
+            if (s >> 32) == (h >> 32):
+                e = <int64_t>(s & LOW32) - 1
+                if self.ekey[e] == key:
+                    return e
+            i = (i + 1) & self.mask
+
+    cdef inline int64_t _add(self, uint64_t key, uint64_t h) noexcept nogil:
+        """A free entry for `key` (not in the index), placed in the index."""
+        cdef uint64_t i = (h >> 32) & self.mask
+        self.nfree -= 1
+        cdef int64_t e = self.free_stack[self.nfree]
+        while self.slots[i] != EMPTY:
+            i = (i + 1) & self.mask
+        self.slots[i] = (h & ~LOW32) | <uint64_t>(e + 1)
+        self.ekey[e] = key
+        self.count += 1
+        return e
+
+    cdef void _delete(self, int64_t e) noexcept nogil:
+        cdef uint64_t h = _mix64(self.ekey[e])
+        cdef uint64_t want = (h & ~LOW32) | <uint64_t>(e + 1)
+        cdef uint64_t i = (h >> 32) & self.mask
+        cdef uint64_t j, s, home
+        while self.slots[i] != want:
+            i = (i + 1) & self.mask
+        j = i
+        while True:
+            j = (j + 1) & self.mask
+            s = self.slots[j]
+            if s == EMPTY:
+                break
+            home = (s >> 32) & self.mask
+            if ((j - home) & self.mask) >= ((j - i) & self.mask):
+                self.slots[i] = s
+                i = j
+        self.slots[i] = EMPTY
+        self.estamp[e] = -1
+        self.free_stack[self.nfree] = e
+        self.nfree += 1
+        self.count -= 1
+
+    def match(self, const uint64_t[::1] key, const uint8_t[::1] request, const int64_t[::1] ts,
+              const uint8_t[:, ::1] text, int64_t[::1] answered, int64_t[::1] asked_ts,
+              uint8_t[:, ::1] asked_text) -> int:
+        """Match one batch's events, in arrival order (`text`: a row per request, in order).
+
+        A response answers its key's pending request (none: unsolicited) and takes it out; a request
+        stands for its key, replacing the pending one (tshark's http.time times a response from the
+        newest request) except for DNS, where a query less than DNS_RETRANSMIT_NS after the
+        standing one is a repeat (dns.time counts from the first query). Answered responses go to
+        answered[:m], their request's time and text to asked_ts and asked_text; returns m. Every
+        entry touched is stamped with this call (touched())."""
+        cdef Py_ssize_t n = key.shape[0], i, r = 0, m = 0, w = self.width, nreq = 0
+        if request.shape[0] != n or ts.shape[0] != n or answered.shape[0] < n or asked_ts.shape[0] < n:
+            raise ValueError("key, request and ts must be as long; the outputs at least as long")
+        if text.shape[1] != w or asked_text.shape[1] != w or asked_text.shape[0] < n:
+            raise ValueError("text rows must be `width` bytes")
         for i in range(n):
-            drop[i] = 0
-            head = i == 0 or key[i] != key[i - 1]
-            if request[i] and repeat[i] == LAT_REPEAT_FIRST:
-                # Of a run of requests, the head and each one DNS_RETRANSMIT_NS after the last
-                # opening open an exchange; the others are repeats.
-                if head or not request[i - 1] or ts[i] - opened >= LAT_DNS_RETRANSMIT_NS:
-                    opened = ts[i]
-                else:
-                    drop[i] = 1
-                    continue
-            # Of kept requests in a row of one key, only the newest stands (unless FIFO).
-            if (request[i] and pk >= 0 and request[pk] and key[pk] == key[i]
-                    and repeat[pk] != LAT_REPEAT_FIFO):
-                drop[pk] = 1
-            pk = i
-        for i in range(n):
-            if drop[i]:
-                continue
-            if not have_live or key[i] != live_key:
-                while qh < qt:
-                    left[nl] = queue[qh]
-                    nl += 1
-                    qh += 1
-                qh = qt = 0
-                have_live, live_key = True, key[i]
-            if request[i]:
-                queue[qt] = i
-                qt += 1
-            elif qh < qt:  # the oldest unanswered request of its key; none: unsolicited
-                answered[na], asked[na] = i, queue[qh]
-                na += 1
-                qh += 1
-        while qh < qt:
-            left[nl] = queue[qh]
-            nl += 1
-            qh += 1
-    return na, nl
+            nreq += request[i] != 0
+        if text.shape[0] < nreq:
+            raise ValueError("text needs a row per request")
+        if self.nfree < nreq:
+            self._grow(self.count + nreq)
+        self.stamp += 1
+        cdef int64_t e, stamp = self.stamp
+        cdef uint64_t k, h
+        with nogil:
+            for i in range(n):
+                k = key[i]
+                h = _mix64(k)
+                e = self._find(k, h)
+                if request[i]:
+                    r += 1
+                    if e >= 0:
+                        self.estamp[e] = stamp
+                        if <int64_t>((k >> 16) & 0xFF) == LAT_KIND_DNS and ts[i] - self.ets[e] < LAT_DNS_RETRANSMIT_NS:
+                            continue
+                    else:
+                        e = self._add(k, h)
+                    self.ets[e] = ts[i]
+                    self.estamp[e] = stamp
+                    memcpy(self.etext + e * w, &text[r - 1, 0], w)
+                elif e >= 0:
+                    answered[m] = i
+                    asked_ts[m] = self.ets[e]
+                    memcpy(&asked_text[m, 0], self.etext + e * w, w)
+                    m += 1
+                    self._delete(e)
+        return m
+
+    def live(self):
+        """The pending requests: (entry, key, time, touched by the last match()) arrays, by entry."""
+        cdef Py_ssize_t e, j = 0
+        out = np.empty(self.count, np.int64)
+        keys = np.empty(self.count, np.uint64)
+        times = np.empty(self.count, np.int64)
+        touched = np.empty(self.count, np.bool_)
+        cdef int64_t[::1] o = out, t = times
+        cdef uint64_t[::1] k = keys
+        cdef uint8_t[::1] u = touched.view(np.uint8)
+        for e in range(self.entries):
+            if self.estamp[e] >= 0:
+                o[j], k[j], t[j], u[j] = e, self.ekey[e], self.ets[e], self.estamp[e] == self.stamp
+                j += 1
+        return out, keys, times, touched
+
+    def text(self, const int64_t[::1] entries):
+        """The kept bytes of entries, (len(entries), width) uint8."""
+        out = np.empty((entries.shape[0], self.width), np.uint8)
+        cdef uint8_t[:, ::1] o = out
+        cdef Py_ssize_t j
+        for j in range(entries.shape[0]):
+            if entries[j] < 0 or entries[j] >= self.entries or self.estamp[entries[j]] < 0:
+                raise KeyError(f"entry {entries[j]} is not pending")
+            memcpy(&o[j, 0], self.etext + entries[j] * self.width, self.width)
+        return out
+
+    def drop(self, const int64_t[::1] entries) -> None:
+        """Take pending entries out."""
+        cdef Py_ssize_t j
+        for j in range(entries.shape[0]):
+            if entries[j] < 0 or entries[j] >= self.entries or self.estamp[entries[j]] < 0:
+                raise KeyError(f"entry {entries[j]} is not pending")
+            self._delete(entries[j])
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def latency_tables(int64_t[::1] count, int64_t[::1] total, int64_t[::1] top, int64_t[::1] first,
@@ -771,6 +1038,25 @@ def latency_tables(int64_t[::1] count, int64_t[::1] total, int64_t[::1] top, int
     """Count each exchange in its table row (ids < 0: none): count, sum, max, first and last time."""
     cdef Py_ssize_t j
     cdef int64_t r
+    add_exchanges(count, total, top, ids, lat)
+    with nogil:
+        for j in range(ids.shape[0]):
+            r = ids[j]
+            if r < 0:
+                continue
+            if ts[j] < first[r]:
+                first[r] = ts[j]
+            if ts[j] > last[r]:
+                last[r] = ts[j]
+
+
+def add_exchanges(int64_t[::1] count, int64_t[::1] total, int64_t[::1] top, const int64_t[::1] ids,
+                  const int64_t[::1] lat) -> None:
+    """Count each exchange in its row (ids < 0: none): count, sum and max of the latencies."""
+    cdef Py_ssize_t j
+    cdef int64_t r
+    if lat.shape[0] < ids.shape[0]:
+        raise ValueError("a latency per id")
     with nogil:
         for j in range(ids.shape[0]):
             r = ids[j]
@@ -780,10 +1066,6 @@ def latency_tables(int64_t[::1] count, int64_t[::1] total, int64_t[::1] top, int
             total[r] += lat[j]
             if lat[j] > top[r]:
                 top[r] = lat[j]
-            if ts[j] < first[r]:
-                first[r] = ts[j]
-            if ts[j] > last[r]:
-                last[r] = ts[j]
 
 
 # -- Ring walk ---------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Application latency: DNS query → response, HTTP/1.x request → first response, MySQL query → response.
 
 Each batch is classified by the first payload bytes in one compiled pass (_native.latency_classify);
-only the request and response packets found go on. Requests wait in NumPy arrays keyed by (flow
-row, kind, DNS id); responses are matched per key in arrival order (_native.latency_match), as
-tshark does: a re-sent DNS query does not open a second exchange (dns.time counts from the first),
+only the request and response packets found go on. Requests wait in a compiled table keyed by (flow
+row, kind, DNS id), one per key (_native.PendingRequests); responses are matched in arrival order,
+as tshark does: a re-sent DNS query does not open a second exchange (dns.time counts from the first),
 and an HTTP response answers the newest request (http.time; pipelined requests before it stay
-unanswered). HTTP latency is to the response's first
-segment, as tshark's http.time with http.desegment_body off.
+unanswered). HTTP latency is to the response's first segment, as tshark's http.time with
+http.desegment_body off.
 Matched exchanges update the flow, a per-server and a per-service table, a ring of recent samples
 (exact p50/p95 at publish time) and the slowest exchanges of each kind with their request's text.
 """
@@ -19,7 +19,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from capture_backend._native import latency_classify, latency_match, latency_tables, latency_text
+from capture_backend._native import PendingRequests as PendingRequests
+from capture_backend._native import latency_classify, latency_tables, latency_text
 from capture_backend.analysis.columns import segments
 from capture_backend.analysis.decode import IPPROTO_TCP, Decoded
 from capture_backend.analysis.tables import KeyTable
@@ -64,8 +65,6 @@ LATENCY_COLUMNS = {
     "first": (np.int64, (), np.iinfo(np.int64).max),
     "last": (np.int64, (), 0),
 }
-REPEAT_FIFO, REPEAT_FIRST, REPEAT_NEWEST = 0, 1, 2
-KIND_REPEAT = np.array([REPEAT_FIFO, REPEAT_FIRST, REPEAT_NEWEST, REPEAT_NEWEST], np.int64)  # by kind
 FlowOf = Callable[[np.ndarray], np.ndarray]
 EMPTY = EMPTY_LATENCY  # the old name
 
@@ -111,35 +110,6 @@ def _text(dec: Decoded, rows: np.ndarray, kind: np.ndarray) -> np.ndarray:
     text = np.empty((rows.size, TEXT_BYTES), np.uint8)
     latency_text(np.ascontiguousarray(dec.buf), dec.l7_start, dec.l7_cap, rows, skip.astype(np.int64), text)
     return text
-
-
-def match(
-    key: np.ndarray, request: np.ndarray, repeat: np.ndarray, ts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pair responses with requests per key; events in time order, sorted stably by key by the caller
-    (`repeat` is the same within a key: it follows the key's kind).
-
-    A response answers the oldest unanswered request of its key; one with none is unsolicited.
-    Where a request meets another unanswered one of its key, `repeat` says what stands: both
-    (REPEAT_FIFO), the newest (REPEAT_NEWEST: tshark's http.time times a response from the newest
-    request), or, for REPEAT_FIRST, the first unless it is DNS_RETRANSMIT_NS older (tshark's
-    dns.time counts from the first query, and a query that late opens a new exchange). Returns the
-    answered responses, the request each answers, and the unanswered requests.
-    """
-    n = key.size
-    answered, asked, left = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
-    na, nl = latency_match(
-        np.ascontiguousarray(key, np.uint64),
-        np.ascontiguousarray(request, np.uint8),
-        np.ascontiguousarray(repeat, np.int64),
-        np.ascontiguousarray(ts, np.int64),
-        answered,
-        asked,
-        left,
-        np.empty(n, np.uint8),
-        np.empty(n, np.int64),
-    )
-    return answered[:na], asked[:na], left[:nl]
 
 
 DNS_TYPES = {
@@ -203,12 +173,7 @@ class Latency:
     def __init__(self, servers: int = 10_000) -> None:
         self.servers = KeyTable(SERVER_KEY.itemsize, LATENCY_COLUMNS, servers)
         self.services = KeyTable(SERVICE_KEY.itemsize, LATENCY_COLUMNS, 4096)
-        # Unanswered requests sorted by key; their text lives in a pool of PENDING_LIMIT slots.
-        self.p_key = np.zeros(0, np.uint64)
-        self.p_ts = np.zeros(0, np.int64)
-        self.p_slot = np.zeros(0, np.int64)
-        self.pool = np.zeros((PENDING_LIMIT, TEXT_BYTES), np.uint8)
-        self.free = np.arange(PENDING_LIMIT - 1, -1, -1)
+        self.pending = PendingRequests(TEXT_BYTES)  # at most PENDING_LIMIT between batches
         self._next_expiry = 0
         self.s_server = np.full(SAMPLE_RING, -1, np.int64)
         self.s_service = np.full(SAMPLE_RING, -1, np.int64)
@@ -238,77 +203,52 @@ class Latency:
             | dns_id.astype(np.uint64)
         )
         ts = dec.ts_ns[rows]
-        req_rows = np.flatnonzero(request)
-        text = _text(dec, rows[req_rows], kind[req_rows])
-        # Only the pending requests of this batch's keys take part; they go first (they are older).
-        taken = self._pending_of(np.unique(key))
-        np_ = taken.size
-        all_key = np.concatenate([self.p_key[taken], key])
-        all_ts = np.concatenate([self.p_ts[taken], ts])
-        all_req = np.concatenate([np.ones(np_, bool), request])
-        all_text = np.concatenate([self.pool[self.p_slot[taken]], text])
-        text_of = np.full(all_key.size, -1, np.int64)  # row in all_text
-        text_of[:np_] = np.arange(np_)
-        text_of[np_ + req_rows] = np_ + np.arange(req_rows.size)
-        order = np.argsort(all_key, kind="stable")
-        kinds = ((all_key[order] >> np.uint64(16)) & np.uint64(0xFF)).astype(np.int64)
-        answered, asked, left = match(all_key[order], all_req[order], KIND_REPEAT[kinds], all_ts[order])
-        resp, req = order[answered], order[asked]
-        left = order[left]  # by key, then arrival
-        self._replace_pending(taken, all_key[left], all_ts[left], all_text[text_of[left]], int(ts.max()))
+        text = _text(dec, rows[request], kind[request])
+        n = rows.size
+        b, asked_ts, asked_text = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, TEXT_BYTES), np.uint8)
+        m = self.pending.match(key, request.view(np.uint8), ts, text, b, asked_ts, asked_text)
+        self._bound(int(ts.max()))
+        # Exchanges in key order, then arrival (as the snapshots have always listed them).
+        order = np.argsort(key[b[:m]], kind="stable")
+        b, asked_ts, asked_text = b[order], asked_ts[order], asked_text[order]
+        r_fid = fid[b]
         # A flow row re-used after its flow was evicted must not answer the old flow's request.
-        r_fid = (all_key[resp] >> np.uint64(24)).astype(np.int64)
-        fresh = all_ts[req] >= flow_first[r_fid]
-        in_time = all_ts[resp] - all_ts[req] <= PENDING_TIMEOUT_NS
+        fresh = asked_ts >= flow_first[r_fid]
+        in_time = ts[b] - asked_ts <= PENDING_TIMEOUT_NS
         self.unanswered += int((fresh & ~in_time).sum())
         fresh &= in_time
-        resp, req, r_fid = resp[fresh], req[fresh], r_fid[fresh]
-        if resp.size == 0:
+        b, asked_ts, asked_text, r_fid = b[fresh], asked_ts[fresh], asked_text[fresh], r_fid[fresh]
+        if b.size == 0:
             return e, e
-        lat = np.maximum(all_ts[resp] - all_ts[req], 0)  # clocks of two interfaces may disagree
-        b = resp - np_  # responses are all of this batch
-        self._record(dec, rows[b], kind[b], all_ts[resp], lat, all_text[text_of[req]])
+        lat = np.maximum(ts[b] - asked_ts, 0)  # clocks of two interfaces may disagree
+        self._record(dec, rows[b], kind[b], ts[b], lat, asked_text)
         return r_fid, lat
 
-    def _pending_of(self, keys: np.ndarray) -> np.ndarray:
-        """Indices of the pending requests (sorted by key) whose key is one of the sorted `keys`."""
-        lo = np.searchsorted(self.p_key, keys, "left")
-        hi = np.searchsorted(self.p_key, keys, "right")
-        n = hi - lo
-        if not n.any():
-            return np.zeros(0, np.int64)
-        lo, n = lo[n > 0], n[n > 0]
-        return np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
-
-    def _replace_pending(self, taken: np.ndarray, key: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int) -> None:
-        """Drop the pending requests that took part, keep the unanswered ones (sorted by key)."""
-        self.free = np.concatenate([self.free, self.p_slot[taken]])
-        keep = np.ones(self.p_key.size, bool)
-        keep[taken] = False
-        if now >= self._next_expiry or self.p_key.size - taken.size + key.size > PENDING_LIMIT:
-            self._next_expiry = now + PENDING_TIMEOUT_NS // 4
-            keep &= self.p_ts >= now - PENDING_TIMEOUT_NS
-            over = min(int(keep.sum()) + key.size - PENDING_LIMIT * 3 // 4, int(keep.sum()))
-            if over > 0:  # far too many unanswered: the oldest go, in one sweep
-                ages = np.where(keep, self.p_ts, np.iinfo(np.int64).max)
-                keep[np.argpartition(ages, over - 1)[:over]] = False
-            gone = ~keep
-            gone[taken] = False
-            self.unanswered += int(gone.sum())
-            self.free = np.concatenate([self.free, self.p_slot[gone]])
-        if key.size > self.free.size:  # more new requests than slots: the oldest new ones go
-            extra = key.size - self.free.size
-            self.unanswered += extra
-            newest = np.sort(np.argsort(ts, kind="stable")[extra:])
-            key, ts, text = key[newest], ts[newest], text[newest]
-        slots = self.free[self.free.size - key.size :]
-        self.free = self.free[: self.free.size - key.size]
-        self.pool[slots] = text
-        p_key, p_ts, p_slot = self.p_key[keep], self.p_ts[keep], self.p_slot[keep]
-        at = np.searchsorted(p_key, key, "right")
-        self.p_key = np.insert(p_key, at, key)
-        self.p_ts = np.insert(p_ts, at, ts)
-        self.p_slot = np.insert(p_slot, at, slots)
+    def _bound(self, now: int) -> None:
+        """Keep the pending requests bounded: every PENDING_TIMEOUT_NS / 4, or when more than
+        PENDING_LIMIT are pending, those not touched by this batch and older than PENDING_TIMEOUT_NS go,
+        then the oldest of them down to 3/4 of the limit; then, if still over the limit, the oldest of
+        this batch's. Each one gone is counted unanswered. Ties: the lower key goes first."""
+        pending = self.pending
+        if now < self._next_expiry and len(pending) <= PENDING_LIMIT:
+            return
+        entry, key, ts, touched = pending.live()
+        self._next_expiry = now + PENDING_TIMEOUT_NS // 4
+        old = np.flatnonzero(~touched)
+        expired = ts[old] < now - PENDING_TIMEOUT_NS
+        gone = [old[expired]]
+        kept = old[~expired]
+        over = min(kept.size + int(touched.sum()) - PENDING_LIMIT * 3 // 4, kept.size)
+        if over > 0:  # far too many unanswered: the oldest go, in one sweep
+            gone.append(kept[np.lexsort((key[kept], ts[kept]))[:over]])
+            kept = kept[np.lexsort((key[kept], ts[kept]))[over:]]
+        new = np.flatnonzero(touched)
+        extra = kept.size + new.size - PENDING_LIMIT
+        if extra > 0:  # more of this batch's requests than room: its oldest go
+            gone.append(new[np.lexsort((key[new], ts[new]))[:extra]])
+        out = np.concatenate(gone)
+        self.unanswered += out.size
+        pending.drop(entry[out])
 
     def _record(
         self, dec: Decoded, rows: np.ndarray, kind: np.ndarray, ts: np.ndarray, lat: np.ndarray, text: np.ndarray
@@ -329,11 +269,14 @@ class Latency:
         self.s_value[slots], self.s_ts[slots] = lat[-take:], ts[-take:]
         self.s_next = (self.s_next + take) % SAMPLE_RING
         self._frozen = None
-        for k in np.unique(kind).tolist():
-            mine = np.flatnonzero(kind == k)
+        floor = np.full(max(KIND_NAMES) + 1, -1, np.int64)  # by kind: what it takes to be kept
+        for k, kept in self.slowest.items():
+            if len(kept) >= SLOWEST_KEPT:
+                floor[k] = kept[-1].latency_ns
+        slower = np.flatnonzero(lat > floor[kind])  # usually none: the slowest are rare
+        for k in np.unique(kind[slower]).tolist():
             kept = self.slowest[k]
-            floor = kept[-1].latency_ns if len(kept) >= SLOWEST_KEPT else -1
-            mine = mine[lat[mine] > floor]  # usually none: the slowest are rare
+            mine = slower[kind[slower] == k]
             top = mine[np.argsort(-lat[mine], kind="stable")[:SLOWEST_KEPT]]
             for j in top.tolist():
                 kept.append(

@@ -362,7 +362,7 @@ class Latency:
             over = min(int(keep.sum()) + key.size - PENDING_LIMIT * 3 // 4, int(keep.sum()))
             if over > 0:  # far too many unanswered: the oldest go, in one sweep
                 ages = np.where(keep, self.p_ts, np.iinfo(np.int64).max)
-                keep[np.argpartition(ages, over - 1)[:over]] = False
+                keep[np.lexsort((self.p_key, ages))[:over]] = False  # ties: the lower key
             gone = ~keep
             gone[taken] = False
             self.unanswered += int(gone.sum())

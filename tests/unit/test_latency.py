@@ -16,12 +16,11 @@ from capture_backend.analysis.decode import decode
 from capture_backend.analysis.latency import (
     KIND_DNS,
     KIND_HTTP,
-    REPEAT_FIFO,
-    REPEAT_FIRST,
-    REPEAT_NEWEST,
+    KIND_MYSQL,
+    TEXT_BYTES,
     Latency,
+    PendingRequests,
     classify,
-    match,
     request_text,
 )
 from tests.helpers.cli import stats
@@ -156,26 +155,49 @@ def _run(batches: list[list[Frame]]) -> list[int]:
     return sorted(got)
 
 
-def test_match_pairs_oldest_first_and_skips_unsolicited_and_repeats() -> None:
-    key = np.array([1, 1, 1, 1, 1, 2, 2, 2, 2], np.uint64)
-    request = np.array([1, 0, 0, 1, 0, 0, 1, 1, 0], bool)
-    ts = np.arange(9) * MS
-    answered, asked, left = match(key, request, np.full(9, REPEAT_FIFO), ts)
-    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([1, 4, 8], [0, 3, 6], [7])
-    answered, asked, left = match(key, request, np.full(9, REPEAT_FIRST), ts)  # DNS: the second is a repeat
-    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([1, 4, 8], [0, 3, 6], [])
-    answered, asked, left = match(key, request, np.full(9, REPEAT_NEWEST), ts)  # HTTP: the newest stands
-    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([1, 4, 8], [0, 3, 7], [])
+def _match(pending: PendingRequests, key: list[int], request: list[int], ts: list[int]) -> tuple[list, list, list]:
+    """One batch through the pending table: (answered event, its request's time, its request's first byte)."""
+    n = len(key)
+    text = np.zeros((n, TEXT_BYTES), np.uint8)
+    text[:, 0] = np.flatnonzero(request).tolist() + [0] * (n - sum(request))  # a request's text: its event number
+    answered, asked_ts, asked_text = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, TEXT_BYTES), np.uint8)
+    m = pending.match(np.array(key, np.uint64), np.array(request, np.uint8), np.array(ts, np.int64), text,
+                      answered, asked_ts, asked_text)  # fmt: skip
+    return answered[:m].tolist(), asked_ts[:m].tolist(), asked_text[:m, 0].tolist()
+
+
+def test_pending_table_answers_the_standing_request_and_skips_unsolicited_and_repeats() -> None:
+    """A key holds one request: for HTTP and MySQL the newest (tshark's http.time), for DNS the first
+    until a query comes DNS_RETRANSMIT_NS later; a response with none pending answers nothing."""
+    for kind, asked in ((KIND_HTTP, [0, 3, 7]), (KIND_MYSQL, [0, 3, 7]), (KIND_DNS, [0, 3, 6])):
+        pending = PendingRequests(TEXT_BYTES)
+        key = [1 << 24 | kind << 16] * 5 + [2 << 24 | kind << 16] * 4
+        got = _match(pending, key, [1, 0, 0, 1, 0, 0, 1, 1, 0], [i * MS for i in range(9)])
+        assert got == ([1, 4, 8], [a * MS for a in asked], asked), kind
+        assert len(pending) == 0
+    # Across batches: a request waits; in the next batch its response comes before a new request.
+    pending = PendingRequests(TEXT_BYTES)
+    http = [5 << 24 | KIND_HTTP << 16]
+    assert _match(pending, http, [1], [MS]) == ([], [], [])
+    assert _match(pending, http * 3, [0, 1, 0], [2 * MS, 3 * MS, 4 * MS]) == ([0, 2], [MS, 3 * MS], [0, 1])
+    entry, keys, ts, touched = pending.live()
+    assert (entry.size, len(pending)) == (0, 0)
 
 
 def test_dns_query_repeated_after_five_seconds_opens_a_new_exchange() -> None:
     """tshark's retransmission timer: a query 5 s or more after the opening one is timed anew."""
-    key = np.zeros(6, np.uint64)
-    request = np.array([1, 1, 1, 1, 1, 0], bool)
-    ts = np.array([0, 1_000, 5_000, 6_000, 10_500, 11_000]) * MS
-    answered, asked, left = match(key, request, np.full(6, REPEAT_FIRST), ts)
+    pending = PendingRequests(TEXT_BYTES)
+    key = [KIND_DNS << 16 | 7] * 6
+    ts = [t * MS for t in (0, 1_000, 5_000, 6_000, 10_500, 11_000)]
     # Opens at 0, 5 s and 10.5 s (5.5 s after 5 s); the newest opening answers.
-    assert (answered.tolist(), asked.tolist(), left.tolist()) == ([5], [4], [])
+    assert _match(pending, key[:2], [1, 1], ts[:2]) == ([], [], [])
+    assert _match(pending, key[2:], [1, 1, 1, 0], ts[2:]) == ([3], [10_500 * MS], [2])
+    # Another DNS id of the same flow is another exchange; the table keeps one per key, growing past 64.
+    many = [KIND_DNS << 16 | i for i in range(200)]
+    assert _match(pending, many + many, [1] * 200 + [0] * 200, list(range(400))) == (
+        list(range(200, 400)), list(range(200)), list(range(200)),
+    )  # fmt: skip
+    assert len(pending) == 0
 
 
 def test_classify_reads_only_what_was_captured() -> None:
@@ -226,7 +248,7 @@ def test_unanswered_requests_time_out_and_stay_bounded(monkeypatch: pytest.Monke
     # The last 8 queries (ids 12..19) waited; each answered 100 ms - id ms + id ms later.
     assert matched == [100 * MS] * 8
     assert (lat.freeze().exchanges, lat.freeze().unanswered) == (8, 12)
-    assert lat.p_key.size == 0 and lat.free.size == 8
+    assert len(lat.pending) == 0
 
 
 def test_no_analysis_turns_tcp_health_and_latency_off(tmp_path: Path) -> None:
