@@ -96,12 +96,14 @@ def service_table(path: str = SERVICES_PATH) -> dict[tuple[str, int], str]:
 
 
 @lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def known_ports() -> np.ndarray:
-    """Boolean array of 65536: a service name exists for this port (any protocol)."""
+    """Boolean array of 65536 (read-only, made once): a service name exists for this port (any protocol)."""
     known = np.zeros(65536, bool)
     for _, port in service_table():
         if 0 <= port < 65536:
             known[port] = True
+    known.flags.writeable = False
     return known
 
 

@@ -20,8 +20,10 @@ import numpy as np
 from capture_backend._native import (
     KeyIndex,
     add_directed,
+    add_exchanges,
     add_traffic,
     fill_rows,
+    group_keys,
     group_packets,
     group_rows,
     oldest_rows,
@@ -88,6 +90,13 @@ TCP_WRITTEN = frozenset({*TCP_STATE_COLUMNS, *TCP_FLOW_COLUMNS, "tcp_flags"})
 APP_WRITTEN = frozenset({"app_count", "app_sum", "app_max"})
 VLAN_WRITTEN = frozenset({"vlan"})  # written once a tagged packet is counted
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
+# Where group_keys writes each key field: byte offsets, read from the contract's layouts.
+KEY_FIELDS = np.array(
+    [FLOW_KEY.fields[f][1] for f in ("a", "b", "aport", "bport", "proto")]
+    + [PAIR_KEY.fields[f][1] for f in ("a", "b")]
+    + [PORT_KEY.fields[f][1] for f in ("proto", "port")],
+    np.int64,
+)
 
 
 class KeyTable:
@@ -211,8 +220,11 @@ class KeyTable:
         """ids() for keys that repeat a lot (pairs, hosts, ports of many flows): one lookup per distinct key."""
         if keys.shape[0] < 64:
             return self.ids(keys)
-        pad = -self.width % 8
-        k = np.ascontiguousarray(np.pad(keys, ((0, 0), (0, pad))) if pad else keys).view(np.uint64)
+        k = keys
+        if self.width % 8:  # whole 64-bit words for the grouping (np.pad costs more than the grouping)
+            k = np.zeros((keys.shape[0], self.width + (-self.width % 8)), np.uint8)
+            k[:, : self.width] = keys
+        k = np.ascontiguousarray(k).view(np.uint64)
         first, inv = _group(k)
         return self.ids(keys[first])[inv]
 
@@ -366,6 +378,9 @@ def _group(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inv
 
 
+_HAS_PORTS = HAS_PORTS.view(np.uint8)
+
+
 def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> None:
     if keys.size == 0:
         return
@@ -495,14 +510,19 @@ class Counters:
         g = first.size
         has_flags = bool(g_flags.any())  # only TCP has flags: a UDP flood skips the flags' work
         rep = first if whole else sel[first]  # each group's first packet, as a row of the block
-        sport, dport, proto = (col[rep].astype(np.uint64) for col in (dec.sport, dec.dport, dec.proto))
-        ends = flow_ends(src[first], dst[first], sport, dport, proto)
-        a_bytes, b_bytes, g_aport, g_bport, g_proto = ends.a, ends.b, ends.aport, ends.bport, ends.proto
-        g_dir = ends.swap.astype(np.int64)
+        flow_keys = np.empty((g, FLOW_KEY.itemsize), np.uint8)
+        pair_keys = np.empty((g, PAIR_KEY.itemsize), np.uint8)
+        host_keys = np.empty((2 * g, HOST_KEY.itemsize), np.uint8)  # senders, then receivers
+        port_keys = np.empty((g, PORT_KEY.itemsize), np.uint8)
+        g_dir, port_dir = np.empty(g, np.int64), np.empty(g, np.int64)
+        group_keys(
+            rep, dec.src_key, dec.dst_key, dec.sport, dec.dport, dec.proto, known_ports().view(np.uint8),
+            _HAS_PORTS, KEY_FIELDS, flow_keys, pair_keys, host_keys, port_keys, g_dir, port_dir,
+        )  # fmt: skip
         g_sec = g_first // NS  # the group's one second
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
-        fid = self.flows.ids(ends.keys())
+        fid = self.flows.ids(flow_keys)
         self._batch = (sel, inv, fid)
         ok = fid >= 0
         cols = self.flows.cols
@@ -554,32 +574,23 @@ class Counters:
                     cut(tcp_len),
                 ).run()
 
-        pid = self.pairs.ids_of_repeated(pack_keys(PAIR_KEY, g, a=a_bytes, b=b_bytes))
+        pid = self.pairs.ids_of_repeated(pair_keys)
         _add_traffic(self.pairs, pid, *traffic)
         _add_history(self.pairs, pid, g_sec, g_dir, g_bytes)
 
         # Hosts: the sender transmits (direction 0), the receiver receives (direction 1).
-        sender = np.where((g_dir == 0)[:, None], a_bytes, b_bytes)
-        receiver = np.where((g_dir == 0)[:, None], b_bytes, a_bytes)
-        hid = self.hosts.ids_of_repeated(pack_keys(HOST_KEY, 2 * g, addr=np.concatenate([sender, receiver])))
-        both = (np.concatenate([np.zeros(g, np.int64), np.ones(g, np.int64)]),)
+        hid = self.hosts.ids_of_repeated(host_keys)
+        both = np.repeat(np.array([0, 1], np.int64), g)
         doubled = [np.concatenate([x, x]) for x in (g_packets, g_bytes, g_first, g_last)]
-        _add_traffic(self.hosts, hid, both[0], *doubled)
-        _add_history(self.hosts, hid, np.concatenate([g_sec, g_sec]), both[0], doubled[1])
+        _add_traffic(self.hosts, hid, both, *doubled)
+        _add_history(self.hosts, hid, np.concatenate([g_sec, g_sec]), both, doubled[1])
 
         # Later fragments and headers cut short carry no ports: they count for the pair, not a port.
-        has_ports = HAS_PORTS[g_proto.astype(np.int64) & 0xFF] & ((g_aport != 0) | (g_bport != 0))
-        if has_ports.any():
-            known = known_ports()
-            ka, kb = known[g_aport], known[g_bport]
-            low = np.minimum(g_aport, g_bport)
-            service = np.where(ka & ~kb, g_aport, np.where(kb & ~ka, g_bport, low))
-            pkey = pack_keys(PORT_KEY, g, proto=g_proto, port=service)
-            # Direction 0: towards the service port.
-            to_service = np.where(g_dir == 0, g_bport == service, g_aport == service).astype(np.int64)
-            sub = np.flatnonzero(has_ports)
-            tid = self.ports.ids_of_repeated(pkey[sub])
-            _add_traffic(self.ports, tid, 1 - to_service[sub], g_packets[sub], g_bytes[sub], g_first[sub], g_last[sub])
+        sub = np.flatnonzero(port_dir >= 0)
+        if sub.size:
+            tid = self.ports.ids_of_repeated(port_keys if sub.size == g else port_keys[sub])
+            pick_port: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if sub.size == g else (lambda col: col[sub])
+            _add_traffic(self.ports, tid, *(pick_port(x) for x in (port_dir, g_packets, g_bytes, g_first, g_last)))
 
     def flow_of(self, rows: np.ndarray) -> np.ndarray:
         """Flow row of decoded rows of the block counted last (-1: not IP, or over capacity)."""
@@ -596,9 +607,7 @@ class Counters:
         """Application exchanges (request → response) of flows."""
         cols = self.flows.cols
         self.flows.written(APP_WRITTEN)
-        np.add.at(cols["app_count"], fid, 1)
-        np.add.at(cols["app_sum"], fid, latency_ns)
-        np.maximum.at(cols["app_max"], fid, latency_ns)
+        add_exchanges(cols["app_count"], cols["app_sum"], cols["app_max"], _i64(fid), _i64(latency_ns))
 
     def expire(self, now_ns: int) -> None:
         """Evict flows and pairs idle longer than their timeouts."""
