@@ -48,6 +48,23 @@ def group_packets(
     flags: np.ndarray,
     inv: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+def group_keys(
+    rep: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    proto: np.ndarray,
+    known: np.ndarray,
+    has_ports: np.ndarray,
+    at: np.ndarray,
+    flow: np.ndarray,
+    pair: np.ndarray,
+    host: np.ndarray,
+    port: np.ndarray,
+    direction: np.ndarray,
+    port_dir: np.ndarray,
+) -> None: ...
 def group_rows(k: np.ndarray, inv: np.ndarray) -> np.ndarray: ...
 def walk_pcap(buf: np.ndarray, end: int, big_endian: bool, max_incl: int, out: np.ndarray) -> tuple[int, int]: ...
 def frame_columns(

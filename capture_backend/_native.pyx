@@ -47,6 +47,28 @@ cdef inline uint64_t _hash(const uint8_t* p, Py_ssize_t width) noexcept nogil:
     return h
 
 
+cdef extern from *:
+    """
+    static inline uint64_t rt_mum(uint64_t a, uint64_t b) {
+        __uint128_t r = (__uint128_t)a * b;
+        return (uint64_t)r ^ (uint64_t)(r >> 64);
+    }
+    """
+    uint64_t _mum "rt_mum"(uint64_t a, uint64_t b) noexcept nogil
+
+
+cdef inline uint64_t _hash6(const uint64_t* k) noexcept nogil:
+    """64-bit hash of six words (a packet's group key): three independent 128-bit multiplies, folded."""
+    cdef uint64_t h = (_mum(k[0] ^ 0xA0761D6478BD642FULL, k[1] ^ 0xE7037ED1A0B428DBULL)
+                       ^ _mum(k[2] ^ 0x8EBC6AF09C88C6E3ULL, k[3] ^ 0x589965CC75374CC3ULL)
+                       ^ _mum(k[4] ^ 0x1D8E4E27C47D124FULL, k[5] ^ 0xA0761D6478BD642FULL))
+    return _mum(h ^ 0xE7037ED1A0B428DBULL, 0x8EBC6AF09C88C6E3ULL)
+
+
+cdef inline bint _same6(const uint64_t* a, const uint64_t* b) noexcept nogil:
+    return (a[0] == b[0]) & (a[1] == b[1]) & (a[2] == b[2]) & (a[3] == b[3]) & (a[4] == b[4]) & (a[5] == b[5])
+
+
 cdef inline bint _equal(const uint8_t* a, const uint8_t* b, Py_ssize_t width) noexcept nogil:
     cdef Py_ssize_t j = 0
     while j + 8 <= width:
@@ -333,11 +355,12 @@ def fill_rows(uint8_t[:, ::1] rows, const int64_t[::1] ids, const uint8_t[::1] f
 def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[::1] keep, Py_ssize_t count):
     """The `count` used rows with the smallest (last, row), rows in `keep` left out, in ascending row order.
 
-    The cut is found by narrowing a 4,096-bucket histogram of `last` (a few passes over the rows, no
-    sort), so an eviction costs the same whatever the table holds."""
-    cdef Py_ssize_t h = last.shape[0], i, n = 0, b
-    cdef int64_t lo = INT64_MAX, hi = INT64_MIN, cut, v
-    cdef int64_t below = 0, cum, need, cut_row = -1
+    One pass finds the range of `last`, a second counts the rows in 4,096 buckets of it, a third takes the
+    rows of the buckets up to the one holding the cut; the cut is then narrowed among those alone (no sort),
+    so an eviction costs three passes over the rows whatever the table holds."""
+    cdef Py_ssize_t h = last.shape[0], i, n = 0, b, k, m
+    cdef int64_t lo = INT64_MAX, hi = INT64_MIN, cut, v, top
+    cdef int64_t below = 0, cum, need, cut_k = -1
     cdef uint64_t width
     cdef int shift
     cdef int64_t counts[4096]
@@ -363,18 +386,52 @@ def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[
     if count <= 0:
         return out_arr
     cdef int64_t[::1] out = out_arr
+    # The bucket of the cut over all rows: its top bounds the candidates.
+    top = hi
+    if lo < hi:
+        width = <uint64_t>hi - <uint64_t>lo
+        shift = 0
+        while (width >> shift) >= 4096:
+            shift += 1
+        memset(counts, 0, sizeof(counts))
+        with nogil:
+            for i in range(h):
+                if used[i] and not skip[i]:
+                    counts[(<uint64_t>last[i] - <uint64_t>lo) >> shift] += 1
+        cum = 0
+        b = 0
+        while cum + counts[b] < count:
+            cum += counts[b]
+            b += 1
+        m = cum + counts[b]
+        top = <int64_t>(<uint64_t>lo + ((<uint64_t>b << shift) + ((<uint64_t>1 << shift) - 1)))
+        if top > hi or top < lo:
+            top = hi
+    else:
+        m = n
+    rows_arr = np.empty(m, np.int64)
+    vals_arr = np.empty(m, np.int64)
+    cdef int64_t[::1] rows = rows_arr
+    cdef int64_t[::1] vals = vals_arr
     with nogil:
+        k = 0
+        for i in range(h):
+            if used[i] and not skip[i] and last[i] <= top and k < m:
+                rows[k] = i
+                vals[k] = last[i]
+                k += 1
+        m = k
+        hi = top
         while lo < hi:
             width = <uint64_t>hi - <uint64_t>lo
             shift = 0
             while (width >> shift) >= 4096:
                 shift += 1
             memset(counts, 0, sizeof(counts))
-            for i in range(h):
-                if used[i] and not skip[i]:
-                    v = last[i]
-                    if lo <= v <= hi:
-                        counts[(<uint64_t>v - <uint64_t>lo) >> shift] += 1
+            for k in range(m):
+                v = vals[k]
+                if lo <= v <= hi:
+                    counts[(<uint64_t>v - <uint64_t>lo) >> shift] += 1
             cum = below
             b = 0
             while cum + counts[b] < count:
@@ -384,21 +441,20 @@ def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[
             lo = <int64_t>(<uint64_t>lo + (<uint64_t>b << shift))
             if (width >> shift) > <uint64_t>b:  # the bucket's top is inside the range
                 hi = <int64_t>(<uint64_t>lo + ((<uint64_t>1 << shift) - 1))
-        cut = lo  # below rows are older than cut; the rest are taken from rows last seen at cut, lowest first
+        cut = lo  # `below` candidates are older than cut; the rest are those last seen at cut, lowest row first
         need = count - below
-        for i in range(h):
-            if used[i] and not skip[i] and last[i] == cut:
+        for k in range(m):
+            if vals[k] == cut:
                 need -= 1
                 if need == 0:
-                    cut_row = i
+                    cut_k = k
                     break
         n = 0
-        for i in range(h):
-            if used[i] and not skip[i]:
-                v = last[i]
-                if v < cut or (v == cut and i <= cut_row):
-                    out[n] = i
-                    n += 1
+        for k in range(m):
+            v = vals[k]
+            if v < cut or (v == cut and k <= cut_k):
+                out[n] = rows[k]
+                n += 1
     return out_arr
 
 
@@ -473,7 +529,7 @@ cdef Py_ssize_t _group_slots(Py_ssize_t n) noexcept nogil:
     return size
 
 
-cdef inline int64_t _group_of(int64_t* slots, uint64_t mask, const uint8_t* key, Py_ssize_t nbytes,
+cdef inline int64_t _group_of(int32_t* slots, uint64_t mask, const uint8_t* key, Py_ssize_t nbytes,
                               uint8_t* store, int64_t g) noexcept nogil:
     """The group of `key` in a group-by table (linear probing); a key not seen yet gets group `g`, its bytes
     copied to store[g]. The caller tells a new group by the answer being `g`."""
@@ -482,7 +538,7 @@ cdef inline int64_t _group_of(int64_t* slots, uint64_t mask, const uint8_t* key,
     while True:
         s = slots[h & mask]
         if s < 0:
-            slots[h & mask] = g
+            slots[h & mask] = <int32_t>g
             memcpy(store + g * nbytes, key, nbytes)
             return g
         if memcmp(key, store + s * nbytes, nbytes) == 0:
@@ -502,19 +558,22 @@ def group_rows(const uint64_t[:, ::1] k, int64_t[::1] inv):
     first_arr = np.empty(n, np.int64)
     if n == 0:
         return first_arr
-    slots_arr = np.full(_group_slots(n), -1, np.int64)
-    mask = <uint64_t>(slots_arr.shape[0] - 1)
-    cdef int64_t[::1] slots = slots_arr
+    if n >= 0x7FFFFFFF:
+        raise ValueError("group_rows: too many rows")
+    cdef Py_ssize_t nslots = _group_slots(n)
+    mask = <uint64_t>(nslots - 1)
     cdef int64_t[::1] first = first_arr
-    store = <uint8_t*>PyMem_RawMalloc(n * nbytes)
+    store = <uint8_t*>PyMem_RawMalloc(n * nbytes + nslots * sizeof(int32_t))  # keys, then slots (-1: empty)
     if store == NULL:
         raise MemoryError()
+    cdef int32_t* slots = <int32_t*>(store + n * nbytes)
+    memset(slots, 0xFF, nslots * sizeof(int32_t))
     with nogil:
         for i in range(n):
             if i > 0 and memcmp(&k[i, 0], &k[i - 1, 0], nbytes) == 0:  # packets of a flow come in runs
                 inv[i] = inv[i - 1]
                 continue
-            s = _group_of(&slots[0], mask, <const uint8_t*>&k[i, 0], nbytes, store, g)
+            s = _group_of(slots, mask, <const uint8_t*>&k[i, 0], nbytes, store, g)
             if s == g:
                 first[g] = i
                 g += 1
@@ -534,30 +593,35 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
     cdef uint64_t mask
     cdef uint64_t key[6]
     cdef int64_t s, t, sec = 0, sec_lo = INT64_MAX
+    cdef uint64_t h
     cdef uint64_t* gk
     if not (src.shape[0] == dst.shape[0] == sport.shape[0] == dport.shape[0] == proto.shape[0] == n
             and wire.shape[0] == flags.shape[0] == inv.shape[0] == n):
         raise ValueError("group_packets: columns of different lengths")
     if src.shape[1] != 2 or dst.shape[1] != 2:
         raise ValueError("group_packets: addresses must be two words")
-    slots_arr = np.full(_group_slots(n), -1, np.int64)
-    mask = <uint64_t>(slots_arr.shape[0] - 1)
+    if n >= 0x7FFFFFFF:
+        raise ValueError("group_packets: too many packets")
+    cdef Py_ssize_t nslots = _group_slots(n)
+    mask = <uint64_t>(nslots - 1)
     first_arr = np.empty(n, np.int64)
     packets_arr = np.zeros(n, np.int64)
     bytes_arr = np.zeros(n, np.int64)
     tfirst_arr = np.empty(n, np.int64)
     tlast_arr = np.empty(n, np.int64)
     gflags_arr = np.zeros(n, np.uint8)
-    cdef int64_t[::1] slots = slots_arr
     cdef int64_t[::1] first = first_arr
     cdef int64_t[::1] packets = packets_arr
     cdef int64_t[::1] nbytes = bytes_arr
     cdef int64_t[::1] tfirst = tfirst_arr
     cdef int64_t[::1] tlast = tlast_arr
     cdef uint8_t[::1] gflags = gflags_arr
-    gk = <uint64_t*>PyMem_RawMalloc(max(n, 1) * 6 * sizeof(uint64_t))
+    # Scratch from the C heap: the group keys, then the slots (int32, -1: empty; fewer cache lines).
+    gk = <uint64_t*>PyMem_RawMalloc(max(n, 1) * 6 * sizeof(uint64_t) + nslots * sizeof(int32_t))
     if gk == NULL:
         raise MemoryError()
+    cdef int32_t* slots = <int32_t*>(gk + max(n, 1) * 6)
+    memset(slots, 0xFF, nslots * sizeof(int32_t))
     with nogil:
         for i in range(n):
             t = ts[i]
@@ -570,10 +634,20 @@ def group_packets(const uint64_t[:, ::1] src, const uint64_t[:, ::1] dst, const 
                 sec = t // 1000000000 if t >= 0 else -((-t - 1) // 1000000000) - 1  # floor
                 sec_lo = sec * 1000000000
             key[5] = <uint64_t>sec
-            if i > 0 and memcmp(key, &gk[inv[i - 1] * 6], 48) == 0:  # packets of a flow come in runs
+            if i > 0 and _same6(key, &gk[inv[i - 1] * 6]):  # packets of a flow come in runs
                 s = inv[i - 1]
             else:
-                s = _group_of(&slots[0], mask, <const uint8_t*>key, 48, <uint8_t*>gk, g)
+                h = _hash6(key)
+                while True:
+                    s = slots[h & mask]
+                    if s < 0:
+                        s = g
+                        slots[h & mask] = <int32_t>g
+                        memcpy(&gk[g * 6], key, 48)
+                        break
+                    if _same6(key, &gk[s * 6]):
+                        break
+                    h += 1
                 if s == g:
                     first[s] = i
                     tfirst[s] = t

@@ -92,9 +92,15 @@ VLAN_WRITTEN = frozenset({"vlan"})  # written once a tagged packet is counted
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 # Where group_keys writes each key field: byte offsets, read from the contract's layouts.
 KEY_FIELDS = np.array(
-    [FLOW_KEY.fields[f][1] for f in ("a", "b", "aport", "bport", "proto")]
-    + [PAIR_KEY.fields[f][1] for f in ("a", "b")]
-    + [PORT_KEY.fields[f][1] for f in ("proto", "port")],
+    [
+        layout.fields[name][1]  # type: ignore[index]
+        for layout, names in (
+            (FLOW_KEY, ("a", "b", "aport", "bport", "proto")),
+            (PAIR_KEY, ("a", "b")),
+            (PORT_KEY, ("proto", "port")),
+        )
+        for name in names
+    ],
     np.int64,
 )
 
@@ -588,9 +594,10 @@ class Counters:
         # Later fragments and headers cut short carry no ports: they count for the pair, not a port.
         sub = np.flatnonzero(port_dir >= 0)
         if sub.size:
-            tid = self.ports.ids_of_repeated(port_keys if sub.size == g else port_keys[sub])
-            pick_port: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if sub.size == g else (lambda col: col[sub])
-            _add_traffic(self.ports, tid, *(pick_port(x) for x in (port_dir, g_packets, g_bytes, g_first, g_last)))
+            every = sub.size == g
+            tid = self.ports.ids_of_repeated(port_keys if every else port_keys[sub])
+            cols_of = (port_dir, g_packets, g_bytes, g_first, g_last)
+            _add_traffic(self.ports, tid, *(cols_of if every else (x[sub] for x in cols_of)))
 
     def flow_of(self, rows: np.ndarray) -> np.ndarray:
         """Flow row of decoded rows of the block counted last (-1: not IP, or over capacity)."""
