@@ -78,6 +78,35 @@ cdef inline bint _equal(const uint8_t* a, const uint8_t* b, Py_ssize_t width) no
     return j == width or memcmp(a + j, b + j, width - j) == 0
 
 
+cdef int _slot_order(const uint64_t* hashes, Py_ssize_t n, uint64_t mask, int32_t* order) noexcept nogil:
+    """order[:n]: the positions 0..n-1 by the home slot's top bits (a counting sort, stable), so that deletions
+    made in that order walk the slot array forwards, a page at a time, instead of jumping at random.
+    Returns -1 when out of memory (order then holds 0..n-1)."""
+    cdef int bits = 0, shift
+    cdef Py_ssize_t i, b, nb, total = 0, c
+    while (<uint64_t>1 << bits) <= mask:
+        bits += 1
+    nb = 1 << min(bits, 12)
+    shift = bits - min(bits, 12)
+    cdef Py_ssize_t* count = <Py_ssize_t*>PyMem_RawCalloc(nb, sizeof(Py_ssize_t))
+    if count == NULL:
+        for i in range(n):
+            order[i] = <int32_t>i
+        return -1
+    for i in range(n):
+        count[(hashes[i] & mask) >> shift] += 1
+    for b in range(nb):
+        c = count[b]
+        count[b] = total
+        total += c
+    for i in range(n):
+        b = <Py_ssize_t>((hashes[i] & mask) >> shift)
+        order[count[b]] = <int32_t>i
+        count[b] += 1
+    PyMem_RawFree(count)
+    return 0
+
+
 cdef class KeyIndex:
     """Row of each key among a table's key rows; rows are handed out from a free stack, then from
     the high-water mark. Only one thread may use an index at a time (the capture thread)."""
@@ -178,7 +207,9 @@ cdef class KeyIndex:
 
     cdef bint _delete(self, int64_t row) noexcept nogil:
         """Take `row` out of the index (backward-shift deletion); False when it is not in it."""
-        cdef uint64_t h = _hash(self.kp + row * self.width, self.width)
+        return self._delete_hashed(row, _hash(self.kp + row * self.width, self.width))
+
+    cdef bint _delete_hashed(self, int64_t row, uint64_t h) noexcept nogil:
         cdef uint64_t want = ((h & LOW32) << 32) | <uint64_t>(row + 1)
         cdef uint64_t i = h & self.mask
         cdef uint64_t j, s, home
@@ -273,17 +304,33 @@ cdef class KeyIndex:
         """Take rows out of the index; they go on the free stack in order (the last is reused first).
         KeyError (after the others are removed) when a row is not indexed."""
         cdef Py_ssize_t n = rows.shape[0]
-        cdef Py_ssize_t i, bad = -1
+        cdef Py_ssize_t i, j, bad = -1
         cdef int64_t row
+        if n >= 0x7FFFFFFF:
+            raise ValueError("too many rows")
+        # Deleted in the order of their home slots (_slot_order); the free stack takes them in the given order.
+        cdef uint64_t* hashes = <uint64_t*>PyMem_RawMalloc(max(n, 1) * (sizeof(uint64_t) + sizeof(int32_t) + 1))
+        if hashes == NULL:
+            raise MemoryError()
+        cdef int32_t* order = <int32_t*>(hashes + max(n, 1))
+        cdef uint8_t* gone = <uint8_t*>(order + max(n, 1))
         with nogil:
             for i in range(n):
                 row = rows[i]
-                if row < 0 or row >= self.high or not self._delete(row):
+                hashes[i] = _hash(self.kp + row * self.width, self.width) if 0 <= row < self.high else 0
+            _slot_order(hashes, n, self.mask, order)
+            for j in range(n):
+                i = order[j]
+                row = rows[i]
+                gone[i] = row >= 0 and row < self.high and self._delete_hashed(row, hashes[i])
+            for i in range(n):
+                if not gone[i]:
                     bad = i
                     continue
                 self.count -= 1
-                self.free_stack[self.nfree] = row
+                self.free_stack[self.nfree] = rows[i]
                 self.nfree += 1
+        PyMem_RawFree(hashes)
         if bad >= 0:
             raise KeyError(f"row {rows[bad]} is not in the index")
 
