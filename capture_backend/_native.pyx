@@ -790,6 +790,67 @@ def group_keys(const int64_t[::1] rep, const uint64_t[:, ::1] src, const uint64_
             port_dir[j] = 1 - ((bp == svc) if not swap else (ap == svc))
 
 
+def match_keys(const uint8_t[:, ::1] keys, const uint8_t[:, ::1] before, const int64_t[::1] cand,
+               int64_t[::1] out) -> None:
+    """out[i]: the row of `before` whose key equals keys[i], else -1 (keys unique within each table).
+    cand[i] is tried first (the row that had keys[i]'s slot, -1: none); the keys it does not explain are
+    looked up in a hash table of the rows of `before` no candidate matched."""
+    cdef Py_ssize_t n = keys.shape[0], m = before.shape[0], w = keys.shape[1], i, rest = 0, nslots
+    cdef int64_t c, s
+    cdef uint64_t h, mask
+    if cand.shape[0] != n or out.shape[0] != n or (m and before.shape[1] != w):
+        raise ValueError("match_keys: keys, cand and out must be as long, both key arrays as wide")
+    if n >= 0x7FFFFFFF or m >= 0x7FFFFFFF:
+        raise ValueError("match_keys: too many rows")
+    if n == 0:
+        return
+    if m == 0 or w == 0:
+        out[:] = -1
+        return
+    cdef uint8_t* taken = <uint8_t*>PyMem_RawCalloc(m, 1)
+    if taken == NULL:
+        raise MemoryError()
+    cdef int32_t* slots = NULL
+    with nogil:
+        for i in range(n):
+            c = cand[i]
+            if 0 <= c < m and not taken[c] and memcmp(&keys[i, 0], &before[c, 0], w) == 0:
+                out[i] = c
+                taken[c] = 1
+            else:
+                out[i] = -1
+                rest += 1
+    if rest:
+        nslots = _group_slots(m)
+        slots = <int32_t*>PyMem_RawMalloc(nslots * sizeof(int32_t))
+        if slots == NULL:
+            PyMem_RawFree(taken)
+            raise MemoryError()
+        mask = <uint64_t>(nslots - 1)
+        with nogil:
+            memset(slots, 0xFF, nslots * sizeof(int32_t))
+            for i in range(m):
+                if not taken[i]:
+                    h = _hash(&before[i, 0], w)
+                    while slots[h & mask] >= 0:
+                        h += 1
+                    slots[h & mask] = <int32_t>i
+            for i in range(n):
+                if out[i] >= 0:
+                    continue
+                h = _hash(&keys[i, 0], w)
+                while True:
+                    s = slots[h & mask]
+                    if s < 0:
+                        break
+                    if memcmp(&keys[i, 0], &before[s, 0], w) == 0:
+                        out[i] = s
+                        break
+                    h += 1
+        PyMem_RawFree(slots)
+    PyMem_RawFree(taken)
+
+
 # -- pcap file walk --------------------------------------------------------------------------------
 
 def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t[::1] out):

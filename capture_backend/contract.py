@@ -34,6 +34,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from capture_backend._native import match_keys
+
 # --- key layouts (network byte order, packed; `pad` bytes are zero)
 
 # A flow, direction-free: (a, aport) is the smaller endpoint.
@@ -261,65 +263,23 @@ class TableSnapshot:
         return replace(self, layout=layout)
 
 
-def _key_hash(keys: np.ndarray) -> np.ndarray:
-    """One uint64 per key row (keys: uint8 rows, any width)."""
-    n, width = keys.shape
-    words = -(-width // 8)
-    padded = np.zeros((n, words * 8), np.uint8)
-    padded[:, :width] = keys
-    h = np.zeros(n, np.uint64)
-    for w in padded.view("<u8").T:
-        h ^= w
-        h *= np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
-    return h
-
-
 def match_rows(table: TableSnapshot, before: TableSnapshot, rows: np.ndarray | None = None) -> np.ndarray:
-    """For each row of table (or each of `rows`), the row with the same key in before, or -1."""
+    """For each row of table (or each of `rows`), the row with the same key in before, or -1.
+
+    Rows still in the slot they had are one compare each; only the others are hashed (compiled)."""
     keys = table.keys if rows is None else table.keys[rows]
     out = np.full(keys.shape[0], -1, np.int64)
     if keys.shape[0] == 0 or len(before) == 0:
         return out
     slots, old = table.slots, before.slots
     if slots is None or old is None or slots.size != len(table) or old.size != len(before) or not old.size:
-        return _match_keys(keys, before.keys)
-    # Rows still in the slot they had: one gather and a compare; only the others are hashed.
-    mine = slots if rows is None else slots[rows]
-    where = np.full(int(max(old.max(), mine.max(initial=0))) + 1, -1, np.int64)
-    where[old] = np.arange(old.size)
-    cand = where[mine]
-    same = cand >= 0
-    same[same] = (before.keys[cand[same]] == keys[same]).all(axis=1)
-    out[same] = cand[same]
-    rest = np.flatnonzero(~same)
-    if rest.size:
-        free = np.ones(len(before), bool)
-        free[cand[same]] = False
-        left = np.flatnonzero(free)
-        found = _match_keys(keys[rest], before.keys[left])
-        out[rest[found >= 0]] = left[found[found >= 0]]
-    return out
-
-
-def _match_keys(keys: np.ndarray, before_keys: np.ndarray) -> np.ndarray:
-    """For each key, its row among before_keys, or -1."""
-    out = np.full(keys.shape[0], -1, np.int64)
-    if keys.shape[0] == 0 or before_keys.shape[0] == 0:
-        return out
-    hb, hc = _key_hash(before_keys), _key_hash(keys)
-    if hc.size <= 256 and hc.size * 64 < hb.size:  # the visible rows only: one scan each beats a sort
-        cand = np.zeros(hc.size, np.int64)
-        for j, h in enumerate(hc):
-            hit = np.flatnonzero(hb == h)
-            if hit.size:
-                cand[j] = hit[0]
+        cand = out.copy()
     else:
-        order = np.argsort(hb, kind="stable")
-        sorted_hb = hb[order]
-        cand = order[np.clip(np.searchsorted(sorted_hb, hc), 0, sorted_hb.size - 1)]
-    same = (before_keys[cand] == keys).all(axis=1)
-    out[same] = cand[same]
+        mine = slots if rows is None else slots[rows]
+        where = np.full(int(max(old.max(), mine.max(initial=0))) + 1, -1, np.int64)
+        where[old] = np.arange(old.size)
+        cand = where[mine]
+    match_keys(np.ascontiguousarray(keys), np.ascontiguousarray(before.keys), cand, out)
     return out
 
 

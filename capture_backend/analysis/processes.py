@@ -16,6 +16,7 @@ swapped in by one assignment.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -31,6 +32,7 @@ from capture_backend._native import KeyIndex
 from capture_backend.analysis.decode import Decoded
 from capture_backend.analysis.tables import packet_flow_keys
 from capture_backend.capture.containers import container_of_pid
+from capture_backend.capture.sockets import COLUMNS as SOCKET_COLUMNS
 from capture_backend.capture.sockets import (
     SocketRows,
     concat,
@@ -416,6 +418,12 @@ class ProcessMapper:
         self._accs: dict[int | None, _Acc] = {None: _Acc(None, "unknown", "")}
         self._own = np.zeros((0, 2), np.int64)  # per row of the last snapshot: pid of side a, of side b
         self._rank = np.zeros((0, 2), np.int64)  # how each was found (RANK_*)
+        # Which socket tables (and captured interfaces) a row was last looked up in: a row no socket explained
+        # is looked up again only once they change, so a flood's unexplained flows cost one lookup each.
+        self._tried = np.zeros(0, np.int64)
+        self._gen = 0
+        self._gen_of: tuple[int, tuple[tuple[int, int, int], ...]] = (0, ())
+        self._tables_sig = b""
         self._last: Snapshot | None = None
         self._refreshed = -1e18
         self._poke = threading.Event()
@@ -494,6 +502,14 @@ class ProcessMapper:
                 t = replace(t, sockets=t.sockets.take(keep), pid=t.pid[keep])
             kept.append(t)
         self._sockets = _Sockets(kept)
+        sig = hashlib.blake2b(digest_size=16)
+        for t in kept:
+            sig.update(f"{t.label}\0{t.inode}\0".encode())
+            for col in (*(getattr(t.sockets, name) for name in SOCKET_COLUMNS), t.pid, t.local):
+                sig.update(np.ascontiguousarray(col).tobytes())
+        if sig.digest() != self._tables_sig:
+            self._tables_sig = sig.digest()
+            self._gen += 1
         present = set(np.concatenate([t.pid for t in kept]).tolist()) if kept else set()
         for counted, acc in self._accs.items():
             if counted is not None and not acc.exited and counted not in present and not self.alive(counted):
@@ -533,6 +549,7 @@ class ProcessMapper:
         before = self._last.flows if self._last is not None and self._last.started == snap.started else None
         own = np.full((n, 2), UNSEEN, np.int64)
         rank = np.full((n, 2), NOT_FOUND, np.int64)
+        tried = np.full(n, -1, np.int64)
         if before is None:
             grown_b, grown_p = flows.cols["bytes"], flows.cols["packets"]
         else:
@@ -541,16 +558,25 @@ class ProcessMapper:
             kept = match >= 0
             own[kept] = self._own[match[kept]]
             rank[kept] = self._rank[match[kept]]
+            tried[kept] = self._tried[match[kept]]
         active = grown_p.sum(axis=1) > 0 if n else np.zeros(0, bool)
         unseen = np.flatnonzero(own[:, 0] == UNSEEN)
         ifaces = self._ifaces(snap)
+        self._note_ifaces(ifaces)
         if unseen.size and self.clock() - self._refreshed >= MIN_POKE_GAP:
-            if (self._sockets.attribute(flows, unseen, ifaces)[0] < 0).all(axis=1).any():
+            own[unseen], rank[unseen] = self._sockets.attribute(flows, unseen, ifaces)
+            tried[unseen] = self._gen
+            if (own[unseen] < 0).all(axis=1).any():
+                gen = self._gen
                 self.refresh()  # new flows no socket explains yet: the socket may still be there
                 ifaces = self._ifaces(snap)
-        todo = np.flatnonzero(active & (own < 0).all(axis=1))
+                self._note_ifaces(ifaces)
+                if self._gen != gen:  # other sockets now: the new flows are looked up again
+                    own[unseen], rank[unseen] = UNSEEN, NOT_FOUND
+        todo = np.flatnonzero(active & (own < 0).all(axis=1) & (tried < self._gen))
         if todo.size:
             own[todo], rank[todo] = self._sockets.attribute(flows, todo, ifaces)
+            tried[todo] = self._gen
         rows = np.flatnonzero(active)
         gb, gp = grown_b[rows], grown_p[rows]
         pids = own[rows]
@@ -569,9 +595,18 @@ class ProcessMapper:
                 self._acc(pid).counts += counts
         self._own = own
         self._rank = rank
+        self._tried = tried
         self._last = snap
         self.result = self._publish(snap, own, rank)
         return self.result
+
+    def _note_ifaces(self, ifaces: list[tuple[int, int, int]]) -> None:
+        """Captured interfaces (or their namespace numbers) changed: every unexplained row is looked up again."""
+        key = (self._gen, tuple(ifaces))
+        if key[1] != self._gen_of[1]:
+            self._gen += 1
+            key = (self._gen, key[1])
+        self._gen_of = key
 
     def _acc(self, pid: int) -> _Acc:
         acc = self._accs.get(pid)

@@ -224,3 +224,24 @@ def test_walk_pcap_finds_the_same_records_as_a_python_walk(
     count, stop = walk_pcap(np.frombuffer(buf, np.uint8), end, big, max_incl, out)
     want, want_stop = _walk_reference(buf, end, big, max_incl)
     assert out[:count].tolist() == want and stop == want_stop
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 60), st.integers(0, 60), st.integers(0, 2**32))
+def test_match_keys_finds_each_key_among_the_rows_before(width: int, n_old: int, n_new: int, seed: int) -> None:
+    """Rows still in their slot, rows that moved, rows gone and new rows: each key's row before, or -1."""
+    from capture_backend._native import match_keys
+
+    rng = np.random.default_rng(seed)
+    pool = np.unique(rng.integers(0, 4, (n_old + n_new + 1, width), dtype=np.uint8), axis=0)
+    rng.shuffle(pool)
+    before = np.ascontiguousarray(pool[: len(pool) // 2])
+    keys = np.ascontiguousarray(
+        np.concatenate([before[rng.permutation(len(before))][: n_old // 2], pool[len(pool) // 2 :]])
+    )
+    # Candidates: some right, some wrong, some out of range, some none.
+    cand = rng.integers(-2, len(before) + 2, len(keys)).astype(np.int64)
+    out = np.empty(len(keys), np.int64)
+    match_keys(keys, before, cand, out)
+    where = {k.tobytes(): i for i, k in enumerate(before)}
+    assert out.tolist() == [where.get(k.tobytes(), -1) for k in keys]

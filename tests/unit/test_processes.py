@@ -451,3 +451,34 @@ def test_a_failing_mapper_is_published_and_counted_never_silent() -> None:
     finally:
         looping.close()
     assert looping.result.error == "RuntimeError: boom" and looping.result.errors >= 2
+
+
+def test_an_unexplained_flow_is_looked_up_again_only_when_the_sockets_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood's flows no socket explains cost one lookup each, not one per update; a socket that appears
+    later still explains them."""
+    from capture_backend.analysis import processes as processes_mod
+
+    looked: list[int] = []
+    attribute = processes_mod._Sockets.attribute
+
+    def counted(self: Any, flows: TableSnapshot, rows: np.ndarray, ifaces: Any) -> tuple[np.ndarray, np.ndarray]:
+        looked.append(int(rows.size))
+        return attribute(self, flows, rows, ifaces)
+
+    monkeypatch.setattr(processes_mod._Sockets, "attribute", counted)
+    sockets = FakeSockets([SERVER])
+    mapper = sockets.mapper()
+    mapper.refresh()
+    reads = sockets.reads
+    mapper.update(snapshot(1, [(F_SERVER, (1, 0), (100, 0)), (F_LATE, (0, 1), (0, 60))]))
+    # Both new flows once; F_LATE unexplained: the table is read again, but it is the same table.
+    assert (looked, sockets.reads) == ([2], reads + 1)
+    looked.clear()
+    for seq in (2, 3, 4):  # both grow; the socket table is unchanged: F_LATE is not looked up again
+        mapper.update(snapshot(seq, [(F_SERVER, (seq, 0), (100 * seq, 0)), (F_LATE, (0, seq), (0, 60 * seq))]))
+    assert looked == [] and by_pid(mapper.result)[None]["rx_bytes"] == 240
+    sockets.rows = [SERVER, conn(socket.SOCK_DGRAM, ("198.18.0.1", 6000), ("198.18.0.9", 7000), 400)]
+    mapper.refresh()
+    table = mapper.update(snapshot(5, [(F_SERVER, (5, 0), (500, 0)), (F_LATE, (0, 5), (0, 300))]))
+    assert looked == [1]
+    assert (by_pid(table)[400]["rx_bytes"], by_pid(table)[400]["rx_packets"]) == (60, 1)
