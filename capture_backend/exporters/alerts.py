@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from capture_backend._native import group_rows
 from capture_backend.contract import (
     IPPROTO_TCP,
     KIND_DNS,
@@ -231,30 +232,18 @@ def _initiators(s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return result
 
 
-_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
-
-
-def _address_hash(addrs: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per 16-byte address: grouping by it sorts integers, not 16-byte strings (a collision among
-    a flood's 200,000 sources has a chance of about 1 in 10^9)."""
-    words = np.ascontiguousarray(addrs, np.uint8).view("<u8").reshape(-1, 2)
-    h = words[:, 0] * _MIX[0]
-    h ^= (words[:, 1] ^ (h >> np.uint64(31))) * _MIX[1]
-    h ^= h >> np.uint64(29)
-    return h
-
-
 def _grouped(addrs: np.ndarray, values: np.ndarray | None = None) -> Rows:
-    """Per address: its number of rows, or of distinct `values` when given."""
+    """Per address: its number of rows, or of distinct `values` when given (compiled hash grouping, no sort)."""
     if not addrs.shape[0]:
         return NO_ROWS
-    h = _address_hash(addrs)
-    rows = np.arange(h.size)
+    words = np.ascontiguousarray(addrs, np.uint8).view("<u8").reshape(-1, 2)
+    rows = np.arange(words.shape[0])
     if values is not None:  # one row per distinct (address, value)
-        pair = (h ^ (values.astype(np.uint64) * _MIX[2])) * _MIX[0]
-        _, rows = np.unique(pair, return_index=True)
-        h = h[rows]
-    _, first, counts = np.unique(h, return_index=True, return_counts=True)
+        rows = group_rows(np.column_stack([words, values.astype(np.uint64)]), np.empty(rows.size, np.int64))
+        words = words[rows]
+    inv = np.empty(words.shape[0], np.int64)
+    first = group_rows(words, inv)
+    counts = np.bincount(inv, minlength=first.size)
     where = rows[first]
     return Rows(counts.astype(np.float64), lambda idx: [address_text(addrs[where[i]]) for i in idx.tolist()])
 
