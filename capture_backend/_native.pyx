@@ -851,6 +851,44 @@ def match_keys(const uint8_t[:, ::1] keys, const uint8_t[:, ::1] before, const i
     PyMem_RawFree(taken)
 
 
+def window_sums(const uint64_t[:, :, ::1] hist, const int64_t[::1] slot_sec, const int64_t[::1] hist_from,
+                const int64_t[::1] rows, int64_t now_sec, const int64_t[::1] windows, double[:, :, ::1] out) -> None:
+    """Per row of `rows`, the mean bytes a second per direction over each window of the last completed
+    seconds (out[w, j]: the `windows[w]` seconds before now_sec, windows ascending). hist: per-second
+    buckets (bucket, row, direction), slot_sec: the second each bucket holds; a row's bucket counts only
+    from its hist_from second on (an evicted row's new owner does not inherit its history)."""
+    cdef Py_ssize_t nb = hist.shape[0], m = rows.shape[0], nw = windows.shape[0], j, w = 0
+    cdef int64_t a, k, sec, r, last = windows[nw - 1] if nw else 0
+    if slot_sec.shape[0] != nb or out.shape[0] != nw or out.shape[1] != m or out.shape[2] != 2 or hist.shape[2] != 2:
+        raise ValueError("window_sums: shapes do not agree")
+    for j in range(m):
+        if rows[j] < 0 or rows[j] >= hist.shape[1] or rows[j] >= hist_from.shape[0]:
+            raise IndexError("window_sums: a row outside the history")
+    if m == 0 or nw == 0:
+        return
+    if last > nb or windows[0] < 1:
+        raise ValueError("window_sums: windows must lie within the buckets kept")
+    cdef uint64_t* total = <uint64_t*>PyMem_RawCalloc(m * 2, sizeof(uint64_t))
+    if total == NULL:
+        raise MemoryError()
+    with nogil:
+        for a in range(1, last + 1):
+            sec = now_sec - a
+            k = ((sec % nb) + nb) % nb
+            if slot_sec[k] == sec:
+                for j in range(m):
+                    r = rows[j]
+                    if hist_from[r] <= sec:
+                        total[2 * j] += hist[k, r, 0]
+                        total[2 * j + 1] += hist[k, r, 1]
+            while w < nw and windows[w] == a:
+                for j in range(m):
+                    out[w, j, 0] = <double>total[2 * j] / <double>a
+                    out[w, j, 1] = <double>total[2 * j + 1] / <double>a
+                w += 1
+    PyMem_RawFree(total)
+
+
 # -- pcap file walk --------------------------------------------------------------------------------
 
 def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t[::1] out):

@@ -27,6 +27,7 @@ from capture_backend._native import (
     group_packets,
     group_rows,
     oldest_rows,
+    window_sums,
 )
 from capture_backend.analysis.decode import HAS_PORTS, Decoded
 from capture_backend.analysis.services import known_ports
@@ -307,22 +308,20 @@ class KeyTable:
             for done in np.flatnonzero((age >= 1) & ~self.slot_folded).tolist():
                 self._fold(done)
             cols["peak"] = self.cols["peak"][rows].astype(np.float64)
-            total = np.zeros((self.high, 2), np.uint64)
-            for a in range(1, HISTORY_SECONDS + 1):  # the last 40 complete seconds, newest first
-                k = (now_sec - a) % HISTORY_SECONDS
-                if self.slot_sec[k] == now_sec - a:
-                    total += self._bucket(k)
-                if a in AVERAGE_WINDOWS:
-                    cols[f"avg{a}"] = total[rows] / a
+            means = np.empty((len(AVERAGE_WINDOWS), rows.size, 2), np.float64)
+            window_sums(self.hist, self.slot_sec, self.hist_from, rows, now_sec, _WINDOWS, means)
+            for a, mean in zip(AVERAGE_WINDOWS, means, strict=True):
+                cols[f"avg{a}"] = mean
         for col in cols.values():
             col.flags.writeable = False
-        keys = self.keys[rows]
+        keys = np.take(self.keys, rows, axis=0)
         keys.flags.writeable = False
         rows.flags.writeable = False
         return TableSnapshot(keys=keys, cols=MappingProxyType(cols), evicted=self.evicted, slots=rows)
 
 
 _ZERO_PAIR = np.zeros(16, np.uint8)
+_WINDOWS = np.array(AVERAGE_WINDOWS, np.int64)
 LAZY_BYTES = 1 << 20
 PAGE = mmap.PAGESIZE
 
@@ -627,7 +626,8 @@ def published_rtt(cols: dict[str, np.ndarray]) -> None:
     """Publish a flow's handshake RTT only once both directions were seen, as tshark shows
     tcp.analysis.initial_rtt (a SYN then the same side's ACK, and nothing back, has none)."""
     if "tcp_irtt" in cols:
-        both_ways = (cols["packets"] > 0).all(axis=1)
+        packets = cols["packets"]
+        both_ways = (packets[:, 0] > 0) & (packets[:, 1] > 0)
         cols["tcp_irtt"] = np.where(both_ways, cols["tcp_irtt"], -1)
 
 

@@ -245,3 +245,27 @@ def test_match_keys_finds_each_key_among_the_rows_before(width: int, n_old: int,
     match_keys(keys, before, cand, out)
     where = {k.tobytes(): i for i, k in enumerate(before)}
     assert out.tolist() == [where.get(k.tobytes(), -1) for k in keys]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 30), st.integers(45, 200))
+def test_window_sums_equal_the_bucket_by_bucket_sum(seed: int, n_rows: int, now_sec: int) -> None:
+    """The 2/10/40 s means of a history with stale buckets (an older second) and rows whose history starts late."""
+    from capture_backend._native import window_sums
+
+    rng = np.random.default_rng(seed)
+    hist = rng.integers(0, 1000, (HISTORY_SECONDS, n_rows, 2), dtype=np.uint64)
+    secs = now_sec - 1 - np.arange(HISTORY_SECONDS)
+    slot_sec = np.full(HISTORY_SECONDS, -1, np.int64)
+    slot_sec[secs % HISTORY_SECONDS] = np.where(rng.random(HISTORY_SECONDS) < 0.2, secs - HISTORY_SECONDS, secs)
+    hist_from = rng.integers(now_sec - 50, now_sec + 1, n_rows).astype(np.int64)
+    rows = rng.permutation(n_rows)[: n_rows // 2 + 1].astype(np.int64) if n_rows else np.zeros(0, np.int64)
+    out = np.empty((3, rows.size, 2), np.float64)
+    window_sums(hist, slot_sec, hist_from, rows, now_sec, np.array([2, 10, 40], np.int64), out)
+    total = np.zeros((n_rows, 2), np.uint64)
+    for a in range(1, 41):
+        k = (now_sec - a) % HISTORY_SECONDS
+        if slot_sec[k] == now_sec - a:
+            total += np.where((hist_from <= now_sec - a)[:, None], hist[k], np.uint64(0))
+        if a in (2, 10, 40):
+            assert out[(2, 10, 40).index(a)].tolist() == (total[rows] / a).tolist()
