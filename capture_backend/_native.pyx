@@ -1063,13 +1063,16 @@ cdef class PendingRequests:
         PyMem_RawFree(self.free_stack)
 
     cdef int _grow(self, Py_ssize_t want) except -1:
-        """At least `want` entries, the new ones free (pushed so that the lowest is used first)."""
+        """At least `want` entries (a quarter more when growing, in whole KiB of entries), the new ones free
+        (pushed so that the lowest is used first)."""
         cdef Py_ssize_t size = max(self.entries, 64), i
         cdef uint64_t nslots, j, s
-        while size < want:
-            size *= 2
-        if size == self.entries:
-            return 0
+        if want <= size:
+            if self.entries:
+                return 0
+        else:
+            size = max(want, size + size // 4)
+            size = (size + 1023) // 1024 * 1024
         cdef void* p
         p = PyMem_RawRealloc(self.ekey, size * sizeof(uint64_t))
         if p == NULL:

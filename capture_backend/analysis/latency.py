@@ -55,6 +55,7 @@ HTTP_RESPONSE_HEAD = int.from_bytes(b"HTTP", "big")
 TEXT_BYTES = 64  # of each request kept to name it (DNS question, HTTP request line, SQL)
 DNS_RETRANSMIT_NS = 5 * 1_000_000_000  # tshark's dns.retransmission_timer
 PENDING_LIMIT = 65_536
+MATCH_SLICE = 16_384  # events matched at once (a live batch is one slice)
 PENDING_TIMEOUT_NS = 30 * 1_000_000_000  # < 2**36: _quantiles packs a latency into 36 bits
 SLOWEST_KEPT = 10
 # The tables' own columns (contract.LATENCY_TABLE_COLUMNS: these, then p50 and p95 at freeze time).
@@ -206,8 +207,19 @@ class Latency:
         text = _text(dec, rows[request], kind[request])
         n = rows.size
         b, asked_ts, asked_text = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, TEXT_BYTES), np.uint8)
-        m = self.pending.match(key, request.view(np.uint8), ts, text, b, asked_ts, asked_text)
-        self._bound(int(ts.max()))
+        m = 0
+        # A file chunk of requests (a DNS flood) is matched a slice at a time, each bounded after: the table
+        # never holds more than PENDING_LIMIT + MATCH_SLICE requests.
+        req_before = np.concatenate([[0], np.cumsum(request)])
+        for lo in range(0, n, MATCH_SLICE):
+            hi = min(lo + MATCH_SLICE, n)
+            got = self.pending.match(
+                key[lo:hi], request[lo:hi].view(np.uint8), ts[lo:hi], text[req_before[lo] : req_before[hi]],
+                b[m:], asked_ts[m:], asked_text[m:],
+            )  # fmt: skip
+            b[m : m + got] += lo
+            m += got
+            self._bound(int(ts[lo:hi].max()))
         # Exchanges in key order, then arrival (as the snapshots have always listed them).
         order = np.argsort(key[b[:m]], kind="stable")
         b, asked_ts, asked_text = b[order], asked_ts[order], asked_text[order]

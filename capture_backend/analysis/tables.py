@@ -528,6 +528,7 @@ class Counters:
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
         fid = self.flows.ids(flow_keys)
+        del flow_keys  # a file chunk's keys are megabytes: each goes once its table has them
         self._batch = (sel, inv, fid)
         ok = fid >= 0
         cols = self.flows.cols
@@ -580,11 +581,13 @@ class Counters:
                 ).run()
 
         pid = self.pairs.ids_of_repeated(pair_keys)
+        del pair_keys
         _add_traffic(self.pairs, pid, *traffic)
         _add_history(self.pairs, pid, g_sec, g_dir, g_bytes)
 
         # Hosts: the sender transmits (direction 0), the receiver receives (direction 1).
         hid = self.hosts.ids_of_repeated(host_keys)
+        del host_keys
         both = np.repeat(np.array([0, 1], np.int64), g)
         doubled = [np.concatenate([x, x]) for x in (g_packets, g_bytes, g_first, g_last)]
         _add_traffic(self.hosts, hid, both, *doubled)

@@ -292,3 +292,23 @@ def test_top_limits_latency_rows_to_the_busiest(tmp_path: Path) -> None:
     assert [(r["kind"], r["server"], r["exchanges"]) for r in lat["servers"]] == [("dns", "10.7.0.53", 8)]
     assert [(r["kind"], r["port"], r["exchanges"]) for r in lat["services"]] == [("dns", 53, 9)]
     assert lat["exchanges"] == 14 and len(lat["slowest"]) == 14
+
+
+def test_a_large_batch_is_matched_in_slices_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file chunk of more events than MATCH_SLICE gives the exchanges of one whole-batch match."""
+    from capture_backend.analysis import latency as lat_mod
+    from capture_backend.analysis.tables import Counters
+
+    frames = [dns_frame(i, "10.7.0.1", "10.7.0.53", 33001 + i % 5, i % 40, "a.example", False) for i in range(60)]
+    frames += [dns_frame(100 + i, "10.7.0.1", "10.7.0.53", 33001 + i % 5, i % 40, "a.example", True) for i in range(45)]
+    results = []
+    for size in (7, lat_mod.MATCH_SLICE):
+        monkeypatch.setattr(lat_mod, "MATCH_SLICE", size)
+        counters, lat = Counters(), lat_mod.Latency()
+        dec = decode(block_of_frames(frames))
+        counters.add(dec)
+        fid, ns = lat.add(dec, counters.flow_of, counters.flows.cols["first"])
+        snap = lat.freeze()
+        results.append((fid.tolist(), ns.tolist(), snap.exchanges, snap.unanswered, len(lat.pending)))
+    assert results[0] == results[1]
+    assert (results[0][2], results[0][4]) == (40, 0)  # 40 keys asked (20 re-asked within 5 s), each answered
