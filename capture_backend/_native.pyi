@@ -167,9 +167,6 @@ def latency_classify(
     request: np.ndarray,
     dns_id: np.ndarray,
 ) -> int: ...
-def latency_text(
-    buf: np.ndarray, l7_start: np.ndarray, l7_cap: np.ndarray, rows: np.ndarray, skip: np.ndarray, out: np.ndarray
-) -> None: ...
 class PendingRequests:
     width: int
     count: int
@@ -185,6 +182,25 @@ class PendingRequests:
         asked_ts: np.ndarray,
         asked_text: np.ndarray,
     ) -> int: ...
+    def add_batch(
+        self,
+        buf: np.ndarray,
+        l7_start: np.ndarray,
+        l7_cap: np.ndarray,
+        proto: np.ndarray,
+        sport: np.ndarray,
+        dport: np.ndarray,
+        http_heads: np.ndarray,
+        flow: np.ndarray,
+        ts: np.ndarray,
+        lo: int,
+        hi: int,
+        answered: np.ndarray,
+        kind: np.ndarray,
+        key: np.ndarray,
+        asked_ts: np.ndarray,
+        asked_text: np.ndarray,
+    ) -> tuple[int, int, int]: ...
     def live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
     def text(self, entries: np.ndarray) -> np.ndarray: ...
     def drop(self, entries: np.ndarray) -> None: ...

@@ -942,76 +942,75 @@ cdef inline uint64_t _l7_head(const uint8_t* buf, Py_ssize_t size, int64_t start
     return w
 
 
+cdef inline int _classify(const uint8_t* b, Py_ssize_t size, int64_t start, int64_t cap, int32_t proto,
+                          int32_t sport, int32_t dport, const uint64_t* heads, Py_ssize_t nh,
+                          bint* is_req, int64_t* dns_id) noexcept nogil:
+    """The kind of exchange a packet is a request or response of (0: neither), is_req and the DNS id."""
+    cdef int64_t skip
+    cdef uint64_t head, word
+    cdef bint qr, to_server
+    cdef Py_ssize_t h
+    if proto != LAT_UDP and proto != LAT_TCP:
+        return 0
+    if sport == LAT_DNS_PORT or dport == LAT_DNS_PORT:
+        skip = 0 if proto == LAT_UDP else 2  # DNS over TCP: after a 2-byte length
+        if cap < skip + 12:
+            return 0
+        head = _l7_head(b, size, start, cap, skip)
+        qr = (head & 0x8000) != 0
+        if not qr and dport == LAT_DNS_PORT:
+            is_req[0] = True
+        elif qr and sport == LAT_DNS_PORT:
+            is_req[0] = False
+        else:
+            return 0
+        dns_id[0] = <int64_t>(head >> 16)
+        return <int>LAT_KIND_DNS
+    if proto != LAT_TCP or cap < 4:
+        return 0
+    dns_id[0] = 0
+    if sport == LAT_MYSQL_PORT or dport == LAT_MYSQL_PORT:
+        if cap < 5:
+            return 0
+        # 3-byte length, sequence id, command: a query is sequence 0 + COM_QUERY (3), the response's first
+        # packet sequence 1.
+        word = _l7_head(b, size, start, cap, 2)
+        to_server = dport == LAT_MYSQL_PORT
+        is_req[0] = to_server and ((word >> 16) & 0xFF) == 0 and ((word >> 8) & 0xFF) == 3
+        if is_req[0] or (not to_server and ((word >> 16) & 0xFF) == 1):
+            return <int>LAT_KIND_MYSQL
+        return 0
+    head = _l7_head(b, size, start, cap, 0)
+    is_req[0] = False
+    for h in range(nh):
+        if head == heads[h]:
+            is_req[0] = True
+    if is_req[0] or head == LAT_HTTP_RESPONSE:
+        return <int>LAT_KIND_HTTP
+    return 0
+
+
 def latency_classify(const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
                      const int32_t[::1] proto, const int32_t[::1] sport, const int32_t[::1] dport,
                      const uint64_t[::1] http_heads, int64_t[::1] rows, int64_t[::1] kind, uint8_t[::1] request,
                      int64_t[::1] dns_id) -> int:
     """Requests and responses of a batch in row order into the outputs (one row each); returns how many."""
-    cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], i, h, m = 0
+    cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], i, m = 0
     cdef const uint8_t* b = &buf[0] if size else NULL
-    cdef int64_t cap, skip
-    cdef uint64_t head, word
-    cdef bint qr, is_req, to_server, mysql
+    cdef const uint64_t* heads = &http_heads[0] if nh else NULL
+    cdef int k
+    cdef bint is_req = False
+    cdef int64_t qid = 0
+    if not (l7_start.shape[0] == proto.shape[0] == sport.shape[0] == dport.shape[0] == n) or min(
+            rows.shape[0], kind.shape[0], request.shape[0], dns_id.shape[0]) < n:
+        raise ValueError("latency_classify: columns of different lengths")
     with nogil:
         for i in range(n):
-            cap = l7_cap[i]
-            if proto[i] != LAT_UDP and proto[i] != LAT_TCP:
-                continue
-            if sport[i] == LAT_DNS_PORT or dport[i] == LAT_DNS_PORT:
-                skip = 0 if proto[i] == LAT_UDP else 2  # DNS over TCP: after a 2-byte length
-                if cap < skip + 12:
-                    continue
-                head = _l7_head(b, size, l7_start[i], cap, skip)
-                qr = (head & 0x8000) != 0
-                if not qr and dport[i] == LAT_DNS_PORT:
-                    is_req = True
-                elif qr and sport[i] == LAT_DNS_PORT:
-                    is_req = False
-                else:
-                    continue
-                rows[m], kind[m], request[m], dns_id[m] = i, LAT_KIND_DNS, is_req, <int64_t>(head >> 16)
+            k = _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh, &is_req, &qid)
+            if k:
+                rows[m], kind[m], request[m], dns_id[m] = i, k, is_req, qid
                 m += 1
-            elif proto[i] == LAT_TCP and cap >= 4:
-                if (sport[i] == LAT_MYSQL_PORT or dport[i] == LAT_MYSQL_PORT) and cap >= 5:
-                    # 3-byte length, sequence id, command: a query is sequence 0 + COM_QUERY (3), the
-                    # response's first packet sequence 1.
-                    word = _l7_head(b, size, l7_start[i], cap, 2)
-                    to_server = dport[i] == LAT_MYSQL_PORT
-                    is_req = to_server and ((word >> 16) & 0xFF) == 0 and ((word >> 8) & 0xFF) == 3
-                    mysql = is_req or (not to_server and ((word >> 16) & 0xFF) == 1)
-                    if mysql:
-                        rows[m], kind[m], request[m], dns_id[m] = i, LAT_KIND_MYSQL, is_req, 0
-                        m += 1
-                    continue
-                head = _l7_head(b, size, l7_start[i], cap, 0)
-                is_req = False
-                for h in range(nh):
-                    if head == http_heads[h]:
-                        is_req = True
-                if is_req or head == LAT_HTTP_RESPONSE:
-                    rows[m], kind[m], request[m], dns_id[m] = i, LAT_KIND_HTTP, is_req, 0
-                    m += 1
     return m
-
-
-def latency_text(const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
-                 const int64_t[::1] rows, const int64_t[::1] skip, uint8_t[:, ::1] out) -> None:
-    """Each row's payload bytes from its skip into its row of `out`, 0 past what was captured."""
-    cdef Py_ssize_t size = buf.shape[0], width = out.shape[1], j
-    cdef int64_t r, p, take
-    if rows.shape[0] > out.shape[0] or skip.shape[0] < rows.shape[0]:
-        raise ValueError("out and skip need a row per row")
-    with nogil:
-        for j in range(rows.shape[0]):
-            r = rows[j]
-            p = l7_start[r] + skip[j]
-            take = min(<int64_t>width, l7_cap[r] - skip[j], <int64_t>size - p)
-            if p < 0 or take < 0:
-                take = 0
-            if take:
-                memcpy(&out[j, 0], &buf[p], take)
-            if take < width:
-                memset(&out[j, take], 0, width - take)
 
 
 cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
@@ -1167,6 +1166,35 @@ cdef class PendingRequests:
         self.nfree += 1
         self.count -= 1
 
+    cdef bint _event(self, uint64_t kk, bint is_req, int64_t t, const uint8_t* src, int64_t take, int64_t stamp,
+                     int64_t* asked_t, uint8_t* asked_text) noexcept nogil:
+        """One request or response of key kk at time t (a request's first `take` bytes at src, the rest of
+        its text zero); True when it is a response that answered: its request's time and text go out."""
+        cdef uint64_t h = _mix64(kk)
+        cdef int64_t e = self._find(kk, h)
+        cdef Py_ssize_t w = self.width
+        if is_req:
+            if e >= 0:
+                self.estamp[e] = stamp
+                if <int64_t>((kk >> 16) & 0xFF) == LAT_KIND_DNS and t - self.ets[e] < LAT_DNS_RETRANSMIT_NS:
+                    return False
+            else:
+                e = self._add(kk, h)
+            self.ets[e] = t
+            self.estamp[e] = stamp
+            take = max(0, min(take, <int64_t>w))
+            if take:
+                memcpy(self.etext + e * w, src, take)
+            if take < w:
+                memset(self.etext + e * w + take, 0, w - take)
+            return False
+        if e < 0:
+            return False
+        asked_t[0] = self.ets[e]
+        memcpy(asked_text, self.etext + e * w, w)
+        self._delete(e)
+        return True
+
     def match(self, const uint64_t[::1] key, const uint8_t[::1] request, const int64_t[::1] ts,
               const uint8_t[:, ::1] text, int64_t[::1] answered, int64_t[::1] asked_ts,
               uint8_t[:, ::1] asked_text) -> int:
@@ -1190,31 +1218,71 @@ cdef class PendingRequests:
         if self.nfree < nreq:
             self._grow(self.count + nreq)
         self.stamp += 1
-        cdef int64_t e, stamp = self.stamp
-        cdef uint64_t k, h
+        cdef int64_t stamp = self.stamp
         with nogil:
             for i in range(n):
-                k = key[i]
-                h = _mix64(k)
-                e = self._find(k, h)
                 if request[i]:
                     r += 1
-                    if e >= 0:
-                        self.estamp[e] = stamp
-                        if <int64_t>((k >> 16) & 0xFF) == LAT_KIND_DNS and ts[i] - self.ets[e] < LAT_DNS_RETRANSMIT_NS:
-                            continue
-                    else:
-                        e = self._add(k, h)
-                    self.ets[e] = ts[i]
-                    self.estamp[e] = stamp
-                    memcpy(self.etext + e * w, &text[r - 1, 0], w)
-                elif e >= 0:
+                    self._event(key[i], True, ts[i], &text[r - 1, 0], w, stamp, NULL, NULL)
+                elif self._event(key[i], False, ts[i], NULL, 0, stamp, &asked_ts[m], &asked_text[m, 0]):
                     answered[m] = i
-                    asked_ts[m] = self.ets[e]
-                    memcpy(&asked_text[m, 0], self.etext + e * w, w)
                     m += 1
-                    self._delete(e)
         return m
+
+    def add_batch(self, const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
+                  const int32_t[::1] proto, const int32_t[::1] sport, const int32_t[::1] dport,
+                  const uint64_t[::1] http_heads, const int64_t[::1] flow, const int64_t[::1] ts,
+                  Py_ssize_t lo, Py_ssize_t hi, int64_t[::1] answered, int64_t[::1] kind, uint64_t[::1] key,
+                  int64_t[::1] asked_ts, uint8_t[:, ::1] asked_text):
+        """Classify packets lo..hi of a batch and match their requests and responses, in one pass (as
+        latency_classify, then match() on the events of flow rows >= 0, the request text read straight from
+        the packet). Answered responses go to answered[:m] (their row), with their kind, key, and their
+        request's time and text. Returns (m, events, newest event time)."""
+        cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], w = self.width
+        cdef Py_ssize_t i, m = 0, events = 0
+        cdef const uint8_t* b = &buf[0] if size else NULL
+        cdef const uint64_t* heads = &http_heads[0] if nh else NULL
+        cdef int k
+        cdef bint is_req = False
+        cdef int64_t qid = 0, f, newest = INT64_MIN, stamp, p, take
+        cdef uint64_t kk
+        if not (l7_start.shape[0] == proto.shape[0] == sport.shape[0] == dport.shape[0] == flow.shape[0]
+                == ts.shape[0] == n) or lo < 0 or hi > n or lo > hi:
+            raise ValueError("add_batch: columns of different lengths, or lo..hi outside them")
+        if min(answered.shape[0], kind.shape[0], key.shape[0], asked_ts.shape[0], asked_text.shape[0]) < hi - lo \
+                or asked_text.shape[1] != w:
+            raise ValueError("add_batch: outputs too short")
+        if self.nfree < hi - lo:
+            self._grow(self.count + hi - lo)
+        self.stamp += 1
+        stamp = self.stamp
+        with nogil:
+            for i in range(lo, hi):
+                k = _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh, &is_req, &qid)
+                if not k:
+                    continue
+                f = flow[i]
+                if f < 0:  # a flow over the table's capacity: nothing to time it by
+                    continue
+                events += 1
+                if ts[i] > newest:
+                    newest = ts[i]
+                kk = (<uint64_t>f << 24) | (<uint64_t>k << 16) | <uint64_t>qid
+                if is_req:
+                    # The request's first bytes past its framing (MySQL header, DNS-over-TCP length).
+                    p = 5 if k == LAT_KIND_MYSQL else 2 if k == LAT_KIND_DNS and proto[i] == LAT_TCP else 0
+                    take = min(<int64_t>w, l7_cap[i] - p)
+                    p += l7_start[i]
+                    take = min(take, <int64_t>size - p)
+                    if p < 0 or take < 0:
+                        take = 0
+                    self._event(kk, True, ts[i], b + p if take else NULL, take, stamp, NULL, NULL)
+                elif self._event(kk, False, ts[i], NULL, 0, stamp, &asked_ts[m], &asked_text[m, 0]):
+                    answered[m] = i
+                    kind[m] = k
+                    key[m] = kk
+                    m += 1
+        return m, events, newest
 
     def live(self):
         """The pending requests: (entry, key, time, touched by the last match()) arrays, by entry."""

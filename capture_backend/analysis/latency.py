@@ -20,16 +20,15 @@ from types import MappingProxyType
 import numpy as np
 
 from capture_backend._native import PendingRequests as PendingRequests
-from capture_backend._native import latency_classify, latency_tables, latency_text
+from capture_backend._native import latency_classify, latency_tables
 from capture_backend.analysis.columns import segments
-from capture_backend.analysis.decode import IPPROTO_TCP, Decoded
+from capture_backend.analysis.decode import Decoded
 from capture_backend.analysis.tables import KeyTable
 from capture_backend.contract import DNS_PORT as DNS_PORT
 from capture_backend.contract import (
     EMPTY_LATENCY,
     KIND_DNS,
     KIND_HTTP,
-    KIND_MYSQL,
     KIND_NAMES,
     SERVER_KEY,
     SERVICE_KEY,
@@ -38,6 +37,9 @@ from capture_backend.contract import (
     TableSnapshot,
     key_bytes,
     pack_keys,
+)
+from capture_backend.contract import (
+    KIND_MYSQL as KIND_MYSQL,
 )
 from capture_backend.contract import SAMPLE_RING as SAMPLE_RING
 
@@ -102,15 +104,6 @@ def classify(dec: Decoded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         dns_id,
     )
     return rows[:m], kind[:m], request[:m].view(bool), dns_id[:m]
-
-
-def _text(dec: Decoded, rows: np.ndarray, kind: np.ndarray) -> np.ndarray:
-    """The first TEXT_BYTES of each request's payload past its framing, zero-padded: (m, TEXT_BYTES)."""
-    assert dec.buf is not None and dec.l7_start is not None and dec.l7_cap is not None
-    skip = np.where(kind == KIND_MYSQL, 5, np.where((kind == KIND_DNS) & (dec.proto[rows] == IPPROTO_TCP), 2, 0))
-    text = np.empty((rows.size, TEXT_BYTES), np.uint8)
-    latency_text(np.ascontiguousarray(dec.buf), dec.l7_start, dec.l7_cap, rows, skip.astype(np.int64), text)
-    return text
 
 
 DNS_TYPES = {
@@ -188,52 +181,45 @@ class Latency:
 
     def add(self, dec: Decoded, flow_of: FlowOf, flow_first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match this batch's requests and responses; returns (flow row, latency ns) per exchange."""
-        rows, kind, request, dns_id = classify(dec)
         e = np.zeros(0, np.int64)
-        if rows.size == 0:
+        n = len(dec)
+        if dec.buf is None or dec.l7_start is None or dec.l7_cap is None or n == 0:
             return e, e
-        fid = flow_of(rows)
-        ok = fid >= 0
-        if not ok.all():  # flows over the table's capacity: nothing to time them by
-            rows, kind, request, dns_id, fid = rows[ok], kind[ok], request[ok], dns_id[ok], fid[ok]
-            if rows.size == 0:
-                return e, e
-        key = (
-            (fid.astype(np.uint64) << np.uint64(24))
-            | (kind.astype(np.uint64) << np.uint64(16))
-            | dns_id.astype(np.uint64)
-        )
-        ts = dec.ts_ns[rows]
-        text = _text(dec, rows[request], kind[request])
-        n = rows.size
-        b, asked_ts, asked_text = np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, TEXT_BYTES), np.uint8)
+        flow = np.ascontiguousarray(flow_of(np.arange(n)), np.int64)  # each packet's flow row (-1: none)
+        buf, ts = np.ascontiguousarray(dec.buf), dec.ts_ns
+        rows, kind, key = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint64)
+        asked_ts, asked_text = np.empty(n, np.int64), np.empty((n, TEXT_BYTES), np.uint8)
         m = 0
-        # A file chunk of requests (a DNS flood) is matched a slice at a time, each bounded after: the table
-        # never holds more than PENDING_LIMIT + MATCH_SLICE requests.
-        req_before = np.concatenate([[0], np.cumsum(request)])
+        # Classified and matched in one compiled pass; a file chunk (a DNS flood) a slice at a time, each
+        # bounded after, so the table never holds more than PENDING_LIMIT + MATCH_SLICE requests.
         for lo in range(0, n, MATCH_SLICE):
             hi = min(lo + MATCH_SLICE, n)
-            got = self.pending.match(
-                key[lo:hi], request[lo:hi].view(np.uint8), ts[lo:hi], text[req_before[lo] : req_before[hi]],
-                b[m:], asked_ts[m:], asked_text[m:],
+            got, events, newest = self.pending.add_batch(
+                buf, dec.l7_start, dec.l7_cap, dec.proto, dec.sport, dec.dport, HTTP_REQUEST_HEADS, flow, ts,
+                lo, hi, rows[m:], kind[m:], key[m:], asked_ts[m:], asked_text[m:],
             )  # fmt: skip
-            b[m : m + got] += lo
             m += got
-            self._bound(int(ts[lo:hi].max()))
+            if events:
+                self._bound(newest)
+        if m == 0:
+            return e, e
         # Exchanges in key order, then arrival (as the snapshots have always listed them).
-        order = np.argsort(key[b[:m]], kind="stable")
-        b, asked_ts, asked_text = b[order], asked_ts[order], asked_text[order]
-        r_fid = fid[b]
+        order = np.argsort(key[:m], kind="stable")
+        rows, kind, asked_ts, asked_text = rows[order], kind[order], asked_ts[order], asked_text[order]
+        r_fid = flow[rows]
+        r_ts = ts[rows]
         # A flow row re-used after its flow was evicted must not answer the old flow's request.
         fresh = asked_ts >= flow_first[r_fid]
-        in_time = ts[b] - asked_ts <= PENDING_TIMEOUT_NS
+        in_time = r_ts - asked_ts <= PENDING_TIMEOUT_NS
         self.unanswered += int((fresh & ~in_time).sum())
         fresh &= in_time
-        b, asked_ts, asked_text, r_fid = b[fresh], asked_ts[fresh], asked_text[fresh], r_fid[fresh]
-        if b.size == 0:
+        if not fresh.all():
+            rows, kind, asked_ts, r_fid, r_ts = rows[fresh], kind[fresh], asked_ts[fresh], r_fid[fresh], r_ts[fresh]
+            asked_text = asked_text[fresh]
+        if rows.size == 0:
             return e, e
-        lat = np.maximum(ts[b] - asked_ts, 0)  # clocks of two interfaces may disagree
-        self._record(dec, rows[b], kind[b], ts[b], lat, asked_text)
+        lat = np.maximum(r_ts - asked_ts, 0)  # clocks of two interfaces may disagree
+        self._record(dec, rows, kind, r_ts, lat, asked_text)
         return r_fid, lat
 
     def _bound(self, now: int) -> None:

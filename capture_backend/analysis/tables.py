@@ -460,6 +460,7 @@ class Counters:
 
     def __post_init__(self) -> None:
         self._batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # sel, group of each, group's flow
+        self._batch_rows = 0  # rows of the block counted last
         known_ports()  # load /etc/services now, not on the capture thread's first packet
         lim = self.limits
         self.flows = KeyTable(
@@ -477,6 +478,7 @@ class Counters:
         """Count one decoded block."""
         n = len(dec)
         self._batch = None
+        self._batch_rows = n
         if n == 0:
             return
         wire = dec.wirelen
@@ -607,6 +609,9 @@ class Counters:
         if self._batch is None or rows.size == 0:
             return out
         sel, inv, fid = self._batch
+        if rows.size == self._batch_rows and rows[0] == 0 and rows[-1] == rows.size - 1:  # every row, in order
+            out[sel] = fid[inv]
+            return out
         pos = np.searchsorted(sel, rows)
         found = (pos < sel.size) & (sel[np.minimum(pos, sel.size - 1)] == rows)
         out[found] = fid[inv[pos[found]]]
