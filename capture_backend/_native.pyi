@@ -191,7 +191,7 @@ class PendingRequests:
         sport: np.ndarray,
         dport: np.ndarray,
         http_heads: np.ndarray,
-        flow: np.ndarray,
+        flow: np.ndarray | None,
         ts: np.ndarray,
         lo: int,
         hi: int,

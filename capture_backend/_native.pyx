@@ -1237,7 +1237,9 @@ cdef class PendingRequests:
         """Classify packets lo..hi of a batch and match their requests and responses, in one pass (as
         latency_classify, then match() on the events of flow rows >= 0, the request text read straight from
         the packet). Answered responses go to answered[:m] (their row), with their kind, key, and their
-        request's time and text. Returns (m, events, newest event time)."""
+        request's time and text. Returns (m, events, newest event time). Without `flow` (None) nothing is
+        matched: (0, 1, 0) when a packet of lo..hi is a request or response (call again with the flows),
+        else (0, 0, 0) (most batches: no flow rows needed)."""
         cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], w = self.width
         cdef Py_ssize_t i, m = 0, events = 0
         cdef const uint8_t* b = &buf[0] if size else NULL
@@ -1246,9 +1248,19 @@ cdef class PendingRequests:
         cdef bint is_req = False
         cdef int64_t qid = 0, f, newest = INT64_MIN, stamp, p, take
         cdef uint64_t kk
-        if not (l7_start.shape[0] == proto.shape[0] == sport.shape[0] == dport.shape[0] == flow.shape[0]
-                == ts.shape[0] == n) or lo < 0 or hi > n or lo > hi:
+        if not (l7_start.shape[0] == proto.shape[0] == sport.shape[0] == dport.shape[0] == ts.shape[0] == n) \
+                or lo < 0 or hi > n or lo > hi:
             raise ValueError("add_batch: columns of different lengths, or lo..hi outside them")
+        if flow is None:
+            with nogil:
+                for i in range(lo, hi):
+                    if _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh,
+                                 &is_req, &qid):
+                        events = 1
+                        break
+            return 0, events, 0
+        if flow.shape[0] != n:
+            raise ValueError("add_batch: a flow row per packet")
         if min(answered.shape[0], kind.shape[0], key.shape[0], asked_ts.shape[0], asked_text.shape[0]) < hi - lo \
                 or asked_text.shape[1] != w:
             raise ValueError("add_batch: outputs too short")

@@ -168,6 +168,8 @@ class Latency:
         self.servers = KeyTable(SERVER_KEY.itemsize, LATENCY_COLUMNS, servers)
         self.services = KeyTable(SERVICE_KEY.itemsize, LATENCY_COLUMNS, 4096)
         self.pending = PendingRequests(TEXT_BYTES)  # at most PENDING_LIMIT between batches
+        self._out = self._scratch_of(0)
+        self._rows = np.arange(0)
         self._next_expiry = 0
         self.s_server = np.full(SAMPLE_RING, -1, np.int64)
         self.s_service = np.full(SAMPLE_RING, -1, np.int64)
@@ -185,19 +187,27 @@ class Latency:
         n = len(dec)
         if dec.buf is None or dec.l7_start is None or dec.l7_cap is None or n == 0:
             return e, e
-        flow = np.ascontiguousarray(flow_of(np.arange(n)), np.int64)  # each packet's flow row (-1: none)
         buf, ts = np.ascontiguousarray(dec.buf), dec.ts_ns
-        rows, kind, key = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint64)
-        asked_ts, asked_text = np.empty(n, np.int64), np.empty((n, TEXT_BYTES), np.uint8)
+        rows, kind, key, asked_ts, asked_text = self._scratch(min(n, MATCH_SLICE))
+        cols = (buf, dec.l7_start, dec.l7_cap, dec.proto, dec.sport, dec.dport, HTTP_REQUEST_HEADS)
+        if not self.pending.add_batch(*cols, None, ts, 0, n, rows, kind, key, asked_ts, asked_text)[1]:
+            return e, e  # no request or response at all (most batches): no flow rows needed
+        if self._rows.size < n:
+            self._rows = np.arange(n)
+        flow = np.ascontiguousarray(flow_of(self._rows[:n]), np.int64)  # each packet's flow row (-1: none)
         m = 0
         # Classified and matched in one compiled pass; a file chunk (a DNS flood) a slice at a time, each
         # bounded after, so the table never holds more than PENDING_LIMIT + MATCH_SLICE requests.
         for lo in range(0, n, MATCH_SLICE):
             hi = min(lo + MATCH_SLICE, n)
+            if rows.size - m < hi - lo:  # room for every packet of the slice to answer
+                rows, kind, key, asked_ts, asked_text = (
+                    np.concatenate([x[:m], np.empty((hi - lo, *x.shape[1:]), x.dtype)])
+                    for x in (rows, kind, key, asked_ts, asked_text)
+                )
             got, events, newest = self.pending.add_batch(
-                buf, dec.l7_start, dec.l7_cap, dec.proto, dec.sport, dec.dport, HTTP_REQUEST_HEADS, flow, ts,
-                lo, hi, rows[m:], kind[m:], key[m:], asked_ts[m:], asked_text[m:],
-            )  # fmt: skip
+                *cols, flow, ts, lo, hi, rows[m:], kind[m:], key[m:], asked_ts[m:], asked_text[m:]
+            )
             m += got
             if events:
                 self._bound(newest)
@@ -221,6 +231,23 @@ class Latency:
         lat = np.maximum(r_ts - asked_ts, 0)  # clocks of two interfaces may disagree
         self._record(dec, rows, kind, r_ts, lat, asked_text)
         return r_fid, lat
+
+    @staticmethod
+    def _scratch_of(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        i64 = np.empty(n, np.int64)
+        return (
+            i64,
+            np.empty(n, np.int64),
+            np.empty(n, np.uint64),
+            np.empty(n, np.int64),
+            np.empty((n, TEXT_BYTES), np.uint8),
+        )
+
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Output arrays for n packets, kept from batch to batch (only copies of them leave add())."""
+        if self._out[0].size < n:
+            self._out = self._scratch_of(n)
+        return self._out
 
     def _bound(self, now: int) -> None:
         """Keep the pending requests bounded: every PENDING_TIMEOUT_NS / 4, or when more than

@@ -610,6 +610,8 @@ class Counters:
             return out
         sel, inv, fid = self._batch
         if rows.size == self._batch_rows and rows[0] == 0 and rows[-1] == rows.size - 1:  # every row, in order
+            if sel.size == rows.size:  # every row is IP: one gather
+                return fid[inv]
             out[sel] = fid[inv]
             return out
         pos = np.searchsorted(sel, rows)
