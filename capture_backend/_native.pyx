@@ -505,6 +505,49 @@ def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[
     return out_arr
 
 
+cdef extern from *:
+    """
+    #include <emmintrin.h>
+    /* Copy with non-temporal stores: the destination (the time machine's pool, hundreds of MiB) is
+       not read back soon, so its lines need not be fetched into the cache first nor evict the batch. */
+    static void rt_stream_copy(unsigned char *d, const unsigned char *s, size_t n) {
+        size_t i = 0;
+        while (((size_t)(d + i) & 15) && i < n) { d[i] = s[i]; i++; }
+        for (; i + 64 <= n; i += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32));
+            __m128i e = _mm_loadu_si128((const __m128i *)(s + i + 48));
+            _mm_stream_si128((__m128i *)(d + i), a);
+            _mm_stream_si128((__m128i *)(d + i + 16), b);
+            _mm_stream_si128((__m128i *)(d + i + 32), c);
+            _mm_stream_si128((__m128i *)(d + i + 48), e);
+        }
+        for (; i < n; i++) d[i] = s[i];
+        _mm_sfence();
+    }
+    """
+    void _stream_copy "rt_stream_copy"(uint8_t* d, const uint8_t* s, size_t n) noexcept nogil
+
+
+cdef Py_ssize_t STREAM_COPY_MIN = 1 << 16  # bytes from which a copy into the pool bypasses the cache
+
+
+def copy_into(uint8_t[::1] dst, Py_ssize_t at, const uint8_t[::1] src, Py_ssize_t lo, Py_ssize_t hi) -> None:
+    """dst[at:at + hi - lo] = src[lo:hi], without the GIL; a large copy with non-temporal stores (the
+    time machine's pool). Both ranges are checked first."""
+    cdef Py_ssize_t n = hi - lo
+    if lo < 0 or n < 0 or hi > src.shape[0] or at < 0 or at + n > dst.shape[0]:
+        raise IndexError("copy_into: a range outside its buffer")
+    if n == 0:
+        return
+    with nogil:
+        if n >= STREAM_COPY_MIN:
+            _stream_copy(&dst[at], &src[lo], n)
+        else:
+            memcpy(&dst[at], &src[lo], n)
+
+
 def copy_runs(uint8_t[::1] dst8, const int64_t[::1] dst, const uint8_t[::1] src8, const int64_t[::1] src,
               const int64_t[::1] length) -> None:
     """dst8[dst[i]:dst[i] + length[i]] = src8[src[i]:src[i] + length[i]] for every i (a pcap record's frame,

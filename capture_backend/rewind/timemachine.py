@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from capture_backend._native import copy_into
 from capture_backend.analysis.decode import Decoded, address_key, decode
 from capture_backend.analysis.processes import PacketOwners, ProcessTable
 from capture_backend.capture.block import Block
@@ -182,7 +183,7 @@ class TimeMachine:
         rate = self._rate(length)
         if end + TOUCH_AHEAD > self.touched:
             self._want(end, rate)
-        self.pool[self._head : end] = block.data[lo:hi]
+        copy_into(self.pool, self._head, block.data, lo, hi)  # bypasses the cache: the pool is read back rarely
         kept = replace(part, data=_EMPTY, start=part.start - lo, pkttype=None, spans=None)
         self.spans.append(Span(self._seq, self._head, length, kept, self.kept_packets))
         self._seq += 1

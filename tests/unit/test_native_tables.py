@@ -269,3 +269,21 @@ def test_window_sums_equal_the_bucket_by_bucket_sum(seed: int, n_rows: int, now_
             total += np.where((hist_from <= now_sec - a)[:, None], hist[k], np.uint64(0))
         if a in (2, 10, 40):
             assert out[(2, 10, 40).index(a)].tolist() == (total[rows] / a).tolist()
+
+
+def test_copy_into_copies_small_and_large_ranges_and_refuses_ranges_outside() -> None:
+    """The time machine's copy: a small one and a large one (non-temporal stores), at unaligned offsets."""
+    from capture_backend._native import copy_into
+
+    rng = np.random.default_rng(5)
+    src = rng.integers(0, 256, 300_000, dtype=np.uint8)
+    dst = np.zeros(400_000, np.uint8)
+    copy_into(dst, 3, src, 7, 107)  # 100 bytes
+    copy_into(dst, 1_001, src, 13, 200_013)  # 200,000 bytes: past the non-temporal threshold
+    want = np.zeros(400_000, np.uint8)
+    want[3:103] = src[7:107]
+    want[1_001:201_001] = src[13:200_013]
+    assert (dst == want).all()
+    for at, lo, hi in ((399_990, 0, 20), (0, 299_990, 300_010), (-1, 0, 5), (0, 5, 4)):
+        with pytest.raises(IndexError):
+            copy_into(dst, at, src, lo, hi)
