@@ -335,6 +335,8 @@ class RetrotapApp(App[int]):
 
     def pull(self) -> None:
         """Take the engine's newest snapshot (unless paused) and redraw what is on screen."""
+        if not self.query(InterfacesView):  # the views are gone: quitting, a last timer tick
+            return
         if not self.paused:
             snap = self.engine.snapshot
             if snap is not self.snap:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from tui.widgets.format import size
 from tui.widgets.help import HelpScreen
 from tui.widgets.hosts import HostsView
 from tui.widgets.inspector import InspectorScreen
+from tui.widgets.interfaces import InterfacesView
 from tui.widgets.pcap_picker import PcapPicker
 from tui.widgets.prompt import PromptBar
 from tui.widgets.table import SnapTable
@@ -495,6 +497,20 @@ async def test_lab_addresses_stay_numeric_without_answers(tmp_path: Path) -> Non
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("n", "2")
         assert column(app, "hosts-table", "pair")[0].split() == [IP4_A, "=>", IP4_B]
+
+
+@sync
+async def test_a_timer_tick_after_the_views_are_gone_draws_nothing(engine: FileEngine) -> None:
+    """Quitting removes the views while the refresh timer may still fire once: no error, the snapshot kept."""
+    feed = SnapshotFeed(engine.snapshot)
+    app = make_app(feed)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        shown = app.snap
+        await app.query_one(InterfacesView).remove()
+        feed.snapshot = replace(engine.snapshot, seq=engine.snapshot.seq + 1)  # a newer one arrives
+        app.pull()
+        assert app.snap is shown and not app.query(InterfacesView)
 
 
 # --- TCP health and application latency: tests/test_tcp_health.py's sessions (their tshark-checked
