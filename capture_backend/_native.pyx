@@ -796,6 +796,10 @@ def group_keys(const int64_t[::1] rep, const uint64_t[:, ::1] src, const uint64_
         raise ValueError("group_keys: outputs too short, or the field offsets are not 9")
     if known.shape[0] != 65536 or has_ports.shape[0] != 256 or src.shape[1] != 2 or dst.shape[1] != 2:
         raise ValueError("group_keys: known must cover 65536 ports, has_ports 256 protocols")
+    if (min(at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8]) < 0
+            or max(at[0] + 16, at[1] + 16, at[2] + 2, at[3] + 2, at[4] + 1) > fw
+            or max(at[5] + 16, at[6] + 16) > pw or max(at[7] + 1, at[8] + 2) > tw):
+        raise ValueError("group_keys: a field offset outside its key")
     for j in range(g):
         if rep[j] < 0 or rep[j] >= src.shape[0] or rep[j] >= dst.shape[0] or rep[j] >= sport.shape[0] \
                 or rep[j] >= dport.shape[0] or rep[j] >= proto.shape[0]:

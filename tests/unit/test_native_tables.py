@@ -287,3 +287,41 @@ def test_copy_into_copies_small_and_large_ranges_and_refuses_ranges_outside() ->
     for at, lo, hi in ((399_990, 0, 20), (0, 299_990, 300_010), (-1, 0, 5), (0, 5, 4)):
         with pytest.raises(IndexError):
             copy_into(dst, at, src, lo, hi)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 200))
+def test_group_keys_equal_the_numpy_keys(seed: int, n: int) -> None:
+    """Every table's key of each group as the NumPy code before it built them (flow_ends, pack_keys)."""
+    from capture_backend._native import group_keys
+    from capture_backend.analysis.decode import HAS_PORTS
+    from capture_backend.analysis.tables import KEY_FIELDS, flow_ends
+    from capture_backend.contract import FLOW_KEY, HOST_KEY, PAIR_KEY, PORT_KEY, key_bytes, pack_keys
+
+    rng = np.random.default_rng(seed)
+    words = rng.integers(0, 3, (2 * n, 2), dtype=np.uint64)  # few values: equal addresses and ports happen
+    src, dst = np.ascontiguousarray(words[:n]), np.ascontiguousarray(words[n:])
+    sport, dport = (rng.choice([0, 53, 80, 4000, 4001], n).astype(np.int32) for _ in range(2))
+    proto = rng.choice([1, 6, 17, 58, 132], n).astype(np.int32)
+    known = np.zeros(65536, bool)
+    known[[53, 80]] = True
+    rep = rng.permutation(n).astype(np.int64)
+    flow = np.empty((n, FLOW_KEY.itemsize), np.uint8)
+    pair = np.empty((n, PAIR_KEY.itemsize), np.uint8)
+    host = np.empty((2 * n, HOST_KEY.itemsize), np.uint8)
+    port = np.empty((n, PORT_KEY.itemsize), np.uint8)
+    direction, port_dir = np.empty(n, np.int64), np.empty(n, np.int64)
+    group_keys(rep, src, dst, sport, dport, proto, known.view(np.uint8), HAS_PORTS.view(np.uint8), KEY_FIELDS,
+               flow, pair, host, port, direction, port_dir)  # fmt: skip
+    ends = flow_ends(src[rep], dst[rep], sport[rep], dport[rep], proto[rep])
+    assert flow.tolist() == ends.keys().tolist()
+    assert direction.tolist() == ends.swap.astype(int).tolist()
+    assert pair.tolist() == pack_keys(PAIR_KEY, n, a=ends.a, b=ends.b).tolist()
+    assert host.tolist() == np.concatenate([key_bytes(src[rep]), key_bytes(dst[rep])]).tolist()
+    has = HAS_PORTS[ends.proto.astype(np.int64)] & ((ends.aport != 0) | (ends.bport != 0))
+    ka, kb = known[ends.aport], known[ends.bport]
+    service = np.where(ka & ~kb, ends.aport, np.where(kb & ~ka, ends.bport, np.minimum(ends.aport, ends.bport)))
+    to_service = np.where(ends.swap, ends.aport == service, ends.bport == service)
+    assert port_dir.tolist() == np.where(has, 1 - to_service.astype(int), -1).tolist()
+    want_port = pack_keys(PORT_KEY, n, proto=ends.proto, port=service)
+    assert port[has].tolist() == want_port[has].tolist()
