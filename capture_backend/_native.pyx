@@ -78,6 +78,44 @@ cdef inline bint _equal(const uint8_t* a, const uint8_t* b, Py_ssize_t width) no
     return j == width or memcmp(a + j, b + j, width - j) == 0
 
 
+# Slot tables (KeyIndex, PendingRequests): linear probing over 64-bit words, 0 empty, each word keeping its
+# key's home slot in its high 32 bits (home = (word >> 32) & mask), so growing and deleting never rehash keys.
+
+cdef uint64_t* _slots_grown(uint64_t* old, uint64_t old_mask, uint64_t size) noexcept nogil:
+    """A zeroed slot array of `size` (a power of two) holding old's words (old freed); NULL: out of memory
+    (old kept)."""
+    cdef uint64_t* new = <uint64_t*>PyMem_RawCalloc(size, sizeof(uint64_t))
+    cdef uint64_t i, j, s
+    if new == NULL:
+        return NULL
+    if old != NULL:
+        for i in range(old_mask + 1):
+            s = old[i]
+            if s != EMPTY:
+                j = (s >> 32) & (size - 1)
+                while new[j] != EMPTY:
+                    j = (j + 1) & (size - 1)
+                new[j] = s
+        PyMem_RawFree(old)
+    return new
+
+
+cdef inline void _vacate(uint64_t* slots, uint64_t mask, uint64_t i) noexcept nogil:
+    """Empty slot i, moving later words of its probe run back (backward-shift deletion: no tombstones)."""
+    cdef uint64_t j = i, s, home
+    while True:
+        j = (j + 1) & mask
+        s = slots[j]
+        if s == EMPTY:
+            break
+        home = (s >> 32) & mask
+        # The word at j may fill the hole at i when its home is not in (i, j] (cyclically).
+        if ((j - home) & mask) >= ((j - i) & mask):
+            slots[i] = s
+            i = j
+    slots[i] = EMPTY
+
+
 cdef int _slot_order(const uint64_t* hashes, Py_ssize_t n, uint64_t mask, int32_t* order) noexcept nogil:
     """order[:n]: the positions 0..n-1 by the home slot's top bits (a counting sort, stable), so that deletions
     made in that order walk the slot array forwards, a page at a time, instead of jumping at random.
@@ -166,22 +204,11 @@ cdef class KeyIndex:
         self.rows = rows
 
     cdef int _rehash(self, uint64_t size) except -1:
-        cdef uint64_t* new = <uint64_t*>PyMem_RawCalloc(size, sizeof(uint64_t))
+        cdef uint64_t* new = _slots_grown(self.slots, self.mask, size)
         if new == NULL:
             raise MemoryError()
-        cdef uint64_t new_mask = size - 1
-        cdef uint64_t i, j, s
-        if self.slots != NULL:
-            for i in range(self.mask + 1):
-                s = self.slots[i]
-                if s != EMPTY:
-                    j = (s >> 32) & new_mask
-                    while new[j] != EMPTY:
-                        j = (j + 1) & new_mask
-                    new[j] = s
-            PyMem_RawFree(self.slots)
         self.slots = new
-        self.mask = new_mask
+        self.mask = size - 1
         return 0
 
     cdef inline int64_t _find(self, const uint8_t* key, uint64_t h) noexcept nogil:
@@ -212,7 +239,7 @@ cdef class KeyIndex:
     cdef bint _delete_hashed(self, int64_t row, uint64_t h) noexcept nogil:
         cdef uint64_t want = ((h & LOW32) << 32) | <uint64_t>(row + 1)
         cdef uint64_t i = h & self.mask
-        cdef uint64_t j, s, home
+        cdef uint64_t s
         while True:
             s = self.slots[i]
             if s == EMPTY:
@@ -220,18 +247,7 @@ cdef class KeyIndex:
             if s == want:
                 break
             i = (i + 1) & self.mask
-        j = i
-        while True:
-            j = (j + 1) & self.mask
-            s = self.slots[j]
-            if s == EMPTY:
-                break
-            home = (s >> 32) & self.mask
-            # The entry at j may fill the hole at i when its home is not in (i, j] (cyclically).
-            if ((j - home) & self.mask) >= ((j - i) & self.mask):
-                self.slots[i] = s
-                i = j
-        self.slots[i] = EMPTY
+        _vacate(self.slots, self.mask, i)
         return True
 
     def lookup(self, const uint8_t[:, ::1] keys, int64_t[::1] out, uint64_t[::1] hashes) -> int:
@@ -1112,7 +1128,8 @@ cdef class PendingRequests:
         """At least `want` entries (a quarter more when growing, in whole KiB of entries), the new ones free
         (pushed so that the lowest is used first)."""
         cdef Py_ssize_t size = max(self.entries, 64), i
-        cdef uint64_t nslots, j, s
+        cdef uint64_t nslots
+        cdef uint64_t* new
         if want <= size:
             if self.entries:
                 return 0
@@ -1148,20 +1165,12 @@ cdef class PendingRequests:
         nslots = 16
         while nslots < <uint64_t>(2 * size):
             nslots <<= 1
-        cdef uint64_t* new = <uint64_t*>PyMem_RawCalloc(nslots, sizeof(uint64_t))
-        if new == NULL:
-            raise MemoryError()
-        if self.slots != NULL:
-            for j in range(self.mask + 1):
-                s = self.slots[j]
-                if s != EMPTY:
-                    i = <Py_ssize_t>((s >> 32) & (nslots - 1))
-                    while new[i] != EMPTY:
-                        i = (i + 1) & (nslots - 1)
-                    new[i] = s
-            PyMem_RawFree(self.slots)
-        self.slots = new
-        self.mask = nslots - 1
+        if self.slots == NULL or nslots > self.mask + 1:
+            new = _slots_grown(self.slots, self.mask, nslots)
+            if new == NULL:
+                raise MemoryError()
+            self.slots = new
+            self.mask = nslots - 1
         return 0
 
     cdef inline int64_t _find(self, uint64_t key, uint64_t h) noexcept nogil:
@@ -1194,20 +1203,9 @@ cdef class PendingRequests:
         cdef uint64_t h = _mix64(self.ekey[e])
         cdef uint64_t want = (h & ~LOW32) | <uint64_t>(e + 1)
         cdef uint64_t i = (h >> 32) & self.mask
-        cdef uint64_t j, s, home
         while self.slots[i] != want:
             i = (i + 1) & self.mask
-        j = i
-        while True:
-            j = (j + 1) & self.mask
-            s = self.slots[j]
-            if s == EMPTY:
-                break
-            home = (s >> 32) & self.mask
-            if ((j - home) & self.mask) >= ((j - i) & self.mask):
-                self.slots[i] = s
-                i = j
-        self.slots[i] = EMPTY
+        _vacate(self.slots, self.mask, i)
         self.estamp[e] = -1
         self.free_stack[self.nfree] = e
         self.nfree += 1
