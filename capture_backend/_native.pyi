@@ -155,19 +155,6 @@ def tcp_sequence(
     zero_win: np.ndarray,
     resets: np.ndarray,
 ) -> None: ...
-def latency_classify(
-    buf: np.ndarray,
-    l7_start: np.ndarray,
-    l7_cap: np.ndarray,
-    proto: np.ndarray,
-    sport: np.ndarray,
-    dport: np.ndarray,
-    http_heads: np.ndarray,
-    rows: np.ndarray,
-    kind: np.ndarray,
-    request: np.ndarray,
-    dns_id: np.ndarray,
-) -> int: ...
 class PendingRequests:
     width: int
     count: int

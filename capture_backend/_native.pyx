@@ -1053,29 +1053,6 @@ cdef inline int _classify(const uint8_t* b, Py_ssize_t size, int64_t start, int6
     return 0
 
 
-def latency_classify(const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
-                     const int32_t[::1] proto, const int32_t[::1] sport, const int32_t[::1] dport,
-                     const uint64_t[::1] http_heads, int64_t[::1] rows, int64_t[::1] kind, uint8_t[::1] request,
-                     int64_t[::1] dns_id) -> int:
-    """Requests and responses of a batch in row order into the outputs (one row each); returns how many."""
-    cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], i, m = 0
-    cdef const uint8_t* b = &buf[0] if size else NULL
-    cdef const uint64_t* heads = &http_heads[0] if nh else NULL
-    cdef int k
-    cdef bint is_req = False
-    cdef int64_t qid = 0
-    if not (l7_start.shape[0] == proto.shape[0] == sport.shape[0] == dport.shape[0] == n) or min(
-            rows.shape[0], kind.shape[0], request.shape[0], dns_id.shape[0]) < n:
-        raise ValueError("latency_classify: columns of different lengths")
-    with nogil:
-        for i in range(n):
-            k = _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh, &is_req, &qid)
-            if k:
-                rows[m], kind[m], request[m], dns_id[m] = i, k, is_req, qid
-                m += 1
-    return m
-
-
 cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
     x ^= x >> 33
     x *= 0xFF51AFD7ED558CCDULL
@@ -1279,12 +1256,12 @@ cdef class PendingRequests:
                   const uint64_t[::1] http_heads, const int64_t[::1] flow, const int64_t[::1] ts,
                   Py_ssize_t lo, Py_ssize_t hi, int64_t[::1] answered, int64_t[::1] kind, uint64_t[::1] key,
                   int64_t[::1] asked_ts, uint8_t[:, ::1] asked_text):
-        """Classify packets lo..hi of a batch and match their requests and responses, in one pass (as
-        latency_classify, then match() on the events of flow rows >= 0, the request text read straight from
-        the packet). Answered responses go to answered[:m] (their row), with their kind, key, and their
-        request's time and text. Returns (m, events, newest event time). Without `flow` (None) nothing is
-        matched: (0, 1, 0) when a packet of lo..hi is a request or response (call again with the flows),
-        else (0, 0, 0) (most batches: no flow rows needed)."""
+        """Classify packets lo..hi of a batch and match their requests and responses, in one pass (match()
+        on the events of flow rows >= 0, the request text read straight from the packet). Answered
+        responses go to answered[:m] (their row), with their kind, key, and their request's time and text.
+        Returns (m, events, newest event time). Without `flow` (None) nothing is matched: (0, 1, 0) when a
+        packet of lo..hi is a request or response (call again with the flows), else (0, 0, 0) (most
+        batches: no flow rows needed)."""
         cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], w = self.width
         cdef Py_ssize_t i, m = 0, events = 0
         cdef const uint8_t* b = &buf[0] if size else NULL

@@ -1,8 +1,8 @@
 """Application latency: DNS query → response, HTTP/1.x request → first response, MySQL query → response.
 
-Each batch is classified by the first payload bytes in one compiled pass (_native.latency_classify);
-only the request and response packets found go on. Requests wait in a compiled table keyed by (flow
-row, kind, DNS id), one per key (_native.PendingRequests); responses are matched in arrival order,
+Each batch's packets are classified by their first payload bytes and matched in one compiled pass
+(_native.PendingRequests.add_batch). Requests wait in a compiled table keyed by (flow row, kind, DNS
+id), one per key; responses are matched in arrival order,
 as tshark does: a re-sent DNS query does not open a second exchange (dns.time counts from the first),
 and an HTTP response answers the newest request (http.time; pipelined requests before it stay
 unanswered). HTTP latency is to the response's first segment, as tshark's http.time with
@@ -20,7 +20,7 @@ from types import MappingProxyType
 import numpy as np
 
 from capture_backend._native import PendingRequests as PendingRequests
-from capture_backend._native import latency_classify, latency_tables
+from capture_backend._native import latency_tables
 from capture_backend.analysis.columns import segments
 from capture_backend.analysis.decode import Decoded
 from capture_backend.analysis.tables import KeyTable
@@ -80,30 +80,6 @@ class _Events:
     kind: np.ndarray
     request: np.ndarray  # bool
     key: np.ndarray  # uint64: flow row << 24 | kind << 16 | DNS id
-
-
-def classify(dec: Decoded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Rows that are requests or responses: (rows, kind, is_request, DNS id) in batch order."""
-    if dec.buf is None or dec.l7_start is None or dec.l7_cap is None or len(dec) == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, np.zeros(0, bool), e
-    n = len(dec)
-    rows, kind, dns_id = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
-    request = np.empty(n, np.uint8)
-    m = latency_classify(
-        np.ascontiguousarray(dec.buf),
-        dec.l7_start,
-        dec.l7_cap,
-        dec.proto,
-        dec.sport,
-        dec.dport,
-        HTTP_REQUEST_HEADS,
-        rows,
-        kind,
-        request,
-        dns_id,
-    )
-    return rows[:m], kind[:m], request[:m].view(bool), dns_id[:m]
 
 
 DNS_TYPES = {

@@ -20,7 +20,6 @@ from capture_backend.analysis.latency import (
     TEXT_BYTES,
     Latency,
     PendingRequests,
-    classify,
     request_text,
 )
 from tests.helpers.cli import stats
@@ -200,18 +199,24 @@ def test_dns_query_repeated_after_five_seconds_opens_a_new_exchange() -> None:
     assert len(pending) == 0
 
 
-def test_classify_reads_only_what_was_captured() -> None:
-    """A request cut short after 2 payload bytes is not read past its end, and padding is no payload."""
+def test_a_request_cut_short_or_padding_is_no_request() -> None:
+    """A request cut short after 2 payload bytes is not read past its end and does not stand for its flow,
+    and padding is no payload: the response is timed from the whole request (tshark's http.time)."""
+    from capture_backend.analysis.tables import Counters
+
     s = Session("10.7.0.1", 41000, "10.7.0.80", 80, 1, 2)
     s.send(0, True, "PA", data=b"GET / HTTP/1.1\r\n\r\n")
     s.send(1, False, "A")  # 60-byte frame with padding, 0 payload bytes
-    cut = Frame(s.frames[0].data[:56], s.frames[0].ts_ns, s.frames[0].wirelen)
-    dns = dns_frame(2, "10.7.0.1", "10.7.0.53", 33001, 7, "a.example", False)
-    rows, kind, request, dns_id = classify(decode(block_of_frames([s.frames[0], s.frames[1], cut, dns])))
-    assert rows.tolist() == [0, 3]
-    assert kind.tolist() == [KIND_HTTP, KIND_DNS]
-    assert request.tolist() == [True, True]
-    assert dns_id.tolist() == [0, 7]
+    cut = Frame(s.frames[0].data[:56], s.frames[0].ts_ns + 2 * MS, s.frames[0].wirelen)  # "GE" of a GET
+    s.send(5, False, "PA", data=b"HTTP/1.1 200 OK\r\n\r\n")
+    query = dns_frame(6, "10.7.0.1", "10.7.0.53", 33001, 7, "a.example", False)
+    answer = dns_frame(10, "10.7.0.1", "10.7.0.53", 33001, 7, "a.example", True)
+    dec = decode(block_of_frames([s.frames[0], s.frames[1], cut, s.frames[2], query, answer]))
+    counters, lat = Counters(), Latency()
+    counters.add(dec)
+    fid, ns = lat.add(dec, counters.flow_of, counters.flows.cols["first"])
+    assert sorted(ns.tolist()) == [4 * MS, 5 * MS]  # DNS 6 → 10 ms; HTTP 0 → 5 ms (not 2 → 5 ms)
+    assert sorted(x.kind for x in lat.freeze().slowest) == ["dns", "http"]
 
 
 def test_request_text() -> None:
