@@ -155,6 +155,7 @@ def tcp_sequence(
     zero_win: np.ndarray,
     resets: np.ndarray,
 ) -> None: ...
+
 class PendingRequests:
     width: int
     count: int

@@ -57,7 +57,7 @@ HTTP_RESPONSE_HEAD = int.from_bytes(b"HTTP", "big")
 TEXT_BYTES = 64  # of each request kept to name it (DNS question, HTTP request line, SQL)
 DNS_RETRANSMIT_NS = 5 * 1_000_000_000  # tshark's dns.retransmission_timer
 PENDING_LIMIT = 65_536
-MATCH_SLICE = 16_384  # events matched at once (a live batch is one slice)
+MATCH_SLICE = 16_384  # packets classified and matched at once, then bounded (a live batch is one slice)
 PENDING_TIMEOUT_NS = 30 * 1_000_000_000  # < 2**36: _quantiles packs a latency into 36 bits
 SLOWEST_KEPT = 10
 # The tables' own columns (contract.LATENCY_TABLE_COLUMNS: these, then p50 and p95 at freeze time).
@@ -210,9 +210,9 @@ class Latency:
 
     @staticmethod
     def _scratch_of(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        i64 = np.empty(n, np.int64)
+        """Rows, kinds, keys, request times and request texts of n answered responses."""
         return (
-            i64,
+            np.empty(n, np.int64),
             np.empty(n, np.int64),
             np.empty(n, np.uint64),
             np.empty(n, np.int64),
@@ -227,9 +227,9 @@ class Latency:
 
     def _bound(self, now: int) -> None:
         """Keep the pending requests bounded: every PENDING_TIMEOUT_NS / 4, or when more than
-        PENDING_LIMIT are pending, those not touched by this batch and older than PENDING_TIMEOUT_NS go,
-        then the oldest of them down to 3/4 of the limit; then, if still over the limit, the oldest of
-        this batch's. Each one gone is counted unanswered. Ties: the lower key goes first."""
+        PENDING_LIMIT are pending, those not touched by this batch (or slice) and older than
+        PENDING_TIMEOUT_NS go, then the oldest of them down to 3/4 of the limit; then, if still over the
+        limit, the oldest of this batch's. Each one gone is counted unanswered. Ties: the lower key goes first."""
         pending = self.pending
         if now < self._next_expiry and len(pending) <= PENDING_LIMIT:
             return

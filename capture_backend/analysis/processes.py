@@ -422,7 +422,7 @@ class ProcessMapper:
         # is looked up again only once they change, so a flood's unexplained flows cost one lookup each.
         self._tried = np.zeros(0, np.int64)
         self._gen = 0
-        self._gen_of: tuple[int, tuple[tuple[int, int, int], ...]] = (0, ())
+        self._ifaces_seen: tuple[tuple[int, int, int], ...] = ()
         self._tables_sig = b""
         self._last: Snapshot | None = None
         self._refreshed = -1e18
@@ -602,11 +602,10 @@ class ProcessMapper:
 
     def _note_ifaces(self, ifaces: list[tuple[int, int, int]]) -> None:
         """Captured interfaces (or their namespace numbers) changed: every unexplained row is looked up again."""
-        key = (self._gen, tuple(ifaces))
-        if key[1] != self._gen_of[1]:
+        seen = tuple(ifaces)
+        if seen != self._ifaces_seen:
             self._gen += 1
-            key = (self._gen, key[1])
-        self._gen_of = key
+            self._ifaces_seen = seen
 
     def _acc(self, pid: int) -> _Acc:
         acc = self._accs.get(pid)

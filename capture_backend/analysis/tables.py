@@ -604,7 +604,8 @@ class Counters:
             _add_traffic(self.ports, tid, *(cols_of if every else (x[sub] for x in cols_of)))
 
     def flow_of(self, rows: np.ndarray) -> np.ndarray:
-        """Flow row of decoded rows of the block counted last (-1: not IP, or over capacity)."""
+        """Flow row of decoded rows (increasing, distinct) of the block counted last (-1: not IP, or over
+        capacity)."""
         out = np.full(rows.size, -1, np.int64)
         if self._batch is None or rows.size == 0:
             return out

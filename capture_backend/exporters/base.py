@@ -261,9 +261,7 @@ def churn_gauges(watcher: IncidentWatcher) -> dict[str, Extra]:
 
     gauges = {
         "new_flows_per_second": Extra("Flows first seen per second", lambda: churn().new_flows_per_s, "gauge"),
-        "half_open_connections": Extra(
-            "TCP SYNs never answered in the last 10 s", lambda: churn().half_open, "gauge"
-        ),
+        "half_open_connections": Extra("TCP SYNs never answered in the last 10 s", lambda: churn().half_open, "gauge"),
     }
     for name, text, label, column in LABELLED_CHURN:
         gauges[name] = Extra(text, lambda: 0, "gauge", label=label, read_by=ranked(column))
