@@ -44,11 +44,15 @@ PUBLISH_COST_FACTOR = 8
 RESTART_BACKOFF = (0.0, 0.1, 1.0)
 SMALL_RING_BLOCKS = 16
 OWN_NETNS = "/proc/self/ns/net"
-MIN_DRAIN_INTERVAL = 0.02  # seconds; the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
-# A batch takes blocks until it holds this many packets (fixed costs are paid per batch), at most BATCH_BLOCKS
-# and a quarter of the ring (the kernel keeps the rest to fill meanwhile).
-BATCH_PACKETS = 8192
-BATCH_BLOCKS = 16
+# Seconds between drains: blocks gather until a batch would hold BATCH_PACKETS (fixed costs are paid per batch),
+# within these bounds, and never longer than a quarter of the ring takes to fill at the rate just seen.
+MIN_DRAIN_INTERVAL = 0.02  # the default 128 MiB ring holds 100 ms even of a full 10 Gbit/s link
+MAX_DRAIN_INTERVAL = 0.1
+RING_SHARE_PER_WAIT = 0.25
+# A batch takes blocks until it holds this many packets, at most BATCH_BLOCKS and a quarter of the ring (the
+# kernel keeps the rest to fill meanwhile).
+BATCH_PACKETS = 32768
+BATCH_BLOCKS = 64
 ANSWER_TIMEOUT = 0.3  # how long a fresh snapshot waits for the other capture threads' counters
 
 
@@ -167,6 +171,17 @@ class _Capture:
             self._base = (self.received, self.drops, self.freezes)
 
 
+def drain_interval(packets: int, ring_share: float, elapsed: float) -> float:
+    """How long the next wait between drains lets blocks gather, from the last drain: `packets` taken, the
+    largest share of one ring's blocks they took, `elapsed` seconds since the drain before."""
+    wait = MAX_DRAIN_INTERVAL
+    if packets:
+        wait = min(wait, BATCH_PACKETS * elapsed / packets)
+    if ring_share:
+        wait = min(wait, RING_SHARE_PER_WAIT * elapsed / ring_share)
+    return max(MIN_DRAIN_INTERVAL, wait)
+
+
 class _Lane:
     """One capture thread's share: a ring on each interface (one of a fanout group with several threads) and
     the counters of what those rings deliver."""
@@ -180,6 +195,7 @@ class _Lane:
         self.asked = threading.Event()
         self.answered = threading.Event()
         self.thread: threading.Thread | None = None
+        self.drain_interval = MIN_DRAIN_INTERVAL  # paced by what each drain takes
 
 
 def _serialised(sink: BlockSink, lock: threading.Lock) -> BlockSink:
@@ -457,12 +473,14 @@ class Engine:
             cap_ = by_fd.get(fd)
             if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
                 cap_.ring.pending_error()
-        # Let a few blocks gather: fixed costs are paid per batch, and the ring holds plenty.
-        pause = last_drain + self._drain_interval - time.monotonic()
+        # Let blocks gather: fixed costs are paid per batch, and the ring holds plenty.
+        pause = last_drain + (lane.drain_interval if self._drain_interval else 0.0) - time.monotonic()
         if pause > 0:
             time.sleep(pause)
         began = time.monotonic()
-        self._drain(lane)
+        packets, ring_share = self._drain(lane)
+        if last_drain:
+            lane.drain_interval = drain_interval(packets, ring_share, began - last_drain)
         return began
 
     def _last_drain(self, lane: _Lane, poller: select.poll) -> None:
@@ -491,17 +509,25 @@ class Engine:
                 lane.answered.set()
         self._last_drain(lane, poller)
 
-    def _drain(self, lane: _Lane) -> None:
+    def _drain(self, lane: _Lane) -> tuple[int, float]:
+        """Count what the lane's rings hold; returns the packets taken and the largest share of one ring's
+        blocks taken."""
         add = lane.counting.add
+        packets, share = 0, 0.0
         for cap in lane.captures:
-            if cap.ring is None:
+            ring = cap.ring
+            if ring is None:
                 continue
-            batches = cap.ring.batches(max(1, min(BATCH_BLOCKS, cap.ring.block_nr // 4)), BATCH_PACKETS)
+            taken = ring.blocks_taken
+            batches = ring.batches(max(1, min(BATCH_BLOCKS, ring.block_nr // 4)), BATCH_PACKETS)
             try:
                 for block in batches:
+                    packets += len(block)
                     add(block)
             finally:
                 batches.close()  # on an error too: the batch's blocks go back to the kernel now
+            share = max(share, (ring.blocks_taken - taken) / ring.block_nr)
+        return packets, share
 
     def _watch_links(self, lane: _Lane, poller: select.poll, by_fd: dict[int, _Capture]) -> None:
         """Close the rings of interfaces gone, reopen those back. The first thread reads the links (and says

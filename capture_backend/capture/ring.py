@@ -145,6 +145,7 @@ class Ring:
         self.stats = RingStats()
         self.walk_errors = 0  # frames a block announced but whose headers lay outside the block
         self._next = 0
+        self.blocks_taken = 0  # blocks handed back to the kernel so far (the drain paces itself by it)
         kind = socket.SOCK_RAW if arphrd in RAW_LINKTYPES or self.linktype == LINKTYPE_RAW else socket.SOCK_DGRAM
         try:
             self.sock = socket.socket(socket.AF_PACKET, kind, 0)
@@ -266,6 +267,7 @@ class Ring:
                 for status_word in taken:
                     mv32[status_word] = L.TP_STATUS_KERNEL
                 self._next = (self._next + len(taken)) % self.block_nr
+                self.blocks_taken += len(taken)
             if caught_up:  # blocks the kernel hands over meanwhile wait for the next call, in a larger batch
                 return
 

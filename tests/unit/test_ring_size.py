@@ -67,3 +67,21 @@ def test_the_cli_sizes_by_speed_unless_told() -> None:
     assert (fixed.by_link_speed, fixed.block_size * fixed.block_nr) == (False, 64 * MIB)
     with pytest.raises(UsageError, match="at least two blocks"):
         ring_config(build_parser().parse_args(["stats", "--ring-size", "1", "--block-size", "1024"]))
+
+
+@pytest.mark.parametrize(
+    ("packets", "ring_share", "elapsed", "wait"),
+    [
+        (0, 0.0, 0.02, 0.1),  # an idle link: the longest wait
+        (1_000, 0.01, 0.02, 0.1),  # 50 kpps would take 0.66 s to fill a batch: capped
+        (16_384, 0.02, 0.02, 0.04),  # 819 kpps of small frames: 40 ms make a batch of 32,768
+        (65_536, 0.05, 0.02, 0.02),  # faster still: never below the shortest wait
+        (8_000, 0.2, 0.05, 0.0625),  # large frames: a quarter of the ring fills in 62.5 ms, before a batch does
+    ],
+)
+def test_the_wait_between_drains_fills_a_batch_and_never_a_quarter_ring(
+    packets: int, ring_share: float, elapsed: float, wait: float
+) -> None:
+    from capture_backend.engine import drain_interval
+
+    assert drain_interval(packets, ring_share, elapsed) == pytest.approx(wait)
