@@ -57,6 +57,19 @@ cdef extern from *:
     uint64_t _mum "rt_mum"(uint64_t a, uint64_t b) noexcept nogil
 
 
+cdef extern from *:
+    """
+    #define rt_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
+    #define rt_prefetch_w(p) __builtin_prefetch((const void*)(p), 1, 3)
+    """
+    void _prefetch "rt_prefetch"(const void* p) noexcept nogil
+    void _prefetch_w "rt_prefetch_w"(const void* p) noexcept nogil
+
+# How far ahead a pass over scattered rows asks for the cache lines it will touch (a flood's new keys each
+# miss the cache in every table: asked for early, the misses overlap instead of following one another).
+cdef Py_ssize_t AHEAD = 12
+
+
 cdef inline uint64_t _hash6(const uint64_t* k) noexcept nogil:
     """64-bit hash of six words (a packet's group key): three independent 128-bit multiplies, folded."""
     cdef uint64_t h = (_mum(k[0] ^ 0xA0761D6478BD642FULL, k[1] ^ 0xE7037ED1A0B428DBULL)
@@ -256,18 +269,25 @@ cdef class KeyIndex:
         cdef Py_ssize_t m = keys.shape[0]
         cdef Py_ssize_t i, missing = 0
         cdef Py_ssize_t w = self.width
-        cdef uint64_t h
         cdef int64_t row
         if keys.shape[1] != w or out.shape[0] != m or hashes.shape[0] != m:
             raise ValueError("keys must be (m, width) uint8, out (m,) int64 and hashes (m,) uint64")
         if m == 0:
             return 0
         cdef const uint8_t* kb = &keys[0, 0]
+        cdef uint64_t s
         with nogil:
             for i in range(m):
-                h = _hash(kb + i * w, w)
-                hashes[i] = h
-                row = self._find(kb + i * w, h)
+                hashes[i] = _hash(kb + i * w, w)
+            for i in range(m):
+                # Two stages ahead: the home slot of key i + 2*AHEAD, then the key row its slot names.
+                if i + 2 * AHEAD < m:
+                    _prefetch(&self.slots[hashes[i + 2 * AHEAD] & self.mask])
+                if i + AHEAD < m:
+                    s = self.slots[hashes[i + AHEAD] & self.mask]
+                    if s != EMPTY:
+                        _prefetch(self.kp + (<int64_t>(s & LOW32) - 1) * w)
+                row = self._find(kb + i * w, hashes[i])
                 out[i] = row
                 if row < 0:
                     missing += 1
@@ -291,8 +311,12 @@ cdef class KeyIndex:
         cdef const uint8_t* kb = &keys[0, 0]
         with nogil:
             for i in range(start, m):
+                if i + AHEAD < m and out[i + AHEAD] < 0:
+                    _prefetch(&self.slots[hashes[i + AHEAD] & self.mask])
                 if out[i] >= 0:
                     continue
+                if self.nfree > AHEAD // 4:  # the row a key a few places on will take
+                    _prefetch_w(self.kp + self.free_stack[self.nfree - 1 - AHEAD // 4] * w)
                 key = kb + i * w
                 h = hashes[i]
                 row = self._find(key, h)
@@ -332,10 +356,14 @@ cdef class KeyIndex:
         cdef uint8_t* gone = <uint8_t*>(order + max(n, 1))
         with nogil:
             for i in range(n):
+                if i + AHEAD < n and 0 <= rows[i + AHEAD] < self.high:
+                    _prefetch(self.kp + rows[i + AHEAD] * self.width)
                 row = rows[i]
                 hashes[i] = _hash(self.kp + row * self.width, self.width) if 0 <= row < self.high else 0
             _slot_order(hashes, n, self.mask, order)
             for j in range(n):
+                if j + AHEAD < n:
+                    _prefetch(&self.slots[hashes[order[j + AHEAD]] & self.mask])
                 i = order[j]
                 row = rows[i]
                 gone[i] = row >= 0 and row < self.high and self._delete_hashed(row, hashes[i])
@@ -410,6 +438,8 @@ def fill_rows(uint8_t[:, ::1] rows, const int64_t[::1] ids, const uint8_t[::1] f
         return
     with nogil:
         for i in range(n):
+            if i + AHEAD < n and 0 <= ids[i + AHEAD] < size:
+                _prefetch_w(&rows[ids[i + AHEAD], 0])
             r = ids[i]
             if 0 <= r < size:
                 memcpy(&rows[r, 0], &fill[0], width)
@@ -598,6 +628,13 @@ def add_traffic(int64_t[:, ::1] packets, int64_t[:, ::1] nbytes, int64_t[::1] fi
         raise ValueError("add_traffic: packets and bytes need two directions")
     with nogil:
         for i in range(n):
+            if i + AHEAD < n:
+                r = ids[i + AHEAD]
+                if 0 <= r < size:
+                    _prefetch_w(&packets[r, 0])
+                    _prefetch_w(&nbytes[r, 0])
+                    _prefetch_w(&first[r])
+                    _prefetch_w(&last[r])
             r = ids[i]
             if r < 0 or r >= size:
                 continue
@@ -622,6 +659,8 @@ def add_directed(int64_t[:, ::1] target, const int64_t[::1] ids, const int64_t[:
         raise ValueError("add_directed: the target needs two directions")
     with nogil:
         for i in range(n):
+            if i + AHEAD < n and 0 <= ids[i + AHEAD] < size:
+                _prefetch_w(&target[ids[i + AHEAD], 0])
             r = ids[i]
             if 0 <= r < size:
                 target[r, direction[i] & 1] += values[i]

@@ -32,6 +32,7 @@ from capture_backend.analysis.decode import Decoded
 from capture_backend.analysis.processes import ProcessMapper as ProcessMapper
 from capture_backend.capture.block import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
 from capture_backend.capture.bpf import compile_filter
+from capture_backend.capture.heap import reuse_freed_memory
 from capture_backend.capture.privileges import drop_privileges
 from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
@@ -177,6 +178,7 @@ class Run:
     def __init__(self, opts: RunOptions, log: Log, on_event: EventSink | None = None) -> None:
         self.opts = opts
         self.log = log
+        reuse_freed_memory()
         self.timemachine = TimeMachine(opts.buffer_size, opts.buffer_seconds) if opts.buffer_size else None
         sinks = [self.timemachine] if self.timemachine is not None else []
         self.engine: Engine | FileEngine
