@@ -1577,10 +1577,11 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
                   uint8_t[::1] tcp_flags, uint8_t[::1] malformed, int64_t[::1] tcp_seq, int64_t[::1] tcp_ack,
                   int32_t[::1] tcp_window, int32_t[::1] tcp_len, int64_t[::1] l7_start,
                   int64_t[::1] l7_cap) -> None:
-    """decode.decode()'s columns for every frame, in one pass without the GIL. The output arrays must
-    come initialised as decode() initialises them (vlan -1, proto -1, tcp_window -1, tcp_len -1,
-    l7_start -1, the others 0). Reads are bounds-checked against each frame's caplen; as in the NumPy
-    decoder, the addresses of an IP header cut short are read from the buffer (0 past its end)."""
+    """decode.decode()'s columns for every frame, in one pass without the GIL. Every column of every frame
+    is written (the outputs may come uninitialised): what a frame does not have is vlan -1, proto -1,
+    tcp_window -1, tcp_len -1, l7_start -1, the others 0. Reads are bounds-checked against each frame's
+    caplen; as in the NumPy decoder, the addresses of an IP header cut short are read from the buffer (0
+    past its end)."""
     cdef Py_ssize_t n = start.shape[0]
     cdef Py_ssize_t size = buf.shape[0]
     cdef Py_ssize_t i
@@ -1612,6 +1613,17 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
             elif c > size - s:
                 c = size - s
             f = b + s if c > 0 else b
+            ethertype[i] = 0
+            vlan[i] = -1
+            ip[i] = 0
+            src[i, 0] = src[i, 1] = dst[i, 0] = dst[i, 1] = 0
+            proto[i] = -1
+            sport[i] = dport[i] = 0
+            tcp_flags[i] = malformed[i] = 0
+            tcp_seq[i] = tcp_ack[i] = 0
+            tcp_window[i] = tcp_len[i] = -1
+            l7_start[i] = -1
+            l7_cap[i] = 0
             # Link layer: ok (header readable), l3 offset, ethertype, outer VLAN id.
             et = 0
             l3 = 0
