@@ -222,7 +222,7 @@ class FileSource:
             raise self._corrupt("block", 0, f"block length {blen}")
         self._peek_first_idb(head)
 
-    def _shb_order(self, buf: bytes | bytearray, p: int, base: int) -> _Order:
+    def _shb_order(self, buf: bytes | memoryview, p: int, base: int) -> _Order:
         """The byte order a Section Header Block at ``p`` declares."""
         if len(buf) < p + 12:
             raise CaptureFileError(f"'{self.path}' ends inside a pcapng section header (truncated file)")
@@ -266,9 +266,10 @@ class FileSource:
         need = 0
         while True:
             want = max(self.chunk_bytes, need)
-            buf = bytearray(len(carry) + want)
-            buf[: len(carry)] = carry
-            got = self._fill(memoryview(buf)[len(carry) :])
+            arr = np.empty(len(carry) + want, np.uint8)  # not zeroed: every byte used is read into it first
+            arr[: len(carry)] = np.frombuffer(carry, np.uint8)
+            buf = arr.data
+            got = self._fill(buf[len(carry) :])
             end = len(carry) + got
             eof = got < want
             if end == 0:
@@ -300,7 +301,7 @@ class FileSource:
         """The one-line error for a bad record or block at file ``offset``."""
         return CaptureFileError(f"'{self.path}': corrupt {what} at byte {offset} ({detail})")
 
-    def _walk_pcap(self, buf: bytearray, end: int, base: int) -> _ChunkWalk:
+    def _walk_pcap(self, buf: memoryview, end: int, base: int) -> _ChunkWalk:
         """Yield the whole records in buf[:end] as one Block."""
         rec_len = lay.PCAP_RECORD_LEN
         u8 = np.frombuffer(buf, np.uint8, count=end)
@@ -329,7 +330,7 @@ class FileSource:
             raise self._corrupt("record", base + p, f"incl_len {incl_len}")
         return p, lay.PCAP_RECORD_LEN + incl_len
 
-    def _walk_pcapng(self, buf: bytearray, end: int, base: int) -> _ChunkWalk:
+    def _walk_pcapng(self, buf: memoryview, end: int, base: int) -> _ChunkWalk:
         """Yield the packet blocks in buf[:end] as Blocks; handle other blocks on the way."""
         run: list[int] = []
         p = 0
@@ -370,7 +371,7 @@ class FileSource:
                 run.append(p)
             p += blen
 
-    def _flush(self, buf: bytearray, end: int, base: int, run: list[int]) -> Iterator[Block]:
+    def _flush(self, buf: memoryview, end: int, base: int, run: list[int]) -> Iterator[Block]:
         """Yield the packet blocks at offsets ``run`` as Blocks, one per interface run.
 
         The fast walk checked only that each block lies inside the chunk; every other check
@@ -446,7 +447,7 @@ class FileSource:
             self._check_packet_block(buf, bad, btype_bad, blen_bad, base)
             raise self._corrupt("block", base + bad, "bad packet block")  # pragma: no cover
 
-    def _check_packet_block(self, buf: bytearray, p: int, btype: int, blen: int, base: int) -> None:
+    def _check_packet_block(self, buf: memoryview, p: int, btype: int, blen: int, base: int) -> None:
         """Raise the precise error for a packet block that the vectorised checks rejected."""
         u32 = self._order.u32.unpack_from
         trailer = u32(buf, p + blen - 4)[0]
@@ -462,12 +463,12 @@ class FileSource:
         if ifid >= len(self._ifaces):
             raise self._corrupt("block", base + p, f"packet on undeclared interface {ifid}")
 
-    def _on_shb(self, buf: bytearray, p: int, blen: int, base: int) -> None:
+    def _on_shb(self, buf: memoryview, p: int, blen: int, base: int) -> None:
         """A Section Header Block: new byte order, no interfaces yet."""
         self._order = self._shb_order(buf, p, base)
         self._ifaces = []
 
-    def _on_idb(self, buf: bytearray, p: int, blen: int, base: int) -> None:
+    def _on_idb(self, buf: memoryview, p: int, blen: int, base: int) -> None:
         """An Interface Description Block: append an interface (options: name, tsresol, tsoffset)."""
         order = self._order
         linktype, _, snaplen = order.idb_body.unpack_from(buf, p + 8)
@@ -486,7 +487,7 @@ class FileSource:
         if self.linktype is None:
             self.linktype, self.snaplen = linktype, snaplen
 
-    _ng_handlers: dict[int, Callable[[FileSource, bytearray, int, int, int], None]] = {
+    _ng_handlers: dict[int, Callable[[FileSource, memoryview, int, int, int], None]] = {
         lay.PCAPNG_SHB: _on_shb,
         lay.PCAPNG_IDB: _on_idb,
     }
