@@ -77,7 +77,17 @@ def window_sums(
     out: np.ndarray,
 ) -> None: ...
 def group_rows(k: np.ndarray, inv: np.ndarray) -> np.ndarray: ...
-def walk_pcap(buf: np.ndarray, end: int, big_endian: bool, max_incl: int, out: np.ndarray) -> tuple[int, int]: ...
+def walk_pcap(
+    buf: np.ndarray,
+    end: int,
+    big_endian: bool,
+    max_incl: int,
+    frac_ns: int,
+    out: np.ndarray,
+    caplen: np.ndarray,
+    wirelen: np.ndarray,
+    ts_ns: np.ndarray,
+) -> tuple[int, int]: ...
 def frame_columns(
     buf: np.ndarray,
     hdr: np.ndarray,

@@ -993,25 +993,36 @@ def window_sums(const uint64_t[:, :, ::1] hist, const int64_t[::1] slot_sec, con
 
 # -- pcap file walk --------------------------------------------------------------------------------
 
-def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t[::1] out):
-    """Offsets of the whole classic-pcap records in buf[:end] (each a 16-byte header, then incl_len bytes),
-    in order, into `out`; the walk stops at the first record that does not fit or claims more than
-    max_incl bytes. Returns (records, where the walk stopped)."""
+cdef inline uint64_t _u32_order(const uint8_t* q, bint big_endian) noexcept nogil:
+    if big_endian:
+        return (<uint64_t>q[0] << 24) | (<uint64_t>q[1] << 16) | (<uint64_t>q[2] << 8) | q[3]
+    return (<uint64_t>q[3] << 24) | (<uint64_t>q[2] << 16) | (<uint64_t>q[1] << 8) | q[0]
+
+
+def walk_pcap(const uint8_t[::1] buf, Py_ssize_t end, bint big_endian, int64_t max_incl, int64_t frac_ns,
+              int64_t[::1] out, int64_t[::1] caplen, int64_t[::1] wirelen, int64_t[::1] ts_ns):
+    """The whole classic-pcap records in buf[:end] (each a 16-byte header, then incl_len bytes), in order:
+    each one's offset into `out`, its incl_len, orig_len and time (ts_sec * 1e9 + ts_frac * frac_ns) into the
+    others. The walk stops at the first record that does not fit or claims more than max_incl bytes.
+    Returns (records, where the walk stopped)."""
     cdef Py_ssize_t p = 0, n = 0, cap = out.shape[0]
     cdef uint64_t incl
     cdef const uint8_t* q
     if end > buf.shape[0]:
         raise ValueError("walk_pcap: end beyond the buffer")
+    if caplen.shape[0] < cap or wirelen.shape[0] < cap or ts_ns.shape[0] < cap:
+        raise ValueError("walk_pcap: an output shorter than `out`")
     with nogil:
         while p + 16 <= end and n < cap:
-            q = &buf[p + 8]
-            if big_endian:
-                incl = (<uint64_t>q[0] << 24) | (<uint64_t>q[1] << 16) | (<uint64_t>q[2] << 8) | q[3]
-            else:
-                incl = (<uint64_t>q[3] << 24) | (<uint64_t>q[2] << 16) | (<uint64_t>q[1] << 8) | q[0]
+            q = &buf[p]
+            incl = _u32_order(q + 8, big_endian)
             if <int64_t>incl > max_incl or p + 16 + <Py_ssize_t>incl > end:
                 break
             out[n] = p
+            caplen[n] = <int64_t>incl
+            wirelen[n] = <int64_t>_u32_order(q + 12, big_endian)
+            ts_ns[n] = (<int64_t>_u32_order(q, big_endian) * 1000000000
+                        + <int64_t>_u32_order(q + 4, big_endian) * frac_ns)
             n += 1
             p += 16 + <Py_ssize_t>incl
     return n, p

@@ -214,7 +214,6 @@ class FileSource:
             self._max_incl = MAX_RECORD_BYTES
             if self.snaplen:
                 self._max_incl = min(MAX_RECORD_BYTES, 4 * self.snaplen + SNAPLEN_SLACK)
-            self._rec_words = np.dtype(byte_order + "u4")
             return
         self._order = self._shb_order(head, 0, 0)
         blen = self._order.block_hdr.unpack_from(head)[1]
@@ -306,20 +305,19 @@ class FileSource:
         rec_len = lay.PCAP_RECORD_LEN
         u8 = np.frombuffer(buf, np.uint8, count=end)
         u8.flags.writeable = False
-        offsets = np.empty(end // rec_len + 1, np.int64)
-        count, p = walk_pcap(u8, end, self._order.big, self._max_incl, offsets)  # compiled: no Python per record
+        offsets, caplen, wirelen, ts = np.empty((4, end // rec_len + 1), np.int64)
+        count, p = walk_pcap(
+            u8, end, self._order.big, self._max_incl, self._frac_ns, offsets, caplen, wirelen, ts
+        )  # compiled: no Python per record
         if count:
-            pos = offsets[:count]
-            fields = _items(u8, rec_len)[pos].view(self._rec_words).reshape(-1, 4)
-            ts = fields[:, 0].astype(np.int64) * _NS
-            ts += fields[:, 1].astype(np.int64) * self._frac_ns
+            offsets[:count] += rec_len
             self.packets += count
             yield Block(
                 data=u8,
-                start=pos + rec_len,
-                caplen=fields[:, 2].astype(np.int64),
-                wirelen=fields[:, 3].astype(np.int64),
-                ts_ns=ts,
+                start=offsets[:count],
+                caplen=caplen[:count],
+                wirelen=wirelen[:count],
+                ts_ns=ts[:count],
                 linktype=self.linktype or 0,
                 iface=self.name,
             )

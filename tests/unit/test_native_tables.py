@@ -199,10 +199,10 @@ def _walk_reference(buf: bytes, end: int, big: bool, max_incl: int) -> tuple[lis
     order = ">" if big else "<"
     out, p = [], 0
     while p + 16 <= end:
-        incl = struct.unpack_from(order + "I", buf, p + 8)[0]
+        sec, frac, incl, orig = struct.unpack_from(order + "IIII", buf, p)
         if incl > max_incl or p + 16 + incl > end:
             break
-        out.append(p)
+        out.append((p, incl, orig, sec * 1_000_000_000 + frac * 1_000))
         p += 16 + incl
     return out, p
 
@@ -218,12 +218,16 @@ def test_walk_pcap_finds_the_same_records_as_a_python_walk(
     sizes: list[int], big: bool, cut: int, max_incl: int
 ) -> None:
     order = ">" if big else "<"
-    buf = b"".join(struct.pack(order + "IIII", 1, 2, n, n) + bytes(n) for n in sizes)
+    buf = b"".join(
+        struct.pack(order + "IIII", 1_700_000_000 + i, 999_999 - i, n, n + 7 * i) + bytes(n)
+        for i, n in enumerate(sizes)
+    )
     end = min(cut, len(buf))
-    out = np.empty(end // 16 + 1, np.int64)
-    count, stop = walk_pcap(np.frombuffer(buf, np.uint8), end, big, max_incl, out)
+    out, caplen, wirelen, ts = np.full((4, end // 16 + 1), -1, np.int64)
+    count, stop = walk_pcap(np.frombuffer(buf, np.uint8), end, big, max_incl, 1_000, out, caplen, wirelen, ts)
     want, want_stop = _walk_reference(buf, end, big, max_incl)
-    assert out[:count].tolist() == want and stop == want_stop
+    got = list(zip(*(col[:count].tolist() for col in (out, caplen, wirelen, ts)), strict=True))
+    assert got == want and stop == want_stop
 
 
 @settings(max_examples=200, deadline=None)
