@@ -38,7 +38,6 @@ PAGE = 4096
 TOUCH_AHEAD = 16 << 20
 REST_AHEAD = 4 << 20
 PAGER_STEP = 4 << 20
-MAX_SPAN_SHARE = 16  # a span of several ring blocks holds at most 1/16 of the pool: expiry lets little go at once
 MAX_NAMED_INTERFACES = 3  # a pcapng of more interfaces is named after their number
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in, writable, without touching their contents
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -156,25 +155,15 @@ class TimeMachine:
             return
         ranges = block.byte_ranges()
         if ranges.shape[0] == 1:
-            pieces = [(0, n, int(ranges[0, 0]), int(ranges[0, 1]))]
+            which, cuts = [0], [0, n]
         else:
             # Rows come range by range, but a ring batch that wraps has ranges (and offsets) out of order.
             by_lo = np.argsort(ranges[:, 0], kind="stable")
             row_range = by_lo[np.searchsorted(ranges[by_lo, 0], block.start, side="right") - 1]
             cuts = [0, *(np.flatnonzero(np.diff(row_range)) + 1).tolist(), n]
             which = row_range[cuts[:-1]].tolist()
-            # Ring blocks that follow one another in the buffer are one copy and one span (the little between
-            # them, a block's unused tail and the next one's header, is copied along), up to MAX_SPAN_SHARE.
-            limit = max(self.size // MAX_SPAN_SHARE, 1)
-            pieces = []
-            for k, a, b in zip(which, cuts[:-1], cuts[1:], strict=True):
-                lo, hi = int(ranges[k, 0]), int(ranges[k, 1])
-                if pieces and lo >= pieces[-1][3] and hi - pieces[-1][2] <= limit:
-                    pieces[-1] = (pieces[-1][0], b, pieces[-1][2], hi)
-                else:
-                    pieces.append((a, b, lo, hi))
-        for a, b, lo, hi in pieces:
-            self._keep(block, lo, hi, slice(a, b))
+        for k, a, b in zip(which, cuts[:-1], cuts[1:], strict=True):
+            self._keep(block, int(ranges[k, 0]), int(ranges[k, 1]), slice(a, b))
         self.changed.set()
 
     def _keep(self, block: Block, lo: int, hi: int, rows: slice) -> None:

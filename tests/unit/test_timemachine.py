@@ -14,7 +14,6 @@ import pytest
 from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
 from capture_backend.analysis.decode import decode
-from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import FileSource
 from capture_backend.rewind.timemachine import (
     PAGER_STEP,
@@ -91,46 +90,6 @@ def test_a_span_overwritten_while_read_is_reported_not_written() -> None:
     tm.add(block_of(one, ts_ns=[T0 + 2 * NS + i for i in range(10)]))  # reuses old's bytes
     assert tm.read(old) is None
     assert np.array_equal(tm.read(tm.window()[-1]).ts_ns, [T0 + 2 * NS + i for i in range(10)])  # type: ignore[union-attr]
-
-
-def ring_batch(blocks_in_row_order: list[int], per_block: int = 4, block_size: int = 1024) -> tuple[Block, list[bytes]]:
-    """A batch as a ring gives it: whole ring blocks (a 48-byte header, frames 16-byte aligned, an unused tail),
-    taken in `blocks_in_row_order` (a batch that wraps the ring takes its last blocks first)."""
-    buf = np.full(block_size * (max(blocks_in_row_order) + 1), 0xEE, np.uint8)
-    start, caplen, spans, sent = [], [], [], []
-    for k in blocks_in_row_order:
-        at = first = k * block_size + 48
-        for i in range(per_block):
-            f = frames(1, size=100 + 10 * i, port=7000 + k)[0]
-            buf[at : at + len(f)] = np.frombuffer(f, np.uint8)
-            start.append(at)
-            caplen.append(len(f))
-            sent.append(f)
-            at += -(-len(f) // 16) * 16 + 16
-        spans.append([first, at])
-    cols = np.array(start), np.array(caplen), np.array(caplen), T0 + np.arange(len(start))
-    return Block(buf, *cols, linktype=1, iface="ring0", spans=np.array(spans)), sent
-
-
-@pytest.mark.parametrize(
-    ("order", "pool", "spans"),
-    [
-        ([0, 1, 2, 3], 1 << 20, 1),  # blocks one after the other: one copy, one span
-        ([3, 4, 0, 1, 2], 1 << 20, 2),  # the batch wraps the ring: a span on each side of the wrap
-        ([0, 1, 2, 3], 16 * 1024 * 2, 2),  # a span holds at most 1/16 of the pool: two blocks each
-    ],
-)
-def test_ring_blocks_that_follow_one_another_are_one_span(order: list[int], pool: int, spans: int) -> None:
-    block, sent = ring_batch(order)
-    tm = TimeMachine(size=pool, seconds=60)
-    tm.add(block)
-    assert tm.stats.spans == spans and tm.stats.packets == len(sent)
-    got = []
-    for span in tm.window():
-        part = tm.read(span)
-        assert part is not None
-        got += [part.data[s : s + c].tobytes() for s, c in zip(part.start, part.caplen, strict=True)]
-    assert got == sent  # every frame's bytes, in the batch's order
 
 
 @pytest.mark.live
