@@ -384,6 +384,7 @@ def _group(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _HAS_PORTS = HAS_PORTS.view(np.uint8)
+TALLY_BINS = 1 << 16  # a tally of values below this counts them in bins instead of sorting them
 
 
 def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> None:
@@ -394,9 +395,15 @@ def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> No
         t.packets += int(keys.size)
         t.bytes += int(wirelen.sum())
         return
-    values, inverse = np.unique(keys, return_inverse=True)
-    packets = np.bincount(inverse, minlength=values.size)
-    nbytes = np.bincount(inverse, weights=wirelen, minlength=values.size)
+    if int(keys.min()) >= 0 and int(keys.max()) < TALLY_BINS:  # ethertypes, VLAN ids, protocols: no sort
+        packets = np.bincount(keys, minlength=1)
+        values = np.flatnonzero(packets)
+        nbytes = np.bincount(keys, weights=wirelen)[values]
+        packets = packets[values]
+    else:
+        values, inverse = np.unique(keys, return_inverse=True)
+        packets = np.bincount(inverse, minlength=values.size)
+        nbytes = np.bincount(inverse, weights=wirelen, minlength=values.size)
     for v, p, b in zip(values.tolist(), packets.tolist(), nbytes.tolist(), strict=True):
         t = table.setdefault(v, Tally())
         t.packets += p

@@ -329,3 +329,27 @@ def test_group_keys_equal_the_numpy_keys(seed: int, n: int) -> None:
     assert port_dir.tolist() == np.where(has, 1 - to_service.astype(int), -1).tolist()
     want_port = pack_keys(PORT_KEY, n, proto=ends.proto, port=service)
     assert port[has].tolist() == want_port[has].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0, 6, 17, 0x0800, 0x86DD, 4095, 65535, 65536, -1, 1 << 40]), st.integers(0, 65535)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_tallies_count_packets_and_bytes_per_value(rows: list[tuple[int, int]]) -> None:
+    """Protocol, ethertype and VLAN tallies: binned below 2**16, sorted for anything else, the same sums."""
+    from capture_backend.analysis.tables import Tally, _tally
+
+    keys = np.array([k for k, _ in rows], np.int64)
+    wirelen = np.array([w for _, w in rows], np.int64)
+    table: dict[int, Tally] = {6: Tally(packets=1, bytes=100)}
+    _tally(table, keys, wirelen)
+    want: dict[int, list[int]] = {6: [1, 100]}
+    for k, w in rows:
+        want.setdefault(k, [0, 0])
+        want[k][0] += 1
+        want[k][1] += w
+    assert {k: [t.packets, t.bytes] for k, t in table.items()} == want
