@@ -549,6 +549,8 @@ class RecorderThread:
         self.expected = self.tm.kept_packets
 
     def start(self) -> None:
+        if self.tm.index_keys is None:
+            self.tm.index_keys = {}  # the capture keeps each span's index columns for us from now on
         self._thread = NamedThread(target=self._run, name="retrotap-recorder", daemon=True)
         self._thread.start()
 
@@ -574,9 +576,11 @@ class RecorderThread:
             if span.before > self.expected:
                 stats.lost_packets += span.before - self.expected
             # Records are assembled straight from the pool; a span overwritten meanwhile is not written.
+            index_keys = self.tm.index_keys
+            keys = index_keys.pop(span.seq, None) if index_keys is not None else None
             if self.tm.intact(span):
                 intact = functools.partial(self.tm.intact, span)
-                stats.lost_packets += self.recorder.write(self.tm.view(span), intact=intact)
+                stats.lost_packets += self.recorder.write(self.tm.view(span), keys=keys, intact=intact)
             else:
                 stats.lost_packets += len(span.block)
             self.expected = span.before + len(span.block)
@@ -603,3 +607,4 @@ class RecorderThread:
         stats = self.recorder.stats
         stats.lost_packets += max(self.tm.kept_packets - self.expected, 0) + self.tm.stats.oversize_packets
         self.expected = self.tm.kept_packets
+        self.tm.index_keys = None

@@ -29,6 +29,7 @@ from capture_backend.capture.block import Block
 from capture_backend.capture.pcapfile import PcapngWriter, PcapWriter
 from capture_backend.capture.threads import NamedThread, name_this_thread
 from capture_backend.contract import PcapSaveResult as PcapSaveResult
+from capture_backend.rewind.index import Keys
 
 NS = 1_000_000_000
 PAGE = 4096
@@ -138,6 +139,9 @@ class TimeMachine:
         self._seq = 0
         self.kept_packets = 0  # every packet ever kept (spans' `before` counts up to this)
         self.changed = threading.Event()  # set whenever a span is added (the recorder waits on it)
+        # While a recorder reads: each span's index columns from the capture's own decode, by span seq (the
+        # recorder takes them, expiry drops those it never took), so the recorder need not decode again.
+        self.index_keys: dict[int, Keys] | None = None
 
     @property
     def next_seq(self) -> int:
@@ -146,10 +150,11 @@ class TimeMachine:
 
     def __call__(self, block: Block, dec: Decoded) -> None:
         """Block sink: keep the batch."""
-        self.add(block)
+        self.add(block, dec)
 
-    def add(self, block: Block) -> None:
-        """Copy every byte range of the block into the pool (capture thread only)."""
+    def add(self, block: Block, dec: Decoded | None = None) -> None:
+        """Copy every byte range of the block into the pool (capture thread only); with `dec` (the block
+        decoded) and a recorder reading, each span's index keys are kept beside it."""
         n = len(block)
         if n == 0:
             return
@@ -162,11 +167,12 @@ class TimeMachine:
             row_range = by_lo[np.searchsorted(ranges[by_lo, 0], block.start, side="right") - 1]
             cuts = [0, *(np.flatnonzero(np.diff(row_range)) + 1).tolist(), n]
             which = row_range[cuts[:-1]].tolist()
+        keys = Keys.of(dec) if dec is not None and self.index_keys is not None else None
         for k, a, b in zip(which, cuts[:-1], cuts[1:], strict=True):
-            self._keep(block, int(ranges[k, 0]), int(ranges[k, 1]), slice(a, b))
+            self._keep(block, int(ranges[k, 0]), int(ranges[k, 1]), slice(a, b), keys)
         self.changed.set()
 
-    def _keep(self, block: Block, lo: int, hi: int, rows: slice) -> None:
+    def _keep(self, block: Block, lo: int, hi: int, rows: slice, keys: Keys | None = None) -> None:
         length = hi - lo
         part = block.take(rows)
         if length > self.size:
@@ -185,6 +191,9 @@ class TimeMachine:
             self._want(end, rate)
         copy_into(self.pool, self._head, block.data, lo, hi)  # bypasses the cache: the pool is read back rarely
         kept = replace(part, data=_EMPTY, start=part.start - lo, pkttype=None, spans=None)
+        index_keys = self.index_keys
+        if keys is not None and index_keys is not None:
+            index_keys[self._seq] = Keys(*(col[rows].copy() for col in keys))
         self.spans.append(Span(self._seq, self._head, length, kept, self.kept_packets))
         self._seq += 1
         self.kept_packets += len(kept)
@@ -234,6 +243,9 @@ class TimeMachine:
     def _expire(self) -> None:
         span = self.spans.popleft()
         self.expired_seq = span.seq
+        index_keys = self.index_keys
+        if index_keys is not None:
+            index_keys.pop(span.seq, None)
         self.stats.packets -= len(span.block)
         self.stats.bytes -= span.length
         self.stats.spans -= 1

@@ -294,6 +294,44 @@ def test_a_ring_batch_that_wraps_is_kept_and_written_in_order(tmp_path: Path) ->
     assert all_packets(tmp_path) == [(T0 + i, f, len(f)) for i, f in enumerate(late + early)]
 
 
+def test_the_recorder_takes_its_index_from_the_capture_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a recorder reads, the time machine keeps each span's index columns from the decode the capture
+    already made: the recorder writes files and index without decoding again, and the index is the same."""
+    from capture_backend.analysis.decode import decode
+    from capture_backend.rewind import recorder as recorder_module
+
+    decoded_again: list[int] = []
+
+    def counted(block: Block) -> Any:
+        decoded_again.append(len(block))
+        return decode(block)
+
+    monkeypatch.setattr(recorder_module, "decode", counted)
+    data = frames(300, src="10.0.0.7")
+    ts = [T0 + i * 1_000 for i in range(300)]
+    tm = TimeMachine(size=1 << 20, seconds=600)
+    rec = Recorder(RecordOptions(str(tmp_path)), Log(), clock=lambda: T0)
+    rec.start()
+    thread = RecorderThread(tm, rec, on_error=lambda _: None)
+    thread.start()
+    assert tm.index_keys == {}
+    for k in range(0, 300, 100):
+        block = block_of(data[k : k + 100], ts_ns=ts[k : k + 100])
+        tm.add(block, decode(block))
+    thread.stop()
+    assert tm.index_keys is None  # nobody reads them any more: the capture stops keeping them
+    rec.close()
+    assert decoded_again == []
+    assert all_packets(tmp_path) == [(t, f, len(f)) for t, f in zip(ts, data, strict=True)]
+    check_index(tmp_path)
+    with sqlite3.connect(tmp_path / INDEX_NAME) as db:
+        hosts = {bytes(h[i : i + 16]) for (h,) in db.execute("SELECT hosts FROM chunks") for i in range(0, len(h), 16)}
+        ports = {bytes(p[i : i + 4]) for (p,) in db.execute("SELECT ports FROM chunks") for i in range(0, len(p), 4)}
+    v4 = bytes(10) + b"\xff\xff"
+    assert hosts == {v4 + bytes([10, 0, 0, 7]), v4 + bytes([10, 0, 0, 2])}
+    assert struct.pack(">I", 17 << 16 | 5000) in ports
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted in teardown even when the test fails."""
