@@ -43,8 +43,8 @@ def slot_size(size: int) -> int:
     return (TP_MAC + size + 15) // 16 * 16
 
 
-def template_batch(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A buffer of BATCH copies of one UDP frame of `size` bytes at ring-like offsets, and the offsets."""
+def template_batch(size: int, frames: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """A buffer of `frames` copies of one UDP frame of `size` bytes at ring-like offsets, and the offsets."""
     payload = size - 14 - 20 - 8
     ip = bytearray(20)
     ip[0], ip[8], ip[9] = 0x45, 64, 17
@@ -56,9 +56,9 @@ def template_batch(size: int) -> tuple[np.ndarray, np.ndarray]:
     udp[4:6] = (8 + payload).to_bytes(2, "big")
     frame = bytes.fromhex("020000000001020000000002") + b"\x08\x00" + bytes(ip) + bytes(udp) + bytes(payload)
     stride = slot_size(size)
-    buf = np.zeros(BATCH * stride, np.uint8)
-    start = np.arange(BATCH, dtype=np.int64) * stride + TP_MAC
-    buf.reshape(BATCH, stride)[:, TP_MAC : TP_MAC + size] = np.frombuffer(frame, np.uint8)
+    buf = np.zeros(frames * stride, np.uint8)
+    start = np.arange(frames, dtype=np.int64) * stride + TP_MAC
+    buf.reshape(frames, stride)[:, TP_MAC : TP_MAC + size] = np.frombuffer(frame, np.uint8)
     return buf, start
 
 

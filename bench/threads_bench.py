@@ -6,7 +6,8 @@ Run from the repository root::
     python -m bench.threads_bench --analysis        # with TCP health and latency on
 
 What each capture thread does with `--threads N` is timed without the kernel: decode + counting
-(`Counting.add`, its own tables) of batches of 8,000 frames laid out as in a ring block, the same
+(`Counting.add`, its own tables) of batches of 32,768 frames (`--batch`; the largest a capture thread
+takes, engine.BATCH_PACKETS) laid out as in a ring block, the same
 frames as bench/flood_bench.py (steady: 1,024 flows cycled; flood: every frame a new flow and host
 pair). The batches are built before the clock starts. One thread counts every batch; then two threads
 each count half of them at once, each in its own Counting, as two fanout rings would be counted. The
@@ -25,25 +26,28 @@ import time
 import numpy as np
 
 from bench.flood_bench import BATCH, START_NS, STEP_NS, put_be, template_batch
+from capture_backend.engine import BATCH_PACKETS
 
 
-def batches(scenario: str, count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """`count` batches (buffer, start, caplen, ts) of one scenario, built ahead."""
+def batches(
+    scenario: str, count: int, seed: int, frames: int = BATCH
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """`count` batches (buffer, start, caplen, ts) of `frames` frames of one scenario, built ahead."""
     size = 1400 if scenario == "steady-1400" else 64
     rng = np.random.default_rng(seed)
     out = []
     for n in range(count):
-        buf, start = template_batch(size)
+        buf, start = template_batch(size, frames)
         src_pos, sport_pos = start + 14 + 12, start + 14 + 20
         if scenario == "flood-64":
-            put_be(buf, src_pos, rng.integers(0, 1 << 32, BATCH, dtype=np.int64), 4)
-            put_be(buf, sport_pos, rng.integers(1, 1 << 16, BATCH, dtype=np.int64), 2)
+            put_be(buf, src_pos, rng.integers(0, 1 << 32, frames, dtype=np.int64), 4)
+            put_be(buf, sport_pos, rng.integers(1, 1 << 16, frames, dtype=np.int64), 2)
         else:
-            flow = np.arange(BATCH, dtype=np.int64) % 1024
+            flow = np.arange(frames, dtype=np.int64) % 1024
             put_be(buf, src_pos, (10 << 24) | ((flow // 200) << 8) | (flow % 200 + 1), 4)
             put_be(buf, sport_pos, 1024 + flow, 2)
-        ts = START_NS + (n * BATCH + np.arange(BATCH, dtype=np.int64)) * STEP_NS
-        out.append((buf, start, np.full(BATCH, size, np.int64), ts))
+        ts = START_NS + (n * frames + np.arange(frames, dtype=np.int64)) * STEP_NS
+        out.append((buf, start, np.full(frames, size, np.int64), ts))
     return out
 
 
@@ -70,19 +74,21 @@ def timed(shares: list[list], analysis: bool) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.threads_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--batches", type=int, default=100, help="batches of 8,000 frames per run (default 100)")
+    p.add_argument("--batch", type=int, default=BATCH_PACKETS,
+                   help=f"frames per batch (default {BATCH_PACKETS:,}: the largest batch a capture thread takes)")
+    p.add_argument("--batches", type=int, default=25, help="batches per run (default 25)")
     p.add_argument("--repeat", type=int, default=3, help="runs per thread count (default 3)")
     p.add_argument("--scenarios", default="steady-64,flood-64")
     p.add_argument("--analysis", action="store_true", help="TCP health and latency on (off in flood_bench)")
     args = p.parse_args(argv)
-    packets = args.batches * BATCH
+    packets = args.batches * args.batch
     print(f"# {packets:,} frames per run, {args.repeat} runs; analysis {'on' if args.analysis else 'off'}",
           file=sys.stderr)
     print("| scenario | threads | wall s (min–median) | Mpps (best) | CPU s (median) | scaling (best / best) |")
     print("|---|---|---|---|---|---|")
     for scenario in args.scenarios.split(","):
         # Two seeds: the two threads of a flood see different new flows, as two rings would.
-        work = batches(scenario, args.batches, 1)
+        work = batches(scenario, args.batches, 1, args.batch)
         best: dict[int, float] = {}
         for n in (1, 2):
             runs = [timed([work[k::n] for k in range(n)], args.analysis) for _ in range(args.repeat)]
