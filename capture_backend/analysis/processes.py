@@ -45,6 +45,7 @@ from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     EMPTY_PROCESSES,
     FLOW_KEY,
+    PACE_FACTOR,
     PROCESS_NOTE,
     V4_MAPPED,
     FlowOwners,
@@ -64,7 +65,6 @@ PROTO_TCP, PROTO_UDP = 6, 17
 REFRESH_SECONDS = 1.0
 MIN_POKE_GAP = 0.05  # seconds between two refreshes asked for by unexplained flows
 POLL_SECONDS = 0.1  # how often the thread looks for a new snapshot
-COST_FACTOR = 8  # the thread waits this many times its last update's CPU time: at most 1/9 of a core
 
 Conns = Callable[[], Iterable[Any]]  # psutil.net_connections-like rows: type, laddr, raddr, pid
 Tables = Callable[[], "list[NsTable]"]  # every namespace's socket table, the current namespace first
@@ -474,7 +474,7 @@ class ProcessMapper:
             except Exception as e:  # a bug or an unreadable /proc: published and counted, never silent
                 self._failed(f"{type(e).__name__}: {e}")
             # Big flow tables (a flood) make an update dear: update less often rather than take a core.
-            pause = max(POLL_SECONDS, (time.thread_time() - started) * COST_FACTOR)
+            pause = max(POLL_SECONDS, (time.thread_time() - started) * PACE_FACTOR)
 
     # --- the socket tables
     def refresh(self) -> None:

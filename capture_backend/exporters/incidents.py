@@ -27,6 +27,7 @@ from typing import Any
 from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     EMPTY_ALERTS,
+    PACE_FACTOR,
     ActiveAlert,
     AlertStatus,
     Churn,
@@ -41,8 +42,7 @@ from capture_backend.rewind.timemachine import TimeMachine, save_pcap
 INCIDENT_FILE = "incident.json"
 INCIDENT_PREFIX = "incident-"
 MANUAL = "manual"
-SAMPLE_SECONDS = 1.0  # rules compare snapshots about this far apart ...
-COST_FACTOR = 8  # ... or further when a look costs more than 1/9 of a core (a flood's 200,000 flows)
+SAMPLE_SECONDS = 1.0  # rules compare snapshots about this far apart, or further when a look is dear (PACE_FACTOR)
 POLL_S = 0.25
 TOP = 10
 Log = Callable[[str], None]
@@ -180,7 +180,7 @@ class IncidentWatcher:
             prev = self._prev
             if prev is None or prev.seq > snap.seq:
                 self._prev = snap
-            elif _seconds(snap, prev) >= max(SAMPLE_SECONDS, COST_FACTOR * self.look_cpu):
+            elif _seconds(snap, prev) >= max(SAMPLE_SECONDS, PACE_FACTOR * self.look_cpu):
                 started = time.thread_time()
                 sample = Sample(snap, prev)
                 self._churn = churn(sample)
