@@ -571,6 +571,7 @@ def make_ring(ring: np.ndarray, block_size: int, block_nr: int, next_block: int 
     r.block_nr = block_nr
     r.walk_errors = 0
     r._next = next_block
+    r.blocks_taken = 0
     r.buf = traced(ring)
     r.u32 = traced(ring.view(np.uint32))
     r.mv32 = memoryview(ring).cast("I")
@@ -666,6 +667,7 @@ def test_batches_yield_the_laid_out_frames_and_give_blocks_back(case: RingCase) 
     after = [descriptor(ring, i * bs)[0] for i in range(case.block_nr)]
     assert after == [L.TP_STATUS_KERNEL if i in case.ready else before[i] for i in range(case.block_nr)]
     assert r._next == (case.start + len(case.ready)) % case.block_nr
+    assert r.blocks_taken == len(case.ready)  # what the drain paces itself by
     assert r.walk_errors == 0
     ring_reads_inside(r, ring, case.ready)
 
