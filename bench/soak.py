@@ -46,13 +46,14 @@ STATS_PORT, RECORD_PORT, IPFIX_PORT = 9481, 9482, 4739
 
 # The collector counts IPFIX datagrams and writes the count to a file every half second.
 COLLECTOR = """
-import socket, sys, time, threading
+import os, socket, sys, time, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 n = [0, 0]
 def save():
-    while True:
-        open(sys.argv[2], "w").write(f"{n[0]} {n[1]}")
+    while True:  # replaced whole, never truncated in place: a reader never finds it empty
+        open(sys.argv[2] + ".tmp", "w").write(f"{n[0]} {n[1]}")
+        os.replace(sys.argv[2] + ".tmp", sys.argv[2])
         time.sleep(0.5)
 threading.Thread(target=save, daemon=True).start()
 print("ready", flush=True)
