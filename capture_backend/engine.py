@@ -480,15 +480,20 @@ class Engine:
             cap_ = by_fd.get(fd)
             if cap_ is not None and cap_.ring is not None and ev & select.POLLERR:
                 cap_.ring.pending_error()
-        # Let blocks gather: fixed costs are paid per batch, and the ring holds plenty.
-        pause = last_drain + (lane.drain_interval if self._drain_interval else 0.0) - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+        # Let blocks gather: fixed costs are paid per batch, and the ring holds plenty. A burst after a quiet
+        # spell is not left to fill the ring: the wait ends once a quarter of any ring is ready.
+        deadline = last_drain + (lane.drain_interval if self._drain_interval else 0.0)
+        while (pause := deadline - time.monotonic()) > 0 and not self._quarter_ready(lane):
+            time.sleep(min(pause, MIN_DRAIN_INTERVAL))
         began = time.monotonic()
         packets, ring_share = self._drain(lane)
         if last_drain:
             lane.drain_interval = drain_interval(packets, ring_share, began - last_drain)
         return began
+
+    @staticmethod
+    def _quarter_ready(lane: _Lane) -> bool:
+        return any(c.ring is not None and c.ring.ready_ahead(c.ring.block_nr // 4) for c in lane.captures)
 
     def _last_drain(self, lane: _Lane, poller: select.poll) -> None:
         """The kernel retires a partly filled block after its timeout: drain for a few of them."""

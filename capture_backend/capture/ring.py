@@ -225,6 +225,13 @@ class Ring:
         """Read and clear SO_ERROR (ENETDOWN when the link went down)."""
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
+    def ready_ahead(self, blocks: int) -> bool:
+        """Whether the kernel has handed over at least `blocks` blocks from the next one on (it fills them in
+        ring order, so the last of them being ours says all are)."""
+        k = min(max(blocks, 1), self.block_nr)
+        status_word = ((((self._next + k - 1) % self.block_nr) * self.config.block_size) + L.BLOCK_STATUS_OFFSET) >> 2
+        return bool(self.u32[status_word] & L.TP_STATUS_USER)
+
     def batches(self, max_blocks: int = 4, max_packets: int = 1 << 62) -> Generator[Block, None, None]:
         """Yield the packets of every block the kernel has handed over, several blocks at a time: at most
         `max_blocks`, and no more once the batch holds `max_packets`. A batch that reached a block the kernel

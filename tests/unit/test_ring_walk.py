@@ -723,3 +723,24 @@ def test_batches_stopped_early_give_back_what_they_took() -> None:
     assert [len(b) for b in r.batches(max_blocks=2)] == [2 + 3, 4]
     assert [descriptor(ring, i * bs)[0] for i in range(4)] == [0, 0, 0, 0]
     assert r._next == 0
+
+
+@pytest.mark.parametrize(
+    ("ours", "next_block", "ahead", "ready"),
+    [
+        ([2, 3, 4, 5], 2, 4, True),  # four blocks handed over from the next one on
+        ([2, 3, 4], 2, 4, False),  # only three: the fourth is still the kernel's
+        ([6, 7, 0, 1], 6, 4, True),  # across the end of the ring
+        ([], 0, 1, False),  # an empty ring
+        ([0, 1, 2, 3, 4, 5, 6, 7], 3, 100, True),  # more than the ring asked for: the whole ring
+    ],
+)
+def test_ready_ahead_says_whether_a_share_of_the_ring_waits(
+    ours: list[int], next_block: int, ahead: int, ready: bool
+) -> None:
+    """What ends the drain's wait early: the kernel fills blocks in ring order, so the last of k is enough."""
+    bs, nr = 4096, 8
+    ring = np.zeros(bs * nr, np.uint8)
+    for i in ours:
+        ring.view(np.uint32)[(i * bs + L.BLOCK_STATUS_OFFSET) >> 2] = L.TP_STATUS_USER
+    assert make_ring(ring, bs, nr, next_block=next_block).ready_ahead(ahead) is ready
