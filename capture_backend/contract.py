@@ -68,9 +68,9 @@ PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)  # the protocols whose ke
 DNS_PORT = 53
 
 SERVICES_PATH = "/etc/services"
-# Work that follows the tables (building a snapshot, the process mapper, the incident detector) waits this many
-# times its last CPU cost before it runs again: each takes at most 1/25 of a core, all three together under 1/8,
-# however large a flood makes the tables (they then refresh less often, never the capture less).
+# Work that follows the snapshots (the process mapper, the incident detector) waits this many times its last CPU
+# cost before it runs again: each takes at most 1/25 of a core however large a flood makes the tables (the
+# Processes and Incidents views then refresh less often, never the capture less).
 PACE_FACTOR = 24
 PROTO_NAMES = {
     IPPROTO_ICMP: "icmp",

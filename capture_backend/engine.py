@@ -32,7 +32,6 @@ from capture_backend.capture.threads import NamedThread
 from capture_backend.contract import (
     FLOW_KEY,
     HOST_KEY,
-    PACE_FACTOR,
     PAIR_KEY,
     PORT_KEY,
     LinkInfo,
@@ -47,6 +46,9 @@ from capture_backend.contract import Snapshot as Snapshot
 # Called on the capture thread with each batch and its decoded columns, before counting.
 BlockSink = Callable[[Block, Decoded], None]
 LINK_POLL_SECONDS = 1.0
+# A snapshot may take at most 1/PUBLISH_COST_FACTOR of the capture thread's time (it is published less often).
+# Not the consumers' PACE_FACTOR: the snapshot is what every view shows, and must stay within a second or two.
+PUBLISH_COST_FACTOR = 8
 # A capture loop that keeps failing is restarted at most this often (seconds between restarts).
 RESTART_BACKOFF = (0.0, 0.1, 1.0)
 SMALL_RING_BLOCKS = 16
@@ -466,7 +468,7 @@ class Engine:
                 # Large tables make a snapshot dear: publish less often rather than let it starve the ring.
                 cost = time.monotonic() - now
                 self.publish_cost = cost
-                next_publish = now + max(self.publish_interval, cost * PACE_FACTOR)
+                next_publish = now + max(self.publish_interval, cost * PUBLISH_COST_FACTOR)
                 if asked:
                     self._answered.set()
         self._last_drain(lane, poller)
