@@ -64,6 +64,10 @@ from capture_backend.contract import ProcessTotals as ProcessTotals
 PROTO_TCP, PROTO_UDP = 6, 17
 REFRESH_SECONDS = 1.0
 MIN_POKE_GAP = 0.05  # seconds between two refreshes asked for by unexplained flows
+# Each refresh in a row that explains no flow doubles both gaps, up to this: forwarded traffic, a flood of
+# spoofed sources or a link with no local socket costs a socket table read (≈ 20 ms with a few namespaces,
+# most of it the kernel's walk of its TCP hash) every few seconds, not every second.
+MAX_REFRESH_SECONDS = 5.0
 POLL_SECONDS = 0.1  # how often the thread looks for a new snapshot
 
 Conns = Callable[[], Iterable[Any]]  # psutil.net_connections-like rows: type, laddr, raddr, pid
@@ -426,6 +430,8 @@ class ProcessMapper:
         self._tables_sig = b""
         self._last: Snapshot | None = None
         self._refreshed = -1e18
+        self._judged = -1e18  # the refresh whose worth update() has judged last
+        self._misses = 0  # refreshes in a row that explained no flow
         self._poke = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -468,7 +474,7 @@ class ProcessMapper:
             self._poke.clear()
             started = time.thread_time()
             try:
-                if poked or self.clock() - self._refreshed >= self.refresh_s:
+                if poked or self.clock() - self._refreshed >= self._gap(self.refresh_s):
                     self.refresh()
                 self.update(self.snapshots())
             except Exception as e:  # a bug or an unreadable /proc: published and counted, never silent
@@ -477,6 +483,11 @@ class ProcessMapper:
             pause = max(POLL_SECONDS, (time.thread_time() - started) * PACE_FACTOR)
 
     # --- the socket tables
+    def _gap(self, base: float) -> float:
+        """Seconds from one refresh to the next: `base`, doubled for each refresh in a row that explained no
+        flow, at most MAX_REFRESH_SECONDS (or `base` when larger)."""
+        return min(base * 2 ** min(self._misses, 16), max(base, MAX_REFRESH_SECONDS))
+
     def refresh(self) -> None:
         """Read the socket tables, the names of new pids, and which counted processes exited."""
         try:
@@ -563,10 +574,10 @@ class ProcessMapper:
         unseen = np.flatnonzero(own[:, 0] == UNSEEN)
         ifaces = self._ifaces(snap)
         self._note_ifaces(ifaces)
-        if unseen.size and self.clock() - self._refreshed >= MIN_POKE_GAP:
+        if unseen.size:
             own[unseen], rank[unseen] = self._sockets.attribute(flows, unseen, ifaces)
             tried[unseen] = self._gen
-            if (own[unseen] < 0).all(axis=1).any():
+            if (own[unseen] < 0).all(axis=1).any() and self.clock() - self._refreshed >= self._gap(MIN_POKE_GAP):
                 gen = self._gen
                 self.refresh()  # new flows no socket explains yet: the socket may still be there
                 ifaces = self._ifaces(snap)
@@ -577,6 +588,10 @@ class ProcessMapper:
         if todo.size:
             own[todo], rank[todo] = self._sockets.attribute(flows, todo, ifaces)
             tried[todo] = self._gen
+        if self._refreshed != self._judged:  # a refresh since the last update: did any flow get its process?
+            self._judged = self._refreshed
+            looked = np.concatenate([unseen, todo])
+            self._misses = 0 if (own[looked] >= 0).any() else self._misses + 1
         rows = np.flatnonzero(active)
         gb, gp = grown_b[rows], grown_p[rows]
         pids = own[rows]

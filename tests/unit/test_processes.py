@@ -482,3 +482,41 @@ def test_an_unexplained_flow_is_looked_up_again_only_when_the_sockets_change(mon
     table = mapper.update(snapshot(5, [(F_SERVER, (5, 0), (500, 0)), (F_LATE, (0, 5), (0, 300))]))
     assert looked == [1]
     assert (by_pid(table)[400]["rx_bytes"], by_pid(table)[400]["rx_packets"]) == (60, 1)
+
+
+def test_refreshes_that_explain_nothing_come_less_often_until_one_does() -> None:
+    """Forwarded traffic or a flood of spoofed sources: each update brings a flow no socket explains. The
+    socket table is read again at the first, then after gaps that double (0.05 s, 0.1 s, …, at most 5 s);
+    a refresh that explains a flow brings the gaps back to their start."""
+    now = [0.0]
+    sockets = FakeSockets([SERVER])
+    mapper = ProcessMapper(
+        conns=sockets.conns,
+        info=NAMES.get,
+        local_addrs=lambda: ["198.18.0.1"],
+        alive=lambda pid: True,
+        refresh_s=1e9,  # only the refreshes unexplained flows ask for
+        clock=lambda: now[0],
+    )
+
+    def updates(seqs: range, late: bool) -> list[float]:
+        """An update every 0.25 s, each with a new transit flow (and F_LATE growing); when the table was read."""
+        read_at = []
+        for seq in seqs:
+            now[0] = seq * 0.25
+            before = sockets.reads
+            rows = [(key("10.1.1.1", seq, "10.2.2.2", 80, TCP), (1, 0), (60, 0))]
+            if late:
+                rows.append((F_LATE, (0, seq - 60), (0, 60 * (seq - 60))))
+            mapper.update(snapshot(seq, rows))
+            if sockets.reads > before:
+                read_at.append(now[0])
+        return read_at
+
+    assert updates(range(1, 61), late=False) == [0.25, 0.5, 0.75, 1.25, 2.25, 4.0, 7.25, 12.25]
+    # A socket appears for F_LATE; the next refresh, 5 s after the last, explains it: the gaps start over.
+    sockets.rows = [SERVER, conn(socket.SOCK_DGRAM, ("198.18.0.1", 6000), ("198.18.0.9", 7000), 400)]
+    assert updates(range(61, 77), late=True) == [17.25, 17.5, 17.75, 18.0, 18.5]
+    rows = by_pid(mapper.result)
+    assert rows[400]["rx_packets"] == 8  # from the update at 17.25 s on; the 8 packets before went to "unknown"
+    assert rows[None]["rx_packets"] == 76 + 8
