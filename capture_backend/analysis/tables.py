@@ -110,7 +110,7 @@ class KeyTable:
     """Rows addressed by fixed-width byte keys, stored as NumPy columns allocated at capacity (mapped lazily).
 
     Optionally keeps per-second byte history for two directions (iftop's 2/10/40 s averages). Columns
-    named in `untouched` start at zero and are not written until `written()` says so.
+    named in `untouched` are not written (nor their rows given their initial value) until `written()` says so.
     """
 
     def __init__(
@@ -143,7 +143,8 @@ class KeyTable:
             name: lazy_zeros((size, *shape), dtype) for name, (dtype, shape, _) in self.specs.items()
         }
         self._first = {name: fill for name, (_, _, fill) in self.specs.items() if fill != 0}
-        self.untouched = set(untouched) - set(self._first)  # zero in every row: nothing to reset or copy
+        # Never written yet: every row holds the initial value (in fact still zero pages), nothing to reset or copy.
+        self.untouched = set(untouched)
         self.hist = lazy_zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
         self._hist_map = _mapping(self.hist)
         # A reused row's history counts from this second on: older buckets still hold its last owner's bytes.
@@ -220,7 +221,8 @@ class KeyTable:
         if self.high > fresh:  # rows handed out for the first time: their cells take the columns' initial values
             new = slice(fresh, self.high)
             for name, fill in self._first.items():
-                self.cols[name][new] = fill
+                if name not in self.untouched:
+                    self.cols[name][new] = fill
         return out
 
     def ids_of_repeated(self, keys: np.ndarray) -> np.ndarray:
@@ -286,13 +288,19 @@ class KeyTable:
         return np.where((self.hist_from[: self.high] <= second)[:, None], bucket, np.uint64(0))
 
     def written(self, names: frozenset[str]) -> None:
-        """Columns about to be written (before the write): from now on they are reset and copied."""
+        """Columns about to be written (before the write): from now on they are reset and copied. The rows
+        handed out so far take the initial value now (one pass, the first time only)."""
+        for name in self.untouched & names:
+            if name in self._first:
+                self.cols[name][: self.high] = self._first[name]
         self.untouched -= names
 
     def _published(self, name: str, col: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The used rows of a column; one never written (TCP health of a UDP flood) is published as zero
         pages, which cost no memory until read, instead of a copy."""
         if name in self.untouched:
+            if name in self._first:  # one value seen from every row: no memory
+                return np.broadcast_to(col.dtype.type(self._first[name]), (rows.size, *col.shape[1:]))
             return lazy_zeros((rows.size, *col.shape[1:]), col.dtype)
         return np.take(col, rows, axis=0)  # a row gather (a fancy index of a 2-D column is ~15 times slower)
 
@@ -644,9 +652,9 @@ def published_rtt(cols: dict[str, np.ndarray]) -> None:
     """Publish a flow's handshake RTT only once both directions were seen, as tshark shows
     tcp.analysis.initial_rtt (a SYN then the same side's ACK, and nothing back, has none)."""
     if "tcp_irtt" in cols:
-        packets = cols["packets"]
-        both_ways = (packets[:, 0] > 0) & (packets[:, 1] > 0)
-        cols["tcp_irtt"] = np.where(both_ways, cols["tcp_irtt"], -1)
+        irtt, packets = cols["tcp_irtt"], cols["packets"]
+        if irtt.flags.writeable:  # the snapshot's own copy (else -1 in every row: no TCP counted yet)
+            irtt[(packets[:, 0] == 0) | (packets[:, 1] == 0)] = -1
 
 
 def _add_traffic(

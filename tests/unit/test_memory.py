@@ -54,38 +54,54 @@ def flow_table(rows: int) -> KeyTable:
     return t
 
 
-def test_rows_handed_out_are_resident_only_in_the_columns_that_do_not_start_at_zero() -> None:
+def test_rows_handed_out_are_resident_only_in_the_columns_they_use() -> None:
     rows = 50_000
     t = flow_table(rows)
     starts_nonzero = {name for name, (_, _, fill) in FLOW_COLUMNS.items() if fill != 0}
     assert starts_nonzero == {"first", "tcp_next", "tcp_irtt", "tcp_window"}
-    # Residency first: reading a page never written maps the zero page, which mincore counts.
+    # Residency first: reading a page never written maps the zero page, which mincore counts. The TCP columns
+    # that start at -1 are not written before the first TCP packet (a UDP flood never writes them).
     for name, col in t.cols.items():
-        if name in starts_nonzero:
+        if name == "first":
             assert resident_pages(col) >= col[:rows].nbytes // PAGE
         else:
             assert resident_pages(col) == 0, name
-    # Per handed-out row: its key, its `used` flag and the four columns above; none of the others.
+    # Per handed-out row: its key, its `used` flag and `first`; none of the others.
     per_row = sum(resident_pages(a) for a in (t.keys, t.used, *t.cols.values())) * PAGE / rows
-    assert per_row < FLOW_KEY.itemsize + 1 + 8 + 16 + 8 + 16 + 1
+    assert per_row < FLOW_KEY.itemsize + 1 + 8 + 1
+    assert (t.cols["first"][:rows] == INT64_MAX).all()
+    # The first TCP packet: the rows handed out so far take the TCP columns' initial values, once; rows handed
+    # out later get them as they are handed out, and an evicted row gets them back.
+    t.written(TCP_WRITTEN)
     for name, col in t.cols.items():
         assert (col[:rows] == FLOW_COLUMNS[name][2]).all(), name
-    assert (t.cols["first"][:rows] == INT64_MAX).all()
+    t.cols["tcp_next"][7] = (100, 200)
+    t.remove(np.array([7]))
+    keys = np.zeros((2, FLOW_KEY.itemsize), np.uint8)
+    keys[:, :8] = np.array([rows + 1, rows + 2], np.uint64).view(np.uint8).reshape(2, 8)
+    assert t.ids(keys).tolist() == [7, rows]
+    assert t.cols["tcp_next"][[7, rows]].tolist() == [[-1, -1], [-1, -1]]
+    assert t.cols["tcp_irtt"][[7, rows]].tolist() == [-1, -1]
 
 
-def test_a_column_never_written_is_published_as_zeros_and_copied_once_written() -> None:
+def test_a_column_never_written_is_published_without_a_copy_and_copied_once_written() -> None:
     t = flow_table(200_000)  # 1.6 MB a column: zeros are mapped, not allocated
     before = t.freeze(0)
     retrans = before.cols["tcp_retrans"]
     assert resident_pages(retrans) == 0  # not a copy: pages never written
     assert retrans.shape == (200_000,) and not retrans.any() and not retrans.flags.writeable
-    t.written(frozenset({"tcp_retrans"}))
+    irtt = before.cols["tcp_irtt"]  # starts at -1 (not measured): one value seen from every row
+    assert irtt.shape == (200_000,) and irtt.strides == (0,) and (irtt == -1).all() and not irtt.flags.writeable
+    t.written(frozenset({"tcp_retrans", "tcp_irtt"}))
     t.cols["tcp_retrans"][1234] = 7
+    t.cols["tcp_irtt"][99] = 5_000_000
     after = t.freeze(0)
     assert after.cols["tcp_retrans"][1234] == 7 and int(after.cols["tcp_retrans"].sum()) == 7
-    assert not before.cols["tcp_retrans"].any()  # the earlier snapshot did not change
+    assert after.cols["tcp_irtt"][99] == 5_000_000 and int((after.cols["tcp_irtt"] == -1).sum()) == 200_000 - 1
+    assert not before.cols["tcp_retrans"].any() and (before.cols["tcp_irtt"] == -1).all()  # earlier: unchanged
     for name, col in after.cols.items():  # every published column equals the used rows of the table
-        assert np.array_equal(col, t.cols[name][: len(t)]), name
+        if name not in t.untouched:
+            assert np.array_equal(col, t.cols[name][: len(t)]), name
     t.remove(np.array([1234]))  # a written column is reset on eviction, the row reused with zeros
     assert t.cols["tcp_retrans"][1234] == 0
 
