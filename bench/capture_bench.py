@@ -344,8 +344,20 @@ def _tcpdump_count(text: str, what: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def run_tool(lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: int, grace: float) -> Result:
-    """Start `tool` on veth a (core 1), wait for readiness, send the burst, let it settle, stop it, read it."""
+def _last_record(lines: list[str]) -> dict[str, Any]:
+    """retrotap's latest JSON record printed so far ({} if none)."""
+    return next((json.loads(line) for line in reversed(lines) if line.startswith("{")), {})
+
+
+def run_tool(
+    lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: int, grace: float, warmup: int = 0
+) -> Result:
+    """Start `tool` on veth a (core 1), wait for readiness, send the burst, let it settle, stop it, read it.
+
+    With `warmup`, that many frames of the same burst go first, untimed, followed by the grace: what is
+    measured is then a tool that has run a while (retrotap's time machine and heap filled), not a fresh one.
+    Counts (captured, received, drops) are those of the measured burst: retrotap's from its own records,
+    tcpdump's and iftop's less the warm-up's frames sent."""
     argv = [*pin(TOOL_CORE), *tool.argv(lab.veth_a)]
     proc: subprocess.Popen[str] = lab.popen_a(
         argv, cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -362,6 +374,14 @@ def run_tool(lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: in
         comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
         if comm != tool.comm:
             notes.append(f"pid {proc.pid} is {comm!r}, expected {tool.comm!r}: CPU may be partial")
+        warm_sent, before = 0, {}
+        if warmup:
+            warm_sent = send_burst(lab, conf, warmup).sent
+            time.sleep(grace)
+            if tool.name == "retrotap":
+                seen = len(out.lines)
+                out.wait_for("{", 2.0 * grace + 2.0, start=seen)  # a record printed after the warm-up's grace
+                before = _last_record(list(out.lines))
         cpu_ready, core1_ready, load = proc_cpu(proc.pid), core_busy(int(TOOL_CORE)), os.getloadavg()[0]
         burst = send_burst(lab, conf, count)
         # The same grace for every tool after the burst, longer than libpcap's 1 s block-retire timeout,
@@ -405,6 +425,13 @@ def run_tool(lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: in
         cap = last.get("capture", {})
         received, drops = cap.get("received"), cap.get("kernel_drops")
         thread_cpu = cap.get("cpu_seconds")
+        if before:
+            was = before.get("capture", {})
+            captured -= int(before["totals"]["packets"])
+            received, drops, thread_cpu = (
+                None if v is None or was.get(k) is None else v - was[k]
+                for v, k in ((received, "received"), (drops, "kernel_drops"), (thread_cpu, "cpu_seconds"))
+            )
         if cap.get("freeze_count"):
             notes.append(f"ring froze {cap['freeze_count']} times")
     elif tool.name.startswith("tcpdump"):
@@ -418,6 +445,11 @@ def run_tool(lab: Lab, tool: Tool, conf: Path, size: int, count: int, repeat: in
             captured_range = (int(got[0] // ip_len), int(-(-got[1] // ip_len)))
             captured = round((got[0] + got[1]) / 2 / ip_len)
             exact = False
+    if warm_sent and tool.name != "retrotap":
+        captured = None if captured is None else captured - warm_sent
+        if captured_range is not None:
+            captured_range = (captured_range[0] - warm_sent, captured_range[1] - warm_sent)
+        received = None if received is None else received - warm_sent
     if status != 0:
         notes.append(f"exit status {status}: {stderr[-300:]}")
     return Result(
@@ -551,6 +583,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--flood", action="store_true",
                    help="every frame from a random source address and port (a new flow each) instead of --flows")
     p.add_argument("--grace", type=float, default=1.5, help="seconds every tool gets after the burst (default 1.5)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="frames of the same burst sent first, untimed, to every tool (a tool that has run a while)")
     p.add_argument("--interval", type=float, default=1.0, help="retrotap --interval (default 1)")
     p.add_argument("--retrotap-args", default="", help="extra retrotap options, e.g. '--ring-size 64'")
     p.add_argument("--nice", type=int, default=0,
@@ -587,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             conf.write_text(trafgen_flood_config(lab, size) if args.flood else trafgen_config(lab, size, args.flows))
             for repeat in range(1, args.repeat + 1):
                 for name in args.tools:
-                    result = run_tool(lab, tools[name], conf, size, args.count, repeat, args.grace)
+                    result = run_tool(lab, tools[name], conf, size, args.count, repeat, args.grace, args.warmup)
                     results.append(result)
                     print(f"# size {size} run {repeat} {name}: sent {result.sent:,} at {result.offered_pps:,.0f} pps, "
                           f"captured {_fmt(result.captured, approx=not result.captured_exact)}, "
@@ -596,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(results)
     print(f"\nmachine: {machine()}")
     print(f"tool on core {TOOL_CORE}, trafgen on core {SENDER_CORE}, nice {args.nice}; {args.count:,} frames per "
-          f"burst, {'a new flow per frame' if args.flood else f'{args.flows} flows'}, grace {args.grace} s\n")
+          f"burst, {'a new flow per frame' if args.flood else f'{args.flows} flows'}, grace {args.grace} s"
+          + (f", after a warm-up of {args.warmup:,} frames" if args.warmup else "") + "\n")
     print(runs_table(results) + "\n")
     print(table(summary))
     if args.json:
