@@ -108,8 +108,10 @@ class Counting:
         links: Mapping[str, LinkInfo],
         restarts: int = 0,
         last_error: str = "",
+        exact: bool = True,
     ) -> Snapshot:
-        """Build a Snapshot of the counters as they are now."""
+        """Build a Snapshot of the counters as they are now (not `exact`: latency quantiles may be up to a
+        second old)."""
         c = self.counters
         now = self.clock()
         now_ns = int(now * NS) if self.live else c.last_ns
@@ -137,7 +139,7 @@ class Counting:
             pairs=c.pairs.freeze(now_sec).with_layout(PAIR_KEY),
             hosts=c.hosts.freeze(now_sec).with_layout(HOST_KEY),
             ports=c.ports.freeze(now_sec).with_layout(PORT_KEY),
-            latency=self.latency.freeze(),
+            latency=self.latency.freeze(exact),
             capture_cpu=cpu,
             links=MappingProxyType(dict(links)),
             restarts=restarts,
@@ -205,6 +207,7 @@ class _Lane:
         self.answered = threading.Event()
         self.thread: threading.Thread | None = None
         self.drain_interval = MIN_DRAIN_INTERVAL  # paced by what each drain takes
+        self.exact = True  # what the first thread asked for: a snapshot with exact latency quantiles
 
 
 def _serialised(sink: BlockSink, lock: threading.Lock) -> BlockSink:
@@ -464,7 +467,7 @@ class Engine:
                 for cap in self._captures:
                     cap.fold_stats()
                 lane.cpu = time.thread_time()
-                self.snapshot = self._publish_now(wait=asked)
+                self.snapshot = self._publish_now(wait=asked, exact=asked)
                 # Large tables make a snapshot dear: publish less often rather than let it starve the ring.
                 cost = time.monotonic() - now
                 self.publish_cost = cost
@@ -519,7 +522,7 @@ class Engine:
                 for cap in lane.captures:
                     cap.fold_stats()
                 lane.cpu = time.thread_time()
-                lane.part = self._freeze(lane)
+                lane.part = self._freeze(lane, lane.exact)
                 lane.answered.set()
         self._last_drain(lane, poller)
 
@@ -609,7 +612,7 @@ class Engine:
             for c in lane.captures
         )
 
-    def _freeze(self, lane: _Lane) -> Snapshot:
+    def _freeze(self, lane: _Lane, exact: bool = True) -> Snapshot:
         """The lane's counters now (on its own thread, or when its thread is not running)."""
         first = lane.index == 0
         return lane.counting.freeze(
@@ -618,10 +621,13 @@ class Engine:
             self._link_info,
             self.restarts if first else 0,
             self.last_error if first else "",
+            exact,
         )
 
-    def _publish_now(self, wait: bool = False) -> Snapshot:
-        own = self._freeze(self._lanes[0])
+    def _publish_now(self, wait: bool = False, exact: bool = True) -> Snapshot:
+        """Every lane's counters merged; the periodic ones (not `exact`) may carry latency quantiles up to a
+        second old."""
+        own = self._freeze(self._lanes[0], exact)
         if self.threads == 1:
             return own
         others = self._lanes[1:]
@@ -631,6 +637,7 @@ class Engine:
                     cap.fold_stats()
                 lane.part = self._freeze(lane)
             else:
+                lane.exact = exact
                 lane.answered.clear()
                 lane.asked.set()
         if wait:

@@ -13,6 +13,7 @@ Matched exchanges update the flow, a per-server and a per-service table, a ring 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -60,6 +61,9 @@ PENDING_LIMIT = 65_536
 MATCH_SLICE = 16_384  # packets classified and matched at once, then bounded (a live batch is one slice)
 PENDING_TIMEOUT_NS = 30 * 1_000_000_000  # < 2**36: _quantiles packs a latency into 36 bits
 SLOWEST_KEPT = 10
+# p50 and p95 sort the whole sample ring (≈ 2 ms for 65,536 samples, per table): a snapshot published a few
+# times a second may reuse those of up to this long ago; an exact one (a record, the last snapshot) never does.
+QUANTILE_SECONDS = 1.0
 # The tables' own columns (contract.LATENCY_TABLE_COLUMNS: these, then p50 and p95 at freeze time).
 LATENCY_COLUMNS = {
     "count": (np.int64, (), 0),
@@ -156,6 +160,11 @@ class Latency:
         self.unanswered = 0
         self.slowest: dict[int, list[Exchange]] = {k: [] for k in KIND_NAMES}
         self._frozen: tuple[TableSnapshot, TableSnapshot, tuple[Exchange, ...]] | None = None
+        self._frozen_exact = False  # the quantiles in _frozen are of its own samples
+        # Per table: p50 and p95 by row, the newest sample time they count, and when (monotonic) made.
+        self._quantiles: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._quantiled = -1e18
+        self.clock: Callable[[], float] = time.monotonic
 
     def add(self, dec: Decoded, flow_of: FlowOf, flow_first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Match this batch's requests and responses; returns (flow row, latency ns) per exchange."""
@@ -294,23 +303,40 @@ class Latency:
             kept.sort(key=lambda x: -x.latency_ns)
             del kept[SLOWEST_KEPT:]
 
-    def freeze(self) -> LatencySnapshot:
+    def freeze(self, exact: bool = True) -> LatencySnapshot:
         """Per-server and per-service tables with p50/p95 of the recent samples (made again only after
-        new exchanges), the slowest exchanges and the counts."""
-        if self._frozen is None:
+        new exchanges), the slowest exchanges and the counts. Not `exact`: p50 and p95 may be those of up
+        to QUANTILE_SECONDS ago (counts, sums and maxima are always current)."""
+        now = self.clock()
+        sort = exact or now - self._quantiled >= QUANTILE_SECONDS
+        if self._frozen is None or (sort and not self._frozen_exact):
+            if sort:
+                self._quantiled = now
             slowest = sorted((x for kept in self.slowest.values() for x in kept), key=lambda x: -x.latency_ns)
             self._frozen = (
-                self._freeze(self.servers, self.s_server, SERVER_KEY),
-                self._freeze(self.services, self.s_service, SERVICE_KEY),
+                self._freeze(self.servers, self.s_server, SERVER_KEY, sort),
+                self._freeze(self.services, self.s_service, SERVICE_KEY, sort),
                 tuple(slowest),
             )
+            self._frozen_exact = sort
         servers, services, slowest_ = self._frozen
         return LatencySnapshot(servers, services, slowest_, self.exchanges, self.unanswered)
 
-    def _freeze(self, table: KeyTable, sample_rows: np.ndarray, layout: np.dtype) -> TableSnapshot:
-        valid = sample_rows >= 0
-        valid[valid] = self.s_ts[valid] >= table.cols["first"][sample_rows[valid]]  # not a re-used row's
-        p50, p95 = _quantiles(sample_rows[valid], self.s_value[valid], table.high)
+    def _freeze(self, table: KeyTable, sample_rows: np.ndarray, layout: np.dtype, sort: bool) -> TableSnapshot:
+        made = self._quantiles.get(id(table))
+        if sort or made is None:
+            valid = sample_rows >= 0
+            valid[valid] = self.s_ts[valid] >= table.cols["first"][sample_rows[valid]]  # not a re-used row's
+            p50, p95 = _quantiles(sample_rows[valid], self.s_value[valid], table.high)
+            newest = int(self.s_ts[valid].max()) if valid.any() else 0
+            self._quantiles[id(table)] = (p50, p95, newest)
+        else:  # the last ones; rows handed out (or re-used) since have none yet
+            old50, old95, newest = made
+            p50, p95 = np.zeros(table.high, np.int64), np.zeros(table.high, np.int64)
+            kept = min(old50.size, table.high)
+            p50[:kept], p95[:kept] = old50[:kept], old95[:kept]
+            since = np.flatnonzero(table.cols["first"][:kept] > newest)
+            p50[since] = p95[since] = 0
         snap = table.freeze(0)
         rows = np.flatnonzero(table.used[: table.high])
         cols: dict[str, np.ndarray] = dict(snap.cols)

@@ -22,6 +22,7 @@ from capture_backend.analysis.latency import (
     PendingRequests,
     request_text,
 )
+from capture_backend.contract import LatencySnapshot
 from tests.helpers.cli import stats
 from tests.helpers.latency import dns_frame, exchanges, nearest_rank
 from tests.helpers.tcp_health import MS, Session
@@ -317,3 +318,39 @@ def test_a_large_batch_is_matched_in_slices_with_the_same_result(monkeypatch: py
         results.append((fid.tolist(), ns.tolist(), snap.exchanges, snap.unanswered, len(lat.pending)))
     assert results[0] == results[1]
     assert (results[0][2], results[0][4]) == (40, 0)  # 40 keys asked (20 re-asked within 5 s), each answered
+
+
+def test_periodic_snapshots_reuse_quantiles_for_a_second_exact_ones_never() -> None:
+    """p50/p95 sort the whole sample ring: a periodic (not exact) snapshot may show those of up to a second
+    ago, with current counts; an exact one (a record, the last snapshot) and one a second later are current."""
+    from capture_backend.analysis.tables import Counters
+
+    now = [100.0]
+    counters, lat = Counters(), Latency()
+    lat.clock = lambda: now[0]
+
+    def exchange(t_ms: float, qid: int, after_ms: float) -> None:
+        frames = [dns_frame(t, "10.7.0.1", "10.7.0.53", 33001, qid, "a.example", answer)
+                  for t, answer in ((t_ms, False), (t_ms + after_ms, True))]  # fmt: skip
+        dec = decode(block_of_frames(frames))
+        counters.add(dec)
+        fid, ns = lat.add(dec, counters.flow_of, counters.flows.cols["first"])
+        counters.add_latency(fid, ns)
+
+    def server(snap: LatencySnapshot) -> tuple[int, int, int]:
+        cols = snap.servers.cols
+        return int(cols["count"][0]), int(cols["p50"][0]), int(cols["max"][0])
+
+    exchange(0, 1, 2)
+    assert server(lat.freeze(exact=False)) == (1, 2 * MS, 2 * MS)  # the first quantiles are always made
+    for qid, t_ms in ((2, 100), (3, 200)):
+        exchange(t_ms, qid, 50)
+    now[0] += 0.5
+    assert server(lat.freeze(exact=False)) == (3, 2 * MS, 50 * MS)  # counts and max current, p50 of 0.5 s ago
+    assert server(lat.freeze()) == (3, 50 * MS, 50 * MS)  # exact
+    for qid in (4, 5, 6, 7):  # samples 2, 50, 50, 90, 90, 90, 90: the nearest-rank p50 becomes 90
+        exchange(100.0 * qid, qid, 90)
+    now[0] += 0.4
+    assert server(lat.freeze(exact=False)) == (7, 50 * MS, 90 * MS)  # 0.4 s after the exact one: its p50
+    now[0] += 0.6
+    assert server(lat.freeze(exact=False)) == (7, 90 * MS, 90 * MS)  # a second on: sorted again
