@@ -382,6 +382,8 @@ def run_tool(
                 seen = len(out.lines)
                 out.wait_for("{", 2.0 * grace + 2.0, start=seen)  # a record printed after the warm-up's grace
                 before = _last_record(list(out.lines))
+                if not before:
+                    notes.append("no record after the warm-up: retrotap's counts include it")
         cpu_ready, core1_ready, load = proc_cpu(proc.pid), core_busy(int(TOOL_CORE)), os.getloadavg()[0]
         burst = send_burst(lab, conf, count)
         # The same grace for every tool after the burst, longer than libpcap's 1 s block-retire timeout,

@@ -286,18 +286,20 @@ _EMPTY = np.zeros(0, np.uint8)
 
 def _compact(part: Block, lo: int) -> Block:
     """A span's packet columns as the pool keeps them for its whole window: offsets (from the span's first
-    byte) and lengths as int32, a span being far below 2 GiB and a frame below 4 GiB; the stripped-VLAN columns
-    only when a packet of the span has such a tag. New arrays, so the batch's own columns go with the batch:
-    20 bytes a packet instead of 37."""
+    byte) and lengths as uint32, exact for every source (the ring's tp_len and a capture file's lengths are
+    32-bit, and a span is one ring batch); the stripped-VLAN columns only when a packet of the span has such a
+    tag. New arrays, so the batch's own columns go with the batch: 20 bytes a packet instead of 37."""
     tagged = (part.vlan_valid is not None and bool(part.vlan_valid.any())) or (
         part.vlan_tci is not None and bool(part.vlan_tci.any())
     )
+    offset = part.start - lo
+    narrow = np.uint32 if offset.size == 0 or int(offset.max()) < 1 << 32 else np.int64
     return replace(
         part,
         data=_EMPTY,
-        start=(part.start - lo).astype(np.int32),
-        caplen=part.caplen.astype(np.int32),
-        wirelen=part.wirelen.astype(np.int32),
+        start=offset.astype(narrow),
+        caplen=part.caplen.astype(np.uint32),
+        wirelen=part.wirelen.astype(np.uint32),
         ts_ns=part.ts_ns.copy(),
         vlan_tci=part.vlan_tci.copy() if tagged and part.vlan_tci is not None else None,
         vlan_tpid=part.vlan_tpid.copy() if tagged and part.vlan_tpid is not None else None,

@@ -234,16 +234,16 @@ def test_a_dead_pager_never_stalls_the_writer() -> None:
 
 
 def test_spans_keep_small_columns_and_give_back_whole_blocks() -> None:
-    """A span keeps 20 bytes of columns a packet (int32 offsets and lengths, the time) and the stripped-VLAN
+    """A span keeps 20 bytes of columns a packet (uint32 offsets and lengths, exact, and the time) and the stripped-VLAN
     columns only when it holds a tagged packet; view() and read() give the batch's own values back, as int64."""
     tm = TimeMachine(1 << 20)
-    untagged = block_of(frames(5, 100), wirelen=[100, 100, 1500, 100, 100])
+    untagged = block_of(frames(5, 100), wirelen=[100, 100, 1500, 0xFFFF_FFF0, 100])  # a file's 32-bit orig_len
     tagged = block_of(frames(3, 200), ts_ns=[T0 + 7, T0 + 8, T0 + 9], vlan_tci=[0, 0x2005, 0],
                       vlan_valid=[False, True, False])  # fmt: skip
     tm.add(untagged)
     tm.add(tagged)
     plain, vlan = tm.window()
-    assert [plain.block.start.dtype, plain.block.caplen.dtype, plain.block.wirelen.dtype] == [np.int32] * 3
+    assert [plain.block.start.dtype, plain.block.caplen.dtype, plain.block.wirelen.dtype] == [np.uint32] * 3
     assert plain.block.vlan_tci is None and plain.block.vlan_valid is None and plain.block.pkttype is None
     assert vlan.block.vlan_tci.tolist() == [0, 0x2005, 0] and vlan.block.vlan_valid.tolist() == [False, True, False]
     for span, given in ((plain, untagged), (vlan, tagged)):
