@@ -119,6 +119,10 @@ class Output:
 
 
 SIGNAL_POLL_S = 0.05
+# A headless run's unasked snapshots (for the exporters and the process mapper): one per record interval,
+# within these bounds.
+HEADLESS_PUBLISH_INTERVAL = 1.0
+MIN_PUBLISH_INTERVAL = 0.25
 
 
 class Signals:
@@ -189,6 +193,9 @@ def capture_status(snap: Snapshot, log: Callable[[str], None]) -> int:
 
 
 def _run_options(opts: StatsOptions | RecordRun, processes: bool, record: RecordOptions | None) -> RunOptions:
+    # Nothing shows the snapshots between records: publishing them at the dashboard's 4 a second would copy
+    # every table (tens of milliseconds each under a flood) for nobody.
+    interval = (opts.interval if isinstance(opts, StatsOptions) else None) or HEADLESS_PUBLISH_INTERVAL
     return RunOptions(
         interfaces=opts.interfaces,
         filter_expr=opts.filter_expr,
@@ -202,6 +209,7 @@ def _run_options(opts: StatsOptions | RecordRun, processes: bool, record: Record
         user=opts.user,
         processes=processes or opts.pcapng,  # a pcapng save names the process of each flow
         record=record,
+        publish_interval=max(MIN_PUBLISH_INTERVAL, min(interval, HEADLESS_PUBLISH_INTERVAL)),
     )
 
 

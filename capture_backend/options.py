@@ -59,6 +59,9 @@ class RunOptions:
     record: RecordOptions | None = None  # record every packet from the start (`retrotap record`)
     user: RunAs | None = None  # drop root to this user once the rings are open (-Z)
     history_seconds: float = 0.0  # the dashboard's per-second history (--history); 0: off
+    # How often a live capture publishes a snapshot unasked: the dashboard's refresh. A headless run asks for
+    # the snapshot it prints; its exporters and the process mapper read the newest one at their own pace.
+    publish_interval: float = 0.25
 
 
 @dataclass

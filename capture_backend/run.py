@@ -196,6 +196,7 @@ class Run:
                 filter_expr=opts.filter_expr,
                 ring=opts.ring,
                 limits=opts.limits,
+                publish_interval=opts.publish_interval,
                 block_sinks=sinks,
                 on_event=on_event,
             )
