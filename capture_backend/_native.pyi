@@ -88,13 +88,19 @@ def walk_pcap(
     wirelen: np.ndarray,
     ts_ns: np.ndarray,
 ) -> tuple[int, int]: ...
-def frame_columns(
+def walk_frames(
     buf: np.ndarray,
-    hdr: np.ndarray,
-    ends: np.ndarray,
+    base: int,
+    block_size: int,
+    num_pkts: int,
+    first_rel: int,
+    used: int,
+    min_first: int,
+    min_hdr: int,
     at: np.ndarray,
     vlan_valid_bit: int,
-    hdr_len: int,
+    row: int,
+    hdr: np.ndarray,
     start: np.ndarray,
     caplen: np.ndarray,
     wirelen: np.ndarray,
@@ -103,17 +109,6 @@ def frame_columns(
     tpid: np.ndarray,
     valid: np.ndarray,
     pkttype: np.ndarray,
-) -> None: ...
-def walk_block(
-    u32: np.ndarray,
-    base: int,
-    block_size: int,
-    num_pkts: int,
-    first_rel: int,
-    used: int,
-    min_first: int,
-    min_hdr: int,
-    out: np.ndarray,
 ) -> tuple[int, int, int, int]: ...
 def _init_tables(
     l4_need: list[int], has_ports: list[bool], ext_mult: list[int], ext_add: list[int], null_family: list[int]

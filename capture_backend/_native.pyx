@@ -1445,36 +1445,6 @@ def add_exchanges(int64_t[::1] count, int64_t[::1] total, int64_t[::1] top, cons
 
 # -- Ring walk ---------------------------------------------------------------------------------------
 
-def walk_block(const uint32_t[::1] u32, Py_ssize_t base, Py_ssize_t block_size, Py_ssize_t num_pkts,
-               Py_ssize_t first_rel, Py_ssize_t used, Py_ssize_t min_first, Py_ssize_t min_hdr,
-               int64_t[::1] out):
-    """Follow tp_next_offset frame by frame through the ring block at byte `base` (`u32`: the ring
-    as 32-bit words; the block descriptor's num_pkts, offset_to_first_pkt and blk_len given), every
-    offset checked against the block's bounds before it is read. Writes the frames' header offsets
-    to out[:count] and returns (count, first, end, lost) as ring.walk_block."""
-    cdef Py_ssize_t end = base + min(max(used, 0), block_size)
-    cdef Py_ssize_t first = base + first_rel
-    cdef Py_ssize_t last_hdr = end - min_hdr
-    cdef Py_ssize_t off, step, i, count = 0
-    cdef Py_ssize_t todo = min(num_pkts, out.shape[0])
-    if min_hdr < 4 or base < 0 or end > 4 * u32.shape[0]:
-        raise ValueError("the block must lie inside the ring")
-    if num_pkts <= 0 or first_rel < min_first or first & 3 or first > last_hdr:
-        return 0, min(first, end), end, max(num_pkts, 0)
-    off = first
-    with nogil:
-        for i in range(todo):
-            out[i] = off
-            count = i + 1
-            if i == num_pkts - 1:
-                break
-            step = u32[off >> 2]
-            off += step
-            if step < min_hdr or step & 3 or off > last_hdr:
-                break
-    return count, first, end, num_pkts - count
-
-
 cdef inline uint32_t _le32(const uint8_t* p) noexcept nogil:
     cdef uint32_t w
     memcpy(&w, p, 4)
@@ -1487,46 +1457,66 @@ cdef inline uint16_t _le16(const uint8_t* p) noexcept nogil:
     return w
 
 
-def frame_columns(const uint8_t[::1] buf, const int64_t[::1] hdr, const int64_t[::1] ends,
-                  const int64_t[::1] at, uint32_t vlan_valid_bit, Py_ssize_t hdr_len,
-                  int64_t[::1] start, int64_t[::1] caplen, int64_t[::1] wirelen, int64_t[::1] ts,
-                  uint16_t[::1] tci, uint16_t[::1] tpid, uint8_t[::1] valid, uint8_t[::1] pkttype) -> None:
-    """The columns of a ring batch from its frames' tpacket3_hdr (at `hdr`, each inside a block that ends at
-    `ends`), in one pass. `at` holds the header's field offsets: tp_sec, tp_nsec, tp_snaplen, tp_len,
-    tp_status, tp_mac, tp_vlan_tci, tp_vlan_tpid, and sockaddr_ll's sll_pkttype; `hdr_len` bytes from each
-    header must lie in `buf`. A frame never reaches past its block's used length, whatever its header claims."""
-    cdef Py_ssize_t n = hdr.shape[0], i, size = buf.shape[0]
+def walk_frames(const uint8_t[::1] buf, Py_ssize_t base, Py_ssize_t block_size, Py_ssize_t num_pkts,
+                Py_ssize_t first_rel, Py_ssize_t used, Py_ssize_t min_first, Py_ssize_t min_hdr,
+                const int64_t[::1] at, uint32_t vlan_valid_bit, Py_ssize_t row, int64_t[::1] hdr,
+                int64_t[::1] start, int64_t[::1] caplen, int64_t[::1] wirelen, int64_t[::1] ts,
+                uint16_t[::1] tci, uint16_t[::1] tpid, uint8_t[::1] valid, uint8_t[::1] pkttype):
+    """Follow tp_next_offset frame by frame through the ring block at byte `base` of `buf` (the block
+    descriptor's num_pkts, offset_to_first_pkt and blk_len given), every offset checked against the block's
+    bounds before it is read, and read each frame's tpacket3_hdr in the same step (one pass over the headers,
+    each still in cache): its offset goes to hdr[row + k], its columns to the other outputs' row + k. `at`
+    holds the header's field offsets: tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac, tp_vlan_tci,
+    tp_vlan_tpid, and sockaddr_ll's sll_pkttype, each inside `min_hdr` bytes. A frame never reaches past the
+    block's used length, whatever its header claims. Returns (count, first, end, lost) as ring.walk_block."""
+    cdef Py_ssize_t end = base + min(max(used, 0), block_size)
+    cdef Py_ssize_t first = base + first_rel
+    cdef Py_ssize_t last_hdr = end - min_hdr
+    cdef Py_ssize_t off, step, i, k, count = 0
+    cdef Py_ssize_t room = hdr.shape[0] - row
+    cdef Py_ssize_t todo = min(num_pkts, room)
     cdef const uint8_t* h
-    cdef int64_t s, c, e
+    cdef int64_t s, c
     cdef uint32_t status
     if at.shape[0] != 9:
-        raise ValueError("frame_columns: nine field offsets")
+        raise ValueError("walk_frames: nine field offsets")
     for i in range(9):
-        if at[i] < 0 or at[i] + 4 > hdr_len:
-            raise ValueError("frame_columns: a field outside the header")
-    if not (ends.shape[0] == start.shape[0] == caplen.shape[0] == wirelen.shape[0] == ts.shape[0] == n
-            and tci.shape[0] == tpid.shape[0] == valid.shape[0] == pkttype.shape[0] == n):
-        raise ValueError("frame_columns: columns of different lengths")
-    for i in range(n):
-        if hdr[i] < 0 or hdr[i] + hdr_len > size or ends[i] > size:
-            raise ValueError(f"frame_columns: frame {i}'s header outside the ring")
+        if at[i] < 0 or at[i] + 4 > min_hdr:
+            raise ValueError("walk_frames: a field outside the header")
+    if min_hdr < 4 or base < 0 or end > buf.shape[0] or row < 0 or room < 0:
+        raise ValueError("the block must lie inside the ring")
+    if not (start.shape[0] == caplen.shape[0] == wirelen.shape[0] == ts.shape[0] == tci.shape[0]
+            == tpid.shape[0] == valid.shape[0] == pkttype.shape[0] == hdr.shape[0]):
+        raise ValueError("walk_frames: columns of different lengths")
+    if num_pkts <= 0 or first_rel < min_first or first & 3 or first > last_hdr:
+        return 0, min(first, end), end, max(num_pkts, 0)
+    off = first
     with nogil:
-        for i in range(n):
-            h = &buf[hdr[i]]
-            e = ends[i]
-            s = hdr[i] + _le16(h + at[5])
+        for i in range(todo):
+            k = row + i
+            h = &buf[off]
+            hdr[k] = off
+            s = off + _le16(h + at[5])
             c = _le32(h + at[2])
-            if c > e - s:
-                c = e - s
-            start[i] = s if s < e else e
-            caplen[i] = c if c > 0 else 0
-            wirelen[i] = _le32(h + at[3])
-            ts[i] = <int64_t>_le32(h + at[0]) * 1000000000 + _le32(h + at[1])
+            if c > end - s:
+                c = end - s
+            start[k] = s if s < end else end
+            caplen[k] = c if c > 0 else 0
+            wirelen[k] = _le32(h + at[3])
+            ts[k] = <int64_t>_le32(h + at[0]) * 1000000000 + _le32(h + at[1])
             status = _le32(h + at[4])
-            tci[i] = <uint16_t>(_le32(h + at[6]) & 0xFFFF)
-            tpid[i] = _le16(h + at[7])
-            valid[i] = 1 if status & vlan_valid_bit else 0
-            pkttype[i] = h[at[8]]
+            tci[k] = <uint16_t>(_le32(h + at[6]) & 0xFFFF)
+            tpid[k] = _le16(h + at[7])
+            valid[k] = 1 if status & vlan_valid_bit else 0
+            pkttype[k] = h[at[8]]
+            count = i + 1
+            if i == num_pkts - 1:
+                break
+            step = _le32(h)
+            off += step
+            if step < min_hdr or step & 3 or off > last_hdr:
+                break
+    return count, first, end, num_pkts - count
 
 
 # -- Decode ------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ class BlockWalk:
 
 # A header must hold tpacket3_hdr and the sockaddr_ll after it.
 MIN_FRAME_HDR = L.SLL_OFFSET_IN_FRAME + L.SOCKADDR_LL.size
-# The header fields a batch's columns are read from, in _native.frame_columns' order.
+# The header fields a batch's columns are read from, in _native.walk_frames' order.
 FRAME_FIELDS = np.array(
     [L.TP_SEC, L.TP_NSEC, L.TP_SNAPLEN, L.TP_LEN, L.TP_STATUS, L.TP_MAC, L.TP_VLAN_TCI, L.TP_VLAN_TPID,
      L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE],
@@ -105,9 +105,38 @@ FRAME_FIELDS = np.array(
 )  # fmt: skip
 
 
-def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
+@dataclass(frozen=True)
+class FrameColumns:
+    """The per-frame columns of a ring batch, read from the frames' tpacket3_hdr (allocated for `n` frames)."""
+
+    hdr: np.ndarray  # int64 offset of each tpacket3_hdr
+    start: np.ndarray  # int64, where the frame's bytes start in the ring
+    caplen: np.ndarray  # int64
+    wirelen: np.ndarray  # int64
+    ts: np.ndarray  # int64 ns
+    tci: np.ndarray  # uint16
+    tpid: np.ndarray  # uint16
+    valid: np.ndarray  # bool: tp_status says the VLAN tag is valid
+    pkttype: np.ndarray  # uint8
+
+    @classmethod
+    def empty(cls, n: int) -> FrameColumns:
+        hdr, start, caplen, wirelen, ts = np.empty((5, n), np.int64)
+        tci, tpid = np.empty((2, n), np.uint16)
+        return cls(hdr, start, caplen, wirelen, ts, tci, tpid, np.empty(n, np.bool_), np.empty(n, np.uint8))
+
+
+def frames_bound(num_pkts: int, block_size: int) -> int:
+    """Frames a block can hold, whatever its num_pkts claims."""
+    return max(0, min(num_pkts, block_size // MIN_FRAME_HDR + 1))
+
+
+def walk_block(
+    u32: np.ndarray, base: int, block_size: int, into: FrameColumns | None = None, row: int = 0
+) -> BlockWalk:
     """Follow tp_next_offset frame by frame through the block at byte `base` of a ring viewed as
-    uint32 words (compiled: _native.walk_block, the GIL released).
+    uint32 words (compiled: _native.walk_frames, the GIL released), reading each frame's header columns
+    into rows `row`.. of `into` in the same pass (each header read once, while in cache).
 
     Every offset is checked against the block's bounds before it is read, so a corrupt or
     unexpected layout (a 64 KB GRO frame among small ACKs, a block at the end of the ring) never
@@ -116,12 +145,15 @@ def walk_block(u32: np.ndarray, base: int, block_size: int) -> BlockWalk:
     num = int(u32[(base + L.BLOCK_NUM_PKTS_OFFSET) >> 2])
     first_rel = int(u32[(base + L.BLOCK_FIRST_PKT_OFFSET) >> 2])
     used = int(u32[(base + L.BLOCK_LEN_OFFSET) >> 2])
-    # No more headers fit in a block than this, whatever num_pkts claims.
-    out = np.empty(min(num, block_size // MIN_FRAME_HDR + 1), np.int64)
-    count, first, end, lost = _native.walk_block(
-        u32, base, block_size, num, first_rel, used, L.TPACKET_BLOCK_DESC.size, MIN_FRAME_HDR, out
-    )
-    return BlockWalk(out[:count], first, end, lost)
+    if into is None:
+        into, row = FrameColumns.empty(frames_bound(num, block_size)), 0
+    c = into
+    count, first, end, lost = _native.walk_frames(
+        u32.view(np.uint8), base, block_size, num, first_rel, used, L.TPACKET_BLOCK_DESC.size, MIN_FRAME_HDR,
+        FRAME_FIELDS, L.TP_STATUS_VLAN_VALID, row, c.hdr, c.start, c.caplen, c.wirelen, c.ts, c.tci, c.tpid,
+        c.valid.view(np.uint8), c.pkttype,
+    )  # fmt: skip
+    return BlockWalk(c.hdr[row : row + count], first, end, lost)
 
 
 class Ring:
@@ -246,9 +278,8 @@ class Ring:
         u32 = self.u32
         mv32 = self.mv32
         while True:
-            taken: list[int] = []
-            offsets: list[np.ndarray] = []
-            spans: list[tuple[int, int]] = []
+            taken: list[int] = []  # the blocks' status words
+            bounds: list[int] = []  # frames each block can hold
             # Whatever happens below (a consumer's exception included), the blocks taken go back.
             packets = 0
             caught_up = False  # the next block is still the kernel's: this batch is the last of this call
@@ -260,16 +291,19 @@ class Ring:
                         caught_up = True
                         break
                     taken.append(status_word)
-                    walk = walk_block(u32, base, bs)
-                    self.walk_errors += walk.lost
-                    offsets.append(walk.offsets)
-                    packets += len(walk.offsets)
-                    spans.append((walk.first, walk.end))
+                    bounds.append(frames_bound(int(u32[(base + L.BLOCK_NUM_PKTS_OFFSET) >> 2]), bs))
+                    packets += bounds[-1]
                 if not taken:
                     return
-                hdr = offsets[0] if len(offsets) == 1 else np.concatenate(offsets)
-                ends = np.repeat(np.array([e for _, e in spans], np.int64), [len(o) for o in offsets])
-                yield self._batch(hdr, ends, np.array(spans, np.int64))
+                cols = FrameColumns.empty(sum(bounds))
+                spans = np.empty((len(taken), 2), np.int64)
+                row = 0
+                for k in range(len(taken)):
+                    walk = walk_block(u32, ((self._next + k) % self.block_nr) * bs, bs, cols, row)
+                    self.walk_errors += walk.lost
+                    row += len(walk.offsets)
+                    spans[k] = walk.first, walk.end
+                yield self._batch(cols, row, spans)
             finally:
                 for status_word in taken:
                     mv32[status_word] = L.TP_STATUS_KERNEL
@@ -278,27 +312,19 @@ class Ring:
             if caught_up:  # blocks the kernel hands over meanwhile wait for the next call, in a larger batch
                 return
 
-    def _batch(self, hdr: np.ndarray, ends: np.ndarray, spans: np.ndarray) -> Block:
-        n = hdr.shape[0]
-        start, caplen, wirelen, ts = (np.empty(n, np.int64) for _ in range(4))
-        tci, tpid = np.empty(n, np.uint16), np.empty(n, np.uint16)
-        valid, pkttype = np.empty(n, np.bool_), np.empty(n, np.uint8)
-        _native.frame_columns(
-            self.buf, hdr, ends, FRAME_FIELDS, L.TP_STATUS_VLAN_VALID, MIN_FRAME_HDR,
-            start, caplen, wirelen, ts, tci, tpid, valid.view(np.uint8), pkttype,
-        )  # fmt: skip
+    def _batch(self, cols: FrameColumns, n: int, spans: np.ndarray) -> Block:
         return Block(
             data=self.buf,
-            start=start,
-            caplen=caplen,
-            wirelen=wirelen,
-            ts_ns=ts,
+            start=cols.start[:n],
+            caplen=cols.caplen[:n],
+            wirelen=cols.wirelen[:n],
+            ts_ns=cols.ts[:n],
             linktype=self.linktype,
             iface=self.label,
-            vlan_tci=tci,
-            vlan_tpid=tpid,
-            vlan_valid=valid,
-            pkttype=pkttype,
+            vlan_tci=cols.tci[:n],
+            vlan_tpid=cols.tpid[:n],
+            vlan_valid=cols.valid[:n],
+            pkttype=cols.pkttype[:n],
             spans=spans,
         )
 

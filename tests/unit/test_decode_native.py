@@ -23,7 +23,7 @@ from capture_backend.analysis.decode import Decoded, decode
 from capture_backend.capture import layouts as L
 from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 from capture_backend.capture.pcapfile import FileSource
-from capture_backend.capture.ring import MIN_FRAME_HDR, BlockWalk, walk_block
+from capture_backend.capture.ring import FRAME_FIELDS, MIN_FRAME_HDR, BlockWalk, FrameColumns, walk_block
 from tests.decode_reference import decode_reference
 from tests.helpers.decode_fuzz import LINKTYPES, blocks, frames_for, reframe
 from tests.pcapgen import block_of, mixed_frames, write_mixed
@@ -208,7 +208,11 @@ def test_walk_block_refuses_a_block_outside_the_ring() -> None:
     ring = np.zeros(BLOCK // 4, np.uint32)
     ring[L.BLOCK_LEN_OFFSET >> 2] = BLOCK
     with pytest.raises(ValueError):
-        _native.walk_block(ring, BLOCK, BLOCK, 1, 48, BLOCK, 48, MIN_FRAME_HDR, np.empty(1, np.int64))
+        c = FrameColumns.empty(1)
+        _native.walk_frames(
+            ring.view(np.uint8), BLOCK, BLOCK, 1, 48, BLOCK, 48, MIN_FRAME_HDR, FRAME_FIELDS, 0, 0, c.hdr, c.start,
+            c.caplen, c.wirelen, c.ts, c.tci, c.tpid, c.valid.view(np.uint8), c.pkttype,
+        )  # fmt: skip
 
 
 def test_link_type_out_of_range_is_unknown() -> None:

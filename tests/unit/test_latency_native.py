@@ -155,7 +155,7 @@ def _pending(lat: Any) -> list[tuple[int, int, bytes]]:
     return sorted((int(k), int(t), text[i].tobytes()) for i, (k, t) in enumerate(zip(key, ts, strict=True)))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(traffic())
 def test_compiled_matcher_equals_numpy_reference(t: dict[str, Any]) -> None:
     with pending_limit(t["limit"]):
