@@ -554,11 +554,12 @@ def oldest_rows(const uint8_t[::1] used, const int64_t[::1] last, const int64_t[
 cdef extern from *:
     """
     #include <emmintrin.h>
-    /* Copy with non-temporal stores: the destination (the time machine's pool, hundreds of MiB) is
-       not read back soon, so its lines need not be fetched into the cache first nor evict the batch. */
-    static void rt_stream_copy(unsigned char *d, const unsigned char *s, size_t n) {
+    #include <string.h>
+    /* One frame into a 16-byte-aligned slot of the pool with non-temporal stores, whole 16-byte units:
+       up to 15 bytes past the frame are read from the source (the caller checks they exist) and land in the
+       slot's padding. */
+    static void rt_stream_frame(unsigned char *d, const unsigned char *s, size_t n) {
         size_t i = 0;
-        while (((size_t)(d + i) & 15) && i < n) { d[i] = s[i]; i++; }
         for (; i + 64 <= n; i += 64) {
             __m128i a = _mm_loadu_si128((const __m128i *)(s + i));
             __m128i b = _mm_loadu_si128((const __m128i *)(s + i + 16));
@@ -569,29 +570,62 @@ cdef extern from *:
             _mm_stream_si128((__m128i *)(d + i + 32), c);
             _mm_stream_si128((__m128i *)(d + i + 48), e);
         }
-        for (; i < n; i++) d[i] = s[i];
-        _mm_sfence();
+        for (; i < n; i += 16)
+            _mm_stream_si128((__m128i *)(d + i), _mm_loadu_si128((const __m128i *)(s + i)));
     }
+    static void rt_fence(void) { _mm_sfence(); }
     """
-    void _stream_copy "rt_stream_copy"(uint8_t* d, const uint8_t* s, size_t n) noexcept nogil
+    void _stream_frame "rt_stream_frame"(uint8_t* d, const uint8_t* s, size_t n) noexcept nogil
+    void _fence "rt_fence"() noexcept nogil
 
 
-cdef Py_ssize_t STREAM_COPY_MIN = 1 << 16  # bytes from which a copy into the pool bypasses the cache
-
-
-def copy_into(uint8_t[::1] dst, Py_ssize_t at, const uint8_t[::1] src, Py_ssize_t lo, Py_ssize_t hi) -> None:
-    """dst[at:at + hi - lo] = src[lo:hi], without the GIL; a large copy with non-temporal stores (the
-    time machine's pool). Both ranges are checked first."""
-    cdef Py_ssize_t n = hi - lo
-    if lo < 0 or n < 0 or hi > src.shape[0] or at < 0 or at + n > dst.shape[0]:
-        raise IndexError("copy_into: a range outside its buffer")
-    if n == 0:
-        return
+def pack_frames(uint8_t[::1] pool, Py_ssize_t at, const uint8_t[::1] data, const int64_t[::1] start,
+                const int64_t[::1] caplen, uint32_t[::1] offset) -> int:
+    """Copy every frame data[start[i]:start[i] + caplen[i]] into the pool from `at` on, each in a slot of
+    caplen rounded up to 16 bytes (non-temporal stores: the pool is read back rarely), without the GIL;
+    offset[i] is where frame i starts, from `at`. Returns the bytes taken. `at` must be 16-byte aligned
+    in memory; every frame and the whole run are checked to lie inside their buffers first."""
+    cdef Py_ssize_t n = start.shape[0], i, size = data.shape[0]
+    cdef int64_t off = 0, c, s, total = 0
+    cdef uint8_t* dst
+    cdef const uint8_t* src
+    cdef bint bad = False
+    if caplen.shape[0] != n or offset.shape[0] != n:
+        raise ValueError("pack_frames: columns of different lengths")
+    if at < 0 or at > pool.shape[0]:
+        raise ValueError("pack_frames: a position outside the pool")
+    if pool.shape[0] and (<size_t>&pool[0] + at) & 15:
+        raise ValueError("pack_frames: the pool position must be 16-byte aligned")
     with nogil:
-        if n >= STREAM_COPY_MIN:
-            _stream_copy(&dst[at], &src[lo], n)
-        else:
-            memcpy(&dst[at], &src[lo], n)
+        for i in range(n):
+            c = caplen[i]
+            if c < 0 or start[i] < 0 or start[i] + c > size:
+                bad = True
+                break
+            total += (c + 15) & ~15
+    if bad:
+        raise ValueError(f"pack_frames: frame {i} lies outside the data")
+    if total >= 1 << 32 or at + total > pool.shape[0]:
+        raise ValueError("pack_frames: the frames do not fit in the pool")
+    if total == 0:
+        offset[:] = 0
+        return 0
+    dst = &pool[at]
+    with nogil:
+        for i in range(n):
+            c = caplen[i]
+            s = start[i]
+            offset[i] = <uint32_t>off
+            if c == 0:
+                continue
+            src = &data[s]
+            if s + ((c + 15) & ~15) <= size:
+                _stream_frame(dst + off, src, <size_t>c)
+            else:  # the data ends before the frame's last 16-byte unit: the tail byte by byte
+                memcpy(dst + off, src, c)
+            off += (c + 15) & ~15
+        _fence()
+    return off
 
 
 def copy_runs(uint8_t[::1] dst8, const int64_t[::1] dst, const uint8_t[::1] src8, const int64_t[::1] src,

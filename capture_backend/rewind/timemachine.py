@@ -1,8 +1,9 @@
 """The time machine: the last N seconds / bytes of traffic, kept in a preallocated pool.
 
-On the capture thread each batch is kept with one copy per byte range (the used part of each ring
-block) into pre-touched memory; no per-packet work. Readers (the snapshot writer, the recorder)
-copy spans out and check afterwards that the capture thread did not reuse the space meanwhile.
+On the capture thread each batch's packets are copied into pre-touched memory by one compiled pass
+(_native.pack_frames, the GIL released), packed in 16-byte slots: a ring frame's header and padding are not
+kept, so at 64 B the pool holds twice the packets it held as whole ring blocks. Readers (the snapshot writer,
+the recorder) copy spans out and check afterwards that the capture thread did not reuse the space meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from capture_backend._native import copy_into
+from capture_backend._native import pack_frames
 from capture_backend.analysis.decode import Decoded, address_key, decode
 from capture_backend.analysis.processes import PacketOwners, ProcessTable
 from capture_backend.capture.block import Block
@@ -39,6 +40,9 @@ PAGE = 4096
 TOUCH_AHEAD = 16 << 20
 REST_AHEAD = 4 << 20
 PAGER_STEP = 4 << 20
+# A batch is kept in spans of at most this many bytes: the pool expires a whole span at a time.
+SPAN_BYTES = 4 << 20
+SLOT = 16  # each packet starts on a 16-byte boundary of the pool (whole-unit non-temporal copies)
 MAX_NAMED_INTERFACES = 3  # a pcapng of more interfaces is named after their number
 MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in, writable, without touching their contents
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -75,7 +79,7 @@ class PoolStats:
     bytes: int = 0
     spans: int = 0
     expired_packets: int = 0
-    oversize_packets: int = 0  # in a range larger than the whole pool: never kept
+    oversize_packets: int = 0  # larger than the whole pool: never kept
 
 
 class _Pager(NamedThread):
@@ -156,31 +160,33 @@ class TimeMachine:
         self.add(block, dec)
 
     def add(self, block: Block, dec: Decoded | None = None) -> None:
-        """Copy every byte range of the block into the pool (capture thread only); with `dec` (the block
-        decoded) and a recorder reading, each span's index keys are kept beside it."""
+        """Copy every packet of the block into the pool, packed (capture thread only), in spans of at most
+        SPAN_BYTES; with `dec` (the block decoded) and a recorder reading, each span's index keys are kept
+        beside it."""
         n = len(block)
         if n == 0:
             return
-        ranges = block.byte_ranges()
-        if ranges.shape[0] == 1:
-            which, cuts = [0], [0, n]
-        else:
-            # Rows come range by range, but a ring batch that wraps has ranges (and offsets) out of order.
-            by_lo = np.argsort(ranges[:, 0], kind="stable")
-            row_range = by_lo[np.searchsorted(ranges[by_lo, 0], block.start, side="right") - 1]
-            cuts = [0, *(np.flatnonzero(np.diff(row_range)) + 1).tolist(), n]
-            which = row_range[cuts[:-1]].tolist()
         keys = Keys.of(dec) if dec is not None and self.index_keys is not None else None
-        for k, a, b in zip(which, cuts[:-1], cuts[1:], strict=True):
-            self._keep(block, int(ranges[k, 0]), int(ranges[k, 1]), slice(a, b), keys)
+        slots = (block.caplen.astype(np.int64) + (SLOT - 1)) & -SLOT  # each packet's bytes in the pool
+        if int(slots.max()) > self.size:  # a packet larger than the whole pool is never kept
+            fits = slots <= self.size
+            self.stats.oversize_packets += n - int(fits.sum())
+            block, slots = block.take(fits), slots[fits]
+            keys = Keys(*(col[fits] for col in keys)) if keys is not None else None
+            n = len(block)
+            if n == 0:
+                return
+        ends = np.cumsum(slots)
+        limit = min(SPAN_BYTES, self.size)
+        a, done = 0, 0
+        while a < n:
+            b = max(a + 1, int(np.searchsorted(ends, done + limit, side="right")))
+            self._keep(block, slice(a, b), int(ends[b - 1]) - done, keys)
+            a, done = b, int(ends[b - 1])
         self.changed.set()
 
-    def _keep(self, block: Block, lo: int, hi: int, rows: slice, keys: Keys | None = None) -> None:
-        length = hi - lo
+    def _keep(self, block: Block, rows: slice, length: int, keys: Keys | None = None) -> None:
         part = block.take(rows)
-        if length > self.size:
-            self.stats.oversize_packets += len(part)
-            return
         if self._head + length > self.size:
             # Wrap: the spans between the old head and the end of the pool are the oldest left.
             old_head, self._head = self._head, 0
@@ -192,8 +198,10 @@ class TimeMachine:
         rate = self._rate(length)
         if end + TOUCH_AHEAD > self.touched:
             self._want(end, rate)
-        copy_into(self.pool, self._head, block.data, lo, hi)  # bypasses the cache: the pool is read back rarely
-        kept = _compact(part, lo)
+        offset = np.empty(len(part), np.uint32)
+        c = np.ascontiguousarray
+        pack_frames(self.pool, self._head, block.data, c(part.start, np.int64), c(part.caplen, np.int64), offset)
+        kept = _compact(part, offset)
         index_keys = self.index_keys
         if keys is not None and index_keys is not None:
             index_keys[self._seq] = Keys(*(col[rows].copy() for col in keys))
@@ -284,20 +292,18 @@ class TimeMachine:
 _EMPTY = np.zeros(0, np.uint8)
 
 
-def _compact(part: Block, lo: int) -> Block:
-    """A span's packet columns as the pool keeps them for its whole window: offsets (from the span's first
-    byte) and lengths as uint32, exact for every source (the ring's tp_len and a capture file's lengths are
-    32-bit, and a span is one ring batch); the stripped-VLAN columns only when a packet of the span has such a
-    tag. New arrays, so the batch's own columns go with the batch: 20 bytes a packet instead of 37."""
+def _compact(part: Block, offset: np.ndarray) -> Block:
+    """A span's packet columns as the pool keeps them for its whole window: `offset` (uint32, from the span's
+    first byte) and lengths as uint32, exact for every source (the ring's tp_len and a capture file's lengths
+    are 32-bit, and a span is at most SPAN_BYTES); the stripped-VLAN columns only when a packet of the span has
+    such a tag. New arrays, so the batch's own columns go with the batch: 20 bytes a packet instead of 37."""
     tagged = (part.vlan_valid is not None and bool(part.vlan_valid.any())) or (
         part.vlan_tci is not None and bool(part.vlan_tci.any())
     )
-    offset = part.start - lo
-    narrow = np.uint32 if offset.size == 0 or int(offset.max()) < 1 << 32 else np.int64
     return replace(
         part,
         data=_EMPTY,
-        start=offset.astype(narrow),
+        start=offset,
         caplen=part.caplen.astype(np.uint32),
         wirelen=part.wirelen.astype(np.uint32),
         ts_ns=part.ts_ns.copy(),

@@ -275,22 +275,30 @@ def test_window_sums_equal_the_bucket_by_bucket_sum(seed: int, n_rows: int, now_
             assert out[(2, 10, 40).index(a)].tolist() == (total[rows] / a).tolist()
 
 
-def test_copy_into_copies_small_and_large_ranges_and_refuses_ranges_outside() -> None:
-    """The time machine's copy: a small one and a large one (non-temporal stores), at unaligned offsets."""
-    from capture_backend._native import copy_into
+def test_pack_frames_copies_each_frame_into_16_byte_slots_and_refuses_what_lies_outside() -> None:
+    """The time machine's copy: frames of every length (non-temporal 16-byte units), one whose last unit would
+    read past the data (copied byte by byte), empty ones; nothing of the pool beyond the slots is touched."""
+    import mmap
+
+    from capture_backend._native import pack_frames
 
     rng = np.random.default_rng(5)
-    src = rng.integers(0, 256, 300_000, dtype=np.uint8)
-    dst = np.zeros(400_000, np.uint8)
-    copy_into(dst, 3, src, 7, 107)  # 100 bytes
-    copy_into(dst, 1_001, src, 13, 200_013)  # 200,000 bytes: past the non-temporal threshold
-    want = np.zeros(400_000, np.uint8)
-    want[3:103] = src[7:107]
-    want[1_001:201_001] = src[13:200_013]
-    assert (dst == want).all()
-    for at, lo, hi in ((399_990, 0, 20), (0, 299_990, 300_010), (-1, 0, 5), (0, 5, 4)):
-        with pytest.raises(IndexError):
-            copy_into(dst, at, src, lo, hi)
+    data = rng.integers(0, 256, 5_000, dtype=np.uint8)
+    start = np.array([3, 100, 7, 1_001, 0, 4_990], np.int64)
+    caplen = np.array([100, 1, 1_500, 64, 0, 10], np.int64)  # the last ends 0 bytes before the data does
+    backing = mmap.mmap(-1, 8192)
+    pool = np.frombuffer(backing, np.uint8)
+    pool[:] = 0xA5
+    offset = np.empty(6, np.uint32)
+    assert pack_frames(pool, 32, data, start, caplen, offset) == 112 + 16 + 1504 + 64 + 0 + 16
+    assert offset.tolist() == [0, 112, 128, 1632, 1696, 1696]
+    for i in range(6):
+        at, s, c = 32 + int(offset[i]), int(start[i]), int(caplen[i])
+        assert pool[at : at + c].tobytes() == data[s : s + c].tobytes()
+    assert (pool[:32] == 0xA5).all() and (pool[32 + 1712 :] == 0xA5).all()
+    for at, st_, cl in ((8, 0, 10), (-16, 0, 10), (8176, 0, 100), (0, 4_995, 10), (0, -1, 10)):
+        with pytest.raises(ValueError):
+            pack_frames(pool, at, data, np.array([st_], np.int64), np.array([cl], np.int64), np.empty(1, np.uint32))
 
 
 @settings(max_examples=100, deadline=None)

@@ -15,9 +15,11 @@ from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
 from capture_backend.analysis.decode import decode
 from capture_backend.capture.pcapfile import FileSource
+from capture_backend.rewind import timemachine
 from capture_backend.rewind.timemachine import (
     PAGER_STEP,
     REST_AHEAD,
+    SLOT,
     TOUCH_AHEAD,
     TimeMachine,
     save_pcap,
@@ -68,7 +70,7 @@ def test_snapshot_holds_exactly_what_was_kept(tmp_path: Path) -> None:
 
 def test_pool_is_bounded_by_bytes_and_by_age() -> None:
     one = frames(10)
-    span_bytes = sum(len(f) for f in one)
+    span_bytes = sum(-(-len(f) // SLOT) * SLOT for f in one)  # each packet in a 16-byte slot of the pool
     tm = TimeMachine(size=span_bytes * 3 + 10, seconds=60)
     for k in range(5):
         tm.add(block_of(one, ts_ns=[T0 + k * NS + i for i in range(10)]))
@@ -83,7 +85,7 @@ def test_pool_is_bounded_by_bytes_and_by_age() -> None:
 
 def test_a_span_overwritten_while_read_is_reported_not_written() -> None:
     one = frames(10)
-    tm = TimeMachine(size=sum(len(f) for f in one) * 2, seconds=60)
+    tm = TimeMachine(size=sum(-(-len(f) // SLOT) * SLOT for f in one) * 2, seconds=60)
     tm.add(block_of(one, ts_ns=[T0 + i for i in range(10)]))
     old = tm.window()[0]
     tm.add(block_of(one, ts_ns=[T0 + NS + i for i in range(10)]))
@@ -233,9 +235,10 @@ def test_a_dead_pager_never_stalls_the_writer() -> None:
     assert bytes(tm.pool[last.offset : last.offset + 100]) == b"".join(big)[:100]
 
 
-def test_spans_keep_small_columns_and_give_back_whole_blocks() -> None:
+def test_spans_keep_small_columns_and_give_back_the_packets_packed() -> None:
     """A span keeps 20 bytes of columns a packet (uint32 offsets and lengths, exact, and the time) and the stripped-VLAN
-    columns only when it holds a tagged packet; view() and read() give the batch's own values back, as int64."""
+    columns only when it holds a tagged packet; view() and read() give the batch's own values back, as int64, with
+    each packet's bytes in a 16-byte slot of the span."""
     tm = TimeMachine(1 << 20)
     untagged = block_of(frames(5, 100), wirelen=[100, 100, 1500, 0xFFFF_FFF0, 100])  # a file's 32-bit orig_len
     tagged = block_of(frames(3, 200), ts_ns=[T0 + 7, T0 + 8, T0 + 9], vlan_tci=[0, 0x2005, 0],
@@ -249,8 +252,32 @@ def test_spans_keep_small_columns_and_give_back_whole_blocks() -> None:
     for span, given in ((plain, untagged), (vlan, tagged)):
         for got in (tm.view(span), tm.read(span)):
             assert got is not None
-            for name in ("start", "caplen", "wirelen", "ts_ns"):
+            for name in ("caplen", "wirelen", "ts_ns"):
                 col = getattr(got, name)
                 assert col.dtype == np.int64 and col.tolist() == getattr(given, name).tolist(), name
-            assert got.data.tobytes() == given.data.tobytes()
+            slots = [-(-int(c) // SLOT) * SLOT for c in given.caplen]
+            assert got.start.dtype == np.int64 and got.start.tolist() == [sum(slots[:i]) for i in range(len(slots))]
+            assert span.length == got.data.size == sum(slots)
+            for i in range(len(given)):
+                s, c, g = int(got.start[i]), int(got.caplen[i]), int(given.start[i])
+                assert got.data[s : s + c].tobytes() == given.data[g : g + c].tobytes()
     assert decode(tm.view(vlan)).vlan.tolist() == [-1, 5, -1]
+
+
+def test_a_batch_is_kept_in_spans_of_at_most_span_bytes_and_a_packet_larger_than_the_pool_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(timemachine, "SPAN_BYTES", 3000)
+    tm = TimeMachine(1 << 20)
+    sent = frames(9, 1000)  # 1008-byte slots: two to a span
+    tm.add(block_of(sent, ts_ns=[T0 + i for i in range(9)]))
+    spans = tm.window()
+    assert [len(s.block) for s in spans] == [2, 2, 2, 2, 1]
+    assert [s.length for s in spans] == [2016, 2016, 2016, 2016, 1008]
+    got = [tm.read(s) for s in spans]
+    assert [b.data[b.start[i] : b.start[i] + b.caplen[i]].tobytes() for b in got if b for i in range(len(b))] == sent
+    small = TimeMachine(600)
+    small.add(block_of([*frames(1, 100), *frames(1, 700), *frames(1, 200)], ts_ns=[T0, T0 + 1, T0 + 2]))
+    assert small.stats.oversize_packets == 1
+    assert (small.stats.packets, [len(s.block) for s in small.window()]) == (2, [2])
+    assert small.window()[0].block.caplen.tolist() == [100, 200]
