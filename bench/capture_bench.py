@@ -188,14 +188,31 @@ class Lines:
 
 
 def proc_cpu(pid: int) -> float:
-    """CPU seconds used so far by all threads of a process (sum of /proc/PID/task/*/schedstat, ns exact)."""
-    total = 0
+    """CPU seconds used so far by all threads of a process, those that have ended included.
+
+    The live threads' time comes from /proc/PID/task/*/schedstat (ns exact). A thread that has ended (retrotap's
+    pager ends once the whole time machine pool is faulted in) is gone from task/, so its time is taken from
+    /proc/PID/stat, which keeps it: the whole process's utime + stime less the live threads' (clock ticks).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    live_ns = live_ticks = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            live_ns += int((task / "schedstat").read_text().split()[0])
+            live_ticks += _stat_ticks(task / "stat")
         except (FileNotFoundError, ProcessLookupError):  # a thread ended meanwhile
             continue
-    return total / 1e9
+    try:
+        ended = max(0, _stat_ticks(Path(f"/proc/{pid}/stat")) - live_ticks)
+    except (FileNotFoundError, ProcessLookupError):
+        ended = 0
+    return live_ns / 1e9 + ended / tick
+
+
+def _stat_ticks(path: Path) -> int:
+    """utime + stime of a /proc stat file, in clock ticks."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def reap(proc: subprocess.Popen[str], timeout: float) -> tuple[int, float]:

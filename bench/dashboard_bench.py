@@ -9,8 +9,8 @@ pinned to core 1, in a detached 160x50 tmux session.  Once the screen shows the 
 (Flows) is selected and the same trafgen burst as bench/capture_bench.py is sent from veth b (core 0,
 many source ports so there are many flows).  Then view 5 (Drops) is selected and the kernel ring drops
 and captured counts are read off the screen (polled, bounded), and ``q`` quits.  The dashboard's CPU
-is the sum of /proc/PID/task/*/schedstat of its python process, from "dashboard shown" to "counts
-read".  Only lab traffic: the lab is destroyed and the tmux session killed even on failure.
+is that of all its python process's threads, ended ones included (capture_bench.proc_cpu), from "dashboard
+shown" to "counts read".  Only lab traffic: the lab is destroyed and the tmux session killed even on failure.
 """
 
 from __future__ import annotations
