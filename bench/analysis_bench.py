@@ -5,7 +5,7 @@ Run as root from the repository root::
     python -m bench.analysis_bench --size 64 1400 --count 2000000 --repeat 3
 
 Reuses bench/capture_bench.py (two-namespace lab, a bounded trafgen burst from veth b on core 0, the
-tool on veth a on core 1, CPU of all its threads, ended ones included: capture_bench.proc_cpu). The burst is TCP this time, round robin over
+tool on veth a on core 1, CPU: capture_bench.proc_cpu). The burst is TCP this time, round robin over
 `--flows` templates: per group of eight, an HTTP request and its response (addresses swapped), a
 DNS query and its answer (UDP), and four data segments. trafgen increments one byte of each TCP
 template's sequence number per packet, so the sequence analysis sees both advancing and re-sent

@@ -4,7 +4,7 @@ Run as root from the repository root::
 
     python -m bench.exporters_capture_bench --size 64 --count 2000000 --repeat 3
 
-Reuses bench/capture_bench.py (lab, trafgen burst on core 0, tool on core 1, CPU of all its threads, ended ones included: capture_bench.proc_cpu).
+Reuses bench/capture_bench.py (lab, trafgen burst on core 0, tool on core 1, CPU: capture_bench.proc_cpu).
 With the exporters on, retrotap serves /metrics on 127.0.0.1 and sends IPFIX to 127.0.0.1 inside
 namespace a (loopback only).  A small collector in namespace a (pinned to core 0, off the tool's core)
 binds the IPFIX UDP port and counts the datagrams it gets, and scrapes /metrics once a second for
