@@ -247,7 +247,7 @@ event = st.tuples(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(isn, isn), min_size=1, max_size=4),
     st.lists(event, min_size=1, max_size=150),
