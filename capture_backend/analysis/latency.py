@@ -267,7 +267,7 @@ class Latency:
         m = rows.size
         self.exchanges += m
         proto, port = dec.proto[rows], dec.sport[rows]
-        server = key_bytes(dec.src_key[rows])
+        server = key_bytes(np.take(dec.src_key, rows, axis=0))  # a 2-D row gather: take, not a fancy index
         sid = self.servers.ids_of_repeated(pack_keys(SERVER_KEY, m, server=server, proto=proto, port=port, kind=kind))
         vid = self.services.ids_of_repeated(pack_keys(SERVICE_KEY, m, proto=proto, port=port, kind=kind))
         for table, ids in ((self.servers, sid), (self.services, vid)):

@@ -315,7 +315,7 @@ class KeyTable:
             age = now_sec - self.slot_sec  # 1 = the last completed second
             for done in np.flatnonzero((age >= 1) & ~self.slot_folded).tolist():
                 self._fold(done)
-            cols["peak"] = self.cols["peak"][rows].astype(np.float64)
+            cols["peak"] = np.take(self.cols["peak"], rows, axis=0).astype(np.float64)  # a 2-D row gather: take
             means = np.empty((len(AVERAGE_WINDOWS), rows.size, 2), np.float64)
             window_sums(self.hist, self.slot_sec, self.hist_from, rows, now_sec, _WINDOWS, means)
             for a, mean in zip(AVERAGE_WINDOWS, means, strict=True):
@@ -517,7 +517,10 @@ class Counters:
 
     def _add_ip(self, dec: Decoded, sel: np.ndarray, iface_bit: np.uint64) -> None:
         whole = sel.size == len(dec)
-        pick: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if whole else (lambda col: col[sel])
+        # np.take, not col[sel]: a fancy index of a 2-D column (the addresses) is ~10 times slower.
+        pick: Callable[[np.ndarray], np.ndarray] = (
+            (lambda col: col) if whole else (lambda col: np.take(col, sel, axis=0))
+        )
         src, dst = pick(dec.src_key), pick(dec.dst_key)
         ts = pick(dec.ts_ns)
         flags = pick(dec.tcp_flags)
