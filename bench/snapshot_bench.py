@@ -54,7 +54,6 @@ def ring_block(size: int, t0: int) -> Block:
         t0 + np.arange(n, dtype=np.int64) * 2000,
         LINKTYPE_ETHERNET,
         "bench0",
-        spans=np.array([[0, int(start[-1]) + size]], np.int64),
     )
 
 
@@ -71,7 +70,7 @@ def main() -> None:
     copy_s = 0.0
     for k in range(blocks):
         b = template
-        block = Block(b.data, b.start, b.caplen, b.wirelen, b.ts_ns + k * NS // 10, b.linktype, b.iface, spans=b.spans)
+        block = Block(b.data, b.start, b.caplen, b.wirelen, b.ts_ns + k * NS // 10, b.linktype, b.iface)
         c = time.perf_counter()
         tm.add(block)
         copy_s += time.perf_counter() - c

@@ -1501,8 +1501,9 @@ def walk_frames(const uint8_t[::1] buf, Py_ssize_t base, Py_ssize_t block_size, 
     bounds before it is read, and read each frame's tpacket3_hdr in the same step (one pass over the headers,
     each still in cache): its offset goes to hdr[row + k], its columns to the other outputs' row + k. `at`
     holds the header's field offsets: tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac, tp_vlan_tci,
-    tp_vlan_tpid, and sockaddr_ll's sll_pkttype, each inside `min_hdr` bytes. A frame never reaches past the
-    block's used length, whatever its header claims. Returns (count, first, end, lost) as ring.walk_block."""
+    tp_vlan_tpid, sockaddr_ll's sll_pkttype and tp_next_offset, each inside `min_hdr` bytes. A frame never
+    reaches past the block's used length, whatever its header claims. Returns (count, first, end, lost) as
+    ring.walk_block."""
     cdef Py_ssize_t end = base + min(max(used, 0), block_size)
     cdef Py_ssize_t first = base + first_rel
     cdef Py_ssize_t last_hdr = end - min_hdr
@@ -1512,9 +1513,9 @@ def walk_frames(const uint8_t[::1] buf, Py_ssize_t base, Py_ssize_t block_size, 
     cdef const uint8_t* h
     cdef int64_t s, c
     cdef uint32_t status
-    if at.shape[0] != 9:
-        raise ValueError("walk_frames: nine field offsets")
-    for i in range(9):
+    if at.shape[0] != 10:
+        raise ValueError("walk_frames: ten field offsets")
+    for i in range(10):
         if at[i] < 0 or at[i] + 4 > min_hdr:
             raise ValueError("walk_frames: a field outside the header")
     if min_hdr < 4 or base < 0 or end > buf.shape[0] or row < 0 or room < 0:
@@ -1546,7 +1547,7 @@ def walk_frames(const uint8_t[::1] buf, Py_ssize_t base, Py_ssize_t block_size, 
             count = i + 1
             if i == num_pkts - 1:
                 break
-            step = _le32(h)
+            step = _le32(h + at[9])
             off += step
             if step < min_hdr or step & 3 or off > last_hdr:
                 break

@@ -38,9 +38,6 @@ class Block:
     vlan_tpid: np.ndarray | None = None  # uint16 TPID of that tag (0 when no tag was stripped)
     vlan_valid: np.ndarray | None = None  # bool, a stripped tag exists (TP_STATUS_VLAN_VALID or tci != 0)
     pkttype: np.ndarray | None = None  # uint8 sll_pkttype (PACKET_OUTGOING = 4); None for files
-    # (k, 2) [start, end) byte ranges of data that hold every frame (the used part of each ring
-    # block), so a consumer can keep the batch with one copy per range; None: one range around all.
-    spans: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -63,13 +60,4 @@ class Block:
             vlan_tpid=pick(self.vlan_tpid),
             vlan_valid=pick(self.vlan_valid),
             pkttype=pick(self.pkttype),
-            spans=self.spans,
         )
-
-    def byte_ranges(self) -> np.ndarray:
-        """The (k, 2) [start, end) ranges of data holding every frame."""
-        if self.spans is not None:
-            return self.spans
-        if len(self) == 0:
-            return np.zeros((0, 2), np.int64)
-        return np.array([[int(self.start.min()), int((self.start + self.caplen).max())]], np.int64)

@@ -100,7 +100,7 @@ MIN_FRAME_HDR = L.SLL_OFFSET_IN_FRAME + L.SOCKADDR_LL.size
 # The header fields a batch's columns are read from, in _native.walk_frames' order.
 FRAME_FIELDS = np.array(
     [L.TP_SEC, L.TP_NSEC, L.TP_SNAPLEN, L.TP_LEN, L.TP_STATUS, L.TP_MAC, L.TP_VLAN_TCI, L.TP_VLAN_TPID,
-     L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE],
+     L.SLL_OFFSET_IN_FRAME + L.SLL_PKTTYPE, L.TP_NEXT_OFFSET],
     np.int64,
 )  # fmt: skip
 
@@ -296,14 +296,12 @@ class Ring:
                 if not taken:
                     return
                 cols = FrameColumns.empty(sum(bounds))
-                spans = np.empty((len(taken), 2), np.int64)
                 row = 0
                 for k in range(len(taken)):
                     walk = walk_block(u32, ((self._next + k) % self.block_nr) * bs, bs, cols, row)
                     self.walk_errors += walk.lost
                     row += len(walk.offsets)
-                    spans[k] = walk.first, walk.end
-                yield self._batch(cols, row, spans)
+                yield self._batch(cols, row)
             finally:
                 for status_word in taken:
                     mv32[status_word] = L.TP_STATUS_KERNEL
@@ -312,7 +310,7 @@ class Ring:
             if caught_up:  # blocks the kernel hands over meanwhile wait for the next call, in a larger batch
                 return
 
-    def _batch(self, cols: FrameColumns, n: int, spans: np.ndarray) -> Block:
+    def _batch(self, cols: FrameColumns, n: int) -> Block:
         return Block(
             data=self.buf,
             start=cols.start[:n],
@@ -325,7 +323,6 @@ class Ring:
             vlan_tpid=cols.tpid[:n],
             vlan_valid=cols.valid[:n],
             pkttype=cols.pkttype[:n],
-            spans=spans,
         )
 
     def close(self) -> None:

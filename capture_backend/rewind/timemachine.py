@@ -311,7 +311,6 @@ def _compact(part: Block, offset: np.ndarray) -> Block:
         vlan_tpid=part.vlan_tpid.copy() if tagged and part.vlan_tpid is not None else None,
         vlan_valid=part.vlan_valid.copy() if tagged and part.vlan_valid is not None else None,
         pkttype=None,
-        spans=None,
     )
 
 

@@ -280,7 +280,6 @@ def test_a_ring_batch_that_wraps_is_kept_and_written_in_order(tmp_path: Path) ->
         ts_ns=T0 + np.arange(n, dtype=np.int64),
         linktype=1,
         iface="eth0",
-        spans=np.array([[5000, 6800], [100, 900]], np.int64),
     )
     tm = TimeMachine(size=1 << 20, seconds=600)
     tm.add(block)
