@@ -90,6 +90,8 @@ FLOW_STATE = frozenset(
 TCP_WRITTEN = frozenset({*TCP_STATE_COLUMNS, *TCP_FLOW_COLUMNS, "tcp_flags"})
 APP_WRITTEN = frozenset({"app_count", "app_sum", "app_max"})
 VLAN_WRITTEN = frozenset({"vlan"})  # written once a tagged packet is counted
+# Written once a second interface is counted: until then every used row holds the one interface's bit.
+IFACE_WRITTEN = frozenset({"ifaces"})
 PORT_COLUMNS: ColumnSpec = TRAFFIC_COLUMNS
 # Where group_keys writes each key field: byte offsets, read from the contract's layouts.
 KEY_FIELDS = np.array(
@@ -145,6 +147,8 @@ class KeyTable:
         self._first = {name: fill for name, (_, _, fill) in self.specs.items() if fill != 0}
         # Never written yet: every row holds the initial value (in fact still zero pages), nothing to reset or copy.
         self.untouched = set(untouched)
+        # What an untouched column holds in every *used* row when that is not its initial value (set by the owner).
+        self.constant: dict[str, int] = {}
         self.hist = lazy_zeros((HISTORY_SECONDS if history else 0, size, 2), np.uint64)
         self._hist_map = _mapping(self.hist)
         # A reused row's history counts from this second on: older buckets still hold its last owner's bytes.
@@ -289,9 +293,13 @@ class KeyTable:
 
     def written(self, names: frozenset[str]) -> None:
         """Columns about to be written (before the write): from now on they are reset and copied. The rows
-        handed out so far take the initial value now (one pass, the first time only)."""
+        handed out so far take the initial value now, or the used ones their `constant` (one pass, the first
+        time only)."""
         for name in self.untouched & names:
-            if name in self._first:
+            if name in self.constant:
+                h = self.high
+                self.cols[name][:h][self.used[:h]] = self.constant.pop(name)
+            elif name in self._first:
                 self.cols[name][: self.high] = self._first[name]
         self.untouched -= names
 
@@ -299,8 +307,9 @@ class KeyTable:
         """The used rows of a column; one never written (TCP health of a UDP flood) is published as zero
         pages, which cost no memory until read, instead of a copy."""
         if name in self.untouched:
-            if name in self._first:  # one value seen from every row: no memory
-                return np.broadcast_to(col.dtype.type(self._first[name]), (rows.size, *col.shape[1:]))
+            value = self.constant.get(name, self._first.get(name, 0))
+            if value:  # one value seen from every row: no memory
+                return np.broadcast_to(col.dtype.type(value), (rows.size, *col.shape[1:]))
             return lazy_zeros((rows.size, *col.shape[1:]), col.dtype)
         return np.take(col, rows, axis=0)  # a row gather (a fancy index of a 2-D column is ~15 times slower)
 
@@ -483,7 +492,7 @@ class Counters:
             FLOW_COLUMNS,
             lim.flows,
             internal=FLOW_STATE,
-            untouched=TCP_WRITTEN | APP_WRITTEN | VLAN_WRITTEN,
+            untouched=TCP_WRITTEN | APP_WRITTEN | VLAN_WRITTEN | IFACE_WRITTEN,
         )
         self.pairs = KeyTable(PAIR_KEY.itemsize, TRAFFIC_COLUMNS, lim.pairs, history=True)
         self.hosts = KeyTable(HOST_KEY.itemsize, TRAFFIC_COLUMNS, lim.hosts, history=True)
@@ -547,7 +556,10 @@ class Counters:
         g_sec = g_first // NS  # the group's one second
         traffic = (g_dir, g_packets, g_bytes, g_first, g_last)
 
-        fid = self.flows.ids(flow_keys)
+        flows = self.flows
+        if "ifaces" in flows.untouched and flows.constant.setdefault("ifaces", int(iface_bit)) != iface_bit:
+            flows.written(IFACE_WRITTEN)  # a second interface: the rows so far take the first one's bit
+        fid = flows.ids(flow_keys)
         del flow_keys  # a file chunk's keys are megabytes: each goes once its table has them
         self._batch = (sel, inv, fid)
         ok = fid >= 0
@@ -559,7 +571,7 @@ class Counters:
         if has_flags:
             self.flows.written(TCP_WRITTEN)
             np.bitwise_or.at(cols["tcp_flags"], fid[ok], g_flags[ok])
-        if iface_bit:
+        if iface_bit and "ifaces" not in flows.untouched:
             seen = fid[ok]
             cols["ifaces"][seen] |= iface_bit  # one bit for the whole batch: repeated rows write the same value
         g_vlan = pick(dec.vlan)[first]

@@ -448,9 +448,13 @@ def test_empty_block_and_empty_buffer() -> None:
 
 
 def table_row(table: KeyTable, k: bytes) -> dict[str, Any]:
-    """One row of a KeyTable by key, as plain values."""
+    """One row of a KeyTable by key, as plain values (a column not written yet: the one value it holds)."""
     i = table.index[k]
-    return {name: table.cols[name][i].tolist() for name in table.cols if name not in ("hist", "peak")}
+    return {
+        name: table.constant[name] if name in table.constant else table.cols[name][i].tolist()
+        for name in table.cols
+        if name not in ("hist", "peak")
+    }
 
 
 def flow_key(a: str, b: str, aport: int, bport: int, proto: int) -> bytes:
