@@ -65,13 +65,28 @@ def per_second(cur: float, prev: float, seconds: float) -> float:
     return (cur - prev) / seconds if seconds > 0 else 0.0
 
 
-def _order(table: TableSnapshot, top: int) -> np.ndarray:
-    """Row indices by total bytes, largest first, ties in row order; all rows when top is 0."""
+TOP_CHUNK = 1 << 16  # rows whose top rows are taken at a time
+
+
+def _order(table: TableSnapshot, top: int, chunk: int = TOP_CHUNK) -> np.ndarray:
+    """Row indices by total bytes, largest first, ties in row order; all rows when top is 0.
+
+    The top rows are taken chunk by chunk (each chunk's top rows, then the top of those), so a million rows
+    cost a chunk's temporaries, not a million rows' several times over."""
     n = len(table)
     if n == 0:
         return np.zeros(0, np.int64)
-    total = table.cols["bytes"].sum(axis=1)
+    nbytes = table.cols["bytes"]
     if top <= 0 or top >= n:
+        return _top(nbytes.sum(axis=1), n)
+    picked = np.concatenate([lo + _top(nbytes[lo : lo + chunk].sum(axis=1), top) for lo in range(0, n, chunk)])
+    return picked[_top(np.take(nbytes, picked, axis=0).sum(axis=1), top)]
+
+
+def _top(total: np.ndarray, top: int) -> np.ndarray:
+    """Positions of the `top` largest totals, largest first, ties in position order."""
+    n = total.size
+    if top >= n:
         return np.lexsort((np.arange(n), -total))
     # Only `top` rows are sorted: those above the top-th largest total, then the first rows equal to it.
     kth = total[np.argpartition(total, n - top)[n - top]]

@@ -159,14 +159,36 @@ def test_udp_flows_then_tcp_flows_reusing_their_rows_count_tcp_health_from_zero(
     assert snap.cols["app_count"].tolist() == [0] * 4
 
 
+def test_one_interface_costs_no_ifaces_column_and_a_second_one_marks_every_flow() -> None:
+    counting = Counting(CounterLimits(), False, "", lambda: 0.0)  # 200,000 flows: the column is 1.6 MB
+
+    def udp(sport: int, t_ns: int) -> Frame:
+        return frame(ether("10.0.0.1", "10.0.0.2") / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53),
+                     t_ns)  # fmt: skip
+
+    counting.add(block_of_frames([udp(1000 + i, T0_NS + i) for i in range(3)], iface="a"))
+    flows = counting.counters.flows
+    one = counting.freeze((), 0.0, {})
+    ifaces = one.flows.cols["ifaces"]
+    assert ifaces.tolist() == [1, 1, 1] and ifaces.strides == (0,)  # one value for every row: no copy
+    assert resident_pages(flows.cols["ifaces"]) == 0  # nor written in the table
+    # On interface b: flow 1000 again, and a new flow 2000.
+    counting.add(block_of_frames([udp(1000, T0_NS + 10), udp(2000, T0_NS + 11)], iface="b"))
+    two = counting.freeze((), 0.0, {})
+    by_port = dict(zip(two.flows.fields["aport"].tolist(), two.flows.cols["ifaces"].tolist(), strict=True))
+    assert by_port == {1000: 0b11, 1001: 0b01, 1002: 0b01, 2000: 0b10}
+    assert two.flow_ifaces == ("a", "b")
+    assert ifaces.tolist() == [1, 1, 1]  # the earlier snapshot is unchanged
+
+
 def table_of(total: np.ndarray) -> TableSnapshot:
     b = np.stack([total, np.zeros_like(total)], axis=1)
     return TableSnapshot(keys=np.zeros((total.size, 4), np.uint8), cols={"bytes": b})
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 4), min_size=0, max_size=80), st.integers(-1, 90))
-def test_the_top_rows_are_the_first_of_the_full_order(totals: list[int], top: int) -> None:
+@given(st.lists(st.integers(0, 4), min_size=0, max_size=80), st.integers(-1, 90), st.integers(1, 100))
+def test_the_top_rows_are_the_first_of_the_full_order(totals: list[int], top: int, chunk: int) -> None:
     total = np.array(totals, np.int64)
     full = np.lexsort((np.arange(total.size), -total))  # by bytes, largest first, ties in row order
-    assert np.array_equal(report._order(table_of(total), top), full if top <= 0 else full[:top])
+    assert np.array_equal(report._order(table_of(total), top, chunk), full if top <= 0 else full[:top])
