@@ -1587,11 +1587,24 @@ def _init_tables(l4_need, has_ports, ext_mult, ext_add, null_family) -> None:
         NULL_FAMILY[i] = null_family[i]
 
 
+cdef extern from *:
+    """
+    static inline uint64_t rt_be32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
+    static inline uint64_t rt_be64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v); }
+    """
+    uint64_t _be32 "rt_be32"(const uint8_t* p) noexcept nogil
+    uint64_t _be64 "rt_be64"(const uint8_t* p) noexcept nogil
+
+
 cdef inline uint64_t _be(const uint8_t* buf, Py_ssize_t size, Py_ssize_t pos, int nbytes) noexcept nogil:
     """`nbytes` (<= 8) big-endian bytes at `pos`; bytes past the buffer read as 0."""
     cdef uint64_t v = 0
     cdef int k
     if pos >= 0 and pos + nbytes <= size:
+        if nbytes == 4:  # one load each (the addresses), not a loop of byte loads
+            return _be32(buf + pos)
+        if nbytes == 8:
+            return _be64(buf + pos)
         for k in range(nbytes):
             v = (v << 8) | buf[pos + k]
         return v
