@@ -27,6 +27,15 @@ def pack_frames(
     pool: np.ndarray, at: int, data: np.ndarray, start: np.ndarray, caplen: np.ndarray, offset: np.ndarray
 ) -> int: ...
 def copy_runs(dst8: np.ndarray, dst: np.ndarray, src8: np.ndarray, src: np.ndarray, length: np.ndarray) -> None: ...
+def batch_totals(
+    wire: np.ndarray,
+    malformed: np.ndarray,
+    ts: np.ndarray,
+    ethertype: np.ndarray,
+    vlan: np.ndarray,
+    ip: np.ndarray,
+    proto: np.ndarray,
+) -> tuple[int, int, int, int, int, int, int, int, int]: ...
 def add_traffic(
     packets: np.ndarray,
     nbytes: np.ndarray,

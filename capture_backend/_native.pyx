@@ -646,6 +646,40 @@ def copy_runs(uint8_t[::1] dst8, const int64_t[::1] dst, const uint8_t[::1] src8
                 memcpy(&dst8[dst[i]], &src8[src[i]], length[i])
 
 
+def batch_totals(const int64_t[::1] wire, const uint8_t[::1] malformed, const int64_t[::1] ts,
+                 const int32_t[::1] ethertype, const int32_t[::1] vlan, const uint8_t[::1] ip,
+                 const int32_t[::1] proto):
+    """A decoded batch's totals in one pass: (bytes, malformed frames, earliest and latest time, the ethertype
+    of every frame or -1 when they differ, VLAN-tagged frames, IP frames, their bytes, the IP protocol of every
+    IP frame or -1 when they differ)."""
+    cdef Py_ssize_t n = wire.shape[0], i
+    cdef int64_t nbytes = 0, bad = 0, lo = INT64_MAX, hi = INT64_MIN, tagged = 0, nip = 0, ip_bytes = 0
+    cdef int64_t et0 = -1, p0 = -1
+    cdef bint one_et = True, one_p = True
+    if not (malformed.shape[0] == ts.shape[0] == ethertype.shape[0] == vlan.shape[0] == ip.shape[0]
+            == proto.shape[0] == n):
+        raise ValueError("batch_totals: columns of different lengths")
+    if n:
+        et0 = ethertype[0]
+    with nogil:
+        for i in range(n):
+            nbytes += wire[i]
+            bad += malformed[i] != 0
+            if ts[i] < lo:
+                lo = ts[i]
+            if ts[i] > hi:
+                hi = ts[i]
+            one_et &= ethertype[i] == et0
+            tagged += vlan[i] >= 0
+            if ip[i]:
+                nip += 1
+                ip_bytes += wire[i]
+                if p0 < 0:
+                    p0 = proto[i]
+                one_p &= proto[i] == p0
+    return (nbytes, bad, lo, hi, et0 if one_et else -1, tagged, nip, ip_bytes, p0 if one_p else -1)
+
+
 def add_traffic(int64_t[:, ::1] packets, int64_t[:, ::1] nbytes, int64_t[::1] first, int64_t[::1] last,
                 const int64_t[::1] ids, const int64_t[::1] direction, const int64_t[::1] p,
                 const int64_t[::1] b, const int64_t[::1] f, const int64_t[::1] l) -> None:

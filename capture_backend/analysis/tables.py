@@ -22,6 +22,7 @@ from capture_backend._native import (
     add_directed,
     add_exchanges,
     add_traffic,
+    batch_totals,
     fill_rows,
     group_keys,
     group_packets,
@@ -404,13 +405,17 @@ _HAS_PORTS = HAS_PORTS.view(np.uint8)
 TALLY_BINS = 1 << 16  # a tally of values below this counts them in bins instead of sorting them
 
 
+def _count(table: dict[int, Tally], key: int, packets: int, nbytes: int) -> None:
+    t = table.setdefault(key, Tally())
+    t.packets += packets
+    t.bytes += nbytes
+
+
 def _tally(table: dict[int, Tally], keys: np.ndarray, wirelen: np.ndarray) -> None:
     if keys.size == 0:
         return
-    if keys[0] == keys[-1] and (keys == keys[0]).all():  # the usual case: one value in the whole batch
-        t = table.setdefault(int(keys[0]), Tally())
-        t.packets += int(keys.size)
-        t.bytes += int(wirelen.sum())
+    if keys[0] == keys[-1] and (keys == keys[0]).all():  # one value in the whole batch
+        _count(table, int(keys[0]), int(keys.size), int(wirelen.sum()))
         return
     if int(keys.min()) >= 0 and int(keys.max()) < TALLY_BINS:  # ethertypes, VLAN ids, protocols: no sort
         packets = np.bincount(keys, minlength=1)
@@ -506,21 +511,31 @@ class Counters:
         if n == 0:
             return
         wire = dec.wirelen
+        nbytes, bad, lo, hi, ethertype, tagged, nip, ip_bytes, proto = batch_totals(
+            _i64(wire), dec.malformed.view(np.uint8), _i64(dec.ts_ns), dec.ethertype, dec.vlan, dec.ip.view(np.uint8),
+            dec.proto,
+        )  # fmt: skip
         self.packets += n
-        self.bytes += int(wire.sum())
-        self.malformed += int(dec.malformed.sum())
-        lo, hi = int(dec.ts_ns.min()), int(dec.ts_ns.max())
+        self.bytes += nbytes
+        self.malformed += bad
         self.first_ns = lo if self.first_ns == 0 else min(self.first_ns, lo)
         self.last_ns = max(self.last_ns, hi)
         iface = self.interfaces.setdefault(dec.iface, Tally())
         iface.packets += n
-        iface.bytes += int(wire.sum())
-        _tally(self.ethertypes, dec.ethertype, wire)
-        tagged = dec.vlan >= 0
-        _tally(self.vlans, dec.vlan[tagged], wire[tagged])
-        sel = np.flatnonzero(dec.ip)
-        if sel.size:
-            _tally(self.protocols, dec.proto[sel], wire[sel])
+        iface.bytes += nbytes
+        if ethertype >= 0:  # the usual batch: one ethertype
+            _count(self.ethertypes, ethertype, n, nbytes)
+        else:
+            _tally(self.ethertypes, dec.ethertype, wire)
+        if tagged:
+            is_tagged = dec.vlan >= 0
+            _tally(self.vlans, dec.vlan[is_tagged], wire[is_tagged])
+        if nip:
+            sel = np.arange(n) if nip == n else np.flatnonzero(dec.ip)
+            if proto >= 0:
+                _count(self.protocols, proto, nip, ip_bytes)
+            else:
+                _tally(self.protocols, dec.proto[sel], wire[sel])
             bit = self.iface_bits.setdefault(dec.iface, len(self.iface_bits))
             self._add_ip(dec, sel, np.uint64(1 << bit) if bit < IFACE_BITS else np.uint64(0))
 

@@ -136,6 +136,29 @@ def test_fuzzed_frames_wire_length_below_caplen(linktype: int, data: st.DataObje
     assert_same(block_of(frames, linktype, wirelen=wirelen))
 
 
+@FUZZ
+@given(blocks(max_frames=16))
+def test_batch_totals_equal_numpy_over_the_decoded_columns(block: Block) -> None:
+    d = decode(block)
+    got = _native.batch_totals(
+        d.wirelen.astype(np.int64), d.malformed.view(np.uint8), d.ts_ns.astype(np.int64), d.ethertype, d.vlan,
+        d.ip.view(np.uint8), d.proto,
+    )  # fmt: skip
+    n = len(d)
+    ip_protos = set(d.proto[d.ip].tolist())
+    assert got == (
+        int(d.wirelen.sum()),
+        int(d.malformed.sum()),
+        int(d.ts_ns.min()) if n else np.iinfo(np.int64).max,
+        int(d.ts_ns.max()) if n else np.iinfo(np.int64).min,
+        int(d.ethertype[0]) if n and len(set(d.ethertype.tolist())) == 1 else -1,
+        int((d.vlan >= 0).sum()),
+        int(d.ip.sum()),
+        int(d.wirelen[d.ip].sum()),
+        ip_protos.pop() if len(ip_protos) == 1 else -1,
+    )
+
+
 def test_empty_frames_and_buffer() -> None:
     assert_same(block_of([b"", b""]))
     assert len(decode(block_of([]))) == 0
