@@ -35,6 +35,7 @@ def batch_totals(
     vlan: np.ndarray,
     ip: np.ndarray,
     proto: np.ndarray,
+    by_proto: np.ndarray,
 ) -> tuple[int, int, int, int, int, int, int, int, int]: ...
 def add_traffic(
     packets: np.ndarray,

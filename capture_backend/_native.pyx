@@ -648,10 +648,11 @@ def copy_runs(uint8_t[::1] dst8, const int64_t[::1] dst, const uint8_t[::1] src8
 
 def batch_totals(const int64_t[::1] wire, const uint8_t[::1] malformed, const int64_t[::1] ts,
                  const int32_t[::1] ethertype, const int32_t[::1] vlan, const uint8_t[::1] ip,
-                 const int32_t[::1] proto):
+                 const int32_t[::1] proto, int64_t[:, ::1] by_proto):
     """A decoded batch's totals in one pass: (bytes, malformed frames, earliest and latest time, the ethertype
     of every frame or -1 when they differ, VLAN-tagged frames, IP frames, their bytes, the IP protocol of every
-    IP frame or -1 when they differ)."""
+    IP frame or -1 when they differ). When they differ, by_proto[p] (256 rows, zeroed by the caller) gets the
+    packets and bytes of IP protocol p."""
     cdef Py_ssize_t n = wire.shape[0], i
     cdef int64_t nbytes = 0, bad = 0, lo = INT64_MAX, hi = INT64_MIN, tagged = 0, nip = 0, ip_bytes = 0
     cdef int64_t et0 = -1, p0 = -1
@@ -659,6 +660,8 @@ def batch_totals(const int64_t[::1] wire, const uint8_t[::1] malformed, const in
     if not (malformed.shape[0] == ts.shape[0] == ethertype.shape[0] == vlan.shape[0] == ip.shape[0]
             == proto.shape[0] == n):
         raise ValueError("batch_totals: columns of different lengths")
+    if by_proto.shape[0] != 256 or by_proto.shape[1] != 2:
+        raise ValueError("batch_totals: by_proto must be (256, 2)")
     if n:
         et0 = ethertype[0]
     with nogil:
@@ -677,6 +680,11 @@ def batch_totals(const int64_t[::1] wire, const uint8_t[::1] malformed, const in
                 if p0 < 0:
                     p0 = proto[i]
                 one_p &= proto[i] == p0
+        if not one_p:  # a second pass, over the IP frames, only for a batch of several protocols
+            for i in range(n):
+                if ip[i] and 0 <= proto[i] < 256:
+                    by_proto[proto[i], 0] += 1
+                    by_proto[proto[i], 1] += wire[i]
     return (nbytes, bad, lo, hi, et0 if one_et else -1, tagged, nip, ip_bytes, p0 if one_p else -1)
 
 

@@ -173,7 +173,8 @@ class Latency:
         if dec.buf is None or dec.l7_start is None or dec.l7_cap is None or n == 0:
             return e, e
         buf, ts = np.ascontiguousarray(dec.buf), dec.ts_ns
-        rows, kind, key, asked_ts, asked_text = self._scratch(min(n, MATCH_SLICE))
+        # Room for every packet of the batch to answer (a larger batch than a slice: pages written only as used).
+        rows, kind, key, asked_ts, asked_text = self._scratch(n) if n <= MATCH_SLICE else self._scratch_of(n)
         cols = (buf, dec.l7_start, dec.l7_cap, dec.proto, dec.sport, dec.dport, HTTP_REQUEST_HEADS)
         if not self.pending.add_batch(*cols, None, ts, 0, n, rows, kind, key, asked_ts, asked_text)[1]:
             return e, e  # no request or response at all (most batches): no flow rows needed
@@ -185,11 +186,6 @@ class Latency:
         # bounded after, so the table never holds more than PENDING_LIMIT + MATCH_SLICE requests.
         for lo in range(0, n, MATCH_SLICE):
             hi = min(lo + MATCH_SLICE, n)
-            if rows.size - m < hi - lo:  # room for every packet of the slice to answer
-                rows, kind, key, asked_ts, asked_text = (
-                    np.concatenate([x[:m], np.empty((hi - lo, *x.shape[1:]), x.dtype)])
-                    for x in (rows, kind, key, asked_ts, asked_text)
-                )
             got, events, newest = self.pending.add_batch(
                 *cols, flow, ts, lo, hi, rows[m:], kind[m:], key[m:], asked_ts[m:], asked_text[m:]
             )

@@ -511,9 +511,10 @@ class Counters:
         if n == 0:
             return
         wire = dec.wirelen
+        by_proto = np.zeros((256, 2), np.int64)
         nbytes, bad, lo, hi, ethertype, tagged, nip, ip_bytes, proto = batch_totals(
             _i64(wire), dec.malformed.view(np.uint8), _i64(dec.ts_ns), dec.ethertype, dec.vlan, dec.ip.view(np.uint8),
-            dec.proto,
+            dec.proto, by_proto,
         )  # fmt: skip
         self.packets += n
         self.bytes += nbytes
@@ -535,7 +536,8 @@ class Counters:
             if proto >= 0:
                 _count(self.protocols, proto, nip, ip_bytes)
             else:
-                _tally(self.protocols, dec.proto[sel], wire[sel])
+                for p in np.flatnonzero(by_proto[:, 0]).tolist():
+                    _count(self.protocols, p, int(by_proto[p, 0]), int(by_proto[p, 1]))
             bit = self.iface_bits.setdefault(dec.iface, len(self.iface_bits))
             self._add_ip(dec, sel, np.uint64(1 << bit) if bit < IFACE_BITS else np.uint64(0))
 
@@ -605,12 +607,12 @@ class Counters:
             g_tcp &= ok
             g_keys, g_rank = np.unique(np.where(g_tcp, fid * 2 + g_dir, -1), return_inverse=True)
             rank = g_rank.ravel()[p_inv]
-            cut: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if every else (lambda col: col[tcp])
+            cut: Callable[[np.ndarray], np.ndarray] = (lambda col: col) if every else (lambda col: np.take(col, tcp))
             if g_keys[0] < 0:  # flows over capacity, or groups without TCP
                 good = rank > 0
                 if not good.all():
                     sub = tcp[good]
-                    cut = lambda col: col[sub]  # noqa: E731
+                    cut = lambda col: np.take(col, sub)  # noqa: E731
                     rank = rank[good]
                 rank, g_keys = rank - 1, g_keys[1:]
             if rank.size:

@@ -140,12 +140,19 @@ def test_fuzzed_frames_wire_length_below_caplen(linktype: int, data: st.DataObje
 @given(blocks(max_frames=16))
 def test_batch_totals_equal_numpy_over_the_decoded_columns(block: Block) -> None:
     d = decode(block)
+    by_proto = np.zeros((256, 2), np.int64)
     got = _native.batch_totals(
         d.wirelen.astype(np.int64), d.malformed.view(np.uint8), d.ts_ns.astype(np.int64), d.ethertype, d.vlan,
-        d.ip.view(np.uint8), d.proto,
+        d.ip.view(np.uint8), d.proto, by_proto,
     )  # fmt: skip
     n = len(d)
     ip_protos = set(d.proto[d.ip].tolist())
+    if len(ip_protos) > 1:  # per protocol: packets and bytes
+        assert {p: tuple(by_proto[p]) for p in np.flatnonzero(by_proto[:, 0]).tolist()} == {
+            p: (int((d.ip & (d.proto == p)).sum()), int(d.wirelen[d.ip & (d.proto == p)].sum())) for p in ip_protos
+        }
+    else:
+        assert not by_proto.any()
     assert got == (
         int(d.wirelen.sum()),
         int(d.malformed.sum()),
