@@ -59,6 +59,16 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #include <string.h>
+    static inline uint64_t rt_be32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
+    static inline uint64_t rt_be64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v); }
+    """
+    uint64_t _be32 "rt_be32"(const uint8_t* p) noexcept nogil
+    uint64_t _be64 "rt_be64"(const uint8_t* p) noexcept nogil
+
+
+cdef extern from *:
+    """
     #define rt_prefetch(p) __builtin_prefetch((const void*)(p), 0, 3)
     #define rt_prefetch_w(p) __builtin_prefetch((const void*)(p), 1, 3)
     """
@@ -1123,6 +1133,8 @@ cdef inline uint64_t _l7_head(const uint8_t* buf, Py_ssize_t size, int64_t start
     """Payload bytes skip..skip+3 big-endian, 0 past what was captured or past the buffer."""
     cdef uint64_t w = 0
     cdef int64_t i, p
+    if skip + 4 <= cap and start + skip >= 0 and start + skip + 4 <= size:  # the usual case: one load
+        return _be32(buf + start + skip)
     for i in range(4):
         w <<= 8
         p = start + skip + i
@@ -1627,15 +1639,6 @@ def _init_tables(l4_need, has_ports, ext_mult, ext_add, null_family) -> None:
         EXT_ADD[i] = ext_add[i]
     for i in range(64):
         NULL_FAMILY[i] = null_family[i]
-
-
-cdef extern from *:
-    """
-    static inline uint64_t rt_be32(const uint8_t* p) { uint32_t v; memcpy(&v, p, 4); return __builtin_bswap32(v); }
-    static inline uint64_t rt_be64(const uint8_t* p) { uint64_t v; memcpy(&v, p, 8); return __builtin_bswap64(v); }
-    """
-    uint64_t _be32 "rt_be32"(const uint8_t* p) noexcept nogil
-    uint64_t _be64 "rt_be64"(const uint8_t* p) noexcept nogil
 
 
 cdef inline uint64_t _be(const uint8_t* buf, Py_ssize_t size, Py_ssize_t pos, int nbytes) noexcept nogil:
