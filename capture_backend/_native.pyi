@@ -147,6 +147,7 @@ def decode_frames(
     tcp_len: np.ndarray,
     l7_start: np.ndarray,
     l7_cap: np.ndarray,
+    l7_head: np.ndarray,
 ) -> None: ...
 def tcp_sequence(
     keys: np.ndarray,
@@ -193,6 +194,7 @@ class PendingRequests:
         buf: np.ndarray,
         l7_start: np.ndarray,
         l7_cap: np.ndarray,
+        l7_head: np.ndarray | None,
         proto: np.ndarray,
         sport: np.ndarray,
         dport: np.ndarray,

@@ -1143,10 +1143,19 @@ cdef inline uint64_t _l7_head(const uint8_t* buf, Py_ssize_t size, int64_t start
     return w
 
 
+cdef inline uint64_t _head_at(const uint8_t* buf, Py_ssize_t size, int64_t start, int64_t cap, int64_t skip,
+                              const uint64_t* head8) noexcept nogil:
+    """Payload bytes skip..skip+3 big-endian: from the decoded first 8 bytes when given, else the buffer."""
+    if head8 != NULL:
+        return (head8[0] >> (32 - 8 * skip)) & 0xFFFFFFFFULL
+    return _l7_head(buf, size, start, cap, skip)
+
+
 cdef inline int _classify(const uint8_t* b, Py_ssize_t size, int64_t start, int64_t cap, int32_t proto,
                           int32_t sport, int32_t dport, const uint64_t* heads, Py_ssize_t nh,
-                          bint* is_req, int64_t* dns_id) noexcept nogil:
-    """The kind of exchange a packet is a request or response of (0: neither), is_req and the DNS id."""
+                          bint* is_req, int64_t* dns_id, const uint64_t* head8) noexcept nogil:
+    """The kind of exchange a packet is a request or response of (0: neither), is_req and the DNS id.
+    head8: the payload's first 8 bytes (decode_frames' l7_head), or NULL to read them from the buffer."""
     cdef int64_t skip
     cdef uint64_t head, word
     cdef bint qr, to_server
@@ -1157,7 +1166,7 @@ cdef inline int _classify(const uint8_t* b, Py_ssize_t size, int64_t start, int6
         skip = 0 if proto == LAT_UDP else 2  # DNS over TCP: after a 2-byte length
         if cap < skip + 12:
             return 0
-        head = _l7_head(b, size, start, cap, skip)
+        head = _head_at(b, size, start, cap, skip, head8)
         qr = (head & 0x8000) != 0
         if not qr and dport == LAT_DNS_PORT:
             is_req[0] = True
@@ -1175,13 +1184,13 @@ cdef inline int _classify(const uint8_t* b, Py_ssize_t size, int64_t start, int6
             return 0
         # 3-byte length, sequence id, command: a query is sequence 0 + COM_QUERY (3), the response's first
         # packet sequence 1.
-        word = _l7_head(b, size, start, cap, 2)
+        word = _head_at(b, size, start, cap, 2, head8)
         to_server = dport == LAT_MYSQL_PORT
         is_req[0] = to_server and ((word >> 16) & 0xFF) == 0 and ((word >> 8) & 0xFF) == 3
         if is_req[0] or (not to_server and ((word >> 16) & 0xFF) == 1):
             return <int>LAT_KIND_MYSQL
         return 0
-    head = _l7_head(b, size, start, cap, 0)
+    head = _head_at(b, size, start, cap, 0, head8)
     is_req[0] = False
     for h in range(nh):
         if head == heads[h]:
@@ -1390,7 +1399,8 @@ cdef class PendingRequests:
         return m
 
     def add_batch(self, const uint8_t[::1] buf, const int64_t[::1] l7_start, const int64_t[::1] l7_cap,
-                  const int32_t[::1] proto, const int32_t[::1] sport, const int32_t[::1] dport,
+                  const uint64_t[::1] l7_head, const int32_t[::1] proto, const int32_t[::1] sport,
+                  const int32_t[::1] dport,
                   const uint64_t[::1] http_heads, const int64_t[::1] flow, const int64_t[::1] ts,
                   Py_ssize_t lo, Py_ssize_t hi, int64_t[::1] answered, int64_t[::1] kind, uint64_t[::1] key,
                   int64_t[::1] asked_ts, uint8_t[:, ::1] asked_text):
@@ -1399,7 +1409,8 @@ cdef class PendingRequests:
         responses go to answered[:m] (their row), with their kind, key, and their request's time and text.
         Returns (m, events, newest event time). Without `flow` (None) nothing is matched: (0, 1, 0) when a
         packet of lo..hi is a request or response (call again with the flows), else (0, 0, 0) (most
-        batches: no flow rows needed)."""
+        batches: no flow rows needed). l7_head (decode_frames' column, or None: read from the buffer) gives each
+        payload's first bytes."""
         cdef Py_ssize_t n = l7_cap.shape[0], size = buf.shape[0], nh = http_heads.shape[0], w = self.width
         cdef Py_ssize_t i, m = 0, events = 0
         cdef const uint8_t* b = &buf[0] if size else NULL
@@ -1409,13 +1420,14 @@ cdef class PendingRequests:
         cdef int64_t qid = 0, f, newest = INT64_MIN, stamp, p, take
         cdef uint64_t kk
         if not (l7_start.shape[0] == proto.shape[0] == sport.shape[0] == dport.shape[0] == ts.shape[0] == n) \
-                or lo < 0 or hi > n or lo > hi:
+                or lo < 0 or hi > n or lo > hi or (l7_head is not None and l7_head.shape[0] != n):
             raise ValueError("add_batch: columns of different lengths, or lo..hi outside them")
+        cdef const uint64_t* h8 = &l7_head[0] if l7_head is not None and n else NULL
         if flow is None:
             with nogil:
                 for i in range(lo, hi):
                     if _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh,
-                                 &is_req, &qid):
+                                 &is_req, &qid, h8 + i if h8 != NULL else NULL):
                         events = 1
                         break
             return 0, events, 0
@@ -1430,7 +1442,8 @@ cdef class PendingRequests:
         stamp = self.stamp
         with nogil:
             for i in range(lo, hi):
-                k = _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh, &is_req, &qid)
+                k = _classify(b, size, l7_start[i], l7_cap[i], proto[i], sport[i], dport[i], heads, nh, &is_req, &qid,
+                              h8 + i if h8 != NULL else NULL)
                 if not k:
                     continue
                 f = flow[i]
@@ -1670,10 +1683,12 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
                   uint64_t[:, ::1] dst, int32_t[::1] proto, int32_t[::1] sport, int32_t[::1] dport,
                   uint8_t[::1] tcp_flags, uint8_t[::1] malformed, int64_t[::1] tcp_seq, int64_t[::1] tcp_ack,
                   int32_t[::1] tcp_window, int32_t[::1] tcp_len, int64_t[::1] l7_start,
-                  int64_t[::1] l7_cap) -> None:
+                  int64_t[::1] l7_cap, uint64_t[::1] l7_head) -> None:
     """decode.decode()'s columns for every frame, in one pass without the GIL. Every column of every frame
     is written (the outputs may come uninitialised): what a frame does not have is vlan -1, proto -1,
-    tcp_window -1, tcp_len -1, l7_start -1, the others 0. Reads are bounds-checked against each frame's
+    tcp_window -1, tcp_len -1, l7_start -1, the others 0; l7_head is the payload's first 8 bytes big-endian,
+    zero past what was captured (the latency matcher classifies by it without reading the frame again).
+    Reads are bounds-checked against each frame's
     caplen; as in the NumPy decoder, the addresses of an IP header cut short are read from the buffer (0
     past its end)."""
     cdef Py_ssize_t n = start.shape[0]
@@ -1690,7 +1705,7 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
             or ip.shape[0] != n or src.shape[0] != n or dst.shape[0] != n or proto.shape[0] != n
             or sport.shape[0] != n or dport.shape[0] != n or tcp_flags.shape[0] != n or malformed.shape[0] != n
             or tcp_seq.shape[0] != n or tcp_ack.shape[0] != n or tcp_window.shape[0] != n
-            or tcp_len.shape[0] != n or l7_start.shape[0] != n or l7_cap.shape[0] != n
+            or tcp_len.shape[0] != n or l7_start.shape[0] != n or l7_cap.shape[0] != n or l7_head.shape[0] != n
             or src.shape[1] != 2 or dst.shape[1] != 2):
         raise ValueError("every column must have one row per frame")
     if n == 0:
@@ -1718,6 +1733,7 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
             tcp_window[i] = tcp_len[i] = -1
             l7_start[i] = -1
             l7_cap[i] = 0
+            l7_head[i] = 0
             # Link layer: ok (header readable), l3 offset, ethertype, outer VLAN id.
             et = 0
             l3 = 0
@@ -1846,6 +1862,10 @@ def decode_frames(const uint8_t[::1] buf, const int64_t[::1] start, const int64_
             if l7len >= 0:
                 end = s + c - l7_start[i]
                 l7_cap[i] = 0 if end < 0 else min(end, l7len)
+                if l7_cap[i] >= 8:
+                    l7_head[i] = _be64(b + l7_start[i])
+                elif l7_cap[i] > 0:
+                    l7_head[i] = _be(b, size, l7_start[i], <int>l7_cap[i]) << (8 * (8 - l7_cap[i]))
 
 
 # -- TCP sequence analysis ---------------------------------------------------------------------------

@@ -104,6 +104,7 @@ class Decoded:
     buf: np.ndarray | None = None
     l7_start: np.ndarray | None = None  # int64
     l7_cap: np.ndarray | None = None  # int64
+    l7_head: np.ndarray | None = None  # uint64, the payload's first 8 bytes big-endian (0 past those captured)
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -253,12 +254,13 @@ def decode(block: Block) -> Decoded:
     ip, malformed = np.empty((2, n), bool)
     src, dst = np.empty((2, n, 2), np.uint64)
     flags = np.empty(n, np.uint8)
+    l7_head = np.empty(n, np.uint64)
     data = block.data if block.data.flags.c_contiguous else np.ascontiguousarray(block.data)
     linktype = block.linktype if 0 <= block.linktype < 1 << 31 else -1  # any other: unknown
     _native.decode_frames(
         data.view(np.uint8), start, caplen, wirelen, linktype,
         et, vlan, ip.view(np.uint8), src, dst, proto, sport, dport, flags, malformed.view(np.uint8),
-        seq, ack, window, tcp_len, l7_start, l7_cap,
+        seq, ack, window, tcp_len, l7_start, l7_cap, l7_head,
     )  # fmt: skip
     if block.vlan_valid is not None and block.vlan_tci is not None:
         stripped = block.vlan_valid | (block.vlan_tci != 0)
@@ -287,4 +289,5 @@ def decode(block: Block) -> Decoded:
         buf=block.data,
         l7_start=l7_start,
         l7_cap=l7_cap,
+        l7_head=l7_head,
     )

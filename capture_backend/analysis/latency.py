@@ -175,7 +175,7 @@ class Latency:
         buf, ts = np.ascontiguousarray(dec.buf), dec.ts_ns
         # Room for every packet of the batch to answer (a larger batch than a slice: pages written only as used).
         rows, kind, key, asked_ts, asked_text = self._scratch(n) if n <= MATCH_SLICE else self._scratch_of(n)
-        cols = (buf, dec.l7_start, dec.l7_cap, dec.proto, dec.sport, dec.dport, HTTP_REQUEST_HEADS)
+        cols = (buf, dec.l7_start, dec.l7_cap, dec.l7_head, dec.proto, dec.sport, dec.dport, HTTP_REQUEST_HEADS)
         if not self.pending.add_batch(*cols, None, ts, 0, n, rows, kind, key, asked_ts, asked_text)[1]:
             return e, e  # no request or response at all (most batches): no flow rows needed
         if self._rows.size < n:

@@ -58,6 +58,12 @@ def assert_same(block: Block) -> Decoded:
         assert g.dtype == w.dtype and g.shape == w.shape, name
         bad = np.flatnonzero((g != w).reshape(len(block), -1).any(axis=1))
         assert bad.size == 0, f"{name} differs in rows {bad[:10].tolist()}: {g[bad[:3]]} != {w[bad[:3]]}"
+    # l7_head: the payload's first 8 captured bytes, big-endian, zero past them (0 without a payload).
+    data = np.asarray(block.data).view(np.uint8).tobytes()
+    assert got.l7_head is not None and got.l7_head.dtype == np.uint64
+    for i, (start, cap) in enumerate(zip(want.l7_start.tolist(), want.l7_cap.tolist(), strict=True)):
+        head = data[start : start + min(cap, 8)] if start >= 0 else b""
+        assert int(got.l7_head[i]) == int.from_bytes(head.ljust(8, b"\0"), "big"), i
     return got
 
 
