@@ -589,6 +589,35 @@ cdef extern from *:
     void _fence "rt_fence"() noexcept nogil
 
 
+def slot_spans(const int64_t[::1] caplen, int64_t limit):
+    """Cut a run of frames into the spans pack_frames copies: each frame takes caplen rounded up to 16 bytes,
+    a span takes frames while its bytes stay within `limit` (at least one frame). Returns (each span's end
+    index, its bytes, the largest frame's bytes)."""
+    cdef Py_ssize_t n = caplen.shape[0], i, k = 0, first = 0
+    cdef int64_t slot, run = 0, biggest = 0
+    ends_arr = np.empty(max(n, 1), np.int64)
+    bytes_arr = np.empty(max(n, 1), np.int64)
+    cdef int64_t[::1] ends = ends_arr
+    cdef int64_t[::1] nbytes = bytes_arr
+    with nogil:
+        for i in range(n):
+            slot = (caplen[i] + 15) & ~15
+            if slot > biggest:
+                biggest = slot
+            if i > first and run + slot > limit:
+                ends[k] = i
+                nbytes[k] = run
+                k += 1
+                run = 0
+                first = i
+            run += slot
+        if n:
+            ends[k] = n
+            nbytes[k] = run
+            k += 1
+    return ends_arr[:k], bytes_arr[:k], biggest
+
+
 def pack_frames(uint8_t[::1] pool, Py_ssize_t at, const uint8_t[::1] data, const int64_t[::1] start,
                 const int64_t[::1] caplen, uint32_t[::1] offset) -> int:
     """Copy every frame data[start[i]:start[i] + caplen[i]] into the pool from `at` on, each in a slot of

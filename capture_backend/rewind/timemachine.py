@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from capture_backend._native import pack_frames
+from capture_backend._native import pack_frames, slot_spans
 from capture_backend.analysis.decode import Decoded, address_key, decode
 from capture_backend.analysis.processes import PacketOwners, ProcessTable
 from capture_backend.capture.block import Block
@@ -167,22 +167,20 @@ class TimeMachine:
         if n == 0:
             return
         keys = Keys.of(dec) if dec is not None and self.index_keys is not None else None
-        slots = (block.caplen.astype(np.int64) + (SLOT - 1)) & -SLOT  # each packet's bytes in the pool
-        if int(slots.max()) > self.size:  # a packet larger than the whole pool is never kept
-            fits = slots <= self.size
-            self.stats.oversize_packets += n - int(fits.sum())
-            block, slots = block.take(fits), slots[fits]
-            keys = Keys(*(col[fits] for col in keys)) if keys is not None else None
-            n = len(block)
-            if n == 0:
-                return
-        ends = np.cumsum(slots)
         limit = min(SPAN_BYTES, self.size)
-        a, done = 0, 0
-        while a < n:
-            b = max(a + 1, int(np.searchsorted(ends, done + limit, side="right")))
-            self._keep(block, slice(a, b), int(ends[b - 1]) - done, keys)
-            a, done = b, int(ends[b - 1])
+        ends, lengths, biggest = slot_spans(np.ascontiguousarray(block.caplen, np.int64), limit)
+        if biggest > self.size:  # a packet larger than the whole pool is never kept
+            fits = (block.caplen.astype(np.int64) + (SLOT - 1)) & -SLOT <= self.size
+            self.stats.oversize_packets += n - int(fits.sum())
+            block = block.take(fits)
+            keys = Keys(*(col[fits] for col in keys)) if keys is not None else None
+            if len(block) == 0:
+                return
+            ends, lengths, _ = slot_spans(np.ascontiguousarray(block.caplen, np.int64), limit)
+        a = 0
+        for b, length in zip(ends.tolist(), lengths.tolist(), strict=True):
+            self._keep(block, slice(a, b), length, keys)
+            a = b
         self.changed.set()
 
     def _keep(self, block: Block, rows: slice, length: int, keys: Keys | None = None) -> None:

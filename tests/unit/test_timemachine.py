@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import IP, UDP, Dot1Q, Ether, raw
 
+from capture_backend._native import slot_spans
 from capture_backend.analysis.decode import decode
 from capture_backend.capture.pcapfile import FileSource
 from capture_backend.rewind import timemachine
@@ -249,18 +252,18 @@ def test_spans_keep_small_columns_and_give_back_the_packets_packed() -> None:
     assert [plain.block.start.dtype, plain.block.caplen.dtype, plain.block.wirelen.dtype] == [np.uint32] * 3
     assert plain.block.vlan_tci is None and plain.block.vlan_valid is None and plain.block.pkttype is None
     assert vlan.block.vlan_tci.tolist() == [0, 0x2005, 0] and vlan.block.vlan_valid.tolist() == [False, True, False]
-    for span, given in ((plain, untagged), (vlan, tagged)):
+    for span, sent in ((plain, untagged), (vlan, tagged)):
         for got in (tm.view(span), tm.read(span)):
             assert got is not None
             for name in ("caplen", "wirelen", "ts_ns"):
                 col = getattr(got, name)
-                assert col.dtype == np.int64 and col.tolist() == getattr(given, name).tolist(), name
-            slots = [-(-int(c) // SLOT) * SLOT for c in given.caplen]
+                assert col.dtype == np.int64 and col.tolist() == getattr(sent, name).tolist(), name
+            slots = [-(-int(c) // SLOT) * SLOT for c in sent.caplen]
             assert got.start.dtype == np.int64 and got.start.tolist() == [sum(slots[:i]) for i in range(len(slots))]
             assert span.length == got.data.size == sum(slots)
-            for i in range(len(given)):
-                s, c, g = int(got.start[i]), int(got.caplen[i]), int(given.start[i])
-                assert got.data[s : s + c].tobytes() == given.data[g : g + c].tobytes()
+            for i in range(len(sent)):
+                s, c, g = int(got.start[i]), int(got.caplen[i]), int(sent.start[i])
+                assert got.data[s : s + c].tobytes() == sent.data[g : g + c].tobytes()
     assert decode(tm.view(vlan)).vlan.tolist() == [-1, 5, -1]
 
 
@@ -281,3 +284,19 @@ def test_a_batch_is_kept_in_spans_of_at_most_span_bytes_and_a_packet_larger_than
     assert small.stats.oversize_packets == 1
     assert (small.stats.packets, [len(s.block) for s in small.window()]) == (2, [2])
     assert small.window()[0].block.caplen.tolist() == [100, 200]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 5000), max_size=60), st.integers(1, 9000))
+def test_slot_spans_cut_as_the_cumulative_sum_does(caplen: list[int], limit: int) -> None:
+    slots = (np.array(caplen, np.int64) + 15) & -16
+    ends, lengths, biggest = slot_spans(np.array(caplen, np.int64), limit)
+    want_ends, want_lengths = [], []
+    total = np.cumsum(slots)
+    a = done = 0
+    while a < len(caplen):  # each span: packets while the span's bytes stay within limit, at least one
+        b = max(a + 1, int(np.searchsorted(total, done + limit, side="right")))
+        want_ends.append(b)
+        want_lengths.append(int(total[b - 1]) - done)
+        a, done = b, int(total[b - 1])
+    assert (ends.tolist(), lengths.tolist(), biggest) == (want_ends, want_lengths, int(slots.max(initial=0)))
