@@ -229,12 +229,24 @@ async def test_overview_tcp_and_latency_lines_sum_the_flows(tmp_path: Path) -> N
             assert text_of(app, "ov-tcp") == (
                 f"TCP       retr 9 ({share:.1f}%)  ooo 1  dupack 4  rst 2  RTT p50/p95 {rtt} ms"
             )
-            # The busiest services (tests/unit/test_tui.py's Latency view shows the same: dns 9, http/80 2).
+            # The busiest services (tests/unit/test_tui.py's Latency view shows the same: dns 9, http/80 2): at 80
+            # columns the busiest one, so that the line is not cut.
+            assert text_of(app, "ov-latency") == "Latency   dns udp/53 p50 8.00 p95 1,230 ms (9) · unanswered 0"
+    finally:
+        engine.close()
+    wide = FileEngine(str(pcap), clock=lambda: FIXED_CLOCK)
+    wide.open()
+    wide.start()
+    assert wide.wait(30)
+    try:
+        app = RetrotapApp(wide, clock=lambda: FIXED_CLOCK, source="health.pcap")  # type: ignore[arg-type]
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.pause()
             assert text_of(app, "ov-latency") == (
                 "Latency   dns udp/53 p50 8.00 p95 1,230 ms (9) · http tcp/80 p50 30.0 p95 99.0 ms (2) · unanswered 0"
             )
     finally:
-        engine.close()
+        wide.close()
 
 
 @sync

@@ -65,8 +65,11 @@ def _ranked(rows: Ranked, unit: str = "") -> str:
     return " · ".join(f"{label} {short_count(value)}{unit}" for label, value in rows[:3])
 
 
+HEAD_WIDTH = 10  # a line's name column
+
+
 def _head(name: str, body: str) -> Text:
-    return Text.assemble((f"{name:<10}", "bold"), body)
+    return Text.assemble((f"{name:<{HEAD_WIDTH}}", "bold"), body)
 
 
 def iface_text(r: Row, live: bool) -> str:
@@ -117,18 +120,23 @@ def tcp_text(frame: Frame) -> str:
     )
 
 
-def latency_text(frame: Frame) -> str:
-    """The busiest services' p50/p95, and the requests left unanswered, in one line."""
+def latency_text(frame: Frame, width: int = 0) -> str:
+    """The busiest services' p50/p95, and the requests left unanswered, in one line of at most `width`
+    characters when given (two services, else one: the unanswered count always shows)."""
     lat = latency_rows(frame.snap, top=3)
     if not lat["exchanges"]:
         return "no DNS, HTTP or MySQL exchange timed yet"
-    parts = [
+    services = [
         f"{s['kind']} {s['proto']}/{s['port']} p50 {ms(s['p50_ms'])} p95 {ms(s['p95_ms'])} ms"
         f" ({short_count(s['exchanges'])})"
         for s in lat["services"][:2]
     ]
-    parts.append(f"unanswered {short_count(lat['unanswered'])}")
-    return " · ".join(parts)
+    unanswered = f"unanswered {short_count(lat['unanswered'])}"
+    for shown in range(len(services), 0, -1):
+        text = " · ".join([*services[:shown], unanswered])
+        if width <= 0 or len(text) <= width:
+            return text
+    return " · ".join([unanswered, *services[:1]])
 
 
 def churn_text(alerts: AlertStatus) -> str:
@@ -239,7 +247,7 @@ class OverviewView(View):
         lines = {
             "drops": ("Drops", drops_text(frame)),
             "tcp": ("TCP", tcp_text(frame)),
-            "latency": ("Latency", latency_text(frame)),
+            "latency": ("Latency", latency_text(frame, self.query_one("#ov-latency").size.width - HEAD_WIDTH)),
             "churn": ("New flows", churn_text(alerts)),
             "scans": ("Scans", scans_text(alerts)),
             "alerts": ("Alerts", alerts_text(alerts)),
