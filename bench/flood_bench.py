@@ -5,7 +5,7 @@ Run from the repository root::
     python -m bench.flood_bench                      # this checkout
     python -m bench.flood_bench --code /tmp/rt-base  # another checkout's capture_backend (e.g. `git archive`)
 
-Batches of 8,000 Ethernet/IPv4/UDP frames laid out as in a TPACKET_V3 ring block (frame data at
+Batches of 8,000 (`--batch`) Ethernet/IPv4/UDP frames laid out as in a TPACKET_V3 ring block (frame data at
 tp_mac = 82 of each 16-byte aligned slot) are decoded and counted (`decode()` then
 `Counters.add()`, TCP analysis off as in the issue's figures), 2 M frames per run:
 
@@ -67,29 +67,29 @@ def put_be(buf: np.ndarray, pos: np.ndarray, values: np.ndarray, nbytes: int) ->
         buf[pos + k] = (values >> (8 * (nbytes - 1 - k))) & 0xFF
 
 
-def run(scenario: str, packets: int, seed: int, decode_only: bool = False) -> dict[str, Any]:
+def run(scenario: str, packets: int, seed: int, decode_only: bool = False, batch: int = BATCH) -> dict[str, Any]:
     """One run of a scenario in a fresh Counters; returns ns/packet and the tables' state."""
     from capture_backend.analysis.decode import decode
     from capture_backend.analysis.tables import CounterLimits, Counters
     from capture_backend.capture.block import LINKTYPE_ETHERNET, Block
 
     size = 1400 if scenario == "steady-1400" else 64
-    buf, start = template_batch(size)
+    buf, start = template_batch(size, batch)
     src_pos, sport_pos = start + 14 + 12, start + 14 + 20
     rng = np.random.default_rng(seed)
-    flow = np.arange(BATCH, dtype=np.int64) % 1024
+    flow = np.arange(batch, dtype=np.int64) % 1024
     if scenario != "flood-64":  # steady: the same 1,024 flows in every batch
         put_be(buf, src_pos, (10 << 24) | ((flow // 200) << 8) | (flow % 200 + 1), 4)
         put_be(buf, sport_pos, 1024 + flow, 2)
     counters = Counters(limits=CounterLimits(analysis=False))
-    caplen = np.full(BATCH, size, np.int64)
+    caplen = np.full(batch, size, np.int64)
     busy = 0.0
     done = 0
     while done < packets:
-        n = min(BATCH, packets - done)
+        n = min(batch, packets - done)
         if scenario == "flood-64":
-            put_be(buf, src_pos, rng.integers(0, 1 << 32, BATCH, dtype=np.int64), 4)
-            put_be(buf, sport_pos, rng.integers(1, 1 << 16, BATCH, dtype=np.int64), 2)
+            put_be(buf, src_pos, rng.integers(0, 1 << 32, batch, dtype=np.int64), 4)
+            put_be(buf, sport_pos, rng.integers(1, 1 << 16, batch, dtype=np.int64), 2)
         ts = START_NS + (done + np.arange(n, dtype=np.int64)) * STEP_NS
         block = Block(buf, start[:n], caplen[:n], caplen[:n].copy(), ts, LINKTYPE_ETHERNET, "bench0")
         t0 = time.perf_counter_ns()
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     p.add_argument("--scenarios", default="steady-64,steady-1400,flood-64")
     p.add_argument("--decode-only", action="store_true", help="time decode() alone, not Counters.add")
+    p.add_argument("--batch", type=int, default=BATCH, help=f"frames per batch (default {BATCH:,})")
     p.add_argument("--code", metavar="DIR", help="import capture_backend from this checkout instead")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
     args = p.parse_args(argv)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
           "| hosts (evicted) |")
     print("|---|---|---|---|---|---|---|")
     for scenario in args.scenarios.split(","):
-        runs = [run(scenario, args.packets, seed, args.decode_only) for seed in range(args.repeat)]
+        runs = [run(scenario, args.packets, seed, args.decode_only, args.batch) for seed in range(args.repeat)]
         ns = [r["ns_per_packet"] for r in runs]
         last = runs[-1]
         results[scenario] = {"ns_per_packet": ns, "tables": last}
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         doc = {"bench": "flood", "argv": sys.argv, "code": where, "compiled": compiled, "packets": args.packets,
-               "batch": BATCH, "results": results}
+               "batch": args.batch, "results": results}
         text = json.dumps(doc, indent=2)
         if args.json == "-":
             print(text)
