@@ -81,11 +81,12 @@ cdef Py_ssize_t AHEAD = 12
 
 
 cdef inline uint64_t _hash6(const uint64_t* k) noexcept nogil:
-    """64-bit hash of six words (a packet's group key): three independent 128-bit multiplies, folded."""
-    cdef uint64_t h = (_mum(k[0] ^ 0xA0761D6478BD642FULL, k[1] ^ 0xE7037ED1A0B428DBULL)
-                       ^ _mum(k[2] ^ 0x8EBC6AF09C88C6E3ULL, k[3] ^ 0x589965CC75374CC3ULL)
-                       ^ _mum(k[4] ^ 0x1D8E4E27C47D124FULL, k[5] ^ 0xA0761D6478BD642FULL))
-    return _mum(h ^ 0xE7037ED1A0B428DBULL, 0x8EBC6AF09C88C6E3ULL)
+    """64-bit hash of six words (a packet's group key: addresses' high and low words, ports and protocol,
+    second): the low words, which tell IPv4 flows apart, multiplied with the ports; the high words and the
+    second folded into a second multiply (a batch's table is probed with the low bits)."""
+    return (_mum(k[1] ^ 0xA0761D6478BD642FULL, k[3] ^ 0xE7037ED1A0B428DBULL)
+            ^ _mum(k[4] ^ 0x8EBC6AF09C88C6E3ULL, (k[0] + (k[2] << 1) + k[5] * 0x9E3779B97F4A7C15ULL)
+                   ^ 0x589965CC75374CC3ULL))
 
 
 cdef inline bint _same6(const uint64_t* a, const uint64_t* b) noexcept nogil:
