@@ -60,7 +60,7 @@ MAX_DRAIN_INTERVAL = 0.1
 RING_SHARE_PER_WAIT = 0.25
 # A batch takes blocks until it holds this many packets, at most BATCH_BLOCKS and a quarter of the ring (the
 # kernel keeps the rest to fill meanwhile).
-BATCH_PACKETS = 65536
+BATCH_PACKETS = 32768
 BATCH_BLOCKS = 64
 ANSWER_TIMEOUT = 0.3  # how long a fresh snapshot waits for the other capture threads' counters
 

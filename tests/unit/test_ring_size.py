@@ -74,8 +74,8 @@ def test_the_cli_sizes_by_speed_unless_told() -> None:
     [
         (0, 0.0, 0.02, 0.1),  # an idle link: the longest wait
         (1_000, 0.01, 0.02, 0.1),  # 50 kpps would take 0.66 s to fill a batch: capped
-        (16_384, 0.02, 0.02, 0.08),  # 819 kpps of small frames: 80 ms make a batch of 65,536
-        (131_072, 0.05, 0.02, 0.02),  # faster still: never below the shortest wait
+        (16_384, 0.02, 0.02, 0.04),  # 819 kpps of small frames: 40 ms make a batch of 32,768
+        (65_536, 0.05, 0.02, 0.02),  # faster still: never below the shortest wait
         (8_000, 0.2, 0.05, 0.0625),  # large frames: a quarter of the ring fills in 62.5 ms, before a batch does
     ],
 )
