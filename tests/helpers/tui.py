@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from capture_backend.contract import Snapshot
+from capture_backend.engine import BlockSink
 from capture_backend.exporters.alerts import parse_rule
 from capture_backend.exporters.incidents import IncidentSettings, IncidentWatcher
 from capture_backend.replay import FileEngine, file_snapshots
@@ -61,13 +62,19 @@ def screen_text(app: RetrotapApp) -> str:
     return console.export_text()
 
 
+def read_all(pcap: str, filter_expr: str = "", block_sinks: Sequence[BlockSink] = ()) -> FileEngine:
+    """A FileEngine that has read the whole file (fixed clock); the caller closes it."""
+    engine = FileEngine(pcap, filter_expr=filter_expr, clock=lambda: FIXED_CLOCK, block_sinks=block_sinks)
+    engine.open()
+    engine.start()
+    assert engine.wait(30)
+    return engine
+
+
 def tm_app(pcap: str, snapshot_dir: Path) -> tuple[RetrotapApp, FileEngine]:
     """An app over a file read through a time machine, snapshots going to snapshot_dir."""
     tm = TimeMachine(8 << 20, seconds=3600)
-    eng = FileEngine(pcap, clock=lambda: FIXED_CLOCK, block_sinks=[tm])
-    eng.open()
-    eng.start()
-    assert eng.wait(30)
+    eng = read_all(pcap, block_sinks=[tm])
     app = RetrotapApp(
         eng, clock=lambda: FIXED_CLOCK, source="mixed.pcap", timemachine=tm, snapshot_dir=str(snapshot_dir)
     )

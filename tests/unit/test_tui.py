@@ -33,7 +33,18 @@ from capture_backend.rewind.timemachine import TimeMachine
 from tests.helpers.latency import exchanges, nearest_rank
 from tests.helpers.tcp_health import EXPECTED as TCP_EXPECTED
 from tests.helpers.tcp_health import all_frames
-from tests.helpers.tui import FIXED_CLOCK, SIZE, cells, inspected, screen_text, snap_table, sync, tm_app, wait_saved
+from tests.helpers.tui import (
+    FIXED_CLOCK,
+    SIZE,
+    cells,
+    inspected,
+    read_all,
+    screen_text,
+    snap_table,
+    sync,
+    tm_app,
+    wait_saved,
+)
 from tests.lab import IP4_A, IP4_B, Lab
 from tests.pcapgen import block_of, mixed_packets, wirelen, write_pcap
 from tests.tmux import Tmux
@@ -63,15 +74,6 @@ def pcap(tmp_path_factory: pytest.TempPathFactory, packets: list[Packet]) -> str
     path = tmp_path_factory.mktemp("tui") / "mixed.pcap"
     write_pcap(path, packets)
     return str(path)
-
-
-def read_all(pcap: str, filter_expr: str = "") -> FileEngine:
-    """A FileEngine that has read the whole file (fixed clock)."""
-    engine = FileEngine(pcap, filter_expr=filter_expr, clock=lambda: FIXED_CLOCK)
-    engine.open()
-    engine.start()
-    assert engine.wait(30)
-    return engine
 
 
 def make_app(engine: object, resolver: dict[str, str] | None = None) -> RetrotapApp:

@@ -16,13 +16,12 @@ from textual.widgets.data_table import ColumnKey
 from capture_backend.contract import address_text
 from capture_backend.options import RunOptions
 from capture_backend.output.report import capture_health, flow_rows
-from capture_backend.replay import FileEngine
 from capture_backend.run import Run
 from tests.helpers.cli import run_retrotap
 from tests.helpers.latency import exchanges, nearest_rank
 from tests.helpers.tcp_health import EXPECTED as TCP_EXPECTED
 from tests.helpers.tcp_health import all_frames
-from tests.helpers.tui import FIXED_CLOCK, cells, inspected, screen_text, sync, wait_rows, watched_app
+from tests.helpers.tui import FIXED_CLOCK, cells, inspected, read_all, screen_text, sync, wait_rows, watched_app
 from tests.pcapgen import mixed_packets, write_pcap
 from tests.unit.test_alerts import FLOOD_SOURCES, SCAN_PORTS, SCANNER, TARGET, capture
 from tui.app import RetrotapApp
@@ -212,10 +211,7 @@ async def test_overview_tcp_and_latency_lines_sum_the_flows(tmp_path: Path) -> N
     tests/helpers/latency.py's exchanges: the Overview's one-line totals are the per-flow figures summed."""
     pcap = tmp_path / "health.pcap"
     write_pcap(pcap, sorted(exchanges() + all_frames(), key=lambda f: f.ts_ns), nanosecond=True)
-    engine = FileEngine(str(pcap), clock=lambda: FIXED_CLOCK)
-    engine.open()
-    engine.start()
-    assert engine.wait(30)
+    engine = read_all(str(pcap))
     try:
         app = RetrotapApp(engine, clock=lambda: FIXED_CLOCK, source="health.pcap")  # type: ignore[arg-type]
         async with app.run_test(size=SMALL) as pilot:
@@ -234,10 +230,7 @@ async def test_overview_tcp_and_latency_lines_sum_the_flows(tmp_path: Path) -> N
             assert text_of(app, "ov-latency") == "Latency   dns udp/53 p50 8.00 p95 1,230 ms (9) · unanswered 0"
     finally:
         engine.close()
-    wide = FileEngine(str(pcap), clock=lambda: FIXED_CLOCK)
-    wide.open()
-    wide.start()
-    assert wide.wait(30)
+    wide = read_all(str(pcap))  # an app reads its engine's file again: a fresh one for the second size
     try:
         app = RetrotapApp(wide, clock=lambda: FIXED_CLOCK, source="health.pcap")  # type: ignore[arg-type]
         async with app.run_test(size=(160, 50)) as pilot:
@@ -253,10 +246,7 @@ async def test_overview_tcp_and_latency_lines_sum_the_flows(tmp_path: Path) -> N
 async def test_at_80_columns_hosts_and_flows_keep_their_main_columns_and_nothing_is_cut(tmp_path: Path) -> None:
     pcap = tmp_path / "mixed.pcap"
     write_pcap(pcap, mixed_packets())
-    engine = FileEngine(str(pcap), clock=lambda: FIXED_CLOCK)
-    engine.open()
-    engine.start()
-    assert engine.wait(30)
+    engine = read_all(str(pcap))
     try:
         app = RetrotapApp(engine, clock=lambda: FIXED_CLOCK, source="mixed.pcap")  # type: ignore[arg-type]
         async with app.run_test(size=SMALL) as pilot:
